@@ -1,0 +1,32 @@
+//! `cargo xtask bench`: every benchmark of the workspace, each figure beside a baseline
+//! measured in the same run, printed as one markdown table.
+//!
+//! Usage: `maos-bench [--write-docs] [FILTER..]`; a filter selects benchmarks whose group
+//! name contains it.
+
+mod core;
+mod table;
+
+use table::Table;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let write_docs = args.iter().any(|a| a == "--write-docs");
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let selected = |group: &str| filters.is_empty() || filters.iter().any(|f| group.contains(f));
+
+    let mut table = Table::default();
+    if selected("core") {
+        core::run(&mut table)?;
+    }
+    let md = table.markdown();
+    println!("{md}");
+    if write_docs {
+        table.write_docs(&md)?;
+    }
+    Ok(())
+}

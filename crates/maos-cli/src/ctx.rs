@@ -1,0 +1,86 @@
+//! What every command needs: the workspace, the acting agent, the output mode.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use maos_coordination::core::Discovery;
+use maos_coordination::{AgentId, Workspace};
+use serde::Serialize;
+
+/// The context of one invocation.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) root: PathBuf,
+    pub(crate) discovery: Discovery,
+    pub(crate) agent: AgentId,
+    pub(crate) json: bool,
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        workspace: Option<&Path>,
+        agent: Option<&str>,
+        json: bool,
+    ) -> anyhow::Result<Self> {
+        let (root, discovery) = Workspace::discover(workspace).context("locating the workspace")?;
+        let agent = match agent {
+            Some(a) if !a.is_empty() => AgentId::new(a).context("--agent / MAOS_AGENT_ID")?,
+            _ => AgentId::current()?,
+        };
+        Ok(Self {
+            root,
+            discovery,
+            agent,
+            json,
+        })
+    }
+
+    /// The workspace, created on first use.
+    pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
+        let ws = Workspace::open_or_init(&self.root)
+            .with_context(|| format!("opening workspace {}", self.root.display()))?;
+        if ws.is_network_filesystem() {
+            tracing::warn!(
+                path = %ws.maos_dir().display(),
+                "the workspace is on a network filesystem: the file backend is single-host only"
+            );
+        }
+        Ok(ws)
+    }
+
+    /// Prints `value` as one JSON document with `--json`, else the human text.
+    pub(crate) fn emit<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                println!("{}", text.trim_end());
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints one JSON Lines record with `--json`, else the human line.
+    #[allow(dead_code)] // used by the streaming commands (recv --follow, task watch)
+    pub(crate) fn emit_line<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            serde_json::to_writer(&mut out, value)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", human())?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}

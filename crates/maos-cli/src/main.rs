@@ -1,0 +1,107 @@
+//! `maos`: the command-line face of maos, for agents working from a shell.
+//!
+//! Every subcommand follows the same conventions (docs/cli.md): global `--workspace`,
+//! `--agent`, `--json`, `-v/-q`; machine-readable output on stdout with `--json`; logs on
+//! stderr; exit codes from [`exit::Exit`].
+
+mod agents;
+mod ctx;
+mod demo;
+mod duration;
+mod exit;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::ctx::Ctx;
+use crate::exit::Exit;
+
+/// Coordinate many AI coding agents working in one repository: messages, locks, tasks and
+/// merges, kept as plain files in `<workspace>/.maos/`.
+#[derive(Debug, Parser)]
+#[command(name = "maos", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 timed out or busy, \
+4 conflicts found, 5 deadlock found.\nSee docs/cli.md and docs/protocol.md."
+)]
+struct Cli {
+    /// Workspace root (default: nearest ancestor with .maos/, else the main git worktree,
+    /// else the current directory).
+    #[arg(long, global = true, env = "MAOS_WORKSPACE", value_name = "DIR")]
+    workspace: Option<PathBuf>,
+
+    /// Act as this agent (default: $MAOS_AGENT_ID, else "anonymous").
+    #[arg(long, global = true, env = "MAOS_AGENT_ID", value_name = "ID")]
+    agent: Option<String>,
+
+    /// Print machine-readable JSON on stdout (JSON Lines for streams).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log output on stderr (-q errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the .maos/ layout in the workspace (idempotent).
+    Init,
+    /// Register agents and list them with their liveness.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+    /// Show what the workspace holds.
+    Status,
+    /// Run a real multi-agent session in a temporary workspace.
+    Demo(demo::DemoArgs),
+}
+
+fn init_tracing(verbose: u8, quiet: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (verbose, quiet) {
+        (_, q) if q > 0 => "error",
+        (0, _) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)
+        .and_then(|ctx| run(cli.command, &ctx));
+    match result {
+        Ok(code) => code.into(),
+        Err(err) => {
+            let code = exit::code_of(&err);
+            eprintln!("maos: {err:#}");
+            code.into()
+        }
+    }
+}
+
+fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
+    match command {
+        Command::Init => status::init(ctx),
+        Command::Agents(cmd) => agents::run(cmd, ctx),
+        Command::Status => status::status(ctx),
+        Command::Demo(args) => demo::run(args, ctx),
+    }
+}

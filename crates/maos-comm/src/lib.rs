@@ -1,0 +1,1 @@
+//! maos-comm (built in its own issue).

@@ -1,0 +1,33 @@
+//! maos: coordination for many AI coding agents (and any other processes) working in one
+//! repository at the same time.
+//!
+//! This crate has no logic of its own: it re-exports the maos crates so that a program can
+//! depend on one crate.
+//! - [`core`]: identifiers, the message envelope, validated names, the workspace, the agent
+//!   registry, crash-safe file primitives;
+//! - [`comm`]: message channels, broadcast, pub/sub, watching;
+//! - [`lock`]: file locks with leases and fencing, advisory locks, deadlock detection;
+//! - [`track`]: the shared task graph, progress, critical path, Gantt charts;
+//! - [`merge`]: git conflict prediction, resolution tasks, the merge queue.
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration, Workspace};
+//! let dir = tempfile::tempdir()?;
+//! let ws = Workspace::init(dir.path())?;
+//! AgentRegistry::new(&ws).register(Registration::new(AgentId::new("a1")?).role(AgentRole::backend()))?;
+//! # Ok(()) }
+//! ```
+
+pub use maos_comm as comm;
+pub use maos_core as core;
+pub use maos_lock as lock;
+pub use maos_merge as merge;
+pub use maos_track as track;
+
+#[doc(inline)]
+pub use maos_core::{
+    AgentId, AgentRecord, AgentRegistry, AgentRole, ChannelName, Liveness, Message, MessageId,
+    MessageMetadata, Priority, Recipients, Registration, ResourceName, TaskId, Workspace,
+};

@@ -1,0 +1,1 @@
+//! maos-lock (built in its own issue).

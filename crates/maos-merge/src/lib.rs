@@ -1,0 +1,1 @@
+//! maos-merge (built in its own issue).

@@ -1,0 +1,1 @@
+//! maos-track (built in its own issue).
