@@ -4,8 +4,12 @@
 //! Usage: `maos-bench [--write-docs] [FILTER..]`; a filter selects benchmarks whose group
 //! name contains it.
 
+mod comm;
 mod core;
+mod lock;
+mod merge;
 mod table;
+mod track;
 
 use table::Table;
 
@@ -22,6 +26,18 @@ fn main() -> anyhow::Result<()> {
     let mut table = Table::default();
     if selected("core") {
         core::run(&mut table)?;
+    }
+    if selected("comm") {
+        comm::run(&mut table)?;
+    }
+    if selected("lock") {
+        lock::run(&mut table)?;
+    }
+    if selected("track") {
+        track::run(&mut table)?;
+    }
+    if selected("merge") {
+        merge::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");

@@ -5,11 +5,15 @@
 //! stderr; exit codes from [`exit::Exit`].
 
 mod agents;
+mod comm;
 mod ctx;
 mod demo;
 mod duration;
 mod exit;
+mod lock;
+mod merge;
 mod status;
+mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +68,18 @@ enum Command {
     Status,
     /// Run a real multi-agent session in a temporary workspace.
     Demo(demo::DemoArgs),
+    // Messages: send, recv, broadcast, subscribe, channels (top-level commands).
+    #[command(flatten)]
+    Comm(comm::CommCommand),
+    /// Locks on files and resources: acquire, release, renew, list, run, check.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Tasks: add, list, show, ready, claim, start/review/done/fail, report, gantt, graph, watch.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Merges: check, prepare, resolve, run, queue.
+    #[command(subcommand)]
+    Merge(merge::MergeCommand),
 }
 
 fn init_tracing(verbose: u8, quiet: u8) {
@@ -103,5 +119,9 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Agents(cmd) => agents::run(cmd, ctx),
         Command::Status => status::status(ctx),
         Command::Demo(args) => demo::run(args, ctx),
+        Command::Comm(cmd) => comm::run(cmd, ctx),
+        Command::Lock(cmd) => lock::run(cmd, ctx),
+        Command::Task(cmd) => task::run(cmd, ctx),
+        Command::Merge(cmd) => merge::run(cmd, ctx),
     }
 }

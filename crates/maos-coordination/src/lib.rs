@@ -31,3 +31,11 @@ pub use maos_core::{
     AgentId, AgentRecord, AgentRegistry, AgentRole, ChannelName, Liveness, Message, MessageId,
     MessageMetadata, Priority, Recipients, Registration, ResourceName, TaskId, Workspace,
 };
+
+// --- maos-comm main types ---
+
+// --- maos-lock main types ---
+
+// --- maos-track main types ---
+
+// --- maos-merge main types ---
