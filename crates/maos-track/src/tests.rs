@@ -1,0 +1,273 @@
+//! Unit tests of the tracker against a real temporary workspace.
+
+use std::time::Duration;
+
+use maos_core::{AgentId, Priority, TaskId, Workspace};
+
+use crate::{Error, Options, Task, TaskStatus, TaskTracker, Update};
+
+fn setup() -> (tempfile::TempDir, TaskTracker) {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::init(dir.path()).unwrap();
+    let t = TaskTracker::open_with(&ws, Options::default().publish(false)).unwrap();
+    (dir, t)
+}
+
+fn agent(s: &str) -> AgentId {
+    AgentId::new(s).unwrap()
+}
+
+#[test]
+fn create_blocked_then_unblocked_by_completion() {
+    let (_d, t) = setup();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let b = t
+        .create_task_blocking(&Task::new("b").after(a.clone()))
+        .unwrap();
+    assert_eq!(
+        t.get_blocking(&a).unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    assert_eq!(
+        t.get_blocking(&b).unwrap().unwrap().status,
+        TaskStatus::Blocked
+    );
+    let err = t
+        .update_status_blocking(&b, TaskStatus::InProgress, None)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
+    t.update_status_blocking(&a, TaskStatus::InProgress, None)
+        .unwrap();
+    let done = t
+        .update_status_blocking(&a, TaskStatus::Completed, Some("ok"))
+        .unwrap();
+    assert_eq!(done.note.as_deref(), Some("ok"));
+    assert!(done.completed_at.is_some());
+    assert_eq!(
+        t.get_blocking(&b).unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    // Completed is final.
+    let err = t
+        .update_status_blocking(&a, TaskStatus::InProgress, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("final"), "{err}");
+}
+
+#[test]
+fn unknown_dependency_and_cycles_are_rejected() {
+    let (_d, t) = setup();
+    let ghost = TaskId::new();
+    let err = t
+        .create_task_blocking(&Task::new("x").after(ghost.clone()))
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownDependency { ref dependency, .. } if *dependency == ghost));
+    let mut a = Task::new("a");
+    let mut b = Task::new("b");
+    let c = Task::new("c").after(b.id.clone());
+    a.dependencies.push(c.id.clone());
+    b.dependencies.push(a.id.clone());
+    let err = t.create_tasks_blocking(&[a.clone(), b, c]).unwrap_err();
+    let Error::Cycle { cycle } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(cycle.len(), 4);
+    assert!(err.to_string().starts_with("dependency cycle: "));
+    assert!(
+        t.list_blocking().unwrap().is_empty(),
+        "nothing of a rejected batch is created"
+    );
+    let self_dep = Task::new("s");
+    let id = self_dep.id.clone();
+    let err = t.create_task_blocking(&self_dep.after(id)).unwrap_err();
+    assert!(matches!(err, Error::Cycle { .. }));
+    // add_dependency closing a cycle.
+    let x = t.create_task_blocking(&Task::new("x")).unwrap();
+    let y = t
+        .create_task_blocking(&Task::new("y").after(x.clone()))
+        .unwrap();
+    let err = t.add_dependency_blocking(&x, &y).unwrap_err();
+    let Error::Cycle { cycle } = err else {
+        panic!()
+    };
+    assert_eq!(cycle, vec![x.clone(), y.clone(), x]);
+}
+
+#[test]
+fn failure_blocks_dependents_with_reason_and_retry_clears_it() {
+    let (_d, t) = setup();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let b = t
+        .create_task_blocking(&Task::new("b").after(a.clone()))
+        .unwrap();
+    t.update_status_blocking(&a, TaskStatus::InProgress, None)
+        .unwrap();
+    t.update_status_blocking(&a, TaskStatus::Failed, Some("tests red"))
+        .unwrap();
+    let bt = t.get_blocking(&b).unwrap().unwrap();
+    assert_eq!(bt.status, TaskStatus::Blocked);
+    assert!(bt.blocked_reason.unwrap().contains("tests red"));
+    t.update_status_blocking(&a, TaskStatus::Pending, None)
+        .unwrap();
+    assert!(
+        t.get_blocking(&b)
+            .unwrap()
+            .unwrap()
+            .blocked_reason
+            .is_none()
+    );
+}
+
+#[test]
+fn ready_orders_by_priority_then_critical_path() {
+    let (_d, t) = setup();
+    let short = t.create_task_blocking(&Task::new("short")).unwrap();
+    let long = t
+        .create_task_blocking(&Task::new("long").estimate(Duration::from_secs(60)))
+        .unwrap();
+    t.create_task_blocking(
+        &Task::new("after long")
+            .after(long.clone())
+            .estimate(Duration::from_secs(7200)),
+    )
+    .unwrap();
+    let urgent = t
+        .create_task_blocking(&Task::new("urgent").priority(Priority::High))
+        .unwrap();
+    let ready: Vec<TaskId> = t
+        .ready_blocking()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ready, vec![urgent, long, short]);
+}
+
+#[test]
+fn claims_never_hand_out_a_task_twice_and_respect_assignment() {
+    let (_d, t) = setup();
+    let mine = t
+        .create_task_blocking(&Task {
+            name: "for b".into(),
+            assigned_to: Some(agent("b")),
+            ..Task::default()
+        })
+        .unwrap();
+    let free = t.create_task_blocking(&Task::new("free")).unwrap();
+    let c1 = t.claim_blocking(&agent("a")).unwrap().unwrap();
+    assert_eq!(c1.id, free);
+    assert_eq!(c1.status, TaskStatus::InProgress);
+    assert_eq!(c1.attempts, 1);
+    assert!(t.claim_blocking(&agent("a")).unwrap().is_none());
+    let c2 = t.claim_blocking(&agent("b")).unwrap().unwrap();
+    assert_eq!(c2.id, mine);
+}
+
+#[test]
+fn revision_cas_refuses_lost_updates() {
+    let (_d, t) = setup();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let r = t.get_blocking(&a).unwrap().unwrap().revision;
+    t.update_blocking(
+        &a,
+        &Update::status(TaskStatus::InProgress).expect_revision(r),
+    )
+    .unwrap();
+    let err = t
+        .update_blocking(
+            &a,
+            &Update::status(TaskStatus::Completed).expect_revision(r),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::RevisionMismatch { .. }));
+}
+
+#[test]
+fn two_trackers_share_state_across_compactions() {
+    let (d, t1) = setup();
+    let ws = Workspace::open(d.path()).unwrap();
+    let t2 = TaskTracker::open_with(&ws, Options::default().publish(false)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..1100 {
+        ids.push(
+            t1.create_task_blocking(&Task::new(format!("t{i}")))
+                .unwrap(),
+        );
+        if i % 500 == 0 {
+            assert_eq!(t2.list_blocking().unwrap().len(), i + 1);
+        }
+    }
+    // A compaction happened (more than COMPACT_MIN_RECORDS records).
+    assert!(t1.dir().join("snapshot.json").exists());
+    t2.update_status_blocking(&ids[3], TaskStatus::InProgress, None)
+        .unwrap();
+    t1.compact_blocking().unwrap();
+    t1.compact_blocking().unwrap();
+    // t2 fell two generations behind: it reloads the snapshot.
+    let listed = t2.list_blocking().unwrap();
+    assert_eq!(listed.len(), 1100);
+    assert_eq!(listed[3].status, TaskStatus::InProgress);
+    let fresh = TaskTracker::open(&ws).unwrap();
+    assert_eq!(fresh.list_blocking().unwrap(), t1.list_blocking().unwrap());
+}
+
+#[test]
+fn torn_tail_is_ignored_by_readers_and_repaired_by_writers() {
+    let (d, t) = setup();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let log = t.dir().join("log.0.jsonl");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"seq\":2,\"at\":1,\"op\":\"sta").unwrap();
+    let ws = Workspace::open(d.path()).unwrap();
+    let other = TaskTracker::open(&ws).unwrap();
+    assert_eq!(other.list_blocking().unwrap().len(), 1);
+    other
+        .update_status_blocking(&a, TaskStatus::InProgress, None)
+        .unwrap();
+    let again = TaskTracker::open(&ws).unwrap();
+    assert_eq!(
+        again.get_blocking(&a).unwrap().unwrap().status,
+        TaskStatus::InProgress
+    );
+}
+
+#[test]
+fn prefixes_resolve() {
+    let (_d, t) = setup();
+    let a = t
+        .create_task_blocking(&Task {
+            id: TaskId::parse("abc1").unwrap(),
+            name: "a".into(),
+            ..Task::default()
+        })
+        .unwrap();
+    t.create_task_blocking(&Task {
+        id: TaskId::parse("abd2").unwrap(),
+        name: "b".into(),
+        ..Task::default()
+    })
+    .unwrap();
+    assert_eq!(t.resolve_blocking("abc").unwrap(), a);
+    assert!(matches!(
+        t.resolve_blocking("ab"),
+        Err(Error::AmbiguousPrefix { .. })
+    ));
+    assert!(matches!(
+        t.resolve_blocking("zz"),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn async_api_round_trip() {
+    let (_d, t) = setup();
+    let id = t.create_task(Task::new("async")).await.unwrap();
+    let c = t.claim(&agent("w")).await.unwrap().unwrap();
+    assert_eq!(c.id, id);
+    let done = t
+        .update_status(&id, TaskStatus::Completed, None)
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(t.list().await.unwrap().len(), 1);
+}
