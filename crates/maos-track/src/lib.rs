@@ -15,6 +15,7 @@ mod notify;
 mod store;
 mod task;
 mod tracker;
+mod visual;
 
 pub use error::Error;
 pub use fence::FencingToken;
@@ -23,6 +24,10 @@ pub use notify::TOPIC;
 pub use store::Change;
 pub use task::{Task, TaskStatus};
 pub use tracker::{Options, TaskTracker, Update};
+pub use visual::{
+    ProgressReport, ProgressVisualizer, StatusCounts, dot, gantt, mermaid_escape,
+    mermaid_flowchart, report, summary, table,
+};
 
 #[cfg(test)]
 mod tests;
