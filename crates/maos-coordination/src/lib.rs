@@ -37,5 +37,6 @@ pub use maos_core::{
 // --- maos-lock main types ---
 
 // --- maos-track main types ---
+#[doc(inline)] pub use maos_track::{ProgressReport, ProgressVisualizer, Task, TaskStatus, TaskTracker};
 
 // --- maos-merge main types ---
