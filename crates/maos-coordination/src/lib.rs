@@ -35,6 +35,10 @@ pub use maos_core::{
 // --- maos-comm main types ---
 
 // --- maos-lock main types ---
+#[doc(inline)]
+pub use maos_lock::{
+    FencingToken, FileLock, LockGuard, LockInfo, LockMode, LockTable, check_fencing_token,
+};
 
 // --- maos-track main types ---
 #[doc(inline)] pub use maos_track::{ProgressReport, ProgressVisualizer, Task, TaskStatus, TaskTracker};

@@ -1,1 +1,58 @@
-//! maos-lock (built in its own issue).
+//! maos-lock: mutual exclusion between agents and processes sharing one repository, correct
+//! when holders crash at any instant.
+//!
+//! - [`FileLock`] takes an exclusive or shared lock on a workspace-relative path or pattern
+//!   (`src/api/**` conflicts with `src/api/user.rs`) and returns a [`LockGuard`] carrying a
+//!   [`FencingToken`]; [`check_fencing_token`] lets other components refuse work from a holder
+//!   whose lock is gone.
+//! - Leases: every lock ends at `expires_at` unless renewed ([`LockGuard::renew`], or the
+//!   automatic heartbeat thread of [`FileLock::heartbeat`]); a lock whose process died on this
+//!   host is reclaimed at once (kernel-lock liveness, no pid reuse trap).
+//! - Waiters are served first come, first served, and wake on a file-system event when the
+//!   table changes (plus a fallback timer); a timeout names the holder, its purpose and its
+//!   lease end.
+//! - [`LockTable`] lists the table and releases or renews leases held by an agent (the CLI).
+//!
+//! Everything lives in `.maos/locks/`; the format and the exact protocol are in
+//! `docs/protocol.md` (lock section). Start at [`FileLock`].
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use maos_core::{ResourceName, Workspace};
+//! use maos_lock::{FileLock, check_fencing_token};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let ws = Workspace::init(dir.path())?;
+//! let res = ResourceName::new("src/api/user.rs")?;
+//! let guard = FileLock::new(&ws, res.clone()).acquire_blocking("add the /users endpoint")?;
+//! check_fencing_token(&ws, &res, guard.token())?; // what a task tracker or merger calls
+//! let token = guard.token();
+//! guard.release()?;
+//! assert!(check_fencing_token(&ws, &res, token).is_err()); // stale now
+//! # Ok(()) }
+//! ```
+//!
+//! # Limitations
+//! - Single host: liveness uses kernel locks and waiting uses inotify, neither of which works
+//!   across NFS; a holder on another host is only ended by its lease.
+//! - The lock table is not fsynced on every change (locks matter only while processes run); a
+//!   power cut may lose the newest changes, so after a reboot every fencing counter jumps by
+//!   2^32 to stay ahead of any token handed out before.
+//! - All processes of one agent are one node in the deadlock detector's wait-for graph.
+//! - A lease that runs out while its holder still works is lost: the holder finds out when it
+//!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
+
+mod error;
+mod lock;
+mod pattern;
+mod store;
+mod watch;
+
+pub use error::{Error, HolderSummary, Result};
+pub use lock::{
+    DEFAULT_TTL, DEFAULT_WAIT, FencingToken, FileLock, LockGuard, LockTable, Snapshot,
+    check_fencing_token,
+};
+pub use pattern::overlaps;
+pub use store::{LockInfo, LockMode, WaiterInfo};

@@ -1,0 +1,1066 @@
+//! File locks with leases, fencing tokens, FIFO waiting and liveness (see the crate docs).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use maos_core::{AgentId, ResourceName, Workspace, now_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::error::HolderSummary;
+use crate::store::{LockInfo, LockMode, Locked, Shared, TableState, WaiterInfo};
+use crate::watch::DirWatch;
+use crate::{Error, Result, overlaps};
+
+/// Default lease length.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default longest wait of [`FileLock::acquire`].
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// A fencing token: strictly increasing per resource across all holders, crashes and
+/// restarts. Pass it along with every write made under the lock; the receiver refuses writes
+/// whose token is stale ([`check_fencing_token`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+impl std::fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// True when locks on `a` (in `am` mode) and `b` (in `bm` mode) cannot be held together.
+pub(crate) fn conflicts(a: &ResourceName, am: LockMode, b: &ResourceName, bm: LockMode) -> bool {
+    !(am == LockMode::Shared && bm == LockMode::Shared) && overlaps(a, b)
+}
+
+/// Checks that `token` belongs to a current holder of `resource`: the record granted with it
+/// still exists, its lease has not ended and its process (if any) is alive. For an exclusive
+/// lock that is the newest token issued for `resource`.
+///
+/// # Errors
+/// [`Error::StaleToken`] otherwise (with the newest token issued).
+pub fn check_fencing_token(
+    ws: &Workspace,
+    resource: &ResourceName,
+    token: FencingToken,
+) -> Result<()> {
+    let _span = tracing::debug_span!("check_fencing_token", resource = %resource, token = token.0)
+        .entered();
+    Shared::of(ws)?.locked(|l| {
+        let (mut t, mut dirty) = l.load_table()?;
+        let now = now_ms();
+        let current = t.current_token(resource);
+        let pos = t
+            .holders
+            .iter()
+            .position(|h| &h.resource == resource && h.token == token);
+        let ok = match pos {
+            Some(i) if l.holds(&t.holders[i], now) => true,
+            Some(i) => {
+                t.holders.remove(i);
+                dirty = true;
+                false
+            }
+            None => false,
+        };
+        if dirty {
+            l.save_table(&t)?;
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::StaleToken {
+                resource: resource.clone(),
+                token,
+                current,
+            })
+        }
+    })
+}
+
+/// A lock on one resource (a workspace-relative path or pattern), configured builder-style.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use maos_core::{ResourceName, Workspace};
+/// use maos_lock::FileLock;
+/// let dir = tempfile::tempdir()?;
+/// let ws = Workspace::init(dir.path())?;
+/// let lock = FileLock::new(&ws, ResourceName::new("src/api/**")?)
+///     .ttl(std::time::Duration::from_secs(120))
+///     .wait(std::time::Duration::from_secs(5));
+/// let guard = lock.acquire_blocking("refactor the API")?;
+/// let other = FileLock::new(&ws, ResourceName::new("src/api/user.rs")?);
+/// assert!(other.try_acquire("edit user")?.is_none()); // overlaps the pattern
+/// guard.release()?;
+/// assert!(other.try_acquire("edit user")?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileLock {
+    ws: Workspace,
+    resource: ResourceName,
+    mode: LockMode,
+    ttl: Duration,
+    wait: Duration,
+    heartbeat: Option<Duration>,
+    agent: Option<AgentId>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl FileLock {
+    /// An exclusive lock on `resource` in `ws`, with the default lease ([`DEFAULT_TTL`]) and
+    /// wait ([`DEFAULT_WAIT`]), owned by the current agent (`MAOS_AGENT_ID`).
+    pub fn new(ws: &Workspace, resource: ResourceName) -> Self {
+        Self {
+            ws: ws.clone(),
+            resource,
+            mode: LockMode::Exclusive,
+            ttl: DEFAULT_TTL,
+            wait: DEFAULT_WAIT,
+            heartbeat: None,
+            agent: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// A shared (read) lock instead: many holders, none exclusive.
+    pub fn shared(mut self) -> Self {
+        self.mode = LockMode::Shared;
+        self
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The lease length: a holder that neither renews nor releases loses the lock after it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest [`FileLock::acquire`] waits before failing with [`Error::Timeout`].
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Renews the lease automatically from a background thread every `ttl / 3` while the
+    /// guard lives (no async runtime needed).
+    pub fn heartbeat(mut self, on: bool) -> Self {
+        self.heartbeat = on.then(|| self.ttl / 3);
+        self
+    }
+
+    /// Acts for `agent` instead of the current agent.
+    pub fn agent(mut self, agent: AgentId) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
+    /// Adds a metadata entry to the lock record.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The resource.
+    pub fn resource(&self) -> &ResourceName {
+        &self.resource
+    }
+
+    fn start(&self, purpose: &str) -> Result<Waiting> {
+        let agent = match &self.agent {
+            Some(a) => a.clone(),
+            None => AgentId::current()?,
+        };
+        let started = Instant::now();
+        Ok(Waiting {
+            shared: Shared::of(&self.ws)?,
+            lock: self.clone(),
+            agent,
+            purpose: purpose.to_owned(),
+            ticket: None,
+            started,
+            deadline: started + self.wait,
+            blocker: None,
+            sleeps: 0,
+        })
+    }
+
+    /// Takes the lock if it is free and nobody is queued for an overlapping resource;
+    /// `Ok(None)` otherwise (never waits).
+    pub fn try_acquire(&self, purpose: &str) -> Result<Option<LockGuard>> {
+        let _span = tracing::debug_span!("try_acquire", resource = %self.resource).entered();
+        let mut w = self.start(purpose)?;
+        match w.step(false)? {
+            Some(info) => Ok(Some(w.finish(info))),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the lock, waiting (first come, first served) up to the configured wait, without
+    /// an async runtime.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] naming the holder, its purpose and its lease end;
+    /// [`Error::Deadlock`] when deadlock resolution chose this wait as the victim.
+    pub fn acquire_blocking(&self, purpose: &str) -> Result<LockGuard> {
+        let _span =
+            tracing::info_span!("acquire", resource = %self.resource, mode = ?self.mode).entered();
+        let mut w = self.start(purpose)?;
+        let mut watch: Option<Arc<DirWatch>> = None;
+        loop {
+            let seen = watch.as_ref().map(|w| w.generation());
+            if let Some(info) = w.step(true)? {
+                return Ok(w.finish(info));
+            }
+            let Some(wt) = &watch else {
+                // First time blocked: start watching, then look again (a change between the
+                // look and the watch would otherwise be missed).
+                watch = Some(w.shared.watch());
+                continue;
+            };
+            let now = Instant::now();
+            if now >= w.deadline {
+                return Err(w.timed_out());
+            }
+            let until = w.deadline.min(now + wt.fallback(w.sleeps));
+            w.sleeps += 1;
+            wt.wait_blocking(seen.unwrap_or(0), until);
+        }
+    }
+
+    /// Takes the lock, waiting (first come, first served) up to the configured wait. The
+    /// table operations run on tokio's blocking pool; the wait itself is a file-system event
+    /// or the fallback timer. Dropping the future withdraws from the queue.
+    ///
+    /// # Errors
+    /// As [`FileLock::acquire_blocking`].
+    pub async fn acquire(&self, purpose: &str) -> Result<LockGuard> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!("acquire", resource = %self.resource, mode = ?self.mode);
+        self.acquire_async(purpose).instrument(span).await
+    }
+
+    async fn acquire_async(&self, purpose: &str) -> Result<LockGuard> {
+        let join_err = |e: tokio::task::JoinError| {
+            Error::io(
+                "run lock step",
+                self.ws.locks_dir(),
+                std::io::Error::other(e),
+            )
+        };
+        let mut w = self.start(purpose)?;
+        let mut watch: Option<Arc<DirWatch>> = None;
+        loop {
+            let seen = watch.as_ref().map(|w| w.generation());
+            let (back, r) = tokio::task::spawn_blocking(move || {
+                let r = w.step(true);
+                (w, r)
+            })
+            .await
+            .map_err(join_err)?;
+            w = back;
+            if let Some(info) = r? {
+                return Ok(w.finish(info));
+            }
+            let Some(wt) = &watch else {
+                watch = Some(w.shared.watch());
+                continue;
+            };
+            let now = Instant::now();
+            if now >= w.deadline {
+                return tokio::task::spawn_blocking(move || Err(w.timed_out()))
+                    .await
+                    .map_err(join_err)?;
+            }
+            let until = w.deadline.min(now + wt.fallback(w.sleeps));
+            w.sleeps += 1;
+            wt.wait_async(seen.unwrap_or(0), until).await;
+        }
+    }
+}
+
+/// One acquisition in progress. Dropping it withdraws its queue entry.
+struct Waiting {
+    shared: Arc<Shared>,
+    lock: FileLock,
+    agent: AgentId,
+    purpose: String,
+    ticket: Option<u64>,
+    started: Instant,
+    deadline: Instant,
+    blocker: Option<HolderSummary>,
+    sleeps: u32,
+}
+
+impl Waiting {
+    /// One look at the table under the guard: take the lock, or (if `enqueue`) join the queue.
+    fn step(&mut self, enqueue: bool) -> Result<Option<LockInfo>> {
+        let shared = self.shared.clone();
+        shared.locked(|l| self.step_locked(l, enqueue))
+    }
+
+    fn step_locked(&mut self, l: &mut Locked<'_>, enqueue: bool) -> Result<Option<LockInfo>> {
+        let (mut t, mut dirty) = l.load_table()?;
+        let now = now_ms();
+        let res = &self.lock.resource;
+        let mode = self.lock.mode;
+        let mut mine = None;
+        if let Some(tk) = self.ticket {
+            match t.waiters.iter().position(|w| w.ticket == tk) {
+                Some(i) => {
+                    if let Some(cycle) = t.waiters[i].aborted.clone() {
+                        t.waiters.remove(i);
+                        self.ticket = None;
+                        l.save_table(&t)?;
+                        tracing::info!(resource = %res, agent = %self.agent, "wait aborted by deadlock resolution");
+                        return Err(Error::Deadlock {
+                            resource: res.clone(),
+                            agent: self.agent.clone(),
+                            cycle,
+                        });
+                    }
+                    mine = Some(tk);
+                }
+                None => {
+                    tracing::warn!(resource = %res, ticket = tk, "queue entry vanished; queueing again");
+                    self.ticket = None;
+                }
+            }
+        }
+        let mut blocked = false;
+        let mut blocker = None;
+        let mut i = 0;
+        while i < t.holders.len() {
+            let h = &t.holders[i];
+            if conflicts(&h.resource, h.mode, res, mode) {
+                if !l.holds(h, now) {
+                    tracing::debug!(resource = %h.resource, owner = %h.owner, token = h.token.0, "stale lock broken");
+                    t.holders.remove(i);
+                    dirty = true;
+                    continue;
+                }
+                blocked = true;
+                blocker.get_or_insert_with(|| h.summary());
+            }
+            i += 1;
+        }
+        let mut i = 0;
+        while i < t.waiters.len() {
+            let w = &t.waiters[i];
+            let earlier = mine.is_none_or(|m| w.ticket < m);
+            if earlier && conflicts(&w.resource, w.mode, res, mode) {
+                if !l.waits(w) {
+                    tracing::debug!(ticket = w.ticket, agent = %w.agent, "dead waiter removed");
+                    t.waiters.remove(i);
+                    dirty = true;
+                    continue;
+                }
+                blocked = true;
+            }
+            i += 1;
+        }
+        if !blocked {
+            let live = l.live_name()?;
+            if let Some(m) = mine {
+                t.waiters.retain(|w| w.ticket != m);
+            }
+            let id = match mine {
+                Some(m) => m,
+                None => t.take_ticket(),
+            };
+            self.ticket = None;
+            let token = t.issue_token(res);
+            let info = LockInfo {
+                id,
+                resource: res.clone(),
+                mode,
+                owner: self.agent.clone(),
+                process: Some(l.shared.identity.clone()),
+                live: Some(live),
+                acquired_at: now,
+                expires_at: now + self.lock.ttl.as_millis() as u64,
+                ttl_ms: self.lock.ttl.as_millis() as u64,
+                purpose: self.purpose.clone(),
+                metadata: self.lock.metadata.clone(),
+                token,
+            };
+            t.holders.push(info.clone());
+            l.save_table(&t)?;
+            tracing::debug!(resource = %res, token = token.0, "lock granted");
+            return Ok(Some(info));
+        }
+        if blocker.is_some() {
+            self.blocker = blocker;
+        }
+        if enqueue && mine.is_none() {
+            let live = l.live_name()?;
+            let tk = t.take_ticket();
+            t.waiters.push(WaiterInfo {
+                ticket: tk,
+                resource: res.clone(),
+                mode,
+                agent: self.agent.clone(),
+                process: Some(l.shared.identity.clone()),
+                live: Some(live),
+                since: now,
+                purpose: self.purpose.clone(),
+                aborted: None,
+            });
+            self.ticket = Some(tk);
+            dirty = true;
+            tracing::debug!(resource = %res, ticket = tk, "queued");
+        }
+        if dirty {
+            l.save_table(&t)?;
+        }
+        Ok(None)
+    }
+
+    /// Leaves the queue and builds the timeout error.
+    fn timed_out(mut self) -> Error {
+        self.withdraw();
+        Error::Timeout {
+            resource: self.lock.resource.clone(),
+            waited: self.started.elapsed(),
+            holder: self.blocker.take().map(Box::new),
+        }
+    }
+
+    fn withdraw(&mut self) {
+        let Some(tk) = self.ticket.take() else { return };
+        let r = self.shared.locked(|l| {
+            let (mut t, _) = l.load_table()?;
+            let before = t.waiters.len();
+            t.waiters.retain(|w| w.ticket != tk);
+            if t.waiters.len() != before {
+                l.save_table(&t)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, ticket = tk, "cannot withdraw from the lock queue");
+        }
+    }
+
+    fn finish(mut self, info: LockInfo) -> LockGuard {
+        self.ticket = None;
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = self
+            .lock
+            .heartbeat
+            .map(|every| Heartbeat::start(self.shared.clone(), info.clone(), every, lost.clone()));
+        LockGuard {
+            shared: self.shared.clone(),
+            info,
+            heartbeat,
+            lost,
+            active: true,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// A held lock. Dropping it releases the lock synchronously (no runtime needed).
+#[derive(Debug)]
+pub struct LockGuard {
+    shared: Arc<Shared>,
+    info: LockInfo,
+    heartbeat: Option<Heartbeat>,
+    lost: Arc<AtomicBool>,
+    active: bool,
+}
+
+impl LockGuard {
+    /// The fencing token issued with this lock.
+    pub fn token(&self) -> FencingToken {
+        self.info.token
+    }
+
+    /// The lock record as published (its `expires_at` as of the last renewal by this guard).
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// The resource.
+    pub fn resource(&self) -> &ResourceName {
+        &self.info.resource
+    }
+
+    /// True once a renewal found the lock lost (the automatic heartbeat sets it).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Extends the lease by its length from now.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when the lock was broken meanwhile.
+    pub fn renew(&mut self) -> Result<()> {
+        let r = renew_record(&self.shared, &self.info);
+        match r {
+            Ok(expires) => {
+                self.info.expires_at = expires;
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::LockLost { .. }) {
+                    self.lost.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks that this guard still holds the lock ([`check_fencing_token`]).
+    pub fn check(&self) -> Result<()> {
+        let ws_dir = self.shared.dir.clone();
+        let shared = Shared::of_dir(&ws_dir)?;
+        check_token_in(&shared, &self.info.resource, self.info.token)
+    }
+
+    /// Releases the lock: deletes its record, if it is still this guard's.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when the lock was already lost (nothing is deleted then).
+    pub fn release(mut self) -> Result<()> {
+        self.active = false;
+        self.stop_heartbeat();
+        release_record(&self.shared, &self.info)
+    }
+
+    /// Hands the lock over to the owning agent: it no longer depends on this process, stays
+    /// held after it exits, and ends when released by the agent or when its lease runs out
+    /// (`maos lock acquire` uses this).
+    pub fn detach(mut self) -> Result<LockInfo> {
+        self.active = false;
+        self.stop_heartbeat();
+        let id = self.info.id;
+        let token = self.info.token;
+        let info = self.info.clone();
+        self.shared.locked(|l| {
+            let (mut t, _) = l.load_table()?;
+            let Some(h) = t
+                .holders
+                .iter_mut()
+                .find(|h| h.id == id && h.token == token)
+            else {
+                return Err(lost_error(&t, &info));
+            };
+            h.live = None;
+            let out = h.clone();
+            l.save_table(&t)?;
+            Ok(out)
+        })
+    }
+
+    /// Lets child processes spawned from now on inherit this process's liveness descriptor,
+    /// so the lock counts as held while any of them still runs, even if this process is
+    /// killed (`maos lock run`, like flock(1)). Affects every lock of this process.
+    pub fn share_with_children(&self) -> Result<()> {
+        let Some(f) = self.shared.live_file() else {
+            return Ok(());
+        };
+        rustix::io::fcntl_setfd(f, rustix::io::FdFlags::empty())
+            .map_err(|e| Error::io("fcntl", &self.shared.dir, e.into()))
+    }
+
+    fn stop_heartbeat(&mut self) {
+        if let Some(hb) = self.heartbeat.take() {
+            hb.stop();
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        self.stop_heartbeat();
+        match release_record(&self.shared, &self.info) {
+            Ok(()) => {}
+            Err(Error::LockLost { .. }) => {
+                tracing::warn!(resource = %self.info.resource, token = self.info.token.0, "lock was lost before it was dropped")
+            }
+            Err(e) => {
+                tracing::error!(resource = %self.info.resource, error = %e, "cannot release lock on drop")
+            }
+        }
+    }
+}
+
+fn lost_error(t: &TableState, info: &LockInfo) -> Error {
+    let now_held_by = t
+        .holders
+        .iter()
+        .find(|h| conflicts(&h.resource, h.mode, &info.resource, info.mode))
+        .map(|h| Box::new(h.summary()));
+    Error::LockLost {
+        resource: info.resource.clone(),
+        token: info.token,
+        now_held_by,
+    }
+}
+
+fn release_record(shared: &Shared, info: &LockInfo) -> Result<()> {
+    let _span =
+        tracing::debug_span!("release", resource = %info.resource, token = info.token.0).entered();
+    shared.locked(|l| {
+        let (mut t, _) = l.load_table()?;
+        match t
+            .holders
+            .iter()
+            .position(|h| h.id == info.id && h.token == info.token)
+        {
+            Some(i) => {
+                t.holders.remove(i);
+                l.save_table(&t)?;
+                Ok(())
+            }
+            None => Err(lost_error(&t, info)),
+        }
+    })
+}
+
+fn renew_record(shared: &Shared, info: &LockInfo) -> Result<u64> {
+    shared.locked(|l| {
+        let (mut t, _) = l.load_table()?;
+        let now = now_ms();
+        let Some(h) = t
+            .holders
+            .iter_mut()
+            .find(|h| h.id == info.id && h.token == info.token)
+        else {
+            return Err(lost_error(&t, info));
+        };
+        h.expires_at = now + h.ttl_ms;
+        let e = h.expires_at;
+        l.save_table(&t)?;
+        Ok(e)
+    })
+}
+
+pub(crate) fn check_token_in(
+    shared: &Shared,
+    resource: &ResourceName,
+    token: FencingToken,
+) -> Result<()> {
+    shared.locked(|l| {
+        let (t, _) = l.load_table()?;
+        let now = now_ms();
+        let ok = t
+            .holders
+            .iter()
+            .find(|h| &h.resource == resource && h.token == token)
+            .is_some_and(|h| l.holds(h, now));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::StaleToken {
+                resource: resource.clone(),
+                token,
+                current: t.current_token(resource),
+            })
+        }
+    })
+}
+
+/// The automatic lease renewal thread of a guard.
+#[derive(Debug)]
+struct Heartbeat {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(shared: Arc<Shared>, info: LockInfo, every: Duration, lost: Arc<AtomicBool>) -> Self {
+        let (stop, rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("maos-lock-heartbeat".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                    match renew_record(&shared, &info) {
+                        Ok(_) => tracing::trace!(resource = %info.resource, "lease renewed"),
+                        Err(e @ Error::LockLost { .. }) => {
+                            tracing::warn!(error = %e, "heartbeat: lock lost");
+                            lost.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat: renewal failed"),
+                    }
+                }
+            })
+            .expect("spawning a thread only fails when the system is out of resources");
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Everything the lock table holds, after dead and expired entries were removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Current holders.
+    pub holders: Vec<LockInfo>,
+    /// Queued waiters, in ticket order.
+    pub waiters: Vec<WaiterInfo>,
+}
+
+/// Table-wide operations: listing, and the agent-level release and renewal the CLI uses for
+/// leases held by an agent rather than by a process.
+#[derive(Debug, Clone)]
+pub struct LockTable {
+    shared: Arc<Shared>,
+}
+
+impl LockTable {
+    /// The lock table of `ws`.
+    pub fn open(ws: &Workspace) -> Result<Self> {
+        Ok(Self {
+            shared: Shared::of(ws)?,
+        })
+    }
+
+    /// Holders and waiters, after reclaiming dead and expired ones.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.shared.locked(|l| {
+            let (mut t, dirty) = l.load_table()?;
+            let reaped = l.reap_all(&mut t);
+            if dirty || reaped {
+                l.save_table(&t)?;
+                l.sweep_live(&t);
+            }
+            t.waiters.sort_by_key(|w| w.ticket);
+            Ok(Snapshot {
+                holders: t.holders,
+                waiters: t.waiters,
+            })
+        })
+    }
+
+    /// Current holders whose locks conflict with a `mode` lock on `resource`.
+    pub fn conflicting(&self, resource: &ResourceName, mode: LockMode) -> Result<Vec<LockInfo>> {
+        Ok(self
+            .snapshot()?
+            .holders
+            .into_iter()
+            .filter(|h| conflicts(&h.resource, h.mode, resource, mode))
+            .collect())
+    }
+
+    /// The newest fencing token issued for `resource` (0 if none).
+    pub fn current_token(&self, resource: &ResourceName) -> Result<FencingToken> {
+        self.shared
+            .locked(|l| Ok(l.load_table()?.0.current_token(resource)))
+    }
+
+    fn agent_records(
+        &self,
+        resource: &ResourceName,
+        agent: &AgentId,
+        token: Option<FencingToken>,
+        f: impl Fn(&mut LockInfo),
+        remove: bool,
+    ) -> Result<Vec<LockInfo>> {
+        self.shared.locked(|l| {
+            let (mut t, _) = l.load_table()?;
+            let now = now_ms();
+            let mut hit = Vec::new();
+            let mut keep = Vec::with_capacity(t.holders.len());
+            for mut h in std::mem::take(&mut t.holders) {
+                let mine = &h.resource == resource
+                    && &h.owner == agent
+                    && token.is_none_or(|tk| tk == h.token);
+                if mine && l.holds(&h, now) {
+                    f(&mut h);
+                    hit.push(h.clone());
+                    if !remove {
+                        keep.push(h);
+                    }
+                } else if mine {
+                    // Expired or dead: lost already.
+                } else {
+                    keep.push(h);
+                }
+            }
+            t.holders = keep;
+            if hit.is_empty() {
+                let holder = t
+                    .holders
+                    .iter()
+                    .find(|h| overlaps(&h.resource, resource))
+                    .map(|h| Box::new(h.summary()));
+                l.save_table(&t)?;
+                return Err(Error::NotOwner {
+                    resource: resource.clone(),
+                    agent: agent.clone(),
+                    holder,
+                });
+            }
+            l.save_table(&t)?;
+            Ok(hit)
+        })
+    }
+
+    /// Releases `agent`'s locks on exactly `resource` (only the one with `token`, if given).
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] when the agent holds none (naming who does).
+    pub fn release(
+        &self,
+        resource: &ResourceName,
+        agent: &AgentId,
+        token: Option<FencingToken>,
+    ) -> Result<Vec<LockInfo>> {
+        let _span = tracing::info_span!("release", resource = %resource, agent = %agent).entered();
+        self.agent_records(resource, agent, token, |_| {}, true)
+    }
+
+    /// Renews `agent`'s locks on exactly `resource` by their lease length (or `ttl`).
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] when the agent holds none (its lease may have ended).
+    pub fn renew(
+        &self,
+        resource: &ResourceName,
+        agent: &AgentId,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<LockInfo>> {
+        let _span = tracing::info_span!("renew", resource = %resource, agent = %agent).entered();
+        let now = now_ms();
+        self.agent_records(
+            resource,
+            agent,
+            None,
+            |h| {
+                if let Some(ttl) = ttl {
+                    h.ttl_ms = ttl.as_millis() as u64;
+                }
+                h.expires_at = now + h.ttl_ms;
+            },
+            false,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws() -> (tempfile::TempDir, Workspace) {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        (d, ws)
+    }
+
+    fn r(s: &str) -> ResourceName {
+        ResourceName::new(s).unwrap()
+    }
+
+    fn agent(s: &str) -> AgentId {
+        AgentId::new(s).unwrap()
+    }
+
+    #[test]
+    fn tokens_increase_and_release_frees() {
+        let (_d, ws) = ws();
+        let l = FileLock::new(&ws, r("a.txt")).agent(agent("x"));
+        let g1 = l.try_acquire("one").unwrap().unwrap();
+        assert!(l.try_acquire("two").unwrap().is_none());
+        let t1 = g1.token();
+        check_fencing_token(&ws, &r("a.txt"), t1).unwrap();
+        g1.release().unwrap();
+        let err = check_fencing_token(&ws, &r("a.txt"), t1).unwrap_err();
+        assert!(
+            matches!(err, Error::StaleToken { current, .. } if current == t1),
+            "{err}"
+        );
+        let g2 = l.try_acquire("three").unwrap().unwrap();
+        assert!(g2.token() > t1);
+        drop(g2); // released synchronously, no runtime
+        assert!(l.try_acquire("four").unwrap().is_some());
+    }
+
+    #[test]
+    fn patterns_and_shared_modes_conflict_as_documented() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("src/api/**"))
+            .try_acquire("p")
+            .unwrap()
+            .unwrap();
+        assert!(
+            FileLock::new(&ws, r("src/api/user.rs"))
+                .try_acquire("u")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            FileLock::new(&ws, r("src/lib.rs"))
+                .try_acquire("l")
+                .unwrap()
+                .is_some()
+        );
+        drop(g);
+        let s1 = FileLock::new(&ws, r("doc"))
+            .shared()
+            .try_acquire("r1")
+            .unwrap()
+            .unwrap();
+        let s2 = FileLock::new(&ws, r("doc/x.md"))
+            .shared()
+            .try_acquire("r2")
+            .unwrap()
+            .unwrap();
+        assert!(
+            FileLock::new(&ws, r("doc/x.md"))
+                .try_acquire("w")
+                .unwrap()
+                .is_none()
+        );
+        drop((s1, s2));
+        assert!(
+            FileLock::new(&ws, r("doc/x.md"))
+                .try_acquire("w")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_expired_holder_is_told_and_deletes_nothing() {
+        let (_d, ws) = ws();
+        let old = FileLock::new(&ws, r("f"))
+            .agent(agent("old"))
+            .ttl(Duration::from_millis(1))
+            .try_acquire("slow")
+            .unwrap()
+            .unwrap();
+        // Wait for the lease to end by observing the clock, not by sleeping a guess.
+        let end = old.info().expires_at;
+        while now_ms() <= end {
+            std::thread::yield_now();
+        }
+        let new = FileLock::new(&ws, r("f"))
+            .agent(agent("new"))
+            .try_acquire("fresh")
+            .unwrap()
+            .unwrap();
+        assert!(new.token() > old.token());
+        let err = old.release().unwrap_err();
+        match &err {
+            Error::LockLost {
+                now_held_by: Some(h),
+                ..
+            } => assert_eq!(h.owner.as_str(), "new"),
+            other => panic!("{other}"),
+        }
+        check_fencing_token(&ws, &r("f"), new.token()).unwrap();
+    }
+
+    #[test]
+    fn timeout_names_the_holder_purpose_and_lease() {
+        let (_d, ws) = ws();
+        let _g = FileLock::new(&ws, r("busy"))
+            .agent(agent("holder"))
+            .try_acquire("long migration")
+            .unwrap()
+            .unwrap();
+        let err = FileLock::new(&ws, r("busy"))
+            .wait(Duration::from_millis(20))
+            .acquire_blocking("me")
+            .unwrap_err();
+        let s = err.to_string();
+        assert!(matches!(err, Error::Timeout { .. }), "{s}");
+        assert!(
+            s.contains("holder") && s.contains("long migration") && s.contains("lease ends"),
+            "{s}"
+        );
+        // The timed-out waiter left the queue.
+        assert!(
+            LockTable::open(&ws)
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .waiters
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_waiter_wakes_on_release() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("h"))
+            .try_acquire("first")
+            .unwrap()
+            .unwrap();
+        let ws2 = ws.clone();
+        let t = std::thread::spawn(move || {
+            FileLock::new(&ws2, r("h"))
+                .wait(Duration::from_secs(60))
+                .acquire_blocking("second")
+                .map(|g| g.token())
+        });
+        // Release once the waiter is queued.
+        let table = LockTable::open(&ws).unwrap();
+        while table.snapshot().unwrap().waiters.is_empty() {
+            std::thread::yield_now();
+        }
+        let first = g.token();
+        g.release().unwrap();
+        assert!(t.join().unwrap().unwrap() > first);
+    }
+
+    #[tokio::test]
+    async fn async_acquire_and_renew() {
+        let (_d, ws) = ws();
+        let mut g = FileLock::new(&ws, r("x")).acquire("a").await.unwrap();
+        let before = g.info().expires_at;
+        g.renew().unwrap();
+        assert!(g.info().expires_at >= before);
+        assert!(!g.is_lost());
+        let t = LockTable::open(&ws).unwrap();
+        assert_eq!(t.snapshot().unwrap().holders.len(), 1);
+        drop(g);
+        assert!(t.snapshot().unwrap().holders.is_empty());
+    }
+
+    #[test]
+    fn agent_leases_survive_detach_and_are_released_by_the_agent_only() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("lease"))
+            .agent(agent("a"))
+            .try_acquire("cli")
+            .unwrap()
+            .unwrap();
+        let info = g.detach().unwrap();
+        assert!(info.live.is_none());
+        let table = LockTable::open(&ws).unwrap();
+        let err = table.release(&r("lease"), &agent("b"), None).unwrap_err();
+        assert!(matches!(err, Error::NotOwner { .. }), "{err}");
+        assert!(err.to_string().contains("agent a"), "{err}");
+        table.renew(&r("lease"), &agent("a"), None).unwrap();
+        let done = table
+            .release(&r("lease"), &agent("a"), Some(info.token))
+            .unwrap();
+        assert_eq!(done.len(), 1);
+    }
+}

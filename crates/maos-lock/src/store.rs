@@ -1,0 +1,466 @@
+//! The on-disk lock table and the kernel locks around it (see docs/protocol-lock.md).
+//!
+//! `.maos/locks/`:
+//! - `guard`: an empty file; every read-modify-write of the state files happens while holding
+//!   an exclusive kernel lock (`flock`) on it, so all state changes are serialised.
+//! - `table.json`: holders, waiters, fencing counters, the ticket counter; replaced whole
+//!   (temporary file + `rename`) under the guard, so readers never see a partial table.
+//! - `advisory.json`: advisory interests, same rules.
+//! - `live/<pid>.<n>`: one liveness file per process taking locks; the process holds an
+//!   exclusive kernel lock on it for its lifetime. A breaker (under the guard) that can take
+//!   that kernel lock knows the process (and every child that inherited the descriptor) is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use maos_core::process::{boot_id, hostname};
+use maos_core::{AgentId, ProcessIdentity, ResourceName, Workspace, fsx, now_ms};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::HolderSummary;
+use crate::watch::DirWatch;
+use crate::{Error, FencingToken, Result};
+
+/// Name of the guard file.
+pub(crate) const GUARD: &str = "guard";
+/// Name of the lock table.
+pub(crate) const TABLE: &str = "table.json";
+/// Name of the advisory interests file.
+pub(crate) const ADVISORY: &str = "advisory.json";
+/// Directory of liveness files.
+pub(crate) const LIVE_DIR: &str = "live";
+/// Format version of the state files.
+pub(crate) const STATE_VERSION: u32 = 1;
+/// Largest state file a reader accepts.
+const STATE_LIMIT: u64 = 64 << 20;
+/// How far every fencing counter jumps after a reboot (the table is not fsynced on every
+/// change, so a power cut can lose its newest updates; fewer than this many tokens can be
+/// issued between two commits of the file system journal).
+pub(crate) const REBOOT_TOKEN_JUMP: u64 = 1 << 32;
+
+/// Shared or exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// One holder; conflicts with every overlapping lock.
+    #[default]
+    Exclusive,
+    /// Many holders; conflicts only with overlapping exclusive locks.
+    Shared,
+}
+
+/// One held lock: the record every reader sees, published whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// Unique id of this holding (the ticket it was granted under).
+    pub id: u64,
+    /// The resource (path or pattern).
+    pub resource: ResourceName,
+    /// Shared or exclusive.
+    pub mode: LockMode,
+    /// The owning agent.
+    pub owner: AgentId,
+    /// The process that took it (for humans and `lock list`; liveness uses `live`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessIdentity>,
+    /// The liveness file (`live/<name>`) of the holding process; `None` for a lease held by
+    /// the agent alone (only its expiry ends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// When it was granted (ms since the Unix epoch).
+    pub acquired_at: u64,
+    /// When the lease ends unless renewed (ms since the Unix epoch).
+    pub expires_at: u64,
+    /// Lease length used by renewals, in ms.
+    pub ttl_ms: u64,
+    /// Why it is held.
+    pub purpose: String,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// The fencing token issued with it.
+    pub token: FencingToken,
+}
+
+impl LockInfo {
+    pub(crate) fn summary(&self) -> HolderSummary {
+        HolderSummary {
+            owner: self.owner.clone(),
+            resource: self.resource.clone(),
+            purpose: self.purpose.clone(),
+            expires_at: self.expires_at,
+            pid: self.live.as_ref().and(self.process.as_ref()).map(|p| p.pid),
+            token: self.token,
+        }
+    }
+}
+
+/// One queued waiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaiterInfo {
+    /// Its ticket: the arrival order (smaller is earlier).
+    pub ticket: u64,
+    /// The resource it waits for.
+    pub resource: ResourceName,
+    /// Shared or exclusive.
+    pub mode: LockMode,
+    /// The waiting agent.
+    pub agent: AgentId,
+    /// The waiting process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessIdentity>,
+    /// Its liveness file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// When it started waiting (ms since the Unix epoch).
+    pub since: u64,
+    /// Why it wants the lock.
+    pub purpose: String,
+    /// Set by deadlock resolution: the wait must end with a `Deadlock` error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<Vec<AgentId>>,
+}
+
+/// The lock table (`table.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct TableState {
+    pub(crate) version: u32,
+    #[serde(default)]
+    pub(crate) boot_id: String,
+    #[serde(default)]
+    pub(crate) next_ticket: u64,
+    /// Newest fencing token issued per resource; never reset, never decreased.
+    #[serde(default)]
+    pub(crate) tokens: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) holders: Vec<LockInfo>,
+    #[serde(default)]
+    pub(crate) waiters: Vec<WaiterInfo>,
+}
+
+impl TableState {
+    pub(crate) fn take_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    pub(crate) fn current_token(&self, resource: &ResourceName) -> FencingToken {
+        FencingToken(self.tokens.get(resource.as_str()).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn issue_token(&mut self, resource: &ResourceName) -> FencingToken {
+        let t = self.tokens.entry(resource.as_str().to_owned()).or_insert(0);
+        *t += 1;
+        FencingToken(*t)
+    }
+}
+
+/// Per-process, per-workspace state: the guard handle and this process's liveness file.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    guard: Mutex<Option<File>>,
+    live: OnceLock<(String, File)>,
+    watch: OnceLock<Arc<DirWatch>>,
+    pub(crate) identity: ProcessIdentity,
+}
+
+static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Arc<Shared>>>> = OnceLock::new();
+static LIVE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn lock_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the mutex leaves no broken invariant in the guarded value (the
+    // kernel lock is released by the panicking thread's Flock drop), so recover it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The shared state for `ws`'s lock directory (created on first use).
+    pub(crate) fn of(ws: &Workspace) -> Result<Arc<Shared>> {
+        Self::of_dir(&ws.locks_dir())
+    }
+
+    pub(crate) fn of_dir(dir: &Path) -> Result<Arc<Shared>> {
+        let reg = REGISTRY.get_or_init(Default::default);
+        let mut map = lock_poisoned(reg);
+        if let Some(s) = map.get(dir) {
+            return Ok(s.clone());
+        }
+        fsx::create_dir_private(dir)?;
+        fsx::create_dir_private(&dir.join(LIVE_DIR))?;
+        let s = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            guard: Mutex::new(None),
+            live: OnceLock::new(),
+            watch: OnceLock::new(),
+            identity: ProcessIdentity::current(),
+        });
+        map.insert(dir.to_path_buf(), s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn table_path(&self) -> PathBuf {
+        self.dir.join(TABLE)
+    }
+
+    pub(crate) fn watch(&self) -> Arc<DirWatch> {
+        self.watch
+            .get_or_init(|| Arc::new(DirWatch::new(&self.dir)))
+            .clone()
+    }
+
+    /// Runs `f` while holding the guard (the process mutex, then the kernel lock).
+    pub(crate) fn locked<R>(&self, f: impl FnOnce(&mut Locked<'_>) -> Result<R>) -> Result<R> {
+        let mut slot = lock_poisoned(&self.guard);
+        if slot.is_none() {
+            let path = self.dir.join(GUARD);
+            *slot = Some(fsx::open_lock_file(&path)?);
+        }
+        let file = slot.as_ref().expect("the guard file was opened just above");
+        file.lock()
+            .map_err(|e| Error::io("lock", self.dir.join(GUARD), e))?;
+        let mut l = Locked {
+            shared: self,
+            alive_cache: HashMap::new(),
+        };
+        let r = f(&mut l);
+        let unlocked = file.unlock();
+        drop(slot);
+        let r = r?;
+        unlocked.map_err(|e| Error::io("unlock", self.dir.join(GUARD), e))?;
+        Ok(r)
+    }
+
+    /// This process's liveness file name, creating and locking it on first use. Must be
+    /// called under the guard (a sweeper never removes a file between its creation and its
+    /// kernel lock).
+    fn live_name(&self, _proof: &Locked<'_>) -> Result<String> {
+        if let Some((name, _)) = self.live.get() {
+            return Ok(name.clone());
+        }
+        let n = LIVE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}.{}.{}.{n}",
+            std::process::id(),
+            self.identity.start_time,
+            now_ms()
+        );
+        let path = self.dir.join(LIVE_DIR).join(&name);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        f.lock().map_err(|e| Error::io("lock", &path, e))?;
+        let _ = self.live.set((name, f));
+        let (name, _) = self.live.get().expect("set just above");
+        Ok(name.clone())
+    }
+
+    /// The liveness file handle of this process, if created.
+    pub(crate) fn live_file(&self) -> Option<&File> {
+        self.live.get().map(|(_, f)| f)
+    }
+}
+
+/// The state of a guarded operation.
+pub(crate) struct Locked<'a> {
+    pub(crate) shared: &'a Shared,
+    alive_cache: HashMap<String, bool>,
+}
+
+impl Locked<'_> {
+    pub(crate) fn live_name(&self) -> Result<String> {
+        self.shared.live_name(self)
+    }
+
+    fn read_state<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        let path = self.shared.dir.join(name);
+        match fsx::read_bounded(&path, STATE_LIMIT) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.is_not_found() => Ok(T::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes a state file whole: temporary file, then `rename` over the old one. Not
+    /// fsynced: lock state matters only while processes run (see [`REBOOT_TOKEN_JUMP`]).
+    fn write_state<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.shared.dir.join(name);
+        let mut bytes = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        let tmp =
+            self.shared
+                .dir
+                .join(format!("{}{}.{name}", fsx::TEMP_PREFIX, std::process::id()));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(&bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io("rename", &path, e)
+        })
+    }
+
+    /// Loads the lock table, applying the reboot rule.
+    pub(crate) fn load_table(&self) -> Result<(TableState, bool)> {
+        let mut t: TableState = self.read_state(TABLE)?;
+        let mut dirty = false;
+        if t.version > STATE_VERSION {
+            return Err(Error::Corrupt {
+                path: self.shared.table_path(),
+                reason: format!(
+                    "written by a newer maos (version {}, this one understands {STATE_VERSION})",
+                    t.version
+                ),
+            });
+        }
+        t.version = STATE_VERSION;
+        let boot = boot_id();
+        if t.boot_id != boot {
+            if !t.boot_id.is_empty() {
+                tracing::info!(
+                    "host rebooted since the lock table was written: fencing counters jump"
+                );
+                for v in t.tokens.values_mut() {
+                    *v = v.saturating_add(REBOOT_TOKEN_JUMP);
+                }
+            }
+            t.boot_id = boot.to_owned();
+            dirty = true;
+        }
+        Ok((t, dirty))
+    }
+
+    pub(crate) fn save_table(&self, t: &TableState) -> Result<()> {
+        self.write_state(TABLE, t)
+    }
+
+    pub(crate) fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        self.read_state(name)
+    }
+
+    pub(crate) fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.write_state(name, value)
+    }
+
+    /// Whether the process behind a liveness file still runs. `None` (an agent lease) and
+    /// other hosts count as alive: only the lease can end those.
+    pub(crate) fn alive(&mut self, live: Option<&str>, process: Option<&ProcessIdentity>) -> bool {
+        let Some(live) = live else { return true };
+        if process.is_some_and(|p| p.host != hostname()) {
+            return true;
+        }
+        if self.shared.live.get().is_some_and(|(n, _)| n == live) {
+            return true;
+        }
+        if let Some(&v) = self.alive_cache.get(live) {
+            return v;
+        }
+        let v = self.probe(live);
+        self.alive_cache.insert(live.to_owned(), v);
+        v
+    }
+
+    fn probe(&self, live: &str) -> bool {
+        if live.contains('/') || live.starts_with('.') {
+            return false;
+        }
+        let path = self.shared.dir.join(LIVE_DIR).join(live);
+        let f = match fsx::open_read(&path) {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot probe liveness file; assuming alive");
+                return true;
+            }
+        };
+        match f.try_lock() {
+            Ok(()) => {
+                tracing::debug!(live, "holder process is gone");
+                // Nobody holds it: the process and all its heirs are gone. Remove it while we
+                // hold its lock (a new process never reuses a name).
+                let _ = fsx::remove_if_exists(&path);
+                false
+            }
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot probe liveness file; assuming alive");
+                true
+            }
+        }
+    }
+
+    /// Whether a holder record still holds: not expired, and its process (if any) alive.
+    pub(crate) fn holds(&mut self, h: &LockInfo, now: u64) -> bool {
+        h.expires_at > now && self.alive(h.live.as_deref(), h.process.as_ref())
+    }
+
+    /// Whether a waiter still waits.
+    pub(crate) fn waits(&mut self, w: &WaiterInfo) -> bool {
+        self.alive(w.live.as_deref(), w.process.as_ref())
+    }
+
+    /// Removes every holder that no longer holds and every dead waiter. Returns whether
+    /// anything was removed.
+    pub(crate) fn reap_all(&mut self, t: &mut TableState) -> bool {
+        let now = now_ms();
+        let before = (t.holders.len(), t.waiters.len());
+        let mut holders = std::mem::take(&mut t.holders);
+        holders.retain(|h| {
+            let keep = self.holds(h, now);
+            if !keep {
+                tracing::debug!(resource = %h.resource, owner = %h.owner, token = h.token.0, "stale lock reclaimed");
+            }
+            keep
+        });
+        t.holders = holders;
+        let mut waiters = std::mem::take(&mut t.waiters);
+        waiters.retain(|w| self.waits(w));
+        t.waiters = waiters;
+        before != (t.holders.len(), t.waiters.len())
+    }
+
+    /// Removes liveness files nobody holds and no record names.
+    pub(crate) fn sweep_live(&mut self, t: &TableState) {
+        let dir = self.shared.dir.join(LIVE_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let used = t.holders.iter().any(|h| h.live.as_deref() == Some(name))
+                || t.waiters.iter().any(|w| w.live.as_deref() == Some(name));
+            if !used {
+                // probe removes the file when nobody holds its lock.
+                let _ = self.alive(Some(name), None);
+            }
+        }
+    }
+}
