@@ -1,6 +1,6 @@
 //! Conflict prediction: an in-memory three-way merge with libgit2.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use git2::{Commit, Index, IndexConflict, IndexEntry, Oid, Repository};
@@ -137,14 +137,25 @@ impl Conflict {
     /// with `git merge-tree --name-only`).
     pub fn paths(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        for e in [&self.target, &self.source].into_iter().flatten() {
-            out.insert(e.path.clone());
+        let a = self.ancestor.as_ref().map(|a| a.path.as_str());
+        let sides: Vec<&str> = [&self.target, &self.source]
+            .into_iter()
+            .flatten()
+            .map(|e| e.path.as_str())
+            .collect();
+        let renamed: Vec<&str> = sides.iter().copied().filter(|p| Some(*p) != a).collect();
+        if self.kind == ConflictKind::RenameRename && renamed.len() == 2 && renamed[0] != renamed[1] {
+            // git leaves the original path and both destinations conflicted.
+            out.extend(a.map(str::to_owned));
+            out.extend(renamed.iter().map(|p| (*p).to_owned()));
+        } else if a.is_some() && !renamed.is_empty() {
+            // Renamed on one side: git reports the conflict at the new path only.
+            out.extend(renamed.iter().map(|p| (*p).to_owned()));
+        } else {
+            out.extend(sides.iter().map(|p| (*p).to_owned()));
         }
-        // git also leaves the original path of a rename/rename(1-to-2) conflicted.
-        if out.is_empty() || self.kind == ConflictKind::RenameRename {
-            if let Some(a) = &self.ancestor {
-                out.insert(a.path.clone());
-            }
+        if out.is_empty() {
+            out.extend(a.map(str::to_owned));
         }
         out
     }
@@ -457,79 +468,101 @@ fn entry(e: &Option<IndexEntry>) -> Option<ConflictEntry> {
     })
 }
 
+/// A conflict libgit2 reports but git resolves by itself: one side changed only the content,
+/// the other only the mode or the path (libgit2 cannot merge a binary file's content and mode
+/// separately, git can). Applied to the index before writing a merged tree.
+#[derive(Debug, Clone)]
+pub(crate) struct TrivialResolution {
+    /// Conflicted paths to clear.
+    pub(crate) remove: Vec<String>,
+    /// The merged entry to stage.
+    pub(crate) add: ConflictEntry,
+}
+
+/// The classified conflicts of a merged index.
+#[derive(Debug, Default)]
+pub(crate) struct Analysis {
+    pub(crate) conflicts: Vec<Conflict>,
+    pub(crate) resolved: Vec<TrivialResolution>,
+}
+
+type Triple = (
+    Option<ConflictEntry>,
+    Option<ConflictEntry>,
+    Option<ConflictEntry>,
+);
+
 /// Turns the conflict entries of a merged index into classified conflicts.
 pub(crate) fn conflicts_of(
     repo: &Repository,
     index: &Index,
     options: &DetectOptions,
 ) -> Result<Vec<Conflict>> {
-    if !index.has_conflicts() {
-        return Ok(Vec::new());
-    }
-    let raw: Vec<IndexConflict> = index
-        .conflicts()
-        .git("read conflicts")?
-        .collect::<std::result::Result<_, _>>()
-        .git("read conflicts")?;
-    // Paths present as directories on some side, to spot file/directory conflicts.
+    analyse(repo, index, options).map(|a| a.conflicts)
+}
+
+pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions) -> Result<Analysis> {
+    // Every path of the merged index (all stages), to spot file/directory collisions.
     let all_paths: BTreeSet<String> = index
         .iter()
         .map(|e| String::from_utf8_lossy(&e.path).into_owned())
         .collect();
-    // Ancestor paths renamed differently on both sides (libgit2 may split a rename/rename
-    // into one conflict per side).
-    let mut renamed_from: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &raw {
-        if let Some(a) = &c.ancestor {
-            let ap = String::from_utf8_lossy(&a.path).into_owned();
-            let renamed = [&c.our, &c.their]
-                .into_iter()
-                .flatten()
-                .any(|e| e.path != a.path);
-            if renamed {
-                *renamed_from.entry(ap).or_default() += 1;
-            }
-        }
-    }
-    // Normalise libgit2's shapes to one conflict per conflicted destination:
-    // - (ancestor, unchanged, absent) entries are the sources of a rename/rename(2-to-1)
-    //   or rename/add: git resolves them as plain deletions, so they are dropped;
-    // - a rename/delete arrives as (ancestor, -, -) plus (-, renamed, -): joined into one.
-    let mut triples: Vec<(Option<ConflictEntry>, Option<ConflictEntry>, Option<ConflictEntry>)> =
-        Vec::with_capacity(raw.len());
+    let is_dir = |p: &str| {
+        let prefix = format!("{p}/");
+        all_paths
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|x| x.starts_with(&prefix))
+    };
+    let raw: Vec<IndexConflict> = if index.has_conflicts() {
+        index
+            .conflicts()
+            .git("read conflicts")?
+            .collect::<std::result::Result<_, _>>()
+            .git("read conflicts")?
+    } else {
+        Vec::new()
+    };
+    // Normalise libgit2's shapes to git's: one conflict per conflicted destination.
+    let mut triples: Vec<Triple> = Vec::with_capacity(raw.len());
     let mut orphan_ancestors = Vec::new();
+    let mut file_dir: Vec<Triple> = Vec::new();
     for c in &raw {
         let (a, t, s) = (entry(&c.ancestor), entry(&c.our), entry(&c.their));
-        let unchanged = |x: &ConflictEntry, a: &ConflictEntry| {
-            x.path == a.path && x.oid == a.oid && x.mode == a.mode
-        };
+        let unchanged =
+            |x: &ConflictEntry, a: &ConflictEntry| x.path == a.path && x.oid == a.oid && x.mode == a.mode;
         match (&a, &t, &s) {
-            (Some(a), Some(x), None) | (Some(a), None, Some(x)) if unchanged(x, a) => continue,
+            // The source path of a rename/rename(2-to-1) or rename/add, unchanged on one side
+            // and renamed away on the other: git resolves it as a deletion.
+            (Some(a), Some(x), None) | (Some(a), None, Some(x)) if unchanged(x, a) => {}
+            // (ancestor, -, -): the origin of a rename/delete or rename/rename(1-to-2).
             (Some(_), None, None) => orphan_ancestors.push(a),
+            (None, Some(x), None) | (None, None, Some(x)) if is_dir(&x.path) => {
+                file_dir.push((a, t, s));
+            }
             _ => triples.push((a, t, s)),
         }
     }
+    let lonely = |x: &Triple, target_side: bool| {
+        x.0.is_none()
+            && if target_side {
+                x.1.is_some() && x.2.is_none()
+            } else {
+                x.1.is_none() && x.2.is_some()
+            }
+    };
+    let find = |triples: &[Triple], target_side: bool, oid: &str| {
+        let entry_of = |x: &Triple| if target_side { x.1.clone() } else { x.2.clone() };
+        triples
+            .iter()
+            .position(|x| lonely(x, target_side) && entry_of(x).is_some_and(|e| e.oid == oid))
+            .or_else(|| triples.iter().position(|x| lonely(x, target_side)))
+    };
     for a in orphan_ancestors.into_iter().flatten() {
-        // A rename/rename(1-to-2) is (ancestor, -, -) + (-, target's, -) + (-, -, source's);
-        // a rename/delete is (ancestor, -, -) + one of them. Pair by blob first, else any.
-        type Triple = (Option<ConflictEntry>, Option<ConflictEntry>, Option<ConflictEntry>);
-        let find = |triples: &[Triple], target_side: bool| {
-            let lonely = |x: &Triple| {
-                x.0.is_none()
-                    && if target_side {
-                        x.1.is_some() && x.2.is_none()
-                    } else {
-                        x.1.is_none() && x.2.is_some()
-                    }
-            };
-            let entry_of = |x: &Triple| if target_side { x.1.clone() } else { x.2.clone() };
-            triples
-                .iter()
-                .position(|x| lonely(x) && entry_of(x).is_some_and(|e| e.oid == a.oid))
-                .or_else(|| triples.iter().position(|x| lonely(x)))
-        };
-        let ti = find(&triples, true);
-        let si = find(&triples, false);
+        // rename/rename(1-to-2): (ancestor, -, -) + (-, target's, -) + (-, -, source's);
+        // rename/delete: (ancestor, -, -) + one of them. Paired by blob first, else any.
+        let ti = find(&triples, true, &a.oid);
+        let si = find(&triples, false, &a.oid);
         match (ti, si) {
             (Some(ti), Some(si)) => {
                 let s_entry = triples[si].2.take();
@@ -541,16 +574,72 @@ pub(crate) fn conflicts_of(
             (None, None) => triples.push((Some(a), None, None)),
         }
     }
-    let mut out = Vec::with_capacity(triples.len());
+    // A rename on one side with a modification on the other whose content merge failed
+    // arrives as (ancestor, -, modified) + (-, renamed, -): one content conflict at the
+    // renamed path.
+    let mut i = 0;
+    while i < triples.len() {
+        let shape = match &triples[i] {
+            (Some(a), None, Some(s)) if a.path == s.path => Some(true),
+            (Some(a), Some(t), None) if a.path == t.path => Some(false),
+            _ => None,
+        };
+        if let Some(target_renamed) = shape {
+            if let Some(j) = triples.iter().position(|x| lonely(x, target_renamed)) {
+                let moved = triples.remove(j);
+                let k = if j < i { i - 1 } else { i };
+                if target_renamed {
+                    triples[k].1 = moved.1;
+                } else {
+                    triples[k].2 = moved.2;
+                }
+                i = k;
+            }
+        }
+        i += 1;
+    }
+    let mut out = Analysis::default();
+    for (a, t, s) in &triples {
+        if let (Some(a), Some(t), Some(s)) = (a, t, s) {
+            if let Some(add) = trivial_merge(a, t, s) {
+                let mut remove: Vec<String> = [&a.path, &t.path, &s.path]
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                remove.dedup();
+                out.resolved.push(TrivialResolution { remove, add });
+                continue;
+            }
+        }
+    }
+    triples.retain(|(a, t, s)| match (a, t, s) {
+        (Some(a), Some(t), Some(s)) => trivial_merge(a, t, s).is_none(),
+        _ => true,
+    });
+    triples.extend(file_dir);
+    // A file on one side where the other has a directory that libgit2 left unreported.
+    let reported: BTreeSet<String> = triples
+        .iter()
+        .flat_map(|(a, t, s)| [a, t, s])
+        .flatten()
+        .map(|e| e.path.clone())
+        .collect();
+    for e in index.iter() {
+        let p = String::from_utf8_lossy(&e.path).into_owned();
+        if e.flags & 0x3000 == 0 && is_dir(&p) && !reported.contains(&p) {
+            triples.push((
+                None,
+                None,
+                Some(ConflictEntry {
+                    path: p,
+                    oid: e.id.to_string(),
+                    mode: e.mode,
+                }),
+            ));
+        }
+    }
     for (ancestor, target, source) in triples {
-        let kind = classify(
-            repo,
-            &ancestor,
-            &target,
-            &source,
-            &all_paths,
-            &renamed_from,
-        )?;
+        let kind = classify(repo, &ancestor, &target, &source, &is_dir)?;
         let regions = if kind == ConflictKind::Content && options.line_ranges {
             match (&ancestor, &target, &source) {
                 (Some(a), Some(t), Some(s)) => regions_of(repo, a, t, s)?,
@@ -559,14 +648,23 @@ pub(crate) fn conflicts_of(
         } else {
             Vec::new()
         };
-        let path = source
-            .as_ref()
+        // Report under the renamed path when one side renamed.
+        fn renamed<'e>(
+            e: &'e Option<ConflictEntry>,
+            a: &Option<ConflictEntry>,
+        ) -> Option<&'e ConflictEntry> {
+            e.as_ref()
+                .filter(|e| a.as_ref().is_some_and(|a| a.path != e.path))
+        }
+        let path = renamed(&source, &ancestor)
+            .or(renamed(&target, &ancestor))
+            .or(source.as_ref())
             .or(target.as_ref())
             .or(ancestor.as_ref())
             .map(|e| e.path.clone())
             .unwrap_or_default();
         let description = describe(kind, &ancestor, &target, &source, &regions);
-        out.push(Conflict {
+        out.conflicts.push(Conflict {
             path,
             kind,
             ancestor,
@@ -576,8 +674,30 @@ pub(crate) fn conflicts_of(
             description,
         });
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.conflicts.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// The merged entry when each of content, mode and path changed on at most one side and the
+/// file type did not change.
+fn trivial_merge(a: &ConflictEntry, t: &ConflictEntry, s: &ConflictEntry) -> Option<ConflictEntry> {
+    fn pick<T: PartialEq + Clone>(a: &T, t: &T, s: &T) -> Option<T> {
+        if t == a {
+            Some(s.clone())
+        } else if s == a || s == t {
+            Some(t.clone())
+        } else {
+            None
+        }
+    }
+    if file_type(a.mode) != file_type(t.mode) || file_type(a.mode) != file_type(s.mode) {
+        return None;
+    }
+    Some(ConflictEntry {
+        oid: pick(&a.oid, &t.oid, &s.oid)?,
+        mode: pick(&a.mode, &t.mode, &s.mode)?,
+        path: pick(&a.path, &t.path, &s.path)?,
+    })
 }
 
 fn is_binary(repo: &Repository, e: &ConflictEntry) -> Result<bool> {
@@ -595,22 +715,20 @@ fn classify(
     a: &Option<ConflictEntry>,
     t: &Option<ConflictEntry>,
     s: &Option<ConflictEntry>,
-    all_paths: &BTreeSet<String>,
-    renamed_from: &BTreeMap<String, usize>,
+    is_dir_elsewhere: &dyn Fn(&str) -> bool,
 ) -> Result<ConflictKind> {
-    let is_dir_elsewhere = |p: &str| {
-        let prefix = format!("{p}/");
-        all_paths
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|x| x.starts_with(&prefix))
-    };
     let kind = match (a, t, s) {
         (a, Some(t), Some(s)) => {
             let renamed_both = a
                 .as_ref()
                 .is_some_and(|a| a.path != t.path && a.path != s.path && t.path != s.path);
+            let renamed_one = a
+                .as_ref()
+                .is_some_and(|a| a.path != t.path || a.path != s.path);
             if renamed_both {
+                ConflictKind::RenameRename
+            } else if renamed_one && (t.oid == s.oid || a.as_ref().is_some_and(|a| a.oid == t.oid || a.oid == s.oid)) {
+                // A rename on one side against a mode or rename change on the other.
                 ConflictKind::RenameRename
             } else if [t.mode, s.mode].iter().any(|m| file_type(*m) == MODE_SUBMODULE)
                 || file_type(t.mode) != file_type(s.mode)
@@ -630,11 +748,7 @@ fn classify(
         }
         (Some(a), Some(one), None) | (Some(a), None, Some(one)) => {
             if one.path != a.path {
-                if renamed_from.get(&a.path).copied().unwrap_or(0) > 1 {
-                    ConflictKind::RenameRename
-                } else {
-                    ConflictKind::RenameDelete
-                }
+                ConflictKind::RenameDelete
             } else if is_dir_elsewhere(&a.path) {
                 ConflictKind::FileDirectory
             } else {
