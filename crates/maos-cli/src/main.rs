@@ -74,6 +74,9 @@ enum Command {
     /// Locks on files and resources: acquire, release, renew, list, run, check.
     #[command(subcommand)]
     Lock(lock::LockCommand),
+    /// Deadlocks between lock waiters: check.
+    #[command(subcommand)]
+    Deadlock(lock::DeadlockCommand),
     /// Tasks: add, list, show, ready, claim, start/review/done/fail, report, gantt, graph, watch.
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -121,6 +124,7 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Demo(args) => demo::run(args, ctx),
         Command::Comm(cmd) => comm::run(cmd, ctx),
         Command::Lock(cmd) => lock::run(cmd, ctx),
+        Command::Deadlock(cmd) => lock::run_deadlock(cmd, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::Merge(cmd) => merge::run(cmd, ctx),
     }

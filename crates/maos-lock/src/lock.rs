@@ -747,7 +747,6 @@ impl LockTable {
             let reaped = l.reap_all(&mut t);
             if dirty || reaped {
                 l.save_table(&t)?;
-                l.sweep_live(&t);
             }
             t.waiters.sort_by_key(|w| w.ticket);
             Ok(Snapshot {

@@ -279,7 +279,11 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    pub(crate) fn live_name(&self) -> Result<String> {
+    pub(crate) fn live_name(&mut self) -> Result<String> {
+        if let Some((name, _)) = self.shared.live.get() {
+            return Ok(name.clone());
+        }
+        self.sweep_live();
         self.shared.live_name(self)
     }
 
@@ -446,8 +450,10 @@ impl Locked<'_> {
         before != (t.holders.len(), t.waiters.len())
     }
 
-    /// Removes liveness files nobody holds and no record names.
-    pub(crate) fn sweep_live(&mut self, t: &TableState) {
+    /// Removes liveness files nobody holds (their processes are gone) and stale temporary
+    /// files. Runs when a process creates its own liveness file, so the directory stays
+    /// about as large as the number of live processes.
+    pub(crate) fn sweep_live(&mut self) {
         let dir = self.shared.dir.join(LIVE_DIR);
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return;
@@ -455,12 +461,9 @@ impl Locked<'_> {
         for e in rd.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            let used = t.holders.iter().any(|h| h.live.as_deref() == Some(name))
-                || t.waiters.iter().any(|w| w.live.as_deref() == Some(name));
-            if !used {
-                // probe removes the file when nobody holds its lock.
-                let _ = self.alive(Some(name), None);
-            }
+            // probe removes the file when nobody holds its lock.
+            let _ = self.alive(Some(name), None);
         }
+        let _ = fsx::sweep_temp_files(&self.shared.dir, std::time::Duration::from_secs(60));
     }
 }

@@ -1,5 +1,7 @@
-//! Waking waiters when the lock state changes: a notify (inotify) watch on `.maos/locks/`,
-//! shared by every waiter of the process, plus a fallback timer.
+//! Waking waiters when the lock state changes: a notify (inotify) watch on `.maos/locks/`
+//! and `.maos/locks/live/`, shared by every waiter of the process, plus a fallback timer.
+//! A holder that dies wakes waiters at once: the kernel closes its liveness file, which
+//! inotify reports as a close-after-write.
 //!
 //! Events are hints: a waiter always re-reads the table under the guard. A waiter that sees
 //! no event re-checks after [`FALLBACK`] anyway (lost events, network file systems).
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
 
-use crate::store::{ADVISORY, TABLE};
+use crate::store::{ADVISORY, LIVE_DIR, TABLE};
 
 /// Longest sleep without an event while the watch works.
 pub(crate) const FALLBACK: Duration = Duration::from_secs(1);
@@ -54,11 +56,22 @@ impl DirWatch {
         let sink = inner.clone();
         let handler = move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
+                // A state file replaced, or a liveness file closed by the last process holding
+                // it open (its holder died or exited: the kernel released its lock).
+                let closed = matches!(
+                    ev.kind,
+                    notify::EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+                );
                 let relevant = ev.need_rescan()
                     || ev.paths.iter().any(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n == TABLE || n == ADVISORY)
+                        let name = p.file_name().and_then(|n| n.to_str());
+                        let in_live = p
+                            .parent()
+                            .and_then(|d| d.file_name())
+                            .is_some_and(|d| d == LIVE_DIR);
+                        (in_live && closed) || name.is_some_and(|n| n == TABLE || n == ADVISORY)
                     });
                 if relevant {
                     sink.bump();
@@ -68,6 +81,7 @@ impl DirWatch {
         };
         let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
             w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+            w.watch(&dir.join(LIVE_DIR), notify::RecursiveMode::NonRecursive)?;
             Ok(w)
         });
         let watcher = match watcher {
