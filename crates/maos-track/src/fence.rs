@@ -1,22 +1,22 @@
-//! Fencing tokens from maos-lock, checked before an update is written.
+//! Fencing tokens from maos-lock, checked (under the tracker lock) before an update is
+//! written.
 
 use maos_core::{ResourceName, TaskId, Workspace};
 
+pub use maos_lock::FencingToken;
+
 use crate::Error;
 
-/// The fencing token type (maos-lock's, while it is being integrated: a plain counter).
-pub type FencingToken = u64;
-
-/// Ok iff `token` is current for the lock on `resource`.
+/// Ok iff `token` is current for the lock on `resource`; otherwise [`Error::StaleToken`]
+/// carrying maos-lock's reason.
 pub(crate) fn check(
-    _ws: &Workspace,
+    ws: &Workspace,
     task: &TaskId,
     resource: &ResourceName,
     token: FencingToken,
 ) -> Result<(), Error> {
-    Err(Error::StaleToken {
+    maos_lock::check_fencing_token(ws, resource, token).map_err(|source| Error::StaleToken {
         task: task.clone(),
-        source: format!("cannot verify token {token} for {resource}: maos-lock not integrated")
-            .into(),
+        source,
     })
 }

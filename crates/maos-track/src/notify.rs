@@ -15,3 +15,84 @@ pub(crate) fn publish(_ws: &Workspace, _agent: Option<&AgentId>, changes: &[Chan
         "task changes (maos-comm publishing pending)"
     );
 }
+
+/// How long a watcher waits without any file event before it re-reads anyway (events can be
+/// lost: queue overflow, network filesystems).
+pub const FALLBACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Wakes when the tasks change: a directory watch on `.maos/tasks/` (every event is a hint;
+/// the log is re-read from the cursor) plus a fallback timer.
+///
+/// Made by [`TaskTracker::watch`](crate::TaskTracker::watch).
+pub struct TaskWatch {
+    tracker: crate::TaskTracker,
+    seen: u64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for TaskWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskWatch")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskWatch {
+    pub(crate) fn new(tracker: crate::TaskTracker) -> Result<Self, crate::Error> {
+        use notify::Watcher as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .and_then(|mut w| {
+            w.watch(tracker.dir(), notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "no file events for the task store: polling every {FALLBACK_INTERVAL:?}");
+                None
+            }
+        };
+        let seen = tracker.version_blocking()?;
+        Ok(Self {
+            tracker,
+            seen,
+            rx,
+            _watcher: watcher,
+        })
+    }
+
+    /// The version (log sequence number) last reported.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Waits until the tasks change (or `timeout` passes) and returns the new version;
+    /// returns the unchanged version on timeout.
+    pub async fn changed(&mut self, timeout: std::time::Duration) -> Result<u64, crate::Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.tracker.version().await?;
+            if v != self.seen {
+                self.seen = v;
+                return Ok(v);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(v);
+            }
+            let wait = (deadline - now).min(FALLBACK_INTERVAL);
+            tokio::select! {
+                _ = self.rx.recv() => {
+                    // Drain the burst of events one write causes.
+                    while self.rx.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

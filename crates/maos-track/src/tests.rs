@@ -271,3 +271,33 @@ async fn async_api_round_trip() {
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(t.list().await.unwrap().len(), 1);
 }
+
+#[test]
+fn fencing_tokens_are_checked() {
+    let (d, t) = setup();
+    let ws = Workspace::open(d.path()).unwrap();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let res = maos_core::ResourceName::new("src/lib.rs").unwrap();
+    let guard = maos_lock::FileLock::new(&ws, res.clone())
+        .try_acquire("test")
+        .unwrap()
+        .unwrap();
+    let token = guard.token();
+    t.update_blocking(
+        &a,
+        &Update::status(TaskStatus::InProgress).fenced(res.clone(), token),
+    )
+    .unwrap();
+    guard.release().unwrap();
+    let err = t
+        .update_blocking(
+            &a,
+            &Update::status(TaskStatus::Completed).fenced(res, token),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleToken { .. }), "{err}");
+    assert_eq!(
+        t.get_blocking(&a).unwrap().unwrap().status,
+        TaskStatus::InProgress
+    );
+}

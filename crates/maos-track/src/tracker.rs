@@ -624,6 +624,17 @@ impl TaskTracker {
         tokio::task::spawn_blocking(move || this.release_dead_claims_blocking()).await?
     }
 
+    /// The version (log sequence number of the latest record): changes whenever tasks change.
+    pub async fn version(&self) -> Result<u64, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.version_blocking()).await?
+    }
+
+    /// A watcher that wakes when the tasks change (file events plus a fallback timer).
+    pub fn watch(&self) -> Result<crate::notify::TaskWatch, Error> {
+        crate::notify::TaskWatch::new(self.clone())
+    }
+
     /// The critical path; see [`critical_path_blocking`](Self::critical_path_blocking).
     pub async fn critical_path(&self) -> Result<(Vec<Task>, Duration), Error> {
         let this = self.clone();
