@@ -97,7 +97,35 @@ pub enum Error {
         source: maos_core::Error,
     },
 
-    // INTEGRATION-VARIANTS
+    /// Taking or releasing the merge lock failed.
+    #[error("merge lock {resource}: {source}")]
+    Lock {
+        /// The lock's resource name.
+        resource: String,
+        /// The maos-lock error.
+        #[source]
+        source: maos_lock::Error,
+    },
+
+    /// Sending a message failed.
+    #[error("message to {recipient}: {source}")]
+    Comm {
+        /// Who the message was for.
+        recipient: String,
+        /// The maos-comm error.
+        #[source]
+        source: maos_comm::Error,
+    },
+
+    /// Creating, reading or updating a task failed.
+    #[error("task {context}: {source}")]
+    Track {
+        /// Which task, or what was being done.
+        context: String,
+        /// The maos-track error.
+        #[source]
+        source: maos_track::Error,
+    },
 
     /// The merge queue has no entry with this id.
     #[error("merge queue has no entry {id}")]
@@ -105,6 +133,10 @@ pub enum Error {
         /// The id.
         id: u64,
     },
+
+    /// Another process is running the merge queue.
+    #[error("the merge queue is being run by another process")]
+    QueueBusy,
 
     /// A blocking worker thread panicked or was cancelled.
     #[error("background task failed: {0}")]

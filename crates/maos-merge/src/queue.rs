@@ -1,0 +1,349 @@
+//! The merge queue: `.maos/merge/queue.json`.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use maos_core::{AgentId, fsx, now_ms};
+use maos_track::TaskStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::{MergeCoordinator, MergeOutcome, Resolution};
+use crate::error::{CoreContext as _, Error, Result};
+
+/// The queue file inside `.maos/merge/`.
+pub const QUEUE_FILE: &str = "queue.json";
+/// The kernel-lock file guarding every read-modify-write of the queue file.
+pub const QUEUE_LOCK_FILE: &str = "queue.lock";
+/// The kernel-lock file held while a process runs the queue.
+pub const QUEUE_RUN_LOCK_FILE: &str = "queue.run.lock";
+/// The largest queue file read (16 MiB).
+const QUEUE_LIMIT: u64 = 16 << 20;
+
+/// Where an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryStatus {
+    /// Waiting for its turn.
+    Queued,
+    /// It conflicted; resolution tasks exist; retried on every run.
+    Blocked,
+    /// Merged (or already contained in the target).
+    Merged,
+    /// An error other than a conflict (dirty checkout, unknown revision, ...); `add` it
+    /// again to retry.
+    Failed,
+}
+
+impl EntryStatus {
+    /// Queued or blocked: still to merge.
+    pub fn is_active(self) -> bool {
+        matches!(self, EntryStatus::Queued | EntryStatus::Blocked)
+    }
+}
+
+/// One merge request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// Queue-unique id, increasing.
+    pub id: u64,
+    /// The source revision.
+    pub source: String,
+    /// The target branch.
+    pub target: String,
+    /// Who asked.
+    pub requested_by: AgentId,
+    /// When (ms since the epoch).
+    pub added_at: u64,
+    /// Last change (ms since the epoch).
+    pub updated_at: u64,
+    /// Where it is.
+    pub status: EntryStatus,
+    /// Merge attempts so far.
+    pub attempts: u32,
+    /// What the last successful attempt did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<MergeOutcome>,
+    /// The conflicted paths of the last attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicted_paths: Vec<String>,
+    /// The resolution tasks created for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The queue file's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Format version (1).
+    pub version: u32,
+    /// The id the next entry gets.
+    pub next_id: u64,
+    /// Every entry, in queue order.
+    pub entries: Vec<QueueEntry>,
+}
+
+/// What one run of the queue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRun {
+    /// Entries merged in this run.
+    pub merged: Vec<u64>,
+    /// Entries that conflict (resolution tasks exist).
+    pub blocked: Vec<u64>,
+    /// Entries that failed.
+    pub failed: Vec<u64>,
+    /// The processed entries as they are now.
+    pub entries: Vec<QueueEntry>,
+}
+
+/// A merge queue over a [`MergeCoordinator`]: entries merge in order, each re-checked
+/// against the target as the entries before it left it; a conflicting entry turns into
+/// resolution tasks and is skipped (retried on later runs), never blocking those behind it.
+#[derive(Debug, Clone)]
+pub struct MergeQueue {
+    coord: MergeCoordinator,
+    dir: PathBuf,
+}
+
+impl MergeQueue {
+    /// The queue of the coordinator's workspace.
+    pub fn new(coord: MergeCoordinator) -> Self {
+        let dir = coord.workspace().merge_dir();
+        Self { coord, dir }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(QUEUE_FILE)
+    }
+
+    /// Runs `f` on the queue state under the queue's kernel lock, saving it if `f` says so.
+    fn with_state<R>(&self, f: impl FnOnce(&mut QueueState) -> Result<(R, bool)>) -> Result<R> {
+        fsx::create_dir_private(&self.dir).core(|| format!("create {}", self.dir.display()))?;
+        let lock_path = self.dir.join(QUEUE_LOCK_FILE);
+        let lock: File =
+            fsx::open_lock_file(&lock_path).core(|| format!("open {}", lock_path.display()))?;
+        lock.lock().map_err(|e| Error::Core {
+            context: "lock the merge queue".into(),
+            source: maos_core::Error::io("flock", &lock_path, e),
+        })?;
+        let path = self.file();
+        let mut state = match fsx::read_json::<QueueState>(&path, QUEUE_LIMIT) {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => QueueState {
+                version: 1,
+                next_id: 1,
+                entries: Vec::new(),
+            },
+            Err(e) => {
+                return Err(Error::Core {
+                    context: format!("read {}", path.display()),
+                    source: e,
+                });
+            }
+        };
+        let (r, save) = f(&mut state)?;
+        if save {
+            fsx::write_json_replace(&path, &state)
+                .core(|| format!("write {}", path.display()))?;
+        }
+        Ok(r)
+        // `lock` drops here: the kernel lock is released.
+    }
+
+    /// Appends a merge of `source` into `target`. An active entry for the same pair is
+    /// returned instead of adding a duplicate.
+    pub fn add(&self, source: &str, target: &str) -> Result<QueueEntry> {
+        let span = tracing::info_span!("queue_add", source, target);
+        let _enter = span.enter();
+        let agent = self.coord.agent().clone();
+        self.with_state(|st| {
+            if let Some(e) = st
+                .entries
+                .iter()
+                .find(|e| e.status.is_active() && e.source == source && e.target == target)
+            {
+                return Ok((e.clone(), false));
+            }
+            let now = now_ms();
+            let e = QueueEntry {
+                id: st.next_id,
+                source: source.to_owned(),
+                target: target.to_owned(),
+                requested_by: agent,
+                added_at: now,
+                updated_at: now,
+                status: EntryStatus::Queued,
+                attempts: 0,
+                outcome: None,
+                conflicted_paths: Vec::new(),
+                resolution: None,
+                error: None,
+            };
+            st.next_id += 1;
+            st.entries.push(e.clone());
+            Ok((e, true))
+        })
+    }
+
+    /// Every entry, in queue order.
+    pub fn list(&self) -> Result<Vec<QueueEntry>> {
+        self.with_state(|st| Ok((st.entries.clone(), false)))
+    }
+
+    /// Removes an entry.
+    pub fn remove(&self, id: u64) -> Result<QueueEntry> {
+        self.with_state(|st| {
+            let i = st
+                .entries
+                .iter()
+                .position(|e| e.id == id)
+                .ok_or(Error::NoQueueEntry { id })?;
+            Ok((st.entries.remove(i), true))
+        })
+    }
+
+    fn update(&self, entry: &QueueEntry) -> Result<()> {
+        self.with_state(|st| {
+            if let Some(e) = st.entries.iter_mut().find(|e| e.id == entry.id) {
+                *e = entry.clone();
+                Ok(((), true))
+            } else {
+                Ok(((), false)) // removed meanwhile
+            }
+        })
+    }
+
+    /// Runs the queue once: every active entry in order. Fails with [`Error::QueueBusy`] when
+    /// another process is running it.
+    pub async fn run(&self) -> Result<QueueRun> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.run_blocking())
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?
+    }
+
+    /// [`MergeQueue::run`] for synchronous callers.
+    pub fn run_blocking(&self) -> Result<QueueRun> {
+        let span = tracing::info_span!("queue_run");
+        let _enter = span.enter();
+        fsx::create_dir_private(&self.dir).core(|| format!("create {}", self.dir.display()))?;
+        let run_path = self.dir.join(QUEUE_RUN_LOCK_FILE);
+        let run_lock =
+            fsx::open_lock_file(&run_path).core(|| format!("open {}", run_path.display()))?;
+        match run_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::QueueBusy),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::Core {
+                    context: "lock the merge queue runner".into(),
+                    source: maos_core::Error::io("flock", &run_path, e),
+                });
+            }
+        }
+        let active: Vec<u64> = self
+            .list()?
+            .into_iter()
+            .filter(|e| e.status.is_active())
+            .map(|e| e.id)
+            .collect();
+        let mut report = QueueRun::default();
+        for id in active {
+            let Some(mut entry) = self.list()?.into_iter().find(|e| e.id == id) else {
+                continue;
+            };
+            if !entry.status.is_active() {
+                continue;
+            }
+            self.process(&mut entry);
+            entry.updated_at = now_ms();
+            self.update(&entry)?;
+            match entry.status {
+                EntryStatus::Merged => report.merged.push(id),
+                EntryStatus::Blocked => report.blocked.push(id),
+                EntryStatus::Failed => report.failed.push(id),
+                EntryStatus::Queued => {}
+            }
+            report.entries.push(entry);
+        }
+        drop(run_lock);
+        tracing::info!(
+            merged = report.merged.len(),
+            blocked = report.blocked.len(),
+            failed = report.failed.len(),
+            "queue run done"
+        );
+        Ok(report)
+    }
+
+    fn process(&self, entry: &mut QueueEntry) {
+        let span = tracing::info_span!("queue_entry", id = entry.id, source = %entry.source,
+            target = %entry.target);
+        let _enter = span.enter();
+        entry.attempts += 1;
+        let mut outcome = self.coord.merge_blocking(&entry.source, &entry.target);
+        if matches!(outcome, Err(Error::ConcurrentUpdate { .. })) {
+            tracing::debug!("target moved concurrently; re-checking once");
+            outcome = self.coord.merge_blocking(&entry.source, &entry.target);
+        }
+        match outcome {
+            Ok(MergeOutcome::Conflicts(check)) => {
+                let paths: Vec<String> = check.conflicted_paths().into_iter().collect();
+                let still_open = entry.resolution.as_ref().is_some_and(|r| {
+                    self.coord
+                        .resolution_progress(r)
+                        .map(|p| !p.is_resolved() && p.failed == 0)
+                        .unwrap_or(false)
+                });
+                if !(still_open && paths == entry.conflicted_paths) {
+                    match self
+                        .coord
+                        .prepare_merge_blocking(&entry.source, &entry.target)
+                        .and_then(|prep| self.coord.coordinate_resolution_blocking(&prep))
+                    {
+                        Ok(res) => entry.resolution = Some(res),
+                        Err(e) => {
+                            entry.status = EntryStatus::Failed;
+                            entry.error = Some(format!("conflicts, and coordinating failed: {e}"));
+                            return;
+                        }
+                    }
+                }
+                entry.conflicted_paths = paths;
+                entry.status = EntryStatus::Blocked;
+                entry.error = None;
+            }
+            Ok(o) => {
+                if let Some(res) = &entry.resolution {
+                    self.finish_merge_task(res, &o);
+                }
+                entry.outcome = Some(o);
+                entry.status = EntryStatus::Merged;
+                entry.conflicted_paths.clear();
+                entry.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "queue entry failed");
+                entry.status = EntryStatus::Failed;
+                entry.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn finish_merge_task(&self, res: &Resolution, outcome: &MergeOutcome) {
+        let Ok(tracker) = maos_track::TaskTracker::open(self.coord.workspace()) else {
+            return;
+        };
+        let note = match outcome {
+            MergeOutcome::Merged { commit, .. } => format!("merged as {commit}"),
+            MergeOutcome::FastForward { to, .. } => format!("fast-forwarded to {to}"),
+            _ => "nothing left to merge".to_owned(),
+        };
+        for status in [TaskStatus::InProgress, TaskStatus::Completed] {
+            if let Err(e) = tracker.update_status_blocking(&res.merge_task, status, Some(&note)) {
+                tracing::warn!(task = %res.merge_task, error = %e, "cannot update the merge task");
+            }
+        }
+    }
+}
