@@ -429,3 +429,44 @@ pub fn generate_pairs(seed: u64, count: usize) -> GeneratedPairs {
     fi.run(dir.path());
     GeneratedPairs { dir, count }
 }
+
+/// A repository where `base` is committed on `main`, then branch `source` gets `source`'s
+/// changes and `main` gets `target`'s (one commit each). `main` stays checked out.
+pub fn diverged(base: impl FnOnce(&Repo), target: impl FnOnce(&Repo), source: impl FnOnce(&Repo)) -> Repo {
+    let r = Repo::new();
+    base(&r);
+    r.commit_all("base");
+    r.checkout("source", true);
+    source(&r);
+    r.commit_all("source change");
+    r.checkout("main", false);
+    target(&r);
+    r.commit_all("target change");
+    r
+}
+
+/// `git merge-tree` paths with git's file/directory renames (`PATH~BRANCH`) mapped back.
+pub fn git_conflicted_paths(dir: &Path, ours: &str, theirs: &str) -> BTreeSet<String> {
+    git_merge_tree(dir, ours, theirs)
+        .paths
+        .into_iter()
+        .map(|p| match p.rsplit_once('~') {
+            Some((orig, b)) if b == ours.replace('/', "_") || b == theirs.replace('/', "_") => {
+                orig.to_owned()
+            }
+            _ => p,
+        })
+        .collect()
+}
+
+/// Twenty numbered lines, `line 1` .. `line 20`.
+pub fn numbered(n: usize) -> String {
+    (1..=n).map(|i| format!("line {i}\n")).collect()
+}
+
+/// `numbered(n)` with line `at` (1-based) replaced by `with`.
+pub fn numbered_with(n: usize, at: usize, with: &str) -> String {
+    (1..=n)
+        .map(|i| if i == at { format!("{with}\n") } else { format!("line {i}\n") })
+        .collect()
+}
