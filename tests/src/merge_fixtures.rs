@@ -23,6 +23,8 @@ impl Repo {
         git(dir.path(), &["config", "user.name", "maos test"]);
         git(dir.path(), &["config", "user.email", "test@maos.invalid"]);
         git(dir.path(), &["config", "commit.gpgsign", "false"]);
+        // A maos workspace may live in the repository: keep `.maos/` out of commits.
+        std::fs::write(dir.path().join(".git/info/exclude"), ".maos/\n").expect("exclude");
         let r = Self { dir };
         r.write("README", "fixture\n");
         r.commit_all("initial");

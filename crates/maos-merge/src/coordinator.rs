@@ -690,12 +690,29 @@ impl MergeCoordinator {
         let span = tracing::info_span!("merge", source, target, agent = %self.agent);
         let _enter = span.enter();
         let guard = self.lock(target, &format!("merge {source} into {target}"))?;
-        let result = self.merge_locked(source, target);
+        let result = self.merge_locked(source, target, None);
         Self::release(guard);
         result
     }
 
-    fn merge_locked(&self, source: &str, target: &str) -> Result<MergeOutcome> {
+    /// Like [`MergeCoordinator::merge_blocking`], but moves the target only if it still
+    /// points at `expected` (the commit the caller checked): the ref update is a
+    /// compare-and-swap against it, so any move since fails with
+    /// [`Error::ConcurrentUpdate`].
+    pub fn merge_expecting(&self, source: &str, target: &str, expected: &str) -> Result<MergeOutcome> {
+        let span = tracing::info_span!("merge", source, target, expected, agent = %self.agent);
+        let _enter = span.enter();
+        let expected = Oid::from_str(expected).map_err(|source| Error::UnknownRevision {
+            rev: expected.to_owned(),
+            source,
+        })?;
+        let guard = self.lock(target, &format!("merge {source} into {target}"))?;
+        let result = self.merge_locked(source, target, Some(expected));
+        Self::release(guard);
+        result
+    }
+
+    fn merge_locked(&self, source: &str, target: &str, expected: Option<Oid>) -> Result<MergeOutcome> {
         let repo = self.detector.repository()?;
         let refname = if target.starts_with("refs/heads/") {
             target.to_owned()
@@ -707,11 +724,13 @@ impl MergeCoordinator {
             .map_err(|_| Error::TargetNotBranch {
                 target: target.to_owned(),
             })?;
-        let old = reference
+        let current = reference
             .target()
             .ok_or_else(|| Error::TargetNotBranch {
                 target: target.to_owned(),
             })?;
+        // The commit the merge is computed against and the CAS expects.
+        let old = expected.unwrap_or(current);
         let src = resolve_commit(&repo, source)?;
         let (relation, _) = relation_of(&repo, src.id(), old)?;
         if relation == Relation::UpToDate {
@@ -762,29 +781,42 @@ impl MergeCoordinator {
                     .git("write merge commit")?
             }
         };
-        let new_commit = repo.find_commit(new).git("read commit")?;
-        // Bring clean checkouts of the target along (before the ref moves: a safe checkout
-        // compares against the old HEAD and refuses to overwrite anything changed since).
-        for wt in &checkouts {
-            let mut co = git2::build::CheckoutBuilder::new();
-            co.safe();
-            wt.checkout_tree(new_commit.as_object(), Some(&mut co))
-                .git("update the checked-out target")?;
-        }
         let log = format!("maos merge: {} into {}", describe_rev(source), short_branch(target));
-        if let Err(source_err) = repo.reference_matching(&refname, new, true, old, &log) {
+        let cas_error = |source_err| Error::ConcurrentUpdate {
+            branch: refname.clone(),
+            expected: old.to_string(),
+            source: source_err,
+        };
+        if !checkouts.is_empty() {
+            // A checkout is updated before the ref moves (a safe checkout compares against
+            // HEAD, the old commit, and never overwrites a file changed since): first make
+            // sure the target has not moved already.
+            if current != old {
+                return Err(cas_error(git2::Error::from_str(&format!(
+                    "{refname} is at {current}"
+                ))));
+            }
             for wt in &checkouts {
                 let mut co = git2::build::CheckoutBuilder::new();
                 co.safe();
-                if let Ok(c) = repo.find_commit(old) {
-                    let _ = wt.checkout_tree(c.as_object(), Some(&mut co));
+                let c = wt.find_commit(new).git("read commit")?;
+                wt.checkout_tree(c.as_object(), Some(&mut co))
+                    .git("update the checked-out target")?;
+            }
+        }
+        if let Err(e) = repo.reference_matching(&refname, new, true, old, &log) {
+            // Someone moved the target in the instant since the check: put the checkouts
+            // back to the old commit (they were clean there) and report.
+            for wt in &checkouts {
+                let mut co = git2::build::CheckoutBuilder::new();
+                co.force();
+                if let Ok(c) = wt.find_commit(old) {
+                    if let Err(e) = wt.checkout_tree(c.as_object(), Some(&mut co)) {
+                        tracing::warn!(worktree = ?wt.workdir(), error = %e, "cannot restore the checkout");
+                    }
                 }
             }
-            return Err(Error::ConcurrentUpdate {
-                branch: refname,
-                expected: old.to_string(),
-                source: source_err,
-            });
+            return Err(cas_error(e));
         }
         tracing::info!(from = %old, to = %new, "target moved");
         Ok(match relation {
