@@ -33,6 +33,8 @@ pub use maos_core::{
 };
 
 // --- maos-comm main types ---
+#[doc(inline)]
+pub use maos_comm::{BroadcastChannel, Cursor, FileChannel, Receipt};
 
 // --- maos-lock main types ---
 #[doc(inline)]
