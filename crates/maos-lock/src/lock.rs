@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::HolderSummary;
 use crate::store::{LockInfo, LockMode, Locked, Shared, TableState, WaiterInfo};
-use crate::watch::DirWatch;
+use crate::watch::{self, DirWatch, Signal};
 use crate::{Error, Result, overlaps};
 
 /// Default lease length.
@@ -192,7 +192,10 @@ impl FileLock {
             started,
             deadline: started + self.wait,
             blocker: None,
+            blocked_until: None,
             sleeps: 0,
+            watch: None,
+            registered: None,
         })
     }
 
@@ -217,25 +220,20 @@ impl FileLock {
         let _span =
             tracing::info_span!("acquire", resource = %self.resource, mode = ?self.mode).entered();
         let mut w = self.start(purpose)?;
-        let mut watch: Option<Arc<DirWatch>> = None;
         loop {
-            let seen = watch.as_ref().map(|w| w.generation());
+            let seen = w.seen();
             if let Some(info) = w.step(true)? {
                 return Ok(w.finish(info));
             }
-            let Some(wt) = &watch else {
-                // First time blocked: start watching, then look again (a change between the
-                // look and the watch would otherwise be missed).
-                watch = Some(w.shared.watch());
-                continue;
-            };
-            let now = Instant::now();
-            if now >= w.deadline {
-                return Err(w.timed_out());
+            if w.prepare_watch() {
+                continue; // look again now that the wake-ups are routed here
             }
-            let until = w.deadline.min(now + wt.fallback(w.sleeps));
-            w.sleeps += 1;
-            wt.wait_blocking(seen.unwrap_or(0), until);
+            let Some(until) = w.sleep_until() else {
+                return Err(w.timed_out());
+            };
+            if let Some(wt) = &w.watch {
+                wt.wait_blocking(Signal::Wake, seen, until);
+            }
         }
     }
 
@@ -260,9 +258,8 @@ impl FileLock {
             )
         };
         let mut w = self.start(purpose)?;
-        let mut watch: Option<Arc<DirWatch>> = None;
         loop {
-            let seen = watch.as_ref().map(|w| w.generation());
+            let seen = w.seen();
             let (back, r) = tokio::task::spawn_blocking(move || {
                 let r = w.step(true);
                 (w, r)
@@ -273,19 +270,17 @@ impl FileLock {
             if let Some(info) = r? {
                 return Ok(w.finish(info));
             }
-            let Some(wt) = &watch else {
-                watch = Some(w.shared.watch());
+            if w.prepare_watch() {
                 continue;
-            };
-            let now = Instant::now();
-            if now >= w.deadline {
+            }
+            let Some(until) = w.sleep_until() else {
                 return tokio::task::spawn_blocking(move || Err(w.timed_out()))
                     .await
                     .map_err(join_err)?;
+            };
+            if let Some(wt) = w.watch.clone() {
+                wt.wait_async(Signal::Wake, seen, until).await;
             }
-            let until = w.deadline.min(now + wt.fallback(w.sleeps));
-            w.sleeps += 1;
-            wt.wait_async(seen.unwrap_or(0), until).await;
         }
     }
 }
@@ -300,10 +295,63 @@ struct Waiting {
     started: Instant,
     deadline: Instant,
     blocker: Option<HolderSummary>,
+    /// Lease end of the holder that blocked the last step (ms since the epoch).
+    blocked_until: Option<u64>,
     sleeps: u32,
+    watch: Option<Arc<DirWatch>>,
+    registered: Option<u64>,
 }
 
 impl Waiting {
+    fn seen(&self) -> u64 {
+        self.watch
+            .as_ref()
+            .map_or(0, |w| w.generation(Signal::Wake))
+    }
+
+    /// After a blocked step: makes sure the watch exists and routes this waiter's ticket to
+    /// it. Returns true when something changed, so the caller must look again before
+    /// sleeping (a signal sent before the routing would otherwise be missed).
+    fn prepare_watch(&mut self) -> bool {
+        let mut changed = false;
+        if self.watch.is_none() {
+            self.watch = Some(self.shared.watch());
+            changed = true;
+        }
+        if self.registered != self.ticket {
+            let wt = self.watch.as_ref().expect("created just above");
+            if let Some(old) = self.registered.take() {
+                wt.unregister(old);
+            }
+            if let Some(t) = self.ticket {
+                wt.register(t);
+            }
+            self.registered = self.ticket;
+            changed = true;
+        }
+        changed
+    }
+
+    /// When to look again: the deadline, the fallback timer, or the blocking lease's end,
+    /// whichever is first; `None` once the deadline has passed.
+    fn sleep_until(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return None;
+        }
+        let fallback = self
+            .watch
+            .as_ref()
+            .map_or(watch::FALLBACK, |w| w.fallback(self.sleeps));
+        self.sleeps += 1;
+        let mut until = self.deadline.min(now + fallback);
+        if let Some(end) = self.blocked_until {
+            let left = Duration::from_millis(end.saturating_sub(now_ms()) + 1);
+            until = until.min(now + left);
+        }
+        Some(until)
+    }
+
     /// One look at the table under the guard: take the lock, or (if `enqueue`) join the queue.
     fn step(&mut self, enqueue: bool) -> Result<Option<LockInfo>> {
         let shared = self.shared.clone();
@@ -322,6 +370,7 @@ impl Waiting {
                     if let Some(cycle) = t.waiters[i].aborted.clone() {
                         t.waiters.remove(i);
                         self.ticket = None;
+                        l.remove_wake(tk);
                         l.save_table(&t)?;
                         tracing::info!(resource = %res, agent = %self.agent, "wait aborted by deadlock resolution");
                         return Err(Error::Deadlock {
@@ -362,6 +411,7 @@ impl Waiting {
             if earlier && conflicts(&w.resource, w.mode, res, mode) {
                 if !l.waits(w) {
                     tracing::debug!(ticket = w.ticket, agent = %w.agent, "dead waiter removed");
+                    l.remove_wake(w.ticket);
                     t.waiters.remove(i);
                     dirty = true;
                     continue;
@@ -374,6 +424,7 @@ impl Waiting {
             let live = l.live_name()?;
             if let Some(m) = mine {
                 t.waiters.retain(|w| w.ticket != m);
+                l.remove_wake(m);
             }
             let id = match mine {
                 Some(m) => m,
@@ -400,6 +451,7 @@ impl Waiting {
             tracing::debug!(resource = %res, token = token.0, "lock granted");
             return Ok(Some(info));
         }
+        self.blocked_until = blocker.as_ref().map(|b| b.expires_at);
         if blocker.is_some() {
             self.blocker = blocker;
         }
@@ -417,6 +469,7 @@ impl Waiting {
                 purpose: self.purpose.clone(),
                 aborted: None,
             });
+            l.create_wake(tk);
             self.ticket = Some(tk);
             dirty = true;
             tracing::debug!(resource = %res, ticket = tk, "queued");
@@ -443,6 +496,7 @@ impl Waiting {
             let (mut t, _) = l.load_table()?;
             let before = t.waiters.len();
             t.waiters.retain(|w| w.ticket != tk);
+            l.remove_wake(tk);
             if t.waiters.len() != before {
                 l.save_table(&t)?;
             }
@@ -472,6 +526,9 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        if let (Some(w), Some(t)) = (&self.watch, self.registered.take()) {
+            w.unregister(t);
+        }
         self.withdraw();
     }
 }

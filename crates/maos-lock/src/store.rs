@@ -35,6 +35,8 @@ pub(crate) const TABLE: &str = "table.json";
 pub(crate) const ADVISORY: &str = "advisory.json";
 /// Directory of liveness files.
 pub(crate) const LIVE_DIR: &str = "live";
+/// Directory of waiters' wake-up files.
+pub(crate) const WAKE_DIR: &str = "wake";
 /// Format version of the state files.
 pub(crate) const STATE_VERSION: u32 = 1;
 /// Largest state file a reader accepts.
@@ -194,6 +196,7 @@ impl Shared {
         }
         fsx::create_dir_private(dir)?;
         fsx::create_dir_private(&dir.join(LIVE_DIR))?;
+        fsx::create_dir_private(&dir.join(WAKE_DIR))?;
         let s = Arc::new(Shared {
             dir: dir.to_path_buf(),
             guard: Mutex::new(None),
@@ -361,8 +364,72 @@ impl Locked<'_> {
         Ok((t, dirty))
     }
 
+    /// Publishes the table, then signals every queued waiter that nothing blocks any more.
     pub(crate) fn save_table(&self, t: &TableState) -> Result<()> {
-        self.write_state(TABLE, t)
+        self.write_state(TABLE, t)?;
+        self.signal_unblocked(t);
+        Ok(())
+    }
+
+    /// Writes (opens for writing and closes) `wake/<ticket>` of each waiter that no holder
+    /// and no earlier waiter blocks: inotify reports it to that waiter's process only.
+    pub(crate) fn signal_unblocked(&self, t: &TableState) {
+        if t.waiters.is_empty() {
+            return;
+        }
+        let mut ws: Vec<&WaiterInfo> = t.waiters.iter().collect();
+        ws.sort_by_key(|w| w.ticket);
+        for (k, w) in ws.iter().enumerate() {
+            let blocked = t
+                .holders
+                .iter()
+                .any(|h| crate::lock::conflicts(&h.resource, h.mode, &w.resource, w.mode))
+                || ws[..k]
+                    .iter()
+                    .any(|e| crate::lock::conflicts(&e.resource, e.mode, &w.resource, w.mode));
+            if !blocked {
+                self.signal(w.ticket);
+            }
+        }
+    }
+
+    /// Signals the waiter with `ticket`.
+    pub(crate) fn signal(&self, ticket: u64) {
+        let path = self.wake_path(ticket);
+        // Opening for writing and closing is the event; a missing file (a waiter that does
+        // not use wake files) is fine.
+        let _ = OpenOptions::new()
+            .write(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
+            .open(&path);
+    }
+
+    pub(crate) fn wake_path(&self, ticket: u64) -> PathBuf {
+        self.shared.dir.join(WAKE_DIR).join(ticket.to_string())
+    }
+
+    /// Creates the wake-up file of a new waiter.
+    pub(crate) fn create_wake(&self, ticket: u64) {
+        let path = self.wake_path(ticket);
+        if let Err(e) = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
+            .open(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot create wake-up file; relying on the fallback timer");
+        }
+    }
+
+    /// Removes the wake-up file of a waiter that left the queue.
+    pub(crate) fn remove_wake(&self, ticket: u64) {
+        let _ = fsx::remove_if_exists(&self.wake_path(ticket));
     }
 
     pub(crate) fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
@@ -445,7 +512,13 @@ impl Locked<'_> {
         });
         t.holders = holders;
         let mut waiters = std::mem::take(&mut t.waiters);
-        waiters.retain(|w| self.waits(w));
+        waiters.retain(|w| {
+            let keep = self.waits(w);
+            if !keep {
+                self.remove_wake(w.ticket);
+            }
+            keep
+        });
         t.waiters = waiters;
         before != (t.holders.len(), t.waiters.len())
     }
