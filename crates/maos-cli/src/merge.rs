@@ -1,19 +1,486 @@
-//! `maos` commands of the merge group (being built; see its issue).
+//! `maos merge ...`: conflict prediction, preparation, resolution tasks, merging and the
+//! merge queue (maos-merge). The repository is the one at or above the workspace root.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 use clap::Subcommand;
+use maos_coordination::AgentRegistry;
+use maos_coordination::merge::{
+    ConflictDetector, Error as MergeError, MergeCheck, MergeCoordinator, MergeOutcome,
+    MergePreparation, MergeQueue, PairResult, Prediction, QueueEntry,
+};
+use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum MergeCommand {
-    /// Not built yet.
-    #[command(hide = true)]
-    MergePending,
+    /// Predict whether SOURCE merges cleanly into TARGET (in memory; nothing is touched).
+    /// Exit 0 clean, 4 conflicts (listed), 1 error. With --all: every agent branch of the
+    /// registry against TARGET and against each other.
+    Check {
+        /// The branch or commit to merge (omit with --all).
+        #[arg(required_unless_present = "all")]
+        source: Option<String>,
+        /// The branch to merge into (default: the branch checked out at the workspace root).
+        target: Option<String>,
+        /// Check every registered agent's branch, pairwise.
+        #[arg(long, conflicts_with = "source")]
+        all: bool,
+        /// Include uncommitted changes of the worktree at DIR as the source (with --all: of
+        /// each agent's registered worktree).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+        worktree: Option<PathBuf>,
+        /// The target for --all.
+        #[arg(long = "target", value_name = "BRANCH", requires = "all")]
+        all_target: Option<String>,
+    },
+    /// Prepare merging SOURCE into TARGET under the merge lock: conflicts with line ranges,
+    /// affected files, who changed what, and the suggested strategy and resolvers.
+    /// Exit 0 clean, 4 conflicts.
+    Prepare {
+        /// The branch or commit to merge.
+        source: String,
+        /// The branch to merge into.
+        target: String,
+    },
+    /// Prepare, then create one resolution task per conflict (assigned to its suggested
+    /// resolver) and the merge task depending on them, and message each affected agent.
+    Resolve {
+        /// The branch or commit to merge.
+        source: String,
+        /// The branch to merge into.
+        target: String,
+    },
+    /// Merge SOURCE into TARGET if it merges cleanly (fast-forward or merge commit) under the
+    /// merge lock. Exit 0 merged, 4 conflicts (nothing changed), 3 lock busy, 1 error.
+    Run {
+        /// The branch or commit to merge.
+        source: String,
+        /// The branch to merge into.
+        target: String,
+    },
+    /// The merge queue (`.maos/merge/queue.json`).
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
-pub(crate) fn run(cmd: MergeCommand, _ctx: &Ctx) -> anyhow::Result<Exit> {
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Append a merge of SOURCE into TARGET.
+    Add {
+        /// The branch or commit to merge.
+        source: String,
+        /// The branch to merge into.
+        target: String,
+    },
+    /// List the entries.
+    List,
+    /// Merge every queued entry in order; conflicting ones become resolution tasks and are
+    /// retried on later runs. Exit 0 all merged, 4 some blocked, 3 another run in progress.
+    Run,
+    /// Remove an entry.
+    Remove {
+        /// The entry id.
+        id: u64,
+    },
+}
+
+pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let ws = ctx.workspace()?;
+    let coord = MergeCoordinator::new(&ws, ctx.agent.clone())
+        .map_err(|e| fail(e, "opening the git repository"))?;
     match cmd {
-        MergeCommand::MergePending => anyhow::bail!("the merge commands are not built yet"),
+        MergeCommand::Check {
+            source,
+            target,
+            all: true,
+            worktree,
+            all_target,
+        } => {
+            let target = match all_target.or(target).or(source) {
+                Some(t) => t,
+                None => default_target(coord.detector())?,
+            };
+            check_all(ctx, &coord, &target, worktree.is_some())
+        }
+        MergeCommand::Check {
+            source,
+            target,
+            worktree,
+            ..
+        } => {
+            let source = source.context("SOURCE is required without --all")?;
+            let target = match target {
+                Some(t) => t,
+                None => default_target(coord.detector())?,
+            };
+            let det = coord.detector();
+            let rev = match worktree {
+                Some(dir) => {
+                    let dir = if dir.as_os_str().is_empty() {
+                        ws.root().to_path_buf()
+                    } else {
+                        dir
+                    };
+                    det.snapshot_worktree(&dir)
+                        .map_err(|e| fail(e, "snapshotting the worktree"))?
+                }
+                None => source.clone(),
+            };
+            let mut check = det
+                .check(&rev, &target)
+                .map_err(|e| fail(e, "checking the merge"))?;
+            check.source = source;
+            ctx.emit(&check, || check_text(&check))?;
+            Ok(if check.is_clean() {
+                Exit::Ok
+            } else {
+                Exit::Conflicts
+            })
+        }
+        MergeCommand::Prepare { source, target } => {
+            let prep = coord
+                .prepare_merge_blocking(&source, &target)
+                .map_err(|e| fail(e, "preparing the merge"))?;
+            ctx.emit(&prep, || prep_text(&prep))?;
+            Ok(if prep.is_clean() {
+                Exit::Ok
+            } else {
+                Exit::Conflicts
+            })
+        }
+        MergeCommand::Resolve { source, target } => {
+            let prep = coord
+                .prepare_merge_blocking(&source, &target)
+                .map_err(|e| fail(e, "preparing the merge"))?;
+            if prep.is_clean() {
+                #[derive(Serialize)]
+                struct Nothing<'a> {
+                    preparation: &'a MergePreparation,
+                    resolution: Option<()>,
+                }
+                ctx.emit(
+                    &Nothing {
+                        preparation: &prep,
+                        resolution: None,
+                    },
+                    || {
+                        format!(
+                            "{source} merges into {target} without conflicts ({}): nothing to resolve",
+                            prep.suggested_strategy.name()
+                        )
+                    },
+                )?;
+                return Ok(Exit::Ok);
+            }
+            let res = coord
+                .coordinate_resolution_blocking(&prep)
+                .map_err(|e| fail(e, "creating resolution tasks"))?;
+            #[derive(Serialize)]
+            struct Out<'a> {
+                preparation: &'a MergePreparation,
+                resolution: &'a maos_coordination::merge::Resolution,
+            }
+            ctx.emit(
+                &Out {
+                    preparation: &prep,
+                    resolution: &res,
+                },
+                || {
+                    let mut s = prep_text(&prep);
+                    let _ = writeln!(s, "\nresolution tasks:");
+                    for t in &res.conflict_tasks {
+                        let _ = writeln!(
+                            s,
+                            "  {}  {} ({}) -> {}",
+                            t.task,
+                            t.path,
+                            t.kind,
+                            t.assigned_to
+                                .as_ref()
+                                .map_or("unassigned".into(), |a| a.to_string())
+                        );
+                    }
+                    let _ = writeln!(s, "merge task: {} (depends on the above)", res.merge_task);
+                    let notified: Vec<String> =
+                        res.notified.iter().map(|a| a.to_string()).collect();
+                    let _ = writeln!(s, "messaged: {}", notified.join(", "));
+                    s
+                },
+            )?;
+            Ok(Exit::Ok)
+        }
+        MergeCommand::Run { source, target } => {
+            let out = coord
+                .merge_blocking(&source, &target)
+                .map_err(|e| fail(e, "merging"))?;
+            ctx.emit(&out, || outcome_text(&source, &target, &out))?;
+            Ok(match out {
+                MergeOutcome::Conflicts(_) => Exit::Conflicts,
+                _ => Exit::Ok,
+            })
+        }
+        MergeCommand::Queue(q) => queue(ctx, MergeQueue::new(coord), q),
     }
+}
+
+fn queue(ctx: &Ctx, queue: MergeQueue, cmd: QueueCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        QueueCommand::Add { source, target } => {
+            let e = queue
+                .add(&source, &target)
+                .map_err(|e| fail(e, "adding to the merge queue"))?;
+            ctx.emit(&e, || {
+                format!("queued #{}: {} into {}", e.id, e.source, e.target)
+            })?;
+            Ok(Exit::Ok)
+        }
+        QueueCommand::List => {
+            let entries = queue
+                .list()
+                .map_err(|e| fail(e, "reading the merge queue"))?;
+            ctx.emit(&entries, || {
+                if entries.is_empty() {
+                    return "the merge queue is empty".into();
+                }
+                entries
+                    .iter()
+                    .map(entry_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            Ok(Exit::Ok)
+        }
+        QueueCommand::Run => {
+            let run = queue
+                .run_blocking()
+                .map_err(|e| fail(e, "running the merge queue"))?;
+            ctx.emit(&run, || {
+                if run.entries.is_empty() {
+                    return "nothing queued".into();
+                }
+                run.entries
+                    .iter()
+                    .map(entry_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            Ok(if run.blocked.is_empty() && run.failed.is_empty() {
+                Exit::Ok
+            } else if !run.blocked.is_empty() {
+                Exit::Conflicts
+            } else {
+                Exit::Error
+            })
+        }
+        QueueCommand::Remove { id } => {
+            let e = queue
+                .remove(id)
+                .map_err(|e| fail(e, "removing from the merge queue"))?;
+            ctx.emit(&e, || {
+                format!("removed #{}: {} into {}", e.id, e.source, e.target)
+            })?;
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// Maps a library error to the CLI's exit codes (3 for a busy lock or queue).
+fn fail(e: MergeError, what: &str) -> anyhow::Error {
+    let code = match &e {
+        MergeError::QueueBusy => Exit::Busy,
+        MergeError::Lock { source, .. }
+            if matches!(source, maos_coordination::lock::Error::Timeout { .. }) =>
+        {
+            Exit::Busy
+        }
+        _ => Exit::Error,
+    };
+    Failure::error(code, format!("{what}: {e}"))
+}
+
+fn default_target(det: &ConflictDetector) -> anyhow::Result<String> {
+    let repo = det
+        .repository()
+        .map_err(|e| fail(e, "opening the repository"))?;
+    let head = repo
+        .head()
+        .context("reading HEAD (give TARGET explicitly)")?;
+    Ok(head
+        .shorthand()
+        .ok()
+        .map(str::to_owned)
+        .unwrap_or_else(|| "main".into()))
+}
+
+fn check_all(
+    ctx: &Ctx,
+    coord: &MergeCoordinator,
+    target: &str,
+    worktrees: bool,
+) -> anyhow::Result<Exit> {
+    let list = AgentRegistry::new(coord.workspace())
+        .list()
+        .context("reading the agent registry")?;
+    let det = coord.detector();
+    let mut branches = Vec::new();
+    let mut labels = Vec::new();
+    for rec in list.agents {
+        let Some(branch) = rec.branch.clone() else {
+            continue;
+        };
+        let rev = match (&rec.worktree, worktrees) {
+            (Some(wt), true) => det
+                .snapshot_worktree(wt)
+                .map_err(|e| fail(e, "snapshotting an agent's worktree"))?,
+            _ => branch.clone(),
+        };
+        branches.push(rev);
+        labels.push(format!("{} ({})", branch, rec.id));
+    }
+    let mut p = det
+        .predict(&branches, target)
+        .map_err(|e| fail(e, "checking the agent branches"))?;
+    // Show branch names, not snapshot commit ids.
+    let rename = |r: &mut PairResult| {
+        for (rev, label) in branches.iter().zip(&labels) {
+            if &r.source == rev {
+                r.source = label.clone();
+            }
+            if &r.target == rev {
+                r.target = label.clone();
+            }
+        }
+    };
+    p.vs_target.iter_mut().for_each(rename);
+    p.pairwise.iter_mut().for_each(rename);
+    ctx.emit(&p, || matrix_text(&p, &labels))?;
+    Ok(if p.is_clean() {
+        Exit::Ok
+    } else {
+        Exit::Conflicts
+    })
+}
+
+fn matrix_text(p: &Prediction, labels: &[String]) -> String {
+    let mut s = String::new();
+    if labels.is_empty() {
+        return "no registered agent has a branch (maos agents register --branch ...)".into();
+    }
+    let _ = writeln!(s, "against {}:", p.target);
+    for r in &p.vs_target {
+        let _ = writeln!(s, "  {:<30} {}", r.source, pair_text(r));
+    }
+    if !p.pairwise.is_empty() {
+        let _ = writeln!(s, "pairwise:");
+        for r in &p.pairwise {
+            let _ = writeln!(s, "  {} x {}: {}", r.target, r.source, pair_text(r));
+        }
+    }
+    s
+}
+
+fn pair_text(r: &PairResult) -> String {
+    if r.is_clean() {
+        "clean".into()
+    } else {
+        let v: Vec<String> = r
+            .conflicts
+            .iter()
+            .map(|(p, k)| format!("{p} ({k})"))
+            .collect();
+        format!("{} conflict(s): {}", v.len(), v.join(", "))
+    }
+}
+
+fn check_text(c: &MergeCheck) -> String {
+    let mut s = String::new();
+    if c.is_clean() {
+        let how = match c.relation {
+            maos_coordination::merge::Relation::UpToDate => "already merged",
+            maos_coordination::merge::Relation::FastForward => "fast-forward",
+            _ => "clean merge",
+        };
+        let _ = writeln!(s, "{} merges into {} cleanly ({how})", c.source, c.target);
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "{} into {}: {} conflict(s)",
+        c.source,
+        c.target,
+        c.conflicts.len()
+    );
+    for x in &c.conflicts {
+        let _ = writeln!(s, "  {:<14} {}", x.kind.label(), x.path);
+        let _ = writeln!(s, "                 {}", x.description);
+    }
+    s
+}
+
+fn prep_text(p: &MergePreparation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} into {}: strategy {}",
+        p.source,
+        p.target,
+        p.suggested_strategy.name()
+    );
+    for c in &p.conflicts {
+        let who = |v: &[maos_coordination::merge::Actor]| {
+            v.iter().map(|a| a.label()).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(s, "  {:<14} {}", c.conflict.kind.label(), c.conflict.path);
+        let _ = writeln!(s, "                 {}", c.conflict.description);
+        let _ = writeln!(
+            s,
+            "                 source: {}; target: {}; resolver: {}",
+            who(&c.source_actors),
+            who(&c.target_actors),
+            c.suggested_resolver
+                .as_ref()
+                .map_or("none (anyone may claim)".into(), |a| a.to_string())
+        );
+    }
+    let _ = writeln!(s, "affected files: {}", p.affected_files.len());
+    for (who, files) in &p.agent_modifications {
+        let _ = writeln!(s, "  {who}: {}", files.join(", "));
+    }
+    s
+}
+
+fn outcome_text(source: &str, target: &str, o: &MergeOutcome) -> String {
+    match o {
+        MergeOutcome::UpToDate { commit } => {
+            format!("{target} already contains {source} ({commit})")
+        }
+        MergeOutcome::FastForward { from, to } => {
+            format!("fast-forwarded {target} from {from} to {to}")
+        }
+        MergeOutcome::Merged { from, commit } => {
+            format!("merged {source} into {target}: {commit} (was {from})")
+        }
+        MergeOutcome::Conflicts(c) => {
+            let mut s = check_text(c);
+            s.push_str("nothing was merged; run `maos merge resolve` to create resolution tasks");
+            s
+        }
+    }
+}
+
+fn entry_line(e: &QueueEntry) -> String {
+    let status = format!("{:?}", e.status).to_lowercase();
+    let mut s = format!("#{:<4} {:<8} {} into {}", e.id, status, e.source, e.target);
+    if !e.conflicted_paths.is_empty() {
+        let _ = write!(s, "  conflicts: {}", e.conflicted_paths.join(", "));
+    }
+    if let Some(err) = &e.error {
+        let _ = write!(s, "  error: {err}");
+    }
+    s
 }

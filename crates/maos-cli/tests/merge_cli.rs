@@ -1,0 +1,160 @@
+//! `maos merge ...` through the real binary.
+
+use std::path::Path;
+use std::process::Output;
+
+use maos_tests::merge_fixtures::{Repo, diverged, numbered, numbered_with};
+use maos_tests::{maos_at, output, stderr, stdout};
+
+fn maos(ws: &Path, agent: &str, args: &[&str]) -> Output {
+    output(maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, agent).args(args))
+}
+
+fn conflicting() -> Repo {
+    diverged(
+        |r| r.write("api.rs", numbered(10)),
+        |r| r.write("api.rs", numbered_with(10, 3, "target")),
+        |r| {
+            r.write("api.rs", numbered_with(10, 3, "source"));
+            r.write("own.txt", "own\n");
+        },
+    )
+}
+
+#[test]
+fn check_exits_0_when_clean_and_4_with_conflicts() {
+    let r = conflicting();
+    let out = maos(r.path(), "a", &["merge", "check", "source", "main"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("content") && text.contains("api.rs"),
+        "{text}"
+    );
+    assert!(text.contains("line 3"), "{text}");
+
+    let out = maos(r.path(), "a", &["--json", "merge", "check", "source"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["target"], "main",
+        "TARGET defaults to the checked-out branch"
+    );
+    assert_eq!(v["conflicts"][0]["path"], "api.rs");
+    assert_eq!(v["conflicts"][0]["kind"], "content");
+    assert_eq!(v["conflicts"][0]["regions"][0]["source"]["start"], 3);
+
+    r.git(&["checkout", "-q", "-b", "clean", "main~1"]);
+    r.write("other.txt", "x\n");
+    r.commit_all("clean change");
+    r.checkout("main", false);
+    let out = maos(r.path(), "a", &["merge", "check", "clean", "main"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cleanly"));
+
+    let out = maos(r.path(), "a", &["merge", "check", "no-such-branch", "main"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no-such-branch"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_all_prints_the_pairwise_matrix() {
+    let r = Repo::new();
+    r.write("shared.txt", numbered(10));
+    r.commit_all("base");
+    for (b, line) in [("b1", "one"), ("b2", "two")] {
+        r.checkout(b, true);
+        r.write("shared.txt", numbered_with(10, 2, line));
+        r.commit_all(b);
+        r.checkout("main", false);
+    }
+    for (agent, b) in [("x1", "b1"), ("x2", "b2")] {
+        let out = maos(r.path(), agent, &["agents", "register", "--branch", b]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = maos(
+        r.path(),
+        "x1",
+        &["--json", "merge", "check", "--all", "--target", "main"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vs_target"].as_array().unwrap().len(), 2);
+    assert_eq!(v["pairwise"][0]["conflicts"][0][0], "shared.txt");
+    let out = maos(r.path(), "x1", &["merge", "check", "--all"]);
+    assert!(stdout(&out).contains("pairwise"), "{}", stdout(&out));
+}
+
+#[test]
+fn prepare_resolve_run_and_queue() {
+    let r = conflicting();
+    let out = maos(
+        r.path(),
+        "m",
+        &["--json", "merge", "prepare", "source", "main"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["suggested_strategy"]["strategy"], "manual");
+
+    let out = maos(
+        r.path(),
+        "m",
+        &["--json", "merge", "resolve", "source", "main"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let task = v["resolution"]["conflict_tasks"][0]["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = maos(r.path(), "m", &["--json", "task", "show", &task]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("api.rs"), "{}", stdout(&out));
+
+    let out = maos(r.path(), "m", &["merge", "run", "source", "main"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+
+    // A clean branch merges through the queue; the conflicting one stays blocked.
+    r.git(&["branch", "clean", "main"]);
+    r.git(&["checkout", "-q", "clean"]);
+    r.write("c.txt", "c\n");
+    r.commit_all("c");
+    r.checkout("main", false);
+    for b in ["source", "clean"] {
+        let out = maos(r.path(), "m", &["merge", "queue", "add", b, "main"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = maos(r.path(), "m", &["merge", "queue", "run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = maos(r.path(), "m", &["--json", "merge", "queue", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["status"], "blocked");
+    assert_eq!(v[1]["status"], "merged");
+    assert_eq!(r.git(&["show", "main:c.txt"]), "c");
+
+    let out = maos(r.path(), "m", &["merge", "run", "clean", "main"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already contains"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn run_refuses_a_dirty_checked_out_target() {
+    let r = Repo::new();
+    r.checkout("ff", true);
+    r.write("f.txt", "f\n");
+    r.commit_all("f");
+    r.checkout("main", false);
+    r.write("README", "dirty\n");
+    let out = maos(r.path(), "m", &["merge", "run", "ff", "main"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("uncommitted changes"),
+        "{}",
+        stderr(&out)
+    );
+}
