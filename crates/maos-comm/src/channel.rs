@@ -519,3 +519,200 @@ impl Consumer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Retention, Subscription};
+    use maos_core::{Recipients, Registration};
+
+    fn ws() -> (tempfile::TempDir, Workspace) {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        (d, ws)
+    }
+
+    fn agent(s: &str) -> AgentId {
+        AgentId::new(s).unwrap()
+    }
+
+    #[test]
+    fn recipients_are_applied_for_the_reading_agent() {
+        let (_d, ws) = ws();
+        let reg = AgentRegistry::new(&ws);
+        reg.register(Registration::new(agent("b1")).role(AgentRole::backend()))
+            .unwrap();
+        let ch = FileChannel::open(&ws, ChannelName::new("c").unwrap()).unwrap();
+        let s = agent("s");
+        let sends = [
+            Recipients::All,
+            Recipients::Agent(agent("b1")),
+            Recipients::Agent(agent("x")),
+            Recipients::Group(vec![agent("x"), agent("b1")]),
+            Recipients::Role(AgentRole::backend()),
+            Recipients::Role(AgentRole::frontend()),
+        ];
+        for (i, r) in sends.iter().enumerate() {
+            let rc = ch
+                .send_blocking(&Message::new(s.clone(), r.clone(), i))
+                .unwrap();
+            assert_eq!(rc.position, i as u64 + 1);
+        }
+        let f = Filter::for_agent(&ws, agent("b1")).unwrap();
+        let b = ch.receive_blocking::<usize>(&Cursor::start(), &f).unwrap();
+        let got: Vec<usize> = b.messages.iter().map(|d| d.message.payload).collect();
+        assert_eq!(got, [0, 1, 3, 4]);
+        assert_eq!(b.skipped, 2);
+        assert_eq!(b.cursor.position, 6);
+        let x = Filter::for_agent(&ws, agent("x")).unwrap();
+        let b = ch.receive_blocking::<usize>(&Cursor::start(), &x).unwrap();
+        let got: Vec<usize> = b.messages.iter().map(|d| d.message.payload).collect();
+        assert_eq!(got, [0, 2, 3]);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_anything_is_written() {
+        let (_d, ws) = ws();
+        let opts = ChannelOptions::default().max_message(100);
+        let ch = FileChannel::open_with(&ws, ChannelName::new("c").unwrap(), opts).unwrap();
+        let big = "x".repeat(200);
+        let err = ch
+            .send_blocking(&Message::new(agent("a"), Recipients::All, big))
+            .unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge { limit: 100, .. }), "{err}");
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        assert_eq!(ch.stats().unwrap().newest, 0);
+        // The default limit is 1 MiB.
+        let ch = FileChannel::open(&ws, ChannelName::new("d").unwrap()).unwrap();
+        let err = ch
+            .send_blocking(&Message::new(agent("a"), Recipients::All, "y".repeat(1 << 20)))
+            .unwrap_err();
+        assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn consumers_persist_their_cursor_and_redeliver_until_acked() {
+        let (_d, ws) = ws();
+        let ch = FileChannel::open(&ws, ChannelName::new("jobs").unwrap()).unwrap();
+        for i in 0..5 {
+            ch.send_blocking(&Message::new(agent("a"), Recipients::All, i))
+                .unwrap();
+        }
+        let name = Name::new("worker").unwrap();
+        let mut c = ch.consumer(name.clone(), Filter::Everything).unwrap();
+        let b = c.receive_blocking::<i32>().unwrap();
+        assert_eq!(b.messages.len(), 5);
+        // Not acknowledged: a restarted consumer gets the same messages again.
+        let c2 = ch.consumer(name.clone(), Filter::Everything).unwrap();
+        assert_eq!(c2.receive_blocking::<i32>().unwrap().messages.len(), 5);
+        c.ack(Cursor::after(3)).unwrap();
+        let c3 = ch.consumer(name.clone(), Filter::Everything).unwrap();
+        let again = c3.receive_blocking::<i32>().unwrap();
+        assert_eq!(again.messages[0].position, 4);
+        c.ack(b.cursor).unwrap();
+        let c4 = ch.consumer(name, Filter::Everything).unwrap();
+        assert!(c4.receive_blocking::<i32>().unwrap().messages.is_empty());
+    }
+
+    #[test]
+    fn a_reader_in_pruned_history_is_told_exactly_what_it_lost() {
+        let (_d, ws) = ws();
+        let opts = ChannelOptions::default().segment_size(400);
+        let ch = FileChannel::open_with(&ws, ChannelName::new("c").unwrap(), opts).unwrap();
+        for i in 0..40 {
+            ch.send_blocking(&Message::new(agent("a"), Recipients::All, i))
+                .unwrap();
+        }
+        let before = ch.stats().unwrap();
+        assert!(before.segments > 3, "{before:?}");
+        let rep = ch.prune_blocking(Retention::Keep(10)).unwrap();
+        assert!(rep.segments_removed > 0);
+        let after = ch.stats().unwrap();
+        assert!(after.count >= 10 && after.count < 40, "{after:?}");
+        let b = ch
+            .receive_blocking::<i32>(&Cursor::after(2), &Filter::Everything)
+            .unwrap();
+        let p = b.pruned.expect("a pruned gap is reported");
+        assert_eq!((p.from, p.to), (3, after.oldest - 1));
+        assert_eq!(b.messages[0].position, after.oldest);
+        assert_eq!(b.messages.last().unwrap().position, 40);
+        // Everything goes; positions continue after the newest.
+        ch.prune_blocking(Retention::Keep(0)).unwrap();
+        assert_eq!(ch.stats().unwrap().count, 0);
+        let r = ch
+            .send_blocking(&Message::new(agent("a"), Recipients::All, 41))
+            .unwrap();
+        assert_eq!(r.position, 41);
+        let b = ch
+            .receive_blocking::<i32>(&Cursor::start(), &Filter::Everything)
+            .unwrap();
+        assert_eq!(b.pruned, Some(Pruned { from: 1, to: 40 }));
+        assert_eq!(b.messages.len(), 1);
+        // Age-based pruning of old segments.
+        let rep = ch
+            .prune_blocking(Retention::OlderThan(Duration::from_secs(3600)))
+            .unwrap();
+        assert_eq!(rep.segments_removed, 0);
+    }
+
+    #[test]
+    fn broadcasts_reach_topic_readers_and_wildcard_subscribers() {
+        let (_d, ws) = ws();
+        let mut sub = Subscription::new(&ws, &["build/*"], Cursor::start()).unwrap();
+        let b = crate::BroadcastChannel::new(&ws, agent("ci"));
+        b.broadcast_blocking("build/done", &"ok").unwrap();
+        b.broadcast_blocking("test/done", &"skip").unwrap();
+        b.broadcast_blocking("build/failed", &"no").unwrap();
+        let got = sub.poll_blocking::<String>().unwrap();
+        let topics: Vec<_> = got.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, ["build/done", "build/failed"]);
+        assert_eq!(got[1].message.payload, "no");
+        assert!(sub.poll_blocking::<String>().unwrap().is_empty());
+        let topic = FileChannel::open(&ws, crate::topic_channel("test/done").unwrap()).unwrap();
+        let b2 = topic
+            .receive_blocking::<String>(&Cursor::start(), &Filter::Everything)
+            .unwrap();
+        assert_eq!(b2.messages[0].message.payload, "skip");
+        assert!(crate::topic_channel("global").is_err());
+        // A durable subscription resumes after its acknowledged position.
+        let name = Name::new("s1").unwrap();
+        let mut d = Subscription::durable(&ws, &["**"], name.clone()).unwrap();
+        let all = d.poll_blocking::<String>().unwrap();
+        assert_eq!(all.len(), 3);
+        d.ack_through(all[0].feed_position).unwrap();
+        let mut d2 = Subscription::durable(&ws, &["**"], name).unwrap();
+        assert_eq!(d2.poll_blocking::<String>().unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_gets_every_message_of_a_burst_in_order() {
+        let (_d, ws) = ws();
+        let ch = FileChannel::open(&ws, ChannelName::new("c").unwrap()).unwrap();
+        let mut w =
+            crate::ChannelWatcher::from_cursor(ch.clone(), Cursor::start(), Filter::Everything)
+                .unwrap();
+        let writer = ch.clone();
+        let t = tokio::task::spawn_blocking(move || {
+            let msgs: Vec<_> = (0..50)
+                .map(|i| Message::new(agent("a"), Recipients::All, i))
+                .collect();
+            writer.send_many_blocking(&msgs).unwrap();
+            for i in 50..100 {
+                writer
+                    .send_blocking(&Message::new(agent("a"), Recipients::All, i))
+                    .unwrap();
+            }
+        });
+        for i in 0..100 {
+            let d = w.next::<i32>().await.unwrap();
+            assert_eq!(d.message.payload, i);
+            assert_eq!(d.position, i as u64 + 1);
+        }
+        t.await.unwrap();
+        let none = w
+            .next_timeout::<i32>(Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(none.is_none());
+    }
+}

@@ -34,7 +34,9 @@ pub use maos_core::{
 
 // --- maos-comm main types ---
 #[doc(inline)]
-pub use maos_comm::{BroadcastChannel, Cursor, FileChannel, Receipt};
+pub use maos_comm::{
+    BroadcastChannel, ChannelWatcher, Consumer, Cursor, FileChannel, Filter, Receipt, Subscription,
+};
 
 // --- maos-lock main types ---
 #[doc(inline)]
