@@ -479,10 +479,17 @@ impl TaskTracker {
                 } else {
                     Vec::new()
                 };
-                // Tasks about to be released become claimable too: apply after the fact by
-                // skipping them here (they are claimed by a later call).
+                // Tasks released by this same batch are claimable too (the Release record is
+                // applied before the Claim record).
+                let released: HashSet<usize> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Release { task, .. } => st.idx(task),
+                        _ => None,
+                    })
+                    .collect();
                 ensure_tail(st);
-                let best = best_ready(st, agent);
+                let best = best_ready(st, agent, &released);
                 if let Some(i) = best {
                     let id = st.tasks[i].id.clone();
                     ops.push(Op::Claim {
@@ -748,11 +755,13 @@ pub(crate) fn ready_order(st: &mut State) -> Vec<usize> {
     ready
 }
 
-fn best_ready(st: &State, agent: &AgentId) -> Option<usize> {
+fn best_ready(st: &State, agent: &AgentId, released: &HashSet<usize>) -> Option<usize> {
     (0..st.tasks.len())
         .filter(|&i| {
             let t = &st.tasks[i];
-            t.status == TaskStatus::Pending && t.assigned_to.as_ref().is_none_or(|a| a == agent)
+            released.contains(&i)
+                || (t.status == TaskStatus::Pending
+                    && t.assigned_to.as_ref().is_none_or(|a| a == agent))
         })
         .min_by_key(|&i| key(st, i))
 }
