@@ -141,8 +141,8 @@ pub enum Error {
     },
 
     /// A broadcast on the `deadlock` topic failed.
-    #[error("cannot broadcast on the deadlock topic: {0}")]
-    Broadcast(String),
+    #[error("cannot broadcast on the deadlock topic")]
+    Broadcast(#[source] maos_comm::Error),
 }
 
 impl Error {

@@ -43,12 +43,17 @@
 //! - A lease that runs out while its holder still works is lost: the holder finds out when it
 //!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
 
+mod deadlock;
 mod error;
 mod lock;
 mod pattern;
 mod store;
 mod watch;
 
+pub use deadlock::{
+    DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Resolution,
+    VICTIM_RULE, WaitEdge, WaitForGraph,
+};
 pub use error::{Error, HolderSummary, Result};
 pub use lock::{
     DEFAULT_TTL, DEFAULT_WAIT, FencingToken, FileLock, LockGuard, LockTable, Snapshot,

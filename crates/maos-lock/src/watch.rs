@@ -204,6 +204,11 @@ impl DirWatch {
         }
     }
 
+    /// Wakes every waiter and monitor of this process (used to stop a monitor).
+    pub(crate) fn poke(&self) {
+        self.inner.bump(true, true);
+    }
+
     /// Waits until signal `s` moves past `seen` or `until` passes.
     pub(crate) async fn wait_async(&self, s: Signal, seen: u64, until: Instant) {
         let n = match s {
