@@ -342,7 +342,7 @@ impl FileChannel {
             skipped: 0,
         };
         if let Some(p) = batch.pruned {
-            tracing::warn!(channel = %self.inner.name, from = p.from, to = p.to,
+            tracing::info!(channel = %self.inner.name, from = p.from, to = p.to,
                 "reader's cursor was in pruned history");
         }
         for (position, bytes) in raw.records {
