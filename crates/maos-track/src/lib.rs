@@ -20,7 +20,7 @@ mod visual;
 pub use error::Error;
 pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
-pub use notify::{FALLBACK_INTERVAL, TOPIC, TaskWatch};
+pub use notify::{FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
 pub use store::Change;
 pub use task::{Task, TaskStatus};
 pub use tracker::{Options, TaskTracker, Update};

@@ -7,13 +7,44 @@ use crate::Change;
 /// The broadcast topic status changes are published on.
 pub const TOPIC: &str = "tasks";
 
-/// Publishes `changes` (best effort: the task log is the truth, a lost notification only
+/// What is published on the [`TOPIC`] topic after each write: the status changes one write
+/// caused (the requested change plus dependents unblocked or blocked), in log order.
+///
+/// Writers publish after their write is durable and outside the tracker lock, so two
+/// writers' events may reach the topic out of log order: order them by `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskEvent {
+    /// The log sequence number of the write's last record.
+    pub seq: u64,
+    /// The changes.
+    pub changes: Vec<Change>,
+}
+
+/// Publishes `changes` (best effort: the task log is the truth; a lost notification only
 /// delays a watcher until its fallback timer).
-pub(crate) fn publish(_ws: &Workspace, _agent: Option<&AgentId>, changes: &[Change]) {
-    tracing::trace!(
-        count = changes.len(),
-        "task changes (maos-comm publishing pending)"
-    );
+pub(crate) fn publish(
+    publisher: &std::sync::OnceLock<maos_comm::BroadcastChannel>,
+    ws: &Workspace,
+    agent: Option<&AgentId>,
+    changes: &[Change],
+) {
+    let Some(seq) = changes.iter().map(|c| c.seq).max() else {
+        return;
+    };
+    let channel = publisher.get_or_init(|| {
+        let sender = agent
+            .cloned()
+            .or_else(|| AgentId::current().ok())
+            .unwrap_or_else(|| AgentId::new("maos-track").expect("a valid agent name"));
+        maos_comm::BroadcastChannel::new(ws, sender)
+    });
+    let event = TaskEvent {
+        seq,
+        changes: changes.to_vec(),
+    };
+    if let Err(e) = channel.broadcast_blocking(TOPIC, &event) {
+        tracing::warn!(error = %e, seq, "could not publish task changes on the tasks topic");
+    }
 }
 
 /// How long a watcher waits without any file event before it re-reads anyway (events can be

@@ -301,3 +301,43 @@ fn fencing_tokens_are_checked() {
         TaskStatus::InProgress
     );
 }
+
+#[test]
+fn status_changes_are_published_on_the_tasks_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::init(dir.path()).unwrap();
+    let t = TaskTracker::open_with(&ws, Options::default().agent(agent("pub"))).unwrap();
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let b = t
+        .create_task_blocking(&Task::new("b").after(a.clone()))
+        .unwrap();
+    t.update_status_blocking(&a, TaskStatus::InProgress, None)
+        .unwrap();
+    t.update_status_blocking(&a, TaskStatus::Completed, None)
+        .unwrap();
+    let ch =
+        maos_comm::FileChannel::open(&ws, maos_comm::topic_channel(crate::TOPIC).unwrap()).unwrap();
+    let batch = ch
+        .receive_blocking::<crate::TaskEvent>(
+            &maos_comm::Cursor::start(),
+            &maos_comm::Filter::Everything,
+        )
+        .unwrap();
+    let events: Vec<crate::TaskEvent> = batch
+        .messages
+        .into_iter()
+        .map(|d| d.message.payload)
+        .collect();
+    assert_eq!(events.len(), 4);
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.changes.len(),
+        2,
+        "the completion and the dependent it unblocked"
+    );
+    assert_eq!(last.changes[0].to, TaskStatus::Completed);
+    assert_eq!(
+        (last.changes[1].task.clone(), last.changes[1].to),
+        (b, TaskStatus::Pending)
+    );
+}

@@ -121,6 +121,7 @@ struct Inner {
     lock_file: File,
     state: Mutex<State>,
     options: Options,
+    publisher: std::sync::OnceLock<maos_comm::BroadcastChannel>,
 }
 
 impl std::fmt::Debug for TaskTracker {
@@ -177,6 +178,7 @@ impl TaskTracker {
                 lock_file,
                 state: Mutex::new(State::default()),
                 options,
+                publisher: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -247,7 +249,12 @@ impl TaskTracker {
         if !self.inner.options.publish || changes.is_empty() {
             return;
         }
-        crate::notify::publish(&self.inner.ws, self.inner.options.agent.as_ref(), changes);
+        crate::notify::publish(
+            &self.inner.publisher,
+            &self.inner.ws,
+            self.inner.options.agent.as_ref(),
+            changes,
+        );
     }
 
     /// Creates a task (blocking). Its status is Blocked if a dependency is not completed,
