@@ -8,7 +8,8 @@ use clap::Subcommand;
 use maos_coordination::ResourceName;
 use maos_coordination::core::now_ms;
 use maos_coordination::lock::{
-    Error as LockError, FencingToken, FileLock, LockInfo, LockMode, LockTable,
+    Deadlock, DeadlockDetector, Error as LockError, FencingToken, FileLock, LockInfo, LockMode,
+    LockTable, VICTIM_RULE,
 };
 use serde::Serialize;
 
@@ -325,8 +326,62 @@ fn run_command(
 }
 
 pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let _ws = ctx.workspace()?;
+    let ws = ctx.workspace()?;
     match cmd {
-        DeadlockCommand::Check { .. } => anyhow::bail!("deadlock detection is not built yet"),
+        DeadlockCommand::Check { broadcast, resolve } => {
+            let mut det = DeadlockDetector::new(&ws)
+                .sender(ctx.agent.clone())
+                .broadcast(broadcast)
+                .resolve(resolve);
+            let found = det.check()?;
+            #[derive(Serialize)]
+            struct Out<'a> {
+                deadlock: bool,
+                cycles: &'a [Deadlock],
+                victim_rule: &'a str,
+            }
+            ctx.emit(
+                &Out {
+                    deadlock: !found.is_empty(),
+                    cycles: &found,
+                    victim_rule: VICTIM_RULE,
+                },
+                || {
+                    if found.is_empty() {
+                        return "no deadlock".into();
+                    }
+                    let mut s = String::new();
+                    for d in &found {
+                        s.push_str(&format!(
+                            "deadlock among {}\n",
+                            d.agents
+                                .iter()
+                                .map(|a| a.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        for w in &d.waits {
+                            s.push_str(&format!(
+                                "  {} waits for {} on {} (ticket {})\n",
+                                w.waiter, w.holder, w.resource, w.ticket
+                            ));
+                        }
+                        s.push_str(&format!(
+                            "  suggested victim: {} (its wait for {}; rule: {}){}\n",
+                            d.victim,
+                            d.victim_resource,
+                            VICTIM_RULE,
+                            if resolve { ", aborted" } else { "" }
+                        ));
+                    }
+                    s
+                },
+            )?;
+            Ok(if found.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Deadlock
+            })
+        }
     }
 }

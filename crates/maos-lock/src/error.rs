@@ -140,6 +140,21 @@ pub enum Error {
         cycle: Vec<AgentId>,
     },
 
+    /// Waiting for an advisory turn took longer than the caller allowed.
+    #[error(
+        "timed out after {waited:?} waiting for the advisory turn on {resource}: agent {ahead} is ahead ({purpose:?})"
+    )]
+    AdvisoryTimeout {
+        /// The resource.
+        resource: ResourceName,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The first agent ahead.
+        ahead: AgentId,
+        /// Its purpose.
+        purpose: String,
+    },
+
     /// A broadcast on the `deadlock` topic failed.
     #[error("cannot broadcast on the deadlock topic")]
     Broadcast(#[source] maos_comm::Error),

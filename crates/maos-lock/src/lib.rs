@@ -43,6 +43,7 @@
 //! - A lease that runs out while its holder still works is lost: the holder finds out when it
 //!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
 
+mod advisory;
 mod deadlock;
 mod error;
 mod lock;
@@ -50,6 +51,7 @@ mod pattern;
 mod store;
 mod watch;
 
+pub use advisory::{AdvisoryInterest, AdvisoryLock, Interest};
 pub use deadlock::{
     DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Resolution,
     VICTIM_RULE, WaitEdge, WaitForGraph,

@@ -104,13 +104,13 @@ impl Inner {
                     wake = true;
                     change = true;
                 }
-                Some(WAKE_DIR) if closed => {
-                    if name
-                        .parse::<u64>()
-                        .is_ok_and(|t| relock(&self.tickets).contains(&t))
-                    {
-                        wake = true;
-                    }
+                Some(WAKE_DIR)
+                    if closed
+                        && name
+                            .parse::<u64>()
+                            .is_ok_and(|t| relock(&self.tickets).contains(&t)) =>
+                {
+                    wake = true;
                 }
                 _ if name == TABLE || name == ADVISORY => change = true,
                 _ => {}
