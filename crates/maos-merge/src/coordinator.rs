@@ -12,8 +12,8 @@ use maos_track::{Task, TaskStatus, TaskTracker};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{
-    Conflict, ConflictDetector, ConflictKind, LineRange, MergeCheck, Relation, analyse,
-    check_in, merge_options, relation_of, resolve_commit,
+    Conflict, ConflictDetector, ConflictKind, LineRange, MergeCheck, Relation, analyse, check_in,
+    merge_options, relation_of, resolve_commit,
 };
 use crate::error::{Error, GitContext as _, Result};
 use crate::touch::{AGENT_TRAILER, Actor, blame, branch_agents, short_branch, touches};
@@ -318,7 +318,7 @@ impl MergeCoordinator {
         let resource = merge_lock_resource(target)?;
         let err = |source| Error::Lock {
             resource: resource.to_string(),
-            source,
+            source: Box::new(source),
         };
         FileLock::new(&self.ws, resource.clone())
             .agent(self.agent.clone())
@@ -414,7 +414,10 @@ impl MergeCoordinator {
         for c in &check.conflicts {
             let file_actors = |touch: &BTreeMap<String, Vec<Actor>>, e: &Option<_>| {
                 let mut v: Vec<Actor> = Vec::new();
-                let paths = [e.as_ref().map(|e: &crate::ConflictEntry| e.path.clone()), c.ancestor.as_ref().map(|a| a.path.clone())];
+                let paths = [
+                    e.as_ref().map(|e: &crate::ConflictEntry| e.path.clone()),
+                    c.ancestor.as_ref().map(|a| a.path.clone()),
+                ];
                 for p in paths.into_iter().flatten() {
                     for a in touch.get(&p).into_iter().flatten() {
                         if !v.contains(a) {
@@ -544,7 +547,7 @@ impl MergeCoordinator {
             .create_tasks_blocking(&tasks)
             .map_err(|source| Error::Track {
                 context: format!("create resolution tasks for {}", prep.source),
-                source,
+                source: Box::new(source),
             })?;
         // One message per affected agent: the suggested resolvers and every agent behind a
         // side of a conflict.
@@ -588,7 +591,7 @@ impl MergeCoordinator {
             };
             let err = |source| Error::Comm {
                 recipient: agent.to_string(),
-                source,
+                source: Box::new(source),
             };
             let inbox = FileChannel::inbox(&self.ws, &agent).map_err(err)?;
             let msg = Message::new(self.agent.clone(), Recipients::Agent(agent.clone()), notice);
@@ -613,7 +616,7 @@ impl MergeCoordinator {
     fn tracker(&self) -> Result<TaskTracker> {
         TaskTracker::open(&self.ws).map_err(|source| Error::Track {
             context: "open tracker".into(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -625,7 +628,7 @@ impl MergeCoordinator {
                 .get_blocking(id)
                 .map_err(|source| Error::Track {
                     context: id.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .map_or(TaskStatus::Failed, |t| t.status))
         };
@@ -652,12 +655,13 @@ impl MergeCoordinator {
         res: &Resolution,
         timeout: Duration,
     ) -> Result<ResolutionProgress> {
-        let span = tracing::info_span!("wait_for_resolution", source = %res.source, target = %res.target);
+        let span =
+            tracing::info_span!("wait_for_resolution", source = %res.source, target = %res.target);
         let _enter = span.enter();
         let tracker = self.tracker()?;
         let mut watch = tracker.watch().map_err(|source| Error::Track {
             context: "watch".into(),
-            source,
+            source: Box::new(source),
         })?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -671,7 +675,7 @@ impl MergeCoordinator {
             }
             watch.changed(left).await.map_err(|source| Error::Track {
                 context: "watch".into(),
-                source,
+                source: Box::new(source),
             })?;
         }
     }
@@ -699,7 +703,12 @@ impl MergeCoordinator {
     /// points at `expected` (the commit the caller checked): the ref update is a
     /// compare-and-swap against it, so any move since fails with
     /// [`Error::ConcurrentUpdate`].
-    pub fn merge_expecting(&self, source: &str, target: &str, expected: &str) -> Result<MergeOutcome> {
+    pub fn merge_expecting(
+        &self,
+        source: &str,
+        target: &str,
+        expected: &str,
+    ) -> Result<MergeOutcome> {
         let span = tracing::info_span!("merge", source, target, expected, agent = %self.agent);
         let _enter = span.enter();
         let expected = Oid::from_str(expected).map_err(|source| Error::UnknownRevision {
@@ -712,7 +721,12 @@ impl MergeCoordinator {
         result
     }
 
-    fn merge_locked(&self, source: &str, target: &str, expected: Option<Oid>) -> Result<MergeOutcome> {
+    fn merge_locked(
+        &self,
+        source: &str,
+        target: &str,
+        expected: Option<Oid>,
+    ) -> Result<MergeOutcome> {
         let repo = self.detector.repository()?;
         let refname = if target.starts_with("refs/heads/") {
             target.to_owned()
@@ -724,11 +738,9 @@ impl MergeCoordinator {
             .map_err(|_| Error::TargetNotBranch {
                 target: target.to_owned(),
             })?;
-        let current = reference
-            .target()
-            .ok_or_else(|| Error::TargetNotBranch {
-                target: target.to_owned(),
-            })?;
+        let current = reference.target().ok_or_else(|| Error::TargetNotBranch {
+            target: target.to_owned(),
+        })?;
         // The commit the merge is computed against and the CAS expects.
         let old = expected.unwrap_or(current);
         let src = resolve_commit(&repo, source)?;
@@ -781,7 +793,11 @@ impl MergeCoordinator {
                     .git("write merge commit")?
             }
         };
-        let log = format!("maos merge: {} into {}", describe_rev(source), short_branch(target));
+        let log = format!(
+            "maos merge: {} into {}",
+            describe_rev(source),
+            short_branch(target)
+        );
         let cas_error = |source_err| Error::ConcurrentUpdate {
             branch: refname.clone(),
             expected: old.to_string(),
@@ -810,11 +826,10 @@ impl MergeCoordinator {
             for wt in &checkouts {
                 let mut co = git2::build::CheckoutBuilder::new();
                 co.force();
-                if let Ok(c) = wt.find_commit(old) {
-                    if let Err(e) = wt.checkout_tree(c.as_object(), Some(&mut co)) {
+                if let Ok(c) = wt.find_commit(old)
+                    && let Err(e) = wt.checkout_tree(c.as_object(), Some(&mut co)) {
                         tracing::warn!(worktree = ?wt.workdir(), error = %e, "cannot restore the checkout");
                     }
-                }
             }
             return Err(cas_error(e));
         }
@@ -890,20 +905,17 @@ fn checked_out(repo: &Repository, refname: &str) -> Result<Vec<Repository>> {
     };
     // The main worktree (the repository itself, unless bare).
     let main_dir: PathBuf = repo.commondir().to_path_buf();
-    if let Ok(main) = Repository::open(&main_dir) {
-        if !main.is_bare() && head_is(&main) {
+    if let Ok(main) = Repository::open(&main_dir)
+        && !main.is_bare() && head_is(&main) {
             out.push(main);
         }
-    }
     if let Ok(names) = repo.worktrees() {
         for name in names.iter().filter_map(|n| n.ok().flatten()) {
-            if let Ok(wt) = repo.find_worktree(name) {
-                if let Ok(r) = Repository::open_from_worktree(&wt) {
-                    if head_is(&r) {
+            if let Ok(wt) = repo.find_worktree(name)
+                && let Ok(r) = Repository::open_from_worktree(&wt)
+                    && head_is(&r) {
                         out.push(r);
                     }
-                }
-            }
         }
     }
     Ok(out)

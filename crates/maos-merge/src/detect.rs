@@ -144,7 +144,8 @@ impl Conflict {
             .map(|e| e.path.as_str())
             .collect();
         let renamed: Vec<&str> = sides.iter().copied().filter(|p| Some(*p) != a).collect();
-        if self.kind == ConflictKind::RenameRename && renamed.len() == 2 && renamed[0] != renamed[1] {
+        if self.kind == ConflictKind::RenameRename && renamed.len() == 2 && renamed[0] != renamed[1]
+        {
             // git leaves the original path and both destinations conflicted.
             out.extend(a.map(str::to_owned));
             out.extend(renamed.iter().map(|p| (*p).to_owned()));
@@ -307,7 +308,12 @@ impl ConflictDetector {
         let mut pairwise = Vec::new();
         for (i, a) in branches.iter().enumerate() {
             for b in &branches[i + 1..] {
-                pairwise.push(PairResult::from_check(check_in(&repo, &self.options, b, a)?));
+                pairwise.push(PairResult::from_check(check_in(
+                    &repo,
+                    &self.options,
+                    b,
+                    a,
+                )?));
             }
         }
         Ok(Prediction {
@@ -416,10 +422,12 @@ pub(crate) fn relation_of(
     let base = match repo.merge_base(source, target) {
         Ok(b) => b,
         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok((Relation::Unrelated, None)),
-        Err(e) => return Err(Error::Git {
-            op: "merge-base",
-            source: e,
-        }),
+        Err(e) => {
+            return Err(Error::Git {
+                op: "merge-base",
+                source: e,
+            });
+        }
     };
     let relation = if base == source {
         Relation::UpToDate
@@ -501,7 +509,11 @@ pub(crate) fn conflicts_of(
     analyse(repo, index, options).map(|a| a.conflicts)
 }
 
-pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions) -> Result<Analysis> {
+pub(crate) fn analyse(
+    repo: &Repository,
+    index: &Index,
+    options: &DetectOptions,
+) -> Result<Analysis> {
     // Every path of the merged index (all stages), to spot file/directory collisions.
     let all_paths: BTreeSet<String> = index
         .iter()
@@ -529,8 +541,9 @@ pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions)
     let mut file_dir: Vec<Triple> = Vec::new();
     for c in &raw {
         let (a, t, s) = (entry(&c.ancestor), entry(&c.our), entry(&c.their));
-        let unchanged =
-            |x: &ConflictEntry, a: &ConflictEntry| x.path == a.path && x.oid == a.oid && x.mode == a.mode;
+        let unchanged = |x: &ConflictEntry, a: &ConflictEntry| {
+            x.path == a.path && x.oid == a.oid && x.mode == a.mode
+        };
         match (&a, &t, &s) {
             // The source path of a rename/rename(2-to-1) or rename/add, unchanged on one side
             // and renamed away on the other: git resolves it as a deletion.
@@ -552,7 +565,13 @@ pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions)
             }
     };
     let find = |triples: &[Triple], target_side: bool, oid: &str| {
-        let entry_of = |x: &Triple| if target_side { x.1.clone() } else { x.2.clone() };
+        let entry_of = |x: &Triple| {
+            if target_side {
+                x.1.clone()
+            } else {
+                x.2.clone()
+            }
+        };
         triples
             .iter()
             .position(|x| lonely(x, target_side) && entry_of(x).is_some_and(|e| e.oid == oid))
@@ -584,8 +603,8 @@ pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions)
             (Some(a), Some(t), None) if a.path == t.path => Some(false),
             _ => None,
         };
-        if let Some(target_renamed) = shape {
-            if let Some(j) = triples.iter().position(|x| lonely(x, target_renamed)) {
+        if let Some(target_renamed) = shape
+            && let Some(j) = triples.iter().position(|x| lonely(x, target_renamed)) {
                 let moved = triples.remove(j);
                 let k = if j < i { i - 1 } else { i };
                 if target_renamed {
@@ -595,22 +614,18 @@ pub(crate) fn analyse(repo: &Repository, index: &Index, options: &DetectOptions)
                 }
                 i = k;
             }
-        }
         i += 1;
     }
     let mut out = Analysis::default();
     for (a, t, s) in &triples {
-        if let (Some(a), Some(t), Some(s)) = (a, t, s) {
-            if let Some(add) = trivial_merge(a, t, s) {
-                let mut remove: Vec<String> = [&a.path, &t.path, &s.path]
-                    .into_iter()
-                    .cloned()
-                    .collect();
+        if let (Some(a), Some(t), Some(s)) = (a, t, s)
+            && let Some(add) = trivial_merge(a, t, s) {
+                let mut remove: Vec<String> =
+                    [&a.path, &t.path, &s.path].into_iter().cloned().collect();
                 remove.dedup();
                 out.resolved.push(TrivialResolution { remove, add });
                 continue;
             }
-        }
     }
     triples.retain(|(a, t, s)| match (a, t, s) {
         (Some(a), Some(t), Some(s)) => trivial_merge(a, t, s).is_none(),
@@ -727,10 +742,14 @@ fn classify(
                 .is_some_and(|a| a.path != t.path || a.path != s.path);
             if renamed_both {
                 ConflictKind::RenameRename
-            } else if renamed_one && (t.oid == s.oid || a.as_ref().is_some_and(|a| a.oid == t.oid || a.oid == s.oid)) {
+            } else if renamed_one
+                && (t.oid == s.oid || a.as_ref().is_some_and(|a| a.oid == t.oid || a.oid == s.oid))
+            {
                 // A rename on one side against a mode or rename change on the other.
                 ConflictKind::RenameRename
-            } else if [t.mode, s.mode].iter().any(|m| file_type(*m) == MODE_SUBMODULE)
+            } else if [t.mode, s.mode]
+                .iter()
+                .any(|m| file_type(*m) == MODE_SUBMODULE)
                 || file_type(t.mode) != file_type(s.mode)
                 || file_type(t.mode) == MODE_LINK
             {
@@ -775,7 +794,8 @@ fn describe(
     s: &Option<ConflictEntry>,
     regions: &[ConflictRegion],
 ) -> String {
-    let p = |e: &Option<ConflictEntry>| e.as_ref().map_or("(absent)".to_owned(), |e| e.path.clone());
+    let p =
+        |e: &Option<ConflictEntry>| e.as_ref().map_or("(absent)".to_owned(), |e| e.path.clone());
     match kind {
         ConflictKind::Content => {
             let r: Vec<String> = regions
@@ -785,7 +805,11 @@ fn describe(
             format!(
                 "both sides changed the same lines of {}: {}",
                 p(s),
-                if r.is_empty() { "(ranges unknown)".to_owned() } else { r.join("; ") }
+                if r.is_empty() {
+                    "(ranges unknown)".to_owned()
+                } else {
+                    r.join("; ")
+                }
             )
         }
         ConflictKind::Binary => format!("both sides changed binary file {}", p(s)),
@@ -941,9 +965,10 @@ fn regions_of(
         let t_range = span(&tg, base_lo, base_hi, &|b| shift(&th, b));
         let s_range = span(&sg, base_lo, base_hi, &|b| shift(&sh, b));
         if tg.len() == sg.len()
-            && tg.iter().zip(&sg).all(|(x, y)| {
-                x.base_start == y.base_start && x.base_count == y.base_count
-            })
+            && tg
+                .iter()
+                .zip(&sg)
+                .all(|(x, y)| x.base_start == y.base_start && x.base_count == y.base_count)
             && same_lines(repo, t, s, t_range, s_range)?
         {
             continue; // both sides made the same change

@@ -104,7 +104,7 @@ pub enum Error {
         resource: String,
         /// The maos-lock error.
         #[source]
-        source: maos_lock::Error,
+        source: Box<maos_lock::Error>,
     },
 
     /// Sending a message failed.
@@ -114,7 +114,7 @@ pub enum Error {
         recipient: String,
         /// The maos-comm error.
         #[source]
-        source: maos_comm::Error,
+        source: Box<maos_comm::Error>,
     },
 
     /// Creating, reading or updating a task failed.
@@ -124,7 +124,7 @@ pub enum Error {
         context: String,
         /// The maos-track error.
         #[source]
-        source: maos_track::Error,
+        source: Box<maos_track::Error>,
     },
 
     /// The merge queue has no entry with this id.

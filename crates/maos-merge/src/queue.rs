@@ -145,8 +145,7 @@ impl MergeQueue {
         };
         let (r, save) = f(&mut state)?;
         if save {
-            fsx::write_json_replace(&path, &state)
-                .core(|| format!("write {}", path.display()))?;
+            fsx::write_json_replace(&path, &state).core(|| format!("write {}", path.display()))?;
         }
         Ok(r)
         // `lock` drops here: the kernel lock is released.

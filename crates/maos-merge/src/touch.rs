@@ -70,21 +70,19 @@ pub(crate) fn short_branch(name: &str) -> &str {
 /// The actor of one commit, for a side whose branch belongs to `branch_agent`.
 pub(crate) fn actor_of(commit: &Commit<'_>, branch_agent: Option<&AgentId>) -> Actor {
     let author = commit.author().name().unwrap_or("unknown").to_owned();
-    if let Ok(msg) = commit.message() {
-        if let Ok(trailers) = git2::message_trailers_strs(msg) {
+    if let Ok(msg) = commit.message()
+        && let Ok(trailers) = git2::message_trailers_strs(msg) {
             for (k, v) in trailers.iter() {
-                if k.eq_ignore_ascii_case(AGENT_TRAILER) {
-                    if let Ok(id) = AgentId::new(v.trim()) {
+                if k.eq_ignore_ascii_case(AGENT_TRAILER)
+                    && let Ok(id) = AgentId::new(v.trim()) {
                         return Actor {
                             agent: Some(id),
                             author,
                             attribution: Attribution::Trailer,
                         };
                     }
-                }
             }
         }
-    }
     match branch_agent {
         Some(a) => Actor {
             agent: Some(a.clone()),
