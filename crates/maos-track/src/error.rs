@@ -97,7 +97,7 @@ pub enum Error {
         task: TaskId,
         /// Why maos-lock refused the token.
         #[source]
-        source: maos_lock::Error,
+        source: Box<maos_lock::Error>,
     },
 
     /// An argument is not acceptable (empty name, ...).

@@ -17,6 +17,6 @@ pub(crate) fn check(
 ) -> Result<(), Error> {
     maos_lock::check_fencing_token(ws, resource, token).map_err(|source| Error::StaleToken {
         task: task.clone(),
-        source,
+        source: Box::new(source),
     })
 }
