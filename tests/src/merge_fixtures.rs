@@ -194,8 +194,18 @@ impl FastImport {
         let b = &mut self.buf;
         writeln!(b, "commit refs/heads/{branch}").expect("write");
         writeln!(b, "mark :{m}").expect("write");
-        writeln!(b, "author maos test <test@maos.invalid> {} +0000", self.time).expect("write");
-        writeln!(b, "committer maos test <test@maos.invalid> {} +0000", self.time).expect("write");
+        writeln!(
+            b,
+            "author maos test <test@maos.invalid> {} +0000",
+            self.time
+        )
+        .expect("write");
+        writeln!(
+            b,
+            "committer maos test <test@maos.invalid> {} +0000",
+            self.time
+        )
+        .expect("write");
         writeln!(b, "data {}\n{msg}", msg.len()).expect("write");
         for (i, p) in parents.iter().enumerate() {
             writeln!(b, "{} :{p}", if i == 0 { "from" } else { "merge" }).expect("write");
@@ -434,7 +444,11 @@ pub fn generate_pairs(seed: u64, count: usize) -> GeneratedPairs {
 
 /// A repository where `base` is committed on `main`, then branch `source` gets `source`'s
 /// changes and `main` gets `target`'s (one commit each). `main` stays checked out.
-pub fn diverged(base: impl FnOnce(&Repo), target: impl FnOnce(&Repo), source: impl FnOnce(&Repo)) -> Repo {
+pub fn diverged(
+    base: impl FnOnce(&Repo),
+    target: impl FnOnce(&Repo),
+    source: impl FnOnce(&Repo),
+) -> Repo {
     let r = Repo::new();
     base(&r);
     r.commit_all("base");
@@ -469,6 +483,12 @@ pub fn numbered(n: usize) -> String {
 /// `numbered(n)` with line `at` (1-based) replaced by `with`.
 pub fn numbered_with(n: usize, at: usize, with: &str) -> String {
     (1..=n)
-        .map(|i| if i == at { format!("{with}\n") } else { format!("line {i}\n") })
+        .map(|i| {
+            if i == at {
+                format!("{with}\n")
+            } else {
+                format!("line {i}\n")
+            }
+        })
         .collect()
 }

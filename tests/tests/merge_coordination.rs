@@ -1,6 +1,9 @@
 //! maos-merge with the other crates: who touched what, preparation under the merge lock,
 //! resolution tasks and messages, CAS merges, the queue, and the two-agent end-to-end story.
 
+// Fixture helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use maos_coordination::comm::{Cursor, FileChannel, Filter};
@@ -41,17 +44,41 @@ fn story() -> Story {
     repo.commit_all("base api");
     let ws = Workspace::init(repo.path()).unwrap();
     let reg = AgentRegistry::new(&ws);
-    reg.register(Registration::new(agent("alice")).branch("alice")).unwrap();
-    reg.register(Registration::new(agent("bob")).branch("bob")).unwrap();
+    reg.register(Registration::new(agent("alice")).branch("alice"))
+        .unwrap();
+    reg.register(Registration::new(agent("bob")).branch("bob"))
+        .unwrap();
     let wts = tempfile::tempdir().unwrap();
     let alice_wt = wts.path().join("alice");
     let bob_wt = wts.path().join("bob");
-    repo.git(&["worktree", "add", "-q", "-b", "alice", alice_wt.to_str().unwrap()]);
-    repo.git(&["worktree", "add", "-q", "-b", "bob", bob_wt.to_str().unwrap()]);
-    std::fs::write(alice_wt.join("api.rs"), numbered_with(20, 5, "fn users() // alice")).unwrap();
+    repo.git(&[
+        "worktree",
+        "add",
+        "-q",
+        "-b",
+        "alice",
+        alice_wt.to_str().unwrap(),
+    ]);
+    repo.git(&[
+        "worktree",
+        "add",
+        "-q",
+        "-b",
+        "bob",
+        bob_wt.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        alice_wt.join("api.rs"),
+        numbered_with(20, 5, "fn users() // alice"),
+    )
+    .unwrap();
     std::fs::write(alice_wt.join("alice.txt"), "alice's work\n").unwrap();
     commit_as(&alice_wt, "alice: users endpoint", Some("alice"));
-    std::fs::write(bob_wt.join("api.rs"), numbered_with(20, 5, "fn orders() // bob")).unwrap();
+    std::fs::write(
+        bob_wt.join("api.rs"),
+        numbered_with(20, 5, "fn orders() // bob"),
+    )
+    .unwrap();
     std::fs::write(bob_wt.join("bob.txt"), "bob's work\n").unwrap();
     commit_as(&bob_wt, "bob: orders endpoint", None);
     Story {
@@ -86,11 +113,18 @@ async fn prepare_reports_who_touched_what_and_a_resolver() {
         }
         other => panic!("expected manual, got {other:?}"),
     }
-    let api = prep.affected_files.iter().find(|f| f.path == "api.rs").unwrap();
+    let api = prep
+        .affected_files
+        .iter()
+        .find(|f| f.path == "api.rs")
+        .unwrap();
     assert_eq!(api.side, Side::Both);
     assert!(api.conflicted);
     assert_eq!(prep.agent_modifications["bob"], vec!["api.rs", "bob.txt"]);
-    assert_eq!(prep.agent_modifications["alice"], vec!["alice.txt", "api.rs"]);
+    assert_eq!(
+        prep.agent_modifications["alice"],
+        vec!["alice.txt", "api.rs"]
+    );
 
     // Against main, alice is a fast-forward and bob too.
     let ff = coord.prepare_merge("alice", "main").await.unwrap();
@@ -113,7 +147,11 @@ async fn clean_merge_creates_a_merge_commit_and_moves_the_checked_out_target() {
         panic!("expected a merge commit, got {out:?}");
     };
     let parents = s.repo.git(&["rev-list", "--parents", "-n", "1", &commit]);
-    assert_eq!(parents.split(' ').count(), 3, "a merge commit has two parents");
+    assert_eq!(
+        parents.split(' ').count(),
+        3,
+        "a merge commit has two parents"
+    );
     let msg = s.repo.git(&["log", "-1", "--format=%B", &commit]);
     assert!(msg.starts_with("Merge branch 'bob' into main"), "{msg}");
     assert!(msg.contains("Maos-Agent: merger"), "{msg}");
@@ -152,9 +190,15 @@ async fn a_concurrent_move_of_the_target_is_detected() {
     // Someone else moves it after the caller looked.
     s.repo.git(&["branch", "-f", "integration", "main"]);
     let moved = s.repo.git(&["rev-parse", "integration"]);
-    let err = coord.merge_expecting("bob", "integration", &seen).unwrap_err();
+    let err = coord
+        .merge_expecting("bob", "integration", &seen)
+        .unwrap_err();
     assert!(matches!(err, Error::ConcurrentUpdate { .. }), "{err}");
-    assert_eq!(s.repo.git(&["rev-parse", "integration"]), moved, "the ref was not moved");
+    assert_eq!(
+        s.repo.git(&["rev-parse", "integration"]),
+        moved,
+        "the ref was not moved"
+    );
     // Against the commit it really points at, the merge goes through.
     let out = coord.merge_expecting("bob", "integration", &moved).unwrap();
     assert!(matches!(out, MergeOutcome::FastForward { .. }), "{out:?}");
@@ -182,19 +226,31 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         .predict(&["alice".into(), "bob".into()], "main")
         .unwrap();
     assert!(p.vs_target.iter().all(|x| x.is_clean()));
-    assert_eq!(p.pairwise[0].conflicts, vec![("api.rs".to_owned(), ConflictKind::Content)]);
+    assert_eq!(
+        p.pairwise[0].conflicts,
+        vec![("api.rs".to_owned(), ConflictKind::Content)]
+    );
 
     let queue = MergeQueue::new(merger.clone());
     let a = queue.add("alice", "main").unwrap();
     let b = queue.add("bob", "main").unwrap();
-    assert_eq!(queue.add("bob", "main").unwrap().id, b.id, "no duplicate entries");
+    assert_eq!(
+        queue.add("bob", "main").unwrap().id,
+        b.id,
+        "no duplicate entries"
+    );
 
     // Run 1: alice fast-forwards; bob, re-checked against the new main, conflicts and turns
     // into resolution tasks and messages.
     let run = queue.run().await.unwrap();
     assert_eq!(run.merged, vec![a.id]);
     assert_eq!(run.blocked, vec![b.id]);
-    let entry = queue.list().unwrap().into_iter().find(|e| e.id == b.id).unwrap();
+    let entry = queue
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.id == b.id)
+        .unwrap();
     assert_eq!(entry.status, EntryStatus::Blocked);
     assert_eq!(entry.conflicted_paths, vec!["api.rs"]);
     let res = entry.resolution.clone().unwrap();
@@ -207,18 +263,27 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
 
     // Tasks appear in the tracker: the conflict task for bob, the merge task depending on it.
     let tracker = TaskTracker::open(&s.ws).unwrap();
-    let task = tracker.get_blocking(&res.conflict_tasks[0].task).unwrap().unwrap();
+    let task = tracker
+        .get_blocking(&res.conflict_tasks[0].task)
+        .unwrap()
+        .unwrap();
     assert_eq!(task.assigned_to, Some(agent("bob")));
     assert!(task.labels.contains(&"merge-conflict".to_owned()));
     assert_eq!(task.metadata["merge.path"], "api.rs");
     let merge_task = tracker.get_blocking(&res.merge_task).unwrap().unwrap();
-    assert_eq!(merge_task.dependencies, vec![res.conflict_tasks[0].task.clone()]);
+    assert_eq!(
+        merge_task.dependencies,
+        vec![res.conflict_tasks[0].task.clone()]
+    );
 
     // Messages appear in both agents' inboxes, naming the file and the lines.
     for (who, resolves) in [("bob", true), ("alice", false)] {
         let inbox = FileChannel::inbox(&s.ws, &agent(who)).unwrap();
         let batch = inbox
-            .receive_blocking::<ConflictNotice>(&Cursor::start(), &Filter::for_agent(&s.ws, agent(who)).unwrap())
+            .receive_blocking::<ConflictNotice>(
+                &Cursor::start(),
+                &Filter::for_agent(&s.ws, agent(who)).unwrap(),
+            )
             .unwrap();
         assert_eq!(batch.messages.len(), 1, "{who}");
         let n = &batch.messages[0].message.payload;
@@ -233,7 +298,13 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     let run = queue.run().await.unwrap();
     assert_eq!(run.blocked, vec![b.id]);
     assert_eq!(
-        queue.list().unwrap().into_iter().find(|e| e.id == b.id).unwrap().resolution,
+        queue
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.id == b.id)
+            .unwrap()
+            .resolution,
         Some(res.clone())
     );
 
@@ -247,7 +318,10 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         .env("GIT_COMMITTER_EMAIL", "bob@maos.invalid")
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the merge conflicts in bob's worktree");
+    assert!(
+        !out.status.success(),
+        "the merge conflicts in bob's worktree"
+    );
     let resolved = numbered_with(20, 5, "fn users() // alice\nfn orders() // bob");
     std::fs::write(s.bob_wt.join("api.rs"), &resolved).unwrap();
     commit_as(&s.bob_wt, "bob: resolve api.rs", Some("bob"));
@@ -255,7 +329,11 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         .update_status_blocking(&res.conflict_tasks[0].task, TaskStatus::InProgress, None)
         .unwrap();
     tracker
-        .update_status_blocking(&res.conflict_tasks[0].task, TaskStatus::Completed, Some("kept both"))
+        .update_status_blocking(
+            &res.conflict_tasks[0].task,
+            TaskStatus::Completed,
+            Some("kept both"),
+        )
         .unwrap();
     let progress = merger
         .wait_for_resolution(&res, std::time::Duration::from_secs(5))
@@ -267,7 +345,11 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     let run = queue.run().await.unwrap();
     assert_eq!(run.merged, vec![b.id], "{run:#?}");
     assert_eq!(
-        tracker.get_blocking(&res.merge_task).unwrap().unwrap().status,
+        tracker
+            .get_blocking(&res.merge_task)
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Completed
     );
     // main holds both agents' work.
@@ -275,8 +357,17 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     assert_eq!(show("alice.txt"), "alice's work");
     assert_eq!(show("bob.txt"), "bob's work");
     let api = show("api.rs");
-    assert!(api.contains("fn users() // alice") && api.contains("fn orders() // bob"), "{api}");
-    assert!(queue.list().unwrap().iter().all(|e| e.status == EntryStatus::Merged));
+    assert!(
+        api.contains("fn users() // alice") && api.contains("fn orders() // bob"),
+        "{api}"
+    );
+    assert!(
+        queue
+            .list()
+            .unwrap()
+            .iter()
+            .all(|e| e.status == EntryStatus::Merged)
+    );
 }
 
 #[tokio::test]
@@ -284,7 +375,15 @@ async fn a_conflicting_entry_never_blocks_the_ones_behind_it() {
     let s = story();
     // carol's branch is independent of both.
     let carol_wt = s._wts.path().join("carol");
-    s.repo.git(&["worktree", "add", "-q", "-b", "carol", carol_wt.to_str().unwrap(), "main"]);
+    s.repo.git(&[
+        "worktree",
+        "add",
+        "-q",
+        "-b",
+        "carol",
+        carol_wt.to_str().unwrap(),
+        "main",
+    ]);
     std::fs::write(carol_wt.join("carol.txt"), "carol\n").unwrap();
     commit_as(&carol_wt, "carol", Some("carol"));
     let merger = MergeCoordinator::new(&s.ws, agent("merger")).unwrap();

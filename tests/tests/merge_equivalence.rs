@@ -15,6 +15,9 @@
 //! 4. both sides add identical content with different modes: git reports add/add, libgit2
 //!    merges it silently.
 
+// Fixture helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::path::Path;
@@ -36,9 +39,11 @@ struct Tally {
 
 fn same_blob(dir: &Path, ours: &str, theirs: &str, path: &str) -> bool {
     let id = |rev: &str| {
-        String::from_utf8_lossy(&maos_tests::git(dir, &["rev-parse", &format!("{rev}:{path}")]).stdout)
-            .trim()
-            .to_owned()
+        String::from_utf8_lossy(
+            &maos_tests::git(dir, &["rev-parse", &format!("{rev}:{path}")]).stdout,
+        )
+        .trim()
+        .to_owned()
     };
     id(ours) == id(theirs)
 }
@@ -85,21 +90,28 @@ fn compare(seed: u64, n: usize) -> Tally {
                 .any(|m| m.starts_with(prefix) && m.contains(p))
         };
         let collision = git.messages.iter().any(|m| {
-            m.starts_with("CONFLICT (add/add)") || m.starts_with("CONFLICT (rename involved in collision)")
+            m.starts_with("CONFLICT (add/add)")
+                || m.starts_with("CONFLICT (rename involved in collision)")
         });
         for p in &only_git {
             if mentions("CONFLICT (file location)", p) {
                 t.directory_rename += 1;
             } else if collision && mentions("CONFLICT (rename/rename)", p) {
                 t.rename_collision += 1;
-            } else if mentions("CONFLICT (add/add)", p) && same_blob(&pairs.path(), &ours, &theirs, p) {
+            } else if mentions("CONFLICT (add/add)", p)
+                && same_blob(&pairs.path(), &ours, &theirs, p)
+            {
                 t.identical_add_mode += 1;
             } else {
                 t.undocumented.push(format!("pair {i}: only git: {p}"));
             }
         }
         for p in &only_mine {
-            let kind = check.conflicts.iter().find(|c| c.paths().contains(*p)).map(|c| c.kind);
+            let kind = check
+                .conflicts
+                .iter()
+                .find(|c| c.paths().contains(*p))
+                .map(|c| c.kind);
             if mentions("CONFLICT (file location)", p) {
                 t.directory_rename += 1;
             } else if collision && kind == Some(ConflictKind::ModifyDelete) {
@@ -134,9 +146,20 @@ fn conflicted_paths_match_git_merge_tree() {
         t.undocumented.join("\n")
     );
     // The generator must really exercise the detector.
+    assert_eq!(t.pairs, n);
     assert!(t.conflicted_pairs >= 40, "{t:?}");
-    for kind in ["content", "binary", "add/add", "modify/delete", "rename/delete", "file/directory"] {
-        assert!(t.kinds.contains_key(kind), "no {kind} conflict generated: {t:?}");
+    for kind in [
+        "content",
+        "binary",
+        "add/add",
+        "modify/delete",
+        "rename/delete",
+        "file/directory",
+    ] {
+        assert!(
+            t.kinds.contains_key(kind),
+            "no {kind} conflict generated: {t:?}"
+        );
     }
     // The documented differences stay the exception.
     let documented = t.directory_rename + t.rename_collision + t.identical_add_mode;

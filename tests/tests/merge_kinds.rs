@@ -1,6 +1,9 @@
 //! One fixture per conflict kind, built with the real git; each compared with
 //! `git merge-tree --write-tree --name-only`.
 
+// Fixture helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 
 use maos_coordination::merge::{ConflictDetector, ConflictKind, LineRange, Relation};
@@ -54,9 +57,30 @@ fn content_regions_are_in_each_sides_coordinates() {
     );
     let check = expect(&r, ConflictKind::Content, &["f.txt"]);
     let reg = check.conflicts[0].regions[0];
-    assert_eq!(reg.ancestor, LineRange { start: 10, count: 2 }, "{reg:?}");
-    assert_eq!(reg.target, LineRange { start: 10, count: 2 }, "{reg:?}");
-    assert_eq!(reg.source, LineRange { start: 13, count: 2 }, "{reg:?}");
+    assert_eq!(
+        reg.ancestor,
+        LineRange {
+            start: 10,
+            count: 2
+        },
+        "{reg:?}"
+    );
+    assert_eq!(
+        reg.target,
+        LineRange {
+            start: 10,
+            count: 2
+        },
+        "{reg:?}"
+    );
+    assert_eq!(
+        reg.source,
+        LineRange {
+            start: 13,
+            count: 2
+        },
+        "{reg:?}"
+    );
 }
 
 #[test]
@@ -198,8 +222,14 @@ fn fast_forward_and_up_to_date() {
     r.write("a.txt", "a\n");
     r.commit_all("a");
     let det = ConflictDetector::open(r.path()).unwrap();
-    assert_eq!(det.check("source", "main").unwrap().relation, Relation::FastForward);
-    assert_eq!(det.check("main", "source").unwrap().relation, Relation::UpToDate);
+    assert_eq!(
+        det.check("source", "main").unwrap().relation,
+        Relation::FastForward
+    );
+    assert_eq!(
+        det.check("main", "source").unwrap().relation,
+        Relation::UpToDate
+    );
 }
 
 #[test]
@@ -214,7 +244,11 @@ fn uncommitted_worktree_changes_are_predicted() {
     let wt = tempfile::tempdir().unwrap();
     let wt_path = wt.path().join("source-wt");
     r.git(&["worktree", "add", "-q", wt_path.to_str().unwrap(), "source"]);
-    std::fs::write(wt_path.join("f.txt"), numbered_with(10, 4, "uncommitted four")).unwrap();
+    std::fs::write(
+        wt_path.join("f.txt"),
+        numbered_with(10, 4, "uncommitted four"),
+    )
+    .unwrap();
     let det = ConflictDetector::open(r.path()).unwrap();
     assert!(det.check("source", "main").unwrap().is_clean());
     let snap = det.snapshot_worktree(&wt_path).unwrap();
@@ -267,4 +301,39 @@ fn index_and_worktree_are_never_touched() {
     assert!(!det.check("source", "main").unwrap().is_clean());
     assert_eq!(std::fs::read(r.path().join(".git/index")).unwrap(), before);
     assert_eq!(r.git(&["status", "--porcelain"]), "");
+}
+
+#[test]
+fn criss_cross_history_agrees_with_git() {
+    // Two merge bases: a and b each merge the other's first commit, then both edit on.
+    let r = Repo::new();
+    r.write("f.txt", numbered(20));
+    r.write("g.txt", numbered(20));
+    r.commit_all("base");
+    r.checkout("a", true);
+    r.write("f.txt", numbered_with(20, 2, "a two"));
+    r.commit_all("a1");
+    r.checkout("main", false);
+    r.checkout("b", true);
+    r.write("f.txt", numbered_with(20, 18, "b eighteen"));
+    r.commit_all("b1");
+    let b1 = r.git(&["rev-parse", "HEAD"]);
+    r.checkout("a", false);
+    let a1 = r.git(&["rev-parse", "HEAD"]);
+    r.git(&["merge", "-q", "--no-edit", &b1]);
+    r.write("g.txt", numbered_with(20, 5, "a five"));
+    r.commit_all("a2");
+    r.checkout("b", false);
+    r.git(&["merge", "-q", "--no-edit", &a1]);
+    r.write("g.txt", numbered_with(20, 5, "b five"));
+    r.commit_all("b2");
+    let bases = r.git(&["merge-base", "--all", "a", "b"]);
+    assert_eq!(bases.lines().count(), 2, "criss-cross: two merge bases");
+    let det = ConflictDetector::open(r.path()).unwrap();
+    let check = det.check("b", "a").unwrap();
+    assert_eq!(
+        check.conflicted_paths(),
+        git_conflicted_paths(r.path(), "a", "b")
+    );
+    assert_eq!(check.conflicted_paths(), set(&["g.txt"]));
 }

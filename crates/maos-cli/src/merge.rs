@@ -294,7 +294,7 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
     let code = match &e {
         MergeError::QueueBusy => Exit::Busy,
         MergeError::Lock { source, .. }
-            if matches!(source, maos_coordination::lock::Error::Timeout { .. }) =>
+            if matches!(**source, maos_coordination::lock::Error::Timeout { .. }) =>
         {
             Exit::Busy
         }

@@ -1,5 +1,8 @@
 //! `maos merge ...` through the real binary.
 
+// Fixture helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Output;
 

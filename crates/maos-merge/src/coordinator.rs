@@ -827,9 +827,10 @@ impl MergeCoordinator {
                 let mut co = git2::build::CheckoutBuilder::new();
                 co.force();
                 if let Ok(c) = wt.find_commit(old)
-                    && let Err(e) = wt.checkout_tree(c.as_object(), Some(&mut co)) {
-                        tracing::warn!(worktree = ?wt.workdir(), error = %e, "cannot restore the checkout");
-                    }
+                    && let Err(e) = wt.checkout_tree(c.as_object(), Some(&mut co))
+                {
+                    tracing::warn!(worktree = ?wt.workdir(), error = %e, "cannot restore the checkout");
+                }
             }
             return Err(cas_error(e));
         }
@@ -906,16 +907,19 @@ fn checked_out(repo: &Repository, refname: &str) -> Result<Vec<Repository>> {
     // The main worktree (the repository itself, unless bare).
     let main_dir: PathBuf = repo.commondir().to_path_buf();
     if let Ok(main) = Repository::open(&main_dir)
-        && !main.is_bare() && head_is(&main) {
-            out.push(main);
-        }
+        && !main.is_bare()
+        && head_is(&main)
+    {
+        out.push(main);
+    }
     if let Ok(names) = repo.worktrees() {
         for name in names.iter().filter_map(|n| n.ok().flatten()) {
             if let Ok(wt) = repo.find_worktree(name)
                 && let Ok(r) = Repository::open_from_worktree(&wt)
-                    && head_is(&r) {
-                        out.push(r);
-                    }
+                && head_is(&r)
+            {
+                out.push(r);
+            }
         }
     }
     Ok(out)
@@ -947,4 +951,33 @@ fn ensure_clean(wt: &Repository, refname: &str) -> Result<()> {
 
 fn join<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| Error::Join(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_merge_lock_is_per_target_branch() {
+        assert_eq!(
+            merge_lock_resource("main").unwrap().as_str(),
+            ".maos/merge/main"
+        );
+        assert_eq!(
+            merge_lock_resource("refs/heads/release/1.0")
+                .unwrap()
+                .as_str(),
+            ".maos/merge/release/1.0"
+        );
+        assert!(merge_lock_resource("../x").is_err());
+    }
+
+    #[test]
+    fn strategy_names() {
+        assert_eq!(MergeStrategy::FastForward.name(), "fast_forward");
+        let m = MergeStrategy::Manual {
+            resolvers: BTreeMap::new(),
+        };
+        assert_eq!(serde_json::to_value(&m).unwrap()["strategy"], "manual");
+    }
 }

@@ -604,28 +604,30 @@ pub(crate) fn analyse(
             _ => None,
         };
         if let Some(target_renamed) = shape
-            && let Some(j) = triples.iter().position(|x| lonely(x, target_renamed)) {
-                let moved = triples.remove(j);
-                let k = if j < i { i - 1 } else { i };
-                if target_renamed {
-                    triples[k].1 = moved.1;
-                } else {
-                    triples[k].2 = moved.2;
-                }
-                i = k;
+            && let Some(j) = triples.iter().position(|x| lonely(x, target_renamed))
+        {
+            let moved = triples.remove(j);
+            let k = if j < i { i - 1 } else { i };
+            if target_renamed {
+                triples[k].1 = moved.1;
+            } else {
+                triples[k].2 = moved.2;
             }
+            i = k;
+        }
         i += 1;
     }
     let mut out = Analysis::default();
     for (a, t, s) in &triples {
         if let (Some(a), Some(t), Some(s)) = (a, t, s)
-            && let Some(add) = trivial_merge(a, t, s) {
-                let mut remove: Vec<String> =
-                    [&a.path, &t.path, &s.path].into_iter().cloned().collect();
-                remove.dedup();
-                out.resolved.push(TrivialResolution { remove, add });
-                continue;
-            }
+            && let Some(add) = trivial_merge(a, t, s)
+        {
+            let mut remove: Vec<String> =
+                [&a.path, &t.path, &s.path].into_iter().cloned().collect();
+            remove.dedup();
+            out.resolved.push(TrivialResolution { remove, add });
+            continue;
+        }
     }
     triples.retain(|(a, t, s)| match (a, t, s) {
         (Some(a), Some(t), Some(s)) => trivial_merge(a, t, s).is_none(),
@@ -1103,4 +1105,98 @@ fn snapshot_in(repo: &Repository) -> Result<Oid> {
         &[&head],
     )
     .git("write snapshot commit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(path: &str, oid: &str, mode: u32) -> ConflictEntry {
+        ConflictEntry {
+            path: path.into(),
+            oid: oid.into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn line_ranges_display() {
+        let cases = [
+            (LineRange { start: 5, count: 0 }, "after line 4"),
+            (LineRange { start: 5, count: 1 }, "line 5"),
+            (LineRange { start: 5, count: 3 }, "lines 5-7"),
+        ];
+        for (r, text) in cases {
+            assert_eq!(r.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn trivial_merges_take_each_attribute_from_the_side_that_changed_it() {
+        let a = e("f", "A", 0o100644);
+        // content on one side, mode on the other: clean
+        let m = trivial_merge(&a, &e("f", "B", 0o100644), &e("f", "A", 0o100755)).unwrap();
+        assert_eq!((m.oid.as_str(), m.mode), ("B", 0o100755));
+        // rename on one side, content on the other: clean, at the new path
+        let m = trivial_merge(&a, &e("g", "A", 0o100644), &e("f", "C", 0o100644)).unwrap();
+        assert_eq!((m.path.as_str(), m.oid.as_str()), ("g", "C"));
+        // content on both sides: not trivial
+        assert!(trivial_merge(&a, &e("f", "B", 0o100644), &e("f", "C", 0o100644)).is_none());
+        // a type change (file -> symlink) is never trivial
+        assert!(trivial_merge(&a, &e("f", "A", 0o120000), &e("f", "C", 0o100644)).is_none());
+    }
+
+    #[test]
+    fn conflict_paths_follow_git() {
+        let c = |kind,
+                 a: Option<ConflictEntry>,
+                 t: Option<ConflictEntry>,
+                 s: Option<ConflictEntry>| Conflict {
+            path: String::new(),
+            kind,
+            ancestor: a,
+            target: t,
+            source: s,
+            regions: Vec::new(),
+            description: String::new(),
+        };
+        let paths = |c: Conflict| c.paths().into_iter().collect::<Vec<_>>();
+        let a = || Some(e("f", "A", 0o100644));
+        assert_eq!(
+            paths(c(
+                ConflictKind::RenameRename,
+                a(),
+                Some(e("t", "A", 0o100644)),
+                Some(e("s", "A", 0o100644))
+            )),
+            ["f", "s", "t"]
+        );
+        assert_eq!(
+            paths(c(
+                ConflictKind::RenameDelete,
+                a(),
+                None,
+                Some(e("s", "A", 0o100644))
+            )),
+            ["s"]
+        );
+        assert_eq!(
+            paths(c(
+                ConflictKind::Content,
+                a(),
+                Some(e("t", "B", 0o100644)),
+                Some(e("f", "C", 0o100644))
+            )),
+            ["t"]
+        );
+        assert_eq!(
+            paths(c(
+                ConflictKind::ModifyDelete,
+                a(),
+                Some(e("f", "B", 0o100644)),
+                None
+            )),
+            ["f"]
+        );
+    }
 }

@@ -71,18 +71,20 @@ pub(crate) fn short_branch(name: &str) -> &str {
 pub(crate) fn actor_of(commit: &Commit<'_>, branch_agent: Option<&AgentId>) -> Actor {
     let author = commit.author().name().unwrap_or("unknown").to_owned();
     if let Ok(msg) = commit.message()
-        && let Ok(trailers) = git2::message_trailers_strs(msg) {
-            for (k, v) in trailers.iter() {
-                if k.eq_ignore_ascii_case(AGENT_TRAILER)
-                    && let Ok(id) = AgentId::new(v.trim()) {
-                        return Actor {
-                            agent: Some(id),
-                            author,
-                            attribution: Attribution::Trailer,
-                        };
-                    }
+        && let Ok(trailers) = git2::message_trailers_strs(msg)
+    {
+        for (k, v) in trailers.iter() {
+            if k.eq_ignore_ascii_case(AGENT_TRAILER)
+                && let Ok(id) = AgentId::new(v.trim())
+            {
+                return Actor {
+                    agent: Some(id),
+                    author,
+                    attribution: Attribution::Trailer,
+                };
             }
         }
+    }
     match branch_agent {
         Some(a) => Actor {
             agent: Some(a.clone()),
