@@ -89,7 +89,8 @@ pub enum MergeStrategy {
     /// Conflicts: a human or agent resolves each one first. The suggested resolver of a
     /// conflict is (1) the agent who last changed the conflicting lines on the source side
     /// (blame; for conflicts without line ranges, the most recent agent who changed the file
-    /// on the source side), else (2) the same on the target side, else nobody (the task is
+    /// on the source side), else (2) the same on the target side, else (3) the agent the
+    /// registry maps the source branch to, then the target branch's, else nobody (the task is
     /// left for anyone to claim). The source goes first because its agent is the one
     /// integrating: it merges the target into its branch, resolves, and the merge then runs
     /// clean, while the shared target stays untouched.
