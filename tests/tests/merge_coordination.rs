@@ -44,13 +44,14 @@ fn story() -> Story {
     repo.commit_all("base api");
     let ws = Workspace::init(repo.path()).unwrap();
     let reg = AgentRegistry::new(&ws);
-    reg.register(Registration::new(agent("alice")).branch("alice"))
-        .unwrap();
-    reg.register(Registration::new(agent("bob")).branch("bob"))
-        .unwrap();
     let wts = tempfile::tempdir().unwrap();
     let alice_wt = wts.path().join("alice");
     let bob_wt = wts.path().join("bob");
+    for (who, wt) in [("alice", &alice_wt), ("bob", &bob_wt)] {
+        let mut r = Registration::new(agent(who)).branch(who);
+        r.worktree = Some(wt.clone());
+        reg.register(r).unwrap();
+    }
     repo.git(&[
         "worktree",
         "add",
@@ -397,4 +398,29 @@ async fn a_conflicting_entry_never_blocks_the_ones_behind_it() {
     assert_eq!(run.blocked, vec![b.id]);
     assert_eq!(run.failed, vec![x.id]);
     assert_eq!(s.repo.git(&["show", "main:carol.txt"]), "carol");
+}
+
+#[tokio::test]
+async fn prediction_over_agents_can_include_uncommitted_work() {
+    let s = story();
+    std::fs::write(s.alice_wt.join("README"), "alice's uncommitted readme\n").unwrap();
+    std::fs::write(s.bob_wt.join("README"), "bob's uncommitted readme\n").unwrap();
+    let coord = MergeCoordinator::new(&s.ws, agent("merger")).unwrap();
+    let committed = coord.predict_agents("main", false).unwrap();
+    assert_eq!(committed.pairwise.len(), 1);
+    assert_eq!(committed.pairwise[0].target, "alice (alice)");
+    assert_eq!(committed.pairwise[0].source, "bob (bob)");
+    let paths = |p: &maos_coordination::merge::PairResult| {
+        p.conflicts
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(&committed.pairwise[0]), ["api.rs"]);
+    let live = coord.predict_agents("main", true).unwrap();
+    assert_eq!(paths(&live.pairwise[0]), ["README", "api.rs"]);
+    assert!(live.vs_target.iter().all(|p| p.is_clean()));
+    // The worktrees are untouched.
+    let st = maos_tests::git(&s.bob_wt, &["status", "--porcelain"]);
+    assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "M README");
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use maos_coordination::AgentRegistry;
 use maos_coordination::merge::{
     ConflictDetector, Error as MergeError, MergeCheck, MergeCoordinator, MergeOutcome,
     MergePreparation, MergeQueue, PairResult, Prediction, QueueEntry,
@@ -28,7 +27,7 @@ pub(crate) enum MergeCommand {
         /// The branch to merge into (default: the branch checked out at the workspace root).
         target: Option<String>,
         /// Check every registered agent's branch, pairwise.
-        #[arg(long, conflicts_with = "source")]
+        #[arg(long)]
         all: bool,
         /// Include uncommitted changes of the worktree at DIR as the source (with --all: of
         /// each agent's registered worktree).
@@ -323,42 +322,10 @@ fn check_all(
     target: &str,
     worktrees: bool,
 ) -> anyhow::Result<Exit> {
-    let list = AgentRegistry::new(coord.workspace())
-        .list()
-        .context("reading the agent registry")?;
-    let det = coord.detector();
-    let mut branches = Vec::new();
-    let mut labels = Vec::new();
-    for rec in list.agents {
-        let Some(branch) = rec.branch.clone() else {
-            continue;
-        };
-        let rev = match (&rec.worktree, worktrees) {
-            (Some(wt), true) => det
-                .snapshot_worktree(wt)
-                .map_err(|e| fail(e, "snapshotting an agent's worktree"))?,
-            _ => branch.clone(),
-        };
-        branches.push(rev);
-        labels.push(format!("{} ({})", branch, rec.id));
-    }
-    let mut p = det
-        .predict(&branches, target)
+    let p = coord
+        .predict_agents(target, worktrees)
         .map_err(|e| fail(e, "checking the agent branches"))?;
-    // Show branch names, not snapshot commit ids.
-    let rename = |r: &mut PairResult| {
-        for (rev, label) in branches.iter().zip(&labels) {
-            if &r.source == rev {
-                r.source = label.clone();
-            }
-            if &r.target == rev {
-                r.target = label.clone();
-            }
-        }
-    };
-    p.vs_target.iter_mut().for_each(rename);
-    p.pairwise.iter_mut().for_each(rename);
-    ctx.emit(&p, || matrix_text(&p, &labels))?;
+    ctx.emit(&p, || matrix_text(&p))?;
     Ok(if p.is_clean() {
         Exit::Ok
     } else {
@@ -366,9 +333,9 @@ fn check_all(
     })
 }
 
-fn matrix_text(p: &Prediction, labels: &[String]) -> String {
+fn matrix_text(p: &Prediction) -> String {
     let mut s = String::new();
-    if labels.is_empty() {
+    if p.vs_target.is_empty() {
         return "no registered agent has a branch (maos agents register --branch ...)".into();
     }
     let _ = writeln!(s, "against {}:", p.target);

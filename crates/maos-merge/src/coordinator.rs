@@ -12,8 +12,8 @@ use maos_track::{Task, TaskStatus, TaskTracker};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{
-    Conflict, ConflictDetector, ConflictKind, LineRange, MergeCheck, Relation, analyse, check_in,
-    merge_options, relation_of, resolve_commit,
+    Conflict, ConflictDetector, ConflictKind, LineRange, MergeCheck, PairResult, Prediction,
+    Relation, analyse, check_in, merge_options, relation_of, resolve_commit,
 };
 use crate::error::{Error, GitContext as _, Result};
 use crate::touch::{AGENT_TRAILER, Actor, blame, branch_agents, short_branch, touches};
@@ -332,6 +332,49 @@ impl MergeCoordinator {
         if let Err(e) = guard.release() {
             tracing::warn!(error = %e, "releasing the merge lock failed");
         }
+    }
+
+    /// Which registered agents' branches would conflict, with `target` and with each other:
+    /// every agent whose registry record names a branch. With `include_worktrees`, an agent
+    /// whose record also names a worktree is checked with that worktree's uncommitted
+    /// changes ([`ConflictDetector::snapshot_worktree`]). Results name branches
+    /// (`<branch> (<agent>)`), not snapshot commits.
+    pub fn predict_agents(&self, target: &str, include_worktrees: bool) -> Result<Prediction> {
+        let span = tracing::info_span!("predict_agents", target, include_worktrees);
+        let _enter = span.enter();
+        let list = maos_core::AgentRegistry::new(&self.ws)
+            .list()
+            .map_err(|source| Error::Core {
+                context: "read the agent registry".into(),
+                source,
+            })?;
+        let mut revs = Vec::new();
+        let mut labels = Vec::new();
+        for rec in list.agents {
+            let Some(branch) = rec.branch.clone() else {
+                continue;
+            };
+            let rev = match (&rec.worktree, include_worktrees) {
+                (Some(wt), true) => self.detector.snapshot_worktree(wt)?,
+                _ => branch.clone(),
+            };
+            revs.push(rev);
+            labels.push(format!("{} ({})", short_branch(&branch), rec.id));
+        }
+        let mut p = self.detector.predict(&revs, target)?;
+        let rename = |r: &mut PairResult| {
+            for (rev, label) in revs.iter().zip(&labels) {
+                if &r.source == rev {
+                    r.source = label.clone();
+                }
+                if &r.target == rev {
+                    r.target = label.clone();
+                }
+            }
+        };
+        p.vs_target.iter_mut().for_each(rename);
+        p.pairwise.iter_mut().for_each(rename);
+        Ok(p)
     }
 
     /// Predicts the merge of `source` into `target` under the merge lock, with who touched
