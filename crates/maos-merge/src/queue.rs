@@ -296,6 +296,9 @@ impl MergeQueue {
                         .unwrap_or(false)
                 });
                 if !(still_open && paths == entry.conflicted_paths) {
+                    if let Some(old) = &entry.resolution {
+                        self.supersede(old);
+                    }
                     match self
                         .coord
                         .prepare_merge_blocking(&entry.source, &entry.target)
@@ -327,6 +330,19 @@ impl MergeQueue {
                 entry.status = EntryStatus::Failed;
                 entry.error = Some(e.to_string());
             }
+        }
+    }
+
+    /// Marks the merge task of a resolution that a new one replaces as failed.
+    fn supersede(&self, res: &Resolution) {
+        let Ok(tracker) = maos_track::TaskTracker::open(self.coord.workspace()) else {
+            return;
+        };
+        let note = "superseded: the merge still conflicts; new resolution tasks were created";
+        if let Err(e) =
+            tracker.update_status_blocking(&res.merge_task, TaskStatus::Failed, Some(note))
+        {
+            tracing::debug!(task = %res.merge_task, error = %e, "cannot retire the old merge task");
         }
     }
 
