@@ -155,10 +155,3 @@ fn two_git_worktrees_share_one_maos_directory() {
     assert!(canonical.join(".maos/format").exists());
     assert!(!wt1.join(".maos").exists() && !wt2.join(".maos").exists());
 }
-
-#[test]
-fn the_demo_runs_agents_as_processes() {
-    let out = output(Command::new(env!("CARGO_BIN_EXE_maos")).args(["demo", "--agents", "3"]));
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("reported dead"), "{}", stdout(&out));
-}

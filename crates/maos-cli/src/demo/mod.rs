@@ -1,135 +1,94 @@
-//! `maos demo`: a real multi-agent session in a temporary workspace.
+//! `maos demo`: a real multi-agent session in a temporary workspace, nothing to set up.
 //!
-//! Agents run as separate OS processes of this same binary (`maos demo --as-agent ...`).
+//! The orchestrator (this process) creates a git repository and a maos workspace, builds the
+//! feature's task graph (the design's `track_feature_implementation`) and starts the agents as
+//! separate OS processes of this same binary (`maos demo --as-agent ROLE`). Agents claim ready
+//! tasks, lock the files they edit, message each other and commit on their own branches. The
+//! backend and frontend edit the same lines of `src/shared/routes.rs`: the merge coordinator
+//! predicts the conflict, the queue turns it into a resolution task, an agent resolves it and
+//! the queue merges everything. Two agents take two locks in opposite orders: the deadlock
+//! detector finds the cycle, broadcasts it and ends the victim's wait. The run ends with the
+//! report, the critical path, the Mermaid Gantt, and a check of every step (exit status).
+
+mod agent;
+mod orchestrator;
+mod repo;
+mod view;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
-use maos_coordination::core::{DEFAULT_STALE_AFTER, ProcessIdentity};
-use maos_coordination::{AgentId, AgentRegistry, AgentRole, Liveness, Registration, Workspace};
+use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
 use crate::exit::Exit;
 
-const ROLES: [&str; 4] = ["architect", "backend", "frontend", "reviewer"];
+/// Roles of the agents, in start order.
+pub(crate) const ROLES: [&str; 4] = ["architect", "backend", "frontend", "reviewer"];
+/// The orchestrator's agent id.
+pub(crate) const ORCHESTRATOR: &str = "orchestrator";
+/// The channel frontend and backend talk on (as in the design's `coordinate_with_backend`).
+pub(crate) const API_CHANNEL: &str = "backend-frontend";
+/// The channel the two deadlocking agents use as a barrier.
+pub(crate) const SYNC_CHANNEL: &str = "demo/sync";
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// How many agents to start.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=16))]
+    /// How many agents to start (at least the four roles: architect, backend, frontend,
+    /// reviewer; more agents share the extra tasks).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(4..=12))]
     agents: u32,
-    /// Keep the workspace in DIR instead of a temporary directory.
+    /// How many extra module tasks (random dependencies) to add to the feature's graph.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=200))]
+    tasks: u32,
+    /// Seed of the random task graph.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Keep the workspace in DIR (created if needed) instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
-    /// Internal: run as one agent of a demo.
+    /// Give up (exit 1) if the session has not finished after this long.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
+    timeout: std::time::Duration,
+    /// Internal: run as one agent of a demo with this role.
     #[arg(long, hide = true, value_name = "ROLE")]
     as_agent: Option<String>,
 }
 
-pub(crate) fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    if let Some(role) = args.as_agent {
-        return agent(ctx, &role);
-    }
-    let started = Instant::now();
-    let tmp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            dir.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("maos-demo-").tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let ws = Workspace::init(&root)?;
-    eprintln!("workspace: {}", ws.root().display());
-    let exe = std::env::current_exe().context("locating the maos binary")?;
-
-    let mut children = Vec::new();
-    for i in 0..args.agents {
-        let role = ROLES[i as usize % ROLES.len()];
-        let id = format!("{role}-{}", i / ROLES.len() as u32 + 1);
-        let child = Command::new(&exe)
-            .args(["--workspace"])
-            .arg(ws.root())
-            .args(["--agent", &id, "demo", "--as-agent", role])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting agent {id}"))?;
-        children.push((id, child));
-    }
-    // Every agent registers itself, then prints one line once its record is durable.
-    let mut handles = Vec::new();
-    for (id, child) in &mut children {
-        let out = child.stdout.take().context("agent stdout")?;
-        let id = id.clone();
-        handles.push(std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
-            (id, line)
-        }));
-    }
-    for h in handles {
-        let (id, line) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
-        anyhow::ensure!(line.trim() == "ready", "agent {id} did not start: {line:?}");
-    }
-    // Crash one agent the hard way; the registry must see it dead, the others alive.
-    let (victim, mut child) = children.remove(0);
-    child.kill()?;
-    child.wait()?;
-    let reg = AgentRegistry::new(&ws);
-    let list = reg.list()?;
-    let mut ok = list.problems.is_empty() && list.agents.len() == args.agents as usize;
-    for rec in &list.agents {
-        let verdict = rec.liveness(DEFAULT_STALE_AFTER);
-        let expected = if rec.id.as_str() == victim {
-            Liveness::Dead
-        } else {
-            Liveness::Alive
-        };
-        ok &= verdict == expected;
-        println!(
-            "{:<14} {:<10} pid {:>7}  {:?}",
-            rec.id,
-            rec.role.as_ref().map_or("-", |r| r.as_str()),
-            rec.process.pid,
-            verdict
-        );
-    }
-    for (_, mut child) in children {
-        child.kill()?;
-        child.wait()?;
-    }
-    println!(
-        "{} agents registered as separate processes; {victim} was killed with SIGKILL and is reported dead; {:.1?}",
-        args.agents,
-        started.elapsed()
-    );
-    if args.keep.is_some() {
-        println!("workspace kept in {}", ws.root().display());
-    }
-    Ok(if ok { Exit::Ok } else { Exit::Error })
+/// What an agent process reports to the orchestrator, one JSON object per line on stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AgentEvent {
+    pub(crate) agent: String,
+    pub(crate) event: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) task: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) detail: String,
 }
 
-fn agent(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let reg = AgentRegistry::new(&ws);
-    reg.register(
-        Registration::new(ctx.agent.clone())
-            .role(AgentRole::new(role)?)
-            .process(ProcessIdentity::current()),
-    )?;
-    println!("ready");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        reg.heartbeat(&ctx.agent)?;
-        let _: &AgentId = &ctx.agent;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EventKind {
+    Ready,
+    Claimed,
+    Completed,
+    Failed,
+    Committed,
+    ApiRequested,
+    ApiAnswered,
+    ApiReceived,
+    DeadlockVictim,
+    Resolved,
+    Merged,
+    Exiting,
+}
+
+pub(crate) fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match args.as_agent.clone() {
+        Some(role) => rt.block_on(agent::run(ctx, &role)),
+        None => rt.block_on(orchestrator::run(args)),
     }
 }
