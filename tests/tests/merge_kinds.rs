@@ -337,3 +337,18 @@ fn criss_cross_history_agrees_with_git() {
     );
     assert_eq!(check.conflicted_paths(), set(&["g.txt"]));
 }
+
+#[test]
+fn rename_onto_an_added_path_is_one_add_add() {
+    let r = diverged(
+        |r| r.write("f.txt", numbered(10)),
+        |r| {
+            r.write("f.txt", numbered_with(10, 2, "target edit"));
+            r.write("g.txt", "added by the target\n");
+        },
+        |r| {
+            r.git(&["mv", "f.txt", "g.txt"]);
+        },
+    );
+    expect(&r, ConflictKind::AddAdd, &["g.txt"]);
+}

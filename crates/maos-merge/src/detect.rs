@@ -617,6 +617,19 @@ pub(crate) fn analyse(
         }
         i += 1;
     }
+    // A pure rename onto a path the other side added (rename/add) arrives as a modify/delete
+    // of the rename's source plus the add/add: git reports only the add/add.
+    let renamed_onto_add = |x: &Triple, triples: &[Triple]| match x {
+        (Some(a), Some(t), None) if t.path == a.path => triples.iter().any(
+            |y| matches!(y, (None, Some(_), Some(s2)) if s2.oid == a.oid && s2.path != a.path),
+        ),
+        (Some(a), None, Some(s)) if s.path == a.path => triples.iter().any(
+            |y| matches!(y, (None, Some(t2), Some(_)) if t2.oid == a.oid && t2.path != a.path),
+        ),
+        _ => false,
+    };
+    let snapshot = triples.clone();
+    triples.retain(|x| !renamed_onto_add(x, &snapshot));
     let mut out = Analysis::default();
     for (a, t, s) in &triples {
         if let (Some(a), Some(t), Some(s)) = (a, t, s)

@@ -60,8 +60,9 @@
 //! # Limitations
 //! - libgit2 is not git: the conflicted paths match `git merge-tree` except in documented
 //!   cases, each covered by `tests/tests/merge_equivalence.rs`: libgit2 has no directory-rename
-//!   detection (git's `CONFLICT (file location)`); a rename onto a path the other side added
-//!   is reported by libgit2 as a modify/delete at the rename's source plus the add/add; an
+//!   detection (git's `CONFLICT (file location)`); a rename with edits onto a path the other
+//!   side added is reported as a modify/delete at the rename's source plus the add/add (a pure
+//!   rename is normalised to git's single add/add); an
 //!   add/add of identical content with different modes merges silently in libgit2; and git
 //!   names a file moved aside by a file/directory conflict `PATH~BRANCH` where maos reports
 //!   `PATH`. Criss-cross histories use libgit2's recursive virtual merge base, which may differ
