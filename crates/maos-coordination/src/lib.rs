@@ -48,4 +48,8 @@ pub use maos_lock::{
 #[doc(inline)] pub use maos_track::{ProgressReport, ProgressVisualizer, Task, TaskStatus, TaskTracker};
 
 // --- maos-merge main types ---
-#[doc(inline)] pub use maos_merge::{Conflict, ConflictDetector, ConflictKind, MergeCheck, MergeCoordinator, MergeOutcome, MergePreparation, MergeQueue, MergeStrategy, Resolution};
+#[doc(inline)]
+pub use maos_merge::{
+    Conflict, ConflictDetector, ConflictKind, MergeCheck, MergeCoordinator, MergeOutcome,
+    MergePreparation, MergeQueue, MergeStrategy, Resolution,
+};
