@@ -8,7 +8,7 @@
 //! 2. directory renames: git's merge-ort detects that a directory was renamed on one side and
 //!    reports files the other side added in the old directory as `CONFLICT (file location)`;
 //!    libgit2 has no directory-rename detection, so maos reports no conflict there.
-//! 3. rename collisions: when one side renames a file onto a path the other side added (or
+//! 3. rename collisions: when one side renames (and edits) a file onto a path the other side added (or
 //!    renamed another file to), git reports one add/add (or rename/rename) conflict at the
 //!    destination; libgit2 does not pair the rename and also reports a modify/delete at the
 //!    rename's source (or misses the rename/rename origin).
