@@ -1,24 +1,10 @@
 //! maos: coordination for many AI coding agents (and any other processes) working in one
-//! repository at the same time.
+//! repository at the same time. This crate has no logic of its own: it re-exports the maos
+//! crates so that a program can depend on one crate.
 //!
-//! This crate has no logic of its own: it re-exports the maos crates so that a program can
-//! depend on one crate.
-//! - [`core`]: identifiers, the message envelope, validated names, the workspace, the agent
-//!   registry, crash-safe file primitives;
-//! - [`comm`]: message channels, broadcast, pub/sub, watching;
-//! - [`lock`]: file locks with leases and fencing, advisory locks, deadlock detection;
-//! - [`track`]: the shared task graph, progress, critical path, Gantt charts;
-//! - [`merge`]: git conflict prediction, resolution tasks, the merge queue.
-//!
-//! # Example
-//! ```
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration, Workspace};
-//! let dir = tempfile::tempdir()?;
-//! let ws = Workspace::init(dir.path())?;
-//! AgentRegistry::new(&ws).register(Registration::new(AgentId::new("a1")?).role(AgentRole::backend()))?;
-//! # Ok(()) }
-//! ```
+//! # Limitations
+//! The default file backend is single-host (kernel locks and file events do not cross NFS).
+#![doc = include_str!("../README.md")]
 
 pub use maos_comm as comm;
 pub use maos_core as core;
@@ -45,7 +31,8 @@ pub use maos_lock::{
 };
 
 // --- maos-track main types ---
-#[doc(inline)] pub use maos_track::{ProgressReport, ProgressVisualizer, Task, TaskStatus, TaskTracker};
+#[doc(inline)]
+pub use maos_track::{ProgressReport, ProgressVisualizer, Task, TaskStatus, TaskTracker};
 
 // --- maos-merge main types ---
 #[doc(inline)]
