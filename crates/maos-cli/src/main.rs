@@ -93,7 +93,10 @@ fn init_tracing(verbose: u8, quiet: u8) {
         (1, _) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // notify warns when a watched directory disappears before its watcher (a removed
+    // temporary workspace): harmless for maos, which treats events as hints only.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},notify=error")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
