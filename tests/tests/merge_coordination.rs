@@ -221,48 +221,34 @@ async fn a_concurrent_move_of_the_target_is_detected() {
 async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     let s = story();
     let merger = MergeCoordinator::new(&s.ws, agent("merger")).unwrap();
-    // The prediction sees the pair conflict before anything merges.
-    let p = merger
-        .detector()
-        .predict(&["alice".into(), "bob".into()], "main")
-        .unwrap();
+    // The prediction sees the two agents' branches conflict before anything merges.
+    let p = merger.predict_agents("main", false).unwrap();
     assert!(p.vs_target.iter().all(|x| x.is_clean()));
     assert_eq!(
         p.pairwise[0].conflicts,
         vec![("api.rs".to_owned(), ConflictKind::Content)]
     );
 
+    // Alice's work goes in first.
     let queue = MergeQueue::new(merger.clone());
     let a = queue.add("alice", "main").unwrap();
-    let b = queue.add("bob", "main").unwrap();
-    assert_eq!(
-        queue.add("bob", "main").unwrap().id,
-        b.id,
-        "no duplicate entries"
-    );
-
-    // Run 1: alice fast-forwards; bob, re-checked against the new main, conflicts and turns
-    // into resolution tasks and messages.
     let run = queue.run().await.unwrap();
     assert_eq!(run.merged, vec![a.id]);
-    assert_eq!(run.blocked, vec![b.id]);
-    let entry = queue
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|e| e.id == b.id)
-        .unwrap();
-    assert_eq!(entry.status, EntryStatus::Blocked);
-    assert_eq!(entry.conflicted_paths, vec!["api.rs"]);
-    let res = entry.resolution.clone().unwrap();
+
+    // prepare: bob into main now conflicts; bob should resolve.
+    let prep = merger.prepare_merge("bob", "main").await.unwrap();
+    assert_eq!(prep.conflicts.len(), 1, "{prep:#?}");
+    assert_eq!(prep.conflicts[0].suggested_resolver, Some(agent("bob")));
+    assert!(matches!(
+        prep.suggested_strategy,
+        MergeStrategy::Manual { .. }
+    ));
+
+    // resolve: the tasks and the messages appear.
+    let res = merger.coordinate_resolution(&prep).await.unwrap();
     assert_eq!(res.conflict_tasks.len(), 1);
     assert_eq!(res.conflict_tasks[0].assigned_to, Some(agent("bob")));
-
-    // prepare (as a human would, to look) agrees.
-    let prep = merger.prepare_merge("bob", "main").await.unwrap();
-    assert_eq!(prep.conflicts[0].suggested_resolver, Some(agent("bob")));
-
-    // Tasks appear in the tracker: the conflict task for bob, the merge task depending on it.
+    assert_eq!(res.notified, vec![agent("alice"), agent("bob")]);
     let tracker = TaskTracker::open(&s.ws).unwrap();
     let task = tracker
         .get_blocking(&res.conflict_tasks[0].task)
@@ -276,8 +262,6 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         merge_task.dependencies,
         vec![res.conflict_tasks[0].task.clone()]
     );
-
-    // Messages appear in both agents' inboxes, naming the file and the lines.
     for (who, resolves) in [("bob", true), ("alice", false)] {
         let inbox = FileChannel::inbox(&s.ws, &agent(who)).unwrap();
         let batch = inbox
@@ -293,23 +277,30 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         assert_eq!(n.files[0].lines[0].start, 5);
         assert_eq!(n.files[0].you_resolve, resolves);
         assert_eq!(n.files[0].task, res.conflict_tasks[0].task);
+        assert_eq!(n.merge_task, res.merge_task);
     }
 
-    // A second run changes nothing and creates no new tasks.
+    // Queued before it is resolved, bob's entry stays blocked (and does not duplicate
+    // tasks on a second run).
+    let b = queue.add("bob", "main").unwrap();
+    assert_eq!(
+        queue.add("bob", "main").unwrap().id,
+        b.id,
+        "no duplicate entries"
+    );
     let run = queue.run().await.unwrap();
     assert_eq!(run.blocked, vec![b.id]);
+    let adopted = run.entries[0].resolution.clone().unwrap();
     assert_eq!(
-        queue
-            .list()
-            .unwrap()
-            .into_iter()
-            .find(|e| e.id == b.id)
-            .unwrap()
-            .resolution,
-        Some(res.clone())
+        adopted.merge_task, res.merge_task,
+        "the queue adopts the open tasks"
     );
+    assert_eq!(adopted.conflict_tasks, res.conflict_tasks);
+    let run = queue.run().await.unwrap();
+    assert_eq!(run.entries[0].resolution, Some(adopted));
 
-    // Bob resolves on his branch: merges main, keeps both endpoints, commits, completes.
+    // The agent resolves on its branch: merges main, keeps both endpoints, commits, and
+    // completes its tasks.
     let out = std::process::Command::new("git")
         .current_dir(&s.bob_wt)
         .args(["merge", "-q", "main", "-m", "merge main"])
@@ -326,23 +317,21 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     let resolved = numbered_with(20, 5, "fn users() // alice\nfn orders() // bob");
     std::fs::write(s.bob_wt.join("api.rs"), &resolved).unwrap();
     commit_as(&s.bob_wt, "bob: resolve api.rs", Some("bob"));
-    tracker
-        .update_status_blocking(&res.conflict_tasks[0].task, TaskStatus::InProgress, None)
-        .unwrap();
-    tracker
-        .update_status_blocking(
-            &res.conflict_tasks[0].task,
-            TaskStatus::Completed,
-            Some("kept both"),
-        )
-        .unwrap();
+    for t in &res.conflict_tasks {
+        tracker
+            .update_status_blocking(&t.task, TaskStatus::InProgress, None)
+            .unwrap();
+        tracker
+            .update_status_blocking(&t.task, TaskStatus::Completed, Some("kept both"))
+            .unwrap();
+    }
     let progress = merger
         .wait_for_resolution(&res, std::time::Duration::from_secs(5))
         .await
         .unwrap();
     assert!(progress.is_resolved());
 
-    // Run 3: bob merges.
+    // The queue merges bob; the merge tasks are completed.
     let run = queue.run().await.unwrap();
     assert_eq!(run.merged, vec![b.id], "{run:#?}");
     assert_eq!(
@@ -353,7 +342,7 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
             .status,
         TaskStatus::Completed
     );
-    // main holds both agents' work.
+    // main holds both agents' work, and so does the checked-out main worktree.
     let show = |p: &str| s.repo.git(&["show", &format!("main:{p}")]);
     assert_eq!(show("alice.txt"), "alice's work");
     assert_eq!(show("bob.txt"), "bob's work");
@@ -362,6 +351,7 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
         api.contains("fn users() // alice") && api.contains("fn orders() // bob"),
         "{api}"
     );
+    assert_eq!(s.repo.read("api.rs"), resolved);
     assert!(
         queue
             .list()
@@ -397,6 +387,19 @@ async fn a_conflicting_entry_never_blocks_the_ones_behind_it() {
     assert_eq!(run.merged, vec![a.id, c.id]);
     assert_eq!(run.blocked, vec![b.id]);
     assert_eq!(run.failed, vec![x.id]);
+    // The conflicting entry turned into resolution tasks for bob.
+    let blocked = run.entries.iter().find(|e| e.id == b.id).unwrap();
+    let res = blocked.resolution.as_ref().unwrap();
+    assert_eq!(res.conflict_tasks.len(), 1);
+    assert_eq!(res.conflict_tasks[0].assigned_to, Some(agent("bob")));
+    assert!(
+        run.entries
+            .iter()
+            .find(|e| e.id == x.id)
+            .unwrap()
+            .error
+            .is_some()
+    );
     assert_eq!(s.repo.git(&["show", "main:carol.txt"]), "carol");
 }
 

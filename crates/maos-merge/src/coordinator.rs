@@ -740,6 +740,7 @@ impl MergeCoordinator {
         let guard = self.lock(target, &format!("merge {source} into {target}"))?;
         let result = self.merge_locked(source, target, None);
         Self::release(guard);
+        self.after_merge(source, target, &result);
         result
     }
 
@@ -762,7 +763,97 @@ impl MergeCoordinator {
         let guard = self.lock(target, &format!("merge {source} into {target}"))?;
         let result = self.merge_locked(source, target, Some(expected));
         Self::release(guard);
+        self.after_merge(source, target, &result);
         result
+    }
+
+    /// The open resolution of the pair, rebuilt from the task tracker: the newest merge task
+    /// (label `merge`, `merge.source` / `merge.target` metadata, no `merge.path`) that is
+    /// neither completed nor failed, with its conflict tasks. `notified` is left empty.
+    pub fn open_resolution(&self, source: &str, target: &str) -> Result<Option<Resolution>> {
+        let tracker = self.tracker()?;
+        let tasks = tracker.list_blocking().map_err(|source| Error::Track {
+            context: "list".into(),
+            source: Box::new(source),
+        })?;
+        let of_pair = |t: &&Task| {
+            t.labels.iter().any(|l| l == TASK_LABEL)
+                && t.metadata.get("merge.source").map(String::as_str) == Some(source)
+                && t.metadata.get("merge.target").map(String::as_str) == Some(target)
+        };
+        let Some(merge) = tasks
+            .iter()
+            .filter(of_pair)
+            .filter(|t| !t.metadata.contains_key("merge.path"))
+            .filter(|t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Failed))
+            .max_by_key(|t| t.created_at)
+        else {
+            return Ok(None);
+        };
+        let conflict_tasks = merge
+            .dependencies
+            .iter()
+            .filter_map(|id| tasks.iter().find(|t| &t.id == id))
+            .map(|t| ResolutionTask {
+                task: t.id.clone(),
+                path: t.metadata.get("merge.path").cloned().unwrap_or_default(),
+                kind: t
+                    .metadata
+                    .get("merge.kind")
+                    .and_then(|k| {
+                        serde_json::from_value(serde_json::Value::String(k.replace('/', "_"))).ok()
+                    })
+                    .unwrap_or(ConflictKind::Other),
+                assigned_to: t.assigned_to.clone(),
+            })
+            .collect();
+        Ok(Some(Resolution {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            conflict_tasks,
+            merge_task: merge.id.clone(),
+            notified: Vec::new(),
+        }))
+    }
+
+    /// After a successful merge, completes the open resolution tasks of the pair (tasks
+    /// labelled `merge` whose `merge.source` / `merge.target` metadata name it): conflict
+    /// tasks first (their conflicts are gone), then the merge task. Failures only log: the
+    /// merge itself is done.
+    fn after_merge(&self, source: &str, target: &str, result: &Result<MergeOutcome>) {
+        let note = match result {
+            Ok(MergeOutcome::Merged { commit, .. }) => format!("merged as {commit}"),
+            Ok(MergeOutcome::FastForward { to, .. }) => format!("fast-forwarded to {to}"),
+            Ok(MergeOutcome::UpToDate { commit }) => format!("already contained in {commit}"),
+            Ok(MergeOutcome::Conflicts(_)) | Err(_) => return,
+        };
+        let Ok(tracker) = self.tracker() else { return };
+        let Ok(tasks) = tracker.list_blocking() else {
+            return;
+        };
+        let open: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| t.labels.iter().any(|l| l == TASK_LABEL))
+            .filter(|t| {
+                t.metadata.get("merge.source").map(String::as_str) == Some(source)
+                    && t.metadata.get("merge.target").map(String::as_str) == Some(target)
+            })
+            .filter(|t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Failed))
+            .collect();
+        let (conflicts, merges): (Vec<&Task>, Vec<&Task>) = open
+            .into_iter()
+            .partition(|t| t.metadata.contains_key("merge.path"));
+        for t in conflicts.into_iter().chain(merges) {
+            for status in [TaskStatus::InProgress, TaskStatus::Completed] {
+                if t.status == TaskStatus::InProgress && status == TaskStatus::InProgress {
+                    continue;
+                }
+                if let Err(e) = tracker.update_status_blocking(&t.id, status, Some(&note)) {
+                    tracing::warn!(task = %t.id, error = %e, "cannot complete a merge task");
+                    break;
+                }
+            }
+        }
     }
 
     fn merge_locked(

@@ -289,6 +289,19 @@ impl MergeQueue {
         match outcome {
             Ok(MergeOutcome::Conflicts(check)) => {
                 let paths: Vec<String> = check.conflicted_paths().into_iter().collect();
+                if entry.resolution.is_none() {
+                    // Adopt tasks created earlier for this pair (`maos merge resolve`).
+                    match self.coord.open_resolution(&entry.source, &entry.target) {
+                        Ok(Some(res)) => {
+                            entry.resolution = Some(res);
+                            entry.conflicted_paths = paths.clone();
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot look for open resolution tasks")
+                        }
+                    }
+                }
                 let still_open = entry.resolution.as_ref().is_some_and(|r| {
                     self.coord
                         .resolution_progress(r)
@@ -317,9 +330,7 @@ impl MergeQueue {
                 entry.error = None;
             }
             Ok(o) => {
-                if let Some(res) = &entry.resolution {
-                    self.finish_merge_task(res, &o);
-                }
+                // The coordinator completed the pair's open merge tasks.
                 entry.outcome = Some(o);
                 entry.status = EntryStatus::Merged;
                 entry.conflicted_paths.clear();
@@ -343,22 +354,6 @@ impl MergeQueue {
             tracker.update_status_blocking(&res.merge_task, TaskStatus::Failed, Some(note))
         {
             tracing::debug!(task = %res.merge_task, error = %e, "cannot retire the old merge task");
-        }
-    }
-
-    fn finish_merge_task(&self, res: &Resolution, outcome: &MergeOutcome) {
-        let Ok(tracker) = maos_track::TaskTracker::open(self.coord.workspace()) else {
-            return;
-        };
-        let note = match outcome {
-            MergeOutcome::Merged { commit, .. } => format!("merged as {commit}"),
-            MergeOutcome::FastForward { to, .. } => format!("fast-forwarded to {to}"),
-            _ => "nothing left to merge".to_owned(),
-        };
-        for status in [TaskStatus::InProgress, TaskStatus::Completed] {
-            if let Err(e) = tracker.update_status_blocking(&res.merge_task, status, Some(&note)) {
-                tracing::warn!(task = %res.merge_task, error = %e, "cannot update the merge task");
-            }
         }
     }
 }
