@@ -7,7 +7,6 @@
 //! the current one, writes a snapshot of the state after that record, and deletes logs two
 //! generations old. The format is specified in `docs/protocol.md`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -16,6 +15,7 @@ use std::path::{Path, PathBuf};
 use maos_core::{AgentId, TaskId, fsx, now_ms};
 use serde::{Deserialize, Serialize};
 
+use crate::graph::FxMap;
 use crate::{Error, Task, TaskStatus};
 
 /// Snapshot format version.
@@ -119,7 +119,7 @@ pub struct Change {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) tasks: Vec<Task>,
-    pub(crate) index: HashMap<TaskId, u32>,
+    pub(crate) index: FxMap<TaskId, u32>,
     /// Reverse dependency index: who depends on each task.
     pub(crate) dependents: Vec<Vec<u32>>,
     /// Per task, how many of its dependencies are not completed yet.
@@ -180,7 +180,8 @@ impl State {
 
     fn rebuild_indexes(&mut self, path: &Path) -> Result<(), Error> {
         let n = self.tasks.len();
-        self.index = HashMap::with_capacity(n);
+        self.index = FxMap::default();
+        self.index.reserve(n);
         for (i, t) in self.tasks.iter().enumerate() {
             if self.index.insert(t.id.clone(), i as u32).is_some() {
                 return Err(corrupt(path, format!("task {} appears twice", t.id)));
