@@ -161,3 +161,41 @@ fn run_refuses_a_dirty_checked_out_target() {
         stderr(&out)
     );
 }
+
+#[test]
+fn concurrent_merges_into_one_target_lose_nothing() {
+    // Several processes merge different branches into the checked-out main at once: the
+    // merge lock serialises them, every ref move is a compare-and-swap, none is lost.
+    let r = Repo::new();
+    let n = if maos_tests::slow_tests() { 12 } else { 5 };
+    for i in 0..n {
+        r.git(&["branch", &format!("b{i}"), "main"]);
+        r.checkout(&format!("b{i}"), false);
+        r.write(&format!("file{i}.txt"), format!("{i}\n"));
+        r.commit_all(&format!("b{i}"));
+        r.checkout("main", false);
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_maos"));
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            maos_at(bin, r.path(), &format!("m{i}"))
+                .args(["merge", "run", &format!("b{i}"), "main"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    for i in 0..n {
+        assert_eq!(
+            r.git(&["show", &format!("main:file{i}.txt")]),
+            i.to_string()
+        );
+        assert_eq!(r.read(&format!("file{i}.txt")), format!("{i}\n"));
+    }
+    assert_eq!(r.git(&["status", "--porcelain"]), "");
+}
