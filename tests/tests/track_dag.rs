@@ -1,9 +1,11 @@
 //! Eight processes claim and complete tasks of a 500-task random DAG until none is left:
 //! every task is completed exactly once, and none starts before all its dependencies are
 //! completed. The order of events is the order of lines the workers append to one O_APPEND
-//! file (kernel-serialised), not wall clocks.
+//! file (kernel-serialised), not wall clocks. A ninth agent claims a task and is killed with
+//! SIGKILL: its claim goes back to the queue and is completed by someone else.
 
 use std::collections::HashMap;
+use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 
 use maos_coordination::track::{Options, Task, TaskStatus, TaskTracker};
@@ -45,6 +47,17 @@ fn eight_processes_drain_a_random_dag() -> anyhow::Result<()> {
     let tasks = random_dag(n, 0x5eed);
     tracker.create_tasks_blocking(&tasks)?;
 
+    // The victim claims the best task (a root) and dies holding it.
+    let mut victim = Command::new(env!("CARGO_BIN_EXE_track_hold"))
+        .arg(dir.path())
+        .arg("victim")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(victim.stdout.take().expect("piped")).read_line(&mut line)?;
+    let held = TaskId::parse(line.trim())?;
+
     let events = dir.path().join("events.txt");
     let workers: Vec<_> = (0..8)
         .map(|i| {
@@ -56,6 +69,10 @@ fn eight_processes_drain_a_random_dag() -> anyhow::Result<()> {
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
+    victim.kill()?;
+    victim.wait()?;
+    // Wake the workers (a claim would release it too, on their next wake-up).
+    tracker.release_dead_claims_blocking()?;
     let mut total = 0;
     for w in workers {
         let out = w.wait_with_output()?;
@@ -100,7 +117,12 @@ fn eight_processes_drain_a_random_dag() -> anyhow::Result<()> {
     assert_eq!(fin.len(), n);
     for t in fin.values() {
         assert_eq!(t.status, TaskStatus::Completed);
-        assert_eq!(t.attempts, 1, "{} was started {} times", t.id, t.attempts);
+        let expected = if t.id == held { 2 } else { 1 };
+        assert_eq!(
+            t.attempts, expected,
+            "{} was started {} times",
+            t.id, t.attempts
+        );
     }
     Ok(())
 }

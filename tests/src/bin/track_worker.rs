@@ -1,6 +1,7 @@
 //! Test helper: an agent that claims and completes tasks until none it could take is left.
 //!
-//! Usage: `track_worker WORKSPACE AGENT EVENTS_FILE [--review]`. Appends `start ID` after each
+//! Usage: `track_worker WORKSPACE AGENT EVENTS_FILE [--review]`. It exits when no task it could
+//! take (unassigned or assigned to it) and no active task (which could be released) is left. Appends `start ID` after each
 //! claim and `done ID` just before completing, to EVENTS_FILE (O_APPEND: the kernel orders
 //! the lines of all workers). Waits for changes with file events, never by polling.
 
@@ -48,7 +49,8 @@ fn main() -> anyhow::Result<()> {
         let left = tracker
             .list_blocking()?
             .into_iter()
-            .filter(|t| t.assigned_to.as_ref().is_none_or(|a| *a == agent))
+            // Tasks it could take, and active ones (their agent may die and release them).
+            .filter(|t| t.assigned_to.as_ref().is_none_or(|a| *a == agent) || t.status.is_active())
             .filter(|t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Failed))
             .count();
         if left == 0 {
