@@ -15,6 +15,12 @@ use table::Table;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--lock-child") {
+        return lock::child(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--comm-child") {
+        return comm::child(&args[1..]);
+    }
     let write_docs = args.iter().any(|a| a == "--write-docs");
     let filters: Vec<&str> = args
         .iter()

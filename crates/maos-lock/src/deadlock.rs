@@ -47,11 +47,36 @@ pub struct WaitEdge {
     pub since: u64,
 }
 
+/// FNV-1a: agent ids are short strings from cooperating processes, so a fast non-keyed hash
+/// is fine here (and twice as fast as SipHash when building large graphs).
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
 /// The wait-for graph: agents and who waits for whom.
 #[derive(Debug, Default, Clone)]
 pub struct WaitForGraph {
     graph: DiGraph<AgentId, u32>,
-    index: HashMap<AgentId, NodeIndex>,
+    index: HashMap<AgentId, NodeIndex, FnvBuild>,
     edges: Vec<WaitEdge>,
 }
 
@@ -60,7 +85,7 @@ impl WaitForGraph {
     pub fn with_capacity(agents: usize, edges: usize) -> Self {
         Self {
             graph: DiGraph::with_capacity(agents, edges),
-            index: HashMap::with_capacity(agents),
+            index: HashMap::with_capacity_and_hasher(agents, FnvBuild::default()),
             edges: Vec::with_capacity(edges),
         }
     }
