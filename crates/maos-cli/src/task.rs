@@ -139,8 +139,12 @@ fn one_line(t: &Task) -> String {
 
 fn details(t: &Task) -> String {
     let mut s = format!(
-        "{}  {}\nstatus:      {}\npriority:    {:?}\nrevision:    {}\n",
-        t.id, t.name, t.status, t.priority, t.revision
+        "{}  {}\nstatus:      {}\npriority:    {}\nrevision:    {}\n",
+        t.id,
+        t.name,
+        t.status,
+        format!("{:?}", t.priority).to_lowercase(),
+        t.revision
     );
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<12} {v}\n"));
     if !t.description.is_empty() {

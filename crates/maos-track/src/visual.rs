@@ -397,7 +397,7 @@ pub fn table(tasks: &[Task]) -> String {
         let _ = writeln!(
             s,
             "{:<14} {:<11} {:<8} {:<16} {:>6} {:>4}  {}",
-            t.id,
+            t.id.as_str(),
             t.status,
             prio,
             short(t.assigned_to.as_ref().map_or("-", |a| a.as_str()), 16),
