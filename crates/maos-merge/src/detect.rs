@@ -945,12 +945,12 @@ fn regions_of(
                 let hi = hi.max(new_of(base_hi));
                 LineRange {
                     start: lo + 1,
-                    count: hi - lo,
+                    count: hi.saturating_sub(lo),
                 }
             }
             _ => LineRange {
                 start: new_of(base_lo) + 1,
-                count: new_of(base_hi) - new_of(base_lo),
+                count: new_of(base_hi).saturating_sub(new_of(base_lo)),
             },
         }
     };
@@ -991,7 +991,7 @@ fn regions_of(
         out.push(ConflictRegion {
             ancestor: LineRange {
                 start: base_lo + 1,
-                count: base_hi - base_lo,
+                count: base_hi.saturating_sub(base_lo),
             },
             target: t_range,
             source: s_range,
