@@ -352,3 +352,39 @@ fn rename_onto_an_added_path_is_one_add_add() {
     );
     expect(&r, ConflictKind::AddAdd, &["g.txt"]);
 }
+
+#[test]
+fn unrelated_histories_are_checked_against_an_empty_base() {
+    let r = Repo::new();
+    r.git(&["checkout", "-q", "--orphan", "other"]);
+    r.git(&["rm", "-rq", "--cached", "."]);
+    r.write("README", "another readme\n");
+    r.write("x.txt", "x\n");
+    r.commit_all("unrelated root");
+    r.checkout("main", false);
+    let det = ConflictDetector::open(r.path()).unwrap();
+    let check = det.check("other", "main").unwrap();
+    assert_eq!(check.relation, Relation::Unrelated);
+    assert_eq!(check.conflicts.len(), 1, "{check:#?}");
+    assert_eq!(check.conflicts[0].kind, ConflictKind::AddAdd);
+    let out = std::process::Command::new("git")
+        .current_dir(r.path())
+        .args([
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            "--allow-unrelated-histories",
+            "main",
+            "other",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let git: BTreeSet<String> = text
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(check.conflicted_paths(), git);
+}

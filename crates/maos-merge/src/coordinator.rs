@@ -885,6 +885,12 @@ impl MergeCoordinator {
                 commit: old.to_string(),
             });
         }
+        if relation == Relation::Unrelated {
+            return Err(Error::UnrelatedHistories {
+                source_rev: source.to_owned(),
+                target: target.to_owned(),
+            });
+        }
         let checkouts = checked_out(&repo, &refname)?;
         for wt in &checkouts {
             ensure_clean(wt, &refname)?;

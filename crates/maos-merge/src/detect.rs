@@ -450,9 +450,25 @@ pub(crate) fn check_in(
     let (relation, base) = relation_of(repo, s.id(), t.id())?;
     let conflicts = match relation {
         Relation::UpToDate | Relation::FastForward => Vec::new(),
-        Relation::Diverged | Relation::Unrelated => {
+        Relation::Diverged => {
             let index = repo
                 .merge_commits(&t, &s, Some(&merge_options(options)))
+                .git("merge")?;
+            conflicts_of(repo, &index, options)?
+        }
+        Relation::Unrelated => {
+            // No common history: what `git merge-tree --allow-unrelated-histories` does, a
+            // merge against the empty tree (the well-known empty tree object is written).
+            let empty = repo
+                .find_tree(repo.treebuilder(None).git("tree")?.write().git("tree")?)
+                .git("tree")?;
+            let index = repo
+                .merge_trees(
+                    &empty,
+                    &t.tree().git("read tree")?,
+                    &s.tree().git("read tree")?,
+                    Some(&merge_options(options)),
+                )
                 .git("merge")?;
             conflicts_of(repo, &index, options)?
         }

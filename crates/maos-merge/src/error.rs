@@ -36,6 +36,15 @@ pub enum Error {
         target: String,
     },
 
+    /// The source and the target share no history; maos does not merge those.
+    #[error("{source_rev} and {target} have no common history; refusing to merge them")]
+    UnrelatedHistories {
+        /// The source revision.
+        source_rev: String,
+        /// The target branch.
+        target: String,
+    },
+
     /// A git operation failed.
     #[error("git {op} failed: {source}")]
     Git {
