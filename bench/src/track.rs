@@ -89,9 +89,11 @@ fn naive_ready(tasks: &[Task]) -> Vec<Task> {
         .iter()
         .filter(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Blocked))
         .filter(|t| {
-            t.dependencies
-                .iter()
-                .all(|d| by_id.get(d).is_some_and(|x| x.status == TaskStatus::Completed))
+            t.dependencies.iter().all(|d| {
+                by_id
+                    .get(d)
+                    .is_some_and(|x| x.status == TaskStatus::Completed)
+            })
         })
         .collect();
     ready.sort_by_key(|t| std::cmp::Reverse(t.priority));
@@ -241,7 +243,11 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
         let s = Instant::now();
         let tot = naive_critical_path(&big);
         naive_cp.push(s.elapsed());
-        assert_eq!(tot, total.as_millis() as u64, "naive and fast critical paths agree");
+        assert_eq!(
+            tot,
+            total.as_millis() as u64,
+            "naive and fast critical paths agree"
+        );
     }
     let v = median_us(&mut cp) / 1000.0;
     let b = median_us(&mut naive_cp) / 1000.0;
