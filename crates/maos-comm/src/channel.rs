@@ -33,6 +33,10 @@ pub struct ChannelOptions {
     pub max_batch: usize,
     /// How long a watcher sleeps without a file event before it looks anyway (default 2 s).
     pub fallback_interval: Duration,
+    /// Whether watchers use file events (default: yes, unless the workspace is on a network
+    /// filesystem, where events from other hosts never arrive). Without them a watcher polls
+    /// every `fallback_interval`.
+    pub file_events: bool,
 }
 
 impl Default for ChannelOptions {
@@ -42,6 +46,7 @@ impl Default for ChannelOptions {
             segment_size: DEFAULT_SEGMENT_SIZE,
             max_batch: 10_000,
             fallback_interval: Duration::from_secs(2),
+            file_events: true,
         }
     }
 }
@@ -60,6 +65,11 @@ impl ChannelOptions {
     /// Sets [`ChannelOptions::max_batch`].
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
+        self
+    }
+    /// Sets [`ChannelOptions::file_events`].
+    pub fn file_events(mut self, on: bool) -> Self {
+        self.file_events = on;
         self
     }
     /// Sets [`ChannelOptions::fallback_interval`] (clamped to 10 ms .. 60 s).
@@ -214,7 +224,15 @@ impl FileChannel {
     }
 
     /// Opens the channel `name` with `options`.
-    pub fn open_with(ws: &Workspace, name: ChannelName, options: ChannelOptions) -> Result<Self> {
+    pub fn open_with(
+        ws: &Workspace,
+        name: ChannelName,
+        mut options: ChannelOptions,
+    ) -> Result<Self> {
+        if options.file_events && ws.is_network_filesystem() {
+            tracing::debug!(channel = %name, "network filesystem: watchers poll");
+            options.file_events = false;
+        }
         let dir = ws
             .channel_dir(&name)
             .map_err(|e| Error::core(name.as_str(), e))?
@@ -579,13 +597,20 @@ mod tests {
         let err = ch
             .send_blocking(&Message::new(agent("a"), Recipients::All, big))
             .unwrap_err();
-        assert!(matches!(err, Error::PayloadTooLarge { limit: 100, .. }), "{err}");
+        assert!(
+            matches!(err, Error::PayloadTooLarge { limit: 100, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("nothing was written"), "{err}");
         assert_eq!(ch.stats().unwrap().newest, 0);
         // The default limit is 1 MiB.
         let ch = FileChannel::open(&ws, ChannelName::new("d").unwrap()).unwrap();
         let err = ch
-            .send_blocking(&Message::new(agent("a"), Recipients::All, "y".repeat(1 << 20)))
+            .send_blocking(&Message::new(
+                agent("a"),
+                Recipients::All,
+                "y".repeat(1 << 20),
+            ))
             .unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
     }
@@ -714,5 +739,72 @@ mod tests {
             .await
             .unwrap();
         assert!(none.is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_file_events_the_fallback_timer_still_delivers() {
+        let (_d, ws) = ws();
+        let opts = ChannelOptions::default()
+            .file_events(false)
+            .fallback_interval(Duration::from_millis(20));
+        let ch = FileChannel::open_with(&ws, ChannelName::new("c").unwrap(), opts).unwrap();
+        let mut w =
+            crate::ChannelWatcher::from_cursor(ch.clone(), Cursor::start(), Filter::Everything)
+                .unwrap();
+        let writer = ch.clone();
+        let t = std::thread::spawn(move || {
+            for i in 0..5 {
+                writer
+                    .send_blocking(&Message::new(agent("a"), Recipients::All, i))
+                    .unwrap();
+            }
+        });
+        for i in 0..5 {
+            assert_eq!(w.wait_for_message::<i32>().await.unwrap().payload, i);
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn threads_and_handles_in_one_process_never_share_a_position() {
+        let (_d, ws) = ws();
+        let name = ChannelName::new("c").unwrap();
+        let shared = FileChannel::open(&ws, name.clone()).unwrap();
+        let mut threads = Vec::new();
+        for t in 0..4 {
+            // Two threads share a handle, two open their own.
+            let ch = if t % 2 == 0 {
+                shared.clone()
+            } else {
+                FileChannel::open(&ws, name.clone()).unwrap()
+            };
+            threads.push(std::thread::spawn(move || {
+                (0..100)
+                    .map(|i| {
+                        ch.send_blocking(&Message::new(agent("a"), Recipients::All, (t, i)))
+                            .unwrap()
+                            .position
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=400).collect::<Vec<_>>());
+        let b = shared
+            .receive_blocking::<(i32, i32)>(&Cursor::start(), &Filter::Everything)
+            .unwrap();
+        for t in 0..4 {
+            let mine: Vec<i32> = b
+                .messages
+                .iter()
+                .filter(|d| d.message.payload.0 == t)
+                .map(|d| d.message.payload.1)
+                .collect();
+            assert_eq!(mine, (0..100).collect::<Vec<_>>());
+        }
     }
 }

@@ -287,7 +287,11 @@ impl Subscription {
     /// plus a fallback timer, as [`crate::ChannelWatcher`]).
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<TopicMessage<T>> {
         if self.waker.is_none() {
-            self.waker = Some(DirWaker::new(GLOBAL_FEED, self.feed.dir())?);
+            self.waker = Some(DirWaker::new(
+                GLOBAL_FEED,
+                self.feed.dir(),
+                self.feed.options().file_events,
+            )?);
         }
         let fallback = self.feed.options().fallback_interval;
         loop {

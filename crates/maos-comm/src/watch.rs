@@ -17,7 +17,7 @@ use crate::{Batch, Cursor, Delivered, Error, FileChannel, Filter, Problem, Prune
 /// own thread and only stores a permit in a [`tokio::sync::Notify`]: a change between a
 /// reader's look and its wait is never lost, and no runtime thread ever blocks.
 pub(crate) struct DirWaker {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
     notify: Arc<Notify>,
 }
 
@@ -28,8 +28,15 @@ impl std::fmt::Debug for DirWaker {
 }
 
 impl DirWaker {
-    pub(crate) fn new(channel: &str, dir: &Path) -> Result<Self> {
+    /// A waker for `dir`; with `events` false, only the fallback timer wakes.
+    pub(crate) fn new(channel: &str, dir: &Path, events: bool) -> Result<Self> {
         let notify = Arc::new(Notify::new());
+        if !events {
+            return Ok(Self {
+                _watcher: None,
+                notify,
+            });
+        }
         let n = Arc::clone(&notify);
         let err = |source| Error::Watch {
             channel: channel.to_string(),
@@ -49,7 +56,7 @@ impl DirWaker {
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(err)?;
         Ok(Self {
-            _watcher: watcher,
+            _watcher: Some(watcher),
             notify,
         })
     }
@@ -104,7 +111,11 @@ impl ChannelWatcher {
     pub fn new(channel: FileChannel) -> Result<Self> {
         let agent = AgentId::current().map_err(|e| Error::core(channel.name().as_str(), e))?;
         let filter = Filter::for_agent(channel.workspace(), agent)?;
-        let waker = DirWaker::new(channel.name().as_str(), channel.dir())?;
+        let waker = DirWaker::new(
+            channel.name().as_str(),
+            channel.dir(),
+            channel.options().file_events,
+        )?;
         let cursor = channel.end_cursor()?;
         Ok(Self::with_parts(channel, filter, cursor, waker))
     }
@@ -112,7 +123,11 @@ impl ChannelWatcher {
     /// Watches `channel` from `cursor` (for instance `Cursor::after(receipt.position)` to see
     /// the replies to a message just sent), delivering what `filter` accepts.
     pub fn from_cursor(channel: FileChannel, cursor: Cursor, filter: Filter) -> Result<Self> {
-        let waker = DirWaker::new(channel.name().as_str(), channel.dir())?;
+        let waker = DirWaker::new(
+            channel.name().as_str(),
+            channel.dir(),
+            channel.options().file_events,
+        )?;
         Ok(Self::with_parts(channel, filter, cursor, waker))
     }
 
