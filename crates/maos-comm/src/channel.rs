@@ -237,7 +237,19 @@ impl FileChannel {
             .channel_dir(&name)
             .map_err(|e| Error::core(name.as_str(), e))?
             .join(CHANNEL_DATA_DIR);
-        fsx::create_dir_private(&dir).map_err(|e| Error::core(name.as_str(), e))?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            fsx::create_dir_private(&dir).map_err(|e| Error::core(name.as_str(), e))?;
+            // Make the new directories' names durable, up to `.maos/channels`.
+            let top = ws.channels_dir();
+            let mut d = dir.parent();
+            while let Some(p) = d {
+                fsx::sync_dir(p).map_err(|e| Error::core(name.as_str(), e))?;
+                if p == top || !p.starts_with(&top) {
+                    break;
+                }
+                d = p.parent();
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 ws: ws.clone(),

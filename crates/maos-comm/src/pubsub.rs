@@ -85,7 +85,7 @@ pub struct TopicMessage<T> {
 /// topics.
 ///
 /// A durable subscription ([`Subscription::durable`]) keeps its feed cursor as a consumer of
-/// the global feed; [`Subscription::ack`] stores it (at-least-once delivery).
+/// the global feed; [`Subscription::ack_through`] stores it (at-least-once delivery).
 #[derive(Debug)]
 pub struct Subscription {
     ws: Workspace,
@@ -166,7 +166,7 @@ impl Subscription {
     }
 
     /// Stores the cursor of a durable subscription up to and including the feed position of
-    /// `upto` (a message returned earlier). No-op for a non-durable one.
+    /// a message returned earlier (its `feed_position`). No-op for a non-durable one.
     pub fn ack_through(&mut self, feed_position: u64) -> Result<()> {
         if let Some(c) = self.consumer.as_mut() {
             c.ack(Cursor::after(feed_position))?;
