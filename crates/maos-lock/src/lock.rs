@@ -1119,4 +1119,25 @@ mod tests {
             .unwrap();
         assert_eq!(done.len(), 1);
     }
+
+    #[test]
+    fn a_torn_table_slot_falls_back_to_the_state_before_the_torn_change() {
+        let (_d, ws) = ws();
+        let l = FileLock::new(&ws, r("t")).agent(agent("a"));
+        let g = l.try_acquire("one").unwrap().unwrap(); // generation 1 -> table.1
+        let token = g.token();
+        g.release().unwrap(); // generation 2 -> table.0
+        let slot0 = ws.locks_dir().join("table.0");
+        let bytes = std::fs::read(&slot0).unwrap();
+        std::fs::write(&slot0, &bytes[..bytes.len() / 2]).unwrap(); // a writer died mid-write
+        let snap = LockTable::open(&ws).unwrap().snapshot().unwrap();
+        assert_eq!(snap.holders.len(), 1, "the release never completed");
+        assert_eq!(snap.holders[0].token, token);
+        // And the table keeps working: the next write goes to the torn slot's turn again.
+        let err = l.try_acquire("two").unwrap();
+        assert!(
+            err.is_none(),
+            "still held by the (live) first guard's record"
+        );
+    }
 }

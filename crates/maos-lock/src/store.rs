@@ -3,8 +3,12 @@
 //! `.maos/locks/`:
 //! - `guard`: an empty file; every read-modify-write of the state files happens while holding
 //!   an exclusive kernel lock (`flock`) on it, so all state changes are serialised.
-//! - `table.json`: holders, waiters, fencing counters, the ticket counter; replaced whole
-//!   (temporary file + `rename`) under the guard, so readers never see a partial table.
+//! - `table.0`, `table.1`: the lock table (holders, waiters, fencing counters, the ticket
+//!   counter) in two slots written alternately in place under the guard: each slot is a line
+//!   `<crc32 hex> <length>` followed by the JSON document; a reader takes the valid slot with
+//!   the higher `generation`. A writer killed mid-write leaves a slot whose checksum fails, and
+//!   the other slot holds the state before its change, so no change is ever half-applied.
+//!   In-place writes on descriptors kept open make a state change a handful of syscalls.
 //! - `advisory.json`: advisory interests, same rules.
 //! - `live/<pid>.<n>`: one liveness file per process taking locks; the process holds an
 //!   exclusive kernel lock on it for its lifetime. A breaker (under the guard) that can take
@@ -29,8 +33,8 @@ use crate::{Error, FencingToken, Result};
 
 /// Name of the guard file.
 pub(crate) const GUARD: &str = "guard";
-/// Name of the lock table.
-pub(crate) const TABLE: &str = "table.json";
+/// Names of the two slots of the lock table.
+pub(crate) const TABLE_SLOTS: [&str; 2] = ["table.0", "table.1"];
 /// Name of the advisory interests file.
 pub(crate) const ADVISORY: &str = "advisory.json";
 /// Directory of liveness files.
@@ -133,6 +137,10 @@ pub struct WaiterInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct TableState {
     pub(crate) version: u32,
+    /// Incremented by every write; the slot written is `generation % 2` (written by
+    /// [`Locked::save_table`]).
+    #[serde(default, skip_serializing)]
+    pub(crate) generation: u64,
     #[serde(default)]
     pub(crate) boot_id: String,
     #[serde(default)]
@@ -144,6 +152,14 @@ pub(crate) struct TableState {
     pub(crate) holders: Vec<LockInfo>,
     #[serde(default)]
     pub(crate) waiters: Vec<WaiterInfo>,
+}
+
+/// The table as written: its generation overrides the one it was loaded with.
+#[derive(Serialize)]
+struct TableWithGeneration<'a> {
+    generation: u64,
+    #[serde(flatten)]
+    table: &'a TableState,
 }
 
 impl TableState {
@@ -167,7 +183,7 @@ impl TableState {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
-    guard: Mutex<Option<File>>,
+    files: Mutex<Option<Files>>,
     live: OnceLock<(String, File)>,
     watch: OnceLock<Arc<DirWatch>>,
     pub(crate) identity: ProcessIdentity,
@@ -199,7 +215,7 @@ impl Shared {
         fsx::create_dir_private(&dir.join(WAKE_DIR))?;
         let s = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            guard: Mutex::new(None),
+            files: Mutex::new(None),
             live: OnceLock::new(),
             watch: OnceLock::new(),
             identity: ProcessIdentity::current(),
@@ -209,7 +225,7 @@ impl Shared {
     }
 
     pub(crate) fn table_path(&self) -> PathBuf {
-        self.dir.join(TABLE)
+        self.dir.join(TABLE_SLOTS[0])
     }
 
     pub(crate) fn watch(&self) -> Arc<DirWatch> {
@@ -220,20 +236,30 @@ impl Shared {
 
     /// Runs `f` while holding the guard (the process mutex, then the kernel lock).
     pub(crate) fn locked<R>(&self, f: impl FnOnce(&mut Locked<'_>) -> Result<R>) -> Result<R> {
-        let mut slot = lock_poisoned(&self.guard);
+        let mut slot = lock_poisoned(&self.files);
         if slot.is_none() {
-            let path = self.dir.join(GUARD);
-            *slot = Some(fsx::open_lock_file(&path)?);
+            *slot = Some(Files {
+                guard: fsx::open_lock_file(&self.dir.join(GUARD))?,
+                slots: [
+                    fsx::open_lock_file(&self.dir.join(TABLE_SLOTS[0]))?,
+                    fsx::open_lock_file(&self.dir.join(TABLE_SLOTS[1]))?,
+                ],
+            });
         }
-        let file = slot.as_ref().expect("the guard file was opened just above");
-        file.lock()
+        let files = slot.as_ref().expect("the files were opened just above");
+        files
+            .guard
+            .lock()
             .map_err(|e| Error::io("lock", self.dir.join(GUARD), e))?;
         let mut l = Locked {
             shared: self,
+            files,
+            generation: std::cell::Cell::new(0),
             alive_cache: HashMap::new(),
         };
         let r = f(&mut l);
-        let unlocked = file.unlock();
+        let unlocked = files.guard.unlock();
+        drop(l);
         drop(slot);
         let r = r?;
         unlocked.map_err(|e| Error::io("unlock", self.dir.join(GUARD), e))?;
@@ -275,10 +301,53 @@ impl Shared {
     }
 }
 
+/// Descriptors kept open by a process: the guard and the two table slots.
+#[derive(Debug)]
+struct Files {
+    guard: File,
+    slots: [File; 2],
+}
+
 /// The state of a guarded operation.
 pub(crate) struct Locked<'a> {
     pub(crate) shared: &'a Shared,
+    files: &'a Files,
+    /// Generation of the table as loaded.
+    generation: std::cell::Cell<u64>,
     alive_cache: HashMap<String, bool>,
+}
+
+/// Parses one table slot: `<crc32 hex> <length>\n<JSON>`; `None` when empty or torn.
+fn parse_slot(bytes: &[u8]) -> Option<std::result::Result<TableState, String>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let nl = bytes.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+    let (crc, len) = head.split_once(' ')?;
+    let crc = u32::from_str_radix(crc, 16).ok()?;
+    let len: usize = len.parse().ok()?;
+    let body = bytes.get(nl + 1..nl + 1 + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some(serde_json::from_slice(body).map_err(|e| e.to_string()))
+}
+
+fn read_all_at(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = f.read_at(&mut chunk, buf.len() as u64)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() as u64 > STATE_LIMIT {
+            return Err(std::io::Error::other("lock table too large"));
+        }
+    }
 }
 
 impl Locked<'_> {
@@ -336,7 +405,36 @@ impl Locked<'_> {
 
     /// Loads the lock table, applying the reboot rule.
     pub(crate) fn load_table(&self) -> Result<(TableState, bool)> {
-        let mut t: TableState = self.read_state(TABLE)?;
+        let mut best: Option<TableState> = None;
+        let mut problems = Vec::new();
+        let mut buf = Vec::with_capacity(4096);
+        for (i, f) in self.files.slots.iter().enumerate() {
+            let path = self.shared.dir.join(TABLE_SLOTS[i]);
+            read_all_at(f, &mut buf).map_err(|e| Error::io("read", &path, e))?;
+            match parse_slot(&buf) {
+                Some(Ok(t)) => {
+                    if best.as_ref().is_none_or(|b| t.generation > b.generation) {
+                        best = Some(t);
+                    }
+                }
+                Some(Err(e)) => problems.push(format!("{}: {e}", path.display())),
+                None if !buf.is_empty() => {
+                    tracing::warn!(path = %path.display(), "torn lock table slot ignored (a writer died mid-write)");
+                }
+                None => {}
+            }
+        }
+        let mut t = match best {
+            Some(t) => t,
+            None if problems.is_empty() => TableState::default(),
+            None => {
+                return Err(Error::Corrupt {
+                    path: self.shared.table_path(),
+                    reason: problems.join("; "),
+                });
+            }
+        };
+        self.generation.set(t.generation);
         let mut dirty = false;
         if t.version > STATE_VERSION {
             return Err(Error::Corrupt {
@@ -366,7 +464,26 @@ impl Locked<'_> {
 
     /// Publishes the table, then signals every queued waiter that nothing blocks any more.
     pub(crate) fn save_table(&self, t: &TableState) -> Result<()> {
-        self.write_state(TABLE, t)?;
+        use std::os::unix::fs::FileExt;
+        let generation = self.generation.get() + 1;
+        let slot = (generation % 2) as usize;
+        let path = self.shared.dir.join(TABLE_SLOTS[slot]);
+        let body = serde_json::to_vec(&TableWithGeneration {
+            generation,
+            table: t,
+        })
+        .map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut bytes = format!("{:08x} {}\n", crc32fast::hash(&body), body.len()).into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes.push(b'\n');
+        let f = &self.files.slots[slot];
+        f.write_all_at(&bytes, 0)
+            .and_then(|()| f.set_len(bytes.len() as u64))
+            .map_err(|e| Error::io("write", &path, e))?;
+        self.generation.set(generation);
         self.signal_unblocked(t);
         Ok(())
     }

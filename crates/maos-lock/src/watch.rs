@@ -6,7 +6,7 @@
 //!   entry that blocked it signals it), or a liveness file was closed by the last process
 //!   holding it open (a holder died or exited: its kernel lock is gone). Only the waiters
 //!   concerned wake, not every process.
-//! - *change*: a state file (`table.json`, `advisory.json`) was replaced; for monitors and
+//! - *change*: a state file (`table.0`/`table.1` written, `advisory.json` replaced); for monitors and
 //!   advisory waiters.
 //!
 //! Events are hints: a waiter always re-reads the table under the guard, and re-checks after
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
 
-use crate::store::{ADVISORY, LIVE_DIR, TABLE, WAKE_DIR};
+use crate::store::{ADVISORY, LIVE_DIR, TABLE_SLOTS, WAKE_DIR};
 
 /// Longest sleep without an event while the watch works.
 pub(crate) const FALLBACK: Duration = Duration::from_secs(1);
@@ -112,7 +112,10 @@ impl Inner {
                 {
                     wake = true;
                 }
-                _ if name == TABLE || name == ADVISORY => change = true,
+                _ if TABLE_SLOTS.contains(&name) => {
+                    change |= matches!(ev.kind, notify::EventKind::Modify(_));
+                }
+                _ if name == ADVISORY => change = true,
                 _ => {}
             }
         }
