@@ -1,6 +1,8 @@
 //! A three-agent deadlock across three processes is detected, broadcast on the `deadlock`
 //! topic, and resolved: the victim's wait ends with a deadlock error, the others proceed.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@
 //! completed sections, no two sections overlapped, fencing tokens strictly increased, and
 //! every process finished. N = 300 under `maos_tests::slow_tests()`, 120 by default (debug-build speed).
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

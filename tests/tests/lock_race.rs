@@ -1,5 +1,7 @@
 //! Many processes race to reclaim the same stale lock at once: exactly one wins.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};

@@ -1,5 +1,7 @@
 //! `maos lock ...` and `maos deadlock check`, run for real.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};

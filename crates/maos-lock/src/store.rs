@@ -412,11 +412,10 @@ impl Locked<'_> {
             let path = self.shared.dir.join(TABLE_SLOTS[i]);
             read_all_at(f, &mut buf).map_err(|e| Error::io("read", &path, e))?;
             match parse_slot(&buf) {
-                Some(Ok(t)) => {
-                    if best.as_ref().is_none_or(|b| t.generation > b.generation) {
-                        best = Some(t);
-                    }
+                Some(Ok(t)) if best.as_ref().is_none_or(|b| t.generation > b.generation) => {
+                    best = Some(t);
                 }
+                Some(Ok(_)) => {}
                 Some(Err(e)) => problems.push(format!("{}: {e}", path.display())),
                 None if !buf.is_empty() => {
                     tracing::warn!(path = %path.display(), "torn lock table slot ignored (a writer died mid-write)");
