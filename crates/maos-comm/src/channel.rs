@@ -819,4 +819,31 @@ mod tests {
             assert_eq!(mine, (0..100).collect::<Vec<_>>());
         }
     }
+
+    #[test]
+    fn wait_blocking_wakes_for_another_thread_and_times_out_empty() {
+        let (_d, ws) = ws();
+        let ch = FileChannel::open(&ws, ChannelName::new("c").unwrap()).unwrap();
+        let writer = ch.clone();
+        let t = std::thread::spawn(move || {
+            writer
+                .send_blocking(&Message::new(agent("a"), Recipients::All, 7))
+                .unwrap();
+        });
+        let mut cur = Cursor::start();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            let b = ch
+                .wait_blocking::<i32>(&cur, &Filter::Everything, Duration::from_secs(30))
+                .unwrap();
+            got.extend(b.messages.into_iter().map(|d| d.message.payload));
+            cur = b.cursor;
+        }
+        assert_eq!(got, [7]);
+        t.join().unwrap();
+        let b = ch
+            .wait_blocking::<i32>(&cur, &Filter::Everything, Duration::from_millis(10))
+            .unwrap();
+        assert!(b.is_empty());
+    }
 }

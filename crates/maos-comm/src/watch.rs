@@ -219,3 +219,52 @@ impl ChannelWatcher {
         }
     }
 }
+
+impl FileChannel {
+    /// Waits (blocking the calling thread, for synchronous callers) until something new is
+    /// readable after `cursor` for `filter`, or `timeout` passes; returns what a
+    /// [`FileChannel::receive_blocking`] returns then (an empty batch on timeout). Uses the
+    /// same directory watch and fallback timer as [`ChannelWatcher`]. Never call it on a
+    /// runtime thread.
+    pub fn wait_blocking<T: DeserializeOwned>(
+        &self,
+        cursor: &Cursor,
+        filter: &Filter,
+        timeout: Duration,
+    ) -> Result<Batch<T>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let _watcher = if self.options().file_events {
+            let err = |source| Error::Watch {
+                channel: self.name().to_string(),
+                path: self.dir().to_path_buf(),
+                source,
+            };
+            let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if !matches!(&res, Ok(ev) if matches!(ev.kind, EventKind::Access(_)) && !ev.need_rescan())
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(err)?;
+            w.watch(self.dir(), RecursiveMode::NonRecursive)
+                .map_err(err)?;
+            Some(w)
+        } else {
+            None
+        };
+        let mut cursor = *cursor;
+        loop {
+            let batch = self.receive_blocking::<T>(&cursor, filter)?;
+            let now = std::time::Instant::now();
+            if !batch.is_empty() || now >= deadline {
+                return Ok(batch);
+            }
+            cursor = batch.cursor;
+            let wait = (deadline - now).min(self.options().fallback_interval);
+            // An event, a lost event's fallback, or the deadline: look again either way.
+            let _ = rx.recv_timeout(wait);
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}
