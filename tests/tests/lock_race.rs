@@ -86,3 +86,27 @@ fn racers_reclaiming_an_expired_lease_produce_exactly_one_winner() {
     }
     race(&ws, "lease/x", info.token.0);
 }
+
+#[test]
+fn a_killed_waiter_leaves_the_queue_and_blocks_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::init(dir.path()).unwrap();
+    let res = ResourceName::new("q").unwrap();
+    let holder = FileLock::new(&ws, res.clone())
+        .try_acquire("hold")
+        .unwrap()
+        .unwrap();
+    let (mut waiter, _out) = racer(ws.root(), "q", "doomed", "wait");
+    let table = LockTable::open(&ws).unwrap();
+    while table.snapshot().unwrap().waiters.is_empty() {
+        std::thread::yield_now();
+    }
+    waiter.kill().unwrap();
+    waiter.wait().unwrap();
+    holder.release().unwrap();
+    // First come, first served would make us wait behind the queued waiter; it is dead, so
+    // the next attempt removes it and takes the lock at once.
+    let g = FileLock::new(&ws, res).try_acquire("next").unwrap();
+    assert!(g.is_some());
+    assert!(table.snapshot().unwrap().waiters.is_empty());
+}

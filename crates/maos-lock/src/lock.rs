@@ -1140,4 +1140,65 @@ mod tests {
             "still held by the (live) first guard's record"
         );
     }
+
+    #[test]
+    fn the_heartbeat_keeps_a_short_lease_alive() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("hb"))
+            .ttl(Duration::from_millis(150))
+            .heartbeat(true)
+            .try_acquire("long job")
+            .unwrap()
+            .unwrap();
+        // Watch the clock (no sleeping guess) until well past the first lease end.
+        let first_end = g.info().expires_at;
+        while now_ms() <= first_end + 300 {
+            std::thread::yield_now();
+        }
+        check_fencing_token(&ws, &r("hb"), g.token()).unwrap();
+        assert!(!g.is_lost());
+        assert!(
+            FileLock::new(&ws, r("hb"))
+                .try_acquire("x")
+                .unwrap()
+                .is_none()
+        );
+        g.release().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_async_wait_leaves_the_queue() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("q"))
+            .try_acquire("hold")
+            .unwrap()
+            .unwrap();
+        let table = LockTable::open(&ws).unwrap();
+        {
+            let lock = FileLock::new(&ws, r("q")).wait(Duration::from_secs(60));
+            let fut = lock.acquire("wait");
+            tokio::pin!(fut);
+            // Poll until it has queued, then drop it.
+            loop {
+                tokio::select! {
+                    r = &mut fut => panic!("acquired while held: {:?}", r.map(|g| g.token())),
+                    () = tokio::task::yield_now() => {}
+                }
+                if !table.snapshot().unwrap().waiters.is_empty() {
+                    break;
+                }
+            }
+        }
+        // The withdrawal runs when the blocking step finishes: wait for it by observation.
+        while !table.snapshot().unwrap().waiters.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        g.release().unwrap();
+        assert!(
+            FileLock::new(&ws, r("q"))
+                .try_acquire("next")
+                .unwrap()
+                .is_some()
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //!
 //! `lock_racer WORKSPACE RESOURCE AGENT hold`: takes the lock, prints `HELD TOKEN`, blocks
 //! until stdin closes (the test kills it to leave a stale lock).
+//! `lock_racer WORKSPACE RESOURCE AGENT wait`: waits (queued) for the lock; prints `WON TOKEN`.
 //! `lock_racer WORKSPACE RESOURCE AGENT race`: prints `READY`, waits for a line on stdin,
 //! tries the lock once, prints `WON TOKEN` or `LOST`, and (if it won) keeps the lock until
 //! stdin closes.
@@ -46,6 +47,13 @@ fn main() -> anyhow::Result<()> {
                     out.flush()?;
                 }
             }
+        }
+        "wait" => {
+            let g = lock
+                .wait(std::time::Duration::from_secs(300))
+                .acquire_blocking("wait")?;
+            writeln!(out, "WON {}", g.token())?;
+            out.flush()?;
         }
         other => anyhow::bail!("unknown mode {other}"),
     }
