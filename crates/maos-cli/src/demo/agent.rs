@@ -96,6 +96,12 @@ pub(crate) async fn run(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
                     Ok(note) => (TaskStatus::Completed, note),
                     Err(e) => (TaskStatus::Failed, format!("{e:#}")),
                 };
+                // A successful merge completes the pair's merge task itself.
+                let recorded = agent.tracker.get_blocking(&task.id)?.map(|t| t.status);
+                if status == TaskStatus::Completed && recorded == Some(TaskStatus::Completed) {
+                    emit(&agent.me, EventKind::Completed, Some(&task), note);
+                    continue;
+                }
                 let kind = if status == TaskStatus::Completed {
                     EventKind::Completed
                 } else {

@@ -138,7 +138,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         // The merge task: when its dependencies are done, merge every agent branch.
         if merge_phase.is_none() && status(&graph.merge) == Some(TaskStatus::Pending) {
             tracker.update_status_blocking(&graph.merge, TaskStatus::InProgress, None)?;
-            merge_phase = Some(MergePhase::start(&ws, &me, &agents, &tracker)?);
+            merge_phase = Some(MergePhase::start(&ws, &me, &agents)?);
             view.note(
                 merge_phase
                     .as_ref()
@@ -309,14 +309,16 @@ async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<G
     let schema = mk(
         "Sync schema, then types",
         Some("backend-1"),
-        &[&backend],
+        // Both sync tasks wait for both implementations: a backend blocked in the sync
+        // barrier could not answer the frontend's API request.
+        &[&backend, &frontend],
         20,
         demo_meta("deadlock", &["db/schema.sql", "src/shared/types.rs"], None),
     )?;
     let types = mk(
         "Sync types, then schema",
         Some("frontend-1"),
-        &[&frontend],
+        &[&backend, &frontend],
         20,
         demo_meta("deadlock", &["src/shared/types.rs", "db/schema.sql"], None),
     )?;
@@ -396,16 +398,10 @@ pub(crate) struct MergePhase {
     pub(crate) merged: BTreeSet<u64>,
     done: bool,
     retried: Vec<u64>,
-    me: AgentId,
 }
 
 impl MergePhase {
-    fn start(
-        ws: &Workspace,
-        me: &AgentId,
-        agents: &[(String, &str)],
-        tracker: &TaskTracker,
-    ) -> anyhow::Result<Self> {
+    fn start(ws: &Workspace, me: &AgentId, agents: &[(String, &str)]) -> anyhow::Result<Self> {
         let git = git2::Repository::open(ws.root())?;
         let branches: Vec<String> = agents
             .iter()
@@ -435,9 +431,8 @@ impl MergePhase {
             merged: BTreeSet::new(),
             done: false,
             retried: Vec::new(),
-            me: me.clone(),
         };
-        phase.run_queue(tracker)?;
+        phase.run_queue()?;
         Ok(phase)
     }
 
@@ -455,19 +450,9 @@ impl MergePhase {
         )
     }
 
-    fn run_queue(&mut self, tracker: &TaskTracker) -> anyhow::Result<()> {
+    fn run_queue(&mut self) -> anyhow::Result<()> {
         let run = self.queue.run_blocking()?;
         for e in &run.entries {
-            // The queue owns the merge task of a resolution: the orchestrator re-runs the
-            // queue once the conflicts are resolved, so no agent should claim it.
-            if let Some(res) = &e.resolution {
-                let merge_task = tracker.get_blocking(&res.merge_task)?;
-                if merge_task
-                    .is_some_and(|t| t.assigned_to.is_none() && t.status != TaskStatus::Completed)
-                {
-                    tracker.assign_blocking(&res.merge_task, Some(&self.me))?;
-                }
-            }
             match e.status {
                 EntryStatus::Merged => {
                     self.merged.insert(e.id);
@@ -508,7 +493,7 @@ impl MergePhase {
         }
         if !resolved.is_empty() && self.retried != resolved {
             self.retried = resolved;
-            self.run_queue(tracker)?;
+            self.run_queue()?;
         }
         Ok(false)
     }
@@ -553,23 +538,28 @@ fn verify(
         .filter(|(_, n)| **n > 1)
         .map(|(t, _)| t)
         .collect();
-    let by_agents = tasks
+    let failures: Vec<&str> = events
         .iter()
-        .filter(|t| {
-            t.assigned_to
-                .as_ref()
-                .is_none_or(|a| a.as_str() != ORCHESTRATOR)
-        })
-        .all(|t| completions.get(t.id.as_str()) == Some(&1));
+        .filter(|e| e.event == EventKind::Failed)
+        .map(|e| e.detail.as_str())
+        .collect();
+    let restarted: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.attempts > 1)
+        .map(|t| t.name.as_str())
+        .collect();
     check(
         format!(
-            "every task completed exactly once ({} tasks, {} of them by agents; incomplete: {incomplete:?}, twice: {twice:?})",
+            "every task completed exactly once ({} tasks, {} completed by agents, the others by \
+             the orchestrator or the merge queue; incomplete: {incomplete:?}, completed twice: \
+             {twice:?}, started twice: {restarted:?}, failures: {failures:?})",
             tasks.len(),
             completions.len()
         ),
         incomplete.is_empty()
             && twice.is_empty()
-            && by_agents
+            && restarted.is_empty()
+            && failures.is_empty()
             && graph.all.iter().all(|id| tasks.iter().any(|t| t.id == *id)),
     );
 
