@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use maos_coordination::lock::{FileLock, LockTable, WaitEdge, WaitForGraph};
+use maos_coordination::lock::{FileLock, LockTable, WaitForGraph};
 use maos_coordination::{AgentId, ResourceName, Workspace};
 
 use crate::table::{Row, Table, percentile_us};
@@ -277,45 +277,47 @@ fn deadlock(table: &mut Table) -> anyhow::Result<()> {
         rng ^= rng << 17;
         rng
     };
-    let mut list = Vec::with_capacity(edges);
-    while list.len() < edges - 3 {
+    let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(edges);
+    while pairs.len() < edges - 3 {
         let a = (next() % agents as u64) as usize;
         let b = (next() % agents as u64) as usize;
-        if a >= b {
-            continue;
+        if a < b {
+            pairs.push((a, b));
         }
-        list.push(WaitEdge {
-            waiter: ids[a].clone(),
-            holder: ids[b].clone(),
-            resource: res.clone(),
-            ticket: list.len() as u64,
-            since: 0,
-        });
     }
-    for (a, b) in [(9000usize, 9500usize), (9500, 9999), (9999, 9000)] {
-        list.push(WaitEdge {
-            waiter: ids[a].clone(),
-            holder: ids[b].clone(),
-            resource: res.clone(),
-            ticket: list.len() as u64,
-            since: 0,
-        });
-    }
+    pairs.extend([(9000usize, 9500usize), (9500, 9999), (9999, 9000)]);
+    // As in a lock table: each waiting agent has one wait, blocked by several holders.
+    pairs.sort_unstable();
     let samples = 30;
     let mut ours = Vec::with_capacity(samples);
     let mut bare = Vec::with_capacity(samples);
     for _ in 0..samples {
-        let input = list.clone();
         let t = Instant::now();
         let mut g = WaitForGraph::with_capacity(agents, edges);
-        for e in input {
-            g.add(e);
+        let nodes: Vec<_> = ids.iter().map(|a| g.agent(a)).collect();
+        let mut current: Option<(usize, maos_coordination::lock::WaitId)> = None;
+        for (ticket, &(a, b)) in pairs.iter().enumerate() {
+            let wait = match current {
+                Some((w, id)) if w == a => id,
+                _ => {
+                    let id = g.wait(nodes[a], res.clone(), ticket as u64, 0);
+                    current = Some((a, id));
+                    id
+                }
+            };
+            g.blocked_by(wait, nodes[b]);
         }
         let found = g.deadlocks();
         ours.push(t.elapsed());
         anyhow::ensure!(
             found.len() == 1 && found[0].agents.len() == 3,
-            "cycle not found"
+            "cycle not found: {:?}",
+            found.iter().map(|d| d.agents.len()).collect::<Vec<_>>()
+        );
+        anyhow::ensure!(
+            g.edge_count() == edges,
+            "graph has {} edges",
+            g.edge_count()
         );
 
         // Baseline: Tarjan on the graph already built in memory (what the seed's in-process

@@ -72,12 +72,30 @@ impl std::hash::Hasher for Fnv {
 
 type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
-/// The wait-for graph: agents and who waits for whom.
+/// An agent's node in a [`WaitForGraph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AgentNode(NodeIndex);
+
+/// One wait (a queued waiter) in a [`WaitForGraph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WaitId(u32);
+
+#[derive(Debug, Clone)]
+struct WaitInfo {
+    agent: NodeIndex,
+    resource: ResourceName,
+    ticket: u64,
+    since: u64,
+}
+
+/// The wait-for graph: agents and who waits for whom. Agents are interned once
+/// ([`WaitForGraph::agent`]); edges are integers pointing at the wait they come from, so
+/// building a graph of 100,000 edges hashes each agent name once, not once per edge.
 #[derive(Debug, Default, Clone)]
 pub struct WaitForGraph {
     graph: DiGraph<AgentId, u32>,
     index: HashMap<AgentId, NodeIndex, FnvBuild>,
-    edges: Vec<WaitEdge>,
+    waits: Vec<WaitInfo>,
 }
 
 impl WaitForGraph {
@@ -86,51 +104,71 @@ impl WaitForGraph {
         Self {
             graph: DiGraph::with_capacity(agents, edges),
             index: HashMap::with_capacity_and_hasher(agents, FnvBuild::default()),
-            edges: Vec::with_capacity(edges),
+            waits: Vec::new(),
         }
     }
 
-    fn node(&mut self, a: &AgentId) -> NodeIndex {
+    /// The node of `a`, added on first use.
+    pub fn agent(&mut self, a: &AgentId) -> AgentNode {
         if let Some(&n) = self.index.get(a) {
-            return n;
+            return AgentNode(n);
         }
         let n = self.graph.add_node(a.clone());
         self.index.insert(a.clone(), n);
-        n
+        AgentNode(n)
     }
 
-    /// Adds an edge (ignored when an agent would wait for itself).
-    pub fn add(&mut self, edge: WaitEdge) {
-        if edge.waiter == edge.holder {
-            return;
+    /// Records that `agent` waits (ticket `ticket`, since `since`) for `resource`.
+    pub fn wait(
+        &mut self,
+        agent: AgentNode,
+        resource: ResourceName,
+        ticket: u64,
+        since: u64,
+    ) -> WaitId {
+        self.waits.push(WaitInfo {
+            agent: agent.0,
+            resource,
+            ticket,
+            since,
+        });
+        WaitId((self.waits.len() - 1) as u32)
+    }
+
+    /// Records that `wait` is blocked by `holder` (ignored when an agent would wait for
+    /// itself).
+    pub fn blocked_by(&mut self, wait: WaitId, holder: AgentNode) {
+        let from = self.waits[wait.0 as usize].agent;
+        if from != holder.0 {
+            self.graph.add_edge(from, holder.0, wait.0);
         }
-        let a = self.node(&edge.waiter);
-        let b = self.node(&edge.holder);
-        self.graph.add_edge(a, b, self.edges.len() as u32);
-        self.edges.push(edge);
+    }
+
+    /// Adds one edge given by names (convenience for small graphs).
+    pub fn add(&mut self, edge: WaitEdge) {
+        let w = self.agent(&edge.waiter);
+        let h = self.agent(&edge.holder);
+        let id = self.wait(w, edge.resource, edge.ticket, edge.since);
+        self.blocked_by(id, h);
     }
 
     /// The graph of the current lock table.
     pub(crate) fn from_table(t: &TableState) -> Self {
         let mut g = Self::default();
+        let holders: Vec<AgentNode> = t.holders.iter().map(|h| g.agent(&h.owner)).collect();
         let mut waiters: Vec<_> = t.waiters.iter().collect();
         waiters.sort_by_key(|w| w.ticket);
+        let nodes: Vec<AgentNode> = waiters.iter().map(|w| g.agent(&w.agent)).collect();
         for (k, w) in waiters.iter().enumerate() {
-            let edge = |holder: &AgentId| WaitEdge {
-                waiter: w.agent.clone(),
-                holder: holder.clone(),
-                resource: w.resource.clone(),
-                ticket: w.ticket,
-                since: w.since,
-            };
-            for h in &t.holders {
+            let id = g.wait(nodes[k], w.resource.clone(), w.ticket, w.since);
+            for (h, &hn) in t.holders.iter().zip(&holders) {
                 if conflicts(&h.resource, h.mode, &w.resource, w.mode) {
-                    g.add(edge(&h.owner));
+                    g.blocked_by(id, hn);
                 }
             }
-            for e in &waiters[..k] {
+            for (e, &en) in waiters[..k].iter().zip(&nodes) {
                 if conflicts(&e.resource, e.mode, &w.resource, w.mode) {
-                    g.add(edge(&e.agent));
+                    g.blocked_by(id, en);
                 }
             }
         }
@@ -144,23 +182,35 @@ impl WaitForGraph {
 
     /// Number of edges.
     pub fn edge_count(&self) -> usize {
-        self.edges.len()
+        self.graph.edge_count()
     }
 
     /// Every deadlock: each strongly connected component of two or more agents.
     pub fn deadlocks(&self) -> Vec<Deadlock> {
         let mut out = Vec::new();
-        for scc in petgraph::algo::tarjan_scc(&self.graph) {
-            if scc.len() < 2 {
-                continue;
+        // petgraph's Tarjan (what `tarjan_scc` runs), keeping only components of two or
+        // more agents instead of allocating one vector per agent.
+        let mut sccs: Vec<Vec<NodeIndex>> = Vec::new();
+        petgraph::algo::TarjanScc::new().run(&self.graph, |scc| {
+            if scc.len() > 1 {
+                sccs.push(scc.to_vec());
             }
+        });
+        for scc in sccs {
             let members: HashSet<NodeIndex> = scc.iter().copied().collect();
             let mut waits: Vec<WaitEdge> = Vec::new();
             for &n in &scc {
                 for e in self.graph.edges(n) {
                     use petgraph::visit::EdgeRef;
                     if members.contains(&e.target()) {
-                        waits.push(self.edges[*e.weight() as usize].clone());
+                        let w = &self.waits[*e.weight() as usize];
+                        waits.push(WaitEdge {
+                            waiter: self.graph[w.agent].clone(),
+                            holder: self.graph[e.target()].clone(),
+                            resource: w.resource.clone(),
+                            ticket: w.ticket,
+                            since: w.since,
+                        });
                     }
                 }
             }
@@ -371,6 +421,8 @@ impl DeadlockDetector {
         let w = watch.clone();
         let thread = std::thread::Builder::new()
             .name("maos-deadlock-monitor".into())
+            // Tarjan recurses once per agent on a wait chain: room for very long chains.
+            .stack_size(64 << 20)
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     let seen = w.generation(Signal::Change);

@@ -53,8 +53,8 @@ mod watch;
 
 pub use advisory::{AdvisoryInterest, AdvisoryLock, Interest};
 pub use deadlock::{
-    DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Resolution,
-    VICTIM_RULE, WaitEdge, WaitForGraph,
+    AgentNode, DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor,
+    Resolution, VICTIM_RULE, WaitEdge, WaitForGraph, WaitId,
 };
 pub use error::{Error, HolderSummary, Result};
 pub use lock::{
