@@ -27,7 +27,8 @@ pub use maos_comm::{
 // --- maos-lock main types ---
 #[doc(inline)]
 pub use maos_lock::{
-    FencingToken, FileLock, LockGuard, LockInfo, LockMode, LockTable, check_fencing_token,
+    AdvisoryLock, DeadlockDetector, FencingToken, FileLock, LockGuard, LockInfo, LockMode,
+    LockTable, check_fencing_token,
 };
 
 // --- maos-track main types ---

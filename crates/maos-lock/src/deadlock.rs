@@ -1,6 +1,6 @@
 //! Deadlock detection across every process of the workspace.
 //!
-//! The wait-for graph is built from the lock table on disk (`table.json`), so it sees every
+//! The wait-for graph is built from the lock table on disk (`table.0`/`table.1`), so it sees every
 //! process and agent, not one process's memory: a node per agent, an edge `A -> B` when a
 //! waiter of agent A is blocked by a lock of agent B (a conflicting holder, or a conflicting
 //! waiter queued earlier: waiters are served in arrival order). A strongly connected

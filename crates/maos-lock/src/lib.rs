@@ -8,13 +8,19 @@
 //! - Leases: every lock ends at `expires_at` unless renewed ([`LockGuard::renew`], or the
 //!   automatic heartbeat thread of [`FileLock::heartbeat`]); a lock whose process died on this
 //!   host is reclaimed at once (kernel-lock liveness, no pid reuse trap).
-//! - Waiters are served first come, first served, and wake on a file-system event when the
-//!   table changes (plus a fallback timer); a timeout names the holder, its purpose and its
-//!   lease end.
-//! - [`LockTable`] lists the table and releases or renews leases held by an agent (the CLI).
+//! - Waiters are served first come, first served, and sleep until whoever unblocks them writes
+//!   their wake-up file (an inotify event), their blocker dies or its lease ends, or a fallback
+//!   timer fires; a timeout names the holder, its purpose and its lease end.
+//! - [`LockTable`] lists the table and releases or renews leases held by an agent (the CLI);
+//!   [`LockGuard::detach`] turns a process's lock into such a lease.
+//! - [`AdvisoryLock`]: cooperative turns by priority, then arrival.
+//! - [`DeadlockDetector`]: cycles in the wait-for graph of every process, broadcast on the
+//!   `deadlock` topic (maos-comm), optionally resolved by aborting the youngest wait.
 //!
-//! Everything lives in `.maos/locks/`; the format and the exact protocol are in
-//! `docs/protocol.md` (lock section). Start at [`FileLock`].
+//! Everything lives in `.maos/locks/` (a guard file whose kernel lock serialises every state
+//! change, the lock table in two checksummed slots, one liveness file per process, one wake-up
+//! file per waiter); the format and the exact protocol are in `docs/protocol.md` (lock
+//! section). Start at [`FileLock`].
 //!
 //! # Example
 //! ```

@@ -133,7 +133,7 @@ pub struct WaiterInfo {
     pub aborted: Option<Vec<AgentId>>,
 }
 
-/// The lock table (`table.json`).
+/// The lock table (the body of the `table.0` / `table.1` slots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct TableState {
     pub(crate) version: u32,
