@@ -307,15 +307,17 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             print_message(ctx, &a.channel, d)?;
             printed += 1;
             cursor = Cursor::after(d.position);
+        }
+        if printed >= limit {
+            // Acknowledge through the last message printed, not the rest of the batch.
             if let Some(c) = consumer.as_mut() {
                 c.ack(cursor)?;
             }
-        }
-        if printed >= limit {
             return Ok(Exit::Ok);
         }
         cursor = batch.cursor;
-        if let Some(c) = consumer.as_mut() {
+        // One acknowledgement per batch, after printing it (at-least-once).
+        if let Some(c) = consumer.as_mut().filter(|_| progressed) {
             c.ack(cursor)?;
         }
         if !progressed {
