@@ -47,10 +47,11 @@ pub(crate) enum LockCommand {
         #[arg(long)]
         token: Option<u64>,
     },
-    /// Extend the acting agent's lease on RESOURCE by its length (or --ttl).
+    /// Extend the acting agent's lease on RESOURCE by its length (or --ttl); without
+    /// RESOURCE, renew every lock the agent holds (its heartbeat).
     Renew {
         /// The resource, as given to `acquire`.
-        resource: String,
+        resource: Option<String>,
         /// New lease length.
         #[arg(long, value_parser = duration::parse)]
         ttl: Option<Duration>,
@@ -180,11 +181,17 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         LockCommand::Renew { resource: r, ttl } => {
-            let res = resource(ctx, &r)?;
-            let done = LockTable::open(&ws)?
-                .renew(&res, &ctx.agent, ttl)
-                .map_err(lock_failure)?;
+            let table = LockTable::open(&ws)?;
+            let done = match r {
+                Some(r) => table
+                    .renew(&resource(ctx, &r)?, &ctx.agent, ttl)
+                    .map_err(lock_failure)?,
+                None => table.renew_all(&ctx.agent)?,
+            };
             ctx.emit(&done, || {
+                if done.is_empty() {
+                    return format!("agent {} holds no locks", ctx.agent);
+                }
                 done.iter().map(describe).collect::<Vec<_>>().join("\n")
             })?;
             Ok(Exit::Ok)

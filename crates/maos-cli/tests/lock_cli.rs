@@ -62,6 +62,13 @@ fn an_agent_lease_outlives_the_cli_and_only_its_agent_releases_it() {
     );
     let renew = output(maos(ws, "alice").args(["lock", "renew", "src/api/**"]));
     assert!(renew.status.success(), "{}", stderr(&renew));
+    let beat = output(maos(ws, "alice").args(["lock", "renew", "--json"]));
+    assert!(beat.status.success(), "{}", stderr(&beat));
+    assert_eq!(
+        json(&beat).as_array().unwrap().len(),
+        1,
+        "the heartbeat renews every lease"
+    );
     let rel = output(maos(ws, "alice").args([
         "lock",
         "release",

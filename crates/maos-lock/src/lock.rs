@@ -891,6 +891,29 @@ impl LockTable {
         self.agent_records(resource, agent, token, |_| {}, true)
     }
 
+    /// Renews every lock `agent` still holds by its lease length: the agent's heartbeat for
+    /// leases it holds without a process (`maos lock renew` without a resource).
+    pub fn renew_all(&self, agent: &AgentId) -> Result<Vec<LockInfo>> {
+        let _span = tracing::info_span!("renew_all", agent = %agent).entered();
+        self.shared.locked(|l| {
+            let (mut t, _) = l.load_table()?;
+            let now = now_ms();
+            let mut out = Vec::new();
+            let mut holders = std::mem::take(&mut t.holders);
+            for h in &mut holders {
+                if &h.owner == agent && l.holds(h, now) {
+                    h.expires_at = now + h.ttl_ms;
+                    out.push(h.clone());
+                }
+            }
+            t.holders = holders;
+            if !out.is_empty() {
+                l.save_table(&t)?;
+            }
+            Ok(out)
+        })
+    }
+
     /// Renews `agent`'s locks on exactly `resource` by their lease length (or `ttl`).
     ///
     /// # Errors
