@@ -108,7 +108,7 @@ pub struct FileLock {
     mode: LockMode,
     ttl: Duration,
     wait: Duration,
-    heartbeat: Option<Duration>,
+    heartbeat: bool,
     agent: Option<AgentId>,
     metadata: BTreeMap<String, String>,
 }
@@ -123,7 +123,7 @@ impl FileLock {
             mode: LockMode::Exclusive,
             ttl: DEFAULT_TTL,
             wait: DEFAULT_WAIT,
-            heartbeat: None,
+            heartbeat: false,
             agent: None,
             metadata: BTreeMap::new(),
         }
@@ -156,7 +156,7 @@ impl FileLock {
     /// Renews the lease automatically from a background thread every `ttl / 3` while the
     /// guard lives (no async runtime needed).
     pub fn heartbeat(mut self, on: bool) -> Self {
-        self.heartbeat = on.then(|| self.ttl / 3);
+        self.heartbeat = on;
         self
     }
 
@@ -510,10 +510,10 @@ impl Waiting {
     fn finish(mut self, info: LockInfo) -> LockGuard {
         self.ticket = None;
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = self
-            .lock
-            .heartbeat
-            .map(|every| Heartbeat::start(self.shared.clone(), info.clone(), every, lost.clone()));
+        let heartbeat = self.lock.heartbeat.then(|| {
+            let every = Duration::from_millis((info.ttl_ms / 3).max(1));
+            Heartbeat::start(self.shared.clone(), info.clone(), every, lost.clone())
+        });
         LockGuard {
             shared: self.shared.clone(),
             info,
@@ -586,9 +586,7 @@ impl LockGuard {
 
     /// Checks that this guard still holds the lock ([`check_fencing_token`]).
     pub fn check(&self) -> Result<()> {
-        let ws_dir = self.shared.dir.clone();
-        let shared = Shared::of_dir(&ws_dir)?;
-        check_token_in(&shared, &self.info.resource, self.info.token)
+        check_token_in(&self.shared, &self.info.resource, self.info.token)
     }
 
     /// Releases the lock: deletes its record, if it is still this guard's.
