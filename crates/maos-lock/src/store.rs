@@ -656,3 +656,43 @@ impl Locked<'_> {
         let _ = fsx::sweep_temp_files(&self.shared.dir, std::time::Duration::from_secs(60));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_reboot_every_fencing_counter_jumps_ahead() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let shared = Shared::of(&ws).unwrap();
+        let res = ResourceName::new("r").unwrap();
+        shared
+            .locked(|l| {
+                let (mut t, _) = l.load_table()?;
+                t.issue_token(&res);
+                t.boot_id = "an-earlier-boot".into(); // as written before a reboot
+                l.save_table(&t)
+            })
+            .unwrap();
+        let t = shared.locked(|l| Ok(l.load_table()?.0)).unwrap();
+        assert_eq!(t.current_token(&res).0, 1 + REBOOT_TOKEN_JUMP);
+        assert_eq!(t.boot_id, boot_id());
+    }
+
+    #[test]
+    fn slots_round_trip_and_torn_slots_are_rejected() {
+        let body = br#"{"version":1,"generation":3}"#;
+        let mut bytes = format!("{:08x} {}\n", crc32fast::hash(body), body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(b"\nstale tail");
+        let t = parse_slot(&bytes).unwrap().unwrap();
+        assert_eq!(t.generation, 3);
+        assert!(parse_slot(&bytes[..bytes.len() - 20]).is_none());
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 16] ^= 1;
+        assert!(parse_slot(&flipped).is_none());
+        assert!(parse_slot(b"").is_none());
+    }
+}
