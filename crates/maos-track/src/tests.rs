@@ -341,3 +341,52 @@ fn status_changes_are_published_on_the_tasks_topic() {
         (b, TaskStatus::Pending)
     );
 }
+
+/// Completing a task that someone else already started or completed is idempotent: the
+/// caller's intent ("this work is done") holds either way, and nothing is written twice.
+#[test]
+fn complete_is_idempotent_whatever_the_current_status() {
+    let (_d, t) = setup();
+    let pending = t.create_task_blocking(&Task::new("pending")).unwrap();
+    let started = t.create_task_blocking(&Task::new("started")).unwrap();
+    let done = t.create_task_blocking(&Task::new("done")).unwrap();
+    let review = t.create_task_blocking(&Task::new("review")).unwrap();
+    for id in [&started, &done, &review] {
+        t.update_status_blocking(id, TaskStatus::InProgress, None)
+            .unwrap();
+    }
+    t.update_status_blocking(&review, TaskStatus::Review, None)
+        .unwrap();
+    t.update_status_blocking(&done, TaskStatus::Completed, Some("first"))
+        .unwrap();
+    let before = t.version_blocking().unwrap();
+    let again = t.complete_blocking(&done, Some("second")).unwrap();
+    assert_eq!(again.status, TaskStatus::Completed);
+    assert_eq!(
+        again.note.as_deref(),
+        Some("first"),
+        "the first completion stays"
+    );
+    assert_eq!(t.version_blocking().unwrap(), before, "nothing was written");
+    for id in [&pending, &started, &review] {
+        let task = t.complete_blocking(id, Some("merged")).unwrap();
+        assert_eq!(task.status, TaskStatus::Completed, "{id}");
+        assert_eq!(task.note.as_deref(), Some("merged"));
+        assert!(task.started_at.is_some() && task.completed_at.is_some());
+    }
+    // A blocked or failed task is not silently completed.
+    let a = t.create_task_blocking(&Task::new("a")).unwrap();
+    let b = t
+        .create_task_blocking(&Task::new("b").after(a.clone()))
+        .unwrap();
+    assert!(matches!(
+        t.complete_blocking(&b, None).unwrap_err(),
+        Error::InvalidTransition { .. }
+    ));
+    t.update_status_blocking(&a, TaskStatus::Failed, None)
+        .unwrap();
+    assert!(matches!(
+        t.complete_blocking(&a, None).unwrap_err(),
+        Error::InvalidTransition { .. }
+    ));
+}

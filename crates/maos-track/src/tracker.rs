@@ -389,6 +389,67 @@ impl TaskTracker {
         })
     }
 
+    /// Marks `id` completed, idempotently (blocking): the decision is taken under the tracker
+    /// lock on the current status, so it cannot race with another process.
+    ///
+    /// - completed already: nothing is written; the task is returned as it is (the first
+    ///   completion's note and time stay);
+    /// - pending: started and completed in one atomic append;
+    /// - in progress or in review (whoever works on it): completed.
+    ///
+    /// This is the call for "this work is done" when someone else may have finished it first
+    /// (the merge queue completes merge tasks after merging; the agent that claimed one may
+    /// complete it too): neither side gets an error for the other's completion.
+    /// [`update_status_blocking`](Self::update_status_blocking) stays strict and refuses
+    /// completed -> completed.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidTransition`] for a blocked task (its dependencies
+    /// are not done) or a failed one (it must be retried first).
+    pub fn complete_blocking(&self, id: &TaskId, note: Option<&str>) -> Result<Task, Error> {
+        let _span = tracing::info_span!("complete", task = %id).entered();
+        self.write(
+            None,
+            |st| {
+                let t = st.get(id).ok_or_else(|| Error::NotFound {
+                    task: id.to_string(),
+                })?;
+                let status = |to| Op::Status {
+                    task: id.clone(),
+                    to,
+                    note: note.map(str::to_owned),
+                };
+                match t.status {
+                    TaskStatus::Completed => Ok(Vec::new()),
+                    TaskStatus::Pending => Ok(vec![
+                        Op::Status {
+                            task: id.clone(),
+                            to: TaskStatus::InProgress,
+                            note: None,
+                        },
+                        status(TaskStatus::Completed),
+                    ]),
+                    TaskStatus::InProgress | TaskStatus::Review => {
+                        Ok(vec![status(TaskStatus::Completed)])
+                    }
+                    from => Err(Error::InvalidTransition {
+                        task: id.clone(),
+                        from,
+                        to: TaskStatus::Completed,
+                        reason: from
+                            .refuse(TaskStatus::Completed)
+                            .unwrap_or("not a valid transition")
+                            .to_string(),
+                    }),
+                }
+            },
+            |st| st.get(id).cloned(),
+        )?
+        .ok_or_else(|| Error::NotFound {
+            task: id.to_string(),
+        })
+    }
+
     /// Sets or clears the assignee of `id`.
     pub fn assign_blocking(&self, id: &TaskId, agent: Option<&AgentId>) -> Result<Task, Error> {
         self.write(
@@ -614,6 +675,13 @@ impl TaskTracker {
         /// Applies `update`; see [`update_blocking`](Self::update_blocking).
         update => update_blocking(id: &TaskId, update: &Update) -> Task
     );
+
+    /// Completes `id` idempotently; see [`complete_blocking`](Self::complete_blocking).
+    pub async fn complete(&self, id: &TaskId, note: Option<String>) -> Result<Task, Error> {
+        let this = self.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || this.complete_blocking(&id, note.as_deref())).await?
+    }
 
     async_twin!(
         /// Claims the next ready task; see [`claim_blocking`](Self::claim_blocking).
