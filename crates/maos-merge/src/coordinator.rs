@@ -831,28 +831,8 @@ impl MergeCoordinator {
         let Ok(tasks) = tracker.list_blocking() else {
             return;
         };
-        let open: Vec<&Task> = tasks
-            .iter()
-            .filter(|t| t.labels.iter().any(|l| l == TASK_LABEL))
-            .filter(|t| {
-                t.metadata.get("merge.source").map(String::as_str) == Some(source)
-                    && t.metadata.get("merge.target").map(String::as_str) == Some(target)
-            })
-            .filter(|t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Failed))
-            .collect();
-        let (conflicts, merges): (Vec<&Task>, Vec<&Task>) = open
-            .into_iter()
-            .partition(|t| t.metadata.contains_key("merge.path"));
-        for t in conflicts.into_iter().chain(merges) {
-            for status in [TaskStatus::InProgress, TaskStatus::Completed] {
-                if t.status == TaskStatus::InProgress && status == TaskStatus::InProgress {
-                    continue;
-                }
-                if let Err(e) = tracker.update_status_blocking(&t.id, status, Some(&note)) {
-                    tracing::warn!(task = %t.id, error = %e, "cannot complete a merge task");
-                    break;
-                }
-            }
+        for (task, e) in complete_pair_tasks(&tracker, &tasks, source, target, &note) {
+            tracing::warn!(task = %task, error = %e, "cannot complete a merge task");
         }
     }
 
@@ -1094,9 +1074,102 @@ fn join<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<
     r.map_err(|e| Error::Join(e.to_string()))?
 }
 
+/// Completes the open merge tasks of the pair `source` -> `target` found in `tasks` (a list
+/// that may be stale): conflict tasks first, then merge tasks. Returns the tasks that could
+/// not be completed.
+///
+/// The rule: completion is idempotent ([`TaskTracker::complete_blocking`], decided under the
+/// tracker lock on the task's current status). A task that someone else started meanwhile
+/// (an agent that claimed it) is completed; one already completed (by that agent, or by an
+/// earlier or concurrent merge) is left as it is, quietly. An agent completing its own
+/// merge task after the merge did should use `complete` too, which then succeeds without a
+/// change; a strict `update_status(Completed)` reports that the task is completed already.
+/// Only a task that genuinely cannot complete (blocked by a failed conflict task, failed,
+/// deleted) is reported.
+fn complete_pair_tasks(
+    tracker: &TaskTracker,
+    tasks: &[Task],
+    source: &str,
+    target: &str,
+    note: &str,
+) -> Vec<(TaskId, maos_track::Error)> {
+    let open: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.labels.iter().any(|l| l == TASK_LABEL))
+        .filter(|t| {
+            t.metadata.get("merge.source").map(String::as_str) == Some(source)
+                && t.metadata.get("merge.target").map(String::as_str) == Some(target)
+        })
+        .filter(|t| !matches!(t.status, TaskStatus::Completed | TaskStatus::Failed))
+        .collect();
+    let (conflicts, merges): (Vec<&Task>, Vec<&Task>) = open
+        .into_iter()
+        .partition(|t| t.metadata.contains_key("merge.path"));
+    let mut failed = Vec::new();
+    for t in conflicts.into_iter().chain(merges) {
+        if let Err(e) = tracker.complete_blocking(&t.id, Some(note)) {
+            failed.push((t.id.clone(), e));
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The list the merge read is stale: meanwhile an agent claimed the conflict task and
+    /// another completed the merge task's sibling. Completing the pair still completes every
+    /// task and reports nothing.
+    #[test]
+    fn completing_the_pair_tasks_tolerates_concurrent_starts_and_completions() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        let opts = maos_track::Options::default().publish(false);
+        let tracker = TaskTracker::open_with(&ws, opts).unwrap();
+        let pair = |name: &str, path: Option<&str>| {
+            let mut t = Task::new(name);
+            t.labels.push(TASK_LABEL.to_owned());
+            t.metadata.insert("merge.source".into(), "feat".into());
+            t.metadata.insert("merge.target".into(), "main".into());
+            if let Some(p) = path {
+                t.metadata.insert("merge.path".into(), p.into());
+            }
+            t
+        };
+        let c1 = pair("resolve a", Some("a"));
+        let c2 = pair("resolve b", Some("b"));
+        let m = pair("merge feat", None)
+            .after(c1.id.clone())
+            .after(c2.id.clone());
+        let ids = (c1.id.clone(), c2.id.clone(), m.id.clone());
+        tracker.create_tasks_blocking(&[c1, c2, m]).unwrap();
+        let (c1, c2, m) = ids;
+        let stale = tracker.list_blocking().unwrap();
+        // Meanwhile: bob starts c1, alice finishes c2.
+        tracker
+            .update_status_blocking(&c1, TaskStatus::InProgress, None)
+            .unwrap();
+        tracker
+            .update_status_blocking(&c2, TaskStatus::InProgress, None)
+            .unwrap();
+        tracker
+            .update_status_blocking(&c2, TaskStatus::Completed, Some("by alice"))
+            .unwrap();
+        let failed = complete_pair_tasks(&tracker, &stale, "feat", "main", "merged");
+        assert!(failed.is_empty(), "{failed:?}");
+        for id in [&c1, &c2, &m] {
+            let t = tracker.get_blocking(id).unwrap().unwrap();
+            assert_eq!(t.status, TaskStatus::Completed, "{}", t.name);
+        }
+        assert_eq!(
+            tracker.get_blocking(&c2).unwrap().unwrap().note.as_deref(),
+            Some("by alice")
+        );
+        // A second run over the same stale list is quiet too.
+        let failed = complete_pair_tasks(&tracker, &stale, "feat", "main", "merged");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
 
     #[test]
     fn the_merge_lock_is_per_target_branch() {
