@@ -705,6 +705,17 @@ mod tests {
         assert_eq!(topics, ["build/done", "build/failed"]);
         assert_eq!(got[1].message.payload, "no");
         assert!(sub.poll_blocking::<String>().unwrap().is_empty());
+        // A foreign notification naming an impossible topic is reported, not fatal.
+        let feed = FileChannel::open(&ws, ChannelName::new(crate::GLOBAL_FEED).unwrap()).unwrap();
+        let bogus = serde_json::json!({"topic": "build/.hidden", "position": 1,
+            "id": maos_core::MessageId::new()});
+        feed.send_blocking(&Message::new(agent("evil"), Recipients::All, bogus))
+            .unwrap();
+        b.broadcast_blocking("build/after", &"still here").unwrap();
+        let got = sub.poll_blocking::<String>().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message.payload, "still here");
+        assert_eq!(sub.take_notices().len(), 1);
         let topic = FileChannel::open(&ws, crate::topic_channel("test/done").unwrap()).unwrap();
         let b2 = topic
             .receive_blocking::<String>(&Cursor::start(), &Filter::Everything)
@@ -715,10 +726,10 @@ mod tests {
         let name = Name::new("s1").unwrap();
         let mut d = Subscription::durable(&ws, &["**"], name.clone()).unwrap();
         let all = d.poll_blocking::<String>().unwrap();
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
         d.ack_through(all[0].feed_position).unwrap();
         let mut d2 = Subscription::durable(&ws, &["**"], name).unwrap();
-        assert_eq!(d2.poll_blocking::<String>().unwrap().len(), 2);
+        assert_eq!(d2.poll_blocking::<String>().unwrap().len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

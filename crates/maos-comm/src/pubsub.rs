@@ -231,14 +231,14 @@ impl Subscription {
             if !self.patterns.iter().any(|p| p.matches(&note.topic)) {
                 continue;
             }
-            match self.fetch(&note)? {
-                Some(message) => self.pending.push_back(TopicMessage {
+            match self.fetch(&note) {
+                Ok(Some(message)) => self.pending.push_back(TopicMessage {
                     topic: note.topic,
                     position: note.position,
                     feed_position: d.position,
                     message,
                 }),
-                None => self.notices.push(Notice::Problem(crate::Problem {
+                Ok(None) => self.notices.push(Notice::Problem(crate::Problem {
                     path: self.feed.dir().to_path_buf(),
                     offset: None,
                     position: Some(d.position),
@@ -247,6 +247,15 @@ impl Subscription {
                          is not there (pruned or damaged)",
                         note.id, note.position, note.topic
                     ),
+                    quarantined: None,
+                })),
+                // A foreign or damaged notification (say, an invalid topic) is reported and
+                // skipped; it must not stop the subscription.
+                Err(e) => self.notices.push(Notice::Problem(crate::Problem {
+                    path: self.feed.dir().to_path_buf(),
+                    offset: None,
+                    position: Some(d.position),
+                    reason: format!("unusable notification: {e}"),
                     quarantined: None,
                 })),
             }
