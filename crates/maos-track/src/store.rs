@@ -45,6 +45,12 @@ pub(crate) struct Record {
     pub(crate) at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) by: Option<AgentId>,
+    /// More records of the same append follow (`"more":true` on every record of a
+    /// multi-record append but the last). A reader applies an append only once its last
+    /// record is there: a writer killed mid-append leaves complete lines of a torn batch,
+    /// which are never applied and which the next writer truncates with the torn line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) more: bool,
     #[serde(flatten)]
     pub(crate) op: Op,
 }
@@ -264,7 +270,10 @@ impl State {
             got += n;
         }
         buf.truncate(got);
+        // Records of the append being read; applied once its last record is read.
+        let mut batch: Vec<Record> = Vec::new();
         let mut pos = 0;
+        let mut committed = 0;
         while let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') {
             let line = &buf[pos..pos + nl];
             let rec: Record = serde_json::from_slice(line).map_err(|e| {
@@ -274,16 +283,27 @@ impl State {
                 )
             })?;
             pos += nl + 1;
-            if rec.seq != self.seq + 1 {
+            let expected = self.seq + 1 + batch.len() as u64;
+            if rec.seq != expected {
                 return Err(corrupt(
                     &path,
-                    format!("record seq {} after seq {}", rec.seq, self.seq),
+                    format!("record seq {} after seq {}", rec.seq, expected - 1),
                 ));
             }
-            self.offset += (nl + 1) as u64;
-            self.log_records += 1;
-            self.apply(&rec);
-            if matches!(rec.op, Op::Rotate { .. }) {
+            let more = rec.more;
+            batch.push(rec);
+            if more {
+                continue;
+            }
+            self.offset += (pos - committed) as u64;
+            committed = pos;
+            let mut rotated = false;
+            for rec in batch.drain(..) {
+                self.log_records += 1;
+                self.apply(&rec);
+                rotated |= matches!(rec.op, Op::Rotate { .. });
+            }
+            if rotated {
                 return Ok(true);
             }
         }
@@ -310,11 +330,13 @@ impl State {
         let at = now_ms();
         let mut bytes = Vec::with_capacity(256 * ops.len());
         let mut recs = Vec::with_capacity(ops.len());
+        let count = ops.len();
         for (k, op) in ops.into_iter().enumerate() {
             let rec = Record {
                 seq: self.seq + 1 + k as u64,
                 at,
                 by: by.cloned(),
+                more: k + 1 < count,
                 op,
             };
             serde_json::to_writer(&mut bytes, &rec).map_err(|e| Error::Invalid {

@@ -390,3 +390,47 @@ fn complete_is_idempotent_whatever_the_current_status() {
         Error::InvalidTransition { .. }
     ));
 }
+
+/// A writer killed in the middle of a multi-record append (a multi-page write is cut at a
+/// page boundary by SIGKILL) leaves some complete records of its batch: readers must not
+/// apply a batch that is not whole (create_tasks is all or none), and the next writer
+/// removes it.
+#[test]
+fn a_torn_batch_is_not_applied_even_when_some_of_its_records_are_whole() {
+    let (d, t) = setup();
+    let first = t.create_task_blocking(&Task::new("first")).unwrap();
+    let batch = [Task::new("x"), Task::new("y"), Task::new("z")];
+    t.create_tasks_blocking(&batch).unwrap();
+    let log = t.dir().join("log.0.jsonl");
+    let bytes = std::fs::read(&log).unwrap();
+    let lines: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 4, "one record per task");
+    // Cut inside the batch's last record: x and y are whole lines, z is torn.
+    let cut = lines[2] + (lines[3] - lines[2]) / 2;
+    std::fs::write(&log, &bytes[..cut]).unwrap();
+
+    let ws = Workspace::open(d.path()).unwrap();
+    let fresh = TaskTracker::open_with(&ws, Options::default().publish(false)).unwrap();
+    let names: Vec<String> = fresh
+        .list_blocking()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["first"], "all or none of a batch");
+    // The next write drops the torn batch and goes on.
+    let next = fresh.create_task_blocking(&Task::new("next")).unwrap();
+    let again = TaskTracker::open_with(&ws, Options::default().publish(false)).unwrap();
+    let ids: Vec<TaskId> = again
+        .list_blocking()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [first, next]);
+}
