@@ -64,7 +64,12 @@ pub const DEFAULT_ESTIMATE: Duration = Duration::from_secs(3600);
 
 /// The estimate of `t` in milliseconds ([`DEFAULT_ESTIMATE`] when it has none).
 pub(crate) fn weight_ms(t: &Task) -> u64 {
-    t.estimated_duration.unwrap_or(DEFAULT_ESTIMATE).as_millis() as u64
+    saturating_ms(t.estimated_duration.unwrap_or(DEFAULT_ESTIMATE))
+}
+
+/// `d` in milliseconds, `u64::MAX` for a longer duration (an estimate is user input).
+pub(crate) fn saturating_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Rows of node indexes: an adjacency list.
@@ -257,7 +262,7 @@ pub(crate) fn critical_path(
                 bp = d;
             }
         }
-        dist[v] = best + weight(v);
+        dist[v] = best.saturating_add(weight(v));
         pred[v] = bp;
     }
     let Some(end) = (0..n).max_by(|&a, &b| dist[a].cmp(&dist[b]).then(b.cmp(&a))) else {
@@ -295,7 +300,7 @@ pub(crate) fn downstream(
             .map(|&w| tail[w as usize])
             .max()
             .unwrap_or(0);
-        tail[v] = best + weight(v);
+        tail[v] = best.saturating_add(weight(v));
     }
     tail
 }

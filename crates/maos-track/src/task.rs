@@ -92,7 +92,7 @@ mod opt_ms {
 
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_u64(d.as_millis() as u64),
+            Some(d) => s.serialize_u64(crate::graph::saturating_ms(*d)),
             None => s.serialize_none(),
         }
     }

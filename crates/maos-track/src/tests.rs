@@ -434,3 +434,28 @@ fn a_torn_batch_is_not_applied_even_when_some_of_its_records_are_whole() {
         .collect();
     assert_eq!(ids, [first, next]);
 }
+
+/// Estimates are user input (`--estimate`, or any `Duration`): a chain of huge ones must not
+/// overflow the critical path, the ready order, the report or the Gantt chart.
+#[test]
+fn huge_estimates_saturate_instead_of_overflowing() {
+    let (_d, t) = setup();
+    let huge = Duration::MAX;
+    let a = t
+        .create_task_blocking(&Task::new("a").estimate(huge))
+        .unwrap();
+    let b = t
+        .create_task_blocking(&Task::new("b").estimate(huge).after(a.clone()))
+        .unwrap();
+    t.create_task_blocking(&Task::new("c").estimate(huge).after(b))
+        .unwrap();
+    let (path, total) = t.critical_path_blocking().unwrap();
+    assert!(!path.is_empty());
+    assert_eq!(total, Duration::from_millis(u64::MAX), "saturated");
+    assert_eq!(t.ready_blocking().unwrap()[0].id, a);
+    let tasks = t.list_blocking().unwrap();
+    let r = crate::report(&tasks, maos_core::now_ms());
+    assert_eq!(r.critical_path_ms, u64::MAX);
+    let g = crate::gantt(&tasks, maos_core::now_ms());
+    assert!(g.contains("gantt"), "{g}");
+}

@@ -176,7 +176,7 @@ pub fn report(tasks: &[Task], now: u64) -> ProgressReport {
             .collect(),
         critical_path_ms: total,
         remaining_ms: remaining,
-        eta: (left > 0).then_some(now + remaining),
+        eta: (left > 0).then_some(now.saturating_add(remaining)),
     }
 }
 
@@ -402,7 +402,7 @@ pub fn table(tasks: &[Task]) -> String {
             prio,
             short(t.assigned_to.as_ref().map_or("-", |a| a.as_str()), 16),
             t.estimated_duration
-                .map_or_else(|| "-".into(), |d| human_ms(d.as_millis() as u64)),
+                .map_or_else(|| "-".into(), |d| human_ms(graph::saturating_ms(d))),
             t.dependencies.len(),
             short(&t.name.replace('\n', " "), 60)
         );
