@@ -118,31 +118,54 @@ pub(crate) fn touches(
     let mut out: BTreeMap<String, Vec<Actor>> = BTreeMap::new();
     for oid in walk {
         let commit = repo.find_commit(oid.git("revwalk")?).git("read commit")?;
-        let tree = commit.tree().git("read tree")?;
-        let parent_tree = match commit.parent(0) {
-            Ok(p) => Some(p.tree().git("read tree")?),
-            Err(_) => None,
-        };
-        let diff = repo
-            .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
-            .git("diff")?;
         let actor = actor_of(&commit, branch_agent);
-        for delta in diff.deltas() {
-            for f in [delta.old_file(), delta.new_file()] {
-                let Some(p) = f.path().and_then(|p| p.to_str()) else {
-                    continue;
-                };
-                if only.is_some_and(|o| !o.contains(p)) {
-                    continue;
-                }
-                let list = out.entry(p.to_owned()).or_default();
-                if !list.contains(&actor) {
-                    list.push(actor.clone());
-                }
+        for p in changed_paths(repo, &commit)? {
+            if only.is_some_and(|o| !o.contains(&p)) {
+                continue;
+            }
+            let list = out.entry(p).or_default();
+            if !list.contains(&actor) {
+                list.push(actor.clone());
             }
         }
     }
     Ok(out)
+}
+
+/// The paths `commit` changed: against its parent, or for a root commit against the empty
+/// tree. A merge commit changed only what differs from every parent (a conflict resolution,
+/// an evil merge): what it brings in from one parent is that parent's history's work, not the
+/// merger's (as `git log --cc` shows it). Paths that are not UTF-8 are named lossily rather
+/// than skipped.
+fn changed_paths(repo: &Repository, commit: &Commit<'_>) -> Result<BTreeSet<String>> {
+    let tree = commit.tree().git("read tree")?;
+    let parents: Vec<Commit<'_>> = commit.parents().collect();
+    let diff_paths = |parent: Option<&git2::Tree<'_>>| -> Result<BTreeSet<String>> {
+        let diff = repo
+            .diff_tree_to_tree(parent, Some(&tree), None)
+            .git("diff")?;
+        let mut paths = BTreeSet::new();
+        for delta in diff.deltas() {
+            for f in [delta.old_file(), delta.new_file()] {
+                if let Some(p) = f.path() {
+                    paths.insert(p.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(paths)
+    };
+    let mut changed: Option<BTreeSet<String>> = None;
+    for p in &parents {
+        let paths = diff_paths(Some(&p.tree().git("read tree")?))?;
+        changed = Some(match changed {
+            None => paths,
+            Some(c) => c.intersection(&paths).cloned().collect(),
+        });
+    }
+    match changed {
+        Some(c) => Ok(c),
+        None => diff_paths(None),
+    }
 }
 
 /// Who last changed the lines `range` of `entry` in the history of `tip` since `base`
