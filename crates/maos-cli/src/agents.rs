@@ -1,7 +1,7 @@
 //! `maos agents ...`: the agent registry.
 
 use clap::Subcommand;
-use maos_coordination::core::{DEFAULT_STALE_AFTER, ProcessIdentity};
+use maos_coordination::core::ProcessIdentity;
 use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration};
 use serde::Serialize;
 
@@ -121,7 +121,6 @@ pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
     }
-    let _ = DEFAULT_STALE_AFTER;
     Ok(Exit::Ok)
 }
 
@@ -140,7 +139,10 @@ fn render(rows: &[Row]) -> String {
             "{:<20} {:<12} {:<18} {:>8} {:>10}  {}\n",
             rec.id,
             rec.role.as_ref().map_or("-", |r| r.as_str()),
-            format!("{:?}", r.liveness).to_lowercase(),
+            serde_json::to_value(r.liveness)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             rec.process.pid,
             format!(
                 "{} ago",

@@ -85,9 +85,14 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
     };
     ctx.emit(&st, || {
         let mut s = format!(
-            "workspace  {} (found by {:?})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
+            "workspace  {} ({})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
             st.workspace.display(),
-            st.discovery,
+            match st.discovery {
+                maos_coordination::core::Discovery::Explicit => "from --workspace / MAOS_WORKSPACE",
+                maos_coordination::core::Discovery::Ancestor => "nearest ancestor holding .maos/",
+                maos_coordination::core::Discovery::GitMainWorktree => "root of the main git worktree",
+                maos_coordination::core::Discovery::CurrentDir => "current directory",
+            },
             st.agent,
             st.format,
             if st.network_filesystem { " (network filesystem: single-host only!)" } else { "" },

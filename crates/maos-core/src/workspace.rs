@@ -107,7 +107,8 @@ impl Workspace {
             fsx::create_dir_private(&ws.dir.join(d))?;
         }
         match fsx::write_new(&ws.format_path(), format!("{FORMAT_VERSION}\n").as_bytes()) {
-            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+            Ok(()) => ws.exclude_from_git()?,
+            Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
         ws.check_format()?;
@@ -121,6 +122,35 @@ impl Workspace {
             Err(Error::NotInitialized { .. }) => Self::init(root),
             other => other,
         }
+    }
+
+    /// Keeps `.maos/` out of `git status`: when the root is a git main worktree, adds
+    /// `/.maos/` to `.git/info/exclude` (a local, uncommitted ignore list) unless present.
+    fn exclude_from_git(&self) -> Result<()> {
+        let git = self.root.join(".git");
+        if !is_real_dir(&git) {
+            return Ok(());
+        }
+        let info = git.join("info");
+        let path = info.join("exclude");
+        let old = match fsx::read_bounded(&path, 1 << 20) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.is_not_found() => String::new(),
+            Err(e) => return Err(e),
+        };
+        if old
+            .lines()
+            .any(|l| matches!(l.trim(), "/.maos/" | ".maos/" | ".maos" | "/.maos"))
+        {
+            return Ok(());
+        }
+        fsx::create_dir_private(&info)?;
+        let mut new = old;
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        new.push_str("# maos coordination state (added by `maos init`)\n/.maos/\n");
+        fsx::write_replace(&path, new.as_bytes())
     }
 
     fn format_path(&self) -> PathBuf {
@@ -275,6 +305,18 @@ mod tests {
         for d in LAYOUT_DIRS {
             assert!(ws.maos_dir().join(d).is_dir(), "{d}");
         }
+    }
+
+    #[test]
+    fn init_keeps_maos_out_of_git_status() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/info")).unwrap();
+        std::fs::write(dir.path().join(".git/info/exclude"), "*.swp").unwrap();
+        Workspace::init(dir.path()).unwrap();
+        Workspace::init(dir.path()).unwrap();
+        let exclude = std::fs::read_to_string(dir.path().join(".git/info/exclude")).unwrap();
+        assert!(exclude.starts_with("*.swp\n"), "{exclude}");
+        assert_eq!(exclude.matches("/.maos/").count(), 1, "{exclude}");
     }
 
     #[test]
