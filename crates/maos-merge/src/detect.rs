@@ -1065,14 +1065,19 @@ fn snapshot_in(repo: &Repository) -> Result<Oid> {
     let statuses = repo.statuses(Some(&mut so)).git("status")?;
     let mut changed = 0usize;
     for st in statuses.iter() {
-        let Ok(path) = st.path() else { continue };
-        if path.starts_with(".maos/") {
+        // Bytes, not `path()`: a name that is not UTF-8 is a file like any other.
+        let bytes = st.path_bytes();
+        if bytes.starts_with(b".maos/") {
             continue;
         }
+        let path = {
+            use std::os::unix::ffi::OsStrExt as _;
+            Path::new(std::ffi::OsStr::from_bytes(bytes))
+        };
         let full = workdir.join(path);
         match std::fs::symlink_metadata(&full) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let _ = index.remove_path(Path::new(path));
+                let _ = index.remove_path(path);
                 changed += 1;
             }
             Err(e) => {
@@ -1110,9 +1115,9 @@ fn snapshot_in(repo: &Repository) -> Result<Oid> {
                         gid: 0,
                         file_size: 0,
                         id: oid,
-                        flags: u16::try_from(path.len().min(0xfff)).unwrap_or(0xfff),
+                        flags: u16::try_from(bytes.len().min(0xfff)).unwrap_or(0xfff),
                         flags_extended: 0,
-                        path: path.as_bytes().to_vec(),
+                        path: bytes.to_vec(),
                     })
                     .git("stage snapshot entry")?;
                 changed += 1;
