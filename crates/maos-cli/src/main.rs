@@ -105,7 +105,26 @@ fn init_tracing(verbose: u8, quiet: u8) {
         .init();
 }
 
+/// A reader that closes our stdout early (`maos task list --json | head`) is not an error:
+/// `print!` panics on EPIPE, so end quietly the way Unix tools do, instead of a backtrace.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)

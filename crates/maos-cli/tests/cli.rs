@@ -155,3 +155,39 @@ fn two_git_worktrees_share_one_maos_directory() {
     assert!(canonical.join(".maos/format").exists());
     assert!(!wt1.join(".maos").exists() && !wt2.join(".maos").exists());
 }
+
+#[test]
+fn a_reader_closing_stdout_early_is_not_a_crash() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        let name = format!("agent-{i}");
+        let out = output(
+            maos(dir.path(), &name)
+                .args(["agents", "register", "--pid"])
+                .arg(std::process::id().to_string()),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut child = maos(dir.path(), "x")
+        .args(["agents", "list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then hang up, as `| head -c1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    stdout.read_exact(&mut byte).unwrap();
+    drop(stdout);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
