@@ -260,16 +260,20 @@ impl FileLock {
         let mut w = self.start(purpose)?;
         loop {
             let seen = w.seen();
-            let (back, r) = tokio::task::spawn_blocking(move || {
-                let r = w.step(true);
-                (w, r)
+            // The guard is built on the blocking pool: if this future is dropped while the
+            // step runs and the step grants the lock, dropping the task's output releases it
+            // (a bare `LockInfo` would leave the record held until its lease ends).
+            let stepped = tokio::task::spawn_blocking(move || match w.step(true) {
+                Ok(Some(info)) => Ok(Stepped::Held(w.finish(info))),
+                Ok(None) => Ok(Stepped::Blocked(w)),
+                Err(e) => Err(e),
             })
             .await
-            .map_err(join_err)?;
-            w = back;
-            if let Some(info) = r? {
-                return Ok(w.finish(info));
-            }
+            .map_err(join_err)??;
+            w = match stepped {
+                Stepped::Blocked(w) => w,
+                Stepped::Held(guard) => return Ok(guard),
+            };
             if w.prepare_watch() {
                 continue;
             }
@@ -283,6 +287,12 @@ impl FileLock {
             }
         }
     }
+}
+
+/// The outcome of one step of an async acquisition, built on the blocking pool.
+enum Stepped {
+    Held(LockGuard),
+    Blocked(Waiting),
 }
 
 /// One acquisition in progress. Dropping it withdraws its queue entry.
@@ -1220,6 +1230,36 @@ mod tests {
                 .try_acquire("next")
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn a_dropped_async_acquire_that_was_granted_meanwhile_releases_the_lock() {
+        use std::future::Future as _;
+        let (_d, ws) = ws();
+        // Hold the guard on a descriptor of our own, so the acquisition's step blocks on the
+        // blocking pool until we let it go.
+        let guard = maos_core::fsx::open_lock_file(&ws.locks_dir().join("guard")).unwrap();
+        guard.lock().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        {
+            let _enter = rt.enter();
+            let lock = FileLock::new(&ws, r("cancel")).agent(agent("a"));
+            let mut fut = Box::pin(lock.acquire("then cancelled"));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            drop(fut); // the caller gives up (a timeout, a select)
+        }
+        guard.unlock().unwrap();
+        drop(rt); // waits for the blocking step, which grants the lock
+        let snap = LockTable::open(&ws).unwrap().snapshot().unwrap();
+        assert!(
+            snap.holders.is_empty(),
+            "a lock granted to a dropped acquisition stays held: {:?}",
+            snap.holders
         );
     }
 }
