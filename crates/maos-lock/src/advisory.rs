@@ -236,10 +236,14 @@ impl AdvisoryInterest {
                 return Ok(());
             };
             let now = Instant::now();
-            if now >= start + timeout {
+            if now >= crate::watch::deadline_after(start, timeout) {
                 return Err(self.timeout(first, start));
             }
-            watch.wait_blocking(Signal::Change, seen, (now + FALLBACK).min(start + timeout));
+            watch.wait_blocking(
+                Signal::Change,
+                seen,
+                (now + FALLBACK).min(crate::watch::deadline_after(start, timeout)),
+            );
         }
     }
 
@@ -260,11 +264,15 @@ impl AdvisoryInterest {
             }
             let Some(first) = first else { return Ok(()) };
             let now = Instant::now();
-            if now >= start + timeout {
+            if now >= crate::watch::deadline_after(start, timeout) {
                 return Err(self.timeout(first, start));
             }
             watch
-                .wait_async(Signal::Change, seen, (now + FALLBACK).min(start + timeout))
+                .wait_async(
+                    Signal::Change,
+                    seen,
+                    (now + FALLBACK).min(crate::watch::deadline_after(start, timeout)),
+                )
                 .await;
         }
     }

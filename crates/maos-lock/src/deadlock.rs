@@ -429,7 +429,11 @@ impl DeadlockDetector {
                     if let Err(e) = self.check() {
                         tracing::warn!(error = %e, "deadlock check failed");
                     }
-                    w.wait_blocking(Signal::Change, seen, Instant::now() + interval);
+                    w.wait_blocking(
+                        Signal::Change,
+                        seen,
+                        crate::watch::deadline_after(Instant::now(), interval),
+                    );
                 }
             })
             .map_err(|e| Error::io("spawn thread", self_dir(&shared), e))?;
@@ -464,7 +468,11 @@ impl DeadlockDetector {
                 tracing::warn!(error = %e, "deadlock check failed");
             }
             watch
-                .wait_async(Signal::Change, seen, Instant::now() + interval)
+                .wait_async(
+                    Signal::Change,
+                    seen,
+                    crate::watch::deadline_after(Instant::now(), interval),
+                )
                 .await;
         }
     }

@@ -190,7 +190,7 @@ impl FileLock {
             purpose: purpose.to_owned(),
             ticket: None,
             started,
-            deadline: started + self.wait,
+            deadline: watch::deadline_after(started, self.wait),
             blocker: None,
             blocked_until: None,
             sleeps: 0,
@@ -356,8 +356,8 @@ impl Waiting {
         self.sleeps += 1;
         let mut until = self.deadline.min(now + fallback);
         if let Some(end) = self.blocked_until {
-            let left = Duration::from_millis(end.saturating_sub(now_ms()) + 1);
-            until = until.min(now + left);
+            let left = Duration::from_millis(end.saturating_sub(now_ms()).saturating_add(1));
+            until = until.min(watch::deadline_after(now, left));
         }
         Some(until)
     }
@@ -450,8 +450,8 @@ impl Waiting {
                 process: Some(l.shared.identity.clone()),
                 live: Some(live),
                 acquired_at: now,
-                expires_at: now + self.lock.ttl.as_millis() as u64,
-                ttl_ms: self.lock.ttl.as_millis() as u64,
+                expires_at: now.saturating_add(watch::millis(self.lock.ttl)),
+                ttl_ms: watch::millis(self.lock.ttl),
                 purpose: self.purpose.clone(),
                 metadata: self.lock.metadata.clone(),
                 token,
@@ -714,7 +714,7 @@ fn renew_record(shared: &Shared, info: &LockInfo) -> Result<u64> {
         else {
             return Err(lost_error(&t, info));
         };
-        h.expires_at = now + h.ttl_ms;
+        h.expires_at = now.saturating_add(h.ttl_ms);
         let e = h.expires_at;
         l.save_table(&t)?;
         Ok(e)
@@ -910,7 +910,7 @@ impl LockTable {
             let mut holders = std::mem::take(&mut t.holders);
             for h in &mut holders {
                 if &h.owner == agent && l.holds(h, now) {
-                    h.expires_at = now + h.ttl_ms;
+                    h.expires_at = now.saturating_add(h.ttl_ms);
                     out.push(h.clone());
                 }
             }
@@ -940,9 +940,9 @@ impl LockTable {
             None,
             |h| {
                 if let Some(ttl) = ttl {
-                    h.ttl_ms = ttl.as_millis() as u64;
+                    h.ttl_ms = watch::millis(ttl);
                 }
-                h.expires_at = now + h.ttl_ms;
+                h.expires_at = now.saturating_add(h.ttl_ms);
             },
             false,
         )
@@ -1261,5 +1261,26 @@ mod tests {
             "a lock granted to a dropped acquisition stays held: {:?}",
             snap.holders
         );
+    }
+
+    #[test]
+    fn huge_ttl_and_wait_are_clamped_not_a_panic() {
+        let (_d, ws) = ws();
+        let g = FileLock::new(&ws, r("huge"))
+            .agent(agent("a"))
+            .ttl(Duration::MAX)
+            .wait(Duration::MAX)
+            .acquire_blocking("forever")
+            .unwrap();
+        assert!(g.info().expires_at > now_ms());
+        let mut g2 = g;
+        g2.renew().unwrap();
+        assert!(g2.info().expires_at > now_ms());
+        let renewed = LockTable::open(&ws)
+            .unwrap()
+            .renew(&r("huge"), &agent("a"), Some(Duration::MAX))
+            .unwrap();
+        assert!(renewed[0].expires_at > now_ms());
+        g2.release().unwrap();
     }
 }

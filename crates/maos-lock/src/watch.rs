@@ -26,6 +26,20 @@ pub(crate) const FALLBACK: Duration = Duration::from_secs(1);
 /// Longest sleep without an event when no watch could be set up (backs off from 5 ms).
 const NO_WATCH_MAX: Duration = Duration::from_millis(250);
 
+/// `start + d`, or a point about a century ahead when that is not representable (a caller's
+/// `Duration::MAX` means "wait forever", not a panic).
+pub(crate) fn deadline_after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(start)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Which signal to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
