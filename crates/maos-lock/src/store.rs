@@ -407,6 +407,7 @@ impl Locked<'_> {
     pub(crate) fn load_table(&self) -> Result<(TableState, bool)> {
         let mut best: Option<TableState> = None;
         let mut problems = Vec::new();
+        let mut torn = Vec::new();
         let mut buf = Vec::with_capacity(4096);
         for (i, f) in self.files.slots.iter().enumerate() {
             let path = self.shared.dir.join(TABLE_SLOTS[i]);
@@ -419,12 +420,27 @@ impl Locked<'_> {
                 Some(Err(e)) => problems.push(format!("{}: {e}", path.display())),
                 None if !buf.is_empty() => {
                     tracing::warn!(path = %path.display(), "torn lock table slot ignored (a writer died mid-write)");
+                    torn.push(path.display().to_string());
                 }
                 None => {}
             }
         }
         let mut t = match best {
             Some(t) => t,
+            // Only one write is ever in flight, so at most one slot can be torn: two torn
+            // slots (a power cut losing both, or damage) leave the state unknown. An empty
+            // table would forget live holders (two holders) and restart fencing counters.
+            None if torn.len() == TABLE_SLOTS.len() => {
+                return Err(Error::Corrupt {
+                    path: self.shared.table_path(),
+                    reason: format!(
+                        "both lock table slots are torn ({}): the lock state is unknown; \
+                         once no maos process runs, remove both slots to start an empty \
+                         table (fencing tokens then restart)",
+                        torn.join(", ")
+                    ),
+                });
+            }
             None if problems.is_empty() => TableState::default(),
             None => {
                 return Err(Error::Corrupt {
@@ -694,5 +710,35 @@ mod tests {
         flipped[n - 16] ^= 1;
         assert!(parse_slot(&flipped).is_none());
         assert!(parse_slot(b"").is_none());
+    }
+
+    #[test]
+    fn two_torn_slots_are_a_corruption_error_not_an_empty_table() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let shared = Shared::of(&ws).unwrap();
+        let res = ResourceName::new("r").unwrap();
+        for _ in 0..2 {
+            shared
+                .locked(|l| {
+                    let (mut t, _) = l.load_table()?;
+                    t.issue_token(&res);
+                    l.save_table(&t)
+                })
+                .unwrap();
+        }
+        for slot in TABLE_SLOTS {
+            let p = ws.locks_dir().join(slot);
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+        }
+        // Forgetting the table would forget live holders (two holders) and reset the fencing
+        // counters (tokens going backwards).
+        let err = shared.locked(|l| Ok(l.load_table()?.0)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, .. } if path.ends_with("table.0")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("table.1"), "{err}");
     }
 }
