@@ -29,9 +29,10 @@ pub(crate) enum MergeCommand {
         /// Check every registered agent's branch, pairwise.
         #[arg(long)]
         all: bool,
-        /// Include uncommitted changes of the worktree at DIR as the source (with --all: of
-        /// each agent's registered worktree).
-        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+        /// Include uncommitted changes: of the worktree at DIR (default: the current
+        /// directory) as the source; with --all, of each agent's worktree registered with
+        /// `maos agents register --worktree` (give --worktree without DIR).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = ".")]
         worktree: Option<PathBuf>,
         /// The target for --all.
         #[arg(long = "target", value_name = "BRANCH", requires = "all")]
@@ -104,6 +105,15 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 Some(t) => t,
                 None => default_target(coord.detector())?,
             };
+            if worktree
+                .as_deref()
+                .is_some_and(|w| w != std::path::Path::new("."))
+            {
+                return Err(Failure::error(
+                    Exit::Usage,
+                    "with --all, --worktree takes no DIR: each agent's registered worktree is used",
+                ));
+            }
             check_all(ctx, &coord, &target, worktree.is_some())
         }
         MergeCommand::Check {
@@ -119,15 +129,9 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             };
             let det = coord.detector();
             let rev = match worktree {
-                Some(dir) => {
-                    let dir = if dir.as_os_str().is_empty() {
-                        ws.root().to_path_buf()
-                    } else {
-                        dir
-                    };
-                    det.snapshot_worktree(&dir)
-                        .map_err(|e| fail(e, "snapshotting the worktree"))?
-                }
+                Some(dir) => det
+                    .snapshot_worktree(&dir)
+                    .map_err(|e| fail(e, "snapshotting the worktree"))?,
                 None => source.clone(),
             };
             let mut check = det
@@ -176,9 +180,18 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 )?;
                 return Ok(Exit::Ok);
             }
-            let res = coord
-                .coordinate_resolution_blocking(&prep)
-                .map_err(|e| fail(e, "creating resolution tasks"))?;
+            // Running `resolve` again reuses the open tasks of this pair instead of creating
+            // a second set.
+            let existing = coord
+                .open_resolution(&source, &target)
+                .map_err(|e| fail(e, "looking for open resolution tasks"))?;
+            let reused = existing.is_some();
+            let res = match existing {
+                Some(res) => res,
+                None => coord
+                    .coordinate_resolution_blocking(&prep)
+                    .map_err(|e| fail(e, "creating resolution tasks"))?,
+            };
             #[derive(Serialize)]
             struct Out<'a> {
                 preparation: &'a MergePreparation,
@@ -191,7 +204,15 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 },
                 || {
                     let mut s = prep_text(&prep);
-                    let _ = writeln!(s, "\nresolution tasks:");
+                    let _ = writeln!(
+                        s,
+                        "\nresolution tasks{}:",
+                        if reused {
+                            " (already open, reused)"
+                        } else {
+                            ""
+                        }
+                    );
                     for t in &res.conflict_tasks {
                         let _ = writeln!(
                             s,
@@ -211,7 +232,8 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                     s
                 },
             )?;
-            Ok(Exit::Ok)
+            // Conflicts were found (and handed to resolvers): exit 4, like check and prepare.
+            Ok(Exit::Conflicts)
         }
         MergeCommand::Run { source, target } => {
             let out = coord
@@ -223,13 +245,33 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 _ => Exit::Ok,
             })
         }
-        MergeCommand::Queue(q) => queue(ctx, MergeQueue::new(coord), q),
+        MergeCommand::Queue(q) => {
+            let repo = coord
+                .detector()
+                .repository()
+                .map_err(|e| fail(e, "opening the repository"))?;
+            queue(ctx, MergeQueue::new(coord), q, &repo)
+        }
     }
 }
 
-fn queue(ctx: &Ctx, queue: MergeQueue, cmd: QueueCommand) -> anyhow::Result<Exit> {
+fn queue(
+    ctx: &Ctx,
+    queue: MergeQueue,
+    cmd: QueueCommand,
+    repo: &git2::Repository,
+) -> anyhow::Result<Exit> {
     match cmd {
         QueueCommand::Add { source, target } => {
+            // Refuse what cannot be merged now rather than at `queue run`.
+            for (what, rev) in [("SOURCE", &source), ("TARGET", &target)] {
+                repo.revparse_single(rev).map_err(|e| {
+                    Failure::error(
+                        Exit::Error,
+                        format!("{what} {rev:?} is not a known revision: {}", e.message()),
+                    )
+                })?;
+            }
             let e = queue
                 .add(&source, &target)
                 .map_err(|e| fail(e, "adding to the merge queue"))?;
@@ -268,12 +310,34 @@ fn queue(ctx: &Ctx, queue: MergeQueue, cmd: QueueCommand) -> anyhow::Result<Exit
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;
-            Ok(if run.blocked.is_empty() && run.failed.is_empty() {
+            if !run.failed.is_empty() && run.blocked.is_empty() {
+                let reasons: Vec<String> = run
+                    .entries
+                    .iter()
+                    .filter(|e| run.failed.contains(&e.id))
+                    .map(|e| {
+                        format!(
+                            "#{} {} into {}: {}",
+                            e.id,
+                            e.source,
+                            e.target,
+                            e.error.as_deref().unwrap_or("unknown error")
+                        )
+                    })
+                    .collect();
+                return Err(Failure::error(
+                    Exit::Error,
+                    format!(
+                        "{} queue entry(ies) failed: {}",
+                        run.failed.len(),
+                        reasons.join("; ")
+                    ),
+                ));
+            }
+            Ok(if run.blocked.is_empty() {
                 Exit::Ok
-            } else if !run.blocked.is_empty() {
-                Exit::Conflicts
             } else {
-                Exit::Error
+                Exit::Conflicts
             })
         }
         QueueCommand::Remove { id } => {

@@ -38,9 +38,10 @@ pub(crate) enum TaskCommand {
     },
     /// List tasks.
     List {
-        /// Only tasks with this status.
-        #[arg(long, value_name = "STATUS")]
-        status: Option<String>,
+        /// Only tasks with this status (pending, blocked, in_progress, review, completed,
+        /// failed).
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<TaskStatus>,
     },
     /// Show one task.
     Show {
@@ -212,7 +213,6 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             ctx.emit(&t, || id.to_string())?;
         }
         TaskCommand::List { status } => {
-            let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
             let tasks: Vec<Task> = tracker
                 .list_blocking()?
                 .into_iter()
@@ -243,6 +243,10 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         TaskCommand::Claim => match tracker.claim_blocking(&ctx.agent)? {
             Some(t) => ctx.emit(&t, || one_line(&t))?,
             None => {
+                // Scripts reading JSON get a document either way: `null` means nothing.
+                if ctx.json {
+                    println!("null");
+                }
                 return Err(exit::Failure::error(
                     Exit::Busy,
                     "no task is ready to be claimed",
@@ -291,7 +295,8 @@ fn transition(
     u.note = tr.note;
     u.expected_revision = tr.revision;
     if let (Some(resource), Some(token)) = (tr.fence, tr.token) {
-        let resource = ResourceName::new(&resource).context("--fence")?;
+        let resource =
+            ResourceName::in_workspace(tracker.workspace().root(), &resource).context("--fence")?;
         u = u.fenced(resource, track::FencingToken(token));
     }
     let t = tracker.update_blocking(&id, &u)?;
@@ -331,17 +336,34 @@ fn watch(
             if until_done && left == 0 {
                 return Ok(Exit::Ok);
             }
-            let wait = match deadline {
-                Some(d) => {
-                    let now = tokio::time::Instant::now();
-                    if now >= d {
-                        return Ok(Exit::Busy);
+            // Wait for the next change; a timeout ends the watch (exit 3) without another,
+            // unchanged refresh.
+            let seen = w.seen();
+            loop {
+                let wait = match deadline {
+                    Some(d) => {
+                        let now = tokio::time::Instant::now();
+                        if now >= d {
+                            return Err(exit::Failure::error(
+                                Exit::Busy,
+                                format!(
+                                    "watch timed out after {} with {left} task(s) not completed",
+                                    duration::format(timeout.unwrap_or_default())
+                                ),
+                            ));
+                        }
+                        d - now
                     }
-                    d - now
+                    None => Duration::from_secs(3600),
+                };
+                if w.changed(wait).await? != seen {
+                    break;
                 }
-                None => Duration::from_secs(3600),
-            };
-            w.changed(wait).await?;
+            }
         }
     })
+}
+
+fn parse_status(s: &str) -> Result<TaskStatus, String> {
+    s.parse::<TaskStatus>().map_err(|e| e.to_string())
 }

@@ -105,12 +105,22 @@ fn prepare_resolve_run_and_queue() {
         "m",
         &["--json", "merge", "resolve", "source", "main"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Conflicts were found (and handed to resolvers): exit 4, like check and prepare.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let task = v["resolution"]["conflict_tasks"][0]["task"]
         .as_str()
         .unwrap()
         .to_owned();
+    // Resolving again reuses the open tasks instead of creating a second set.
+    let again = maos(
+        r.path(),
+        "m",
+        &["--json", "merge", "resolve", "source", "main"],
+    );
+    assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+    let v2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v2["resolution"]["conflict_tasks"][0]["task"], task.as_str());
     let out = maos(r.path(), "m", &["--json", "task", "show", &task]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("api.rs"), "{}", stdout(&out));
