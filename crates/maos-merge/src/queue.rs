@@ -157,6 +157,7 @@ impl MergeQueue {
         let span = tracing::info_span!("queue_add", source, target);
         let _enter = span.enter();
         let agent = self.coord.agent().clone();
+        let path = self.file();
         self.with_state(|st| {
             if let Some(e) = st
                 .entries
@@ -180,7 +181,13 @@ impl MergeQueue {
                 resolution: None,
                 error: None,
             };
-            st.next_id += 1;
+            st.next_id = st.next_id.checked_add(1).ok_or_else(|| Error::Core {
+                context: "add to the merge queue".into(),
+                source: maos_core::Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("next_id {} cannot grow", st.next_id),
+                },
+            })?;
             st.entries.push(e.clone());
             Ok((e, true))
         })
@@ -280,7 +287,7 @@ impl MergeQueue {
         let span = tracing::info_span!("queue_entry", id = entry.id, source = %entry.source,
             target = %entry.target);
         let _enter = span.enter();
-        entry.attempts += 1;
+        entry.attempts = entry.attempts.saturating_add(1);
         let mut outcome = self.coord.merge_blocking(&entry.source, &entry.target);
         if matches!(outcome, Err(Error::ConcurrentUpdate { .. })) {
             tracing::debug!("target moved concurrently; re-checking once");
