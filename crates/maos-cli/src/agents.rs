@@ -19,6 +19,10 @@ pub(crate) enum AgentsCommand {
         /// The git branch it works on.
         #[arg(long)]
         branch: Option<String>,
+        /// Its git worktree, if not the workspace root (`maos merge check --all --worktree`
+        /// then includes its uncommitted changes).
+        #[arg(long, value_name = "DIR")]
+        worktree: Option<std::path::PathBuf>,
         /// The pid of the process that represents the agent (default: the parent of this
         /// command, i.e. the agent's shell).
         #[arg(long)]
@@ -50,13 +54,24 @@ pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
     let ws = ctx.workspace()?;
     let reg = AgentRegistry::new(&ws);
     match cmd {
-        AgentsCommand::Register { role, branch, pid } => {
+        AgentsCommand::Register {
+            role,
+            branch,
+            worktree,
+            pid,
+        } => {
             let mut r = Registration::new(ctx.agent.clone());
             if let Some(role) = role {
                 r = r.role(AgentRole::new(role)?);
             }
             if let Some(b) = branch {
                 r = r.branch(b);
+            }
+            if let Some(w) = worktree {
+                let w = std::path::absolute(&w)
+                    .map_err(|e| anyhow::anyhow!("--worktree {}: {e}", w.display()))?;
+                anyhow::ensure!(w.is_dir(), "--worktree {}: not a directory", w.display());
+                r.worktree = Some(w);
             }
             let process = match pid {
                 Some(pid) => ProcessIdentity::of(pid)
