@@ -194,7 +194,7 @@ static LIVE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn lock_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the mutex leaves no broken invariant in the guarded value (the
-    // kernel lock is released by the panicking thread's Flock drop), so recover it.
+    // kernel lock is released on unwind by `UnlockOnUnwind`), so recover it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -251,6 +251,9 @@ impl Shared {
             .guard
             .lock()
             .map_err(|e| Error::io("lock", self.dir.join(GUARD), e))?;
+        // Unlocks on unwind: a panic under the guard must not leave the table-wide kernel
+        // lock held for the rest of this process's life (every other process would hang).
+        let mut held = UnlockOnUnwind(Some(&files.guard));
         let mut l = Locked {
             shared: self,
             files,
@@ -258,8 +261,10 @@ impl Shared {
             alive_cache: HashMap::new(),
         };
         let r = f(&mut l);
+        held.0 = None;
         let unlocked = files.guard.unlock();
         drop(l);
+        drop(held);
         drop(slot);
         let r = r?;
         unlocked.map_err(|e| Error::io("unlock", self.dir.join(GUARD), e))?;
@@ -298,6 +303,17 @@ impl Shared {
     /// The liveness file handle of this process, if created.
     pub(crate) fn live_file(&self) -> Option<&File> {
         self.live.get().map(|(_, f)| f)
+    }
+}
+
+/// Unlocks the guard when dropped while still armed (only on unwind).
+struct UnlockOnUnwind<'a>(Option<&'a File>);
+
+impl Drop for UnlockOnUnwind<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            let _ = f.unlock();
+        }
     }
 }
 
@@ -740,5 +756,22 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("table.1"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_under_the_guard_releases_the_kernel_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let shared = Shared::of(&ws).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.locked(|_| -> Result<()> { panic!("a bug while holding the guard") })
+        }));
+        assert!(r.is_err());
+        // Another process (here: another open file description) must not hang forever.
+        let other = fsx::open_lock_file(&ws.locks_dir().join(GUARD)).unwrap();
+        assert!(
+            other.try_lock().is_ok(),
+            "the table-wide guard stays locked after a panic under it"
+        );
     }
 }
