@@ -144,6 +144,7 @@ impl AdvisoryLock {
         priority: Priority,
     ) -> Result<AdvisoryInterest> {
         let _span = tracing::info_span!("advisory_request", resource = %resource).entered();
+        crate::store::check_record_text(&resource, purpose, &Default::default())?;
         let agent = match &self.agent {
             Some(a) => a.clone(),
             None => AgentId::current()?,

@@ -155,6 +155,19 @@ pub enum Error {
         purpose: String,
     },
 
+    /// A record's text (purpose, metadata) or the whole lock state is larger than allowed.
+    #[error("{what} for {resource} is too large: {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// The resource of the record.
+        resource: ResourceName,
+        /// Which part (`purpose`, `metadata`, `lock table`).
+        what: &'static str,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// A broadcast on the `deadlock` topic failed.
     #[error("cannot broadcast on the deadlock topic")]
     Broadcast(#[source] maos_comm::Error),

@@ -178,6 +178,7 @@ impl FileLock {
     }
 
     fn start(&self, purpose: &str) -> Result<Waiting> {
+        crate::store::check_record_text(&self.resource, purpose, &self.metadata)?;
         let agent = match &self.agent {
             Some(a) => a.clone(),
             None => AgentId::current()?,
@@ -1282,5 +1283,39 @@ mod tests {
             .unwrap();
         assert!(renewed[0].expires_at > now_ms());
         g2.release().unwrap();
+    }
+
+    #[test]
+    fn an_oversized_purpose_or_metadata_is_refused_and_the_table_keeps_working() {
+        let (_d, ws) = ws();
+        let huge = "x".repeat(crate::store::RECORD_TEXT_LIMIT + 1);
+        let err = FileLock::new(&ws, r("big"))
+            .agent(agent("a"))
+            .try_acquire(&huge)
+            .expect_err("a purpose larger than the limit is an error");
+        assert!(
+            matches!(&err, Error::TooLarge { resource, what, .. } if resource.as_str() == "big" && *what == "purpose"),
+            "{err}"
+        );
+        let err = FileLock::new(&ws, r("big"))
+            .agent(agent("a"))
+            .metadata("k", huge.clone())
+            .try_acquire("ok")
+            .expect_err("metadata larger than the limit is an error");
+        assert!(
+            matches!(&err, Error::TooLarge { what, .. } if *what == "metadata"),
+            "{err}"
+        );
+        let err = crate::AdvisoryLock::new(&ws)
+            .agent(agent("a"))
+            .request(r("big"), &huge, maos_core::Priority::Normal)
+            .expect_err("an advisory purpose larger than the limit is an error");
+        assert!(matches!(&err, Error::TooLarge { .. }), "{err}");
+        assert!(
+            FileLock::new(&ws, r("small"))
+                .try_acquire("fine")
+                .unwrap()
+                .is_some()
+        );
     }
 }

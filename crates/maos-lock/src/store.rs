@@ -45,10 +45,34 @@ pub(crate) const WAKE_DIR: &str = "wake";
 pub(crate) const STATE_VERSION: u32 = 1;
 /// Largest state file a reader accepts.
 const STATE_LIMIT: u64 = 64 << 20;
+/// Largest purpose, and largest metadata (keys and values together), of one record, in
+/// bytes: every record is rewritten with the whole table on every change, and a table above
+/// [`STATE_LIMIT`] would be unreadable for every process.
+pub(crate) const RECORD_TEXT_LIMIT: usize = 64 << 10;
 /// How far every fencing counter jumps after a reboot (the table is not fsynced on every
 /// change, so a power cut can lose its newest updates; fewer than this many tokens can be
 /// issued between two commits of the file system journal).
 pub(crate) const REBOOT_TOKEN_JUMP: u64 = 1 << 32;
+
+/// Refuses a record whose purpose or metadata exceeds [`RECORD_TEXT_LIMIT`].
+pub(crate) fn check_record_text(
+    resource: &ResourceName,
+    purpose: &str,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let meta: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    for (what, size) in [("purpose", purpose.len()), ("metadata", meta)] {
+        if size > RECORD_TEXT_LIMIT {
+            return Err(Error::TooLarge {
+                resource: resource.clone(),
+                what,
+                size: size as u64,
+                limit: RECORD_TEXT_LIMIT as u64,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Shared or exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -507,6 +531,16 @@ impl Locked<'_> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        if body.len() as u64 + 32 > STATE_LIMIT {
+            // Writing it would make the table unreadable for every process.
+            return Err(Error::io(
+                "write",
+                &path,
+                std::io::Error::other(format!(
+                    "lock table would exceed {STATE_LIMIT} bytes; change refused"
+                )),
+            ));
+        }
         let mut bytes = format!("{:08x} {}\n", crc32fast::hash(&body), body.len()).into_bytes();
         bytes.extend_from_slice(&body);
         bytes.push(b'\n');
