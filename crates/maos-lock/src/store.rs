@@ -367,7 +367,7 @@ fn parse_slot(bytes: &[u8]) -> Option<std::result::Result<TableState, String>> {
     let (crc, len) = head.split_once(' ')?;
     let crc = u32::from_str_radix(crc, 16).ok()?;
     let len: usize = len.parse().ok()?;
-    let body = bytes.get(nl + 1..nl + 1 + len)?;
+    let body = bytes.get(nl + 1..(nl + 1).checked_add(len)?)?;
     if crc32fast::hash(body) != crc {
         return None;
     }
@@ -513,6 +513,24 @@ impl Locked<'_> {
             }
             t.boot_id = boot.to_owned();
             dirty = true;
+        }
+        // No honest table comes near 2^63 (one increment per change, 2^32 per reboot): such
+        // a counter is damage, and incrementing it could wrap a fencing token to zero.
+        const COUNTER_LIMIT: u64 = 1 << 63;
+        let huge = [("generation", t.generation), ("next_ticket", t.next_ticket)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(
+                t.tokens
+                    .iter()
+                    .map(|(r, &v)| (format!("fencing counter of {r}"), v)),
+            )
+            .find(|(_, v)| *v >= COUNTER_LIMIT);
+        if let Some((what, v)) = huge {
+            return Err(Error::Corrupt {
+                path: self.shared.table_path(),
+                reason: format!("{what} is {v}, beyond any reachable value"),
+            });
         }
         Ok((t, dirty))
     }
@@ -807,5 +825,35 @@ mod tests {
             other.try_lock().is_ok(),
             "the table-wide guard stays locked after a panic under it"
         );
+    }
+
+    #[test]
+    fn hostile_slot_headers_and_counters_are_errors_not_panics() {
+        // A length that overflows the offset arithmetic is a torn (ignored) slot.
+        assert!(parse_slot(b"deadbeef 18446744073709551615\n{}").is_none());
+        // Counters at their maximum cannot be incremented: a clear error naming the table,
+        // never a panic or a token that wraps to zero.
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let body = format!(
+            r#"{{"version":1,"generation":{},"boot_id":"{}","next_ticket":{},"tokens":{{"r":{}}}}}"#,
+            u64::MAX,
+            boot_id(),
+            u64::MAX,
+            u64::MAX
+        );
+        let mut bytes =
+            format!("{:08x} {}\n", crc32fast::hash(body.as_bytes()), body.len()).into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        std::fs::write(ws.locks_dir().join(TABLE_SLOTS[1]), &bytes).unwrap();
+        let r = std::panic::catch_unwind(|| {
+            crate::FileLock::new(&ws, ResourceName::new("r").unwrap())
+                .agent(maos_core::AgentId::new("a").unwrap())
+                .try_acquire("p")
+                .map(|g| g.map(|g| g.token()))
+        });
+        let r = r.expect("no panic on a hostile table");
+        let err = r.expect_err("no lock granted from exhausted counters");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 }
