@@ -376,6 +376,17 @@ impl DeadlockDetector {
         let shared = Shared::of(&self.ws)?;
         shared.locked(|l| {
             let (mut t, _) = l.load_table()?;
+            // The table may have changed since detection (a holder released, a waiter gave
+            // up): abort only a wait that is still the victim of a cycle now.
+            l.reap_all(&mut t);
+            let still = WaitForGraph::from_table(&t)
+                .deadlocks()
+                .iter()
+                .any(|c| c.victim_ticket == d.victim_ticket);
+            if !still {
+                tracing::debug!(ticket = d.victim_ticket, "the cycle resolved itself before its resolution");
+                return Ok(false);
+            }
             let Some(w) = t.waiters.iter_mut().find(|w| w.ticket == d.victim_ticket) else {
                 return Ok(false);
             };
@@ -540,5 +551,57 @@ mod tests {
         g.add(edge("a", "b", 1));
         g.add(edge("b", "c", 2));
         assert!(g.deadlocks().is_empty());
+    }
+
+    #[test]
+    fn a_cycle_that_resolved_itself_meanwhile_aborts_nobody() {
+        use crate::store::{LockMode, WaiterInfo};
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let r = |s: &str| ResourceName::new(s).unwrap();
+        let gx = crate::FileLock::new(&ws, r("x"))
+            .agent(a("a"))
+            .try_acquire("x")
+            .unwrap()
+            .unwrap();
+        let _gy = crate::FileLock::new(&ws, r("y"))
+            .agent(a("b"))
+            .try_acquire("y")
+            .unwrap()
+            .unwrap();
+        // a waits for y, b waits for x (queue entries of agent-level waits).
+        Shared::of(&ws)
+            .unwrap()
+            .locked(|l| {
+                let (mut t, _) = l.load_table()?;
+                for (agent, res) in [("a", "y"), ("b", "x")] {
+                    let ticket = t.take_ticket();
+                    t.waiters.push(WaiterInfo {
+                        ticket,
+                        resource: r(res),
+                        mode: LockMode::Exclusive,
+                        agent: a(agent),
+                        process: None,
+                        live: None,
+                        since: now_ms(),
+                        purpose: String::new(),
+                        aborted: None,
+                    });
+                }
+                l.save_table(&t)
+            })
+            .unwrap();
+        let det = DeadlockDetector::new(&ws).broadcast(false).resolve(true);
+        let found = det.detect().unwrap();
+        assert_eq!(found.len(), 1);
+        // Before the resolution runs, a's lock on x is released: no cycle any more.
+        gx.release().unwrap();
+        assert!(!det.abort(&found[0]).unwrap());
+        let snap = crate::LockTable::open(&ws).unwrap().snapshot().unwrap();
+        assert!(
+            snap.waiters.iter().all(|w| w.aborted.is_none()),
+            "a wait was aborted although its cycle no longer exists: {:?}",
+            snap.waiters
+        );
     }
 }
