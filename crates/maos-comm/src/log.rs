@@ -27,6 +27,21 @@ pub(crate) const SEGMENT_EXT: &str = ".jsonl";
 const READ_CHUNK: usize = 4 << 20;
 /// The longest line a reader accepts as a record; longer ones are corrupt.
 const MAX_LINE: usize = 256 << 20;
+/// How often a reader starts a segment over because a writer changed its tail meanwhile (a
+/// torn-tail repair) before it gives up with the error.
+const MAX_RETRIES: u32 = 1000;
+
+/// How reading one segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegRead {
+    /// `max` records were collected.
+    Full,
+    /// Every complete record is read.
+    End,
+    /// The bytes changed under the reader (a writer repaired a torn tail, and possibly
+    /// appended in its place): read again from the cursor, which is at a record boundary.
+    Changed,
+}
 
 /// Where a reader stands in a channel: the last position it has consumed, and where the next
 /// record starts (`segment`, `offset`) so that reading on costs nothing for the history.
@@ -414,6 +429,8 @@ impl Log {
 
     /// Finds the end of the last complete record and the last valid position of a segment.
     fn scan_tail(&self, file: &File, path: &Path, size: u64, first: u64) -> Result<(u64, u64)> {
+        let mut size = size;
+        let mut shrinks = 0;
         if size == 0 {
             return Ok((0, first - 1));
         }
@@ -421,8 +438,23 @@ impl Log {
         loop {
             let base = size - chunk;
             let mut buf = vec![0u8; chunk as usize];
-            file.read_exact_at(&mut buf, base)
-                .map_err(|e| self.io("read", path, e))?;
+            match file.read_exact_at(&mut buf, base) {
+                Ok(()) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && shrinks < MAX_RETRIES =>
+                {
+                    // A writer repaired a torn tail since we measured (we are a reader, not
+                    // under the lock): measure again.
+                    shrinks += 1;
+                    size = file.metadata().map_err(|e| self.io("stat", path, e))?.len();
+                    if size == 0 {
+                        return Ok((0, first - 1));
+                    }
+                    chunk = (64u64 << 10).min(size);
+                    continue;
+                }
+                Err(e) => return Err(self.io("read", path, e)),
+            }
             let Some(nl) = buf.iter().rposition(|&b| b == b'\n') else {
                 if base == 0 {
                     return Ok((0, first - 1)); // no complete record at all
@@ -547,6 +579,7 @@ impl Log {
         }
         let mut sealed = false;
         let mut relocations = 0;
+        let mut changes = 0;
         loop {
             let path = self.segment_path(cur.segment);
             let file = match fsx::open_read(&path) {
@@ -570,9 +603,20 @@ impl Log {
                 // records up to `position` are skipped.
                 cur.offset = 0;
             }
-            let full = self.read_segment(&file, &path, size, &mut cur, max, &mut out)?;
-            if full {
-                break;
+            match self.read_segment(&file, &path, size, &mut cur, max, &mut out)? {
+                SegRead::Full => break,
+                SegRead::Changed if changes < MAX_RETRIES => {
+                    changes += 1;
+                    continue;
+                }
+                SegRead::Changed => {
+                    return Err(self.io(
+                        "read",
+                        &path,
+                        std::io::Error::other("the segment keeps changing under the reader"),
+                    ));
+                }
+                SegRead::End => {}
             }
             // All complete records of this segment are read. Is there a next segment?
             let listing = self.list(&mut out.problems)?;
@@ -606,8 +650,7 @@ impl Log {
         Ok(out)
     }
 
-    /// Reads the complete records of one segment after `cur`; returns true when `max` records
-    /// were collected.
+    /// Reads the complete records of one segment after `cur`.
     fn read_segment(
         &self,
         file: &File,
@@ -616,13 +659,19 @@ impl Log {
         cur: &mut Cursor,
         max: usize,
         out: &mut RawBatch,
-    ) -> Result<bool> {
+    ) -> Result<SegRead> {
         let mut chunk = READ_CHUNK;
         while cur.offset < size {
             let n = ((size - cur.offset) as usize).min(chunk);
             let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, cur.offset)
-                .map_err(|e| self.io("read", path, e))?;
+            match file.read_exact_at(&mut buf, cur.offset) {
+                Ok(()) => {}
+                // The file shrank since we measured it: a writer repaired a torn tail.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(SegRead::Changed);
+                }
+                Err(e) => return Err(self.io("read", path, e)),
+            }
             let mut pos = 0;
             while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
                 let line = &buf[pos..pos + i];
@@ -633,6 +682,11 @@ impl Log {
                         cur.position = p.seq;
                     }
                     Ok(_) => {}
+                    Err(_) if !self.confirm_corrupt(file, offset, line) => {
+                        // We saw torn bytes being replaced by a new record: not corrupt.
+                        cur.offset = offset;
+                        return Ok(SegRead::Changed);
+                    }
                     Err(reason) => {
                         let q = self.quarantine_bytes(cur.segment, offset, "bad", line);
                         tracing::warn!(channel = %self.channel, path = %path.display(), offset,
@@ -649,12 +703,12 @@ impl Log {
                 pos += i + 1;
                 if out.records.len() >= max {
                     cur.offset += pos as u64;
-                    return Ok(true);
+                    return Ok(SegRead::Full);
                 }
             }
             if pos == 0 {
                 if n < chunk {
-                    return Ok(false); // an incomplete record at the tail: not ours yet
+                    return Ok(SegRead::End); // an incomplete record at the tail: not ours yet
                 }
                 if chunk >= MAX_LINE {
                     // A line longer than any record can be: skip to its end.
@@ -669,7 +723,7 @@ impl Log {
                     });
                     match skip {
                         Some(end) => cur.offset = end,
-                        None => return Ok(false),
+                        None => return Ok(SegRead::End),
                     }
                     chunk = READ_CHUNK;
                     continue;
@@ -679,7 +733,27 @@ impl Log {
             }
             cur.offset += pos as u64;
         }
-        Ok(false)
+        Ok(SegRead::End)
+    }
+
+    /// Whether the invalid line `line` at `offset` is really corrupt: true when it is still
+    /// there, byte for byte, while no writer is inside its critical section (we hold the
+    /// writers' lock shared). A reader that measured the segment while it ended with a torn
+    /// tail may have read bytes that a writer was replacing (repair, then append): those are
+    /// not a corrupt record, and the record now there must not be skipped.
+    fn confirm_corrupt(&self, file: &File, offset: u64, line: &[u8]) -> bool {
+        let Ok(lock) = fsx::open_lock_file(&self.dir.join(LOCK_FILE)) else {
+            return true; // cannot synchronise with writers: report what we saw
+        };
+        if lock.lock_shared().is_err() {
+            return true;
+        }
+        let mut now = vec![0u8; line.len() + 1];
+        let same = file.read_exact_at(&mut now, offset).is_ok()
+            && now[..line.len()] == *line
+            && now[line.len()] == b'\n';
+        let _ = lock.unlock();
+        same
     }
 
     fn skip_line(
@@ -846,6 +920,60 @@ mod tests {
         let b2 = l.read(b.cursor, 10).unwrap();
         assert_eq!(b2.records, vec![(2, b"{\"n\":2}".to_vec())]);
         assert!(l.quarantine_dir().read_dir().unwrap().count() == 1);
+    }
+
+    /// A writer repairing a torn tail (truncating it) while a reader is between its look at
+    /// the segment's size and its read must neither fail the reader nor make it skip a
+    /// record as corrupt.
+    #[test]
+    fn readers_racing_a_torn_tail_repair_neither_fail_nor_lose_records() {
+        let (_d, l) = log();
+        let msg: &[u8] = b"{\"n\":1}";
+        l.append(&[msg], 1 << 30).unwrap();
+        let mut rec = Vec::new();
+        record::encode(2, msg, &mut rec);
+        let rounds = 1000u64;
+        let dir = l.dir.clone();
+        let seg = l.segment_path(1);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..rounds {
+                    // A killed writer's leftovers, longer or exactly as long as the next
+                    // record, then the next writer (another process) repairs and appends.
+                    let torn = if i % 2 == 0 {
+                        rec.len() + 300
+                    } else {
+                        rec.len()
+                    };
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+                    f.write_all(&vec![b'x'; torn]).unwrap();
+                    drop(f);
+                    Log::new("t".into(), dir.clone())
+                        .append(&[msg], 1 << 30)
+                        .unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut cur = Cursor::start();
+            let mut seen = 0u64;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let b = l
+                    .read(cur, 1_000_000)
+                    .expect("a reader never fails on a repair");
+                assert!(b.problems.is_empty(), "{:?}", b.problems);
+                for (i, r) in b.records.iter().enumerate() {
+                    assert_eq!(r.0, cur.position + 1 + i as u64);
+                }
+                seen += b.records.len() as u64;
+                cur = b.cursor;
+                if finished && b.records.is_empty() {
+                    break;
+                }
+            }
+            assert_eq!(seen, rounds + 1);
+        });
     }
 
     #[test]
