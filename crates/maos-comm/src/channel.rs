@@ -542,10 +542,39 @@ impl Consumer {
         if let Some(dir) = self.path.parent() {
             fsx::create_dir_private(dir).map_err(|e| Error::core(ch.clone(), e))?;
         }
-        fsx::write_json_replace(&self.path, &cursor).map_err(|e| Error::core(ch, e))?;
+        // Read-compare-replace under the channel's lock, so that another handle of the same
+        // consumer (another process, a stale one) cannot move the stored cursor backwards.
+        let lock_path = self.channel.inner.log.dir.join(crate::log::LOCK_FILE);
+        let lock = fsx::open_lock_file(&lock_path).map_err(|e| Error::core(ch.clone(), e))?;
+        lock.lock()
+            .map_err(|e| Error::io(ch.clone(), "lock", &lock_path, e))?;
+        let res = (|| {
+            let stored = match fsx::read_json::<Cursor>(&self.path, 4096) {
+                Ok(c) => Some(c),
+                Err(e) if e.is_not_found() => None,
+                Err(maos_core::Error::Corrupt { path, reason }) => {
+                    return Err(Error::CorruptState {
+                        channel: ch.clone(),
+                        path,
+                        reason,
+                    });
+                }
+                Err(e) => return Err(Error::core(ch.clone(), e)),
+            };
+            match stored {
+                Some(s) if s.position > cursor.position => Ok(s),
+                _ => {
+                    fsx::write_json_replace(&self.path, &cursor)
+                        .map_err(|e| Error::core(ch.clone(), e))?;
+                    Ok(cursor)
+                }
+            }
+        })();
+        let _ = lock.unlock();
+        let now = res?;
         tracing::debug!(channel = %self.channel.inner.name, consumer = %self.name,
-            position = cursor.position, "acknowledged");
-        self.cursor = cursor;
+            position = now.position, "acknowledged");
+        self.cursor = now;
         Ok(())
     }
 }
@@ -649,6 +678,34 @@ mod tests {
         c.ack(b.cursor).unwrap();
         let c4 = ch.consumer(name, Filter::Everything).unwrap();
         assert!(c4.receive_blocking::<i32>().unwrap().messages.is_empty());
+    }
+
+    /// protocol-comm.md: "A stored cursor never moves backwards", also when two handles (two
+    /// processes, or a restarted agent beside a stale one) acknowledge under one name.
+    #[test]
+    fn a_stale_consumer_handle_never_moves_the_stored_cursor_backwards() {
+        let (_d, ws) = ws();
+        let ch = FileChannel::open(&ws, ChannelName::new("jobs").unwrap()).unwrap();
+        for i in 0..5 {
+            ch.send_blocking(&Message::new(agent("a"), Recipients::All, i))
+                .unwrap();
+        }
+        let name = Name::new("worker").unwrap();
+        let mut fresh = ch.consumer(name.clone(), Filter::Everything).unwrap();
+        let mut stale = ch.consumer(name.clone(), Filter::Everything).unwrap();
+        let b = fresh.receive_blocking::<i32>().unwrap();
+        fresh.ack(b.cursor).unwrap();
+        stale.ack(Cursor::after(2)).unwrap();
+        let reopened = ch.consumer(name, Filter::Everything).unwrap();
+        assert_eq!(reopened.cursor().position, 5);
+        assert!(
+            reopened
+                .receive_blocking::<i32>()
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert_eq!(stale.cursor().position, 5, "the stale handle catches up");
     }
 
     #[test]
