@@ -186,7 +186,7 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 Some(r) => table
                     .renew(&resource(ctx, &r)?, &ctx.agent, ttl)
                     .map_err(lock_failure)?,
-                None => table.renew_all(&ctx.agent)?,
+                None => table.renew_all_ttl(&ctx.agent, ttl)?,
             };
             ctx.emit(&done, || {
                 if done.is_empty() {
@@ -390,5 +390,42 @@ pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Ex
                 Exit::Deadlock
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renew_without_a_resource_applies_the_given_ttl() {
+        let dir = std::env::temp_dir().join(format!(
+            "maos-lock-review-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = Ctx::new(Some(&dir), Some("agent-a"), true).unwrap();
+        let acquire = LockCommand::Acquire {
+            resource: "f.txt".into(),
+            ttl: Duration::from_secs(60),
+            wait: Duration::ZERO,
+            purpose: String::new(),
+            shared: false,
+        };
+        run(acquire, &ctx).unwrap();
+        let renew = LockCommand::Renew {
+            resource: None,
+            ttl: Some(Duration::from_secs(3600)),
+        };
+        run(renew, &ctx).unwrap();
+        let ws = ctx.workspace().unwrap();
+        let snap = LockTable::open(&ws).unwrap().snapshot().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(snap.holders.len(), 1);
+        assert_eq!(
+            snap.holders[0].ttl_ms, 3_600_000,
+            "`maos lock renew --ttl 1h` (the agent heartbeat) ignored --ttl"
+        );
     }
 }

@@ -903,6 +903,12 @@ impl LockTable {
     /// Renews every lock `agent` still holds by its lease length: the agent's heartbeat for
     /// leases it holds without a process (`maos lock renew` without a resource).
     pub fn renew_all(&self, agent: &AgentId) -> Result<Vec<LockInfo>> {
+        self.renew_all_ttl(agent, None)
+    }
+
+    /// [`LockTable::renew_all`], setting every renewed lock's lease length to `ttl` first
+    /// when given (`maos lock renew --ttl` without a resource).
+    pub fn renew_all_ttl(&self, agent: &AgentId, ttl: Option<Duration>) -> Result<Vec<LockInfo>> {
         let _span = tracing::info_span!("renew_all", agent = %agent).entered();
         self.shared.locked(|l| {
             let (mut t, _) = l.load_table()?;
@@ -911,6 +917,9 @@ impl LockTable {
             let mut holders = std::mem::take(&mut t.holders);
             for h in &mut holders {
                 if &h.owner == agent && l.holds(h, now) {
+                    if let Some(ttl) = ttl {
+                        h.ttl_ms = watch::millis(ttl).max(1);
+                    }
                     h.expires_at = now.saturating_add(h.ttl_ms);
                     out.push(h.clone());
                 }
@@ -941,7 +950,7 @@ impl LockTable {
             None,
             |h| {
                 if let Some(ttl) = ttl {
-                    h.ttl_ms = watch::millis(ttl);
+                    h.ttl_ms = watch::millis(ttl).max(1);
                 }
                 h.expires_at = now.saturating_add(h.ttl_ms);
             },
