@@ -309,16 +309,33 @@ impl Subscription {
                     return Ok(t);
                 }
             }
-            // Fill on a blocking thread: move the state out and back.
-            let mut this = SubState::take(self);
-            let (this_back, res) = tokio::task::spawn_blocking(move || {
-                let r = this.0.fill_blocking();
-                (this, r)
+            // Fill a detached copy on a blocking thread and adopt its result only once it is
+            // back: if this future is dropped meanwhile (a timeout, a `select!`), the
+            // subscription is unchanged and the next call reads the same notifications again.
+            let snap = Subscription {
+                ws: self.ws.clone(),
+                patterns: self.patterns.clone(),
+                feed: self.feed.clone(),
+                cursor: self.cursor,
+                consumer: None,
+                topics: self.topics.clone(),
+                pending: VecDeque::new(),
+                notices: Vec::new(),
+                waker: None,
+            };
+            let (snap, res) = tokio::task::spawn_blocking(move || {
+                let mut snap = snap;
+                let r = snap.fill_blocking();
+                (snap, r)
             })
             .await
             .map_err(|e| Error::join(GLOBAL_FEED, "subscribe", e))?;
-            this = this_back;
-            this.put(self);
+            if res.is_ok() {
+                self.cursor = snap.cursor;
+                self.topics = snap.topics;
+                self.pending.extend(snap.pending);
+                self.notices.extend(snap.notices);
+            }
             if res? {
                 continue;
             }
@@ -337,34 +354,6 @@ impl Subscription {
             Ok(r) => r.map(Some),
             Err(_) => Ok(None),
         }
-    }
-}
-
-/// The movable part of a subscription (everything but the watcher).
-struct SubState(Subscription);
-
-impl SubState {
-    fn take(s: &mut Subscription) -> Self {
-        let waker = s.waker.take();
-        let inner = Subscription {
-            ws: s.ws.clone(),
-            patterns: std::mem::take(&mut s.patterns),
-            feed: s.feed.clone(),
-            cursor: s.cursor,
-            consumer: s.consumer.take(),
-            topics: std::mem::take(&mut s.topics),
-            pending: std::mem::take(&mut s.pending),
-            notices: std::mem::take(&mut s.notices),
-            waker: None,
-        };
-        s.waker = waker;
-        SubState(inner)
-    }
-
-    fn put(self, s: &mut Subscription) {
-        let waker = s.waker.take();
-        *s = self.0;
-        s.waker = waker;
     }
 }
 
@@ -390,5 +379,39 @@ mod tests {
         }
         assert!(TopicPattern::new("a//b").is_err());
         assert!(TopicPattern::new("../x").is_err());
+    }
+
+    /// `next_timeout` (like any future dropped mid-way, e.g. in a `select!`) may abandon a
+    /// `next` while it reads on a blocking thread: the subscription must keep its patterns,
+    /// topics and buffered messages, and lose nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cancelled_next_loses_neither_patterns_nor_messages() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let publisher = crate::BroadcastChannel::new(&ws, maos_core::AgentId::new("p").unwrap());
+        let n = 200u64;
+        for i in 0..n {
+            publisher.broadcast_blocking("build/done", &i).unwrap();
+        }
+        let mut sub = Subscription::new(&ws, &["build/*"], Cursor::start()).unwrap();
+        let mut got = Vec::new();
+        // Many calls that give up at once: some are abandoned mid-read.
+        for _ in 0..(20 * n) {
+            if let Some(m) = sub.next_timeout::<u64>(Duration::ZERO).await.unwrap() {
+                got.push(m.message.payload);
+            }
+        }
+        // Then wait for whatever is left (all of it is already published).
+        while (got.len() as u64) < n {
+            match sub
+                .next_timeout::<u64>(Duration::from_secs(30))
+                .await
+                .unwrap()
+            {
+                Some(m) => got.push(m.message.payload),
+                None => break,
+            }
+        }
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
     }
 }
