@@ -856,4 +856,57 @@ mod tests {
         let err = r.expect_err("no lock granted from exhausted counters");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
+
+    #[test]
+    fn a_write_torn_at_any_byte_never_yields_a_state_that_was_not_written() {
+        fn slot(t: &TableState, generation: u64) -> Vec<u8> {
+            let body = serde_json::to_vec(&TableWithGeneration {
+                generation,
+                table: t,
+            })
+            .unwrap();
+            let mut b = format!("{:08x} {}\n", crc32fast::hash(&body), body.len()).into_bytes();
+            b.extend_from_slice(&body);
+            b.push(b'\n');
+            b
+        }
+        let res = ResourceName::new("r").unwrap();
+        let mut older = TableState::default();
+        for _ in 0..40 {
+            older.issue_token(&res);
+        }
+        let mut newer = older.clone();
+        newer.issue_token(&res);
+        newer.next_ticket = 7;
+        // Both shorter and longer rewrites of the slot being overwritten in place.
+        for (old, new) in [
+            (slot(&older, 1), slot(&newer, 3)),
+            (slot(&newer, 3), slot(&older, 5)),
+        ] {
+            for k in 0..new.len() {
+                let mut torn = new[..k].to_vec();
+                if old.len() > k {
+                    torn.extend_from_slice(&old[k..]);
+                }
+                match parse_slot(&torn) {
+                    None => {}
+                    // The bytes still to be written may equal the old ones: then the torn
+                    // slot is the whole new (or old) state, which was written.
+                    Some(Ok(t)) => {
+                        let whole = |b: &[u8]| torn.starts_with(b) || b.starts_with(&torn);
+                        let expect = if whole(&new) { &new } else { &old };
+                        let want = parse_slot(expect).unwrap().unwrap();
+                        assert_eq!(
+                            (t.generation, &t.tokens, t.next_ticket),
+                            (want.generation, &want.tokens, want.next_ticket),
+                            "torn at {k}: a state that was never written parsed as valid"
+                        );
+                    }
+                    Some(Err(e)) => panic!("torn at {k}: a valid checksum over bad JSON: {e}"),
+                }
+            }
+            let t = parse_slot(&new).unwrap().unwrap();
+            assert!(t.generation == 3 || t.generation == 5);
+        }
+    }
 }
