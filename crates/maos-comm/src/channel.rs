@@ -434,8 +434,12 @@ impl FileChannel {
         Ok(ChannelStats {
             name: self.inner.name.clone(),
             newest,
-            oldest: if newest >= oldest { oldest } else { newest + 1 },
-            count: (newest + 1).saturating_sub(oldest),
+            oldest: if newest >= oldest {
+                oldest
+            } else {
+                newest.saturating_add(1)
+            },
+            count: (newest - oldest.min(newest)) + u64::from(newest >= oldest),
             segments,
             bytes,
         })

@@ -370,8 +370,10 @@ impl Log {
             }
             // Has another writer rolled to a new segment since?
             // (An empty segment's `last + 1` is its own name.)
-            let next = active.last + 1;
-            if next != active.first && std::fs::symlink_metadata(self.segment_path(next)).is_ok() {
+            let next = active.last.checked_add(1);
+            if let Some(next) = next.filter(|&n| n != active.first)
+                && std::fs::symlink_metadata(self.segment_path(next)).is_ok()
+            {
                 st.active = Some(self.open_segment(next)?);
                 continue;
             }
@@ -404,14 +406,26 @@ impl Log {
     ) -> Result<(Arc<File>, u64)> {
         self.refresh_active(st)?;
         let mut active = st.active.take().expect("refresh_active sets the segment");
-        let mut seq = active.last + 1;
-        let first_seq = seq;
+        let no_position = || {
+            let path = self.segment_path(active.first);
+            let e = std::io::Error::other(format!(
+                "no position left after {} for {} message(s)",
+                active.last,
+                msgs.len()
+            ));
+            self.io("append", &path, e)
+        };
+        let first_seq = active.last.checked_add(1).ok_or_else(no_position)?;
+        first_seq
+            .checked_add((msgs.len() as u64).saturating_sub(1))
+            .ok_or_else(no_position)?;
+        let mut seq = first_seq;
         for m in msgs {
             record::encode(seq, m, buf);
-            seq += 1;
+            seq = seq.wrapping_add(1);
         }
         if active.len > 0 && active.len + buf.len() as u64 > segment_limit {
-            active = self.create_segment(active.last + 1)?;
+            active = self.create_segment(first_seq)?;
         }
         let path = self.segment_path(active.first);
         let written = (&*active.file).write_all(buf);
@@ -421,7 +435,7 @@ impl Log {
             return Err(self.io("append", &path, e));
         }
         active.len += buf.len() as u64;
-        active.last = seq - 1;
+        active.last = seq.wrapping_sub(1);
         let file = Arc::clone(&active.file);
         st.active = Some(active);
         Ok((file, first_seq))
@@ -540,7 +554,9 @@ impl Log {
     /// Places `cur` at the segment that holds `cur.position + 1`; notes a pruned gap.
     fn locate(&self, cur: &mut Cursor, out: &mut RawBatch) -> Result<bool> {
         let listing = self.list(&mut out.problems)?;
-        let want = cur.position + 1;
+        let Some(want) = cur.position.checked_add(1) else {
+            return Ok(false); // nothing can come after the largest position
+        };
         match listing.segments.iter().rev().find(|&&s| s <= want) {
             Some(&s) => {
                 cur.segment = s;
@@ -812,7 +828,11 @@ impl Log {
 
     /// Under the lock: starts a new, empty segment after `newest` (so older ones can go).
     pub(crate) fn roll_locked(&self, newest: u64) -> Result<u64> {
-        let a = self.create_segment(newest + 1)?;
+        let Some(next) = newest.checked_add(1) else {
+            let e = std::io::Error::other(format!("no position left after {newest}"));
+            return Err(self.io("roll", &self.dir, e));
+        };
+        let a = self.create_segment(next)?;
         Ok(a.first)
     }
 
@@ -974,6 +994,31 @@ mod tests {
             }
             assert_eq!(seen, rounds + 1);
         });
+    }
+
+    /// Hostile positions (a hand-made cursor, `maos recv --after 18446744073709551615`, a
+    /// forged record or segment at the end of the number range) give an empty read or a clear
+    /// error, never an overflow panic or a wrapped position 0.
+    #[test]
+    fn positions_at_the_end_of_the_range_neither_panic_nor_wrap() {
+        let (_d, l) = log();
+        l.append(&[b"{}"], 1 << 20).unwrap();
+        let b = l.read(Cursor::after(u64::MAX), 10).unwrap();
+        assert!(b.records.is_empty() && b.pruned.is_none(), "{b:?}");
+        assert_eq!(b.cursor.position, u64::MAX);
+        // A forged last segment whose first position is the largest there is.
+        std::fs::write(l.segment_path(u64::MAX), b"").unwrap();
+        let l2 = Log::new("t".into(), l.dir.clone());
+        assert_eq!(l2.append(&[b"{}"], 1 << 20).unwrap(), u64::MAX);
+        let err = l2.append(&[b"{}"], 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("position"), "{err}");
+        let b = l.read(Cursor::after(u64::MAX - 1), 10).unwrap();
+        assert_eq!(
+            b.records.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [u64::MAX]
+        );
+        let ch_stats = l.bounds().unwrap();
+        assert_eq!(ch_stats.0, u64::MAX);
     }
 
     #[test]
