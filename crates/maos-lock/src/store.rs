@@ -357,8 +357,12 @@ pub(crate) struct Locked<'a> {
     alive_cache: HashMap<String, bool>,
 }
 
+/// A complete slot (checksum valid) whose body does not parse: its generation, if readable,
+/// and why.
+type SlotProblem = (Option<u64>, String);
+
 /// Parses one table slot: `<crc32 hex> <length>\n<JSON>`; `None` when empty or torn.
-fn parse_slot(bytes: &[u8]) -> Option<std::result::Result<TableState, String>> {
+fn parse_slot(bytes: &[u8]) -> Option<std::result::Result<TableState, SlotProblem>> {
     if bytes.is_empty() {
         return None;
     }
@@ -371,7 +375,12 @@ fn parse_slot(bytes: &[u8]) -> Option<std::result::Result<TableState, String>> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    Some(serde_json::from_slice(body).map_err(|e| e.to_string()))
+    Some(serde_json::from_slice(body).map_err(|e| {
+        let generation = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("generation")?.as_u64());
+        (generation, e.to_string())
+    }))
 }
 
 fn read_all_at(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -457,13 +466,30 @@ impl Locked<'_> {
                     best = Some(t);
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => problems.push(format!("{}: {e}", path.display())),
+                Some(Err((generation, e))) => {
+                    problems.push((generation, format!("{}: {e}", path.display())));
+                }
                 None if !buf.is_empty() => {
                     tracing::warn!(path = %path.display(), "torn lock table slot ignored (a writer died mid-write)");
                     torn.push(path.display().to_string());
                 }
                 None => {}
             }
+        }
+        // A complete slot that does not parse and is not older than the best valid one was
+        // written whole by someone (a newer format, or damage): falling back to the older
+        // slot would undo the newest change, and the next write would overwrite it.
+        let best_generation = best.as_ref().map(|b| b.generation);
+        problems.retain(|(g, _)| match (g, best_generation) {
+            (Some(g), Some(b)) => *g > b,
+            _ => true,
+        });
+        let problems: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
+        if best.is_some() && !problems.is_empty() {
+            return Err(Error::Corrupt {
+                path: self.shared.table_path(),
+                reason: problems.join("; "),
+            });
         }
         let mut t = match best {
             Some(t) => t,
@@ -902,11 +928,40 @@ mod tests {
                             "torn at {k}: a state that was never written parsed as valid"
                         );
                     }
-                    Some(Err(e)) => panic!("torn at {k}: a valid checksum over bad JSON: {e}"),
+                    Some(Err(e)) => panic!("torn at {k}: a valid checksum over bad JSON: {e:?}"),
                 }
             }
             let t = parse_slot(&new).unwrap().unwrap();
             assert!(t.generation == 3 || t.generation == 5);
         }
+    }
+
+    #[test]
+    fn a_complete_newer_slot_that_does_not_parse_is_an_error_not_a_step_back() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let shared = Shared::of(&ws).unwrap();
+        let res = ResourceName::new("r").unwrap();
+        // generation 1 -> table.1: token 1 issued.
+        shared
+            .locked(|l| {
+                let (mut t, _) = l.load_table()?;
+                t.issue_token(&res);
+                l.save_table(&t)
+            })
+            .unwrap();
+        // generation 2 -> table.0, complete (checksum valid) but not understood (a newer
+        // writer's format, or damage): falling back to generation 1 would silently undo it.
+        let body = format!(
+            r#"{{"version":1,"generation":2,"boot_id":"{}","holders":"?"}}"#,
+            boot_id()
+        );
+        let mut bytes =
+            format!("{:08x} {}\n", crc32fast::hash(body.as_bytes()), body.len()).into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        std::fs::write(ws.locks_dir().join(TABLE_SLOTS[0]), &bytes).unwrap();
+        let err = shared.locked(|l| Ok(l.load_table()?.0)).unwrap_err();
+        assert!(matches!(&err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("table.0"), "{err}");
     }
 }
