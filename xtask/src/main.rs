@@ -166,6 +166,10 @@ fn layering() -> anyhow::Result<()> {
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    // Some benchmarks time the real `maos` binary: build it first, in release.
+    let mut build = cargo();
+    build.args(["build", "--release", "--locked", "-p", "maos-cli"]);
+    run("build maos (release)", build)?;
     let mut cmd = cargo();
     cmd.args(["run", "--release", "--locked", "-p", "maos-bench", "--"])
         .args(args);
