@@ -1,6 +1,8 @@
 //! maos-comm across real processes: the design's example, many writers and followers on one
 //! channel, and a writer killed with SIGKILL mid-stream.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -140,10 +142,10 @@ fn run_load(kill_one: bool) {
             .filter(|l| l.ends_with(|c: char| c.is_ascii_digit()))
         {
             let mut it = l.split_whitespace().skip(1);
-            if let (Some(p), Some(s)) = (it.next(), it.next()) {
-                if let (Ok(p), Ok(s)) = (p.parse(), s.parse()) {
-                    acked_by_victim.push((p, s));
-                }
+            if let (Some(p), Some(s)) = (it.next(), it.next())
+                && let (Ok(p), Ok(s)) = (p.parse(), s.parse())
+            {
+                acked_by_victim.push((p, s));
             }
         }
     }
