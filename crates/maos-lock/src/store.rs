@@ -1,4 +1,4 @@
-//! The on-disk lock table and the kernel locks around it (see docs/protocol-lock.md).
+//! The on-disk lock table and the kernel locks around it (see the lock section of docs/protocol.md).
 //!
 //! `.maos/locks/`:
 //! - `guard`: an empty file; every read-modify-write of the state files happens while holding
