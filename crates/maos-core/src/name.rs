@@ -62,6 +62,39 @@ pub(crate) fn check_plain(kind: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Display (padded), Debug, FromStr and serde as a string for a validated name type with a
+/// `new` constructor.
+macro_rules! display_serde {
+    ($ty:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.0)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
 macro_rules! plain_name {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
         $(#[$doc])*
@@ -87,24 +120,7 @@ macro_rules! plain_name {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.pad(&self.0)
-            }
-        }
-
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&self.0, f)
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                Self::new(s)
-            }
-        }
+        display_serde!($ty);
 
         impl TryFrom<&str> for $ty {
             type Error = Error;
@@ -123,19 +139,6 @@ macro_rules! plain_name {
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0
-            }
-        }
-
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
             }
         }
     };
@@ -479,37 +482,6 @@ pub(crate) fn stays_inside(rel: &Path) -> bool {
     rel.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-macro_rules! display_serde {
-    ($ty:ident) => {
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.pad(&self.0)
-            }
-        }
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&self.0, f)
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                Self::new(s)
-            }
-        }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
 display_serde!(ChannelName);
 display_serde!(ResourceName);
 
