@@ -272,35 +272,42 @@ impl Log {
     /// and returns the position of the first. Durable and visible when this returns.
     pub(crate) fn append(&self, msgs: &[&[u8]], segment_limit: u64) -> Result<u64> {
         let mut buf = Vec::new();
-        let (file, first_seq) = {
-            let mut guard = self
-                .writer
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if guard.is_none() {
-                fsx::create_dir_private(&self.dir).map_err(|e| self.core(e))?;
-                let path = self.dir.join(LOCK_FILE);
-                let lock = fsx::open_lock_file(&path).map_err(|e| self.core(e))?;
-                *guard = Some(WriterState { lock, active: None });
-            }
-            let st = guard.as_mut().expect("writer state was just set");
-            st.lock
-                .lock()
-                .map_err(|e| self.io("lock", &self.dir.join(LOCK_FILE), e))?;
+        let (file, first_seq) = self.locked(|st| {
             let res = self.append_locked(st, msgs, segment_limit, &mut buf);
-            if let Err(e) = st.lock.unlock() {
-                tracing::warn!(channel = %self.channel, error = %e, "unlock failed");
-            }
             if res.is_err() {
                 // Forget cached state: the next append re-reads everything.
                 st.active = None;
             }
-            res?
-        };
+            res
+        })?;
         // Outside the lock: concurrent writers' appends share this flush.
         file.sync_data()
             .map_err(|e| self.io("fdatasync", &self.dir, e))?;
         Ok(first_seq)
+    }
+
+    /// Runs `f` on this process's writer state while holding the channel's kernel lock
+    /// (creating the directory, the lock file and the state on first use).
+    fn locked<R>(&self, f: impl FnOnce(&mut WriterState) -> Result<R>) -> Result<R> {
+        let mut guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            fsx::create_dir_private(&self.dir).map_err(|e| self.core(e))?;
+            let path = self.dir.join(LOCK_FILE);
+            let lock = fsx::open_lock_file(&path).map_err(|e| self.core(e))?;
+            *guard = Some(WriterState { lock, active: None });
+        }
+        let st = guard.as_mut().expect("writer state was just set");
+        st.lock
+            .lock()
+            .map_err(|e| self.io("lock", &self.dir.join(LOCK_FILE), e))?;
+        let res = f(st);
+        if let Err(e) = st.lock.unlock() {
+            tracing::warn!(channel = %self.channel, error = %e, "unlock failed");
+        }
+        res
     }
 
     fn open_segment(&self, first: u64) -> Result<Active> {
@@ -799,31 +806,16 @@ impl Log {
         &self,
         f: impl FnOnce(&Self, &Listing, u64) -> Result<R>,
     ) -> Result<R> {
-        let mut guard = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_none() {
-            fsx::create_dir_private(&self.dir).map_err(|e| self.core(e))?;
-            let path = self.dir.join(LOCK_FILE);
-            let lock = fsx::open_lock_file(&path).map_err(|e| self.core(e))?;
-            *guard = Some(WriterState { lock, active: None });
-        }
-        let st = guard.as_mut().expect("writer state was just set");
-        st.lock
-            .lock()
-            .map_err(|e| self.io("lock", &self.dir.join(LOCK_FILE), e))?;
-        let res = (|| {
-            self.refresh_active(st)?;
-            let newest = st.active.as_ref().map_or(0, |a| a.last);
-            let listing = self.list(&mut Vec::new())?;
-            f(self, &listing, newest)
-        })();
-        st.active = None;
-        if let Err(e) = st.lock.unlock() {
-            tracing::warn!(channel = %self.channel, error = %e, "unlock failed");
-        }
-        res
+        self.locked(|st| {
+            let res = (|| {
+                self.refresh_active(st)?;
+                let newest = st.active.as_ref().map_or(0, |a| a.last);
+                let listing = self.list(&mut Vec::new())?;
+                f(self, &listing, newest)
+            })();
+            st.active = None;
+            res
+        })
     }
 
     /// Under the lock: starts a new, empty segment after `newest` (so older ones can go).
