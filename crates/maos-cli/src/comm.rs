@@ -70,6 +70,16 @@ pub(crate) struct RecvArgs {
     /// printed.
     #[arg(long, value_name = "NAME")]
     consumer: Option<String>,
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// Print every message, whoever it is addressed to.
+    #[arg(long)]
+    everything: bool,
+}
+
+/// How long a reading command goes on: shared by `recv` and `subscribe`.
+#[derive(Debug, Args)]
+pub(crate) struct StreamArgs {
     /// Keep waiting for new messages.
     #[arg(long)]
     follow: bool,
@@ -79,9 +89,6 @@ pub(crate) struct RecvArgs {
     /// Stop after this many messages.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
-    /// Print every message, whoever it is addressed to.
-    #[arg(long)]
-    everything: bool,
 }
 
 #[derive(Debug, Args)]
@@ -101,15 +108,8 @@ pub(crate) struct SubscribeArgs {
     /// A durable subscription: continue after its acknowledged position.
     #[arg(long, value_name = "NAME")]
     consumer: Option<String>,
-    /// Keep waiting for new messages.
-    #[arg(long)]
-    follow: bool,
-    /// With --follow: give up after this long without a new message (exit 3).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse, requires = "follow")]
-    timeout: Option<Duration>,
-    /// Stop after this many messages.
-    #[arg(long, value_name = "N")]
-    count: Option<u64>,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 #[derive(Debug, Args)]
@@ -290,7 +290,7 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         (None, Some(p)) => Cursor::after(p),
         (None, None) => Cursor::start(),
     };
-    let limit = a.count.unwrap_or(u64::MAX);
+    let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     // Drain what is there.
     loop {
@@ -324,14 +324,14 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             break;
         }
     }
-    if !a.follow {
+    if !a.stream.follow {
         return Ok(Exit::Ok);
     }
     let rt = runtime()?;
     rt.block_on(async {
         let mut w = ChannelWatcher::from_cursor(ch.clone(), cursor, filter)?;
         loop {
-            let next = match a.timeout {
+            let next = match a.stream.timeout {
                 Some(t) => match w.next_timeout::<Value>(t).await? {
                     Some(d) => d,
                     None => return Err(timed_out("message", t)),
@@ -406,7 +406,7 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         None => Subscription::new(&ws, &patterns, Cursor::start())?,
     };
-    let limit = a.count.unwrap_or(u64::MAX);
+    let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut handle = |sub: &mut Subscription, m: &TopicMessage<Value>| -> anyhow::Result<bool> {
         print_topic(ctx, m)?;
@@ -426,13 +426,13 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         let c = sub.cursor();
         sub.ack_through(c.position)?;
     }
-    if !a.follow {
+    if !a.stream.follow {
         return Ok(Exit::Ok);
     }
     let rt = runtime()?;
     rt.block_on(async {
         loop {
-            let m = match a.timeout {
+            let m = match a.stream.timeout {
                 Some(t) => match sub.next_timeout::<Value>(t).await? {
                     Some(m) => m,
                     None => return Err(timed_out("message on the subscribed topics", t)),

@@ -66,7 +66,6 @@ impl Ctx {
     }
 
     /// Prints one JSON Lines record with `--json`, else the human line.
-    #[allow(dead_code)] // used by the streaming commands (recv --follow, task watch)
     pub(crate) fn emit_line<T: Serialize>(
         &self,
         value: &T,

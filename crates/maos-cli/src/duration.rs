@@ -49,7 +49,6 @@ pub(crate) fn parse(s: &str) -> Result<Duration, String> {
 }
 
 /// Formats a duration compactly (`1h30m`, `45s`, `250ms`).
-#[allow(dead_code)] // used by lock and task output
 pub(crate) fn format(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     if ms < 1000 {

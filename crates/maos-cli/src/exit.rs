@@ -4,7 +4,6 @@ use std::fmt;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // the full table of docs/cli.md; some codes are produced by later commands or by clap
 pub(crate) enum Exit {
     /// 0: success.
     Ok = 0,
@@ -35,7 +34,6 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// Fails with `code` and `message`.
-    #[allow(dead_code)] // used by the lock, merge and deadlock commands
     pub(crate) fn error(code: Exit, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             code,

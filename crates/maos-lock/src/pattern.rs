@@ -78,9 +78,16 @@ fn ch_compatible(a: &Ch, b: &Ch) -> bool {
     }
 }
 
-/// True when some string matches both segment globs.
-fn globs_intersect(a: &[Ch], b: &[Ch]) -> bool {
-    // reach[i][j]: a[..i] and b[..j] can produce the same string.
+/// True when some sequence is produced by both `a` and `b`, where an element for which
+/// `is_star` holds produces any run of items (`*` within a segment, `**` over segments) and two
+/// other elements can produce the same item when `compatible` says so.
+fn intersect<T>(
+    a: &[T],
+    b: &[T],
+    is_star: impl Fn(&T) -> bool,
+    compatible: impl Fn(&T, &T) -> bool,
+) -> bool {
+    // reach[i][j]: a[..i] and b[..j] can produce the same sequence.
     let (n, m) = (a.len(), b.len());
     let mut reach = vec![vec![false; m + 1]; n + 1];
     reach[0][0] = true;
@@ -89,25 +96,31 @@ fn globs_intersect(a: &[Ch], b: &[Ch]) -> bool {
             if !reach[i][j] {
                 continue;
             }
-            if i < n && a[i] == Ch::Star {
+            let a_star = i < n && is_star(&a[i]);
+            let b_star = j < m && is_star(&b[j]);
+            if a_star {
                 reach[i + 1][j] = true; // the star produces nothing more
                 if j < m {
                     reach[i][j + 1] = true; // the star absorbs whatever b[j] produces
                 }
             }
-            if j < m && b[j] == Ch::Star {
+            if b_star {
                 reach[i][j + 1] = true;
                 if i < n {
                     reach[i + 1][j] = true;
                 }
             }
-            if i < n && j < m && a[i] != Ch::Star && b[j] != Ch::Star && ch_compatible(&a[i], &b[j])
-            {
+            if i < n && j < m && !a_star && !b_star && compatible(&a[i], &b[j]) {
                 reach[i + 1][j + 1] = true;
             }
         }
     }
     reach[n][m]
+}
+
+/// True when some string matches both segment globs.
+fn globs_intersect(a: &[Ch], b: &[Ch]) -> bool {
+    intersect(a, b, |c| *c == Ch::Star, ch_compatible)
 }
 
 fn seg_compatible(a: &Seg, b: &Seg) -> bool {
@@ -118,37 +131,7 @@ fn seg_compatible(a: &Seg, b: &Seg) -> bool {
 }
 
 fn seqs_intersect(a: &[Seg], b: &[Seg]) -> bool {
-    let (n, m) = (a.len(), b.len());
-    let mut reach = vec![vec![false; m + 1]; n + 1];
-    reach[0][0] = true;
-    for i in 0..=n {
-        for j in 0..=m {
-            if !reach[i][j] {
-                continue;
-            }
-            if i < n && a[i] == Seg::DoubleStar {
-                reach[i + 1][j] = true;
-                if j < m {
-                    reach[i][j + 1] = true;
-                }
-            }
-            if j < m && b[j] == Seg::DoubleStar {
-                reach[i][j + 1] = true;
-                if i < n {
-                    reach[i + 1][j] = true;
-                }
-            }
-            if i < n
-                && j < m
-                && a[i] != Seg::DoubleStar
-                && b[j] != Seg::DoubleStar
-                && seg_compatible(&a[i], &b[j])
-            {
-                reach[i + 1][j + 1] = true;
-            }
-        }
-    }
-    reach[n][m]
+    intersect(a, b, |s| *s == Seg::DoubleStar, seg_compatible)
 }
 
 /// True when some path is covered by both resources (see the module docs).

@@ -92,26 +92,29 @@ pub(crate) async fn run(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
                     Some(&task),
                     task.name.clone(),
                 );
-                let (status, note) = match agent.perform(&task).await {
-                    Ok(note) => (TaskStatus::Completed, note),
-                    Err(e) => (TaskStatus::Failed, format!("{e:#}")),
+                // `complete` is idempotent: a merge task may already have been completed by
+                // the merge that this agent just ran.
+                let (kind, recorded) = match agent.perform(&task).await {
+                    Ok(note) => (
+                        EventKind::Completed,
+                        agent
+                            .tracker
+                            .complete_blocking(&task.id, Some(&note))
+                            .map(|_| note),
+                    ),
+                    Err(e) => {
+                        let note = format!("{e:#}");
+                        (
+                            EventKind::Failed,
+                            agent
+                                .tracker
+                                .update_status_blocking(&task.id, TaskStatus::Failed, Some(&note))
+                                .map(|_| note),
+                        )
+                    }
                 };
-                // A successful merge completes the pair's merge task itself.
-                let recorded = agent.tracker.get_blocking(&task.id)?.map(|t| t.status);
-                if status == TaskStatus::Completed && recorded == Some(TaskStatus::Completed) {
-                    emit(&agent.me, EventKind::Completed, Some(&task), note);
-                    continue;
-                }
-                let kind = if status == TaskStatus::Completed {
-                    EventKind::Completed
-                } else {
-                    EventKind::Failed
-                };
-                match agent
-                    .tracker
-                    .update_status_blocking(&task.id, status, Some(&note))
-                {
-                    Ok(_) => emit(&agent.me, kind, Some(&task), note),
+                match recorded {
+                    Ok(note) => emit(&agent.me, kind, Some(&task), note),
                     // Reported, not fatal: the orchestrator's checks will show it.
                     Err(e) => emit(
                         &agent.me,
@@ -197,7 +200,7 @@ impl Agent {
             "edit" => self.edit_files(task),
             "frontend" => self.implement_frontend(task).await,
             "deadlock" => self.sync_in_order(task).await,
-            "review" => self.review(task),
+            "review" => self.review(),
             other => bail!("unknown demo task kind {other:?} for task {}", task.name),
         }
     }
@@ -404,14 +407,13 @@ impl Agent {
     }
 
     /// The reviewer checks that main holds both agents' routes.
-    fn review(&mut self, task: &Task) -> anyhow::Result<String> {
+    fn review(&self) -> anyhow::Result<String> {
         let routes = repo::read(&self.repo, "main", "src/shared/routes.rs")?.unwrap_or_default();
         for needed in ["\"/users\"", "\"/profile\""] {
             if !routes.contains(needed) {
                 bail!("main's src/shared/routes.rs lacks route {needed}:\n{routes}");
             }
         }
-        let _ = task;
         Ok("main holds the backend's and the frontend's routes".into())
     }
 }
