@@ -30,6 +30,8 @@ impl From<Exit> for std::process::ExitCode {
 pub(crate) struct Failure {
     pub(crate) code: Exit,
     pub(crate) message: String,
+    /// The library error behind it, printed after `message` as part of the chain.
+    pub(crate) source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Failure {
@@ -38,6 +40,20 @@ impl Failure {
         anyhow::Error::new(Failure {
             code,
             message: message.into(),
+            source: None,
+        })
+    }
+
+    /// Fails with `code`, saying `message` and then the chain of `source`.
+    pub(crate) fn caused_by(
+        code: Exit,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            code,
+            message: message.into(),
+            source: Some(Box::new(source)),
         })
     }
 }
@@ -48,7 +64,13 @@ impl fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The exit code for an error returned by a command.
 pub(crate) fn code_of(err: &anyhow::Error) -> Exit {

@@ -260,7 +260,7 @@ impl Log {
         match fsx::create_dir_private(&qdir).and_then(|()| fsx::write_new(&target, &bytes[..cap])) {
             Ok(()) | Err(maos_core::Error::AlreadyExists { .. }) => Some(target),
             Err(e) => {
-                tracing::warn!(channel = %self.channel, error = %e, "cannot quarantine bytes");
+                tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error, "cannot quarantine bytes");
                 None
             }
         }
@@ -305,7 +305,7 @@ impl Log {
             .map_err(|e| self.io("lock", &self.dir.join(LOCK_FILE), e))?;
         let res = f(st);
         if let Err(e) = st.lock.unlock() {
-            tracing::warn!(channel = %self.channel, error = %e, "unlock failed");
+            tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error, "unlock failed");
         }
         res
     }

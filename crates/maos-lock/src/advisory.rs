@@ -328,7 +328,7 @@ impl Drop for AdvisoryInterest {
         if self.active
             && let Err(e) = withdraw(&self.shared, self.info.id)
         {
-            tracing::warn!(error = %e, "cannot withdraw advisory interest");
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot withdraw advisory interest");
         }
     }
 }

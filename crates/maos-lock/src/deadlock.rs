@@ -438,7 +438,7 @@ impl DeadlockDetector {
                 while !flag.load(Ordering::Relaxed) {
                     let seen = w.generation(Signal::Change);
                     if let Err(e) = self.check() {
-                        tracing::warn!(error = %e, "deadlock check failed");
+                        tracing::warn!(error = &e as &dyn std::error::Error, "deadlock check failed");
                     }
                     w.wait_blocking(
                         Signal::Change,
@@ -476,7 +476,7 @@ impl DeadlockDetector {
             })?;
             self = back;
             if let Err(e) = r {
-                tracing::warn!(error = %e, "deadlock check failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, "deadlock check failed");
             }
             watch
                 .wait_async(

@@ -514,7 +514,7 @@ impl Waiting {
             Ok(())
         });
         if let Err(e) = r {
-            tracing::warn!(error = %e, ticket = tk, "cannot withdraw from the lock queue");
+            tracing::warn!(error = &e as &dyn std::error::Error, ticket = tk, "cannot withdraw from the lock queue");
         }
     }
 
@@ -665,7 +665,7 @@ impl Drop for LockGuard {
                 tracing::warn!(resource = %self.info.resource, token = self.info.token.0, "lock was lost before it was dropped")
             }
             Err(e) => {
-                tracing::error!(resource = %self.info.resource, error = %e, "cannot release lock on drop")
+                tracing::error!(resource = %self.info.resource, error = &e as &dyn std::error::Error, "cannot release lock on drop")
             }
         }
     }
@@ -764,11 +764,11 @@ impl Heartbeat {
                     match renew_record(&shared, &info) {
                         Ok(_) => tracing::trace!(resource = %info.resource, "lease renewed"),
                         Err(e @ Error::LockLost { .. }) => {
-                            tracing::warn!(error = %e, "heartbeat: lock lost");
+                            tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat: lock lost");
                             lost.store(true, Ordering::Relaxed);
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "heartbeat: renewal failed"),
+                        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat: renewal failed"),
                     }
                 }
             })

@@ -237,7 +237,7 @@ impl TaskTracker {
             result = finish(&st);
             if let Err(e) = st.maybe_compact(dir) {
                 // The records are durable; a failed compaction only costs read time.
-                tracing::warn!(error = %e, "task store compaction failed");
+                tracing::warn!(error = &e as &dyn std::error::Error, "task store compaction failed");
             }
         }
         drop(st);
