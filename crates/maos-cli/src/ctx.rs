@@ -87,7 +87,13 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> anyh
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     out.write_fmt(args)
-        .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| out.flush())
         .map_err(crate::exit::stdout_error)
 }
