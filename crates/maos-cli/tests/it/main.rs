@@ -5,6 +5,7 @@ mod cli;
 mod cli_conventions;
 mod comm_cli;
 mod demo_e2e;
+mod docs;
 mod lock_cli;
 mod merge_cli;
 mod task_cli;
