@@ -125,14 +125,6 @@ impl Error {
             source,
         }
     }
-
-    pub(crate) fn join(channel: &str, op: &'static str, e: tokio::task::JoinError) -> Self {
-        Error::Background {
-            channel: channel.to_string(),
-            op,
-            reason: e.to_string(),
-        }
-    }
 }
 
 /// `Result` with [`Error`].

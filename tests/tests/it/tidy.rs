@@ -5,6 +5,8 @@
 //! definition and the exit-code table live beside the CLI (`crates/maos-cli/tests/it/docs.rs`),
 //! where `maos_cli::command()` can be walked.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {

@@ -228,10 +228,10 @@ fn read_one_line_then_hang_up(cmd: &mut Command, after_close: impl FnOnce()) -> 
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        .expect("maos starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    stdout.read_line(&mut line).expect("read the first line");
     assert!(!line.is_empty(), "no first line");
     drop(stdout);
     after_close();

@@ -23,7 +23,7 @@ fn check_exits_0_when_clean_and_4_with_conflicts() {
     let r = conflicting();
     let out = Maos::new(r.path())
         .agent("a")
-        .run(&["merge", "check", "source", "main"]);
+        .run(["merge", "check", "source", "main"]);
     out.assert_code(Exit::Conflicts);
     let text = out.stdout();
     assert!(
@@ -34,7 +34,7 @@ fn check_exits_0_when_clean_and_4_with_conflicts() {
 
     let out = Maos::new(r.path())
         .agent("a")
-        .run(&["--json", "merge", "check", "source"]);
+        .run(["--json", "merge", "check", "source"]);
     out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -51,13 +51,13 @@ fn check_exits_0_when_clean_and_4_with_conflicts() {
     r.checkout("main", false);
     let out = Maos::new(r.path())
         .agent("a")
-        .run(&["merge", "check", "clean", "main"]);
+        .run(["merge", "check", "clean", "main"]);
     out.assert_code(Exit::Ok);
     assert!(out.stdout().contains("cleanly"));
 
     let out = Maos::new(r.path())
         .agent("a")
-        .run(&["merge", "check", "no-such-branch", "main"]);
+        .run(["merge", "check", "no-such-branch", "main"]);
     out.assert_code(Exit::Error);
     out.stderr_has("no-such-branch");
 }
@@ -76,19 +76,19 @@ fn check_all_prints_the_pairwise_matrix() {
     for (agent, b) in [("x1", "b1"), ("x2", "b2")] {
         let out = Maos::new(r.path())
             .agent(agent)
-            .run(&["agents", "register", "--branch", b]);
+            .run(["agents", "register", "--branch", b]);
         out.ok();
     }
     let out = Maos::new(r.path())
         .agent("x1")
-        .run(&["--json", "merge", "check", "--all", "--target", "main"]);
+        .run(["--json", "merge", "check", "--all", "--target", "main"]);
     out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vs_target"].as_array().unwrap().len(), 2);
     assert_eq!(v["pairwise"][0]["conflicts"][0][0], "shared.txt");
     let out = Maos::new(r.path())
         .agent("x1")
-        .run(&["merge", "check", "--all"]);
+        .run(["merge", "check", "--all"]);
     out.stdout_has("pairwise");
 }
 
@@ -97,14 +97,14 @@ fn prepare_resolve_run_and_queue() {
     let r = conflicting();
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["--json", "merge", "prepare", "source", "main"]);
+        .run(["--json", "merge", "prepare", "source", "main"]);
     out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["suggested_strategy"]["strategy"], "manual");
 
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["--json", "merge", "resolve", "source", "main"]);
+        .run(["--json", "merge", "resolve", "source", "main"]);
     // Conflicts were found (and handed to resolvers): exit 4, like check and prepare.
     out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -115,19 +115,19 @@ fn prepare_resolve_run_and_queue() {
     // Resolving again reuses the open tasks instead of creating a second set.
     let again = Maos::new(r.path())
         .agent("m")
-        .run(&["--json", "merge", "resolve", "source", "main"]);
+        .run(["--json", "merge", "resolve", "source", "main"]);
     again.assert_code(Exit::Conflicts);
     let v2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v2["resolution"]["conflict_tasks"][0]["task"], task.as_str());
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["--json", "task", "show", &task]);
+        .run(["--json", "task", "show", &task]);
     out.ok();
     out.stdout_has("api.rs");
 
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["merge", "run", "source", "main"]);
+        .run(["merge", "run", "source", "main"]);
     out.assert_code(Exit::Conflicts);
 
     // A clean branch merges through the queue; the conflicting one stays blocked.
@@ -139,16 +139,16 @@ fn prepare_resolve_run_and_queue() {
     for b in ["source", "clean"] {
         let out = Maos::new(r.path())
             .agent("m")
-            .run(&["merge", "queue", "add", b, "main"]);
+            .run(["merge", "queue", "add", b, "main"]);
         out.ok();
     }
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["merge", "queue", "run"]);
+        .run(["merge", "queue", "run"]);
     out.assert_code(Exit::Conflicts);
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["--json", "merge", "queue", "list"]);
+        .run(["--json", "merge", "queue", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["status"], "blocked");
     assert_eq!(v[1]["status"], "merged");
@@ -156,7 +156,7 @@ fn prepare_resolve_run_and_queue() {
 
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["merge", "run", "clean", "main"]);
+        .run(["merge", "run", "clean", "main"]);
     out.assert_code(Exit::Ok);
     out.stdout_has("already contains");
 }
@@ -171,7 +171,7 @@ fn run_refuses_a_dirty_checked_out_target() {
     r.write("README", "dirty\n");
     let out = Maos::new(r.path())
         .agent("m")
-        .run(&["merge", "run", "ff", "main"]);
+        .run(["merge", "run", "ff", "main"]);
     out.assert_code(Exit::Error);
     out.stderr_has("uncommitted changes");
 }

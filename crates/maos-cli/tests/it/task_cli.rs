@@ -57,19 +57,19 @@ fn add_claim_complete_and_report() {
     assert!(ok(ws, "lead", &["task", "show", &build]).contains("after:"));
 
     // A blocked task cannot start.
-    let out = Maos::new(ws).agent("dev").run(&["task", "start", &build]);
+    let out = Maos::new(ws).agent("dev").run(["task", "start", &build]);
     out.assert_code(Exit::Error);
     out.stderr_has("dependencies are not all completed");
 
     let claimed = json(ws, "dev", &["task", "claim"]);
     assert_eq!(claimed["id"], design.as_str());
     assert_eq!(claimed["assigned_to"], "dev");
-    let out = Maos::new(ws).agent("dev2").run(&["task", "claim"]);
+    let out = Maos::new(ws).agent("dev2").run(["task", "claim"]);
     out.assert_code(Exit::Busy); // nothing ready
 
     ok(ws, "dev", &["task", "review", &design]);
     ok(ws, "dev", &["task", "done", &design, "--note", "approved"]);
-    let out = Maos::new(ws).agent("dev").run(&["task", "start", &design]);
+    let out = Maos::new(ws).agent("dev").run(["task", "start", &design]);
     out.stderr_has("final");
     assert_eq!(
         json(ws, "dev", &["task", "show", &build])["status"],
@@ -119,7 +119,7 @@ fn failure_blocks_dependents_and_bad_input_is_refused() {
     );
     let out = Maos::new(ws)
         .agent("x")
-        .run(&["task", "add", "c", "--after", "tzzzzzzzzzzzz"]);
+        .run(["task", "add", "c", "--after", "tzzzzzzzzzzzz"]);
     out.failed();
     out.stderr_has("not found");
     // A stale revision is refused.
@@ -127,7 +127,7 @@ fn failure_blocks_dependents_and_bad_input_is_refused() {
     ok(ws, "x", &["task", "reset", &a]);
     let out = Maos::new(ws)
         .agent("x")
-        .run(&["task", "start", &a, "--revision", "1"]);
+        .run(["task", "start", &a, "--revision", "1"]);
     out.stderr_has("revision");
     assert!(rev > 0);
 }
