@@ -42,6 +42,7 @@ mod message;
 mod name;
 pub mod process;
 mod registry;
+mod time;
 mod workspace;
 
 pub use error::{Error, Result};
@@ -55,4 +56,5 @@ pub use process::{ProcessIdentity, ProcessState};
 pub use registry::{
     AgentList, AgentRecord, AgentRegistry, DEFAULT_STALE_AFTER, Liveness, Registration,
 };
+pub use time::{deadline_after, human_duration, human_ms};
 pub use workspace::{Discovery, FORMAT_VERSION, LAYOUT_DIRS, MAOS_DIR, WORKSPACE_ENV, Workspace};
