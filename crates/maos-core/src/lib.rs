@@ -47,6 +47,7 @@ pub mod process;
 // (issue 16, item 2); until then the lint is off for that one module.
 #[allow(clippy::return_self_not_must_use)]
 mod registry;
+mod time;
 mod workspace;
 
 pub use error::{Error, Result};
@@ -60,4 +61,5 @@ pub use process::{ProcessIdentity, ProcessState};
 pub use registry::{
     AgentList, AgentRecord, AgentRegistry, DEFAULT_STALE_AFTER, Liveness, Registration,
 };
+pub use time::{deadline_after, human_duration, human_ms};
 pub use workspace::{Discovery, FORMAT_VERSION, LAYOUT_DIRS, MAOS_DIR, WORKSPACE_ENV, Workspace};
