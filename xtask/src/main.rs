@@ -77,7 +77,8 @@ fn ci(slow: bool) -> anyhow::Result<()> {
     run("clippy", clippy)?;
 
     let mut test = cargo();
-    test.args(["test", "--workspace", "--locked"]);
+    // --no-fail-fast: every binary runs, so the count is the whole suite's.
+    test.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
     if slow {
         test.env("MAOS_SLOW_TESTS", "1");
     }

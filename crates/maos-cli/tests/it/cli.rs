@@ -199,19 +199,24 @@ fn a_reader_closing_stdout_early_is_not_a_crash() {
 
 #[test]
 fn an_os_error_is_reported_once() {
-    // A file where the channels directory should be: every layer of the error (CLI context,
-    // maos-comm, maos-core, the OS) says its part once, so "os error" appears exactly once.
+    // A file where a directory should be: every layer of the error (CLI context, maos-comm,
+    // maos-core, the OS) says its part once, so "os error" appears exactly once.
     let dir = tempfile::tempdir().unwrap();
     let maos = Maos::new(dir.path());
-    maos.run(["init"]).ok();
+    maos.run(["send", "foo", "--data", "1"]).ok();
+    let chan = dir.path().join(".maos/channels/foo/.chan");
+    std::fs::remove_dir_all(&chan).unwrap();
+    std::fs::write(&chan, "not a directory").unwrap();
     let channels = dir.path().join(".maos/channels");
-    std::fs::remove_dir_all(&channels).unwrap();
-    std::fs::write(&channels, "not a directory").unwrap();
-    for args in [
-        &["send", "foo", "--data", "1"][..],
-        &["recv", "foo"][..],
-        &["channels"][..],
-    ] {
+    let cases: [(&[&str], &dyn Fn()); 2] = [
+        (&["recv", "foo"], &|| {}),
+        (&["channels"], &|| {
+            std::fs::remove_dir_all(&channels).unwrap();
+            std::fs::write(&channels, "not a directory").unwrap();
+        }),
+    ];
+    for (args, prepare) in cases {
+        prepare();
         let out = maos.run(args);
         out.assert_code(Exit::Error);
         let err = out.stderr();
