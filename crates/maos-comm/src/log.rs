@@ -1003,7 +1003,11 @@ mod tests {
         let l2 = Log::new("t".into(), l.dir.clone());
         assert_eq!(l2.append(&[b"{}"], 1 << 20).unwrap(), u64::MAX);
         let err = l2.append(&[b"{}"], 1 << 20).unwrap_err();
-        assert!(err.to_string().contains("position"), "{err}");
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        assert!(chain.iter().any(|m| m.contains("position")), "{chain:?}");
         let b = l.read(Cursor::after(u64::MAX - 1), 10).unwrap();
         assert_eq!(
             b.records.iter().map(|r| r.0).collect::<Vec<_>>(),
