@@ -36,6 +36,7 @@
 //!   cooperate; the check stops accidents and planted links, not a racing attacker).
 
 mod config;
+pub mod doctor;
 mod error;
 pub mod fsx;
 mod ids;
