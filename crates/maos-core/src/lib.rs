@@ -44,6 +44,7 @@ mod message;
 mod name;
 pub mod process;
 mod registry;
+mod text;
 mod time;
 mod workspace;
 
@@ -60,5 +61,6 @@ pub use registry::{
     AgentList, AgentRecord, AgentRegistry, Anchor, AnchorKind, DEFAULT_STALE_AFTER, Liveness,
     Registration, SessionRecord,
 };
+pub use text::{escape_controls, excerpt};
 pub use time::{deadline_after, human_duration, human_ms};
 pub use workspace::{Discovery, FORMAT_VERSION, LAYOUT_DIRS, MAOS_DIR, WORKSPACE_ENV, Workspace};
