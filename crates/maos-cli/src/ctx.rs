@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use maos_coordination::core::Discovery;
-use maos_coordination::{AgentId, Workspace};
+use maos_coordination::core::{Anchor, Discovery, ProcessIdentity};
+use maos_coordination::{AgentId, AgentRegistry, Workspace};
 use serde::Serialize;
 
 /// The context of one invocation.
@@ -44,6 +44,13 @@ impl Ctx {
                 path = %ws.maos_dir().display(),
                 "the workspace is on a network filesystem: the file backend is single-host only"
             );
+        }
+        // Every command by a registered agent renews its lease and records the process that
+        // stands for it (the agent's client, found past the shells this command runs under).
+        if let Err(e) = AgentRegistry::new(&ws).touch(&self.agent, || {
+            ProcessIdentity::anchor().map(Anchor::ancestor)
+        }) {
+            tracing::warn!("cannot renew the lease of agent {}: {e}", self.agent);
         }
         Ok(ws)
     }

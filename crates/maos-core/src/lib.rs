@@ -37,6 +37,8 @@
 
 #![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
 
+mod config;
+pub mod doctor;
 mod error;
 pub mod fsx;
 mod ids;
@@ -47,9 +49,11 @@ pub mod process;
 // (issue 16, item 2); until then the lint is off for that one module.
 #[allow(clippy::return_self_not_must_use)]
 mod registry;
+mod text;
 mod time;
 mod workspace;
 
+pub use config::{Config, DEFAULT_AGENT_LEASE, HookConfig, MAX_AGENT_LEASE};
 pub use error::{Error, Result};
 pub use ids::{MessageId, TaskId};
 pub use message::{Message, MessageMetadata, Priority, Recipients, now_ms};
@@ -59,7 +63,9 @@ pub use name::{
 };
 pub use process::{ProcessIdentity, ProcessState};
 pub use registry::{
-    AgentList, AgentRecord, AgentRegistry, DEFAULT_STALE_AFTER, Liveness, Registration,
+    AgentList, AgentRecord, AgentRegistry, Anchor, AnchorKind, DEFAULT_STALE_AFTER, Liveness,
+    Registration, SessionRecord,
 };
+pub use text::{escape_controls, excerpt};
 pub use time::{deadline_after, human_duration, human_ms};
 pub use workspace::{Discovery, FORMAT_VERSION, LAYOUT_DIRS, MAOS_DIR, WORKSPACE_ENV, Workspace};

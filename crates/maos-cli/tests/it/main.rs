@@ -1,6 +1,7 @@
 //! The tests of the `maos` binary, as one test binary: one module per command group, and the
 //! harness ([`util`]) they share.
 
+mod agents_cli;
 mod cli;
 mod cli_conventions;
 mod comm_cli;
