@@ -43,6 +43,7 @@ mod ctx;
 mod demo;
 mod duration;
 mod exit;
+mod hook;
 mod lock;
 mod merge;
 mod status;
@@ -112,6 +113,9 @@ enum Command {
     /// Merges: check, prepare, resolve, run, queue.
     #[command(subcommand)]
     Merge(merge::MergeCommand),
+    /// Hooks for the tools agents work in: Claude Code (`claude EVENT`), git, and `install`.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 }
 
 fn init_tracing(verbose: u8, quiet: u8) {
@@ -172,5 +176,6 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Deadlock(cmd) => lock::run_deadlock(cmd, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::Merge(cmd) => merge::run(cmd, ctx),
+        Command::Hook(cmd) => hook::run(cmd, ctx),
     }
 }

@@ -7,6 +7,7 @@ mod cli_conventions;
 mod comm_cli;
 mod demo_e2e;
 mod docs;
+mod hooks_cli;
 mod lock_cli;
 mod merge_cli;
 mod task_cli;
