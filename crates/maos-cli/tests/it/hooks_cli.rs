@@ -2,6 +2,8 @@
 //! Code sends them (session_id, cwd, hook_event_name, tool_name, tool_input), replayed for two
 //! agents in two worktrees of one repository.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
