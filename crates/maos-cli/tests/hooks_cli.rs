@@ -2,6 +2,9 @@
 //! Code sends them (session_id, cwd, hook_event_name, tool_name, tool_input), replayed for two
 //! agents in two worktrees of one repository.
 
+// Helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
