@@ -45,6 +45,7 @@ mod duration;
 mod exit;
 mod hook;
 mod lock;
+mod mcp;
 mod merge;
 mod status;
 mod task;
@@ -113,6 +114,8 @@ enum Command {
     /// Merges: check, prepare, resolve, run, queue.
     #[command(subcommand)]
     Merge(merge::MergeCommand),
+    /// Serve MCP on stdio for one agent session (Claude Code, Codex, Gemini CLI, Cursor).
+    Mcp(mcp::McpArgs),
     /// Hooks for the tools agents work in: Claude Code (`claude EVENT`), git, and `install`.
     #[command(subcommand)]
     Hook(hook::HookCommand),
@@ -177,5 +180,6 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::Merge(cmd) => merge::run(cmd, ctx),
         Command::Hook(cmd) => hook::run(cmd, ctx),
+        Command::Mcp(args) => mcp::run(args, ctx),
     }
 }

@@ -9,6 +9,7 @@ mod demo_e2e;
 mod docs;
 mod hooks_cli;
 mod lock_cli;
+mod mcp_cli;
 mod merge_cli;
 mod task_cli;
 mod util;
