@@ -63,7 +63,9 @@ fn run_hook(bin: &Path, cwd: &Path, event: &str, payload: &Value) -> anyhow::Res
 
 pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     let Some(bin) = maos_binary() else {
-        anyhow::bail!("no maos binary next to the bench binary: `cargo xtask bench` builds it with --release");
+        anyhow::bail!(
+            "no maos binary next to the bench binary: `cargo xtask bench` builds it with --release"
+        );
     };
     let (dir, _ws) = workspace()?;
     let root = dir.path();
@@ -81,7 +83,12 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(file.parent().unwrap_or(root))?;
     std::fs::write(&file, "a\n")?;
-    run_hook(&bin, root, "SessionStart", &json!({ "session_id": "bench-session", "cwd": root, "hook_event_name": "SessionStart" }))?;
+    run_hook(
+        &bin,
+        root,
+        "SessionStart",
+        &json!({ "session_id": "bench-session", "cwd": root, "hook_event_name": "SessionStart" }),
+    )?;
     let runs = 200;
     let (mut pre_t, mut post_t, mut base) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -97,10 +104,30 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     }
     let base_p50 = median_us(&mut base) / 1000.0;
     for (name, samples, p, target_ms) in [
-        ("PreToolUse (Edit) hook, 1,000 locks, 10 agents (p50)", &mut pre_t, 50.0, 5.0),
-        ("PreToolUse (Edit) hook, 1,000 locks, 10 agents (p99)", &mut pre_t, 99.0, 20.0),
-        ("PostToolUse (Edit) hook, 1,000 locks, 10 agents (p50)", &mut post_t, 50.0, 5.0),
-        ("PostToolUse (Edit) hook, 1,000 locks, 10 agents (p99)", &mut post_t, 99.0, 20.0),
+        (
+            "PreToolUse (Edit) hook, 1,000 locks, 10 agents (p50)",
+            &mut pre_t,
+            50.0,
+            5.0,
+        ),
+        (
+            "PreToolUse (Edit) hook, 1,000 locks, 10 agents (p99)",
+            &mut pre_t,
+            99.0,
+            20.0,
+        ),
+        (
+            "PostToolUse (Edit) hook, 1,000 locks, 10 agents (p50)",
+            &mut post_t,
+            50.0,
+            5.0,
+        ),
+        (
+            "PostToolUse (Edit) hook, 1,000 locks, 10 agents (p99)",
+            &mut post_t,
+            99.0,
+            20.0,
+        ),
     ] {
         let v = percentile_us(samples, p) / 1000.0;
         table.push(Row {
@@ -136,17 +163,33 @@ impl Mcp {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-        let mut m = Self { child, out, next: 0 };
-        m.request("initialize", json!({
+        let out = BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+        );
+        let mut m = Self {
+            child,
+            out,
+            next: 0,
+        };
+        m.request(
+            "initialize",
+            json!({
             "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": { "name": "maos-bench", "version": "1" } }))?;
+            "clientInfo": { "name": "maos-bench", "version": "1" } }),
+        )?;
         m.notify("notifications/initialized")?;
         Ok(m)
     }
 
     fn send(&mut self, v: &Value) -> anyhow::Result<()> {
-        let stdin = self.child.stdin.as_mut().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
         writeln!(stdin, "{v}")?;
         stdin.flush()?;
         Ok(())
@@ -162,7 +205,10 @@ impl Mcp {
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))?;
         loop {
             let mut line = String::new();
-            anyhow::ensure!(self.out.read_line(&mut line)? > 0, "the MCP server closed its output");
+            anyhow::ensure!(
+                self.out.read_line(&mut line)? > 0,
+                "the MCP server closed its output"
+            );
             let v: Value = serde_json::from_str(&line)?;
             if v.get("id") == Some(&json!(id)) {
                 anyhow::ensure!(v.get("error").is_none(), "{method}: {v}");
@@ -189,7 +235,10 @@ fn mcp(table: &mut Table, bin: &Path, root: &Path) -> anyhow::Result<()> {
         let t = Instant::now();
         let r = m.request("tools/call", check.clone())?;
         calls.push(t.elapsed());
-        anyhow::ensure!(r["result"]["isError"] == json!(false), "lock_check failed: {r}");
+        anyhow::ensure!(
+            r["result"]["isError"] == json!(false),
+            "lock_check failed: {r}"
+        );
         let t = Instant::now();
         m.request("ping", json!({}))?;
         pings.push(t.elapsed());
