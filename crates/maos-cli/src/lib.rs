@@ -41,6 +41,7 @@ mod agents;
 mod comm;
 mod ctx;
 mod demo;
+mod doctor;
 mod duration;
 mod exit;
 mod hook;
@@ -97,6 +98,9 @@ enum Command {
     Agents(agents::AgentsCommand),
     /// Show what the workspace holds.
     Status,
+    /// Check every file of the workspace; --repair fixes what can be fixed without losing
+    /// acknowledged data (quarantining what it removes). Exit 1 while problems remain.
+    Doctor(doctor::DoctorArgs),
     /// Run a real multi-agent session in a temporary workspace.
     Demo(demo::DemoArgs),
     // Messages: send, recv, broadcast, subscribe, channels (top-level commands).
@@ -173,6 +177,7 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Init => status::init(ctx),
         Command::Agents(cmd) => agents::run(cmd, ctx),
         Command::Status => status::status(ctx),
+        Command::Doctor(args) => doctor::run(args, ctx),
         Command::Demo(args) => demo::run(args, ctx),
         Command::Comm(cmd) => comm::run(cmd, ctx),
         Command::Lock(cmd) => lock::run(cmd, ctx),

@@ -17,35 +17,40 @@ fn sections(md: &str) -> Vec<(Vec<String>, String)> {
     let is_word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '-');
     let mut out: Vec<(Vec<String>, String)> = Vec::new();
     for line in md.lines() {
-        if let Some(rest) = line.strip_prefix("### `maos ") {
-            let mut paths = vec![String::new()];
-            for word in rest.split([' ', '`']) {
-                let join = |p: &String, w: &str| {
-                    if p.is_empty() {
-                        w.to_string()
+        if let Some(heading) = line.strip_prefix("### `maos ") {
+            // `### \`maos a b\` / \`maos a c FILE\``: one section for several commands.
+            let mut all = Vec::new();
+            for rest in heading.split("` / `maos ") {
+                let mut paths = vec![String::new()];
+                for word in rest.split([' ', '`']) {
+                    let join = |p: &String, w: &str| {
+                        if p.is_empty() {
+                            w.to_string()
+                        } else {
+                            format!("{p} {w}")
+                        }
+                    };
+                    if is_word(word) {
+                        paths = paths.iter().map(|p| join(p, word)).collect();
+                    } else if let Some(opt) = word
+                        .strip_prefix('[')
+                        .and_then(|w| w.strip_suffix(']'))
+                        .filter(|w| is_word(w))
+                    {
+                        let longer: Vec<String> = paths.iter().map(|p| join(p, opt)).collect();
+                        paths.extend(longer);
+                    } else if word.contains('|') && word.split('|').all(is_word) {
+                        paths = paths
+                            .iter()
+                            .flat_map(|p| word.split('|').map(move |w| join(p, w)))
+                            .collect();
                     } else {
-                        format!("{p} {w}")
+                        break;
                     }
-                };
-                if is_word(word) {
-                    paths = paths.iter().map(|p| join(p, word)).collect();
-                } else if let Some(opt) = word
-                    .strip_prefix('[')
-                    .and_then(|w| w.strip_suffix(']'))
-                    .filter(|w| is_word(w))
-                {
-                    let longer: Vec<String> = paths.iter().map(|p| join(p, opt)).collect();
-                    paths.extend(longer);
-                } else if word.contains('|') && word.split('|').all(is_word) {
-                    paths = paths
-                        .iter()
-                        .flat_map(|p| word.split('|').map(move |w| join(p, w)))
-                        .collect();
-                } else {
-                    break;
                 }
+                all.extend(paths);
             }
-            out.push((paths, format!("{line}\n")));
+            out.push((all, format!("{line}\n")));
         } else if line.starts_with("## ") || line.starts_with("### ") {
             out.push((Vec::new(), String::new()));
         } else if let Some((_, text)) = out.last_mut() {
