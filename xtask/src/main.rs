@@ -17,6 +17,10 @@ commands:
                   --slow also runs the heavy multi-process and crash variants
   bench [NAME..]  run the benchmarks (release build) and print one markdown table;
                   --write-docs also stores it in docs/benchmarks.md
+  soak [--agents N].. [--minutes M]
+                  N agent processes (default 10 then 100) doing a realistic mix of work for M
+                  minutes (default 1), some killed and restarted, while a checker verifies the
+                  invariants; prints throughput and latency per operation (release build)
   layering        only the layering checks (the tidy tests of the tests package)
 ";
 
@@ -28,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(args[1..].iter().any(|a| a == "--slow")),
         Some("bench") => bench(&args[1..]),
         Some("layering") => layering(),
+        Some("soak") => soak(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -90,6 +95,15 @@ fn ci(slow: bool) -> anyhow::Result<()> {
     run("doc", doc)?;
 
     let (passed, failed) = counts?;
+    if slow {
+        // A one-minute swarm of 100 agents; fails on any invariant violation.
+        soak(&[
+            "--agents".into(),
+            "100".into(),
+            "--minutes".into(),
+            "1".into(),
+        ])?;
+    }
     eprintln!(
         "\nci passed in {:.1?}{}\n{passed} passed, {failed} failed",
         t.elapsed(),
@@ -149,6 +163,21 @@ fn layering() -> anyhow::Result<()> {
         "tidy::",
     ]);
     run("layering", test)
+}
+
+fn soak(args: &[String]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "maos-bench",
+        "--",
+        "--soak",
+    ])
+    .args(args);
+    run("soak", cmd)
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
