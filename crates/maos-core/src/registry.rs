@@ -821,8 +821,7 @@ mod tests {
                 let mut allowed = std::collections::BTreeSet::new();
                 let latest = acked
                     .iter()
-                    .filter(|(_, ack, x, _)| x == e && *ack <= cut.at)
-                    .next_back();
+                    .rfind(|(_, ack, x, _)| x == e && *ack <= cut.at);
                 match latest {
                     Some((_, _, _, present)) => allowed.insert(*present),
                     None => allowed.insert(false),
