@@ -5,6 +5,9 @@
 //! and every failure is an error whose message names a path or says what to do. Bounded by
 //! proptest's case count (64 by default, 2,000 with MAOS_SLOW_TESTS=1).
 
+// Fixture helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
