@@ -422,7 +422,7 @@ fn pair_text(r: &PairResult) -> String {
         let v: Vec<String> = r
             .conflicts
             .iter()
-            .map(|(p, k)| format!("{p} ({k})"))
+            .map(|c| format!("{} ({})", c.path, c.kind))
             .collect();
         format!("{} conflict(s): {}", v.len(), v.join(", "))
     }

@@ -12,8 +12,9 @@ use maos_track::{Task, TaskStatus, TaskTracker};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{
-    Conflict, ConflictDetector, ConflictKind, LineRange, MergeCheck, PairResult, Prediction,
-    Relation, analyse, check_in, merge_options, relation_of, resolve_commit,
+    Conflict, ConflictDetector, ConflictKind, DetectOptions, Engine, LineRange, MergeCheck,
+    PairResult, Prediction, Relation, check_with, engine_options, history, merge_commits,
+    resolve_commit, write_tree,
 };
 use crate::error::{Error, GitContext as _, Result};
 use crate::touch::{AGENT_TRAILER, Actor, blame, branch_agents, short_branch, touches};
@@ -398,7 +399,9 @@ impl MergeCoordinator {
     /// The preparation without taking the lock (the caller holds it, or accepts a snapshot).
     pub fn prepare_unlocked(&self, source: &str, target: &str) -> Result<MergePreparation> {
         let repo = self.detector.repository()?;
-        let check = check_in(&repo, &Default::default(), source, target)?;
+        let options = DetectOptions::default();
+        let engine = Engine::new(&repo, engine_options(&options));
+        let check = check_with(&engine, &options, source, target)?;
         let agents = branch_agents(&self.ws);
         let source_agent = agents.get(short_branch(source));
         let target_agent = agents.get(short_branch(target));
@@ -859,7 +862,9 @@ impl MergeCoordinator {
         // The commit the merge is computed against and the CAS expects.
         let old = expected.unwrap_or(current);
         let src = resolve_commit(&repo, source)?;
-        let (relation, _) = relation_of(&repo, src.id(), old)?;
+        let options = DetectOptions::default();
+        let engine = Engine::new(&repo, engine_options(&options));
+        let relation = history(&engine, src.id(), old)?.relation;
         if relation == Relation::UpToDate {
             return Ok(MergeOutcome::UpToDate {
                 commit: old.to_string(),
@@ -879,22 +884,12 @@ impl MergeCoordinator {
             Relation::FastForward => src.id(),
             _ => {
                 let tgt = repo.find_commit(old).git("read commit")?;
-                let mut index = repo
-                    .merge_commits(&tgt, &src, Some(&merge_options(&Default::default())))
-                    .git("merge")?;
-                let analysis = analyse(&repo, &index, &Default::default())?;
-                if !analysis.conflicts.is_empty() {
-                    let check = check_in(&repo, &Default::default(), source, target)?;
+                let merged = merge_commits(&engine, old, src.id())?;
+                if !merged.conflicts.is_empty() {
+                    let check = check_with(&engine, &options, source, target)?;
                     return Ok(MergeOutcome::Conflicts(check));
                 }
-                for r in &analysis.resolved {
-                    for p in &r.remove {
-                        let _ = index.conflict_remove(Path::new(p));
-                        let _ = index.remove_path(Path::new(p));
-                    }
-                    index.add(&index_entry(&r.add)?).git("stage resolution")?;
-                }
-                let tree_id = index.write_tree_to(&repo).git("write merged tree")?;
+                let tree_id = write_tree(&engine, &merged.entries)?;
                 let tree = repo.find_tree(tree_id).git("read tree")?;
                 let sig = repo
                     .signature()
@@ -997,23 +992,6 @@ fn meta(prep: &MergePreparation, c: Option<&PreparedConflict>) -> BTreeMap<Strin
         }
     }
     m
-}
-
-fn index_entry(e: &crate::ConflictEntry) -> Result<git2::IndexEntry> {
-    Ok(git2::IndexEntry {
-        ctime: git2::IndexTime::new(0, 0),
-        mtime: git2::IndexTime::new(0, 0),
-        dev: 0,
-        ino: 0,
-        mode: e.mode,
-        uid: 0,
-        gid: 0,
-        file_size: 0,
-        id: Oid::from_str(&e.oid).git("parse oid")?,
-        flags: u16::try_from(e.path.len().min(0xfff)).unwrap_or(0xfff),
-        flags_extended: 0,
-        path: e.path.as_bytes().to_vec(),
-    })
 }
 
 /// The worktrees (main and linked) whose HEAD is the branch `refname`.

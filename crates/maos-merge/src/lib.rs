@@ -98,3 +98,16 @@ pub use queue::{
     QueueRun, QueueState,
 };
 pub use touch::{AGENT_TRAILER, Actor, Attribution, branch_agents};
+
+/// Runs blocking work on tokio's blocking pool: the async twin of every blocking entry
+/// point, and the one place where a failed background task becomes [`Error::Join`].
+pub(crate) async fn asyncify<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Join(e.to_string())),
+    }
+}
