@@ -125,10 +125,21 @@ fn quiet_on_broken_pipe() {
 
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    // `merge check SOURCE [TARGET]` skips building the clap tree (merge::FastCheck).
+    if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
+        init_tracing(0, 0);
+        let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
+            .and_then(|ctx| fast.run(&ctx));
+        return finish(result);
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)
         .and_then(|ctx| run(cli.command, &ctx));
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(err) => {

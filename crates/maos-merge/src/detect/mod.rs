@@ -8,6 +8,7 @@ mod snapshot;
 mod types;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use git2::{Commit, Oid, Repository};
 
@@ -22,10 +23,22 @@ use crate::error::{Error, Result};
 /// Predicts merge conflicts with an in-memory three-way merge. Never touches an index or a
 /// working tree and writes nothing (except [`ConflictDetector::snapshot_worktree`], which
 /// writes unreferenced blob, tree and commit objects).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConflictDetector {
     repo_path: PathBuf,
     options: DetectOptions,
+    /// The handle opened by discovery, handed to the first call that needs one (a CLI
+    /// check opens the repository once, not twice).
+    opened: Arc<Mutex<Option<Repository>>>,
+}
+
+impl std::fmt::Debug for ConflictDetector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConflictDetector")
+            .field("repo_path", &self.repo_path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConflictDetector {
@@ -40,6 +53,7 @@ impl ConflictDetector {
         Ok(Self {
             repo_path,
             options: DetectOptions::default(),
+            opened: Arc::new(Mutex::new(Some(repo))),
         })
     }
 
@@ -57,6 +71,9 @@ impl ConflictDetector {
 
     /// Opens the repository (cheap; one handle per call keeps the detector `Send + Sync`).
     pub fn repository(&self) -> Result<Repository> {
+        if let Some(repo) = self.opened.lock().ok().and_then(|mut r| r.take()) {
+            return Ok(repo);
+        }
         Repository::open(&self.repo_path).map_err(|source| Error::NoRepository {
             path: self.repo_path.clone(),
             source,
@@ -144,6 +161,13 @@ pub(crate) fn resolve_commit<'r>(repo: &'r Repository, rev: &str) -> Result<Comm
         rev: rev.to_owned(),
         source,
     };
+    // A full commit id needs no revision parsing.
+    if rev.len() == 40
+        && let Ok(oid) = Oid::from_str(rev)
+        && let Ok(c) = repo.find_commit(oid)
+    {
+        return Ok(c);
+    }
     let obj = repo.revparse_single(rev).map_err(err)?;
     obj.peel_to_commit().map_err(err)
 }
