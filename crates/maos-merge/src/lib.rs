@@ -85,8 +85,9 @@ mod touch;
 
 pub use coordinator::{
     AffectedFile, CONFLICT_TASK_LABEL, ConflictNotice, CoordinatorOptions, DEFAULT_LOCK_WAIT,
-    MergeCoordinator, MergeOutcome, MergePreparation, MergeStrategy, NoticeFile, PreparedConflict,
-    Resolution, ResolutionProgress, ResolutionTask, Side, TASK_LABEL, merge_lock_resource,
+    MergeCoordinator, MergeOutcome, MergePreparation, MergeStep, MergeStrategy, NoticeFile,
+    PreparedConflict,
+    Resolution, ResolutionProgress, ResolutionTask, Side, StepHook, TASK_LABEL, merge_lock_resource,
 };
 pub use detect::{
     Conflict, ConflictDetector, ConflictEntry, ConflictKind, ConflictRegion, DetectOptions,

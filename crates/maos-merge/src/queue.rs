@@ -225,9 +225,7 @@ impl MergeQueue {
     /// another process is running it.
     pub async fn run(&self) -> Result<QueueRun> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run_blocking())
-            .await
-            .map_err(|e| Error::Join(e.to_string()))?
+        crate::asyncify(move || this.run_blocking()).await
     }
 
     /// [`MergeQueue::run`] for synchronous callers.
@@ -292,6 +290,9 @@ impl MergeQueue {
         if matches!(outcome, Err(Error::ConcurrentUpdate { .. })) {
             tracing::debug!("target moved concurrently; re-checking once");
             outcome = self.coord.merge_blocking(&entry.source, &entry.target);
+        }
+        if matches!(outcome, Ok(ref o) if !matches!(o, MergeOutcome::Conflicts(_))) {
+            self.coord.step(crate::coordinator::MergeStep::QueueEntryMerged);
         }
         match outcome {
             Ok(MergeOutcome::Conflicts(check)) => {

@@ -172,6 +172,17 @@ pub(crate) fn resolve_commit<'r>(repo: &'r Repository, rev: &str) -> Result<Comm
     obj.peel_to_commit().map_err(err)
 }
 
+/// A revision's commit id; a full commit id is read once, into the engine's cache.
+pub(crate) fn resolve_oid(engine: &Engine<'_>, rev: &str) -> Result<Oid> {
+    if rev.len() == 40
+        && let Ok(oid) = Oid::from_str(rev)
+        && engine.commit_tree(oid).is_ok()
+    {
+        return Ok(oid);
+    }
+    Ok(resolve_commit(engine.repo(), rev)?.id())
+}
+
 /// How two commits relate, and their merge base (the newest, when there are several).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct History {
@@ -221,9 +232,8 @@ pub(crate) fn check_with(
     source: &str,
     target: &str,
 ) -> Result<MergeCheck> {
-    let repo = engine.repo();
-    let s = resolve_commit(repo, source)?.id();
-    let t = resolve_commit(repo, target)?.id();
+    let s = resolve_oid(engine, source)?;
+    let t = resolve_oid(engine, target)?;
     let h = history(engine, s, t)?;
     let conflicts = match h.relation {
         Relation::UpToDate | Relation::FastForward => Vec::new(),
