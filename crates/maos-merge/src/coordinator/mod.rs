@@ -46,6 +46,7 @@ impl MergeCoordinator {
     }
 
     /// Replaces the options.
+    #[must_use = "with_options returns the changed coordinator"]
     pub fn with_options(mut self, options: CoordinatorOptions) -> Self {
         self.options = options;
         self
@@ -140,6 +141,7 @@ impl MergeCoordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn the_merge_lock_is_per_target_branch() {
