@@ -1,17 +1,26 @@
 //! `maos agents ...`: the agent registry.
 
+use std::collections::BTreeMap;
+
 use clap::Subcommand;
-use maos_coordination::core::ProcessIdentity;
-use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration};
+use maos_coordination::core::{Anchor, AnchorKind, ProcessIdentity, human_ms, now_ms};
+use maos_coordination::lock::LockTable;
+use maos_coordination::{
+    AgentId, AgentRecord, AgentRegistry, AgentRole, Liveness, Registration, TaskTracker,
+};
 use serde::Serialize;
 
 use crate::ctx::Ctx;
-use crate::duration;
 use crate::exit::Exit;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AgentsCommand {
     /// Register the acting agent (--agent / MAOS_AGENT_ID), replacing an earlier record.
+    ///
+    /// The agent stays alive while the process standing for it runs: by default the nearest
+    /// ancestor of this command that is not a shell or wrapper (for an agent running each
+    /// command in a fresh shell, its own client process), else while its lease runs (renewed
+    /// by every maos command of the agent; `agent_lease_ms` in .maos/config.json, default 15m).
     Register {
         /// Its role (messages to this role reach it).
         #[arg(long)]
@@ -23,31 +32,35 @@ pub(crate) enum AgentsCommand {
         /// then includes its uncommitted changes).
         #[arg(long, value_name = "DIR")]
         worktree: Option<std::path::PathBuf>,
-        /// The pid of the process that represents the agent (default: the parent of this
-        /// command, i.e. the agent's shell).
+        /// A long-lived process that stands for the agent: when it ends, the agent is dead at
+        /// once and its claims and locks are released.
         #[arg(long)]
         pid: Option<u32>,
     },
-    /// Record a heartbeat for the acting agent.
+    /// Renew the acting agent's lease (every maos command of a registered agent does too).
     Heartbeat,
-    /// Remove the acting agent (or ID) from the registry.
+    /// Remove the acting agent (or ID) from the registry, releasing its locks and claims.
     Unregister {
         /// The agent to remove (default: the acting agent).
         id: Option<String>,
     },
-    /// List registered agents with their liveness.
-    List {
-        /// Heartbeats older than this count as stale.
-        #[arg(long, default_value = "5m", value_parser = duration::parse)]
-        stale_after: std::time::Duration,
-    },
+    /// List registered agents: liveness, anchor, lease left, branch, worktree, what they hold
+    /// and claim.
+    List,
 }
 
 #[derive(Serialize)]
 struct Row {
     #[serde(flatten)]
-    record: maos_coordination::AgentRecord,
-    liveness: maos_coordination::Liveness,
+    record: AgentRecord,
+    liveness: Liveness,
+    /// The process keeping it alive now, if any.
+    live_anchor: Option<Anchor>,
+    lease_left_ms: u64,
+    /// Resources it holds locks on.
+    holds: Vec<String>,
+    /// Tasks assigned to it that are not finished (ids).
+    claims: Vec<String>,
 }
 
 pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
@@ -71,54 +84,101 @@ pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 let w = std::path::absolute(&w)
                     .map_err(|e| anyhow::anyhow!("--worktree {}: {e}", w.display()))?;
                 anyhow::ensure!(w.is_dir(), "--worktree {}: not a directory", w.display());
-                r.worktree = Some(w);
+                r = r.worktree(w);
             }
-            let process = match pid {
-                Some(pid) => ProcessIdentity::of(pid)
-                    .ok_or_else(|| anyhow::anyhow!("no process with pid {pid} on this host"))?,
-                None => ProcessIdentity::parent(),
-            };
-            let rec = reg.register(r.process(process))?;
+            let anchor =
+                match pid {
+                    Some(pid) => Anchor::session(ProcessIdentity::of(pid).ok_or_else(|| {
+                        anyhow::anyhow!("--pid {pid}: no such process on this host")
+                    })?),
+                    None => Anchor::ancestor(
+                        ProcessIdentity::anchor().unwrap_or_else(ProcessIdentity::current),
+                    ),
+                };
+            let rec = reg.register(r.anchor(anchor.clone()))?;
             ctx.emit(&rec, || {
                 format!(
-                    "registered {} (role {}, pid {})",
+                    "registered {} (role {}), anchored by pid {} ({}); lease {}",
                     rec.id,
                     rec.role.as_ref().map_or("-", |r| r.as_str()),
-                    rec.process.pid
+                    anchor.process.pid,
+                    match anchor.kind {
+                        AnchorKind::Session => "the agent ends when it ends",
+                        AnchorKind::Ancestor => "the agent's client process",
+                    },
+                    human_ms(rec.lease_until.saturating_sub(now_ms())),
                 )
             })?;
         }
         AgentsCommand::Heartbeat => {
             let rec = reg.heartbeat(&ctx.agent)?;
-            ctx.emit(&rec, || format!("heartbeat recorded for {}", rec.id))?;
+            ctx.emit(&rec, || {
+                format!(
+                    "lease of {} renewed: {} left",
+                    rec.id,
+                    human_ms(rec.lease_until.saturating_sub(now_ms()))
+                )
+            })?;
         }
         AgentsCommand::Unregister { id } => {
             let id = match id {
                 Some(id) => AgentId::new(id)?,
                 None => ctx.agent.clone(),
             };
+            let released_locks = LockTable::open(&ws)?.release_agent(&id)?;
+            let tracker = TaskTracker::open(&ws)?;
+            let released_tasks = tracker
+                .release_agent_blocking(&id, &format!("released: agent {id} unregistered"))?;
             let removed = reg.unregister(&id)?;
             ctx.emit(
-                &serde_json::json!({ "agent": id, "removed": removed }),
+                &serde_json::json!({
+                    "agent": id,
+                    "removed": removed,
+                    "released_locks": released_locks.len(),
+                    "released_tasks": released_tasks,
+                }),
                 || {
+                    let what = format!(
+                        "{} lock(s) and {} claimed task(s) released",
+                        released_locks.len(),
+                        released_tasks.len()
+                    );
                     if removed {
-                        format!("unregistered {id}")
+                        format!("unregistered {id}; {what}")
                     } else {
-                        format!("{id} was not registered")
+                        format!("{id} was not registered; {what}")
                     }
                 },
             )?;
         }
-        AgentsCommand::List { stale_after } => {
+        AgentsCommand::List => {
             let list = reg.list()?;
             for p in &list.problems {
                 tracing::warn!("{p}");
             }
+            let mut holds: BTreeMap<AgentId, Vec<String>> = BTreeMap::new();
+            for h in LockTable::open(&ws)?.snapshot()?.holders {
+                holds
+                    .entry(h.owner)
+                    .or_default()
+                    .push(h.resource.to_string());
+            }
+            let mut claims: BTreeMap<AgentId, Vec<String>> = BTreeMap::new();
+            for t in TaskTracker::open(&ws)?.list_blocking()? {
+                if let (true, Some(a)) = (t.status.is_active(), t.assigned_to) {
+                    claims.entry(a).or_default().push(t.id.to_string());
+                }
+            }
+            let now = now_ms();
             let rows: Vec<Row> = list
                 .agents
                 .into_iter()
                 .map(|record| Row {
-                    liveness: record.liveness(stale_after),
+                    liveness: record.liveness_at(now),
+                    live_anchor: record.live_anchor(),
+                    lease_left_ms: record.lease_until.saturating_sub(now),
+                    holds: holds.remove(&record.id).unwrap_or_default(),
+                    claims: claims.remove(&record.id).unwrap_or_default(),
                     record,
                 })
                 .collect();
@@ -143,30 +203,47 @@ fn render(rows: &[Row]) -> String {
     if rows.is_empty() {
         return "no agents registered".into();
     }
-    let now = maos_coordination::core::now_ms();
     let mut out = format!(
-        "{:<20} {:<12} {:<18} {:>8} {:>10}  {}\n",
-        "AGENT", "ROLE", "LIVENESS", "PID", "SEEN", "BRANCH"
+        "{:<20} {:<10} {:<8} {:<22} {:>7}  {:<18} {:<6} {:<6} {}\n",
+        "AGENT", "ROLE", "STATE", "ANCHOR", "LEASE", "BRANCH", "LOCKS", "TASKS", "WORKTREE"
     );
     for r in rows {
         let rec = &r.record;
+        let anchor = match &r.live_anchor {
+            Some(a) => format!(
+                "pid {} ({})",
+                a.process.pid,
+                match a.kind {
+                    AnchorKind::Session => "session",
+                    AnchorKind::Ancestor => "client",
+                }
+            ),
+            None => "none running".into(),
+        };
         out.push_str(&format!(
-            "{:<20} {:<12} {:<18} {:>8} {:>10}  {}\n",
+            "{:<20} {:<10} {:<8} {:<22} {:>7}  {:<18} {:<6} {:<6} {}\n",
             rec.id,
             rec.role.as_ref().map_or("-", |r| r.as_str()),
-            serde_json::to_value(r.liveness)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            rec.process.pid,
-            format!(
-                "{} ago",
-                duration::format(std::time::Duration::from_millis(
-                    now.saturating_sub(rec.last_seen)
-                ))
-            ),
+            match r.liveness {
+                Liveness::Alive => "alive",
+                Liveness::Leased => "leased",
+                Liveness::Dead => "dead",
+            },
+            anchor,
+            human_ms(r.lease_left_ms),
             rec.branch.as_deref().unwrap_or("-"),
+            r.holds.len(),
+            r.claims.len(),
+            rec.worktree
+                .as_ref()
+                .map_or_else(|| "-".into(), |w| w.display().to_string()),
         ));
+        for h in &r.holds {
+            out.push_str(&format!("    holds  {h}\n"));
+        }
+        for c in &r.claims {
+            out.push_str(&format!("    claims {c}\n"));
+        }
     }
     out
 }

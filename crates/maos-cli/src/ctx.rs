@@ -3,14 +3,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use maos_coordination::core::Discovery;
-use maos_coordination::{AgentId, Workspace};
+use maos_coordination::core::{Anchor, Discovery, ProcessIdentity};
+use maos_coordination::{AgentId, AgentRegistry, Workspace};
 use serde::Serialize;
 
 /// The context of one invocation.
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) root: PathBuf,
+    /// `--workspace` / `MAOS_WORKSPACE`, as given.
+    pub(crate) explicit_workspace: Option<PathBuf>,
+    /// `--agent` / `MAOS_AGENT_ID`, as given (non-empty).
+    pub(crate) explicit_agent: Option<String>,
     pub(crate) discovery: Discovery,
     pub(crate) agent: AgentId,
     pub(crate) json: bool,
@@ -23,12 +27,15 @@ impl Ctx {
         json: bool,
     ) -> anyhow::Result<Self> {
         let (root, discovery) = Workspace::discover(workspace).context("locating the workspace")?;
+        let agent_arg = agent;
         let agent = match agent {
             Some(a) if !a.is_empty() => AgentId::new(a).context("--agent / MAOS_AGENT_ID")?,
             _ => AgentId::current()?,
         };
         Ok(Self {
             root,
+            explicit_workspace: workspace.map(Path::to_path_buf),
+            explicit_agent: agent_arg.filter(|a| !a.is_empty()).map(str::to_owned),
             discovery,
             agent,
             json,
@@ -44,6 +51,13 @@ impl Ctx {
                 path = %ws.maos_dir().display(),
                 "the workspace is on a network filesystem: the file backend is single-host only"
             );
+        }
+        // Every command by a registered agent renews its lease and records the process that
+        // stands for it (the agent's client, found past the shells this command runs under).
+        if let Err(e) = AgentRegistry::new(&ws).touch(&self.agent, || {
+            ProcessIdentity::anchor().map(Anchor::ancestor)
+        }) {
+            tracing::warn!("cannot renew the lease of agent {}: {e}", self.agent);
         }
         Ok(ws)
     }

@@ -10,7 +10,9 @@ mod ctx;
 mod demo;
 mod duration;
 mod exit;
+mod hook;
 mod lock;
+mod mcp;
 mod merge;
 mod status;
 mod task;
@@ -83,6 +85,11 @@ enum Command {
     /// Merges: check, prepare, resolve, run, queue.
     #[command(subcommand)]
     Merge(merge::MergeCommand),
+    /// Serve MCP on stdio for one agent session (Claude Code, Codex, Gemini CLI, Cursor).
+    Mcp(mcp::McpArgs),
+    /// Hooks for the tools agents work in: Claude Code (`claude EVENT`), git, and `install`.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 }
 
 fn init_tracing(verbose: u8, quiet: u8) {
@@ -161,5 +168,7 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Deadlock(cmd) => lock::run_deadlock(cmd, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::Merge(cmd) => merge::run(cmd, ctx),
+        Command::Hook(cmd) => hook::run(cmd, ctx),
+        Command::Mcp(args) => mcp::run(args, ctx),
     }
 }

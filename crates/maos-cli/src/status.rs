@@ -61,10 +61,7 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
     let alive = list
         .agents
         .iter()
-        .filter(|a| {
-            a.liveness(maos_coordination::core::DEFAULT_STALE_AFTER)
-                == maos_coordination::Liveness::Alive
-        })
+        .filter(|a| !a.liveness().is_dead())
         .count();
     let sections = maos_coordination::core::LAYOUT_DIRS
         .iter()

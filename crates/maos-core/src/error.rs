@@ -119,6 +119,34 @@ pub enum Error {
         /// The registry directory.
         path: PathBuf,
     },
+
+    /// Something other than a regular file sits where maos keeps one.
+    #[error(
+        "{path} is a {kind}, not a regular file; maos never creates one there: move it away \
+         (`maos doctor` lists such files)"
+    )]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`FIFO (named pipe)`, `directory`, ...).
+        kind: &'static str,
+    },
+
+    /// Waiting for a kernel lock (`flock`) on a state file took longer than the operation allows.
+    #[error(
+        "timed out after {} waiting for the kernel lock on {}{}",
+        crate::human_duration(*waited),
+        path.display(),
+        crate::fsx::describe_holders(holders)
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Who holds it, as far as the kernel says.
+        holders: Vec<crate::fsx::LockHolder>,
+    },
 }
 
 impl Error {

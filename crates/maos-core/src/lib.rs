@@ -35,6 +35,8 @@
 //!   directory for a link between the check and the use is not defended against (maos agents
 //!   cooperate; the check stops accidents and planted links, not a racing attacker).
 
+mod config;
+pub mod doctor;
 mod error;
 pub mod fsx;
 mod ids;
@@ -42,8 +44,11 @@ mod message;
 mod name;
 pub mod process;
 mod registry;
+mod text;
+mod time;
 mod workspace;
 
+pub use config::{Config, DEFAULT_AGENT_LEASE, HookConfig, MAX_AGENT_LEASE};
 pub use error::{Error, Result};
 pub use ids::{MessageId, TaskId};
 pub use message::{Message, MessageMetadata, Priority, Recipients, now_ms};
@@ -53,6 +58,9 @@ pub use name::{
 };
 pub use process::{ProcessIdentity, ProcessState};
 pub use registry::{
-    AgentList, AgentRecord, AgentRegistry, DEFAULT_STALE_AFTER, Liveness, Registration,
+    AgentList, AgentRecord, AgentRegistry, Anchor, AnchorKind, DEFAULT_STALE_AFTER, Liveness,
+    Registration, SessionRecord,
 };
+pub use text::{escape_controls, excerpt};
+pub use time::{deadline_after, human_duration, human_ms};
 pub use workspace::{Discovery, FORMAT_VERSION, LAYOUT_DIRS, MAOS_DIR, WORKSPACE_ENV, Workspace};

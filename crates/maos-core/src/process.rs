@@ -61,6 +61,33 @@ impl ProcessIdentity {
         Self::of(ppid).unwrap_or_else(Self::current)
     }
 
+    /// The process that stands for the agent running this one: the nearest ancestor that is
+    /// not a shell or a wrapper. Claude Code runs each Bash tool call as `claude -> bash ->
+    /// maos`, each hook as `claude -> sh -> maos hook`: both find `claude`, which lives as long
+    /// as the session. A person in a terminal gets the terminal's session process. `None` when
+    /// the walk reaches init (a daemonised caller): then only a lease can keep the agent alive.
+    pub fn anchor() -> Option<Self> {
+        let mut pid = std::os::unix::process::parent_id();
+        // A bounded walk: a cycle is impossible, but /proc is read while processes come and go.
+        for _ in 0..64 {
+            if pid <= 1 {
+                return None;
+            }
+            let stat = read_stat(pid)?;
+            let (comm, ppid, start_time) = parse_stat(&stat)?;
+            if !is_wrapper(&comm) {
+                return Some(Self {
+                    host: hostname().to_owned(),
+                    pid,
+                    start_time,
+                    boot_id: boot_id().to_owned(),
+                });
+            }
+            pid = ppid;
+        }
+        None
+    }
+
     /// Checks whether this process still runs.
     pub fn state(&self) -> ProcessState {
         if self.host != hostname() {
@@ -99,8 +126,67 @@ pub fn boot_id() -> &'static str {
 
 /// Start time of `pid` in clock ticks since boot, or `None` if there is no such process.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
+    parse_start_time(&read_stat(pid)?)
+}
+
+fn read_stat(pid: u32) -> Option<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+/// Command names skipped when looking for an agent's anchor: shells, and programs that only
+/// run another program (their lifetime says nothing about the agent's).
+const WRAPPERS: &[&str] = &[
+    "sh",
+    "bash",
+    "zsh",
+    "dash",
+    "fish",
+    "ksh",
+    "mksh",
+    "tcsh",
+    "csh",
+    "busybox",
+    "env",
+    "timeout",
+    "nohup",
+    "xargs",
+    "sudo",
+    "su",
+    "doas",
+    "setsid",
+    "stdbuf",
+    "nice",
+    "ionice",
+    "time",
+    "script",
+    "flock",
+    "chronic",
+    "maos",
+    "unbuffer",
+    "tini",
+    "dumb-init",
+];
+
+fn is_wrapper(comm: &str) -> bool {
+    WRAPPERS.contains(&comm)
+}
+
+/// `(command name, parent pid, start time)` from a `/proc/<pid>/stat` line.
+fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat[close + 1..].split_whitespace();
+    let ppid = rest.nth(1)?.parse().ok()?;
+    let start = parse_start_time(stat)?;
+    Some((comm, ppid, start))
 }
 
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may itself
@@ -135,6 +221,21 @@ mod tests {
             ..me
         };
         assert_eq!(elsewhere.state(), ProcessState::OtherHost);
+    }
+
+    #[test]
+    fn stat_lines_give_name_parent_and_start() {
+        let stat = "42 (ba sh) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(stat), Some(("ba sh".into(), 7, 987654)));
+    }
+
+    #[test]
+    fn the_anchor_skips_shells() {
+        // The test runner (cargo, or whatever started this binary) is not a wrapper.
+        let a = ProcessIdentity::anchor().expect("a test binary has a non-shell ancestor");
+        let (comm, _, _) = parse_stat(&read_stat(a.pid).unwrap()).unwrap();
+        assert!(!is_wrapper(&comm), "{comm}");
+        assert_eq!(a.state(), ProcessState::Running);
     }
 
     #[test]

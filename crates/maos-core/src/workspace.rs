@@ -192,6 +192,16 @@ impl Workspace {
         fsx::checked_join(&self.dir, rel.as_ref())
     }
 
+    /// `.maos/config.json`: the workspace settings ([`Config`](crate::Config)).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// `.maos/sessions/`: which agent each client session acts as.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.dir.join("sessions")
+    }
+
     /// `.maos/agents/`.
     pub fn agents_dir(&self) -> PathBuf {
         self.dir.join("agents")

@@ -900,6 +900,23 @@ impl LockTable {
         self.agent_records(resource, agent, token, |_| {}, true)
     }
 
+    /// Releases every lease `agent` holds without a process (its `maos lock acquire` locks):
+    /// what unregistering an agent does. Locks held by live processes stay theirs.
+    pub fn release_agent(&self, agent: &AgentId) -> Result<Vec<LockInfo>> {
+        let _span = tracing::info_span!("release_agent", agent = %agent).entered();
+        self.shared.locked(|l| {
+            let (mut t, dirty) = l.load_table()?;
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut t.holders)
+                .into_iter()
+                .partition(|h| &h.owner == agent && h.live.is_none());
+            t.holders = keep;
+            if dirty || !gone.is_empty() {
+                l.save_table(&t)?;
+            }
+            Ok(gone)
+        })
+    }
+
     /// Renews every lock `agent` still holds by its lease length: the agent's heartbeat for
     /// leases it holds without a process (`maos lock renew` without a resource).
     pub fn renew_all(&self, agent: &AgentId) -> Result<Vec<LockInfo>> {

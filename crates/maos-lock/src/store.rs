@@ -715,7 +715,35 @@ impl Locked<'_> {
 
     /// Whether a holder record still holds: not expired, and its process (if any) alive.
     pub(crate) fn holds(&mut self, h: &LockInfo, now: u64) -> bool {
-        h.expires_at > now && self.alive(h.live.as_deref(), h.process.as_ref())
+        h.expires_at > now
+            && self.alive(h.live.as_deref(), h.process.as_ref())
+            && (h.live.is_some() || self.agent_alive(&h.owner))
+    }
+
+    /// Whether the agent holding a lease without a process is still around: not when the
+    /// registry says it is dead (its session ended, or no anchor runs and its lease ran out).
+    /// An unregistered agent's lease ends only by expiry.
+    fn agent_alive(&mut self, agent: &AgentId) -> bool {
+        let key = format!("agent:{agent}");
+        if let Some(&v) = self.alive_cache.get(&key) {
+            return v;
+        }
+        let path = self
+            .shared
+            .dir
+            .parent()
+            .map(|m| m.join("agents").join(format!("{agent}.json")));
+        let v = match path.map(|p| fsx::read_json::<maos_core::AgentRecord>(&p, 64 << 10)) {
+            Some(Ok(rec)) => !rec.liveness().is_dead(),
+            Some(Err(e)) if e.is_not_found() => true,
+            Some(Err(e)) => {
+                tracing::warn!(agent = %agent, error = %e, "cannot read the agent's record; assuming alive");
+                true
+            }
+            None => true,
+        };
+        self.alive_cache.insert(key, v);
+        v
     }
 
     /// Whether a waiter still waits.

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use maos_core::{
-    AgentId, AgentRegistry, DEFAULT_STALE_AFTER, Liveness, ResourceName, TaskId, Workspace, fsx,
-};
+use maos_core::{AgentId, AgentRegistry, Liveness, ResourceName, TaskId, Workspace, fsx};
 
 use crate::graph::{self, weight_ms};
 use crate::store::{self, Change, Op, State};
@@ -23,10 +21,9 @@ pub struct Options {
     pub agent: Option<AgentId>,
     /// Publish status changes on the `tasks` broadcast topic (default true).
     pub publish: bool,
-    /// Release claims of agents the registry reports dead before each claim (default true).
+    /// Release claims of agents the registry reports dead (no live anchor, and their session
+    /// ended or their lease ran out) before each claim (default true).
     pub release_dead_claims: bool,
-    /// Heartbeat staleness limit used for liveness verdicts.
-    pub stale_after: Duration,
 }
 
 impl Default for Options {
@@ -35,7 +32,6 @@ impl Default for Options {
             agent: AgentId::current().ok(),
             publish: true,
             release_dead_claims: true,
-            stale_after: DEFAULT_STALE_AFTER,
         }
     }
 }
@@ -537,13 +533,12 @@ impl TaskTracker {
         let _span = tracing::info_span!("claim", agent = %agent).entered();
         let release = self.inner.options.release_dead_claims;
         let ws = &self.inner.ws;
-        let stale_after = self.inner.options.stale_after;
         let mut claimed = None;
         self.write(
             Some(agent),
             |st| {
                 let mut ops = if release {
-                    dead_claims(ws, st, stale_after)
+                    dead_claims(ws, st)
                 } else {
                     Vec::new()
                 };
@@ -580,17 +575,50 @@ impl TaskTracker {
     /// reports dead. Returns the released ids.
     pub fn release_dead_claims_blocking(&self) -> Result<Vec<TaskId>, Error> {
         let ws = &self.inner.ws;
-        let stale_after = self.inner.options.stale_after;
         let mut released = Vec::new();
         self.write(
             None,
             |st| {
-                let ops = dead_claims(ws, st, stale_after);
+                let ops = dead_claims(ws, st);
                 for op in &ops {
                     if let Op::Release { task, .. } = op {
                         released.push(task.clone());
                     }
                 }
+                Ok(ops)
+            },
+            |_| (),
+        )?;
+        Ok(released)
+    }
+
+    /// Releases (back to Pending, unassigned) every active task assigned to `agent`, recording
+    /// `reason`: what unregistering an agent does. Returns the released ids.
+    pub fn release_agent_blocking(
+        &self,
+        agent: &AgentId,
+        reason: &str,
+    ) -> Result<Vec<TaskId>, Error> {
+        let mut released = Vec::new();
+        self.write(
+            None,
+            |st| {
+                let ops: Vec<Op> = st
+                    .tasks
+                    .iter()
+                    .filter(|t| t.status.is_active() && t.assigned_to.as_ref() == Some(agent))
+                    .map(|t| Op::Release {
+                        task: t.id.clone(),
+                        reason: reason.to_owned(),
+                    })
+                    .collect();
+                released = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Release { task, .. } => Some(task.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 Ok(ops)
             },
             |_| (),
@@ -841,7 +869,7 @@ fn best_ready(st: &State, agent: &AgentId, released: &HashSet<usize>) -> Option<
         .min_by_key(|&i| key(st, i))
 }
 
-fn dead_claims(ws: &Workspace, st: &State, stale_after: Duration) -> Vec<Op> {
+fn dead_claims(ws: &Workspace, st: &State) -> Vec<Op> {
     let registry = AgentRegistry::new(ws);
     let mut verdicts: HashMap<&AgentId, bool> = HashMap::new();
     let mut ops = Vec::new();
@@ -855,7 +883,7 @@ fn dead_claims(ws: &Workspace, st: &State, stale_after: Duration) -> Vec<Op> {
         let dead = *verdicts.entry(agent).or_insert_with(|| {
             matches!(
                 registry.get(agent),
-                Ok(Some(rec)) if rec.liveness(stale_after) == Liveness::Dead
+                Ok(Some(rec)) if rec.liveness() == Liveness::Dead
             )
         });
         if dead {

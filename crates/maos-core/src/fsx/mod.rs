@@ -22,6 +22,15 @@ use serde::de::DeserializeOwned;
 
 use crate::{Error, Result};
 
+mod file;
+mod flock;
+pub mod sim;
+
+pub use file::DataFile;
+
+pub(crate) use flock::describe_holders;
+pub use flock::{DEFAULT_GUARD_TIMEOUT, FlockGuard, FlockMode, LockFile, LockHolder, holders_of};
+
 /// Prefix of temporary files. Readers skip names that start with it.
 pub const TEMP_PREFIX: &str = ".tmp.";
 
@@ -30,6 +39,7 @@ pub const DEFAULT_READ_LIMIT: u64 = 16 << 20;
 
 const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 const CLOEXEC: i32 = rustix::fs::OFlags::CLOEXEC.bits() as i32;
+const NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -66,55 +76,124 @@ fn map_open_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
     Error::io(op, path, e)
 }
 
-/// Opens `path` for reading without following a symbolic link at its last component.
-pub fn open_read(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(NOFOLLOW | CLOEXEC)
+/// Refuses anything but a regular file behind `f` (a FIFO, a device, a socket or a directory
+/// planted where maos keeps a file would hang or confuse a reader).
+fn regular(f: File, path: &Path) -> Result<File> {
+    let ft = f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .file_type();
+    if ft.is_file() {
+        return Ok(f);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    };
+    Err(Error::NotRegularFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// Opens with `O_NONBLOCK` (so a FIFO planted at `path` cannot block the open) and refuses
+/// anything but a regular file. `O_NONBLOCK` has no effect on a regular file's reads and writes.
+fn open_regular(opts: &mut OpenOptions, op: &'static str, path: &Path) -> Result<File> {
+    let f = opts
+        .custom_flags(NOFOLLOW | CLOEXEC | NONBLOCK)
         .open(path)
-        .map_err(|e| map_open_err("open", path, e))
+        .map_err(|e| map_open_err(op, path, e))?;
+    regular(f, path)
+}
+
+/// Opens `path` for reading without following a symbolic link at its last component and
+/// without blocking; anything but a regular file is refused ([`Error::NotRegularFile`]).
+pub fn open_read(path: &Path) -> Result<File> {
+    open_regular(OpenOptions::new().read(true), "open", path)
 }
 
 /// Opens (creating it with mode 0600 if needed) `path` for reading and appending, without
 /// following a symbolic link.
 pub fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(NOFOLLOW | CLOEXEC)
-        .open(path)
-        .map_err(|e| map_open_err("open", path, e))
+    open_created(OpenOptions::new().read(true).append(true), "open", path)
+}
+
+/// Opens `path` with `opts`, creating it (mode 0600) when missing; a file created here has its
+/// name made durable (the directory is fsynced) before this returns, so data later fsynced in
+/// it cannot be lost with its name in a power cut.
+fn open_created(opts: &mut OpenOptions, op: &'static str, path: &Path) -> Result<File> {
+    match open_regular(opts, op, path) {
+        Err(Error::NotFound { .. }) => {}
+        other => return other,
+    }
+    let created = sim::with(
+        path,
+        || match open_regular(opts.clone().create_new(true).mode(0o600), op, path) {
+            Ok(f) => Ok(Some(f)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
+        |st, f| {
+            if f.is_some() {
+                st.create(path);
+            }
+        },
+    )?;
+    match created {
+        Some(f) => {
+            sync_dir(parent_of(path)?)?;
+            Ok(f)
+        }
+        // Someone else created it between the two opens.
+        None => open_regular(opts, op, path),
+    }
 }
 
 /// Opens (creating it with mode 0600 if needed) `path` for reading and writing, without
 /// following a symbolic link. Meant for files used only as kernel-lock handles.
 pub fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(NOFOLLOW | CLOEXEC)
+        .custom_flags(NOFOLLOW | CLOEXEC | NONBLOCK)
         .open(path)
-        .map_err(|e| map_open_err("open", path, e))
+        .map_err(|e| map_open_err("open", path, e))?;
+    regular(f, path)
 }
 
 /// `fsync`s a directory, making the names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32 | NOFOLLOW | CLOEXEC)
-        .open(dir)
-        .map_err(|e| map_open_err("open directory", dir, e))?;
-    f.sync_all()
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    sim::with(
+        dir,
+        || {
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32 | NOFOLLOW | CLOEXEC)
+                .open(dir)
+                .map_err(|e| map_open_err("open directory", dir, e))?;
+            f.sync_all()
+                .map_err(|e| Error::io("fsync directory", dir, e))
+        },
+        |st, ()| st.sync_dir(dir),
+    )
 }
 
-/// Creates `dir` and its missing parents with mode 0700. An existing directory is fine; an
-/// existing symbolic link is refused.
+/// Creates `dir` and its missing parents with mode 0700, durably (each new directory's parent
+/// is fsynced). An existing directory is fine; an existing symbolic link, or a file in the
+/// way, is refused.
 pub fn create_dir_private(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -131,43 +210,142 @@ pub fn create_dir_private(dir: &Path) -> Result<()> {
         }
         Err(_) => {}
     }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_private(parent)?;
+    }
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("create directory", dir, e))
+    let created = sim::with(
+        dir,
+        || match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("create directory", dir, e)),
+        },
+        |st, created| {
+            if *created {
+                st.mkdir(dir);
+            }
+        },
+    )?;
+    if !created {
+        // Raced with another creator: it must be a real directory now.
+        return match std::fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.file_type().is_symlink() => Err(Error::Symlink {
+                path: dir.to_path_buf(),
+            }),
+            _ => Err(Error::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "expected a directory, found a file".into(),
+            }),
+        };
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 fn write_temp(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = temp_path(dir);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(NOFOLLOW | CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| map_open_err("create", &tmp, e))?;
-    let res = f
-        .write_all(bytes)
-        .and_then(|()| f.sync_data())
-        .map_err(|e| Error::io("write", &tmp, e));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    sim::with(
+        &tmp,
+        || {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(NOFOLLOW | CLOEXEC)
+                .open(&tmp)
+                .map_err(|e| map_open_err("create", &tmp, e))?;
+            let res = f
+                .write_all(bytes)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| Error::io("write", &tmp, e));
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(())
+        },
+        |st, ()| {
+            st.create(&tmp);
+            st.write(&tmp, 0, bytes);
+            st.sync(&tmp);
+        },
+    )?;
     Ok(tmp)
+}
+
+/// Renames `from` to `to` (replacing `to`), then fsyncs the directories involved so the move
+/// survives a power cut.
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    sim::with(
+        to,
+        || std::fs::rename(from, to).map_err(|e| Error::io("rename", to, e)),
+        |st, ()| st.rename(from, to),
+    )?;
+    let (a, b) = (parent_of(from)?, parent_of(to)?);
+    sync_dir(b)?;
+    if a != b {
+        sync_dir(a)?;
+    }
+    Ok(())
 }
 
 /// Publishes `bytes` at `path`, replacing what was there, atomically and durably.
 pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_of(path)?;
     let tmp = write_temp(dir, bytes)?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("rename", path, e));
+    let renamed = sim::with(
+        path,
+        || std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)),
+        |st, ()| st.rename(&tmp, path),
+    );
+    if let Err(e) = renamed {
+        let _ = remove_if_exists(&tmp);
+        return Err(e);
     }
     sync_dir(dir)
+}
+
+/// Publishes `bytes` at `path`, replacing what was there, atomically but NOT durably: readers
+/// see the old or the new content, never a mix, but a power cut may bring back the old content
+/// (or an empty file in place of the new one). For hints that are cheap to lose (a cache, the
+/// hash of a file an agent last read), where an fsync per write would cost more than it saves.
+pub fn write_replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_of(path)?;
+    let tmp = temp_path(dir);
+    sim::with(
+        &tmp,
+        || {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(NOFOLLOW | CLOEXEC)
+                .open(&tmp)
+                .map_err(|e| map_open_err("create", &tmp, e))?;
+            f.write_all(bytes).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io("write", &tmp, e)
+            })
+        },
+        |st, ()| {
+            st.create(&tmp);
+            st.write(&tmp, 0, bytes);
+        },
+    )?;
+    let renamed = sim::with(
+        path,
+        || std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)),
+        |st, ()| st.rename(&tmp, path),
+    );
+    if let Err(e) = renamed {
+        let _ = remove_if_exists(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Publishes `bytes` at `path` only if nothing is there yet, atomically and durably.
@@ -177,14 +355,25 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_of(path)?;
     let tmp = write_temp(dir, bytes)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+    let linked = sim::with(
+        path,
+        || match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("link", path, e)),
+        },
+        |st, linked| {
+            if *linked {
+                st.link(&tmp, path);
+            }
+        },
+    );
+    remove_if_exists(&tmp)?;
+    match linked? {
+        true => sync_dir(dir),
+        false => Err(Error::AlreadyExists {
             path: path.to_path_buf(),
         }),
-        Err(e) => Err(Error::io("link", path, e)),
     }
 }
 
@@ -242,12 +431,38 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, limit: u64) -> Result<T> {
 }
 
 /// Removes `path`; a missing file is not an error. Returns whether something was removed.
+/// The removal is not made durable: call [`sync_dir`] when it must survive a power cut.
 pub fn remove_if_exists(path: &Path) -> Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("remove", path, e)),
-    }
+    sim::with(
+        path,
+        || match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("remove", path, e)),
+        },
+        |st, removed| {
+            if *removed {
+                st.unlink(path);
+            }
+        },
+    )
+}
+
+/// Removes the empty directory `path`; a missing one is not an error. Not made durable.
+pub fn remove_empty_dir(path: &Path) -> Result<bool> {
+    sim::with(
+        path,
+        || match std::fs::remove_dir(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("remove directory", path, e)),
+        },
+        |st, removed| {
+            if *removed {
+                st.rmdir(path);
+            }
+        },
+    )
 }
 
 /// Removes temporary files in `dir` older than `age`, left behind by writers that were killed
