@@ -99,11 +99,12 @@ fn real_history(table: &mut Table, bin: &Path, name: &str) -> anyhow::Result<()>
                 .arg(repo)
                 .args(["merge", "check", p2, p1]),
         )?;
-        let (g, gc) = time_process(
-            Command::new("git")
-                .current_dir(repo)
-                .args(["merge-tree", "--write-tree", p1, p2]),
-        )?;
+        let (g, gc) = time_process(Command::new("git").current_dir(repo).args([
+            "merge-tree",
+            "--write-tree",
+            p1,
+            p2,
+        ]))?;
         anyhow::ensure!(
             (mc == 4) == (gc == 1) && matches!(mc, 0 | 4),
             "merge {i} of {name}: maos exit {mc}, git exit {gc}"
@@ -142,7 +143,9 @@ fn check_all(table: &mut Table, bin: &Path) -> anyhow::Result<()> {
         let target = chosen[n - 1].0.clone(); // main just before the oldest of them
         let registry = AgentRegistry::new(&ws);
         for (i, (_, p2)) in chosen.iter().enumerate() {
-            registry.register(Registration::new(AgentId::new(format!("a{i:02}"))?).branch(p2.clone()))?;
+            registry.register(
+                Registration::new(AgentId::new(format!("a{i:02}"))?).branch(p2.clone()),
+            )?;
         }
         // The pairs in the order `predict` checks them (registry order).
         let branches: Vec<String> = registry
@@ -179,7 +182,11 @@ fn check_all(table: &mut Table, bin: &Path) -> anyhow::Result<()> {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .spawn()?;
-            child.stdin.take().context("stdin")?.write_all(pairs.as_bytes())?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(pairs.as_bytes())?;
             anyhow::ensure!(child.wait()?.success(), "git merge-tree --stdin failed");
             git.push(t.elapsed());
         }
@@ -187,7 +194,9 @@ fn check_all(table: &mut Table, bin: &Path) -> anyhow::Result<()> {
         let b = median_us(&mut git) / 1000.0;
         table.push(Row {
             group: "merge",
-            name: format!("`maos merge check --all`, {n} branches of click ({pair_count} pairs, p50)"),
+            name: format!(
+                "`maos merge check --all`, {n} branches of click ({pair_count} pairs, p50)"
+            ),
             value: v,
             baseline_name: "one git merge-tree --stdin, same pairs".into(),
             baseline: b,

@@ -552,7 +552,10 @@ pub fn clone_history(name: &str) -> History {
 
 /// `git merge-tree --stdin --name-only` over many pairs in one process: per pair (ours,
 /// theirs), the conflicted paths, or `None` when it merges cleanly.
-pub fn git_merge_tree_stdin(dir: &Path, pairs: &[(String, String)]) -> Vec<Option<BTreeSet<String>>> {
+pub fn git_merge_tree_stdin(
+    dir: &Path,
+    pairs: &[(String, String)],
+) -> Vec<Option<BTreeSet<String>>> {
     let mut child = Command::new("git")
         .current_dir(dir)
         .args(["merge-tree", "--stdin", "--name-only", "--no-messages"])

@@ -68,8 +68,10 @@ fn compare(seed: u64, n: usize) -> Tally {
             t.undocumented.push(format!("pair {i}: only maos: {p}"));
         }
         if git.paths.is_empty() != check.is_clean() {
-            t.undocumented
-                .push(format!("pair {i}: verdicts differ (git clean: {})", git.paths.is_empty()));
+            t.undocumented.push(format!(
+                "pair {i}: verdicts differ (git clean: {})",
+                git.paths.is_empty()
+            ));
         }
         if !only_git.is_empty() || !only_mine.is_empty() {
             t.undocumented.push(format!(

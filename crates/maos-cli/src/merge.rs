@@ -99,8 +99,8 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
     } = cmd
     {
         // The lean path: the repository only (no workspace files, no agent registry).
-        let det = ConflictDetector::open(&ctx.root)
-            .map_err(|e| fail(e, "opening the git repository"))?;
+        let det =
+            ConflictDetector::open(&ctx.root).map_err(|e| fail(e, "opening the git repository"))?;
         return check_one(ctx, &det, source, target, worktree);
     }
     let ws = ctx.workspace()?;
@@ -605,8 +605,8 @@ impl FastCheck {
     }
 
     pub(crate) fn run(self, ctx: &Ctx) -> anyhow::Result<Exit> {
-        let det = ConflictDetector::open(&ctx.root)
-            .map_err(|e| fail(e, "opening the git repository"))?;
+        let det =
+            ConflictDetector::open(&ctx.root).map_err(|e| fail(e, "opening the git repository"))?;
         check_one(ctx, &det, self.source, self.target, None)
     }
 }
@@ -621,10 +621,22 @@ mod tests {
 
     #[test]
     fn the_fast_path_takes_only_the_plain_check() {
-        let f = parse(&["--workspace", "/w", "merge", "check", "feat", "main", "--json"]).unwrap();
+        let f = parse(&[
+            "--workspace",
+            "/w",
+            "merge",
+            "check",
+            "feat",
+            "main",
+            "--json",
+        ])
+        .unwrap();
         assert_eq!(f.workspace.as_deref(), Some(std::path::Path::new("/w")));
         assert!(f.json);
-        assert_eq!((f.source.as_str(), f.target.as_deref()), ("feat", Some("main")));
+        assert_eq!(
+            (f.source.as_str(), f.target.as_deref()),
+            ("feat", Some("main"))
+        );
         let f = parse(&["merge", "check", "feat"]).unwrap();
         assert_eq!(f.target, None);
         for other in [

@@ -95,8 +95,8 @@ mod touch;
 pub use coordinator::{
     AffectedFile, CONFLICT_TASK_LABEL, ConflictNotice, CoordinatorOptions, DEFAULT_LOCK_WAIT,
     MergeCoordinator, MergeOutcome, MergePreparation, MergeStep, MergeStrategy, NoticeFile,
-    PreparedConflict,
-    Resolution, ResolutionProgress, ResolutionTask, Side, StepHook, TASK_LABEL, merge_lock_resource,
+    PreparedConflict, Resolution, ResolutionProgress, ResolutionTask, Side, StepHook, TASK_LABEL,
+    merge_lock_resource,
 };
 pub use detect::{
     Conflict, ConflictDetector, ConflictEntry, ConflictKind, ConflictRegion, DetectOptions,

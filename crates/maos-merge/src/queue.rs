@@ -292,7 +292,8 @@ impl MergeQueue {
             outcome = self.coord.merge_blocking(&entry.source, &entry.target);
         }
         if matches!(outcome, Ok(ref o) if !matches!(o, MergeOutcome::Conflicts(_))) {
-            self.coord.step(crate::coordinator::MergeStep::QueueEntryMerged);
+            self.coord
+                .step(crate::coordinator::MergeStep::QueueEntryMerged);
         }
         match outcome {
             Ok(MergeOutcome::Conflicts(check)) => {

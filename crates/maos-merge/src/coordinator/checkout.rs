@@ -142,9 +142,14 @@ fn write_state(repo: &Repository, full: &Path, state: State) -> Result<()> {
         }
         return Ok(());
     };
-    let dir = full.parent().ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
+    let dir = full
+        .parent()
+        .ok_or_else(|| io(std::io::ErrorKind::InvalidInput.into()))?;
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.maos-merge"));
     let _ = std::fs::remove_file(&tmp); // left by a killed run
     let blob = repo.find_blob(oid).git("read blob")?;
@@ -175,8 +180,16 @@ pub(crate) fn update_worktree(
             source: git2::Error::from_str("bare repository"),
         })?
         .to_path_buf();
-    let old = wt.find_commit(from).git("read commit")?.tree().git("read tree")?;
-    let new = wt.find_commit(to).git("read commit")?.tree().git("read tree")?;
+    let old = wt
+        .find_commit(from)
+        .git("read commit")?
+        .tree()
+        .git("read tree")?;
+    let new = wt
+        .find_commit(to)
+        .git("read commit")?
+        .tree()
+        .git("read tree")?;
     let diff = wt
         .diff_tree_to_tree(Some(&old), Some(&new), None)
         .git("diff trees")?;
@@ -195,11 +208,7 @@ pub(crate) fn update_worktree(
             (!f.id().is_zero()).then(|| (f.id(), u32::from(f.mode())))
         };
         let (was, will) = (state(delta.old_file()), state(delta.new_file()));
-        if [was, will]
-            .iter()
-            .flatten()
-            .any(|(_, m)| *m == 0o160000)
-        {
+        if [was, will].iter().flatten().any(|(_, m)| *m == 0o160000) {
             out.kept.push(rel.to_string_lossy().into_owned()); // submodules: by hand
             continue;
         }

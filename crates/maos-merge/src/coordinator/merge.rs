@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
-use super::checkout::{Intent, intent_path, read_intent, remove_intent, update_worktree, write_intent};
+use super::checkout::{
+    Intent, intent_path, read_intent, remove_intent, update_worktree, write_intent,
+};
 use super::resolution::complete_pair_tasks;
 use super::{MergeCoordinator, MergeOutcome, MergeStep};
 use crate::detect::{
@@ -63,7 +65,10 @@ impl MergeCoordinator {
             tracing::info!(branch = refname, from = %intent.from, to = %intent.to,
                 "finished bringing worktrees along after an interrupted merge");
         } else if current.as_deref() == Some(intent.from.as_str()) {
-            tracing::info!(branch = refname, "an interrupted merge never moved the branch");
+            tracing::info!(
+                branch = refname,
+                "an interrupted merge never moved the branch"
+            );
         } else {
             tracing::warn!(branch = refname, expected = %intent.to,
                 "the branch moved since an interrupted merge; its worktrees were left as they are");
@@ -323,7 +328,6 @@ fn ensure_clean(wt: &Repository, refname: &str) -> Result<()> {
         changes: list.join(", "),
     })
 }
-
 
 fn branch_ref(target: &str) -> String {
     if target.starts_with("refs/heads/") {

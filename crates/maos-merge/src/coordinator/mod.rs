@@ -134,9 +134,7 @@ impl MergeCoordinator {
         p.pairwise.iter_mut().for_each(rename);
         Ok(p)
     }
-
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -167,5 +165,3 @@ mod tests {
         assert_eq!(serde_json::to_value(&m).unwrap()["strategy"], "manual");
     }
 }
-
-

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use git2::Oid;
 
-use super::{AffectedFile, MergeCoordinator, MergePreparation, MergeStrategy, PreparedConflict, Side};
+use super::{
+    AffectedFile, MergeCoordinator, MergePreparation, MergeStrategy, PreparedConflict, Side,
+};
 use crate::detect::{ConflictKind, DetectOptions, Engine, Relation, check_with, engine_options};
 use crate::error::{GitContext as _, Result};
 use crate::touch::{Actor, blame, branch_agents, short_branch, touches};
@@ -174,5 +176,4 @@ impl MergeCoordinator {
             suggested_strategy,
         })
     }
-
 }

@@ -259,7 +259,6 @@ impl MergeCoordinator {
             notified: Vec::new(),
         }))
     }
-
 }
 
 fn meta(prep: &MergePreparation, c: Option<&PreparedConflict>) -> BTreeMap<String, String> {
@@ -381,5 +380,4 @@ mod tests {
         let failed = complete_pair_tasks(&tracker, &stale, "feat", "main", "merged");
         assert!(failed.is_empty(), "{failed:?}");
     }
-
 }

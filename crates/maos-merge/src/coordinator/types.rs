@@ -291,4 +291,3 @@ impl Default for CoordinatorOptions {
         }
     }
 }
-

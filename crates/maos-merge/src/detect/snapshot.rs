@@ -107,4 +107,3 @@ pub(crate) fn snapshot_in(repo: &Repository) -> Result<Oid> {
     )
     .git("write snapshot commit")
 }
-

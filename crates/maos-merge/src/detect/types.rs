@@ -330,7 +330,11 @@ pub(crate) fn describe(
         ),
         ConflictKind::FileLocation => format!(
             "{} was added in a directory the other side renamed; git moves it to {}",
-            if a.is_some() { p(a) } else { "a file".to_owned() },
+            if a.is_some() {
+                p(a)
+            } else {
+                "a file".to_owned()
+            },
             if s.is_some() { p(s) } else { p(t) }
         ),
         ConflictKind::Other => format!(

@@ -72,7 +72,10 @@ impl DirInfo {
                 .filter(|d| !dirs[side].contains(*d) && dirs[other].contains(*d))
                 .cloned()
                 .collect();
-            for (p, _) in maps[other].iter().filter(|(p, _)| !maps[0].contains_key(*p)) {
+            for (p, _) in maps[other]
+                .iter()
+                .filter(|(p, _)| !maps[0].contains_key(*p))
+            {
                 let d = dirname(p);
                 if info.removed[side].contains(d) {
                     info.needs[side].insert(d.to_vec());
@@ -162,9 +165,9 @@ impl DirInfo {
                 continue;
             }
             for p in maps[side].keys().filter(|p| !maps[0].contains_key(*p)) {
-                let Some((dir, new_dir)) = ancestors(p).find_map(|d| {
-                    dir_renames[other].get(d).map(|n| (d, n))
-                }) else {
+                let Some((dir, new_dir)) =
+                    ancestors(p).find_map(|d| dir_renames[other].get(d).map(|n| (d, n)))
+                else {
                     continue;
                 };
                 if dir_renames[side].contains_key(new_dir.as_slice()) {

@@ -27,9 +27,7 @@ use std::rc::Rc;
 
 use git2::{Oid, Repository};
 
-use super::types::{
-    Conflict, ConflictEntry, ConflictKind, MODE_SUBMODULE, MODE_TREE, describe,
-};
+use super::types::{Conflict, ConflictEntry, ConflictKind, MODE_SUBMODULE, MODE_TREE, describe};
 use crate::error::{GitContext as _, Result};
 pub(crate) use rename::Rename;
 use rename::{Dest, Source};
@@ -253,7 +251,10 @@ impl<'r> Engine<'r> {
     fn make_blob(&self, data: &[u8]) -> Result<Oid> {
         let oid = Oid::hash_object(git2::ObjectType::Blob, data).git("hash blob")?;
         if !self.blobs.borrow().contains_key(&oid) {
-            self.made.borrow_mut().entry(oid).or_insert_with(|| Rc::from(data));
+            self.made
+                .borrow_mut()
+                .entry(oid)
+                .or_insert_with(|| Rc::from(data));
         }
         Ok(oid)
     }
@@ -458,7 +459,12 @@ impl<'r> Engine<'r> {
         Ok(out)
     }
 
-    fn walk3(&self, prefix: &mut Vec<u8>, trees: [Option<Oid>; 3], out: &mut [Flat; 3]) -> Result<()> {
+    fn walk3(
+        &self,
+        prefix: &mut Vec<u8>,
+        trees: [Option<Oid>; 3],
+        out: &mut [Flat; 3],
+    ) -> Result<()> {
         let mut names: BTreeMap<Vec<u8>, [Option<Ent>; 3]> = BTreeMap::new();
         for (i, t) in trees.iter().enumerate() {
             if let Some(oid) = t {
@@ -640,7 +646,10 @@ impl<'r> Engine<'r> {
             if grouped.contains(p.as_slice()) && info.stages[0].is_none() {
                 continue;
             }
-            if info.kind == Some(ConflictKind::RenameRename) && info.stages[1].is_none() && info.stages[2].is_none() {
+            if info.kind == Some(ConflictKind::RenameRename)
+                && info.stages[1].is_none()
+                && info.stages[2].is_none()
+            {
                 continue; // the source of a rename/rename(1to2), reported above
             }
             out.push(self.conflict(p, info)?);
@@ -799,7 +808,11 @@ impl<'r> Engine<'r> {
 
     /// merge-ort's `process_entry` for one path: the result, whether it is clean, and the
     /// kind of conflict when it is not.
-    fn process_entry(&self, info: &Info, depth: u32) -> Result<(Option<Ent>, bool, Option<ConflictKind>)> {
+    fn process_entry(
+        &self,
+        info: &Info,
+        depth: u32,
+    ) -> Result<(Option<Ent>, bool, Option<ConflictKind>)> {
         let [o, a, b] = info.stages;
         let pc = info.path_conflict;
         // Sides that matched before renames moved stages around (merge-ort's `match_mask`).
@@ -812,7 +825,11 @@ impl<'r> Engine<'r> {
         match (o, a, b) {
             (_, Some(x), Some(y)) if file_type(x.mode) != file_type(y.mode) => {
                 // Two different kinds of object (file, symlink, submodule).
-                Ok((if depth > 0 { o } else { Some(x) }, false, Some(ConflictKind::Mode)))
+                Ok((
+                    if depth > 0 { o } else { Some(x) },
+                    false,
+                    Some(ConflictKind::Mode),
+                ))
             }
             (_, Some(x), Some(y)) => {
                 let m = self.merge_files(o, x, y, 2 * depth)?;
@@ -820,7 +837,10 @@ impl<'r> Engine<'r> {
                     ConflictKind::Binary
                 } else if o.is_none() {
                     ConflictKind::AddAdd
-                } else if !is_regular(x.mode) || x.oid == y.oid || m.result.oid != x.oid && m.result.oid != y.oid && m.clean {
+                } else if !is_regular(x.mode)
+                    || x.oid == y.oid
+                    || m.result.oid != x.oid && m.result.oid != y.oid && m.clean
+                {
                     ConflictKind::Mode
                 } else {
                     ConflictKind::Content
@@ -832,7 +852,11 @@ impl<'r> Engine<'r> {
                 // Modify/delete: git keeps the modified version (the base's inside a
                 // virtual merge base).
                 let kept = if depth > 0 { Some(base) } else { a.or(b) };
-                Ok((kept, false, Some(info.kind.unwrap_or(ConflictKind::ModifyDelete))))
+                Ok((
+                    kept,
+                    false,
+                    Some(info.kind.unwrap_or(ConflictKind::ModifyDelete)),
+                ))
             }
             (None, Some(one), None) | (None, None, Some(one)) => Ok((Some(one), !pc, info.kind)),
             (Some(_), None, None) | (None, None, None) => Ok((None, !pc, info.kind)),
@@ -961,7 +985,10 @@ impl<'r> Engine<'r> {
         let p = String::from_utf8_lossy(path).into_owned();
         let (ancestor, target, source) = (entry(0), entry(1), entry(2));
         let p = if kind == ConflictKind::RenameRename {
-            source.as_ref().or(target.as_ref()).map_or(p, |e| e.path.clone())
+            source
+                .as_ref()
+                .or(target.as_ref())
+                .map_or(p, |e| e.path.clone())
         } else {
             p
         };

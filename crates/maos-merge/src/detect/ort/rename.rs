@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use git2::Oid;
 
 use super::similarity::{MAX_SCORE, Signature, score, sizes_may_match};
-use super::{Ent, Engine, is_regular};
+use super::{Engine, Ent, is_regular};
 use crate::error::Result;
 
 /// The candidates kept per destination (`NUM_CANDIDATE_PER_DST`).
@@ -265,7 +265,12 @@ impl Engine<'_> {
         Ok(self.named(&sources, &dests, out))
     }
 
-    fn named(&self, sources: &[&Source], dests: &[&Dest], pairs: Vec<(usize, usize)>) -> Vec<Rename> {
+    fn named(
+        &self,
+        sources: &[&Source],
+        dests: &[&Dest],
+        pairs: Vec<(usize, usize)>,
+    ) -> Vec<Rename> {
         pairs
             .into_iter()
             .map(|(s, d)| Rename {
