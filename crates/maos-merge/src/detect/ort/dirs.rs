@@ -53,17 +53,22 @@ fn dirs_of(map: &Flat) -> BTreeSet<Vec<u8>> {
             out.insert(p.clone());
         }
         for a in ancestors(p) {
-            if !out.insert(a.to_vec()) {
+            if out.contains(a) {
                 break;
             }
+            out.insert(a.to_vec());
         }
     }
     out
 }
 
 impl DirInfo {
-    pub(crate) fn new(maps: &[Flat; 3]) -> Self {
-        let dirs = [dirs_of(&maps[0]), dirs_of(&maps[1]), dirs_of(&maps[2])];
+    pub(crate) fn new(maps: &[Flat; 3], same: &Flat) -> Self {
+        let mut dirs = [dirs_of(&maps[0]), dirs_of(&maps[1]), dirs_of(&maps[2])];
+        let shared = dirs_of(same);
+        for d in &mut dirs {
+            d.extend(shared.iter().cloned());
+        }
         let mut info = DirInfo::default();
         for side in [1usize, 2] {
             let other = 3 - side;
@@ -103,7 +108,12 @@ impl DirInfo {
     }
 
     /// The moves that the directory renames of each side cause on the other side.
-    pub(crate) fn apply(&self, renames: &[Vec<Rename>; 3], maps: &[Flat; 3]) -> Vec<Move> {
+    pub(crate) fn apply(
+        &self,
+        renames: &[Vec<Rename>; 3],
+        maps: &[Flat; 3],
+        same: &Flat,
+    ) -> Vec<Move> {
         let mut dir_renames: [BTreeMap<Vec<u8>, Vec<u8>>; 3] = Default::default();
         for side in [1usize, 2] {
             if self.needs[side].is_empty() {
@@ -193,7 +203,7 @@ impl DirInfo {
         for m in &moves {
             *count.entry(&m.to).or_default() += 1;
         }
-        let taken = |p: &[u8]| maps.iter().any(|m| m.contains_key(p));
+        let taken = |p: &[u8]| same.contains_key(p) || maps.iter().any(|m| m.contains_key(p));
         let keep: Vec<bool> = moves
             .iter()
             .map(|m| count[m.to.as_slice()] == 1 && !taken(&m.to))

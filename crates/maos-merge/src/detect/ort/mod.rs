@@ -428,16 +428,19 @@ impl<'r> Engine<'r> {
 
     // ----- the tree merge ------------------------------------------------------------
 
-    /// The three inputs as flat maps; subtrees equal on all sides stay unopened.
-    fn inputs(&self, trees: [&TreeRef; 3]) -> Result<[Flat; 3]> {
+    /// The three inputs as flat maps of the paths that differ somewhere, and the entries
+    /// equal on all three sides (files, and subtrees left unopened), which no rename,
+    /// conflict or directory rule can involve.
+    fn inputs(&self, trees: [&TreeRef; 3]) -> Result<([Flat; 3], Flat)> {
         let mut out: [Flat; 3] = Default::default();
+        let mut same = Flat::new();
         if trees.iter().all(|t| !matches!(t, TreeRef::Virtual(_))) {
             let oids = trees.map(|t| match t {
                 TreeRef::Real(o) => Some(*o),
                 _ => None,
             });
-            self.walk3(&mut Vec::new(), oids, &mut out)?;
-            return Ok(out);
+            self.walk3(&mut Vec::new(), oids, &mut out, &mut same)?;
+            return Ok((out, same));
         }
         for (i, t) in trees.iter().enumerate() {
             match t {
@@ -456,7 +459,7 @@ impl<'r> Engine<'r> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, same))
     }
 
     fn walk3(
@@ -464,6 +467,7 @@ impl<'r> Engine<'r> {
         prefix: &mut Vec<u8>,
         trees: [Option<Oid>; 3],
         out: &mut [Flat; 3],
+        same: &mut Flat,
     ) -> Result<()> {
         let mut names: BTreeMap<Vec<u8>, [Option<Ent>; 3]> = BTreeMap::new();
         for (i, t) in trees.iter().enumerate() {
@@ -476,12 +480,11 @@ impl<'r> Engine<'r> {
         for (name, ents) in names {
             let len = prefix.len();
             prefix.extend_from_slice(&name);
-            if ents[0].is_some() && ents[0] == ents[1] && ents[1] == ents[2] {
-                for (i, e) in ents.iter().enumerate() {
-                    if let Some(e) = e {
-                        out[i].insert(prefix.clone(), *e);
-                    }
-                }
+            if let Some(e) = ents[0]
+                && ents[0] == ents[1]
+                && ents[1] == ents[2]
+            {
+                same.insert(prefix.clone(), e);
             } else {
                 let mut sub = [None; 3];
                 for (i, e) in ents.iter().enumerate() {
@@ -495,7 +498,7 @@ impl<'r> Engine<'r> {
                 }
                 if sub.iter().any(Option::is_some) {
                     prefix.push(b'/');
-                    self.walk3(prefix, sub, out)?;
+                    self.walk3(prefix, sub, out, same)?;
                 }
             }
             prefix.truncate(len);
@@ -512,7 +515,7 @@ impl<'r> Engine<'r> {
         theirs: &TreeRef,
         depth: u32,
     ) -> Result<TreeMerge> {
-        let maps = self.inputs([base, ours, theirs])?;
+        let (maps, same) = self.inputs([base, ours, theirs])?;
         let mut paths: BTreeMap<Vec<u8>, Info> = BTreeMap::new();
         for (i, m) in maps.iter().enumerate() {
             for (p, e) in m {
@@ -536,7 +539,7 @@ impl<'r> Engine<'r> {
         }
         if self.opts.find_renames {
             let mut renames: Vec<(Rename, usize)> = Vec::new();
-            let dir_info = dirs::DirInfo::new(&maps);
+            let dir_info = dirs::DirInfo::new(&maps, &same);
             let mut side_renames: [Vec<Rename>; 3] = Default::default();
             for side in [1usize, 2] {
                 let other = 3 - side;
@@ -561,7 +564,7 @@ impl<'r> Engine<'r> {
             }
             // Directory renames: paths the other side added under a directory this side
             // renamed move with it.
-            let moves = dir_info.apply(&side_renames, &maps);
+            let moves = dir_info.apply(&side_renames, &maps, &same);
             for side in [1usize, 2] {
                 for r in std::mem::take(&mut side_renames[side]) {
                     renames.push((r, side));
@@ -573,7 +576,10 @@ impl<'r> Engine<'r> {
             renames.sort_by(|(a, sa), (b, sb)| a.src.cmp(&b.src).then(sa.cmp(sb)));
             self.process_renames(&mut paths, &renames, depth)?;
         }
-        let mut out = TreeMerge::default();
+        let mut out = TreeMerge {
+            entries: same,
+            conflicts: Vec::new(),
+        };
         let mut results: BTreeMap<Vec<u8>, (Option<Ent>, Info, bool)> = BTreeMap::new();
         for (p, mut info) in paths {
             if info.removed {
