@@ -346,8 +346,6 @@ pub(crate) fn describe(
     }
 }
 
-/// A changed block of a two-way diff: base lines `[i, i + n)` (0-based) became `new`.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,9 @@ struct FileMerge {
     binary: bool,
 }
 
+/// Merge bases per (unordered) pair of commits.
+type BaseCache = HashMap<(Oid, Oid), Rc<[Oid]>>;
+
 /// A merge engine over one repository, with caches shared by every merge it runs.
 pub(crate) struct Engine<'r> {
     repo: &'r Repository,
@@ -130,7 +133,7 @@ pub(crate) struct Engine<'r> {
     made: RefCell<HashMap<Oid, Rc<[u8]>>>,
     signatures: RefCell<HashMap<Oid, rename::SignatureRef>>,
     merges: RefCell<HashMap<MergeKey, FileMerge>>,
-    bases: RefCell<HashMap<(Oid, Oid), Rc<[Oid]>>>,
+    bases: RefCell<BaseCache>,
     commits: RefCell<HashMap<Oid, Rc<CommitInfo>>>,
     base_trees: RefCell<HashMap<Vec<Oid>, TreeRef>>,
 }
@@ -336,7 +339,7 @@ impl<'r> Engine<'r> {
         for b in bases {
             dated.push((self.commit_info(b)?.time, b));
         }
-        dated.sort_by(|x, y| y.0.cmp(&x.0));
+        dated.sort_by_key(|x| Reverse(x.0));
         Ok(dated.into_iter().map(|(_, b)| b).collect())
     }
 
