@@ -270,7 +270,7 @@ impl std::fmt::Debug for StepHook {
     }
 }
 
-/// Options of a [`MergeCoordinator`].
+/// Options of a [`MergeCoordinator`](crate::MergeCoordinator).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CoordinatorOptions {

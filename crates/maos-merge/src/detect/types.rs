@@ -230,9 +230,7 @@ impl Default for DetectOptions {
     }
 }
 
-/// Predicts merge conflicts with an in-memory three-way merge. Never touches an index or a
-/// working tree; only reads objects (except [`ConflictDetector::snapshot_worktree`], which
-
+/// One pair of a [`Prediction`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairResult {
     /// The source revision.
