@@ -83,7 +83,14 @@ fn check_all_prints_the_pairwise_matrix() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vs_target"].as_array().unwrap().len(), 2);
-    assert_eq!(v["pairwise"][0]["conflicts"][0][0], "shared.txt");
+    // The same conflict objects as `merge check --json`.
+    let c = &v["pairwise"][0]["conflicts"][0];
+    assert_eq!(c["path"], "shared.txt");
+    assert_eq!(c["kind"], "content");
+    assert_eq!(c["regions"][0]["source"]["start"], 2);
+    let single = maos(r.path(), "x1", &["--json", "merge", "check", "b2", "b1"]);
+    let single: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    assert_eq!(&single["conflicts"][0], c);
     let out = maos(r.path(), "x1", &["merge", "check", "--all"]);
     assert!(stdout(&out).contains("pairwise"), "{}", stdout(&out));
 }
