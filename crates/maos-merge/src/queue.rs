@@ -125,7 +125,7 @@ impl MergeQueue {
         let lock: File =
             fsx::open_lock_file(&lock_path).core(|| format!("open {}", lock_path.display()))?;
         lock.lock().map_err(|e| Error::Core {
-            context: "lock the merge queue".into(),
+            context: format!("lock the merge queue ({})", lock_path.display()),
             source: maos_core::Error::io("flock", &lock_path, e),
         })?;
         let path = self.file();
@@ -182,7 +182,7 @@ impl MergeQueue {
                 error: None,
             };
             st.next_id = st.next_id.checked_add(1).ok_or_else(|| Error::Core {
-                context: "add to the merge queue".into(),
+                context: format!("add to the merge queue {}", path.display()),
                 source: maos_core::Error::Corrupt {
                     path: path.clone(),
                     reason: format!("next_id {} cannot grow", st.next_id),
@@ -241,7 +241,7 @@ impl MergeQueue {
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::QueueBusy),
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(Error::Core {
-                    context: "lock the merge queue runner".into(),
+                    context: format!("lock the merge queue runner ({})", run_path.display()),
                     source: maos_core::Error::io("flock", &run_path, e),
                 });
             }
