@@ -356,14 +356,7 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
         }
         _ => Exit::Error,
     };
-    // The library's errors say each cause once; the chain holds the causes.
-    let mut msg = format!("{what}: {e}");
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let _ = write!(msg, ": {s}");
-        src = s.source();
-    }
-    Failure::error(code, msg)
+    Failure::caused_by(code, what, e)
 }
 
 fn check_one(

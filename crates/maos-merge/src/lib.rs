@@ -67,7 +67,7 @@
 //! # Limitations
 //! - One git rule is not followed, a naming one: where a file meets a directory, git moves
 //!   the file aside and lists it as `PATH~BRANCH` (merge-ort's `unique_path`); maos reports
-//!   the conflict at `PATH` (`tests/tests/merge_equivalence.rs` counts it).
+//!   the conflict at `PATH` (`tests/tests/it/merge_equivalence.rs` counts it).
 //! - Not modelled from git: `.gitattributes` merge drivers, `text`/`binary` attributes and
 //!   CRLF renormalisation (binary means a NUL byte in the first 8,000 bytes, as git's
 //!   default), merge-ort's cache of renames across a rebase's picks, and the
