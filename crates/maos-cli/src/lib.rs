@@ -152,6 +152,13 @@ pub fn command() -> clap::Command {
 
 /// Runs `maos` with the process's arguments; the binary's `main`.
 pub fn main() -> ExitCode {
+    // `merge check SOURCE [TARGET]` skips building the clap tree (merge::FastCheck).
+    if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
+        init_tracing(0, 0);
+        let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
+            .and_then(|ctx| fast.run(&ctx));
+        return finish(result);
+    }
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -159,6 +166,10 @@ pub fn main() -> ExitCode {
     init_tracing(cli.verbose, cli.quiet);
     let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)
         .and_then(|ctx| run(cli.command, &ctx));
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(code) => code.into(),
         // A reader that closed our stdout early (`maos task list --json | head`) is not an

@@ -416,7 +416,7 @@ impl MergePhase {
             .chain(&prediction.vs_target)
             .filter(|p| !p.is_clean())
             .map(|p| {
-                let paths = p.conflicts.iter().map(|(path, _)| path.clone()).collect();
+                let paths = p.conflicts.iter().map(|c| c.path.clone()).collect();
                 (p.source.clone(), p.target.clone(), paths)
             })
             .collect();
