@@ -28,6 +28,7 @@ const DEFAULT_ESTIMATE: Duration = Duration::from_secs(15 * 60);
 
 fn emit(agent: &AgentId, event: EventKind, task: Option<&Task>, detail: impl Into<String>) {
     let ev = AgentEvent {
+        at: maos_coordination::core::now_ms(),
         agent: agent.to_string(),
         event,
         task: task.map(|t| t.id.to_string()),
@@ -356,7 +357,7 @@ impl Agent {
             &self.me,
             EventKind::ApiRequested,
             Some(task),
-            "asked role backend for the user API",
+            "asked role backend for the user API (implement_api)",
         );
         self.doing(task, "waiting for the backend's answer");
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -480,27 +481,24 @@ impl Agent {
                 "nothing to resolve: {source} already merges cleanly into {target}"
             ));
         };
-        let mut closed = Vec::new();
-        for s in &siblings {
-            let note = format!("resolved together with {} in {commit}", task.id);
-            if self.coord.complete(&s.id, &note).await? == Finish::Completed {
-                closed.push(s.id.to_string());
-            }
-        }
         emit(
             &self.me,
             EventKind::Resolved,
             Some(task),
             format!(
-                "{} (merged {target} into {source} as {commit}{})",
+                "{}: merged {target} into {source} as {commit}{}",
                 resolved.join(", "),
-                if closed.is_empty() {
+                if siblings.is_empty() {
                     String::new()
                 } else {
-                    format!("; closes {} more task(s)", closed.len())
+                    format!("; closes {} more task(s)", siblings.len())
                 }
             ),
         );
+        for s in &siblings {
+            let note = format!("resolved together with {} in {commit}", task.id);
+            self.coord.complete(&s.id, &note).await?;
+        }
         Ok(format!(
             "merged {target} into {source} as {commit}, resolving {}",
             resolved.join(", ")

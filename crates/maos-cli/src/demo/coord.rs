@@ -450,12 +450,14 @@ impl Coord {
                 let coord = MergeCoordinator::new(&self.ws, self.me.clone())?;
                 let outcome = coord.merge_blocking(source, target)?;
                 Ok(match outcome {
-                    MergeOutcome::FastForward { to, .. } => {
-                        (format!("fast-forwarded {target} to {}", short(&to)), true)
-                    }
-                    MergeOutcome::Merged { commit, .. } => {
-                        (format!("merge commit {} on {target}", short(&commit)), true)
-                    }
+                    MergeOutcome::FastForward { to, .. } => (
+                        format!("fast-forwarded {target} to {source} ({})", short(&to)),
+                        true,
+                    ),
+                    MergeOutcome::Merged { commit, .. } => (
+                        format!("{source} into {target} ({})", short(&commit)),
+                        true,
+                    ),
                     MergeOutcome::UpToDate { .. } => {
                         (format!("{target} already contains {source}"), false)
                     }
@@ -475,10 +477,14 @@ impl Coord {
                 let clean = check["conflicts"].as_array().is_none_or(Vec::is_empty);
                 anyhow::ensure!(clean, "{source} still conflicts with {target}: {check}");
                 Ok((
-                    format!(
-                        "{source} merges cleanly into {target}; left to the merge queue (no MCP \
-                         tool merges)"
-                    ),
+                    if check["relation"] == "up_to_date" {
+                        format!("{target} already contains {source} (the merge queue merged it)")
+                    } else {
+                        format!(
+                            "{source} merges cleanly into {target} now; left to the merge queue \
+                             (no MCP tool merges)"
+                        )
+                    },
                     false,
                 ))
             }
@@ -732,7 +738,7 @@ fn task(v: Value) -> anyhow::Result<Task> {
 }
 
 fn short(id: &str) -> &str {
-    id.get(..10).unwrap_or(id)
+    id.get(..8).unwrap_or(id)
 }
 
 fn tool_of(input: &Value) -> &'static str {

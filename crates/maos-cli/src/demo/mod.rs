@@ -94,6 +94,9 @@ impl DemoArgs {
 /// What an agent process reports to the orchestrator, one JSON object per line on stdout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AgentEvent {
+    /// When it happened (ms since the Unix epoch).
+    #[serde(default)]
+    pub(crate) at: u64,
     pub(crate) agent: String,
     pub(crate) event: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -134,6 +134,7 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
             for line in std::io::BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 let ev = serde_json::from_str(&line).unwrap_or_else(|e| AgentEvent {
+                    at: 0,
                     agent: agent.clone(),
                     event: EventKind::Failed,
                     task: None,
@@ -182,30 +183,9 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
         Duration::from_millis(100)
     };
     loop {
-        // Deadlock reports first: the victim's own event follows them.
-        let batch = deadlocks
-            .receive_blocking::<serde_json::Value>(&deadlock_cursor, &Filter::Everything)?;
-        deadlock_cursor = batch.cursor;
-        for d in batch.messages {
-            view.note(describe_deadlock(&d.message.payload));
-        }
-        while let Ok(m) = rx.try_recv() {
-            match m {
-                FromAgent::Event(ev) => {
-                    view.event(&ev);
-                    events.push(ev);
-                }
-                FromAgent::Log(agent, line) => {
-                    view.note(format!("{agent} log: {}", line.trim()));
-                    logged.push(format!("{agent}: {line}"));
-                }
-            }
-        }
-        for line in super::log::take() {
-            view.note(format!("log: {line}"));
-            logged.push(line);
-        }
         let tasks = tracker.list_blocking()?;
+        view.learn(&tasks);
+        intake(&mut view, &mut events, &mut logged, &rx, &deadlocks, &mut deadlock_cursor)?;
         view.render(&tasks)?;
         let status = |id: &TaskId| tasks.iter().find(|t| t.id == *id).map(|t| t.status);
         // The merge task: when its dependencies are done, merge every agent branch.
@@ -275,18 +255,7 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
         }
         let _ = child.wait();
     }
-    while let Ok(m) = rx.try_recv() {
-        match m {
-            FromAgent::Event(ev) => {
-                view.event(&ev);
-                events.push(ev);
-            }
-            FromAgent::Log(agent, line) => {
-                view.note(format!("{agent} log: {}", line.trim()));
-                logged.push(format!("{agent}: {line}"));
-            }
-        }
-    }
+    intake(&mut view, &mut events, &mut logged, &rx, &deadlocks, &mut deadlock_cursor)?;
     drop(monitor);
     for line in super::log::release() {
         view.note(format!("log: {line}"));
@@ -365,6 +334,56 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
 enum FromAgent {
     Event(AgentEvent),
     Log(String, String),
+}
+
+/// Takes in what happened since the last call (agent events, their log lines, deadlock
+/// reports, this process's log lines) and hands it to the view in the order it happened.
+fn intake(
+    view: &mut View,
+    events: &mut Vec<AgentEvent>,
+    logged: &mut Vec<String>,
+    rx: &mpsc::Receiver<FromAgent>,
+    deadlocks: &FileChannel,
+    cursor: &mut Cursor,
+) -> anyhow::Result<()> {
+    enum Item {
+        Event(AgentEvent),
+        Note(String),
+    }
+    let now = maos_coordination::core::now_ms();
+    let mut items: Vec<(u64, Item)> = Vec::new();
+    let batch = deadlocks.receive_blocking::<serde_json::Value>(cursor, &Filter::Everything)?;
+    *cursor = batch.cursor;
+    for d in batch.messages {
+        let at = d.message.payload["detected_at"]
+            .as_u64()
+            .unwrap_or(d.message.timestamp);
+        items.push((at, Item::Note(describe_deadlock(&d.message.payload))));
+    }
+    while let Ok(m) = rx.try_recv() {
+        match m {
+            FromAgent::Event(ev) => items.push((if ev.at == 0 { now } else { ev.at }, Item::Event(ev))),
+            FromAgent::Log(agent, line) => {
+                logged.push(format!("{agent}: {line}"));
+                items.push((now, Item::Note(format!("{agent} log: {}", line.trim()))));
+            }
+        }
+    }
+    for line in super::log::take() {
+        items.push((now, Item::Note(format!("log: {line}"))));
+        logged.push(line);
+    }
+    items.sort_by_key(|(at, _)| *at);
+    for (at, item) in items {
+        match item {
+            Item::Event(ev) => {
+                view.event(&ev);
+                events.push(ev);
+            }
+            Item::Note(text) => view.note_at(text, at),
+        }
+    }
+    Ok(())
 }
 
 /// A deadlock report from the `deadlock` topic, in one line.

@@ -18,11 +18,15 @@ const AGENT_WIDTH: usize = 12;
 pub(crate) struct View {
     tty: bool,
     started: Instant,
+    /// `started` in ms since the Unix epoch.
+    started_ms: u64,
     header: String,
     planned: HashSet<String>,
     names: HashMap<String, String>,
     order: Vec<String>,
     rows: HashMap<String, String>,
+    /// Tasks whose outcome an event already told.
+    told: HashSet<String>,
     log: Vec<String>,
     locks: Option<LockTable>,
     drawn_lines: usize,
@@ -110,6 +114,7 @@ impl View {
         Self {
             tty: std::io::stderr().is_terminal(),
             started: Instant::now(),
+            started_ms: maos_coordination::core::now_ms(),
             header,
             planned: planned.iter().map(|t| t.id.to_string()).collect(),
             names: planned
@@ -121,6 +126,7 @@ impl View {
                 .map(|a| (a.clone(), "starting".to_string()))
                 .collect(),
             order: agents,
+            told: HashSet::new(),
             log: Vec::new(),
             locks: LockTable::open(ws).ok(),
             drawn_lines: 0,
@@ -144,7 +150,7 @@ impl View {
     fn task_name(&self, ev: &AgentEvent) -> String {
         ev.task
             .as_ref()
-            .and_then(|t| self.names.get(t).cloned())
+            .map(|t| self.names.get(t).cloned().unwrap_or_else(|| t.clone()))
             .unwrap_or_default()
     }
 
@@ -159,6 +165,10 @@ impl View {
             EventKind::Doing if task.is_empty() => (Some(d.clone()), None),
             EventKind::Doing => (Some(format!("{task}: {d}")), None),
             EventKind::Committed => (Some(format!("{task}: committed {d}")), None),
+            // A task whose outcome was already told (resolved, merged) is not told twice.
+            EventKind::Completed if ev.task.as_ref().is_some_and(|t| self.told.contains(t)) => {
+                (Some(format!("done: {task}")), None)
+            }
             EventKind::Completed => (
                 Some(format!("done: {task}")),
                 Some(format!("{a} finished \"{task}\": {d}")),
@@ -170,7 +180,7 @@ impl View {
             ),
             EventKind::ApiRequested => (
                 Some(format!("{task}: waiting for the backend's answer")),
-                Some(format!("{a} -> role backend: {d}")),
+                Some(format!("{a} {d}")),
             ),
             EventKind::ApiAnswered => (None, Some(format!("{a} answered the API request {d}"))),
             EventKind::ApiReceived if ev.task.is_none() => (None, None),
@@ -185,7 +195,7 @@ impl View {
             ),
             EventKind::Resolved => (
                 Some(format!("{task}: resolved")),
-                Some(format!("{a} resolved the conflicts in {d}")),
+                Some(format!("{a} resolved {d}")),
             ),
             EventKind::Merged => (
                 Some(format!("{task}: {d}")),
@@ -203,17 +213,35 @@ impl View {
                 })
             }),
         };
+        if matches!(
+            ev.event,
+            EventKind::Resolved | EventKind::Merged | EventKind::MergeChecked
+        ) && let Some(t) = &ev.task
+        {
+            self.told.insert(t.clone());
+        }
         if let Some(r) = row {
             self.rows.insert(a.clone(), r);
         }
         if let Some(l) = line {
-            self.note(l);
+            self.note_at(l, ev.at);
         }
     }
 
-    /// A line in the event log.
+    /// A line in the event log, now.
     pub(crate) fn note(&mut self, text: String) {
-        let line = format!("[{:5.1}s] {text}", self.started.elapsed().as_secs_f64());
+        self.note_at(text, 0);
+    }
+
+    /// A line in the event log for something that happened at `at` (ms since the Unix epoch;
+    /// 0: now).
+    pub(crate) fn note_at(&mut self, text: String, at: u64) {
+        let since = if at == 0 {
+            self.started.elapsed()
+        } else {
+            Duration::from_millis(at.saturating_sub(self.started_ms))
+        };
+        let line = format!("[{:5.1}s] {text}", since.as_secs_f64());
         if !self.tty {
             eprintln!("{line}");
         }
@@ -383,6 +411,7 @@ mod tests {
         );
         v.tty = true;
         v.event(&AgentEvent {
+            at: 0,
             agent: "backend-1".into(),
             event: EventKind::LockWaiting,
             task: Some(tasks[0].id.to_string()),
