@@ -1,39 +1,51 @@
-//! End to end: the demo at small scale, its outcome checked independently through the CLI
-//! and git on the workspace it leaves behind.
+//! End to end: the demo at small scale, both ways (agents on the library; agents speaking only
+//! MCP and Claude Code hooks), its outcome checked independently through the CLI and git on
+//! the workspace it leaves behind.
 
-use std::path::Path;
+// Helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use maos_tests::{maos_at, output, stderr, stdout};
+use serde_json::Value;
+
+const AGENTS: [&str; 4] = ["architect-1", "backend-1", "frontend-1", "reviewer-1"];
 
 fn maos(ws: &Path) -> Command {
     maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, "auditor")
 }
 
-fn json(cmd: &mut Command) -> serde_json::Value {
+fn json(cmd: &mut Command) -> Value {
     let out = output(cmd);
     assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
     serde_json::from_str(&stdout(&out))
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
 }
 
-#[test]
-fn the_demo_coordinates_four_agents_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path().join("ws");
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = output(Command::new("git").current_dir(dir).args(args));
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Runs the demo with `flags` in a kept workspace; returns it and the report.
+fn demo(dir: &Path, flags: &[&str]) -> (PathBuf, String) {
+    let ws = dir.join("ws");
     let out = output(
         Command::new(env!("CARGO_BIN_EXE_maos"))
             .env_remove("MAOS_WORKSPACE")
             .env_remove("MAOS_AGENT_ID")
-            .args([
-                "demo", "--agents", "4", "--tasks", "3", "--seed", "11", "--keep",
-            ])
+            .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
+            .args(flags)
+            .arg("--keep")
             .arg(&ws),
     );
     let text = stdout(&out);
     assert!(
         out.status.success(),
-        "demo failed:\n{text}\n{}",
+        "demo {flags:?} failed:\n{text}\n{}",
         stderr(&out)
     );
     assert!(text.contains("every step held"), "{text}");
@@ -41,9 +53,21 @@ fn the_demo_coordinates_four_agents_end_to_end() {
         text.contains("```mermaid\ngantt"),
         "no Gantt chart:\n{text}"
     );
+    // A run of a second or two: the axis shows seconds (or milliseconds), not hours.
+    assert!(
+        text.contains("axisFormat %S.%L") || text.contains("axisFormat %M:%S"),
+        "{text}"
+    );
+    // The live view went to stderr: no raw log line broke it.
+    let err = stderr(&out);
+    assert!(!err.contains(" WARN "), "{err}");
+    (ws, text)
+}
 
+/// What both ways leave behind, checked with the CLI and git only.
+fn check_workspace(ws: &Path) {
     // Every task completed, each exactly once (one start, no retry).
-    let tasks = json(maos(&ws).args(["task", "list", "--json"]));
+    let tasks = json(maos(ws).args(["task", "list", "--json"]));
     let tasks = tasks.as_array().expect("task list is an array");
     assert!(tasks.len() >= 3 + 8, "{} tasks", tasks.len());
     for t in tasks {
@@ -54,7 +78,8 @@ fn the_demo_coordinates_four_agents_end_to_end() {
         );
     }
 
-    // The conflict was detected and resolved: a completed merge-conflict task exists.
+    // The conflict was detected and resolved: completed merge-conflict tasks exist, and one
+    // merge commit on the resolver's branch resolved them all.
     let conflict_tasks: Vec<_> = tasks
         .iter()
         .filter(|t| {
@@ -64,43 +89,131 @@ fn the_demo_coordinates_four_agents_end_to_end() {
         })
         .collect();
     assert!(!conflict_tasks.is_empty(), "no resolution task was created");
+    let merges = git(ws, &["log", "agent/frontend-1", "--merges", "--format=%s"]);
+    assert_eq!(
+        merges
+            .lines()
+            .filter(|l| l.starts_with("Merge main into agent/frontend-1, resolving "))
+            .count(),
+        1,
+        "{merges}"
+    );
 
     // The merged history holds every agent's work: a commit by each working agent is
     // reachable from main.
-    let log = output(Command::new("git").current_dir(&ws).args([
-        "log",
-        "main",
-        "--format=%(trailers:key=Maos-Agent,valueonly)",
-    ]));
-    assert!(log.status.success(), "{}", stderr(&log));
-    let authors = stdout(&log);
+    let authors = git(
+        ws,
+        &[
+            "log",
+            "main",
+            "--format=%(trailers:key=Maos-Agent,valueonly)",
+        ],
+    );
     for agent in ["architect-1", "backend-1", "frontend-1"] {
         assert!(
             authors.contains(agent),
             "main lacks {agent}'s work:\n{authors}"
         );
     }
-    let routes = output(
-        Command::new("git")
-            .current_dir(&ws)
-            .args(["show", "main:src/shared/routes.rs"]),
-    );
-    let routes = stdout(&routes);
+    let routes = git(ws, &["show", "main:src/shared/routes.rs"]);
     assert!(
         routes.contains("/users") && routes.contains("/profile"),
         "{routes}"
     );
 
+    // Each agent worked in its own worktree, on its branch, and left it clean.
+    let worktrees = git(ws, &["worktree", "list", "--porcelain"]);
+    for agent in AGENTS {
+        let wt = ws.join(".worktrees").join(agent);
+        assert!(
+            worktrees.contains(&format!("branch refs/heads/agent/{agent}")),
+            "{worktrees}"
+        );
+        assert_eq!(
+            git(&wt, &["status", "--porcelain"]),
+            "",
+            "{agent}'s worktree"
+        );
+        assert_eq!(
+            git(&wt, &["rev-parse", "HEAD"]),
+            git(ws, &["rev-parse", &format!("agent/{agent}")])
+        );
+    }
+
     // No lock left behind.
-    let locks = json(maos(&ws).args(["lock", "list", "--json"]));
+    let locks = json(maos(ws).args(["lock", "list", "--json"]));
     let held = locks["locks"].as_array().map_or(0, Vec::len);
     assert_eq!(held, 0, "locks left behind: {locks}");
 
     // The deadlock was reported on the deadlock topic.
-    let out = output(maos(&ws).args(["recv", "broadcast/deadlock", "--json"]));
+    let out = output(maos(ws).args(["recv", "broadcast/deadlock", "--json"]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         !stdout(&out).trim().is_empty(),
         "no deadlock report on the topic"
     );
+
+    // The frontend asked the backend role and got its answer, each message from its agent.
+    let out = output(maos(ws).args(["recv", "backend-frontend", "--everything", "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let messages: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let request = messages
+        .iter()
+        .find(|m| m["payload"]["type"] == "implement_api")
+        .unwrap_or_else(|| panic!("no API request: {messages:?}"));
+    assert_eq!(request["sender"], "frontend-1", "{request}");
+    assert_eq!(
+        request["recipients"],
+        serde_json::json!({ "kind": "role", "value": "backend" })
+    );
+    let answer = messages
+        .iter()
+        .find(|m| m["payload"]["type"] == "api_implemented")
+        .unwrap_or_else(|| panic!("no API answer: {messages:?}"));
+    assert_eq!(answer["sender"], "backend-1", "{answer}");
+    assert_eq!(answer["payload"]["in_reply_to"], request["id"], "{answer}");
+}
+
+#[test]
+fn the_demo_coordinates_four_agents_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // No --fast: stdout is not a terminal here, so the run is not paced.
+    let (ws, text) = demo(dir.path(), &[]);
+    assert!(text.contains("(fast, via library)"), "{text}");
+    check_workspace(&ws);
+    // Library agents stay registered (dead once their process ended), with their branches.
+    let agents = json(maos(&ws).args(["agents", "list", "--json"]));
+    let listed = agents.to_string();
+    for a in AGENTS {
+        assert!(listed.contains(&format!("agent/{a}")), "{agents}");
+    }
+}
+
+#[test]
+fn the_demo_via_mcp_and_hooks_passes_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, text) = demo(dir.path(), &["--fast", "--via", "mcp"]);
+    assert!(text.contains("(fast, via mcp)"), "{text}");
+    assert!(
+        text.contains("- [x] every agent drove maos only through its own MCP server"),
+        "{text}"
+    );
+    check_workspace(&ws);
+    // Each session ended through the SessionEnd hook: the agents are unregistered and no
+    // session is left bound.
+    let agents = json(maos(&ws).args(["agents", "list", "--json"]));
+    let listed = agents.to_string();
+    for a in AGENTS {
+        assert!(
+            !listed.contains(&format!("\"{a}\"")),
+            "{a} still registered: {agents}"
+        );
+    }
+    let sessions: Vec<_> = std::fs::read_dir(ws.join(".maos/sessions"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(sessions.is_empty(), "sessions left: {sessions:?}");
 }

@@ -454,10 +454,9 @@ impl Coord {
                         format!("fast-forwarded {target} to {source} ({})", short(&to)),
                         true,
                     ),
-                    MergeOutcome::Merged { commit, .. } => (
-                        format!("{source} into {target} ({})", short(&commit)),
-                        true,
-                    ),
+                    MergeOutcome::Merged { commit, .. } => {
+                        (format!("{source} into {target} ({})", short(&commit)), true)
+                    }
                     MergeOutcome::UpToDate { .. } => {
                         (format!("{target} already contains {source}"), false)
                     }

@@ -185,7 +185,14 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
     loop {
         let tasks = tracker.list_blocking()?;
         view.learn(&tasks);
-        intake(&mut view, &mut events, &mut logged, &rx, &deadlocks, &mut deadlock_cursor)?;
+        intake(
+            &mut view,
+            &mut events,
+            &mut logged,
+            &rx,
+            &deadlocks,
+            &mut deadlock_cursor,
+        )?;
         view.render(&tasks)?;
         let status = |id: &TaskId| tasks.iter().find(|t| t.id == *id).map(|t| t.status);
         // The merge task: when its dependencies are done, merge every agent branch.
@@ -255,7 +262,14 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
         }
         let _ = child.wait();
     }
-    intake(&mut view, &mut events, &mut logged, &rx, &deadlocks, &mut deadlock_cursor)?;
+    intake(
+        &mut view,
+        &mut events,
+        &mut logged,
+        &rx,
+        &deadlocks,
+        &mut deadlock_cursor,
+    )?;
     drop(monitor);
     for line in super::log::release() {
         view.note(format!("log: {line}"));
@@ -362,7 +376,9 @@ fn intake(
     }
     while let Ok(m) = rx.try_recv() {
         match m {
-            FromAgent::Event(ev) => items.push((if ev.at == 0 { now } else { ev.at }, Item::Event(ev))),
+            FromAgent::Event(ev) => {
+                items.push((if ev.at == 0 { now } else { ev.at }, Item::Event(ev)))
+            }
             FromAgent::Log(agent, line) => {
                 logged.push(format!("{agent}: {line}"));
                 items.push((now, Item::Note(format!("{agent} log: {}", line.trim()))));
