@@ -805,6 +805,9 @@ impl Hooks {
         .await??;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         match out.status.code() {
+            // Claude Code keeps a successful hook's stderr for its debug log; the demo shows it
+            // in its event log (through this agent's stderr).
+            Some(0) if !stderr.is_empty() => eprintln!("hook {event}: {stderr}"),
             Some(0) => {}
             Some(2) => bail!("blocked (exit 2): {stderr}"),
             _ => bail!("maos hook claude {event} failed ({}): {stderr}", out.status),

@@ -10,7 +10,7 @@
 //! detector finds the cycle, broadcasts it and ends the victim's wait. The run ends with the
 //! report, the critical path, the Mermaid Gantt, and a check of every step (exit status).
 //!
-//! On a terminal the session is paced (work takes simulated time, about 15 s in all) and
+//! On a terminal the session is paced (work takes simulated time, 15 s or so in all) and
 //! drawn as a live view; `--fast` (the default when stdout is not a terminal) runs it flat
 //! out. `--via mcp` makes the agents reach maos only through their own `maos mcp` servers and
 //! Claude Code hooks, as coding agents do.
@@ -79,15 +79,14 @@ pub(crate) struct DemoArgs {
     pace_ms: u64,
 }
 
-/// Simulated time in a paced session: an hour of estimated work takes this long.
-pub(crate) const PACE_PER_HOUR: Duration = Duration::from_millis(3500);
+/// How long the simulated work of a paced session takes in all (what the plan's estimates
+/// are scaled to); setting up, merging and the agents' own calls come on top.
+pub(crate) const PACED_WORK: Duration = Duration::from_secs(16);
 
 impl DemoArgs {
-    /// Simulated time per estimated hour: none with `--fast` or when stdout is not a
-    /// terminal (unless `--paced`).
-    fn pace(&self) -> Duration {
-        let paced = self.paced || (!self.fast && std::io::stdout().is_terminal());
-        if paced { PACE_PER_HOUR } else { Duration::ZERO }
+    /// Paced unless `--fast`, or stdout is not a terminal (unless `--paced`).
+    fn paced(&self) -> bool {
+        self.paced || (!self.fast && std::io::stdout().is_terminal())
     }
 }
 
@@ -157,8 +156,8 @@ pub(crate) fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let pace = args.pace();
-            rt.block_on(orchestrator::run(args, pace))
+            let paced = args.paced();
+            rt.block_on(orchestrator::run(args, paced))
         }
     }
 }

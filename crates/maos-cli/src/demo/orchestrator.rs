@@ -22,7 +22,7 @@ use maos_coordination::{
 use super::agent::demo_meta;
 use super::coord::{Stats, Via};
 use super::view::View;
-use super::{AgentEvent, DemoArgs, EventKind, ORCHESTRATOR, ROLES, repo};
+use super::{AgentEvent, DemoArgs, EventKind, ORCHESTRATOR, PACED_WORK, ROLES, repo};
 use crate::exit::Exit;
 
 /// The ids of the tasks the orchestrator itself drives or checks.
@@ -38,7 +38,7 @@ struct Check {
     ok: bool,
 }
 
-pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> {
+pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let tmp;
     let root: PathBuf = match &args.keep {
@@ -65,7 +65,7 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
             .role(AgentRole::orchestrator())
             .process(ProcessIdentity::current()),
     )?;
-    let mode = if pace.is_zero() { "fast" } else { "paced" };
+    let mode = if paced { "paced" } else { "fast" };
     eprintln!(
         "maos demo: workspace {} ({} agents via {}, {} extra tasks, seed {}, {mode})",
         root.display(),
@@ -100,6 +100,11 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
     }
     let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
     let (graph, planned) = build_graph(&tracker, &args).await?;
+    let pace = if paced {
+        pace_for(&planned, agents.len())
+    } else {
+        Duration::ZERO
+    };
 
     // The deadlock monitor: detects cycles in the on-disk wait-for graph, broadcasts them
     // on the `deadlock` topic and ends the victim's wait.
@@ -342,6 +347,20 @@ pub(crate) async fn run(args: DemoArgs, pace: Duration) -> anyhow::Result<Exit> 
         }
     );
     Ok(if all_ok { Exit::Ok } else { Exit::Error })
+}
+
+/// Simulated time per estimated hour, so that the plan's work takes about [`PACED_WORK`]:
+/// the plan lasts as long as its critical path or its work shared by the agents, whichever is
+/// longer, plus the merge's resolution work (about an hour).
+fn pace_for(planned: &[Task], agents: usize) -> Duration {
+    let (_, critical) = maos_coordination::track::critical_path_of(planned);
+    let work: Duration = planned
+        .iter()
+        .filter_map(|t| t.estimated_duration)
+        .sum::<Duration>()
+        / u32::try_from(agents.max(1)).unwrap_or(u32::MAX);
+    let hours = critical.max(work).as_secs_f64() / 3600.0 + 1.0;
+    PACED_WORK.div_f64(hours)
 }
 
 /// What an agent process says: an event on stdout, a log line on stderr.
