@@ -2,51 +2,43 @@
 //! MCP and Claude Code hooks), its outcome checked independently through the CLI and git on
 //! the workspace it leaves behind.
 
-// Helpers outside #[test] functions: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use maos_tests::{maos_at, output, stderr, stdout};
 use serde_json::Value;
+
+use crate::util::{Maos, Run, bin};
 
 const AGENTS: [&str; 4] = ["architect-1", "backend-1", "frontend-1", "reviewer-1"];
 
-fn maos(ws: &Path) -> Command {
-    maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, "auditor")
-}
-
-fn json(cmd: &mut Command) -> Value {
-    let out = output(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
-    serde_json::from_str(&stdout(&out))
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
+fn auditor(ws: &Path) -> Maos {
+    Maos::new(ws).agent("auditor")
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = output(Command::new("git").current_dir(dir).args(args));
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
-    stdout(&out)
+    Run::of(Command::new("git").current_dir(dir).args(args))
+        .ok()
+        .stdout()
 }
 
 /// Runs the demo with `flags` in a kept workspace; returns it and the report.
 fn demo(dir: &Path, flags: &[&str]) -> (PathBuf, String) {
     let ws = dir.join("ws");
-    let out = output(
-        Command::new(env!("CARGO_BIN_EXE_maos"))
+    let out = Run::of(
+        Command::new(bin())
             .env_remove("MAOS_WORKSPACE")
             .env_remove("MAOS_AGENT_ID")
+            .env_remove("RUST_LOG")
             .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
             .args(flags)
             .arg("--keep")
             .arg(&ws),
     );
-    let text = stdout(&out);
+    let text = out.stdout();
     assert!(
         out.status.success(),
         "demo {flags:?} failed:\n{text}\n{}",
-        stderr(&out)
+        out.stderr()
     );
     assert!(text.contains("every step held"), "{text}");
     assert!(
@@ -59,7 +51,7 @@ fn demo(dir: &Path, flags: &[&str]) -> (PathBuf, String) {
         "{text}"
     );
     // The live view went to stderr: no raw log line broke it.
-    let err = stderr(&out);
+    let err = out.stderr();
     assert!(!err.contains(" WARN "), "{err}");
     (ws, text)
 }
@@ -67,7 +59,7 @@ fn demo(dir: &Path, flags: &[&str]) -> (PathBuf, String) {
 /// What both ways leave behind, checked with the CLI and git only.
 fn check_workspace(ws: &Path) {
     // Every task completed, each exactly once (one start, no retry).
-    let tasks = json(maos(ws).args(["task", "list", "--json"]));
+    let tasks = auditor(ws).run(["task", "list", "--json"]).ok().json();
     let tasks = tasks.as_array().expect("task list is an array");
     assert!(tasks.len() >= 3 + 8, "{} tasks", tasks.len());
     for t in tasks {
@@ -141,25 +133,22 @@ fn check_workspace(ws: &Path) {
     }
 
     // No lock left behind.
-    let locks = json(maos(ws).args(["lock", "list", "--json"]));
+    let locks = auditor(ws).run(["lock", "list", "--json"]).ok().json();
     let held = locks["locks"].as_array().map_or(0, Vec::len);
     assert_eq!(held, 0, "locks left behind: {locks}");
 
     // The deadlock was reported on the deadlock topic.
-    let out = output(maos(ws).args(["recv", "broadcast/deadlock", "--json"]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = auditor(ws).run(["recv", "broadcast/deadlock", "--json"]);
     assert!(
-        !stdout(&out).trim().is_empty(),
+        !out.ok().stdout().trim().is_empty(),
         "no deadlock report on the topic"
     );
 
     // The frontend asked the backend role and got its answer, each message from its agent.
-    let out = output(maos(ws).args(["recv", "backend-frontend", "--everything", "--json"]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let messages: Vec<Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let messages = auditor(ws)
+        .run(["recv", "backend-frontend", "--everything", "--json"])
+        .ok()
+        .lines();
     let request = messages
         .iter()
         .find(|m| m["payload"]["type"] == "implement_api")
@@ -185,7 +174,7 @@ fn the_demo_coordinates_four_agents_end_to_end() {
     assert!(text.contains("(fast, via library)"), "{text}");
     check_workspace(&ws);
     // Library agents stay registered (dead once their process ended), with their branches.
-    let agents = json(maos(&ws).args(["agents", "list", "--json"]));
+    let agents = auditor(&ws).run(["agents", "list", "--json"]).ok().json();
     let listed = agents.to_string();
     for a in AGENTS {
         assert!(listed.contains(&format!("agent/{a}")), "{agents}");
@@ -204,7 +193,7 @@ fn the_demo_via_mcp_and_hooks_passes_the_same_checks() {
     check_workspace(&ws);
     // Each session ended through the SessionEnd hook: the agents are unregistered and no
     // session is left bound.
-    let agents = json(maos(&ws).args(["agents", "list", "--json"]));
+    let agents = auditor(&ws).run(["agents", "list", "--json"]).ok().json();
     let listed = agents.to_string();
     for a in AGENTS {
         assert!(
