@@ -387,7 +387,8 @@ impl Agent {
 
     /// Takes two locks in the order the task says. Two agents doing this in opposite orders
     /// deadlock; the detector ends the victim's wait with a deadlock error, the victim backs
-    /// off (releasing what it holds) and retries once the other is through.
+    /// off (releasing what it holds) and retries in the other's order, so it gets through
+    /// once the other is.
     async fn sync_in_order(&mut self, task: &Task) -> anyhow::Result<String> {
         let files = files_of(task);
         let [first, second] = files.as_slice() else {
@@ -426,11 +427,15 @@ impl Agent {
                     &self.me,
                     EventKind::DeadlockVictim,
                     Some(task),
-                    format!("releases {first} and retries"),
+                    format!("releases {first}, retries in the other's order"),
                 );
                 self.unlock_all(g1).await?;
-                // Retry in the same order, now that the partner can finish.
-                let held = self.lock_all(task, &files).await?;
+                // Retry in the partner's order: wait, holding nothing, for what the partner
+                // holds (it gets ours now and finishes), then take ours back. In the same order
+                // as the partner no new cycle can form.
+                let held = self
+                    .lock_all(task, &[second.clone(), first.clone()])
+                    .await?;
                 let note = self.edit_files(task, &files, 0.6).await;
                 self.unlock_all(held).await?;
                 note.map(|n| format!("deadlock victim, backed off and retried; {n}"))
