@@ -285,17 +285,17 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     let elapsed = view.elapsed();
 
     // The verdict.
-    let checks = verify(
-        &ws,
-        &git,
-        &tasks,
-        &graph,
-        &events,
-        merge_phase.as_ref(),
-        stopped.as_deref(),
-        &agents,
-        args.via,
-    )?;
+    let checks = verify(&Session {
+        ws: &ws,
+        git: &git,
+        tasks: &tasks,
+        graph: &graph,
+        events: &events,
+        merge: merge_phase.as_ref(),
+        stopped: stopped.as_deref(),
+        agents: &agents,
+        via: args.via,
+    })?;
     let visual = ProgressVisualizer::new(tracker.clone());
     let report = visual.generate_progress_report_blocking()?;
     outln!(
@@ -765,17 +765,31 @@ impl MergePhase {
     }
 }
 
-fn verify(
-    ws: &Workspace,
-    git: &git2::Repository,
-    tasks: &[Task],
-    graph: &Graph,
-    events: &[AgentEvent],
-    merge: Option<&MergePhase>,
-    stopped: Option<&str>,
-    agents: &[(String, &str)],
+/// What the verdict looks at.
+struct Session<'a> {
+    ws: &'a Workspace,
+    git: &'a git2::Repository,
+    tasks: &'a [Task],
+    graph: &'a Graph,
+    events: &'a [AgentEvent],
+    merge: Option<&'a MergePhase>,
+    stopped: Option<&'a str>,
+    agents: &'a [(String, &'a str)],
     via: Via,
-) -> anyhow::Result<Vec<Check>> {
+}
+
+fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
+    let Session {
+        ws,
+        git,
+        tasks,
+        graph,
+        events,
+        merge,
+        stopped,
+        agents,
+        via,
+    } = *session;
     let mut checks = Vec::new();
     let mut check = |what: String, ok: bool| checks.push(Check { what, ok });
     check(

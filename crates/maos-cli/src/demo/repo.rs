@@ -244,10 +244,9 @@ impl Worktree {
         let sig = signature(agent)?;
         let msg = format!("{summary}\n\nMaos-Agent: {agent}\n");
         // Moves the branch only if its tip is still `parent` (libgit2 checks).
-        Ok(self
-            .repo
+        self.repo
             .commit(Some("HEAD"), &sig, &sig, &msg, &tree, &[&parent])
-            .with_context(|| format!("committing on {}", self.branch))?)
+            .with_context(|| format!("committing on {}", self.branch))
     }
 
     /// Merges `target` into this worktree's branch in memory (nothing written yet).

@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
-
 use crate::util::{Maos, Run, bin};
 
 const AGENTS: [&str; 4] = ["architect-1", "backend-1", "frontend-1", "reviewer-1"];
