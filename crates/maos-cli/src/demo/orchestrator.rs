@@ -118,6 +118,8 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     let exe = std::env::current_exe().context("locating the maos binary")?;
     let (tx, rx) = mpsc::channel::<FromAgent>();
     let mut children: Vec<(String, Child)> = Vec::new();
+    // Reader threads whose pipe is still open.
+    let mut open = 0_usize;
     for (id, role) in &agents {
         let mut child = Command::new(&exe)
             .arg("--workspace")
@@ -135,6 +137,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         let out = child.stdout.take().context("agent stdout")?;
         let err = child.stderr.take().context("agent stderr")?;
         let (tx2, agent) = (tx.clone(), id.clone());
+        open += 1;
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -149,9 +152,11 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
                     break;
                 }
             }
+            let _ = tx2.send(FromAgent::Closed);
         });
         // What an agent (or its MCP server, or a hook) logs goes into the event log.
         let (tx2, agent) = (tx.clone(), id.clone());
+        open += 1;
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
@@ -159,6 +164,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
                     break;
                 }
             }
+            let _ = tx2.send(FromAgent::Closed);
         });
         children.push((id.clone(), child));
     }
@@ -190,11 +196,16 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     loop {
         let tasks = tracker.list_blocking()?;
         view.learn(&tasks);
+        let incoming: Vec<FromAgent> = rx.try_iter().collect();
+        open -= incoming
+            .iter()
+            .filter(|m| matches!(m, FromAgent::Closed))
+            .count();
         intake(
             &mut view,
             &mut events,
             &mut logged,
-            &rx,
+            incoming,
             &deadlocks,
             &mut deadlock_cursor,
         )?;
@@ -267,11 +278,23 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         }
         let _ = child.wait();
     }
+    // The agents' last lines (their exit event) may still be in the pipes: read them to the
+    // end (bounded: a stray grandchild could hold a pipe open).
+    let mut last = Vec::new();
+    let drained = Instant::now() + Duration::from_secs(3);
+    while open > 0 {
+        match rx.recv_timeout(drained.saturating_duration_since(Instant::now())) {
+            Ok(FromAgent::Closed) => open -= 1,
+            Ok(m) => last.push(m),
+            Err(_) => break,
+        }
+    }
+    last.extend(rx.try_iter());
     intake(
         &mut view,
         &mut events,
         &mut logged,
-        &rx,
+        last,
         &deadlocks,
         &mut deadlock_cursor,
     )?;
@@ -367,6 +390,8 @@ fn pace_for(planned: &[Task], agents: usize) -> Duration {
 enum FromAgent {
     Event(AgentEvent),
     Log(String, String),
+    /// One of its pipes reached its end.
+    Closed,
 }
 
 /// Takes in what happened since the last call (agent events, their log lines, deadlock
@@ -375,7 +400,7 @@ fn intake(
     view: &mut View,
     events: &mut Vec<AgentEvent>,
     logged: &mut Vec<String>,
-    rx: &mpsc::Receiver<FromAgent>,
+    incoming: impl IntoIterator<Item = FromAgent>,
     deadlocks: &FileChannel,
     cursor: &mut Cursor,
 ) -> anyhow::Result<()> {
@@ -393,8 +418,9 @@ fn intake(
             .unwrap_or(d.message.timestamp);
         items.push((at, Item::Note(describe_deadlock(&d.message.payload))));
     }
-    while let Ok(m) = rx.try_recv() {
+    for m in incoming {
         match m {
+            FromAgent::Closed => {}
             FromAgent::Event(ev) => {
                 items.push((if ev.at == 0 { now } else { ev.at }, Item::Event(ev)))
             }
