@@ -151,7 +151,7 @@ async fn serve_api(me: AgentId, mut msg: Messenger, stop: Arc<AtomicBool>) -> an
                 &me,
                 EventKind::ApiAnswered,
                 None,
-                format!("to {}", m.sender),
+                format!("{}'s API request", m.sender),
             );
         }
     }
@@ -313,11 +313,7 @@ impl Agent {
         }
         let id = self.wt.commit(self.me.as_str(), &task.name, files)?;
         emit(&self.me, EventKind::Committed, Some(task), files.join(", "));
-        Ok(format!(
-            "committed {} on {}",
-            &id.to_string()[..8],
-            self.wt.branch()
-        ))
+        Ok(format!("commit {}", &id.to_string()[..8]))
     }
 
     /// Writes one file in the worktree the way Claude Code's tools do, with its hooks: Read
@@ -382,7 +378,7 @@ impl Agent {
         self.doing(task, "building the UI");
         self.pace.spend(task, 0.6).await;
         let note = self.edit_and_commit(task).await?;
-        Ok(format!("backend implemented {n} endpoints; {note}"))
+        Ok(format!("{n} endpoints from the backend; {note}"))
     }
 
     /// Takes two locks in the order the task says. Two agents doing this in opposite orders
@@ -420,7 +416,7 @@ impl Agent {
                 let note = self.edit_files(task, &files, 0.6).await;
                 self.coord.unlock(g2).await?;
                 self.unlock_all(g1).await?;
-                note.map(|n| format!("took {first} then {second}; {n}"))
+                note.map(|n| format!("took both locks; {n}"))
             }
             Err(LockFailure::Deadlock(_)) => {
                 emit(
@@ -438,7 +434,7 @@ impl Agent {
                     .await?;
                 let note = self.edit_files(task, &files, 0.6).await;
                 self.unlock_all(held).await?;
-                note.map(|n| format!("deadlock victim, backed off and retried; {n}"))
+                note.map(|n| format!("deadlock victim, retried; {n}"))
             }
             Err(LockFailure::Error(e)) => Err(e),
         }
@@ -491,12 +487,12 @@ impl Agent {
             EventKind::Resolved,
             Some(task),
             format!(
-                "{}: merged {target} into {source} as {commit}{}",
+                "{} in one merge of {target} ({commit}){}",
                 resolved.join(", "),
                 if siblings.is_empty() {
                     String::new()
                 } else {
-                    format!("; closes {} more task(s)", siblings.len())
+                    format!(", closing {} more task(s)", siblings.len())
                 }
             ),
         );
@@ -569,7 +565,7 @@ impl Agent {
                 bail!("main's src/shared/routes.rs lacks route {needed}:\n{routes}");
             }
         }
-        Ok("main holds the backend's and the frontend's routes".into())
+        Ok("main has both routes".into())
     }
 }
 

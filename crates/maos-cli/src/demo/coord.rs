@@ -150,7 +150,7 @@ impl Coord {
                     kind: Kind::Library(Box::new(Library { tracker, watch })),
                     stats: Stats::default(),
                 };
-                Ok((coord, format!("{me} (library, role {})", start.role)))
+                Ok((coord, format!("library, role {}", start.role)))
             }
             Via::Mcp => {
                 let mut hooks = Hooks::new(&start.worktree, me)?;
@@ -197,7 +197,7 @@ impl Coord {
                 Ok((
                     coord,
                     format!(
-                        "{me} (mcp server pid {}, named from its {})",
+                        "own MCP server (pid {}), named by its {}",
                         server_pid.unwrap_or_default(),
                         who["named_from"].as_str().unwrap_or("?")
                     ),

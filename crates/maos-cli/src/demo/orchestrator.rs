@@ -455,7 +455,7 @@ fn describe_deadlock(v: &serde_json::Value) -> String {
         .flatten()
         .map(|w| {
             format!(
-                "{} waits for {} held by {}",
+                "{} waits for {} ({})",
                 w["waiter"].as_str().unwrap_or("?"),
                 w["resource"].as_str().unwrap_or("?"),
                 w["holder"].as_str().unwrap_or("?")
@@ -464,7 +464,7 @@ fn describe_deadlock(v: &serde_json::Value) -> String {
         .collect();
     let r = &v["suggested_resolution"];
     format!(
-        "deadlock detected: {}; victim {}{}",
+        "DEADLOCK: {}; victim {}{}",
         waits.join(", "),
         r["victim"].as_str().unwrap_or("?"),
         if r["applied"] == true {
@@ -671,15 +671,18 @@ impl MergePhase {
                 (p.source.clone(), p.target.clone(), paths)
             })
             .collect();
-        let mut notes = vec![format!(
-            "merge: {} agent branches to merge into main; predicted conflicts: {}",
+        let short = |b: &str| b.strip_prefix("agent/").unwrap_or(b).to_owned();
+        let notes = vec![format!(
+            "merge: {} branches queued; predicted conflicts: {}",
             branches.len(),
             if predicted.is_empty() {
                 "none".to_string()
             } else {
                 predicted
                     .iter()
-                    .map(|(a, b, paths)| format!("{a} x {b} in {}", paths.join(", ")))
+                    .map(|(a, b, paths)| {
+                        format!("{} x {} in {}", short(a), short(b), paths.join(", "))
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             }
@@ -688,7 +691,6 @@ impl MergePhase {
         for b in &branches {
             queue.add(b, "main")?;
         }
-        notes.push(format!("merge queue: {} entries queued", branches.len()));
         let mut phase = Self {
             queue,
             predicted,
@@ -714,7 +716,7 @@ impl MergePhase {
                     if self.merged.insert(e.id) {
                         match &e.outcome {
                             Some(MergeOutcome::FastForward { to, .. }) => self.notes.push(format!(
-                                "merge queue: fast-forwarded main to {} ({})",
+                                "merge queue: main fast-forwarded to {} ({})",
                                 e.source,
                                 &to[..8.min(to.len())]
                             )),
@@ -740,10 +742,10 @@ impl MergePhase {
                             .filter_map(|t| t.assigned_to.as_ref().map(|a| a.to_string()))
                             .collect();
                         self.notes.push(format!(
-                            "merge queue: {} conflicts with main in {}: {tasks} resolution \
-                             task(s) for {}",
+                            "merge queue: {} blocked by {} conflicting file(s): {tasks} \
+                             resolution task(s) for {}",
                             e.source,
-                            e.conflicted_paths.join(", "),
+                            e.conflicted_paths.len(),
                             if who.is_empty() {
                                 "anyone".to_string()
                             } else {

@@ -27,7 +27,8 @@ pub(crate) struct View {
     rows: HashMap<String, String>,
     /// Tasks whose outcome an event already told.
     told: HashSet<String>,
-    log: Vec<String>,
+    /// The event log: (ms since the Unix epoch, line).
+    log: Vec<(u64, String)>,
     locks: Option<LockTable>,
     drawn_lines: usize,
     last_progress: String,
@@ -171,7 +172,7 @@ impl View {
             }
             EventKind::Completed => (
                 Some(format!("done: {task}")),
-                Some(format!("{a} finished \"{task}\": {d}")),
+                Some(format!("{a} finished {task}: {d}")),
             ),
             EventKind::Closed => (Some(format!("done: {task}")), None),
             EventKind::Failed => (
@@ -182,7 +183,7 @@ impl View {
                 Some(format!("{task}: waiting for the backend's answer")),
                 Some(format!("{a} {d}")),
             ),
-            EventKind::ApiAnswered => (None, Some(format!("{a} answered the API request {d}"))),
+            EventKind::ApiAnswered => (None, Some(format!("{a} answered {d}"))),
             EventKind::ApiReceived if ev.task.is_none() => (None, None),
             EventKind::ApiReceived => (Some(format!("{task}: got the API ({d})")), None),
             EventKind::LockWaiting => (
@@ -191,7 +192,7 @@ impl View {
             ),
             EventKind::DeadlockVictim => (
                 Some(format!("{task}: deadlock victim, backs off")),
-                Some(format!("{a} is the deadlock victim: {d}")),
+                Some(format!("{a} backs off: {d}")),
             ),
             EventKind::Resolved => (
                 Some(format!("{task}: resolved")),
@@ -236,16 +237,19 @@ impl View {
     /// A line in the event log for something that happened at `at` (ms since the Unix epoch;
     /// 0: now).
     pub(crate) fn note_at(&mut self, text: String, at: u64) {
-        let since = if at == 0 {
-            self.started.elapsed()
+        let at = if at == 0 {
+            maos_coordination::core::now_ms()
         } else {
-            Duration::from_millis(at.saturating_sub(self.started_ms))
+            at
         };
+        let since = Duration::from_millis(at.saturating_sub(self.started_ms));
         let line = format!("[{:5.1}s] {text}", since.as_secs_f64());
         if !self.tty {
             eprintln!("{line}");
         }
-        self.log.push(line);
+        // In time order: an agent's event can reach us after what followed it.
+        let i = self.log.partition_point(|(t, _)| *t <= at);
+        self.log.insert(i, (at, line));
     }
 
     /// Redraws the frame (terminal), or prints the progress when it changed.
@@ -327,7 +331,7 @@ impl View {
         let room = rows.saturating_sub(out.len() + 2).clamp(3, 10);
         out.push("EVENTS".into());
         let from = self.log.len().saturating_sub(room);
-        out.extend(self.log[from..].iter().cloned());
+        out.extend(self.log[from..].iter().map(|(_, l)| l.clone()));
         out.into_iter().map(|l| truncate(&l, cols)).collect()
     }
 
