@@ -328,11 +328,20 @@ impl View {
             ));
         }
         out.push(String::new());
-        let room = rows.saturating_sub(out.len() + 2).clamp(3, 10);
+        let room = rows.saturating_sub(out.len() + 2).clamp(3, 12);
         out.push("EVENTS".into());
-        let from = self.log.len().saturating_sub(room);
-        out.extend(self.log[from..].iter().map(|(_, l)| l.clone()));
-        out.into_iter().map(|l| truncate(&l, cols)).collect()
+        let mut out: Vec<String> = out.into_iter().map(|l| truncate(&l, cols)).collect();
+        // The latest events, long ones wrapped under their text, as many lines as fit.
+        let mut events: Vec<String> = Vec::new();
+        for (_, l) in self.log.iter().rev() {
+            let wrapped = wrap(l, cols, 9);
+            if events.len() + wrapped.len() > room {
+                break;
+            }
+            events.splice(0..0, wrapped);
+        }
+        out.extend(events);
+        out
     }
 
     /// The last frame (terminal) or line; the view ends here.
@@ -353,6 +362,26 @@ fn terminal_size() -> (usize, usize) {
         }
         _ => (99, 40),
     }
+}
+
+/// `s` in lines of at most `cols` characters, the continuation lines indented by `indent`.
+fn wrap(s: &str, cols: usize, indent: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= cols || cols <= indent + 10 {
+        return vec![truncate(s, cols)];
+    }
+    let mut lines = vec![chars[..cols].iter().collect::<String>()];
+    let mut rest = &chars[cols..];
+    while !rest.is_empty() {
+        let n = rest.len().min(cols - indent);
+        lines.push(format!(
+            "{}{}",
+            " ".repeat(indent),
+            rest[..n].iter().collect::<String>()
+        ));
+        rest = &rest[n..];
+    }
+    lines
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -436,5 +465,13 @@ mod tests {
                 .any(|l| l.contains("backend-1 waits for src/shared/routes.rs")),
             "{frame:#?}"
         );
+        // The long event is wrapped, not cut: all of it is there.
+        let events: String = frame
+            .iter()
+            .skip_while(|l| *l != "EVENTS")
+            .flat_map(|l| l.chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        assert_eq!(events.matches("heldbyfrontend-1").count(), 5, "{frame:#?}");
     }
 }
