@@ -364,22 +364,28 @@ fn terminal_size() -> (usize, usize) {
     }
 }
 
-/// `s` in lines of at most `cols` characters, the continuation lines indented by `indent`.
+/// `s` in lines of at most `cols` characters, broken at spaces where there is one, the
+/// continuation lines indented by `indent`.
 fn wrap(s: &str, cols: usize, indent: usize) -> Vec<String> {
-    let chars: Vec<char> = s.chars().collect();
-    if chars.len() <= cols || cols <= indent + 10 {
+    if s.chars().count() <= cols || cols <= indent + 20 {
         return vec![truncate(s, cols)];
     }
-    let mut lines = vec![chars[..cols].iter().collect::<String>()];
-    let mut rest = &chars[cols..];
+    let mut lines = Vec::new();
+    let mut rest: Vec<char> = s.chars().collect();
+    let mut width = cols;
     while !rest.is_empty() {
-        let n = rest.len().min(cols - indent);
-        lines.push(format!(
-            "{}{}",
-            " ".repeat(indent),
-            rest[..n].iter().collect::<String>()
-        ));
-        rest = &rest[n..];
+        let mut n = rest.len().min(width);
+        if n < rest.len()
+            && let Some(space) = rest[..n].iter().rposition(|c| *c == ' ')
+            && space > width / 2
+        {
+            n = space + 1;
+        }
+        let piece: String = rest[..n].iter().collect();
+        let pad = if lines.is_empty() { 0 } else { indent };
+        lines.push(format!("{}{}", " ".repeat(pad), piece.trim_end()));
+        rest.drain(..n);
+        width = cols - indent;
     }
     lines
 }
