@@ -336,6 +336,13 @@ impl Agent {
     /// The design's `coordinate_with_backend`: ask the backend role for the API on the
     /// shared channel, wait for the answer addressed to us, then build the UI against it.
     async fn implement_frontend(&mut self, task: &Task) -> anyhow::Result<String> {
+        // Told before it is sent: the answer can come back before this line is written.
+        emit(
+            &self.me,
+            EventKind::ApiRequested,
+            Some(task),
+            "asks role backend for the user API (implement_api)",
+        );
         let request = self
             .msg
             .send(
@@ -349,12 +356,6 @@ impl Agent {
                 None,
             )
             .await?;
-        emit(
-            &self.me,
-            EventKind::ApiRequested,
-            Some(task),
-            "asked role backend for the user API (implement_api)",
-        );
         self.doing(task, "waiting for the backend's answer");
         let deadline = tokio::time::Instant::now() + WAIT;
         let endpoints = 'wait: loop {
