@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use maos_coordination::lock::{FileLock, LockTable, WaitForGraph};
+use maos_coordination::lock::{FileLock, LockTable, Node, WaitForGraph};
 use maos_coordination::{AgentId, ResourceName, Workspace};
 
 use crate::table::{Row, Table, percentile_us};
@@ -267,8 +267,15 @@ fn handoff(table: &mut Table) -> anyhow::Result<()> {
 fn deadlock(table: &mut Table) -> anyhow::Result<()> {
     let agents = 10_000usize;
     let edges = 100_000usize;
-    let ids: Vec<AgentId> = (0..agents)
-        .map(|i| AgentId::new(format!("agent-{i}")))
+    // One process per agent, as in a lock table of process-held locks.
+    let ids: Vec<Node> = (0..agents)
+        .map(|i| {
+            AgentId::new(format!("agent-{i}")).map(|agent| Node::Process {
+                agent,
+                live: format!("{i}.1.1.0"),
+                pid: None,
+            })
+        })
         .collect::<Result<_, _>>()?;
     let res = ResourceName::new("src/x.rs")?;
     // A wait-for graph of 10,000 agents and 100,000 edges that is acyclic (edges go from a
@@ -297,7 +304,7 @@ fn deadlock(table: &mut Table) -> anyhow::Result<()> {
     for _ in 0..samples {
         let t = Instant::now();
         let mut g = WaitForGraph::with_capacity(agents, edges);
-        let nodes: Vec<_> = ids.iter().map(|a| g.agent(a)).collect();
+        let nodes: Vec<_> = ids.iter().map(|a| g.node(a)).collect();
         let mut current: Option<(usize, maos_coordination::lock::WaitId)> = None;
         for (ticket, &(a, b)) in pairs.iter().enumerate() {
             let wait = match current {

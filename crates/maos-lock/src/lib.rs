@@ -49,8 +49,11 @@
 //! - A lease that runs out while its holder still works is lost: the holder finds out when it
 //!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod advisory;
 mod deadlock;
+mod doctor;
 mod error;
 mod lock;
 mod pattern;
@@ -59,13 +62,30 @@ mod watch;
 
 pub use advisory::{AdvisoryInterest, AdvisoryLock, Interest};
 pub use deadlock::{
-    AgentNode, DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor,
-    Resolution, VICTIM_RULE, WaitEdge, WaitForGraph, WaitId,
+    DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Node, Resolution,
+    VICTIM_RULE, VictimNotice, WaitEdge, WaitForGraph, WaitId,
 };
-pub use error::{Error, HolderSummary, Result};
+pub use doctor::doctor;
+pub use error::{Error, HolderSummary, Result, WaiterSummary};
 pub use lock::{
-    DEFAULT_TTL, DEFAULT_WAIT, FencingToken, FileLock, LockGuard, LockTable, Snapshot,
-    check_fencing_token,
+    DEFAULT_TTL, DEFAULT_WAIT, FencingToken, FileLock, GUARD_FLOOR, LeaseGrant, LockGuard,
+    LockTable, MAX_TTL, check_fencing_token,
 };
 pub use pattern::overlaps;
-pub use store::{LockInfo, LockMode, WaiterInfo};
+pub use store::ops::{Blocker, Snapshot};
+pub use store::records::{Abort, LockInfo, LockMode, WaiterInfo};
+
+/// Runs the blocking step `op` on tokio's blocking pool: the one way this crate's async
+/// methods call their blocking parts, and the one place where a background task that panicked
+/// or was cancelled becomes an error (an [`Error::Io`] on `dir`, the lock directory), as
+/// `tokio::fs` does with its `asyncify`.
+pub(crate) async fn asyncify<F, T>(op: &'static str, dir: &std::path::Path, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::io(op, dir, std::io::Error::other(e))),
+    }
+}
