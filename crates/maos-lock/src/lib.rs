@@ -62,8 +62,8 @@ mod watch;
 
 pub use advisory::{AdvisoryInterest, AdvisoryLock, Interest};
 pub use deadlock::{
-    DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Node, Resolution,
-    VICTIM_RULE, VictimNotice, WaitEdge, WaitForGraph, WaitId,
+    DEADLOCK_TOPIC, Deadlock, DeadlockDetector, DeadlockNotification, Monitor, Node, NodeId,
+    Resolution, VICTIM_RULE, Via, VictimNotice, WaitEdge, WaitForGraph, WaitId,
 };
 pub use doctor::doctor;
 pub use error::{Error, HolderSummary, Result, WaiterSummary};

@@ -403,3 +403,393 @@ fn an_oversized_purpose_or_metadata_is_refused_and_the_table_keeps_working() {
             .is_some()
     );
 }
+
+/// Issue 11, item 3: a flipped byte in any table file (the header, a bucket, a document, a
+/// reservation slot) while A holds W2 must never grant W2 to B, nor hand out a token already
+/// issued: the operation either works on the intact state, rebuilds from the documents, or
+/// refuses with an error that points at `maos doctor`.
+#[test]
+fn a_flipped_byte_anywhere_never_grants_a_held_lock_nor_repeats_a_token() {
+    use crate::store::layout::{BUCKET, BUCKETS_AT, CELL};
+    let (_d, ws) = ws();
+    let long = Duration::from_secs(86_400);
+    // A holds W2 as a process lock and L as a lease, and a pattern lock.
+    let hold = |s: &str| FileLock::new(&ws, r(s)).agent(agent("A")).ttl(long);
+    let w2 = hold("w2").try_acquire("edit").unwrap().unwrap();
+    let lease = hold("lease/x").acquire_lease("l").unwrap();
+    let pat = hold("p/**").try_acquire("p").unwrap().unwrap();
+    let top = w2.token().max(lease.info.token).max(pat.token());
+    let live_name = w2.info().live.clone().unwrap();
+    let locks = ws.locks_dir();
+    let index = std::fs::read(locks.join("index")).unwrap();
+    let cells = std::fs::read(locks.join("cells")).unwrap();
+    let tokens = std::fs::read(locks.join("tokens")).unwrap();
+    // The bytes that matter: the header, every bucket in use, every cell, both slots.
+    let mut targets: Vec<(&str, usize)> = (0..160).map(|i| ("index", i)).collect();
+    for b in 0..((index.len() as u64 - BUCKETS_AT) / BUCKET) {
+        let at = (BUCKETS_AT + b * BUCKET) as usize;
+        if index[at..at + BUCKET as usize].iter().any(|&x| x != 0) {
+            targets.extend((at..at + BUCKET as usize).map(|i| ("index", i)));
+        }
+    }
+    // Every byte of every extent header and of every document.
+    targets.extend(
+        (0..cells.len())
+            .filter(|i| (*i as u64) % CELL < 32 || cells[*i] != 0)
+            .map(|i| ("cells", i)),
+    );
+    targets.extend(
+        (0..32)
+            .chain(512..544)
+            .filter(|i| *i < tokens.len())
+            .map(|i| ("tokens", i)),
+    );
+    let mut outcomes = [0usize; 3]; // blocked, refused, rebuilt-and-blocked
+    let copy = crate::store::test_dir();
+    let root = copy.path();
+    Workspace::init(root).unwrap();
+    let copy_ws = Workspace::open(root).unwrap();
+    let dst = copy_ws.locks_dir();
+    std::fs::create_dir_all(dst.join("live")).unwrap();
+    // A's process is alive in the copy too: hold its liveness file.
+    let f = std::fs::File::create(dst.join("live").join(&live_name)).unwrap();
+    f.try_lock().unwrap();
+    for (file, at) in targets {
+        // The same directory each time (its files rewritten in place).
+        for (name, bytes) in [("index", &index), ("cells", &cells), ("tokens", &tokens)] {
+            let mut b = bytes.clone();
+            if name == file {
+                b[at] ^= 0x10;
+            }
+            std::fs::write(dst.join(name), b).unwrap();
+        }
+        let b = FileLock::new(&copy_ws, r("w2")).agent(agent("B"));
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.try_acquire("steal")))
+            .unwrap_or_else(|_| panic!("{file}[{at}]: panicked"));
+        match got {
+            Ok(Some(g)) => panic!(
+                "{file}[{at}]: B was granted W2 (token {}) while A holds it",
+                g.token()
+            ),
+            Ok(None) => outcomes[0] += 1,
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("maos doctor") || matches!(e, Error::Core(_) | Error::Io { .. }),
+                    "{file}[{at}]: {text}"
+                );
+                outcomes[1] += 1;
+            }
+        }
+        for res in ["lease/x", "p/q"] {
+            let c = FileLock::new(&copy_ws, r(res)).agent(agent("C"));
+            if let Ok(Some(g)) = c.try_acquire("steal") {
+                panic!("{file}[{at}]: C was granted {res} (token {})", g.token());
+            }
+        }
+        // A fresh resource, if the table works at all, gets a token above every one issued.
+        if let Ok(Some(g)) = FileLock::new(&copy_ws, r("fresh"))
+            .agent(agent("D"))
+            .try_acquire("new")
+        {
+            assert!(
+                g.token() > top,
+                "{file}[{at}]: token {} repeats (top {top})",
+                g.token()
+            );
+            outcomes[2] += 1;
+            std::mem::forget(g); // its table copy is rewritten next
+        }
+    }
+    drop(f);
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    drop((w2, pat));
+}
+
+/// Issue 12: counters near their limits never make the table unusable: granting stops with
+/// a clear error once no token is left, while releasing and listing go on working.
+#[test]
+fn exhausted_counters_are_a_clear_error_and_the_table_stays_usable() {
+    let (_d, ws) = ws();
+    let g = FileLock::new(&ws, r("a"))
+        .agent(agent("x"))
+        .try_acquire("one")
+        .unwrap()
+        .unwrap();
+    let shared = Shared::of(&ws).unwrap();
+    shared
+        .inspect(true, |files| {
+            crate::store::table::write_reservation_both(files, crate::store::table::ID_LIMIT - 1)
+        })
+        .unwrap();
+    // A restart: the counter continues above the reservation.
+    shared
+        .rebuild_now(crate::store::table::Cause::Reboot)
+        .unwrap();
+    let last = FileLock::new(&ws, r("b"))
+        .agent(agent("x"))
+        .try_acquire("last")
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.token().0, crate::store::table::ID_LIMIT);
+    let err = FileLock::new(&ws, r("c"))
+        .agent(agent("x"))
+        .try_acquire("none left")
+        .unwrap_err();
+    assert!(matches!(err, Error::Exhausted { .. }), "{err}");
+    assert!(
+        err.to_string().contains("2^63") && err.to_string().contains("released"),
+        "{err}"
+    );
+    // Still readable and releasable.
+    assert_eq!(
+        LockTable::open(&ws)
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .holders
+            .len(),
+        2
+    );
+    g.release().unwrap();
+    last.release().unwrap();
+    assert!(
+        LockTable::open(&ws)
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .holders
+            .is_empty()
+    );
+}
+
+/// Issue 13: taking a lock the agent already holds as a lease returns at once (the same
+/// lease, renewed) or fails at once saying so; it never waits out the wait.
+#[test]
+fn reacquiring_an_own_lease_returns_or_fails_at_once() {
+    let (_d, ws) = ws();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ws2 = ws.clone();
+    std::thread::spawn(move || {
+        let long = Duration::from_secs(3600);
+        let l = |s: &str| {
+            FileLock::new(&ws2, r(s))
+                .agent(agent("a"))
+                .wait(long)
+                .ttl(long)
+        };
+        let first = l("x").acquire_lease("one").unwrap();
+        let again = l("x").acquire_lease("two").unwrap();
+        let shared = l("x").shared().acquire_lease("read");
+        let process = l("x").acquire_blocking("process");
+        let below = l("x/y").acquire_lease("below");
+        let _ = tx.send((
+            first,
+            again,
+            shared.map(|_| ()),
+            process.map(|_| ()),
+            below.map(|_| ()),
+        ));
+    });
+    let (first, again, shared, process, below) = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("re-acquiring an own lease waited instead of answering at once");
+    assert!(!first.reentered);
+    assert!(again.reentered);
+    assert_eq!(again.info.token, first.info.token);
+    assert_eq!(again.info.purpose, "two");
+    for (what, r) in [("shared", shared), ("process", process), ("below", below)] {
+        let err = r.expect_err(what);
+        assert!(matches!(err, Error::AlreadyHeld { .. }), "{what}: {err}");
+        assert!(
+            err.to_string().contains("already holds x as a lease"),
+            "{what}: {err}"
+        );
+    }
+    // Another agent waits as usual (and times out naming the lease).
+    let err = FileLock::new(&ws, r("x"))
+        .agent(agent("b"))
+        .wait(Duration::from_millis(10))
+        .acquire_blocking("other")
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("agent a (lease) holds x"), "{err}");
+}
+
+/// Issue 11, item 6: a process stopped (SIGSTOP) while it holds the table's guard does not
+/// make others hang: each acquisition gives up at its wait and names the stopped process.
+#[test]
+fn a_stopped_guard_holder_does_not_hang_anyone() {
+    let (_d, ws) = ws();
+    let guard_path = ws.locks_dir().join("guard");
+    std::fs::write(&guard_path, "").unwrap();
+    // flock(1) takes the guard and runs a command that stops flock itself.
+    let mut child = std::process::Command::new("flock")
+        .arg(&guard_path)
+        .args(["-c", "kill -STOP $PPID"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let lock = maos_core::fsx::LockFile::open(&guard_path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !maos_core::fsx::holders_of(lock.file())
+        .iter()
+        .any(|h| h.is_stopped())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard holder never stopped"
+        );
+        std::thread::yield_now();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ws2 = ws.clone();
+    std::thread::spawn(move || {
+        let l = FileLock::new(&ws2, r("any")).agent(agent("a"));
+        let waited = l
+            .clone()
+            .wait(Duration::from_millis(300))
+            .acquire_blocking("w");
+        let tried = l.try_acquire("t");
+        let _ = tx.send((waited.map(|_| ()), tried.map(|_| ())));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let (waited, tried) = got.expect("a lock operation hung behind a stopped process");
+    for (what, r) in [("acquire --wait 300ms", waited), ("try_acquire", tried)] {
+        let err = r.expect_err(what);
+        assert!(err.is_timeout(), "{what}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("stopped") && text.contains("kill -CONT"),
+            "{what}: {text}"
+        );
+    }
+}
+
+/// Costs follow what an operation touches: with a damaged document of an unrelated lock in
+/// the table, operations on other resources (taking, releasing, checking a token, the
+/// conflict query) never read it, so they keep working; a listing reads everything and says
+/// where the damage is.
+#[test]
+fn operations_read_only_the_records_they_touch() {
+    let (_d, ws) = ws();
+    let far = FileLock::new(&ws, r("far/away.rs"))
+        .agent(agent("x"))
+        .acquire_lease("far")
+        .unwrap();
+    let _ = far;
+    let near = FileLock::new(&ws, r("src/lib.rs"))
+        .agent(agent("y"))
+        .try_acquire("near")
+        .unwrap()
+        .unwrap();
+    // Damage far/away.rs's document (its last byte).
+    let cells = ws.locks_dir().join("cells");
+    let mut bytes = std::fs::read(&cells).unwrap();
+    let pos = bytes.windows(11).position(|w| w == b"far/away.rs").unwrap();
+    let end = bytes[pos..]
+        .iter()
+        .position(|&b| b == b'}')
+        .map(|i| pos + i)
+        .unwrap();
+    bytes[end - 3] ^= 0x01;
+    std::fs::write(&cells, bytes).unwrap();
+    let table = LockTable::open(&ws).unwrap();
+    let c = table
+        .conflicting(&r("src/lib.rs"), LockMode::Exclusive)
+        .unwrap();
+    assert_eq!(c.len(), 1);
+    // A directory with locks below it is the exception: finding them reads the documents
+    // (and a damaged one there is reported, never skipped).
+    let err = table
+        .conflicting(&r("src"), LockMode::Exclusive)
+        .unwrap_err();
+    assert!(err.to_string().contains("maos doctor"), "{err}");
+    check_fencing_token(&ws, &r("src/lib.rs"), near.token()).unwrap();
+    let other = FileLock::new(&ws, r("src/main.rs"))
+        .agent(agent("z"))
+        .try_acquire("m")
+        .unwrap()
+        .unwrap();
+    other.release().unwrap();
+    near.release().unwrap();
+    let err = table.snapshot().unwrap_err();
+    assert!(err.to_string().contains("maos doctor"), "{err}");
+}
+
+/// The conflict query sees parents, children and overlapping patterns, nothing else.
+#[test]
+fn conflicting_finds_parents_children_and_patterns() {
+    let (_d, ws) = ws();
+    let hold = |s: &str, a: &str| {
+        FileLock::new(&ws, r(s))
+            .agent(agent(a))
+            .acquire_lease("h")
+            .unwrap()
+    };
+    hold("src", "parent");
+    hold("docs/a/b.md", "child");
+    hold("lib/*.rs", "pattern");
+    hold("other/file", "unrelated");
+    let t = LockTable::open(&ws).unwrap();
+    let owners = |res: &str| -> Vec<String> {
+        let mut v: Vec<String> = t
+            .conflicting(&r(res), LockMode::Exclusive)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.owner.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(owners("src/main.rs"), ["parent"]);
+    assert_eq!(owners("docs"), ["child"]);
+    assert_eq!(owners("lib/x.rs"), ["pattern"]);
+    assert_eq!(owners("lib/x.md"), Vec::<String>::new());
+    assert_eq!(owners("**"), ["child", "parent", "pattern", "unrelated"]);
+    assert_eq!(owners("nothing/here"), Vec::<String>::new());
+}
+
+/// Many locks: the index grows (a rebuild into more buckets) and everything stays found.
+#[test]
+fn thousands_of_locks_grow_the_index_and_stay_found() {
+    let (_d, ws) = ws();
+    let mut guards = Vec::new();
+    for i in 0..3000 {
+        guards.push(
+            FileLock::new(&ws, r(&format!("d{}/f{i}", i % 7)))
+                .agent(agent("x"))
+                .try_acquire("many")
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let t = LockTable::open(&ws).unwrap();
+    assert_eq!(
+        t.conflicting(&r("d3"), LockMode::Exclusive).unwrap().len(),
+        3000 / 7 + 1
+    );
+    assert!(
+        FileLock::new(&ws, r("d1/f1"))
+            .agent(agent("y"))
+            .try_acquire("no")
+            .unwrap()
+            .is_none()
+    );
+    for g in guards.drain(..1500) {
+        g.release().unwrap();
+    }
+    assert_eq!(t.snapshot().unwrap().holders.len(), 1500);
+    assert!(
+        FileLock::new(&ws, r("d1/f1"))
+            .agent(agent("y"))
+            .try_acquire("yes")
+            .unwrap()
+            .is_some()
+    );
+}

@@ -156,7 +156,7 @@ fn workload(ws: &Workspace, rec: &Recording, log: &Mutex<Log>, thread: u64, ops_
 #[test]
 fn power_cuts_never_repeat_a_token_nor_leave_two_holders_nor_lose_a_lease() {
     let (cuts, ops_n) = if slow() { (3000, 120) } else { (300, 40) };
-    let d = tempfile::tempdir().unwrap();
+    let d = super::test_dir();
     let ws = Workspace::init(d.path()).unwrap();
     let rec = Arc::new(Recording::start(ws.root()).unwrap());
     let log = Arc::new(Mutex::new(Log::default()));
@@ -193,7 +193,7 @@ fn power_cuts_never_repeat_a_token_nor_leave_two_holders_nor_lose_a_lease() {
         } else {
             rec.random_cut(seed)
         };
-        let img = tempfile::tempdir().unwrap();
+        let img = super::test_dir();
         rec.image(&cut, img.path()).unwrap();
         let ws2 = Workspace::open(img.path()).unwrap();
         // The machine restarted: a new boot id.
