@@ -242,7 +242,11 @@ impl FileLock {
     /// [`Error::AlreadyHeld`] when the agent holds an overlapping lease itself.
     pub fn try_acquire(&self, purpose: &str) -> Result<Option<LockGuard>> {
         let _span = tracing::debug_span!("try_acquire", resource = %self.resource).entered();
-        let mut w = self.start(purpose, self.hold())?;
+        // Never waits for the lock; waits for the guard only as long as GUARD_FLOOR.
+        let mut w = self
+            .clone()
+            .wait(Duration::ZERO)
+            .start(purpose, self.hold())?;
         match w.step(false)? {
             Some(g) => Ok(Some(w.finish(g))),
             None => Ok(None),
