@@ -352,7 +352,7 @@ fn run_command(
             }
             lost = true;
         } else {
-            eprintln!("maos: {e}");
+            eprintln!("maos: {:#}", anyhow::Error::new(e));
         }
     }
     use std::os::unix::process::ExitStatusExt;
@@ -493,6 +493,7 @@ mod tests {
             now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        maos_coordination::Workspace::init(&dir).unwrap();
         let ctx = Ctx::new(Some(&dir), Some("agent-a"), true).unwrap();
         let acquire = LockCommand::Acquire {
             resource: "f.txt".into(),
