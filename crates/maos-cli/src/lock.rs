@@ -119,7 +119,7 @@ fn describe(h: &LockInfo) -> String {
     let now = now_ms();
     let left = if h.expires_at > now {
         format!("lease left {}", human_ms(h.expires_at - now))
-    } else if h.live.is_some() && h.renewer.is_some() {
+    } else if h.live.is_some() {
         "lease over, held while its command runs".to_owned()
     } else {
         "lease over".to_owned()

@@ -47,11 +47,11 @@ pub const VICTIM_RULE: &str = "youngest wait in the cycle (highest ticket) is ab
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Node {
-    /// A process of `agent`, known by its liveness file.
+    /// A process of `agent`.
     Process {
         /// Its agent.
         agent: AgentId,
-        /// Its liveness file (`live/<name>`).
+        /// What identifies it: `host:pid:start_time`, or its liveness file name.
         live: String,
         /// Its pid, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,11 +74,11 @@ impl Node {
 
     fn of_holder(h: &LockInfo) -> Node {
         match &h.live {
-            // The process that took it (for a `lock run` lock, the renewer: `maos` itself,
-            // whose command inherited the lock's own liveness file).
+            // The process that took it (for a `lock run` lock, `maos` itself, whose command
+            // inherited the lock's own liveness file).
             Some(live) => Node::Process {
                 agent: h.owner.clone(),
-                live: h.renewer.clone().unwrap_or_else(|| live.clone()),
+                live: process_key(h.process.as_ref(), live),
                 pid: h.process.as_ref().map(|p| p.pid),
             },
             None => Node::Lease {
@@ -91,13 +91,22 @@ impl Node {
         match &w.live {
             Some(live) => Node::Process {
                 agent: w.agent.clone(),
-                live: live.clone(),
+                live: process_key(w.process.as_ref(), live),
                 pid: w.process.as_ref().map(|p| p.pid),
             },
             None => Node::Lease {
                 agent: w.agent.clone(),
             },
         }
+    }
+}
+
+/// What identifies a process node: the process (host, pid, start time) when known, so that a
+/// process's holdings and its waits meet in one node; else its liveness file.
+fn process_key(p: Option<&maos_core::ProcessIdentity>, live: &str) -> String {
+    match p {
+        Some(p) => format!("{}:{}:{}", p.host, p.pid, p.start_time),
+        None => live.to_owned(),
     }
 }
 

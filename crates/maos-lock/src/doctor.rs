@@ -301,9 +301,9 @@ fn check_table(
                 },
                 None => bad.push((cell, "a document fails its checksum".into())),
             },
-            ExtentHead::Bad { written: Some(_) } => {
-                bad.push((cell, "a document header is damaged".into()))
-            }
+            ExtentHead::Bad {
+                written: Some(_), ..
+            } => bad.push((cell, "a document header is damaged".into())),
             _ => {}
         }
         Ok(())

@@ -174,7 +174,7 @@ pub enum Error {
     },
 
     /// A release or renewal by someone who does not hold the lock.
-    #[error("agent {agent} holds no lock on {resource}{}", match holder {
+    #[error("agent {agent} does not hold a lock on {resource}{}", match holder {
         Some(h) => format!("; {h}"),
         None => String::new(),
     })]

@@ -61,21 +61,21 @@ fn chains_are_not_deadlocks() {
     assert!(g.deadlocks().is_empty());
 }
 
-fn holder(
-    res: &str,
-    agent: &str,
-    live: Option<&str>,
-    renewer: Option<&str>,
-    token: u64,
-) -> LockInfo {
+/// A process identity standing for process `name` (distinct names, distinct processes).
+fn pid(name: &str) -> ProcessIdentity {
+    let mut p = ProcessIdentity::current();
+    p.pid = 100_000 + name.bytes().map(u32::from).sum::<u32>();
+    p
+}
+
+fn holder(res: &str, agent: &str, live: Option<&str>, taker: &str, token: u64) -> LockInfo {
     LockInfo {
         id: token,
         resource: r(res),
         mode: LockMode::Exclusive,
         owner: a(agent),
-        process: Some(ProcessIdentity::current()),
+        process: Some(pid(taker)),
         live: live.map(str::to_owned),
-        renewer: renewer.map(str::to_owned),
         acquired_at: 0,
         expires_at: u64::MAX,
         ttl_ms: 60_000,
@@ -91,7 +91,7 @@ fn waiter(res: &str, agent: &str, live: &str, ticket: u64) -> WaiterInfo {
         resource: r(res),
         mode: LockMode::Exclusive,
         agent: a(agent),
-        process: Some(ProcessIdentity::current()),
+        process: Some(pid(live)),
         live: Some(live.into()),
         since: ticket,
         purpose: String::new(),
@@ -107,8 +107,8 @@ fn waiter(res: &str, agent: &str, live: &str, ticket: u64) -> WaiterInfo {
 fn two_processes_of_one_agent_are_two_nodes_not_a_cycle() {
     let snap = Snapshot {
         holders: vec![
-            holder("x", "A", Some("run-1"), Some("p1"), 1),
-            holder("y", "B", Some("p2"), None, 2),
+            holder("x", "A", Some("run-1"), "p1", 1),
+            holder("y", "B", Some("p2"), "p2", 2),
         ],
         waiters: vec![waiter("x", "B", "p2", 3), waiter("y", "A", "p3", 4)],
     };
@@ -118,8 +118,8 @@ fn two_processes_of_one_agent_are_two_nodes_not_a_cycle() {
     // process, which waits for A's command: still a chain.
     let snap = Snapshot {
         holders: vec![
-            holder("x", "A", Some("run-1"), Some("p1"), 1),
-            holder("y", "B", None, None, 2),
+            holder("x", "A", Some("run-1"), "p1", 1),
+            holder("y", "B", None, "p2", 2),
         ],
         waiters: vec![waiter("x", "B", "p2", 3), waiter("y", "A", "p3", 4)],
     };
@@ -132,8 +132,8 @@ fn two_processes_of_one_agent_are_two_nodes_not_a_cycle() {
 fn leases_wait_for_what_their_agents_processes_wait_for() {
     let snap = Snapshot {
         holders: vec![
-            holder("x", "A", None, None, 1),
-            holder("y", "B", None, None, 2),
+            holder("x", "A", None, "pa", 1),
+            holder("y", "B", None, "pb", 2),
         ],
         waiters: vec![waiter("y", "A", "pa", 3), waiter("x", "B", "pb", 4)],
     };

@@ -263,8 +263,12 @@ pub(crate) enum ExtentHead {
     Free { class: u8, next: u32 },
     /// Anything else: never written, or not an extent start.
     Other,
-    /// The magic of a document or free extent whose header does not check out.
-    Bad { written: Option<u64> },
+    /// The magic of a document or free extent whose header does not check out (`written`:
+    /// the generation a document header claims; `class`: its class, if plausible).
+    Bad {
+        written: Option<u64>,
+        class: Option<u8>,
+    },
 }
 
 /// Encodes a document extent (header, key, body), `class` large enough.
@@ -303,9 +307,13 @@ pub(crate) fn decode_head(b: &[u8], cell: u32) -> ExtentHead {
     let magic = &b[0..4];
     let class = b[12];
     let sane = u32_at(b, 8) == cell && (class as usize) < CLASSES;
+    let plausible = ((class as usize) < CLASSES).then_some(class);
     if magic == FREE_MAGIC {
         if !sane || crc32fast::hash(&b[8..EXTENT_HEADER]) != u32_at(b, 4) {
-            return ExtentHead::Bad { written: None };
+            return ExtentHead::Bad {
+                written: None,
+                class: plausible,
+            };
         }
         return ExtentHead::Free {
             class,
@@ -321,6 +329,7 @@ pub(crate) fn decode_head(b: &[u8], cell: u32) -> ExtentHead {
         if !sane || !fits {
             return ExtentHead::Bad {
                 written: Some(written),
+                class: plausible,
             };
         }
         return ExtentHead::Doc {

@@ -398,10 +398,26 @@ impl<'a> Op<'a> {
         if h.expires_at > self.now {
             return true;
         }
-        match (&h.live, &h.renewer) {
-            (Some(_), Some(r)) => !self.alive(Some(r), h.process.as_ref()),
-            _ => false,
+        // The lease is over. A lock whose liveness file is still held by someone (the command
+        // of a `lock run`) while the process that took it, which renews it, is gone: nobody
+        // can renew it, and it lasts as long as its holder runs. A taker that still runs and
+        // did not renew is hung (or stopped): its lease ends the lock.
+        h.live.is_some() && h.process.as_ref().is_some_and(|p| self.taker_gone(p))
+    }
+
+    /// Whether the process that took a lock has ended (pid and start time: a reused pid is
+    /// another process). Other hosts cannot be checked: their leases decide.
+    fn taker_gone(&mut self, p: &ProcessIdentity) -> bool {
+        if p.host != hostname() {
+            return false;
         }
+        let key = format!("process:{}:{}", p.pid, p.start_time);
+        if let Some(&v) = self.alive.get(&key) {
+            return !v;
+        }
+        let gone = p.state() == maos_core::ProcessState::Gone;
+        self.alive.insert(key, !gone);
+        gone
     }
 
     /// Whether a waiter still waits.

@@ -229,14 +229,16 @@ fn take_in(
                 removed.push(h.resource.clone());
                 continue;
             }
-            if h.is_lease() && &h.owner == req.agent {
+            // The agent's own lease: waiting would only wait for the agent itself. A try
+            // that would not wait anyway (a process lock, not queued) just sees it taken.
+            if h.is_lease() && &h.owner == req.agent && (enqueue || req.hold == Hold::Lease) {
                 return own_lease(op, req, &key, k, h, mine, ticket, &removed);
             }
             blocked = true;
             if holder_blocker.is_none() {
                 holder_blocker = Some((h.summary(), h.expires_at));
             }
-            lives.extend(h.live.iter().chain(h.renewer.iter()).cloned());
+            lives.extend(h.live.iter().cloned());
         }
         let waiters: Vec<WaiterInfo> = op.txn.doc(k)?.waiters.clone();
         for w in waiters.iter().filter(|w| {
@@ -368,13 +370,12 @@ fn grant(
 ) -> Result<Grant> {
     let token = op.txn.issue_id()?;
     let id = mine.unwrap_or(token);
-    let (live, renewer, run_live) = match req.hold {
-        Hold::Lease => (None, None, None),
-        Hold::Process => (Some(op.own_live()?), None, None),
+    let (live, run_live) = match req.hold {
+        Hold::Lease => (None, None),
+        Hold::Process => (Some(op.own_live()?), None),
         Hold::Inheritable => {
-            let own = op.own_live()?;
             let f = LiveFile::create(&op.shared.dir, op.shared.identity.start_time)?;
-            (Some(f.name.clone()), Some(own), Some(f))
+            (Some(f.name.clone()), Some(f))
         }
     };
     let info = LockInfo {
@@ -384,7 +385,6 @@ fn grant(
         owner: req.agent.clone(),
         process: Some(op.shared.identity.clone()),
         live,
-        renewer,
         acquired_at: op.now,
         expires_at: op.now.saturating_add(req.ttl_ms),
         ttl_ms: req.ttl_ms,
@@ -550,7 +550,6 @@ pub(crate) fn detach(shared: &Shared, info: &LockInfo) -> Result<LockInfo> {
         Some(i) => {
             let h = &mut op.txn.doc_mut(key_of(&info.resource))?.holders[i];
             h.live = None;
-            h.renewer = None;
             let out = h.clone();
             op.txn.commit()?;
             Ok(out)

@@ -44,15 +44,12 @@ pub struct LockInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessIdentity>,
     /// The liveness file (`live/<name>`) whose kernel lock keeps the lock alive; `None` for a
-    /// lease held by the agent alone (its expiry, or the agent's death, ends it).
+    /// lease held by the agent alone (its expiry, or the agent's death, ends it). A `lock run`
+    /// lock has a file of its own, inherited by the command: while the command runs and the
+    /// process that took the lock (`process`, which renews it) is gone, nobody can renew it,
+    /// and the end of the lease does not end the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<String>,
-    /// The liveness file of the process that renews the lease, when it is not `live` (a
-    /// `lock run` lock: `live` is inherited by the command, the renewer is `maos` itself).
-    /// While `live` is held and the renewer is gone, nobody can renew: the lease then does
-    /// not end the lock.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renewer: Option<String>,
     /// When it was granted (ms since the Unix epoch).
     pub acquired_at: u64,
     /// When the lease ends unless renewed (ms since the Unix epoch).

@@ -906,11 +906,21 @@ pub(crate) fn scan_extents(
                 f(cell, &head, &chunk[off..off + EXTENT_HEADER])?;
                 i += layout::cells_of(*class);
             }
-            ExtentHead::Other | ExtentHead::Bad { .. } => {
+            ExtentHead::Bad { class, .. } => {
                 f(
                     cell,
                     &head,
                     &chunk[off..off + EXTENT_HEADER.min(chunk.len() - off)],
+                )?;
+                // A plausible class: its cells belong to it (a torn document's body is no
+                // extent of its own).
+                i += class.map_or(1, layout::cells_of).min(total - i).max(1);
+            }
+            ExtentHead::Other => {
+                f(
+                    cell,
+                    &head,
+                    &chunk[off..off + (CELL as usize).min(chunk.len() - off)],
                 )?;
                 i += 1;
             }
@@ -1104,7 +1114,7 @@ pub(crate) fn rebuild(
                     },
                 }
             }
-            ExtentHead::Bad { written } => match bad_extent_policy(cause, *written) {
+            ExtentHead::Bad { written, .. } => match bad_extent_policy(cause, *written) {
                 BadPolicy::DropQuietly => {}
                 BadPolicy::Save => bad.push((cell, bytes.to_vec())),
                 BadPolicy::Refuse => {
@@ -1116,6 +1126,20 @@ pub(crate) fn rebuild(
                             format!("the extent at cell {cell} has a damaged header"),
                         ));
                     }
+                }
+            },
+            // Bytes that are no extent where an extent must start: never written by maos
+            // (a writer dying as it starts a header leaves zeros or part of the magic).
+            ExtentHead::Other if bytes.iter().any(|&b| b != 0) => match cause {
+                Cause::Crashed(_) => {}
+                Cause::Reboot | Cause::Repair => bad.push((cell, bytes.to_vec())),
+                _ => {
+                    return Err(corrupt(
+                        cells_path.clone(),
+                        format!(
+                            "cell {cell} holds bytes that are neither a document nor a free extent"
+                        ),
+                    ));
                 }
             },
             _ => {}
