@@ -202,11 +202,13 @@ struct WaitInfo {
     since: u64,
 }
 
-#[derive(Debug, Clone)]
+/// An edge's weight, kept small (graphs of 100,000 edges): the wait it comes from, why, and
+/// what the holder holds (an index into the graph's `held` list + 1; 0: nothing named).
+#[derive(Debug, Clone, Copy)]
 struct EdgeInfo {
     wait: u32,
     via: Via,
-    held: Option<ResourceName>,
+    held: u32,
 }
 
 /// The wait-for graph: holders and waiters (processes and agents' leases) and who waits for
@@ -215,8 +217,12 @@ struct EdgeInfo {
 #[derive(Debug, Default, Clone)]
 pub struct WaitForGraph {
     graph: DiGraph<Node, EdgeInfo>,
-    index: HashMap<Node, NodeIndex, FnvBuild>,
+    /// Nodes by the FNV hash of their identity (another node with the same hash goes to
+    /// `collisions`): interning clones no node.
+    index: HashMap<u64, NodeIndex, FnvBuild>,
+    collisions: HashMap<Node, NodeIndex>,
     waits: Vec<WaitInfo>,
+    held: Vec<ResourceName>,
 }
 
 impl WaitForGraph {
@@ -225,17 +231,32 @@ impl WaitForGraph {
         Self {
             graph: DiGraph::with_capacity(nodes, edges),
             index: HashMap::with_capacity_and_hasher(nodes, FnvBuild::default()),
+            collisions: HashMap::new(),
             waits: Vec::new(),
+            held: Vec::new(),
         }
     }
 
     /// The handle of `n`, added on first use.
     pub fn node(&mut self, n: &Node) -> NodeId {
-        if let Some(&i) = self.index.get(n) {
-            return NodeId(i);
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = FnvBuild::default().build_hasher();
+        n.hash(&mut h);
+        let key = h.finish();
+        match self.index.get(&key) {
+            Some(&i) if &self.graph[i] == n => return NodeId(i),
+            Some(_) => {
+                if let Some(&i) = self.collisions.get(n) {
+                    return NodeId(i);
+                }
+                let i = self.graph.add_node(n.clone());
+                self.collisions.insert(n.clone(), i);
+                return NodeId(i);
+            }
+            None => {}
         }
         let i = self.graph.add_node(n.clone());
-        self.index.insert(n.clone(), i);
+        self.index.insert(key, i);
         NodeId(i)
     }
 
@@ -259,21 +280,23 @@ impl WaitForGraph {
     /// Records that `wait` is blocked by a lock `holder` holds (ignored when a node would
     /// wait for itself: the threads of one process are one node).
     pub fn blocked_by(&mut self, wait: WaitId, holder: NodeId) {
-        self.edge(wait, holder, Via::Lock, None);
+        self.edge(wait, holder, Via::Lock, 0);
     }
 
     /// [`WaitForGraph::blocked_by`], naming the resource `holder` holds (what to release).
     pub fn blocked_by_holding(&mut self, wait: WaitId, holder: NodeId, held: ResourceName) {
-        self.edge(wait, holder, Via::Lock, Some(held));
+        self.held.push(held);
+        let h = self.held.len() as u32;
+        self.edge(wait, holder, Via::Lock, h);
     }
 
     /// Records that `wait` is queued behind the earlier wait of `earlier` (first come, first
     /// served).
     pub fn queued_behind(&mut self, wait: WaitId, earlier: NodeId) {
-        self.edge(wait, earlier, Via::Queue, None);
+        self.edge(wait, earlier, Via::Queue, 0);
     }
 
-    fn edge(&mut self, wait: WaitId, to: NodeId, via: Via, held: Option<ResourceName>) {
+    fn edge(&mut self, wait: WaitId, to: NodeId, via: Via, held: u32) {
         let from = self.waits[wait.0 as usize].node;
         if from != to.0 {
             self.graph.add_edge(
@@ -297,7 +320,7 @@ impl WaitForGraph {
                 EdgeInfo {
                     wait: wait.0,
                     via: Via::Agent,
-                    held: None,
+                    held: 0,
                 },
             );
         }
@@ -390,7 +413,7 @@ impl WaitForGraph {
                         waiter_node: waiter_node.clone(),
                         holder_node: holder_node.clone(),
                         resource: w.resource.clone(),
-                        held: info.held.clone(),
+                        held: (info.held > 0).then(|| self.held[info.held as usize - 1].clone()),
                         via: info.via,
                         ticket: w.ticket,
                         since: w.since,
@@ -648,7 +671,7 @@ impl DeadlockDetector {
                 out.push((d, false));
                 continue;
             }
-            tracing::warn!(agents = ?d.agents, victim = %d.victim, "deadlock detected");
+            tracing::info!(agents = ?d.agents, victim = %d.victim, "deadlock detected");
             let applied = self.resolve && self.abort(&d)?;
             if applied && self.notify_victim {
                 self.tell_victim(&d);

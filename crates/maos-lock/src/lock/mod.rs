@@ -326,6 +326,7 @@ impl FileLock {
             let Some(until) = w.sleep_until() else {
                 return crate::asyncify("run lock step", &dir, move || Err(w.timed_out())).await;
             };
+            w.report();
             if let Some(wt) = w.watch() {
                 wt.wait_async(crate::watch::Signal::Wake, seen, until).await;
             }

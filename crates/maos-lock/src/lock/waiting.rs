@@ -98,18 +98,24 @@ impl Waiting {
                 if let Some(Blocker::Holder(h)) = &b.blocker {
                     self.last_holder = Some(h.clone());
                 }
-                if let Some(bl) = &b.blocker {
-                    let id = bl.identity();
-                    if self.reported != Some(id) {
-                        self.reported = Some(id);
-                        tracing::debug!(resource = %self.lock.resource, blocker = %bl, "waiting");
-                        if let Some(f) = &self.lock.on_blocked {
-                            f(bl);
-                        }
-                    }
-                }
                 self.last = Some(b);
                 Ok(None)
+            }
+        }
+    }
+
+    /// Before sleeping: tells the `on_blocked` hook whom this wait waits for, when that
+    /// changed since it last said.
+    pub(crate) fn report(&mut self) {
+        let Some(bl) = self.last.as_ref().and_then(|b| b.blocker.clone()) else {
+            return;
+        };
+        let id = bl.identity();
+        if self.reported != Some(id) {
+            self.reported = Some(id);
+            tracing::debug!(resource = %self.lock.resource, blocker = %bl, "waiting");
+            if let Some(f) = &self.lock.on_blocked {
+                f(&bl);
             }
         }
     }
@@ -127,6 +133,7 @@ impl Waiting {
             let Some(until) = self.sleep_until() else {
                 return Err(self.timed_out_ref());
             };
+            self.report();
             if let Some(wt) = &self.watch {
                 wt.wait_blocking(Signal::Wake, seen, until);
             }
