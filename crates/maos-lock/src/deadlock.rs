@@ -239,10 +239,8 @@ impl WaitForGraph {
 
     /// The handle of `n`, added on first use.
     pub fn node(&mut self, n: &Node) -> NodeId {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-        let mut h = FnvBuild::default().build_hasher();
-        n.hash(&mut h);
-        let key = h.finish();
+        use std::hash::BuildHasher as _;
+        let key = FnvBuild::default().hash_one(n);
         match self.index.get(&key) {
             Some(&i) if &self.graph[i] == n => return NodeId(i),
             Some(_) => {

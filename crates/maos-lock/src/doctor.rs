@@ -233,12 +233,11 @@ fn check_table(
                 "one slot of the fencing-token reservation is damaged (the other one, plus a margin, still proves every token handed out)",
                 "rewrite both slots",
             );
-            if repair {
-                if let Ok(Some(r)) = &reservation {
-                    if table::write_reservation_both(files, *r).is_ok() {
-                        f = f.repaired();
-                    }
-                }
+            if repair
+                && let Ok(Some(r)) = &reservation
+                && table::write_reservation_both(files, *r).is_ok()
+            {
+                f = f.repaired();
             }
             out.push(f);
         }
@@ -348,70 +347,68 @@ fn check_table(
     if let (Some(h), true) = (&hdr, bad.is_empty()) {
         index_consistency(files, h, &docs, max_id, out, &mut rebuild_cause)?;
     }
-    if let Ok(Some(r)) = reservation {
-        if max_id > r {
-            out.push(Finding::new(
+    if let Ok(Some(r)) = reservation
+        && max_id > r
+    {
+        out.push(Finding::new(
                 Severity::Error,
                 STORE,
                 &tokens,
                 format!("a record holds id {max_id}, above the durable reservation {r}: a token could repeat"),
                 "reserve beyond every recorded token",
             ));
-            rebuild_cause.get_or_insert(Cause::Repair);
-        }
+        rebuild_cause.get_or_insert(Cause::Repair);
     }
-    if repair {
-        if let Some(cause) = rebuild_cause {
-            let cause = if matches!(cause, Cause::Repair) && running && !bad.is_empty() {
-                Cause::Reindex
-            } else {
-                cause
-            };
-            match table::rebuild(files, boot, cause) {
-                Ok((_, report)) => {
-                    // A reservation the repair rewrote is a repaired finding now.
-                    if cause == Cause::Repair {
-                        for f in out.iter_mut().filter(|f| f.path == tokens && !f.repaired) {
-                            f.repaired = true;
-                            f.remedy = format!(
-                                "the reservation now lies above every recorded token; tokens continue at {}",
-                                report.next_id
-                            );
-                        }
+    if repair && let Some(cause) = rebuild_cause {
+        let cause = if matches!(cause, Cause::Repair) && running && !bad.is_empty() {
+            Cause::Reindex
+        } else {
+            cause
+        };
+        match table::rebuild(files, boot, cause) {
+            Ok((_, report)) => {
+                // A reservation the repair rewrote is a repaired finding now.
+                if cause == Cause::Repair {
+                    for f in out.iter_mut().filter(|f| f.path == tokens && !f.repaired) {
+                        f.repaired = true;
+                        f.remedy = format!(
+                            "the reservation now lies above every recorded token; tokens continue at {}",
+                            report.next_id
+                        );
                     }
-                    // The damaged documents the rebuild set aside are repaired findings now.
-                    if !report.dropped.is_empty() {
-                        for f in out
-                            .iter_mut()
-                            .filter(|f| f.path == cells && f.severity >= Severity::Warning)
-                        {
-                            f.repaired = true;
-                            f.remedy = "set aside (see the damaged.* file it was saved to)".into();
-                        }
-                    }
-                    let mut f = Finding::new(
-                        Severity::Note,
-                        STORE,
-                        &index,
-                        format!(
-                            "index rebuilt: {} documents, {} older copies dropped, {} damaged documents set aside",
-                            report.docs,
-                            report.superseded,
-                            report.dropped.len()
-                        ),
-                        format!("fencing tokens continue at {}", report.next_id),
-                    );
-                    f = f.repaired();
-                    out.push(f);
                 }
-                Err(e) => out.push(Finding::new(
-                    Severity::Error,
+                // The damaged documents the rebuild set aside are repaired findings now.
+                if !report.dropped.is_empty() {
+                    for f in out
+                        .iter_mut()
+                        .filter(|f| f.path == cells && f.severity >= Severity::Warning)
+                    {
+                        f.repaired = true;
+                        f.remedy = "set aside (see the damaged.* file it was saved to)".into();
+                    }
+                }
+                let mut f = Finding::new(
+                    Severity::Note,
                     STORE,
                     &index,
-                    format!("the rebuild failed: {e}"),
-                    "fix the problem above and run `maos doctor --repair` again",
-                )),
+                    format!(
+                        "index rebuilt: {} documents, {} older copies dropped, {} damaged documents set aside",
+                        report.docs,
+                        report.superseded,
+                        report.dropped.len()
+                    ),
+                    format!("fencing tokens continue at {}", report.next_id),
+                );
+                f = f.repaired();
+                out.push(f);
             }
+            Err(e) => out.push(Finding::new(
+                Severity::Error,
+                STORE,
+                &index,
+                format!("the rebuild failed: {e}"),
+                "fix the problem above and run `maos doctor --repair` again",
+            )),
         }
     }
     Ok(())
@@ -507,12 +504,12 @@ fn live_and_wake(shared: &Shared, dir: &Path, repair: bool, out: &mut Vec<Findin
     if let Ok(rd) = std::fs::read_dir(dir.join(LIVE_DIR)) {
         let mut dead = 0;
         for e in rd.flatten() {
-            if let Some(n) = e.file_name().to_str() {
-                if live::probe(dir, n, false) == Probe::Gone {
-                    dead += 1;
-                    if repair {
-                        let _ = fsx::remove_if_exists(&e.path());
-                    }
+            if let Some(n) = e.file_name().to_str()
+                && live::probe(dir, n, false) == Probe::Gone
+            {
+                dead += 1;
+                if repair {
+                    let _ = fsx::remove_if_exists(&e.path());
                 }
             }
         }

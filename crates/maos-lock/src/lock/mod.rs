@@ -335,6 +335,7 @@ impl FileLock {
 }
 
 /// The outcome of one step of an async acquisition, built on the blocking pool.
+#[allow(clippy::large_enum_variant)] // moved once per step across the blocking pool
 enum Stepped {
     Held(LockGuard),
     Blocked(Waiting),

@@ -132,16 +132,6 @@ impl Shared {
             .clone()
     }
 
-    /// The watch, if this process created one.
-    pub(crate) fn watch_if_any(&self) -> Option<Arc<DirWatch>> {
-        self.watch.get().cloned()
-    }
-
-    /// This process's liveness file, if created.
-    pub(crate) fn own_live(&self) -> Option<&LiveFile> {
-        self.live.get()
-    }
-
     /// The advisory interests' slots (opened on first use).
     pub(crate) fn advisory(&self) -> Result<&TwoSlots> {
         if let Some(s) = self.advisory.get() {
@@ -308,7 +298,8 @@ impl Shared {
         self.boot
     }
 
-    /// Rebuilds the index with `cause` (for `maos doctor --repair` and tests).
+    /// Rebuilds the index with `cause` (tests: a simulated restart).
+    #[cfg(test)]
     pub(crate) fn rebuild_now(&self, cause: Cause) -> Result<table::RebuildReport> {
         let mut slot = lock_poisoned(&self.files);
         let files = self.files_in(&mut slot)?;

@@ -822,7 +822,8 @@ pub(crate) fn read_all(shared: &Shared) -> Result<Snapshot> {
     shared.read(fsx::DEFAULT_GUARD_TIMEOUT, |op| snapshot_in(op, false))
 }
 
-/// Every record as stored, live or not (for tests and `maos doctor`).
+/// Every record as stored, live or not (tests).
+#[cfg(test)]
 pub(crate) fn dump(shared: &Shared) -> Result<Snapshot> {
     shared.read(fsx::DEFAULT_GUARD_TIMEOUT, |op| {
         let mut snap = Snapshot::default();

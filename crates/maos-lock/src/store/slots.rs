@@ -136,6 +136,7 @@ impl TwoSlots {
         Ok(())
     }
 
+    #[cfg(test)]
     pub(crate) fn paths(&self) -> &[PathBuf; 2] {
         &self.paths
     }

@@ -178,6 +178,15 @@ struct Slot {
     dirty: bool,
 }
 
+/// A changed document in a commit: where its new copy goes (none when it became empty) and
+/// its encoded body.
+struct Placement {
+    key: String,
+    /// First cell and class of the new copy.
+    extent: Option<(u32, u8)>,
+    body: Option<Vec<u8>>,
+}
+
 /// One operation on the table, under the guard.
 pub(crate) struct Txn<'a> {
     pub(crate) files: &'a Files,
@@ -245,11 +254,6 @@ impl<'a> Txn<'a> {
 
     pub(crate) fn is_exclusive(&self) -> bool {
         self.exclusive
-    }
-
-    /// Makes the commit durable (fsync) even if no lease is involved.
-    pub(crate) fn set_durable(&mut self) {
-        self.durable = true;
     }
 
     /// Records that the index must be rebuilt (the caller retries the operation after it).
@@ -663,7 +667,7 @@ impl<'a> Txn<'a> {
             }
         }
         // 3. Allocate the new extents (reads of free-list heads).
-        let mut placed: Vec<(String, Option<(u32, u8)>, Option<Vec<u8>>)> = Vec::new();
+        let mut placed: Vec<Placement> = Vec::new();
         for (k, body) in bodies {
             let extent =
                 match &body {
@@ -679,26 +683,33 @@ impl<'a> Txn<'a> {
                     }
                     None => None,
                 };
-            placed.push((k, extent, body));
+            placed.push(Placement {
+                key: k,
+                extent,
+                body,
+            });
         }
         // 4. Mark the change in progress.
         let mut marked = self.hdr.clone();
         marked.dirty = written;
         self.files.index.write_at(&marked.encode(), 0)?;
         // 5. Write the new documents.
-        for (k, extent, body) in &placed {
-            if let (Some((cell, class)), Some(b)) = (extent, body) {
-                let bytes = layout::encode_doc(*cell, *class, written, k, b);
-                self.files.cells.write_at(&bytes, u64::from(*cell) * CELL)?;
+        for p in &placed {
+            if let (Some((cell, class)), Some(b)) = (p.extent, &p.body) {
+                let bytes = layout::encode_doc(cell, class, written, &p.key, b);
+                self.files.cells.write_at(&bytes, u64::from(cell) * CELL)?;
             }
         }
-        if durable && placed.iter().any(|(_, e, _)| e.is_some()) {
+        if durable && placed.iter().any(|p| p.extent.is_some()) {
             self.files.cells.sync_data()?;
         }
         // 6. Free the old extents.
         let mut emptied = false;
-        for (k, extent, _) in &placed {
-            let e = self.entries.get_mut(k).expect("changed keys are loaded");
+        for p in &placed {
+            let e = self
+                .entries
+                .get_mut(&p.key)
+                .expect("changed keys are loaded");
             if let Some((cell, class)) = e.extent.take() {
                 let next = self.hdr.free[class as usize];
                 self.files.cells.write_at(
@@ -706,21 +717,24 @@ impl<'a> Txn<'a> {
                     u64::from(cell) * CELL,
                 )?;
                 self.hdr.free[class as usize] = cell + 1;
-                emptied |= extent.is_none();
+                emptied |= p.extent.is_none();
             }
-            e.extent = *extent;
+            e.extent = p.extent;
         }
         if durable && emptied {
             self.files.cells.sync_data()?;
         }
         // 7. Buckets.
-        for (k, extent, _) in &placed {
-            let doc = extent.map_or(0, |(c, _)| c + 1);
-            if k.is_empty() {
+        for p in &placed {
+            let doc = p.extent.map_or(0, |(c, _)| c + 1);
+            if p.key.is_empty() {
                 self.hdr.pattern_doc = doc;
                 continue;
             }
-            let e = self.entries.get_mut(k).expect("changed keys are loaded");
+            let e = self
+                .entries
+                .get_mut(&p.key)
+                .expect("changed keys are loaded");
             let slot = e.slot.as_mut().expect("looked up above");
             slot.bucket.doc = doc;
             slot.dirty = true;
@@ -1032,7 +1046,6 @@ pub(crate) fn rebuild(
         cell: u32,
         class: u8,
         written: u64,
-        doc: Doc,
     }
     let mut docs: HashMap<String, Found> = HashMap::new();
     let mut taken: Vec<(u32, u8)> = Vec::new();
@@ -1060,7 +1073,6 @@ pub(crate) fn rebuild(
                             cell,
                             class: *class,
                             written: *written,
-                            doc,
                         };
                         match docs.get(&key) {
                             Some(prev) if prev.written >= found.written => {
