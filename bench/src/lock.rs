@@ -223,6 +223,8 @@ fn contended(
                             .env_remove("RUST_LOG")
                             .env("MAOS_AGENT_ID", "runner")
                             .stdout(Stdio::null())
+                            // `lock run` says whom it waits for on stderr: not timed here.
+                            .stderr(Stdio::null())
                             .status()?;
                         anyhow::ensure!(st.success(), "{wrap:?} failed: {st}");
                     }

@@ -65,6 +65,27 @@ pub enum Node {
 }
 
 impl Node {
+    /// A hash of what identifies the node (its kind and its process key, or its agent),
+    /// eight bytes at a time (FxHash's mixing): interning 10,000 nodes stays cheap.
+    fn key_hash(&self) -> u64 {
+        let (tag, bytes) = match self {
+            Node::Process { live, .. } => (1u64, live.as_bytes()),
+            Node::Lease { agent } => (2u64, agent.as_str().as_bytes()),
+        };
+        let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+        let mut h = mix(0, tag);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = mix(h, u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        mix(mix(h, u64::from_le_bytes(w)), bytes.len() as u64)
+    }
+
     /// The agent of the node.
     pub fn agent(&self) -> &AgentId {
         match self {
@@ -186,6 +207,26 @@ impl std::hash::Hasher for Fnv {
 
 type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
+/// For keys that already are hashes (node keys): passes the `u64` through.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PassBuild = std::hash::BuildHasherDefault<PassThrough>;
+
 /// A node's handle in a [`WaitForGraph`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId(NodeIndex);
@@ -202,13 +243,32 @@ struct WaitInfo {
     since: u64,
 }
 
-/// An edge's weight, kept small (graphs of 100,000 edges): the wait it comes from, why, and
-/// what the holder holds (an index into the graph's `held` list + 1; 0: nothing named).
+/// An edge's weight, one `u32` (graphs of 100,000 edges stay compact for Tarjan): the index
+/// of the wait it comes from (30 bits) and why it exists (2 bits).
 #[derive(Debug, Clone, Copy)]
-struct EdgeInfo {
-    wait: u32,
-    via: Via,
-    held: u32,
+struct EdgeInfo(u32);
+
+impl EdgeInfo {
+    fn new(wait: u32, via: Via) -> Self {
+        let v = match via {
+            Via::Lock => 0,
+            Via::Queue => 1,
+            Via::Agent => 2,
+        };
+        EdgeInfo((wait & 0x3fff_ffff) | (v << 30))
+    }
+
+    fn wait(self) -> u32 {
+        self.0 & 0x3fff_ffff
+    }
+
+    fn via(self) -> Via {
+        match self.0 >> 30 {
+            0 => Via::Lock,
+            1 => Via::Queue,
+            _ => Via::Agent,
+        }
+    }
 }
 
 /// The wait-for graph: holders and waiters (processes and agents' leases) and who waits for
@@ -216,13 +276,17 @@ struct EdgeInfo {
 /// from, so building a graph of 100,000 edges hashes each node once, not once per edge.
 #[derive(Debug, Default, Clone)]
 pub struct WaitForGraph {
-    graph: DiGraph<Node, EdgeInfo>,
+    /// The edges; a node's weight is nothing (its `Node` is `nodes[index]`): small nodes keep
+    /// the graph's memory compact for large graphs.
+    graph: DiGraph<(), EdgeInfo>,
+    nodes: Vec<Node>,
     /// Nodes by the FNV hash of their identity (another node with the same hash goes to
     /// `collisions`): interning clones no node.
-    index: HashMap<u64, NodeIndex, FnvBuild>,
+    index: HashMap<u64, NodeIndex, PassBuild>,
     collisions: HashMap<Node, NodeIndex>,
     waits: Vec<WaitInfo>,
-    held: Vec<ResourceName>,
+    /// What the holder holds, for the edges that name it: edge index -> resource.
+    held: HashMap<u32, ResourceName, FnvBuild>,
 }
 
 impl WaitForGraph {
@@ -230,32 +294,38 @@ impl WaitForGraph {
     pub fn with_capacity(nodes: usize, edges: usize) -> Self {
         Self {
             graph: DiGraph::with_capacity(nodes, edges),
-            index: HashMap::with_capacity_and_hasher(nodes, FnvBuild::default()),
+            nodes: Vec::with_capacity(nodes),
+            index: HashMap::with_capacity_and_hasher(nodes, PassBuild::default()),
             collisions: HashMap::new(),
             waits: Vec::new(),
-            held: Vec::new(),
+            held: HashMap::default(),
         }
     }
 
     /// The handle of `n`, added on first use.
     pub fn node(&mut self, n: &Node) -> NodeId {
-        use std::hash::BuildHasher as _;
-        let key = FnvBuild::default().hash_one(n);
+        let key = n.key_hash();
         match self.index.get(&key) {
-            Some(&i) if &self.graph[i] == n => return NodeId(i),
+            Some(&i) if &self.nodes[i.index()] == n => return NodeId(i),
             Some(_) => {
                 if let Some(&i) = self.collisions.get(n) {
                     return NodeId(i);
                 }
-                let i = self.graph.add_node(n.clone());
+                let i = self.add(n);
                 self.collisions.insert(n.clone(), i);
                 return NodeId(i);
             }
             None => {}
         }
-        let i = self.graph.add_node(n.clone());
+        let i = self.add(n);
         self.index.insert(key, i);
         NodeId(i)
+    }
+
+    fn add(&mut self, n: &Node) -> NodeIndex {
+        let i = self.graph.add_node(());
+        self.nodes.push(n.clone());
+        i
     }
 
     /// Records that `node` waits (ticket `ticket`, since `since`) for `resource`.
@@ -278,49 +348,36 @@ impl WaitForGraph {
     /// Records that `wait` is blocked by a lock `holder` holds (ignored when a node would
     /// wait for itself: the threads of one process are one node).
     pub fn blocked_by(&mut self, wait: WaitId, holder: NodeId) {
-        self.edge(wait, holder, Via::Lock, 0);
+        self.edge(wait, holder, Via::Lock);
     }
 
     /// [`WaitForGraph::blocked_by`], naming the resource `holder` holds (what to release).
     pub fn blocked_by_holding(&mut self, wait: WaitId, holder: NodeId, held: ResourceName) {
-        self.held.push(held);
-        let h = self.held.len() as u32;
-        self.edge(wait, holder, Via::Lock, h);
+        if let Some(e) = self.edge(wait, holder, Via::Lock) {
+            self.held.insert(e, held);
+        }
     }
 
     /// Records that `wait` is queued behind the earlier wait of `earlier` (first come, first
     /// served).
     pub fn queued_behind(&mut self, wait: WaitId, earlier: NodeId) {
-        self.edge(wait, earlier, Via::Queue, 0);
+        self.edge(wait, earlier, Via::Queue);
     }
 
-    fn edge(&mut self, wait: WaitId, to: NodeId, via: Via, held: u32) {
+    fn edge(&mut self, wait: WaitId, to: NodeId, via: Via) -> Option<u32> {
         let from = self.waits[wait.0 as usize].node;
-        if from != to.0 {
-            self.graph.add_edge(
-                from,
-                to.0,
-                EdgeInfo {
-                    wait: wait.0,
-                    via,
-                    held,
-                },
-            );
-        }
+        (from != to.0).then(|| {
+            self.graph
+                .add_edge(from, to.0, EdgeInfo::new(wait.0, via))
+                .index() as u32
+        })
     }
 
     fn agent_edge(&mut self, lease: NodeId, wait: WaitId) {
         let to = self.waits[wait.0 as usize].node;
         if lease.0 != to {
-            self.graph.add_edge(
-                lease.0,
-                to,
-                EdgeInfo {
-                    wait: wait.0,
-                    via: Via::Agent,
-                    held: 0,
-                },
-            );
+            self.graph
+                .add_edge(lease.0, to, EdgeInfo::new(wait.0, Via::Agent));
         }
     }
 
@@ -402,17 +459,18 @@ impl WaitForGraph {
                     if !members.contains(&e.target()) {
                         continue;
                     }
-                    let info = e.weight();
-                    let w = &self.waits[info.wait as usize];
-                    let (waiter_node, holder_node) = (&self.graph[n], &self.graph[e.target()]);
+                    let info = *e.weight();
+                    let w = &self.waits[info.wait() as usize];
+                    let (waiter_node, holder_node) =
+                        (&self.nodes[n.index()], &self.nodes[e.target().index()]);
                     waits.push(WaitEdge {
                         waiter: waiter_node.agent().clone(),
                         holder: holder_node.agent().clone(),
                         waiter_node: waiter_node.clone(),
                         holder_node: holder_node.clone(),
                         resource: w.resource.clone(),
-                        held: (info.held > 0).then(|| self.held[info.held as usize - 1].clone()),
-                        via: info.via,
+                        held: self.held.get(&(e.id().index() as u32)).cloned(),
+                        via: info.via(),
                         ticket: w.ticket,
                         since: w.since,
                     });
@@ -446,11 +504,13 @@ impl WaitForGraph {
                 r.dedup();
                 r
             };
-            let mut agents: Vec<AgentId> =
-                scc.iter().map(|&n| self.graph[n].agent().clone()).collect();
+            let mut agents: Vec<AgentId> = scc
+                .iter()
+                .map(|&n| self.nodes[n.index()].agent().clone())
+                .collect();
             agents.sort();
             agents.dedup();
-            let mut nodes: Vec<Node> = scc.iter().map(|&n| self.graph[n].clone()).collect();
+            let mut nodes: Vec<Node> = scc.iter().map(|&n| self.nodes[n.index()].clone()).collect();
             nodes.sort_by_key(|n| n.to_string());
             out.push(Deadlock {
                 victim: victim.waiter,

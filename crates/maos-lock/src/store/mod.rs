@@ -36,6 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use maos_core::process::{boot_id, hostname};
+use std::time::Instant;
+
+use maos_core::fsx::{FlockGuard, FlockMode, LockFile};
 use maos_core::{AgentId, ProcessIdentity, ResourceName, Workspace, fsx, now_ms};
 
 pub(crate) use self::records::{LockInfo, LockMode, WaiterInfo};
@@ -156,6 +159,7 @@ impl Shared {
         if pending.is_empty() {
             return Ok(());
         }
+        let mut signals = Vec::new();
         let mut f = |op: &mut Op<'_>| {
             let mut removed = Vec::new();
             for (res, t) in &pending {
@@ -171,7 +175,12 @@ impl Shared {
             }
             ops::signal_unblocked(op, &removed)
         };
-        self.run(files, true, &mut f)
+        let r = self.run(files, true, &mut f, &mut signals);
+        // (Signalled now, under the guard: rare, and the caller's own change follows.)
+        for t in signals {
+            live::signal(&self.dir, t);
+        }
+        r
     }
     /// Runs `f` as a change under the exclusive guard, waiting at most `timeout` for it.
     pub(crate) fn write<R>(
@@ -181,14 +190,22 @@ impl Shared {
     ) -> Result<R> {
         let mut slot = lock_poisoned(&self.files);
         let files = self.files_in(&mut slot)?;
-        let _guard = files.guard.exclusive(timeout)?;
-        if let Err(e) = self.withdraw_pending(files) {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "cannot withdraw earlier queue entries"
-            );
+        let mut signals = Vec::new();
+        let r = {
+            let _guard = take_guard(&files.guard, FlockMode::Exclusive, timeout)?;
+            if let Err(e) = self.withdraw_pending(files) {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot withdraw earlier queue entries"
+                );
+            }
+            self.run(files, true, &mut f, &mut signals)
+        };
+        // Waiters are woken once the guard is free: their first look does not wait for it.
+        for t in signals {
+            live::signal(&self.dir, t);
         }
-        self.run(files, true, &mut f)
+        r
     }
 
     /// Runs `f` as a read under the shared guard (or the exclusive one, when the table must
@@ -201,7 +218,7 @@ impl Shared {
         let mut slot = lock_poisoned(&self.files);
         let files = self.files_in(&mut slot)?;
         {
-            let _guard = files.guard.shared(timeout)?;
+            let _guard = take_guard(&files.guard, FlockMode::Shared, timeout)?;
             if let Ok(hdr) = check_header(files, &self.boot)? {
                 let mut op = Op::new(self, Txn::new(files, hdr, false));
                 let r = f(&mut op);
@@ -210,8 +227,15 @@ impl Shared {
                 }
             }
         }
-        let _guard = files.guard.exclusive(timeout)?;
-        self.run(files, true, &mut f)
+        let mut signals = Vec::new();
+        let r = {
+            let _guard = take_guard(&files.guard, FlockMode::Exclusive, timeout)?;
+            self.run(files, true, &mut f, &mut signals)
+        };
+        for t in signals {
+            live::signal(&self.dir, t);
+        }
+        r
     }
 
     fn files_in<'m>(&self, slot: &'m mut Option<Files>) -> Result<&'m Files> {
@@ -226,6 +250,7 @@ impl Shared {
         files: &Files,
         exclusive: bool,
         f: &mut impl FnMut(&mut Op<'_>) -> Result<R>,
+        signals: &mut Vec<u64>,
     ) -> Result<R> {
         let mut attempt = 0;
         loop {
@@ -235,6 +260,7 @@ impl Shared {
             };
             let mut op = Op::new(self, Txn::new(files, hdr, exclusive));
             let r = f(&mut op);
+            signals.append(&mut op.signals);
             match (r, op.txn.rebuild) {
                 (Err(e), Some(cause)) => {
                     attempt += 1;
@@ -285,11 +311,12 @@ impl Shared {
     ) -> Result<R> {
         let mut slot = lock_poisoned(&self.files);
         let files = self.files_in(&mut slot)?;
-        let _guard = if exclusive {
-            files.guard.exclusive(fsx::DEFAULT_GUARD_TIMEOUT)?
+        let mode = if exclusive {
+            FlockMode::Exclusive
         } else {
-            files.guard.shared(fsx::DEFAULT_GUARD_TIMEOUT)?
+            FlockMode::Shared
         };
+        let _guard = take_guard(&files.guard, mode, fsx::DEFAULT_GUARD_TIMEOUT)?;
         f(files)
     }
 
@@ -303,8 +330,68 @@ impl Shared {
     pub(crate) fn rebuild_now(&self, cause: Cause) -> Result<table::RebuildReport> {
         let mut slot = lock_poisoned(&self.files);
         let files = self.files_in(&mut slot)?;
-        let _guard = files.guard.exclusive(fsx::DEFAULT_GUARD_TIMEOUT)?;
+        let _guard = take_guard(
+            &files.guard,
+            FlockMode::Exclusive,
+            fsx::DEFAULT_GUARD_TIMEOUT,
+        )?;
         Ok(rebuild(files, self.boot, cause)?.1)
+    }
+}
+
+/// Takes the table's guard in `mode`, waiting at most `timeout`. Every operation holds it for
+/// microseconds, so a waiter first yields a few times, then sleeps in short steps (10 us
+/// doubling to 500 us): it gets the guard soon after it is free, without spinning. At the
+/// deadline the error names the processes holding it and says when one is stopped
+/// (`/proc/locks`, `/proc/<pid>/stat`).
+fn take_guard(lock: &LockFile, mode: FlockMode, timeout: Duration) -> Result<FlockGuard<'_>> {
+    fn attempt(lock: &LockFile, mode: FlockMode) -> maos_core::Result<Option<FlockGuard<'_>>> {
+        match mode {
+            FlockMode::Exclusive => lock.try_exclusive(),
+            FlockMode::Shared => lock.try_shared(),
+        }
+    }
+    if let Some(g) = attempt(lock, mode)? {
+        return Ok(g);
+    }
+    let start = Instant::now();
+    let deadline = maos_core::deadline_after(start, timeout);
+    let mut pause = Duration::from_micros(10);
+    let mut tries = 0u32;
+    let mut reported = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Core(maos_core::Error::LockTimeout {
+                path: lock.path().to_path_buf(),
+                waited: now - start,
+                holders: fsx::holders_of(lock.file()),
+            }));
+        }
+        if !reported && now - start >= Duration::from_secs(1) {
+            reported = true;
+            let holders: Vec<String> = fsx::holders_of(lock.file())
+                .iter()
+                .map(|h| {
+                    format!(
+                        "pid {}{}",
+                        h.pid,
+                        if h.is_stopped() { " (stopped)" } else { "" }
+                    )
+                })
+                .collect();
+            tracing::warn!(path = %lock.path().display(), holders = ?holders, "waiting for the lock table's guard");
+        }
+        if tries < 8 {
+            tries += 1;
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_micros(500));
+        }
+        if let Some(g) = attempt(lock, mode)? {
+            return Ok(g);
+        }
     }
 }
 
@@ -319,6 +406,8 @@ pub(crate) struct Op<'a> {
     pub(crate) txn: Txn<'a>,
     pub(crate) now: u64,
     alive: HashMap<String, bool>,
+    /// Waiters to wake once the guard is released.
+    signals: Vec<u64>,
 }
 
 impl<'a> Op<'a> {
@@ -328,7 +417,13 @@ impl<'a> Op<'a> {
             txn,
             now: now_ms(),
             alive: HashMap::new(),
+            signals: Vec::new(),
         }
+    }
+
+    /// Wakes the waiter with `ticket` once this operation has released the guard.
+    pub(crate) fn signal(&mut self, ticket: u64) {
+        self.signals.push(ticket);
     }
 
     /// This process's liveness file name, creating and locking it on first use (under the

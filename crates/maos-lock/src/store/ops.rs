@@ -456,7 +456,7 @@ pub(crate) fn signal_unblocked(op: &mut Op<'_>, removed: &[ResourceName]) -> Res
     }
     for w in cands.values() {
         if !blocked_now(op, w)? {
-            live::signal(&op.shared.dir, w.ticket);
+            op.signal(w.ticket);
         }
     }
     Ok(())
@@ -812,7 +812,7 @@ pub(crate) fn abort_wait(
         };
         w.aborted = Some(abort.clone());
         op.txn.commit()?;
-        live::signal(&op.shared.dir, ticket);
+        op.signal(ticket);
         Ok(Some((resource, ticket, abort)))
     })
 }
