@@ -314,11 +314,10 @@ fn run_command(
     };
     let lost = Arc::new(AtomicBool::new(false));
     let flag = lost.clone();
-    let guard = FileLock::new(ws, res.clone())
+    let mut guard = FileLock::new(ws, res.clone())
         .agent(ctx.agent.clone())
         .ttl(ttl)
         .wait(wait)
-        .heartbeat(true)
         // The command inherits the lock's own liveness: killing this process does not free
         // the lock while the command still runs inside the critical section.
         .inheritable(true)
@@ -336,12 +335,14 @@ fn run_command(
         .map_err(lock_failure)?;
     guard.share_with_children()?;
     let (prog, args) = cmd.split_first().context("no command given")?;
+    // The lease is renewed while waiting for the command (on this thread).
     let status = std::process::Command::new(prog)
         .args(args)
         .env("MAOS_LOCK_RESOURCE", res.as_str())
         .env("MAOS_LOCK_TOKEN", guard.token().to_string())
-        .status()
-        .with_context(|| format!("cannot run {}", prog.to_string_lossy()));
+        .spawn()
+        .with_context(|| format!("cannot run {}", prog.to_string_lossy()))
+        .and_then(|mut child| Ok(guard.wait_child(&mut child)?));
     let released = guard.release();
     let status = status?;
     let mut lost = lost.load(Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use maos_core::ResourceName;
 use serde::Serialize;
@@ -25,15 +26,26 @@ pub struct LeaseGrant {
 }
 
 /// A held lock. Dropping it releases the lock synchronously (no runtime needed).
-#[derive(Debug)]
 #[must_use = "dropping the guard releases the lock"]
 pub struct LockGuard {
     shared: Arc<Shared>,
     info: LockInfo,
     heartbeat: Option<Heartbeat>,
     lost: Arc<AtomicBool>,
+    on_lost: Option<LostHook>,
     run_live: Option<LiveFile>,
     active: bool,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("info", &self.info)
+            .field("heartbeat", &self.heartbeat.is_some())
+            .field("lost", &self.is_lost())
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LockGuard {
@@ -57,6 +69,7 @@ impl LockGuard {
             info: g.info,
             heartbeat,
             lost,
+            on_lost,
             run_live: g.run_live,
             active: true,
         }
@@ -141,6 +154,66 @@ impl LockGuard {
                 &self.shared.dir,
                 std::io::Error::other("the lock was not taken with FileLock::inheritable(true)"),
             )),
+        }
+    }
+
+    /// Waits for `child` to end while renewing this lock's lease every third of its length,
+    /// on this thread (no heartbeat thread: `maos lock run`'s critical path stays one thread).
+    /// A renewal that finds the lock lost sets [`LockGuard::is_lost`] and calls the
+    /// [`FileLock::on_lost`](super::FileLock::on_lost) hook; the wait goes on.
+    ///
+    /// # Errors
+    /// When waiting for the child fails.
+    pub fn wait_child(&mut self, child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let dir = self.shared.dir.clone();
+        let wait_err = |e: std::io::Error| Error::io("wait for", &dir, e);
+        let pid = rustix::process::Pid::from_raw(child.id() as i32);
+        let pidfd = match pid.map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
+            Some(Ok(fd)) => fd,
+            // No pidfd (an old kernel): renew from a thread meanwhile.
+            _ => {
+                if self.heartbeat.is_none() {
+                    self.heartbeat = Some(Heartbeat::start(
+                        self.shared.clone(),
+                        self.info.clone(),
+                        self.lost.clone(),
+                        self.on_lost.clone(),
+                    ));
+                }
+                return child.wait().map_err(wait_err);
+            }
+        };
+        let every = Duration::from_millis((self.info.ttl_ms / 3).max(1));
+        let mut next = Instant::now() + every;
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            let ts = Timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) => {}
+                Ok(_) => return child.wait().map_err(wait_err),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(wait_err(e.into())),
+            }
+            next = Instant::now() + every;
+            if self.is_lost() {
+                continue;
+            }
+            match ops::renew(&self.shared, &self.info) {
+                Ok(expires) => self.info.expires_at = expires,
+                Err(e @ Error::LockLost { .. }) => {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "lock lost while waiting for the child");
+                    self.lost.store(true, Ordering::Relaxed);
+                    if let Some(f) = &self.on_lost {
+                        f(&e);
+                    }
+                }
+                Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "renewal failed"),
+            }
         }
     }
 

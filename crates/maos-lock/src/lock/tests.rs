@@ -793,3 +793,45 @@ fn thousands_of_locks_grow_the_index_and_stay_found() {
             .is_some()
     );
 }
+
+/// `wait_child` renews the lease while the child runs (no heartbeat thread): a short lease
+/// is never broken by a competitor meanwhile; after the child ends the lock is released.
+#[test]
+fn waiting_for_a_child_renews_a_short_lease() {
+    let (_d, ws) = ws();
+    let mut g = FileLock::new(&ws, r("child"))
+        .agent(agent("a"))
+        .ttl(Duration::from_millis(90))
+        .inheritable(true)
+        .try_acquire("run")
+        .unwrap()
+        .unwrap();
+    g.share_with_children().unwrap();
+    let first_end = g.info().expires_at;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 0.5"])
+        .spawn()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stolen = {
+        let (ws, stop) = (ws.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let other = FileLock::new(&ws, r("child")).agent(agent("b"));
+            // Keep trying past the first lease's end.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(t) = other.try_acquire("steal").unwrap() {
+                    return Some(t.token());
+                }
+                std::thread::yield_now();
+            }
+            None
+        })
+    };
+    let status = g.wait_child(&mut child).unwrap();
+    assert!(status.success());
+    assert!(now_ms() > first_end, "the child outlived the first lease");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stolen.join().unwrap(), None, "the lock was taken while the child ran");
+    assert!(!g.is_lost());
+    g.release().unwrap();
+}

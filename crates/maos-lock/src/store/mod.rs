@@ -17,18 +17,7 @@ pub(crate) mod records;
 pub(crate) mod slots;
 pub(crate) mod table;
 
-#[cfg(test)]
-mod sim_tests;
 
-/// A temporary directory for tests that build many small file trees: on tmpfs when there is
-/// one (creating thousands of inodes on a busy ext4 costs seconds), else the default place.
-#[cfg(test)]
-pub(crate) fn test_dir() -> tempfile::TempDir {
-    match tempfile::tempdir_in("/dev/shm") {
-        Ok(d) => d,
-        Err(_) => tempfile::tempdir().expect("a temporary directory"),
-    }
-}
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -594,5 +583,18 @@ pub(crate) mod legacy {
             write_reservation_both(files, floor)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sim_tests;
+
+/// A temporary directory for tests that build many small file trees: on tmpfs when there is
+/// one (creating thousands of inodes on a busy ext4 costs seconds), else the default place.
+#[cfg(test)]
+pub(crate) fn test_dir() -> tempfile::TempDir {
+    match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(_) => tempfile::tempdir().expect("a temporary directory"),
     }
 }
