@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use maos_coordination::ResourceName;
-use maos_coordination::core::now_ms;
+use maos_coordination::core::{escape_controls, human_ms, now_ms};
 use maos_coordination::lock::{
     Deadlock, DeadlockDetector, Error as LockError, FencingToken, FileLock, LockInfo, LockMode,
-    LockTable, VICTIM_RULE,
+    LockTable, VICTIM_RULE, Via,
 };
 use serde::Serialize;
 
@@ -20,14 +20,15 @@ use crate::exit::{Exit, Failure};
 #[derive(Debug, Subcommand)]
 pub(crate) enum LockCommand {
     /// Take a lock for the acting agent and print its fencing token. The lock stays held by
-    /// the agent after this command exits, until `maos lock release` or the lease ends (keep
-    /// it with `maos lock renew`).
+    /// the agent after this command exits, until `maos lock release`, the end of the lease
+    /// (keep it with `maos lock renew`) or the agent's death. Taking a lock the agent already
+    /// holds renews it and prints the same token.
     Acquire {
         /// Workspace-relative path or pattern (`src/api/**`); an absolute path inside the
         /// workspace is accepted.
         resource: String,
-        /// Lease length.
-        #[arg(long, default_value = "5m", value_parser = duration::parse)]
+        /// Lease length (at most 30d).
+        #[arg(long, default_value = "5m", value_parser = duration::ttl)]
         ttl: Duration,
         /// How long to wait for the lock (0: fail at once when it is taken).
         #[arg(long, default_value = "30s", value_parser = duration::parse)]
@@ -52,19 +53,20 @@ pub(crate) enum LockCommand {
     Renew {
         /// The resource, as given to `acquire`.
         resource: Option<String>,
-        /// New lease length.
-        #[arg(long, value_parser = duration::parse)]
+        /// New lease length (at most 30d).
+        #[arg(long, value_parser = duration::ttl)]
         ttl: Option<Duration>,
     },
     /// List held locks and queued waiters.
     List,
-    /// Hold a lock while CMD runs, renewing it; exit with CMD's status (like flock(1)).
-    /// CMD gets MAOS_LOCK_RESOURCE and MAOS_LOCK_TOKEN in its environment.
+    /// Hold a lock while CMD runs, renewing it; exit with CMD's status (like flock(1)). The
+    /// lock lasts as long as CMD runs, even if this process is killed. CMD gets
+    /// MAOS_LOCK_RESOURCE and MAOS_LOCK_TOKEN in its environment.
     Run {
         /// The resource.
         resource: String,
-        /// Lease length (renewed every third of it while CMD runs).
-        #[arg(long, default_value = "1m", value_parser = duration::parse)]
+        /// Lease length (renewed every third of it while CMD runs; at most 30d).
+        #[arg(long, default_value = "1m", value_parser = duration::ttl)]
         ttl: Duration,
         /// How long to wait for the lock.
         #[arg(long, default_value = "30s", value_parser = duration::parse)]
@@ -105,7 +107,8 @@ fn resource(ctx: &Ctx, s: &str) -> anyhow::Result<ResourceName> {
 
 fn lock_failure(e: LockError) -> anyhow::Error {
     let code = match &e {
-        LockError::Timeout { .. } => Exit::Busy,
+        e if e.is_timeout() => Exit::Busy,
+        LockError::AlreadyHeld { .. } => Exit::Busy,
         LockError::Deadlock { .. } => Exit::Deadlock,
         _ => return anyhow::Error::new(e),
     };
@@ -115,21 +118,21 @@ fn lock_failure(e: LockError) -> anyhow::Error {
 fn describe(h: &LockInfo) -> String {
     let now = now_ms();
     let left = if h.expires_at > now {
-        duration::format(Duration::from_millis(h.expires_at - now))
+        format!("lease left {}", human_ms(h.expires_at - now))
+    } else if h.live.is_some() {
+        "lease over, held while its command runs".to_owned()
     } else {
-        "expired".into()
+        "lease over".to_owned()
     };
     let by = match (&h.live, &h.process) {
         (Some(_), Some(p)) => format!("pid {}", p.pid),
+        (Some(_), None) => "a process".into(),
         _ => "lease".into(),
     };
     format!(
-        "{} {} token {} by {} ({}), lease left {}{}",
+        "{} {} token {} by {} ({}), {}{}",
         h.resource,
-        match h.mode {
-            LockMode::Shared => "shared",
-            _ => "exclusive",
-        },
+        h.mode,
         h.token,
         h.owner,
         by,
@@ -137,7 +140,7 @@ fn describe(h: &LockInfo) -> String {
         if h.purpose.is_empty() {
             String::new()
         } else {
-            format!(": {}", h.purpose)
+            format!(": {}", escape_controls(&h.purpose))
         }
     )
 }
@@ -153,7 +156,7 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             shared,
         } => {
             let res = resource(ctx, &r)?;
-            let lock = FileLock::new(&ws, res)
+            let lock = FileLock::new(&ws, res.clone())
                 .agent(ctx.agent.clone())
                 .ttl(ttl)
                 .wait(wait)
@@ -161,10 +164,16 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                     LockMode::Shared
                 } else {
                     LockMode::Exclusive
-                });
-            let guard = lock.acquire_blocking(&purpose).map_err(lock_failure)?;
-            let info = guard.detach()?;
-            ctx.emit(&info, || info.token.to_string())?;
+                })
+                .on_blocked(waiting_note(res));
+            let grant = lock.acquire_lease(&purpose).map_err(lock_failure)?;
+            if grant.reentered {
+                eprintln!(
+                    "maos: agent {} already held this lock; its lease was renewed",
+                    ctx.agent
+                );
+            }
+            ctx.emit(&grant, || grant.info.token.to_string())?;
             Ok(Exit::Ok)
         }
         LockCommand::Release { resource: r, token } => {
@@ -209,15 +218,19 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 }
                 for w in &snap.waiters {
                     s.push_str(&format!(
-                        "waiting: {} for {} (ticket {}, {}){}\n",
+                        "waiting: {}{} for {} (ticket {}, {}){}\n",
                         w.agent,
+                        match (&w.live, &w.process) {
+                            (Some(_), Some(p)) => format!(" (pid {})", p.pid),
+                            _ => String::new(),
+                        },
                         w.resource,
                         w.ticket,
-                        duration::format(Duration::from_millis(now_ms().saturating_sub(w.since))),
+                        human_ms(now_ms().saturating_sub(w.since)),
                         if w.purpose.is_empty() {
                             String::new()
                         } else {
-                            format!(": {}", w.purpose)
+                            format!(": {}", escape_controls(&w.purpose))
                         }
                     ));
                 }
@@ -272,6 +285,11 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
     }
 }
 
+/// Says on stderr whom a wait for `res` waits for, each time that changes.
+fn waiting_note(res: ResourceName) -> impl Fn(&maos_coordination::lock::Blocker) + Send + Sync {
+    move |b| eprintln!("maos: waiting for {res}: {b}")
+}
+
 #[allow(clippy::too_many_arguments)] // one argument per command-line option
 fn run_command(
     ctx: &Ctx,
@@ -283,6 +301,8 @@ fn run_command(
     shared: bool,
     cmd: Vec<OsString>,
 ) -> anyhow::Result<Exit> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let res = resource(ctx, r)?;
     let purpose = if purpose.is_empty() {
         cmd.iter()
@@ -292,42 +312,62 @@ fn run_command(
     } else {
         purpose.to_owned()
     };
-    let guard = FileLock::new(ws, res.clone())
+    let lost = Arc::new(AtomicBool::new(false));
+    let flag = lost.clone();
+    let mut guard = FileLock::new(ws, res.clone())
         .agent(ctx.agent.clone())
         .ttl(ttl)
         .wait(wait)
-        .heartbeat(true)
+        // The command inherits the lock's own liveness: killing this process does not free
+        // the lock while the command still runs inside the critical section.
+        .inheritable(true)
         .mode(if shared {
             LockMode::Shared
         } else {
             LockMode::Exclusive
         })
+        .on_blocked(waiting_note(res.clone()))
+        .on_lost(move |e| {
+            flag.store(true, Ordering::Relaxed);
+            eprintln!("maos: {e}");
+        })
         .acquire_blocking(&purpose)
         .map_err(lock_failure)?;
-    // The child inherits this process's liveness descriptor: killing this CLI does not free
-    // the lock while the child still runs inside the critical section.
     guard.share_with_children()?;
     let (prog, args) = cmd.split_first().context("no command given")?;
+    // The lease is renewed while waiting for the command (on this thread).
     let status = std::process::Command::new(prog)
         .args(args)
         .env("MAOS_LOCK_RESOURCE", res.as_str())
         .env("MAOS_LOCK_TOKEN", guard.token().to_string())
-        .status()
-        .with_context(|| format!("cannot run {}", prog.to_string_lossy()));
-    let lost = guard.is_lost();
+        .spawn()
+        .with_context(|| format!("cannot run {}", prog.to_string_lossy()))
+        .and_then(|mut child| Ok(guard.wait_child(&mut child)?));
     let released = guard.release();
     let status = status?;
-    if lost {
-        tracing::warn!(resource = %res, "the lock was lost while the command ran");
-    }
+    let mut lost = lost.load(Ordering::Relaxed);
     if let Err(e) = released {
-        eprintln!("maos: {:#}", anyhow::Error::new(e));
+        if matches!(e, LockError::LockLost { .. }) {
+            if !lost {
+                eprintln!("maos: {e}");
+            }
+            lost = true;
+        } else {
+            eprintln!("maos: {:#}", anyhow::Error::new(e));
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) => 128 + sig,
         _ => 1,
+    };
+    // A lock lost while the command ran is a failure even if the command succeeded: its
+    // work was not protected all along.
+    let code = if lost && code == 0 {
+        Exit::Error as i32
+    } else {
+        code
     };
     std::process::exit(code)
 }
@@ -340,17 +380,30 @@ pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Ex
                 .sender(ctx.agent.clone())
                 .broadcast(broadcast)
                 .resolve(resolve);
-            let found = det.check()?;
+            let found = det.check_with_outcome()?;
+            #[derive(Serialize)]
+            struct Cycle<'a> {
+                #[serde(flatten)]
+                deadlock: &'a Deadlock,
+                aborted: bool,
+            }
             #[derive(Serialize)]
             struct Out<'a> {
                 deadlock: bool,
-                cycles: &'a [Deadlock],
+                cycles: Vec<Cycle<'a>>,
                 victim_rule: &'a str,
             }
+            let cycles: Vec<Cycle<'_>> = found
+                .iter()
+                .map(|(d, aborted)| Cycle {
+                    deadlock: d,
+                    aborted: *aborted,
+                })
+                .collect();
             ctx.emit(
                 &Out {
                     deadlock: !found.is_empty(),
-                    cycles: &found,
+                    cycles,
                     victim_rule: VICTIM_RULE,
                 },
                 || {
@@ -358,27 +411,63 @@ pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Ex
                         return "no deadlock".into();
                     }
                     let mut s = String::new();
-                    for d in &found {
+                    for (d, aborted) in &found {
                         s.push_str(&format!(
                             "deadlock among {}\n",
-                            d.agents
+                            d.nodes
                                 .iter()
-                                .map(|a| a.as_str())
+                                .map(|n| n.to_string())
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ));
                         for w in &d.waits {
-                            s.push_str(&format!(
-                                "  {} waits for {} on {} (ticket {})\n",
-                                w.waiter, w.holder, w.resource, w.ticket
-                            ));
+                            let line = match w.via {
+                                Via::Lock => format!(
+                                    "  {} waits for {} on {}{} (ticket {})",
+                                    w.waiter_node,
+                                    w.holder_node,
+                                    w.resource,
+                                    match &w.held {
+                                        Some(h) if h != &w.resource => format!(" (holds {h})"),
+                                        _ => String::new(),
+                                    },
+                                    w.ticket
+                                ),
+                                Via::Queue => format!(
+                                    "  {} waits behind {} in line for {} (ticket {})",
+                                    w.waiter_node, w.holder_node, w.resource, w.ticket
+                                ),
+                                Via::Agent => format!(
+                                    "  {} stay held while {} waits for {} (ticket {})",
+                                    w.waiter_node, w.holder_node, w.resource, w.ticket
+                                ),
+                            };
+                            s.push_str(&line);
+                            s.push('\n');
                         }
+                        let release = if d.release.is_empty() {
+                            "the locks it holds".to_owned()
+                        } else {
+                            d.release
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
                         s.push_str(&format!(
-                            "  suggested victim: {} (its wait for {}; rule: {}){}\n",
-                            d.victim,
+                            "  victim: {} (its wait for {}; rule: {}){}\n  {} must release {} and take its locks again, in the same order as the others\n",
+                            d.victim_node,
                             d.victim_resource,
                             VICTIM_RULE,
-                            if resolve { ", aborted" } else { "" }
+                            if *aborted {
+                                ", aborted; told in its inbox direct/".to_owned() + d.victim.as_str()
+                            } else if resolve {
+                                ", already aborted".to_owned()
+                            } else {
+                                String::new()
+                            },
+                            d.victim,
+                            release,
                         ));
                     }
                     s

@@ -1,8 +1,9 @@
 //! Advisory locks: agents announce an interest in a resource (with a purpose and a priority)
 //! and take turns, highest priority first, then in arrival order.
 //!
-//! Interests live in `.maos/locks/advisory.json`, read-modified-written only under the guard
-//! kernel lock (no lost updates between concurrent requests). An interest vanishes when its
+//! Interests live in `.maos/locks/advisory.0` / `advisory.1` (a JSON document in two
+//! checksummed slots), read-modified-written only under the table's guard (no lost updates
+//! between concurrent requests). An interest vanishes when its
 //! handle is dropped or withdrawn, or when its process dies (kernel-lock liveness, as for
 //! locks). Nothing is enforced: an advisory lock is a queue that cooperating agents respect.
 
@@ -12,8 +13,11 @@ use std::time::{Duration, Instant};
 use maos_core::{AgentId, Priority, ProcessIdentity, ResourceName, Workspace, now_ms};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ADVISORY, Locked, STATE_VERSION, Shared};
+use crate::store::{Op, Shared};
 use crate::watch::{FALLBACK, Signal};
+
+/// Format version of the advisory document.
+const ADVISORY_VERSION: u32 = 1;
 use crate::{Error, Result, overlaps};
 
 /// One agent's interest in a resource.
@@ -58,24 +62,33 @@ fn turn_key(i: &Interest) -> (bool, std::cmp::Reverse<Priority>, u64) {
 
 fn with_state<R>(
     shared: &Shared,
-    f: impl FnOnce(&mut Locked<'_>, &mut AdvisoryState) -> Result<(R, bool)>,
+    f: impl FnOnce(&mut Op<'_>, &mut AdvisoryState) -> Result<(R, bool)>,
 ) -> Result<R> {
-    shared.locked(|l| {
-        let mut st: AdvisoryState = l.load(ADVISORY)?;
+    let mut f = Some(f);
+    shared.write(maos_core::fsx::DEFAULT_GUARD_TIMEOUT, |op| {
+        let slots = op.shared.advisory()?;
+        let (mut st, generation): (AdvisoryState, u64) = slots.load()?;
         let before = st.interests.len();
         let mut kept = Vec::with_capacity(before);
         for i in std::mem::take(&mut st.interests) {
-            if l.alive(i.live.as_deref(), i.process.as_ref()) {
+            if op.alive(i.live.as_deref(), i.process.as_ref()) {
                 kept.push(i);
             } else {
                 tracing::debug!(agent = %i.agent, resource = %i.resource, "interest of a dead process removed");
             }
         }
         st.interests = kept;
-        st.version = STATE_VERSION;
-        let (r, dirty) = f(l, &mut st)?;
+        st.version = ADVISORY_VERSION;
+        let f = f.take().ok_or_else(|| {
+            Error::io(
+                "advisory update",
+                &op.shared.dir,
+                std::io::Error::other("an advisory update ran twice (a bug in maos-lock)"),
+            )
+        })?;
+        let (r, dirty) = f(op, &mut st)?;
         if dirty || st.interests.len() != before {
-            l.save(ADVISORY, &st)?;
+            slots.save(&st, generation + 1)?;
         }
         Ok(r)
     })
@@ -151,8 +164,8 @@ impl AdvisoryLock {
             None => AgentId::current()?,
         };
         let shared = Shared::of(&self.ws)?;
-        let info = with_state(&shared, |l, st| {
-            let live = l.live_name()?;
+        let info = with_state(&shared, |op, st| {
+            let live = op.own_live()?;
             st.next_id += 1;
             let i = Interest {
                 id: st.next_id,
@@ -162,7 +175,7 @@ impl AdvisoryLock {
                 priority,
                 since: now_ms(),
                 granted: false,
-                process: Some(l.shared.identity.clone()),
+                process: Some(op.shared.identity.clone()),
                 live: Some(live),
             };
             st.interests.push(i.clone());

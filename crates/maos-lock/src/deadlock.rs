@@ -1,28 +1,39 @@
 //! Deadlock detection across every process of the workspace.
 //!
-//! The wait-for graph is built from the lock table on disk (`table.0`/`table.1`), so it sees every
-//! process and agent, not one process's memory: a node per agent, an edge `A -> B` when a
-//! waiter of agent A is blocked by a lock of agent B (a conflicting holder, or a conflicting
-//! waiter queued earlier: waiters are served in arrival order). A strongly connected
-//! component of more than one agent (Tarjan, via petgraph) is a deadlock.
+//! The wait-for graph is built from the lock table on disk, so it sees every process and
+//! agent, not one process's memory. Its nodes are the actual holders and waiters:
+//! - a **process** (its liveness file): what a process holds, and what it waits for;
+//! - an agent's **leases** (locks the agent holds without a process, `maos lock acquire`):
+//!   only the agent can release them, so they wait for whatever the agent's processes wait
+//!   for (an edge from the agent's lease node to each of its waiting processes).
+//!
+//! A waiting process has an edge to each holder of a conflicting lock and to each earlier
+//! waiter for a conflicting lock (waiters are served in arrival order). A strongly connected
+//! component of two or more nodes (Tarjan, via petgraph) is a deadlock. Two processes of one
+//! agent are two nodes: an agent whose one process holds X while another waits for Y is not
+//! in a cycle unless X's waiters are themselves waited for by that second process.
 //!
 //! **Victim rule:** among the waits inside the cycle, the youngest (the highest ticket, i.e.
 //! the one that started waiting last) is the suggested victim: it has waited least, so
 //! aborting it wastes the least, and the choice is the same from every process. With
-//! resolution on, the detector marks that wait aborted; the victim's `acquire` ends with
-//! [`Error::Deadlock`](crate::Error::Deadlock) and the others proceed.
+//! resolution on, the detector checks under the table's guard that the wait is still the
+//! victim of a cycle, marks it aborted (with what the victim holds that the others wait
+//! for), and tells the victim's agent in its inbox (`direct/<agent>`); the victim's
+//! `acquire` ends with [`Error::Deadlock`](crate::Error::Deadlock) and the others proceed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use maos_core::{AgentId, ResourceName, Workspace, now_ms};
+use maos_core::{AgentId, Message, Recipients, ResourceName, Workspace, now_ms};
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
 use serde::{Deserialize, Serialize};
 
-use crate::lock::conflicts;
-use crate::store::{Shared, TableState};
+use crate::store::ops::{self, Snapshot, conflicts};
+use crate::store::records::Abort;
+use crate::store::{LockInfo, Shared, WaiterInfo};
 use crate::watch::Signal;
 use crate::{Error, Result};
 
@@ -32,6 +43,121 @@ pub const DEADLOCK_TOPIC: &str = "deadlock";
 /// The rule that picks the victim, as written in notifications.
 pub const VICTIM_RULE: &str = "youngest wait in the cycle (highest ticket) is aborted";
 
+/// A node of the wait-for graph: who holds and who waits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Node {
+    /// A process of `agent`.
+    Process {
+        /// Its agent.
+        agent: AgentId,
+        /// What identifies it: `host:pid:start_time`, or its liveness file name.
+        live: String,
+        /// Its pid, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    /// The locks `agent` holds as leases, without a process.
+    Lease {
+        /// The agent.
+        agent: AgentId,
+    },
+}
+
+impl Node {
+    /// A hash of what identifies the node (its kind and its process key, or its agent),
+    /// eight bytes at a time (FxHash's mixing): interning 10,000 nodes stays cheap.
+    fn key_hash(&self) -> u64 {
+        let (tag, bytes) = match self {
+            Node::Process { live, .. } => (1u64, live.as_bytes()),
+            Node::Lease { agent } => (2u64, agent.as_str().as_bytes()),
+        };
+        let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+        let mut h = mix(0, tag);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = mix(h, u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        mix(mix(h, u64::from_le_bytes(w)), bytes.len() as u64)
+    }
+
+    /// The agent of the node.
+    pub fn agent(&self) -> &AgentId {
+        match self {
+            Node::Process { agent, .. } | Node::Lease { agent } => agent,
+        }
+    }
+
+    fn of_holder(h: &LockInfo) -> Node {
+        match &h.live {
+            // The process that took it (for a `lock run` lock, `maos` itself, whose command
+            // inherited the lock's own liveness file).
+            Some(live) => Node::Process {
+                agent: h.owner.clone(),
+                live: process_key(h.process.as_ref(), live),
+                pid: h.process.as_ref().map(|p| p.pid),
+            },
+            None => Node::Lease {
+                agent: h.owner.clone(),
+            },
+        }
+    }
+
+    fn of_waiter(w: &WaiterInfo) -> Node {
+        match &w.live {
+            Some(live) => Node::Process {
+                agent: w.agent.clone(),
+                live: process_key(w.process.as_ref(), live),
+                pid: w.process.as_ref().map(|p| p.pid),
+            },
+            None => Node::Lease {
+                agent: w.agent.clone(),
+            },
+        }
+    }
+}
+
+/// What identifies a process node: the process (host, pid, start time) when known, so that a
+/// process's holdings and its waits meet in one node; else its liveness file.
+fn process_key(p: Option<&maos_core::ProcessIdentity>, live: &str) -> String {
+    match p {
+        Some(p) => format!("{}:{}:{}", p.host, p.pid, p.start_time),
+        None => live.to_owned(),
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Process {
+                agent,
+                pid: Some(pid),
+                ..
+            } => write!(f, "{agent} (pid {pid})"),
+            Node::Process { agent, live, .. } => write!(f, "{agent} (process {live})"),
+            Node::Lease { agent } => write!(f, "{agent}'s leases"),
+        }
+    }
+}
+
+/// Why an edge exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The waiter waits for a lock the holder holds.
+    Lock,
+    /// The waiter is queued behind an earlier waiter (first come, first served).
+    Queue,
+    /// An agent's leases wait for the agent's waiting process (only the agent can release
+    /// them).
+    Agent,
+}
+
 /// One edge of the wait-for graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitEdge {
@@ -39,15 +165,24 @@ pub struct WaitEdge {
     pub waiter: AgentId,
     /// The agent it waits for.
     pub holder: AgentId,
-    /// The resource the waiter asked for.
+    /// The waiting node.
+    pub waiter_node: Node,
+    /// The node it waits for.
+    pub holder_node: Node,
+    /// The resource the wait is for.
     pub resource: ResourceName,
-    /// The waiter's ticket.
+    /// What the holder holds that blocks the wait (for [`Via::Lock`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<ResourceName>,
+    /// Why the edge exists.
+    pub via: Via,
+    /// The wait's ticket.
     pub ticket: u64,
     /// When it started waiting (ms since the Unix epoch).
     pub since: u64,
 }
 
-/// FNV-1a: agent ids are short strings from cooperating processes, so a fast non-keyed hash
+/// FNV-1a: node keys are short strings from cooperating processes, so a fast non-keyed hash
 /// is fine here (and twice as fast as SipHash when building large graphs).
 #[derive(Debug, Clone, Copy)]
 struct Fnv(u64);
@@ -72,9 +207,29 @@ impl std::hash::Hasher for Fnv {
 
 type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
-/// An agent's node in a [`WaitForGraph`].
+/// For keys that already are hashes (node keys): passes the `u64` through.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type PassBuild = std::hash::BuildHasherDefault<PassThrough>;
+
+/// A node's handle in a [`WaitForGraph`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AgentNode(NodeIndex);
+pub struct NodeId(NodeIndex);
 
 /// One wait (a queued waiter) in a [`WaitForGraph`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,52 +237,107 @@ pub struct WaitId(u32);
 
 #[derive(Debug, Clone)]
 struct WaitInfo {
-    agent: NodeIndex,
+    node: NodeIndex,
     resource: ResourceName,
     ticket: u64,
     since: u64,
 }
 
-/// The wait-for graph: agents and who waits for whom. Agents are interned once
-/// ([`WaitForGraph::agent`]); edges are integers pointing at the wait they come from, so
-/// building a graph of 100,000 edges hashes each agent name once, not once per edge.
+/// An edge's weight, one `u32` (graphs of 100,000 edges stay compact for Tarjan): the index
+/// of the wait it comes from (30 bits) and why it exists (2 bits).
+#[derive(Debug, Clone, Copy)]
+struct EdgeInfo(u32);
+
+impl EdgeInfo {
+    fn new(wait: u32, via: Via) -> Self {
+        let v = match via {
+            Via::Lock => 0,
+            Via::Queue => 1,
+            Via::Agent => 2,
+        };
+        EdgeInfo((wait & 0x3fff_ffff) | (v << 30))
+    }
+
+    fn wait(self) -> u32 {
+        self.0 & 0x3fff_ffff
+    }
+
+    fn via(self) -> Via {
+        match self.0 >> 30 {
+            0 => Via::Lock,
+            1 => Via::Queue,
+            _ => Via::Agent,
+        }
+    }
+}
+
+/// The wait-for graph: holders and waiters (processes and agents' leases) and who waits for
+/// whom. Nodes are interned once ([`WaitForGraph::node`]); edges point at the wait they come
+/// from, so building a graph of 100,000 edges hashes each node once, not once per edge.
 #[derive(Debug, Default, Clone)]
 pub struct WaitForGraph {
-    graph: DiGraph<AgentId, u32>,
-    index: HashMap<AgentId, NodeIndex, FnvBuild>,
+    /// The edges; a node's weight is nothing (its `Node` is `nodes[index]`): small nodes keep
+    /// the graph's memory compact for large graphs.
+    graph: DiGraph<(), EdgeInfo>,
+    nodes: Vec<Node>,
+    /// Nodes by the FNV hash of their identity (another node with the same hash goes to
+    /// `collisions`): interning clones no node.
+    index: HashMap<u64, NodeIndex, PassBuild>,
+    collisions: HashMap<Node, NodeIndex>,
     waits: Vec<WaitInfo>,
+    /// What the holder holds, for the edges that name it: edge index -> resource.
+    held: HashMap<u32, ResourceName, FnvBuild>,
 }
 
 impl WaitForGraph {
-    /// An empty graph with room for `agents` nodes and `edges` edges.
-    pub fn with_capacity(agents: usize, edges: usize) -> Self {
+    /// An empty graph with room for `nodes` nodes and `edges` edges.
+    pub fn with_capacity(nodes: usize, edges: usize) -> Self {
         Self {
-            graph: DiGraph::with_capacity(agents, edges),
-            index: HashMap::with_capacity_and_hasher(agents, FnvBuild::default()),
+            graph: DiGraph::with_capacity(nodes, edges),
+            nodes: Vec::with_capacity(nodes),
+            index: HashMap::with_capacity_and_hasher(nodes, PassBuild::default()),
+            collisions: HashMap::new(),
             waits: Vec::new(),
+            held: HashMap::default(),
         }
     }
 
-    /// The node of `a`, added on first use.
-    pub fn agent(&mut self, a: &AgentId) -> AgentNode {
-        if let Some(&n) = self.index.get(a) {
-            return AgentNode(n);
+    /// The handle of `n`, added on first use.
+    pub fn node(&mut self, n: &Node) -> NodeId {
+        let key = n.key_hash();
+        match self.index.get(&key) {
+            Some(&i) if &self.nodes[i.index()] == n => return NodeId(i),
+            Some(_) => {
+                if let Some(&i) = self.collisions.get(n) {
+                    return NodeId(i);
+                }
+                let i = self.add(n);
+                self.collisions.insert(n.clone(), i);
+                return NodeId(i);
+            }
+            None => {}
         }
-        let n = self.graph.add_node(a.clone());
-        self.index.insert(a.clone(), n);
-        AgentNode(n)
+        let i = self.add(n);
+        self.index.insert(key, i);
+        NodeId(i)
     }
 
-    /// Records that `agent` waits (ticket `ticket`, since `since`) for `resource`.
+    fn add(&mut self, n: &Node) -> NodeIndex {
+        let i = self.graph.add_node(());
+        self.nodes.push(n.clone());
+        i
+    }
+
+    /// Records that `node` waits (ticket `ticket`, since `since`) for `resource`.
     pub fn wait(
         &mut self,
-        agent: AgentNode,
+        node: NodeId,
         resource: ResourceName,
         ticket: u64,
         since: u64,
     ) -> WaitId {
         self.waits.push(WaitInfo {
-            agent: agent.0,
+            node: node.0,
             resource,
             ticket,
             since,
@@ -135,48 +345,93 @@ impl WaitForGraph {
         WaitId((self.waits.len() - 1) as u32)
     }
 
-    /// Records that `wait` is blocked by `holder` (ignored when an agent would wait for
-    /// itself).
-    pub fn blocked_by(&mut self, wait: WaitId, holder: AgentNode) {
-        let from = self.waits[wait.0 as usize].agent;
-        if from != holder.0 {
-            self.graph.add_edge(from, holder.0, wait.0);
+    /// Records that `wait` is blocked by a lock `holder` holds (ignored when a node would
+    /// wait for itself: the threads of one process are one node).
+    pub fn blocked_by(&mut self, wait: WaitId, holder: NodeId) {
+        self.edge(wait, holder, Via::Lock);
+    }
+
+    /// [`WaitForGraph::blocked_by`], naming the resource `holder` holds (what to release).
+    pub fn blocked_by_holding(&mut self, wait: WaitId, holder: NodeId, held: ResourceName) {
+        if let Some(e) = self.edge(wait, holder, Via::Lock) {
+            self.held.insert(e, held);
         }
     }
 
-    /// Adds one edge given by names (convenience for small graphs).
-    pub fn add(&mut self, edge: WaitEdge) {
-        let w = self.agent(&edge.waiter);
-        let h = self.agent(&edge.holder);
-        let id = self.wait(w, edge.resource, edge.ticket, edge.since);
-        self.blocked_by(id, h);
+    /// Records that `wait` is queued behind the earlier wait of `earlier` (first come, first
+    /// served).
+    pub fn queued_behind(&mut self, wait: WaitId, earlier: NodeId) {
+        self.edge(wait, earlier, Via::Queue);
     }
 
-    /// The graph of the current lock table.
-    pub(crate) fn from_table(t: &TableState) -> Self {
+    fn edge(&mut self, wait: WaitId, to: NodeId, via: Via) -> Option<u32> {
+        let from = self.waits[wait.0 as usize].node;
+        (from != to.0).then(|| {
+            self.graph
+                .add_edge(from, to.0, EdgeInfo::new(wait.0, via))
+                .index() as u32
+        })
+    }
+
+    fn agent_edge(&mut self, lease: NodeId, wait: WaitId) {
+        let to = self.waits[wait.0 as usize].node;
+        if lease.0 != to {
+            self.graph
+                .add_edge(lease.0, to, EdgeInfo::new(wait.0, Via::Agent));
+        }
+    }
+
+    /// The graph of a snapshot of the lock table.
+    pub fn from_snapshot(t: &Snapshot) -> Self {
         let mut g = Self::default();
-        let holders: Vec<AgentNode> = t.holders.iter().map(|h| g.agent(&h.owner)).collect();
-        let mut waiters: Vec<_> = t.waiters.iter().collect();
+        let holders: Vec<(NodeId, &LockInfo)> = t
+            .holders
+            .iter()
+            .map(|h| (g.node(&Node::of_holder(h)), h))
+            .collect();
+        let mut waiters: Vec<&WaiterInfo> = t.waiters.iter().collect();
         waiters.sort_by_key(|w| w.ticket);
-        let nodes: Vec<AgentNode> = waiters.iter().map(|w| g.agent(&w.agent)).collect();
+        let nodes: Vec<NodeId> = waiters
+            .iter()
+            .map(|w| g.node(&Node::of_waiter(w)))
+            .collect();
+        let mut waits_of_agent: HashMap<&AgentId, Vec<WaitId>> = HashMap::new();
         for (k, w) in waiters.iter().enumerate() {
             let id = g.wait(nodes[k], w.resource.clone(), w.ticket, w.since);
-            for (h, &hn) in t.holders.iter().zip(&holders) {
+            if w.live.is_some() {
+                waits_of_agent.entry(&w.agent).or_default().push(id);
+            }
+            for (hn, h) in &holders {
                 if conflicts(&h.resource, h.mode, &w.resource, w.mode) {
-                    g.blocked_by(id, hn);
+                    g.blocked_by_holding(id, *hn, h.resource.clone());
                 }
             }
             for (e, &en) in waiters[..k].iter().zip(&nodes) {
                 if conflicts(&e.resource, e.mode, &w.resource, w.mode) {
-                    g.blocked_by(id, en);
+                    g.queued_behind(id, en);
                 }
+            }
+        }
+        // An agent's leases wait for whatever its processes wait for.
+        let leases: Vec<(NodeId, AgentId)> = holders
+            .iter()
+            .filter(|(_, h)| h.is_lease())
+            .map(|(n, h)| (*n, h.owner.clone()))
+            .collect();
+        let mut seen = HashSet::new();
+        for (ln, agent) in leases {
+            if !seen.insert(ln) {
+                continue;
+            }
+            for &wid in waits_of_agent.get(&agent).map(Vec::as_slice).unwrap_or(&[]) {
+                g.agent_edge(ln, wid);
             }
         }
         g
     }
 
-    /// Number of agents.
-    pub fn agent_count(&self) -> usize {
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
         self.graph.node_count()
     }
 
@@ -185,11 +440,11 @@ impl WaitForGraph {
         self.graph.edge_count()
     }
 
-    /// Every deadlock: each strongly connected component of two or more agents.
+    /// Every deadlock: each strongly connected component of two or more nodes.
     pub fn deadlocks(&self) -> Vec<Deadlock> {
         let mut out = Vec::new();
         // petgraph's Tarjan (what `tarjan_scc` runs), keeping only components of two or
-        // more agents instead of allocating one vector per agent.
+        // more nodes instead of allocating one vector per node.
         let mut sccs: Vec<Vec<NodeIndex>> = Vec::new();
         petgraph::algo::TarjanScc::new().run(&self.graph, |scc| {
             if scc.len() > 1 {
@@ -201,30 +456,70 @@ impl WaitForGraph {
             let mut waits: Vec<WaitEdge> = Vec::new();
             for &n in &scc {
                 for e in self.graph.edges(n) {
-                    use petgraph::visit::EdgeRef;
-                    if members.contains(&e.target()) {
-                        let w = &self.waits[*e.weight() as usize];
-                        waits.push(WaitEdge {
-                            waiter: self.graph[w.agent].clone(),
-                            holder: self.graph[e.target()].clone(),
-                            resource: w.resource.clone(),
-                            ticket: w.ticket,
-                            since: w.since,
-                        });
+                    if !members.contains(&e.target()) {
+                        continue;
                     }
+                    let info = *e.weight();
+                    let w = &self.waits[info.wait() as usize];
+                    let (waiter_node, holder_node) =
+                        (&self.nodes[n.index()], &self.nodes[e.target().index()]);
+                    waits.push(WaitEdge {
+                        waiter: waiter_node.agent().clone(),
+                        holder: holder_node.agent().clone(),
+                        waiter_node: waiter_node.clone(),
+                        holder_node: holder_node.clone(),
+                        resource: w.resource.clone(),
+                        held: self.held.get(&(e.id().index() as u32)).cloned(),
+                        via: info.via(),
+                        ticket: w.ticket,
+                        since: w.since,
+                    });
                 }
             }
-            waits.sort_by_key(|e| e.ticket);
-            let Some(victim) = waits.iter().max_by_key(|e| e.ticket) else {
+            waits.sort_by_key(|e| (e.ticket, e.via != Via::Lock));
+            // The victim: the youngest real wait (a process's own wait) in the cycle.
+            let Some(victim) = waits
+                .iter()
+                .filter(|e| e.via != Via::Agent)
+                .max_by_key(|e| e.ticket)
+                .cloned()
+            else {
                 continue;
             };
-            let mut agents: Vec<AgentId> = scc.iter().map(|&n| self.graph[n].clone()).collect();
+            let victim_agent = victim.waiter.clone();
+            let release: Vec<ResourceName> = {
+                let mut r: Vec<ResourceName> = waits
+                    .iter()
+                    .filter(|e| {
+                        e.via == Via::Lock
+                            && (e.holder_node == victim.waiter_node
+                                || e.holder_node
+                                    == (Node::Lease {
+                                        agent: victim_agent.clone(),
+                                    }))
+                    })
+                    .filter_map(|e| e.held.clone())
+                    .collect();
+                r.sort();
+                r.dedup();
+                r
+            };
+            let mut agents: Vec<AgentId> = scc
+                .iter()
+                .map(|&n| self.nodes[n.index()].agent().clone())
+                .collect();
             agents.sort();
+            agents.dedup();
+            let mut nodes: Vec<Node> = scc.iter().map(|&n| self.nodes[n.index()].clone()).collect();
+            nodes.sort_by_key(|n| n.to_string());
             out.push(Deadlock {
-                victim: victim.waiter.clone(),
+                victim: victim.waiter,
+                victim_node: victim.waiter_node,
                 victim_ticket: victim.ticket,
-                victim_resource: victim.resource.clone(),
+                victim_resource: victim.resource,
+                release,
                 agents,
+                nodes,
                 waits,
             });
         }
@@ -237,19 +532,27 @@ impl WaitForGraph {
 pub struct Deadlock {
     /// The agents in the cycle, sorted.
     pub agents: Vec<AgentId>,
+    /// The holders and waiters in the cycle.
+    pub nodes: Vec<Node>,
     /// The waits between them.
     pub waits: Vec<WaitEdge>,
     /// The suggested victim (see [`VICTIM_RULE`]).
     pub victim: AgentId,
+    /// The victim's waiting node.
+    pub victim_node: Node,
     /// The ticket of the victim's wait.
     pub victim_ticket: u64,
     /// The resource the victim waits for.
     pub victim_resource: ResourceName,
+    /// What the victim holds that the others in the cycle wait for: releasing it breaks the
+    /// cycle.
+    pub release: Vec<ResourceName>,
 }
 
 impl Deadlock {
     fn key(&self) -> Vec<u64> {
         let mut k: Vec<u64> = self.waits.iter().map(|w| w.ticket).collect();
+        k.sort_unstable();
         k.dedup();
         k
     }
@@ -277,14 +580,60 @@ pub struct Resolution {
     pub ticket: u64,
     /// The resource it waits for.
     pub resource: ResourceName,
+    /// What the victim should release so the others can go on.
+    #[serde(default)]
+    pub release: Vec<ResourceName>,
     /// How the victim was chosen.
     pub rule: String,
     /// Whether the detector aborted the wait itself.
     pub applied: bool,
 }
 
+/// What the victim's agent finds in its inbox (`direct/<agent>`) when its wait was aborted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VictimNotice {
+    /// Always `"deadlock_victim"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The resource whose wait was aborted.
+    pub waited_for: ResourceName,
+    /// The aborted wait's ticket.
+    pub ticket: u64,
+    /// The agents in the cycle.
+    pub cycle: Vec<AgentId>,
+    /// What to release so the others can go on.
+    pub release: Vec<ResourceName>,
+    /// What to do, in words.
+    pub advice: String,
+}
+
+impl VictimNotice {
+    fn new(d: &Deadlock) -> Self {
+        let release = if d.release.is_empty() {
+            "the locks you hold".to_owned()
+        } else {
+            d.release
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Self {
+            kind: "deadlock_victim".into(),
+            waited_for: d.victim_resource.clone(),
+            ticket: d.victim_ticket,
+            cycle: d.agents.clone(),
+            release: d.release.clone(),
+            advice: format!(
+                "your wait for {} was aborted to break a deadlock: release {release} (`maos lock release RESOURCE`, or let your `maos lock run` command end), then take the locks again, preferably in the same order as the other agents",
+                d.victim_resource
+            ),
+        }
+    }
+}
+
 /// Finds cycles in the wait-for graph of every process, reports them on the `deadlock`
-/// topic, and (opt-in) aborts the victim's wait.
+/// topic, and (opt-in) aborts the victim's wait and tells the victim what to release.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -300,6 +649,7 @@ pub struct DeadlockDetector {
     sender: Option<AgentId>,
     resolve: bool,
     broadcast: bool,
+    notify_victim: bool,
     reported: HashSet<Vec<u64>>,
 }
 
@@ -311,6 +661,7 @@ impl DeadlockDetector {
             sender: None,
             resolve: false,
             broadcast: true,
+            notify_victim: true,
             reported: HashSet::new(),
         }
     }
@@ -329,23 +680,24 @@ impl DeadlockDetector {
         self
     }
 
-    /// The sender of the broadcasts (default: the current agent).
+    /// Sends the victim of a resolved cycle a [`VictimNotice`] in its inbox (on by default).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn notify_victim(mut self, on: bool) -> Self {
+        self.notify_victim = on;
+        self
+    }
+
+    /// The sender of the broadcasts and notices (default: the current agent).
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn sender(mut self, agent: AgentId) -> Self {
         self.sender = Some(agent);
         self
     }
 
-    /// The wait-for graph of the table as it is now (dead holders and waiters removed first).
+    /// The wait-for graph of the table as it is now (dead holders and waiters left out).
     pub fn graph(&self) -> Result<WaitForGraph> {
         let shared = Shared::of(&self.ws)?;
-        shared.locked(|l| {
-            let (mut t, dirty) = l.load_table()?;
-            if l.reap_all(&mut t) || dirty {
-                l.save_table(&t)?;
-            }
-            Ok(WaitForGraph::from_table(&t))
-        })
+        Ok(WaitForGraph::from_snapshot(&ops::read_all(&shared)?))
     }
 
     /// The deadlocks now, without reporting or resolving them.
@@ -355,57 +707,94 @@ impl DeadlockDetector {
     }
 
     /// Detects, broadcasts the cycles not reported by this detector before, and resolves
-    /// them if enabled. Returns every current cycle.
+    /// them if enabled. Returns every current cycle (each `applied` resolution is also in
+    /// its notification).
     pub fn check(&mut self) -> Result<Vec<Deadlock>> {
+        Ok(self
+            .check_with_outcome()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// [`DeadlockDetector::check`], with whether each cycle's victim was aborted now.
+    pub fn check_with_outcome(&mut self) -> Result<Vec<(Deadlock, bool)>> {
         let found = self.detect()?;
         let keys: HashSet<Vec<u64>> = found.iter().map(Deadlock::key).collect();
         self.reported.retain(|k| keys.contains(k));
-        for d in &found {
+        let mut out = Vec::with_capacity(found.len());
+        for d in found {
             let key = d.key();
             if self.reported.contains(&key) {
+                out.push((d, false));
                 continue;
             }
-            tracing::warn!(agents = ?d.agents, victim = %d.victim, "deadlock detected");
-            let applied = self.resolve && self.abort(d)?;
+            tracing::info!(agents = ?d.agents, victim = %d.victim, "deadlock detected");
+            let applied = self.resolve && self.abort(&d)?;
+            if applied && self.notify_victim {
+                self.tell_victim(&d);
+            }
             if self.broadcast {
-                self.report(d, applied)?;
+                self.report(&d, applied)?;
             }
             self.reported.insert(key);
+            out.push((d, applied));
         }
-        Ok(found)
+        Ok(out)
     }
 
+    /// Aborts `d`'s victim wait if, under the guard and on the table as it is now, it is
+    /// still the victim of a cycle (the table may have changed since detection).
     fn abort(&self, d: &Deadlock) -> Result<bool> {
         let shared = Shared::of(&self.ws)?;
-        shared.locked(|l| {
-            let (mut t, _) = l.load_table()?;
-            // The table may have changed since detection (a holder released, a waiter gave
-            // up): abort only a wait that is still the victim of a cycle now.
-            l.reap_all(&mut t);
-            let still = WaitForGraph::from_table(&t)
-                .deadlocks()
-                .iter()
-                .any(|c| c.victim_ticket == d.victim_ticket);
-            if !still {
-                tracing::debug!(ticket = d.victim_ticket, "the cycle resolved itself before its resolution");
-                return Ok(false);
-            }
-            let Some(w) = t.waiters.iter_mut().find(|w| w.ticket == d.victim_ticket) else {
-                return Ok(false);
+        let ticket = d.victim_ticket;
+        let applied = ops::abort_wait(&shared, |snap| {
+            let now = WaitForGraph::from_snapshot(snap).deadlocks();
+            let Some(c) = now.into_iter().find(|c| c.victim_ticket == ticket) else {
+                tracing::debug!(ticket, "the cycle resolved itself before its resolution");
+                return None;
             };
-            w.aborted = Some(d.agents.clone());
-            l.save_table(&t)?;
-            l.signal(d.victim_ticket);
-            tracing::info!(victim = %d.victim, ticket = d.victim_ticket, "deadlock victim's wait aborted");
-            Ok(true)
-        })
+            Some((
+                c.victim_resource.clone(),
+                ticket,
+                Abort {
+                    cycle: c.agents.clone(),
+                    release: c.release.clone(),
+                },
+            ))
+        })?;
+        if applied.is_some() {
+            tracing::info!(victim = %d.victim, ticket, "deadlock victim's wait aborted");
+        }
+        Ok(applied.is_some())
+    }
+
+    fn sender_id(&self) -> Result<AgentId> {
+        match &self.sender {
+            Some(a) => Ok(a.clone()),
+            None => Ok(AgentId::current()?),
+        }
+    }
+
+    /// Best effort: the abort itself already ended the wait.
+    fn tell_victim(&self, d: &Deadlock) {
+        let r = (|| -> Result<()> {
+            let msg = Message::new(
+                self.sender_id()?,
+                Recipients::Agent(d.victim.clone()),
+                VictimNotice::new(d),
+            );
+            maos_comm::FileChannel::inbox(&self.ws, &d.victim)
+                .and_then(|ch| ch.send_blocking(&msg))
+                .map_err(Error::Broadcast)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!(victim = %d.victim, error = &e as &dyn std::error::Error, "cannot tell the deadlock victim");
+        }
     }
 
     fn report(&self, d: &Deadlock, applied: bool) -> Result<()> {
-        let sender = match &self.sender {
-            Some(a) => a.clone(),
-            None => AgentId::current()?,
-        };
         let note = DeadlockNotification {
             detected_at: now_ms(),
             involved_agents: d.agents.clone(),
@@ -414,11 +803,12 @@ impl DeadlockDetector {
                 victim: d.victim.clone(),
                 ticket: d.victim_ticket,
                 resource: d.victim_resource.clone(),
+                release: d.release.clone(),
                 rule: VICTIM_RULE.to_owned(),
                 applied,
             },
         };
-        maos_comm::BroadcastChannel::new(&self.ws, sender)
+        maos_comm::BroadcastChannel::new(&self.ws, self.sender_id()?)
             .broadcast_blocking(DEADLOCK_TOPIC, &note)
             .map_err(Error::Broadcast)?;
         Ok(())
@@ -433,9 +823,10 @@ impl DeadlockDetector {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let w = watch.clone();
+        let dir = shared.dir.clone();
         let thread = std::thread::Builder::new()
             .name("maos-deadlock-monitor".into())
-            // Tarjan recurses once per agent on a wait chain: room for very long chains.
+            // Tarjan recurses once per node on a wait chain: room for very long chains.
             .stack_size(64 << 20)
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
@@ -449,11 +840,11 @@ impl DeadlockDetector {
                     w.wait_blocking(
                         Signal::Change,
                         seen,
-                        crate::watch::deadline_after(Instant::now(), interval),
+                        maos_core::deadline_after(Instant::now(), interval),
                     );
                 }
             })
-            .map_err(|e| Error::io("spawn thread", self_dir(&shared), e))?;
+            .map_err(|e| Error::io("spawn thread", dir, e))?;
         Ok(Monitor {
             stop,
             watch,
@@ -468,7 +859,7 @@ impl DeadlockDetector {
         let watch = shared.watch();
         loop {
             let seen = watch.generation(Signal::Change);
-            let (back, r) = crate::asyncify("deadlock check", &self_dir(&shared), move || {
+            let (back, r) = crate::asyncify("deadlock check", &shared.dir, move || {
                 let r = self.check();
                 Ok((self, r))
             })
@@ -484,15 +875,11 @@ impl DeadlockDetector {
                 .wait_async(
                     Signal::Change,
                     seen,
-                    crate::watch::deadline_after(Instant::now(), interval),
+                    maos_core::deadline_after(Instant::now(), interval),
                 )
                 .await;
         }
     }
-}
-
-fn self_dir(s: &Shared) -> std::path::PathBuf {
-    s.dir.clone()
 }
 
 /// A running deadlock monitor; dropping it stops the thread.
@@ -515,96 +902,4 @@ impl Drop for Monitor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(s: &str) -> AgentId {
-        AgentId::new(s).unwrap()
-    }
-
-    fn edge(w: &str, h: &str, ticket: u64) -> WaitEdge {
-        WaitEdge {
-            waiter: a(w),
-            holder: a(h),
-            resource: ResourceName::new("r").unwrap(),
-            ticket,
-            since: ticket,
-        }
-    }
-
-    #[test]
-    fn cycles_are_found_and_the_youngest_wait_is_the_victim() {
-        let mut g = WaitForGraph::default();
-        g.add(edge("a", "b", 1));
-        g.add(edge("b", "c", 5));
-        g.add(edge("c", "a", 3));
-        g.add(edge("d", "a", 9)); // waits on the cycle, not part of it
-        g.add(edge("e", "e", 10)); // self-waits are ignored
-        let d = g.deadlocks();
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].agents, vec![a("a"), a("b"), a("c")]);
-        assert_eq!(d[0].victim, a("b"));
-        assert_eq!(d[0].victim_ticket, 5);
-        assert_eq!(d[0].waits.len(), 3);
-    }
-
-    #[test]
-    fn chains_are_not_deadlocks() {
-        let mut g = WaitForGraph::default();
-        g.add(edge("a", "b", 1));
-        g.add(edge("b", "c", 2));
-        assert!(g.deadlocks().is_empty());
-    }
-
-    #[test]
-    fn a_cycle_that_resolved_itself_meanwhile_aborts_nobody() {
-        use crate::store::{LockMode, WaiterInfo};
-        let d = tempfile::tempdir().unwrap();
-        let ws = Workspace::init(d.path()).unwrap();
-        let r = |s: &str| ResourceName::new(s).unwrap();
-        let gx = crate::FileLock::new(&ws, r("x"))
-            .agent(a("a"))
-            .try_acquire("x")
-            .unwrap()
-            .unwrap();
-        let _gy = crate::FileLock::new(&ws, r("y"))
-            .agent(a("b"))
-            .try_acquire("y")
-            .unwrap()
-            .unwrap();
-        // a waits for y, b waits for x (queue entries of agent-level waits).
-        Shared::of(&ws)
-            .unwrap()
-            .locked(|l| {
-                let (mut t, _) = l.load_table()?;
-                for (agent, res) in [("a", "y"), ("b", "x")] {
-                    let ticket = t.take_ticket();
-                    t.waiters.push(WaiterInfo {
-                        ticket,
-                        resource: r(res),
-                        mode: LockMode::Exclusive,
-                        agent: a(agent),
-                        process: None,
-                        live: None,
-                        since: now_ms(),
-                        purpose: String::new(),
-                        aborted: None,
-                    });
-                }
-                l.save_table(&t)
-            })
-            .unwrap();
-        let det = DeadlockDetector::new(&ws).broadcast(false).resolve(true);
-        let found = det.detect().unwrap();
-        assert_eq!(found.len(), 1);
-        // Before the resolution runs, a's lock on x is released: no cycle any more.
-        gx.release().unwrap();
-        assert!(!det.abort(&found[0]).unwrap());
-        let snap = crate::LockTable::open(&ws).unwrap().snapshot().unwrap();
-        assert!(
-            snap.waiters.iter().all(|w| w.aborted.is_none()),
-            "a wait was aborted although its cycle no longer exists: {:?}",
-            snap.waiters
-        );
-    }
-}
+mod tests;

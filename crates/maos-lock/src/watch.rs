@@ -3,37 +3,34 @@
 //!
 //! Two signals:
 //! - *wake*: a queued waiter's own `wake/<ticket>` file was written (whoever removed the
-//!   entry that blocked it signals it), or a liveness file was closed by the last process
-//!   holding it open (a holder died or exited: its kernel lock is gone). Only the waiters
-//!   concerned wake, not every process.
-//! - *change*: a state file (`table.0`/`table.1` written, `advisory.json` replaced); for monitors and
-//!   advisory waiters.
+//!   entry that blocked it signals it), or the liveness file of one of its blockers was
+//!   closed by the last process holding it open (a holder died or exited: its kernel lock is
+//!   gone). Only the waiters concerned wake, not every process.
+//! - *change*: the table (`index`) or the advisory interests were written, or any liveness
+//!   file closed; for monitors and advisory waiters.
 //!
 //! Events are hints: a waiter always re-reads the table under the guard, and re-checks after
 //! [`FALLBACK`] anyway (lost events, network file systems).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
 
-use crate::store::{ADVISORY, LIVE_DIR, TABLE_SLOTS, WAKE_DIR};
+use crate::store::live::{LIVE_DIR, WAKE_DIR};
+use crate::store::table::INDEX;
+
+/// Base name of the advisory slots (`advisory.0`, `advisory.1`).
+pub(crate) const ADVISORY: &str = "advisory";
 
 /// Longest sleep without an event while the watch works.
 pub(crate) const FALLBACK: Duration = Duration::from_secs(1);
 /// Longest sleep without an event when no watch could be set up (backs off from 5 ms).
 const NO_WATCH_MAX: Duration = Duration::from_millis(250);
 
-/// `start + d`, or a point about a century ahead when that is not representable (a caller's
-/// `Duration::MAX` means "wait forever", not a panic).
-pub(crate) fn deadline_after(start: Instant, d: Duration) -> Instant {
-    start
-        .checked_add(d)
-        .or_else(|| start.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(start)
-}
+pub(crate) use maos_core::deadline_after;
 
 /// A duration in whole milliseconds, saturating at `u64::MAX`.
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -62,6 +59,9 @@ struct Inner {
     wake_notify: tokio::sync::Notify,
     change_notify: tokio::sync::Notify,
     tickets: Mutex<HashSet<u64>>,
+    /// Liveness files of the blockers of this process's waiters (with how many waiters
+    /// care about each).
+    lives: Mutex<HashMap<String, usize>>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,7 +115,7 @@ impl Inner {
                 .and_then(|d| d.to_str());
             match dir {
                 Some(LIVE_DIR) if closed => {
-                    wake = true;
+                    wake |= relock(&self.lives).contains_key(name);
                     change = true;
                 }
                 Some(WAKE_DIR)
@@ -126,10 +126,15 @@ impl Inner {
                 {
                     wake = true;
                 }
-                _ if TABLE_SLOTS.contains(&name) => {
+                _ if name == INDEX => {
                     change |= matches!(ev.kind, notify::EventKind::Modify(_));
                 }
-                _ if name == ADVISORY => change = true,
+                _ if name
+                    .strip_prefix(ADVISORY)
+                    .is_some_and(|r| r.starts_with('.')) =>
+                {
+                    change |= matches!(ev.kind, notify::EventKind::Modify(_));
+                }
                 _ => {}
             }
         }
@@ -185,6 +190,28 @@ impl DirWatch {
     /// Stops routing `wake/<ticket>` events.
     pub(crate) fn unregister(&self, ticket: u64) {
         relock(&self.inner.tickets).remove(&ticket);
+    }
+
+    /// Routes the closing of these liveness files (their holders' deaths) to this
+    /// process's waiters.
+    pub(crate) fn register_lives(&self, names: &[String]) {
+        let mut m = relock(&self.inner.lives);
+        for n in names {
+            *m.entry(n.clone()).or_default() += 1;
+        }
+    }
+
+    /// Undoes [`DirWatch::register_lives`].
+    pub(crate) fn unregister_lives(&self, names: &[String]) {
+        let mut m = relock(&self.inner.lives);
+        for n in names {
+            if let Some(c) = m.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(n);
+                }
+            }
+        }
     }
 
     /// A signal's counter: read it before looking at the state, then wait for it to move.

@@ -246,11 +246,11 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
 #[test]
 fn a_corrupt_workspace_denies_edits_with_a_clear_reason() {
     let r = repo();
-    // The lock table is unreadable: both slots garbage.
+    // The lock table is unreadable: its index and its documents garbage.
     let locks = r.main.join(".maos/locks");
     std::fs::create_dir_all(&locks).unwrap();
-    for slot in ["table.0", "table.1"] {
-        std::fs::write(locks.join(slot), b"garbage that is not a table slot").unwrap();
+    for file in ["index", "cells"] {
+        std::fs::write(locks.join(file), b"garbage that is not a lock table file").unwrap();
     }
     let file = r.wt_b.join("src/api.rs");
     let (_, d) = hook(&r.wt_b, "PreToolUse", &edit("sess-b", &r.wt_b, &file));
