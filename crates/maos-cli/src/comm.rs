@@ -385,7 +385,7 @@ fn print_topic(ctx: &Ctx, m: &TopicMessage<Value>) -> anyhow::Result<()> {
     let line = TopicLine {
         topic: &m.topic,
         position: m.position,
-        feed_position: m.feed_position,
+        feed_position: m.position,
         message: &m.message,
     };
     ctx.emit_line(&line, || {
@@ -411,7 +411,7 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let mut handle = |sub: &mut Subscription, m: &TopicMessage<Value>| -> anyhow::Result<bool> {
         print_topic(ctx, m)?;
         if durable {
-            sub.ack_through(m.feed_position)?;
+            sub.ack_through(m.position)?;
         }
         printed += 1;
         Ok(printed >= limit)

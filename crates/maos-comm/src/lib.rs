@@ -45,8 +45,11 @@
 //!   `.maos/` can read every message.
 //! - A consumer name is meant for one reader at a time.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod broadcast;
 mod channel;
+mod envelope;
 mod error;
 mod log;
 mod pubsub;
@@ -55,14 +58,36 @@ mod retention;
 mod watch;
 
 pub use broadcast::{
-    BroadcastChannel, BroadcastNotification, GLOBAL_FEED, TOPIC_PREFIX, topic_channel,
+    BroadcastChannel, FEED_KEEP_CONFIG_KEY, FEED_KEEP_SEGMENTS, FEED_SEGMENT_SIZE, GLOBAL_FEED,
+    TOPIC_PREFIX, feed_options, topic_channel,
 };
 pub use channel::{
     Batch, CHANNEL_DATA_DIR, ChannelOptions, ChannelStats, Consumer, DEFAULT_MAX_MESSAGE,
-    DEFAULT_SEGMENT_SIZE, Delivered, FileChannel, Filter, Pruned, Receipt,
+    DEFAULT_RESERVE, DEFAULT_SEGMENT_SIZE, Delivered, FileChannel, Filter, Pruned, Receipt,
+    direct_channel,
 };
+pub use envelope::RawPayload;
 pub use error::{Error, Result};
-pub use log::{Cursor, Problem};
+pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
 pub use watch::{ChannelWatcher, Notice};
+
+/// Runs the blocking operation `op` on `channel` on tokio's blocking pool: the one way this
+/// crate's async methods call their blocking twins, and the one place where a background task
+/// that panicked or was cancelled becomes an error ([`Error::Background`]), as `tokio::fs`
+/// does with its `asyncify`.
+pub(crate) async fn asyncify<F, T>(channel: &str, op: &'static str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Background {
+            channel: channel.to_string(),
+            op,
+            reason: e.to_string(),
+        }),
+    }
+}
