@@ -476,3 +476,33 @@ fn writers_prune_by_themselves_when_told_to() {
     assert_eq!(b.records.first().unwrap().position, to + 1);
     assert_eq!(b.records.last().unwrap().position, 200);
 }
+
+/// Issue 11, item 4: a record is readable before its `fdatasync`; a consumer that acknowledges
+/// it must not store a cursor that a power cut could leave ahead of the log. The
+/// acknowledgement makes the record durable first.
+#[test]
+fn an_acknowledged_cursor_is_never_ahead_of_the_log_after_a_power_cut() {
+    use maos_core::fsx::sim::{Cut, Recording};
+    let (d, l) = log();
+    send(&l, 1);
+    let rec = Recording::start(d.path()).unwrap();
+    // A sender writes record 2 and dies before its fdatasync.
+    let p = l.append_unsynced(&[&msg(2)]).unwrap();
+    assert_eq!(p, 2);
+    // A reader sees it and acknowledges it: what Consumer::ack does before storing.
+    let b = read_all(&l, Cursor::start());
+    assert_eq!(positions(&b), [1, 2]);
+    l.make_durable_through(b.cursor.position).unwrap();
+    let stored = d.path().join("cursor.json");
+    maos_core::fsx::write_json_replace(&stored, &b.cursor).unwrap();
+    // The power fails right after the acknowledgement is durable.
+    let img = tempfile::tempdir().unwrap();
+    rec.image(&Cut::durable_only(rec.len()), img.path()).unwrap();
+    let after = Log::new("t".into(), img.path().join(".chan"), config("boot-2"));
+    let cursor: Cursor =
+        serde_json::from_slice(&std::fs::read(img.path().join("cursor.json")).unwrap()).unwrap();
+    assert_eq!(cursor.position, 2);
+    let b = read_all(&after, cursor);
+    assert_eq!(b.ahead, None, "the acknowledged record was lost");
+    assert_eq!(positions(&read_all(&after, Cursor::start())), [1, 2]);
+}

@@ -537,3 +537,12 @@ impl Log {
         st.active.as_ref().is_some_and(|a| a.len == 0)
     }
 }
+
+#[cfg(test)]
+impl Log {
+    /// What a sender killed between its write and its `fdatasync` leaves: visible records
+    /// that are not durable.
+    pub(crate) fn append_unsynced(&self, msgs: &[&[u8]]) -> Result<u64> {
+        self.locked(|st| self.append_locked(st, msgs)).map(|(_, first)| first)
+    }
+}
