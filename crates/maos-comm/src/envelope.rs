@@ -44,10 +44,6 @@ impl Envelope {
         &self.sender
     }
 
-    pub(crate) fn timestamp(&self) -> u64 {
-        self.timestamp
-    }
-
     /// The message with its payload decoded as `T`.
     pub(crate) fn into_message<T: DeserializeOwned>(
         self,

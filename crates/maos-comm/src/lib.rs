@@ -51,6 +51,7 @@ mod broadcast;
 mod channel;
 mod envelope;
 mod error;
+mod inbox;
 mod log;
 mod pubsub;
 mod record;
@@ -68,6 +69,7 @@ pub use channel::{
 };
 pub use envelope::RawPayload;
 pub use error::{Error, Result};
+pub use inbox::{DEFAULT_INBOX_BATCH, Inbox, InboxBatch, InboxItem, InboxWatcher, Unread};
 pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
