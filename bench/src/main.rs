@@ -4,6 +4,7 @@
 //! Usage: `maos-bench [--write-docs] [FILTER..]`; a filter selects benchmarks whose group
 //! name contains it.
 
+mod agents;
 mod comm;
 mod core;
 mod lock;
@@ -44,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("merge") {
         merge::run(&mut table)?;
+    }
+    if selected("agents") {
+        agents::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");

@@ -11,6 +11,10 @@ use serde::Serialize;
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) root: PathBuf,
+    /// `--workspace` / `MAOS_WORKSPACE`, as given.
+    pub(crate) explicit_workspace: Option<PathBuf>,
+    /// `--agent` / `MAOS_AGENT_ID`, as given (non-empty).
+    pub(crate) explicit_agent: Option<String>,
     pub(crate) discovery: Discovery,
     pub(crate) agent: AgentId,
     pub(crate) json: bool,
@@ -23,12 +27,15 @@ impl Ctx {
         json: bool,
     ) -> anyhow::Result<Self> {
         let (root, discovery) = Workspace::discover(workspace).context("locating the workspace")?;
+        let agent_arg = agent;
         let agent = match agent {
             Some(a) if !a.is_empty() => AgentId::new(a).context("--agent / MAOS_AGENT_ID")?,
             _ => AgentId::current()?,
         };
         Ok(Self {
             root,
+            explicit_workspace: workspace.map(Path::to_path_buf),
+            explicit_agent: agent_arg.filter(|a| !a.is_empty()).map(str::to_owned),
             discovery,
             agent,
             json,

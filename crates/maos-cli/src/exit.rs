@@ -50,9 +50,26 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code for an error returned by a command.
+/// The exit code for an error returned by a command (or an MCP tool): a [`Failure`]'s own, a
+/// lock wait that timed out or a kernel lock that could not be had is busy (3), a wait aborted
+/// to break a deadlock is 5, anything else 1.
 pub(crate) fn code_of(err: &anyhow::Error) -> Exit {
+    use maos_coordination::core::Error as CoreError;
+    use maos_coordination::lock::Error as LockError;
     err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code))
+        .find_map(|e| {
+            if let Some(f) = e.downcast_ref::<Failure>() {
+                return Some(f.code);
+            }
+            match e.downcast_ref::<LockError>() {
+                Some(LockError::Timeout { .. }) => return Some(Exit::Busy),
+                Some(LockError::Deadlock { .. }) => return Some(Exit::Deadlock),
+                _ => {}
+            }
+            match e.downcast_ref::<CoreError>() {
+                Some(CoreError::LockTimeout { .. }) => Some(Exit::Busy),
+                _ => None,
+            }
+        })
         .unwrap_or(Exit::Error)
 }

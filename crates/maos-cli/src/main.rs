@@ -8,9 +8,12 @@ mod agents;
 mod comm;
 mod ctx;
 mod demo;
+mod doctor;
 mod duration;
 mod exit;
+mod hook;
 mod lock;
+mod mcp;
 mod merge;
 mod status;
 mod task;
@@ -66,6 +69,9 @@ enum Command {
     Agents(agents::AgentsCommand),
     /// Show what the workspace holds.
     Status,
+    /// Check every file of the workspace; --repair fixes what can be fixed without losing
+    /// acknowledged data (quarantining what it removes). Exit 1 while problems remain.
+    Doctor(doctor::DoctorArgs),
     /// Run a real multi-agent session in a temporary workspace.
     Demo(demo::DemoArgs),
     // Messages: send, recv, broadcast, subscribe, channels (top-level commands).
@@ -83,6 +89,11 @@ enum Command {
     /// Merges: check, prepare, resolve, run, queue.
     #[command(subcommand)]
     Merge(merge::MergeCommand),
+    /// Serve MCP on stdio for one agent session (Claude Code, Codex, Gemini CLI, Cursor).
+    Mcp(mcp::McpArgs),
+    /// Hooks for the tools agents work in: Claude Code (`claude EVENT`), git, and `install`.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 }
 
 fn init_tracing(verbose: u8, quiet: u8) {
@@ -144,11 +155,14 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Init => status::init(ctx),
         Command::Agents(cmd) => agents::run(cmd, ctx),
         Command::Status => status::status(ctx),
+        Command::Doctor(args) => doctor::run(args, ctx),
         Command::Demo(args) => demo::run(args, ctx),
         Command::Comm(cmd) => comm::run(cmd, ctx),
         Command::Lock(cmd) => lock::run(cmd, ctx),
         Command::Deadlock(cmd) => lock::run_deadlock(cmd, ctx),
         Command::Task(cmd) => task::run(cmd, ctx),
         Command::Merge(cmd) => merge::run(cmd, ctx),
+        Command::Hook(cmd) => hook::run(cmd, ctx),
+        Command::Mcp(args) => mcp::run(args, ctx),
     }
 }

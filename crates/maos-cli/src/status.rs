@@ -96,9 +96,12 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
             st.agents,
             st.agents_alive
         );
-        for sec in &st.sections {
-            s.push_str(&format!("{:<10} {} files, {} bytes\n", sec.name, sec.files, sec.bytes));
-        }
+        let disk: Vec<String> = st
+            .sections
+            .iter()
+            .map(|sec| format!("{} {} files {} bytes", sec.name, sec.files, sec.bytes))
+            .collect();
+        s.push_str(&format!("on disk    {}\n", disk.join(", ")));
         s
     })?;
     Ok(Exit::Ok)

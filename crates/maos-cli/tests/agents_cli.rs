@@ -1,6 +1,9 @@
 //! Agent identity and liveness through the real binary: an agent whose every command runs in
 //! a fresh shell stays alive (issue: its task was re-assigned as "agent died").
 
+// Helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

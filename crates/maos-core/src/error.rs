@@ -120,6 +120,21 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The state directory can be written by someone maos does not trust.
+    #[error(
+        "refusing to use {}: {problem}; other users could release your locks and send as your \
+         agents. Fix it with `chmod -R go-w {}` (and chown it to yourself), or set \
+         MAOS_ALLOW_SHARED_WORKSPACE=1 to accept a group-writable one",
+        path.display(),
+        path.display()
+    )]
+    UnsafePermissions {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// Something other than a regular file sits where maos keeps one.
     #[error(
         "{path} is a {kind}, not a regular file; maos never creates one there: move it away \

@@ -469,6 +469,21 @@ impl AgentRegistry {
         Ok(rec)
     }
 
+    /// Removes the anchors of client session `session` from `id`'s record (the session ended
+    /// while another session of the agent goes on). Returns the record as written.
+    pub fn remove_session(&self, id: &AgentId, session: &str) -> Result<Option<AgentRecord>> {
+        let lock = self.lock()?;
+        let _g = lock.exclusive(fsx::DEFAULT_GUARD_TIMEOUT)?;
+        let Some(mut rec) = self.get(id)? else {
+            return Ok(None);
+        };
+        let mut anchors = rec.anchor_list().into_owned();
+        anchors.retain(|a| a.session.as_deref() != Some(session));
+        rec.anchors = Some(anchors);
+        fsx::write_json_replace(&self.path_of(id), &rec)?;
+        Ok(Some(rec))
+    }
+
     /// The liveness of `id`, or `None` when it is not registered.
     pub fn liveness_of(&self, id: &AgentId) -> Result<Option<Liveness>> {
         Ok(self.get(id)?.map(|r| r.liveness()))
