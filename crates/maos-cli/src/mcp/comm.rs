@@ -194,7 +194,7 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
         found.extend(sub.poll_blocking::<Value>()?);
     }
     if let Some(last) = found.last() {
-        sub.ack_through(last.feed_position)?;
+        sub.ack_through(last.position)?;
     }
     let messages: Vec<Value> = found
         .iter()
