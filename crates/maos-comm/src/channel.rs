@@ -131,7 +131,7 @@ impl ChannelOptions {
         self
     }
 
-    fn log_config(&self) -> LogConfig {
+    pub(crate) fn log_config(&self) -> LogConfig {
         LogConfig {
             segment_size: self.segment_size.max(1),
             lock_timeout: self.lock_timeout,
@@ -314,7 +314,8 @@ impl std::fmt::Debug for FileChannel {
 }
 
 impl FileChannel {
-    /// Opens (creating its directory if needed) the channel `name` with default options.
+    /// Opens the channel `name` with default options. Nothing is created until the first
+    /// message is sent (or a watcher needs the directory to watch).
     pub fn open(ws: &Workspace, name: ChannelName) -> Result<Self> {
         Self::open_with(ws, name, ChannelOptions::default())
     }
@@ -348,14 +349,18 @@ impl FileChannel {
         Self::open(ws, direct_channel(agent)?)
     }
 
-    /// Opens the channel `name` with `options`, creating its directory if needed.
+    /// Opens the channel `name` with `options` (nothing is created yet).
     pub fn open_with(ws: &Workspace, name: ChannelName, options: ChannelOptions) -> Result<Self> {
-        let ch = Self::build(ws, name, options)?;
-        if matches!(ch.inner.kind, Kind::Plain | Kind::Feed) && !ch.inner.log.exists() {
-            let name = ch.inner.name.as_str();
-            fsx::create_dir_private(&ch.inner.log.dir).map_err(|e| Error::core(name, e))?;
+        Self::build(ws, name, options)
+    }
+
+    /// Creates the channel's directory if it does not exist (watchers need one to watch).
+    pub(crate) fn ensure_dir(&self) -> Result<()> {
+        if self.inner.log.exists() {
+            return Ok(());
         }
-        Ok(ch)
+        fsx::create_dir_private(&self.inner.log.dir)
+            .map_err(|e| Error::core(self.inner.name.as_str(), e))
     }
 
     fn build(ws: &Workspace, name: ChannelName, mut options: ChannelOptions) -> Result<Self> {

@@ -49,6 +49,7 @@
 
 mod broadcast;
 mod channel;
+mod doctor;
 mod envelope;
 mod error;
 mod inbox;
@@ -67,6 +68,7 @@ pub use channel::{
     DEFAULT_RESERVE, DEFAULT_SEGMENT_SIZE, Delivered, FileChannel, Filter, Pruned, Receipt,
     direct_channel,
 };
+pub use doctor::doctor;
 pub use envelope::RawPayload;
 pub use error::{Error, Result};
 pub use inbox::{DEFAULT_INBOX_BATCH, Inbox, InboxBatch, InboxItem, InboxWatcher, Unread};

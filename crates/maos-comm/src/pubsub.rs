@@ -301,6 +301,7 @@ impl Subscription {
     /// plus a fallback timer, as [`crate::ChannelWatcher`]).
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<TopicMessage<T>> {
         if self.waker.is_none() {
+            self.feed.ensure_dir()?;
             self.waker = Some(DirWaker::new(
                 GLOBAL_FEED,
                 self.feed.dir(),

@@ -128,6 +128,7 @@ impl ChannelWatcher {
     pub fn new(channel: FileChannel) -> Result<Self> {
         let agent = AgentId::current().map_err(|e| Error::core(channel.name().as_str(), e))?;
         let filter = Filter::for_agent(channel.workspace(), agent)?;
+        channel.ensure_dir()?;
         let waker = DirWaker::new(
             channel.name().as_str(),
             channel.dir(),
@@ -140,6 +141,7 @@ impl ChannelWatcher {
     /// Watches `channel` from `cursor` (for instance `Cursor::after(receipt.position)` to see
     /// the replies to a message just sent), delivering what `filter` accepts.
     pub fn from_cursor(channel: FileChannel, cursor: Cursor, filter: Filter) -> Result<Self> {
+        channel.ensure_dir()?;
         let waker = DirWaker::new(
             channel.name().as_str(),
             channel.dir(),
@@ -257,6 +259,7 @@ impl FileChannel {
         let deadline = std::time::Instant::now() + timeout;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let _watcher = if self.options().file_events {
+            self.ensure_dir()?;
             let err = |source| Error::Watch {
                 channel: self.name().to_string(),
                 path: self.dir().to_path_buf(),

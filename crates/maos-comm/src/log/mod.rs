@@ -29,7 +29,7 @@ mod quarantine;
 mod read;
 mod retention;
 mod state;
-mod tail;
+pub(crate) mod tail;
 mod write;
 
 pub(crate) use state::{Epoch, Jump};

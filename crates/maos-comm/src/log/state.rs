@@ -90,13 +90,20 @@ pub(crate) struct Epoch {
 }
 
 impl Epoch {
-    /// The recorded cause of a gap `from..=to` seen by a reader.
+    /// The recorded cause of a gap `from..=to` seen by a reader: of the jumps that overlap
+    /// it, the gravest (damage before unknown before restart).
     pub(crate) fn cause_of(&self, from: u64, to: u64) -> GapCause {
+        let rank = |c: GapCause| match c {
+            GapCause::Damage => 2,
+            GapCause::Unknown => 1,
+            GapCause::Restart => 0,
+        };
         self.jumps
             .iter()
-            .rev()
-            .find(|j| j.from <= to && from <= j.to)
-            .map_or(GapCause::Unknown, |j| j.cause)
+            .filter(|j| j.from <= to && from <= j.to)
+            .map(|j| j.cause)
+            .max_by_key(|c| rank(*c))
+            .unwrap_or(GapCause::Unknown)
     }
 
     pub(crate) fn push_jump(&mut self, jump: Jump) {

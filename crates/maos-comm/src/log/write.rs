@@ -532,6 +532,21 @@ impl Log {
         Ok(st.active.as_ref().map_or(0, |a| a.last))
     }
 
+    /// Under the lock: makes the head hint unusable, so the next writer (in any process)
+    /// decides from the durable state (`epoch.json`) and the segments.
+    pub(crate) fn invalidate_head(&self, st: &mut WriterState) {
+        self.write_head(
+            st,
+            &Head {
+                segment: 1,
+                last: 0,
+                reserved: 0,
+                boot: String::new(),
+            },
+        );
+        st.active = None;
+    }
+
     /// Under the lock: whether the active segment holds no record.
     pub(crate) fn active_is_empty(&self, st: &WriterState) -> bool {
         st.active.as_ref().is_some_and(|a| a.len == 0)
