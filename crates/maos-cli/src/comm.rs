@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use maos_coordination::comm::{
-    BroadcastChannel, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap, GapCause,
+    BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap, GapCause,
     Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
-    TopicMessage, channel_stats,
+    TopicMessage, channel_stats, feed_options,
 };
 use maos_coordination::core::{Name, escape_controls, excerpt};
 use maos_coordination::{
@@ -65,6 +65,10 @@ pub(crate) struct SendArgs {
     /// once it is durable.
     #[arg(long, group = "input")]
     stdin: bool,
+    /// How long to wait for the channel's lock when another process holds it (exit 3 after,
+    /// naming the holder).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +110,10 @@ pub(crate) struct BroadcastArgs {
     /// The payload, a JSON value (passed through byte for byte).
     #[arg(long, value_name = "JSON")]
     data: String,
+    /// How long to wait for the broadcast feed's lock when another process holds it (exit 3
+    /// after, naming the holder).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -251,7 +259,7 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     // Check the input before touching the workspace.
     let first = a.data.as_deref().map(|d| parse_json(d, "--data")).transpose()?;
     let ws = ctx.workspace()?;
-    let ch = FileChannel::open(&ws, name)?;
+    let ch = FileChannel::open_with(&ws, name, ChannelOptions::default().lock_timeout(a.wait))?;
     let send_one = |payload: RawPayload| -> anyhow::Result<()> {
         let msg = Message::new(ctx.agent.clone(), recipients.clone(), payload);
         let r = ch.send_blocking(&msg)?;
@@ -513,7 +521,11 @@ struct BroadcastLine<'a> {
 fn broadcast(a: BroadcastArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let payload = parse_json(&a.data, "--data")?;
     let ws = ctx.workspace()?;
-    let b = BroadcastChannel::new(&ws, ctx.agent.clone());
+    let b = BroadcastChannel::with_options(
+        &ws,
+        ctx.agent.clone(),
+        feed_options(&ws).lock_timeout(a.wait),
+    );
     let r = b.broadcast_blocking(&a.topic, &payload)?;
     let line = BroadcastLine {
         topic: &a.topic,
