@@ -103,33 +103,30 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
         anyhow::ensure!(st.success(), "maos --version failed");
     }
     let base_p50 = median_us(&mut base) / 1000.0;
-    for (name, samples, p, target_ms) in [
+    let rows = [
         (
             "PreToolUse (Edit) hook, 1,000 locks, 10 agents (p50)",
-            &mut pre_t,
-            50.0,
+            percentile_us(&mut pre_t, 50.0),
             5.0,
         ),
         (
             "PreToolUse (Edit) hook, 1,000 locks, 10 agents (p99)",
-            &mut pre_t,
-            99.0,
+            percentile_us(&mut pre_t, 99.0),
             20.0,
         ),
         (
             "PostToolUse (Edit) hook, 1,000 locks, 10 agents (p50)",
-            &mut post_t,
-            50.0,
+            percentile_us(&mut post_t, 50.0),
             5.0,
         ),
         (
             "PostToolUse (Edit) hook, 1,000 locks, 10 agents (p99)",
-            &mut post_t,
-            99.0,
+            percentile_us(&mut post_t, 99.0),
             20.0,
         ),
-    ] {
-        let v = percentile_us(samples, p) / 1000.0;
+    ];
+    for (name, us, target_ms) in rows {
+        let v = us / 1000.0;
         table.push(Row {
             group: "agents",
             name: name.into(),

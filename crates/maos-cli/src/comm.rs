@@ -184,7 +184,7 @@ pub(crate) struct PruneArgs {
 }
 
 pub(crate) fn run(cmd: CommCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let res = match cmd {
+    match cmd {
         CommCommand::Send(a) => send(a, ctx),
         CommCommand::Recv(a) => recv(a, ctx),
         CommCommand::Broadcast(a) => broadcast(a, ctx),
@@ -195,19 +195,6 @@ pub(crate) fn run(cmd: CommCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             ChannelsCommand::List => channels(ctx),
             ChannelsCommand::Prune(p) => prune(p, ctx),
         },
-    };
-    res.map_err(busy_on_timeout)
-}
-
-/// A channel whose kernel lock another process held past the timeout is "busy" (exit 3).
-fn busy_on_timeout(err: anyhow::Error) -> anyhow::Error {
-    let timed_out = err
-        .chain()
-        .any(|e| e.downcast_ref::<maos_coordination::comm::Error>().is_some_and(|c| c.is_timeout()));
-    if timed_out {
-        Failure::error(Exit::Busy, format!("{err:#}"))
-    } else {
-        err
     }
 }
 

@@ -69,11 +69,11 @@ impl Ctx {
         human: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            outln!("{}", serde_json::to_string_pretty(value)?)?;
         } else {
             let text = human();
             if !text.is_empty() {
-                println!("{}", text.trim_end());
+                outln!("{}", text.trim_end())?;
             }
         }
         Ok(())
@@ -85,15 +85,29 @@ impl Ctx {
         value: &T,
         human: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
         if self.json {
-            serde_json::to_writer(&mut out, value)?;
-            writeln!(out)?;
+            outln!("{}", serde_json::to_string(value)?)
         } else {
-            writeln!(out, "{}", human())?;
+            outln!("{}", human())
         }
-        out.flush()?;
-        Ok(())
     }
+}
+
+/// Writes `args` to stdout, flushed; a reader that went away is [`StdoutClosed`], which ends
+/// the command quietly (see `main`). Use through [`outln!`] and [`out!`].
+///
+/// [`StdoutClosed`]: crate::exit::StdoutClosed
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush())
+        .map_err(crate::exit::stdout_error)
 }

@@ -321,7 +321,7 @@ fn run_command(
         tracing::warn!(resource = %res, "the lock was lost while the command ran");
     }
     if let Err(e) = released {
-        eprintln!("maos: {e}");
+        eprintln!("maos: {:#}", anyhow::Error::new(e));
     }
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {

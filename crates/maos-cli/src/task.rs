@@ -245,7 +245,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             None => {
                 // Scripts reading JSON get a document either way: `null` means nothing.
                 if ctx.json {
-                    println!("null");
+                    outln!("null")?;
                 }
                 return Err(exit::Failure::error(
                     Exit::Busy,
@@ -264,16 +264,16 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         TaskCommand::Gantt => {
             let tasks = tracker.list_blocking()?;
-            print!(
+            out!(
                 "{}",
                 track::gantt(&tasks, maos_coordination::core::now_ms())
-            );
+            )?;
         }
         TaskCommand::Graph { format } => {
             let tasks = tracker.list_blocking()?;
             match format {
-                GraphFormat::Dot => print!("{}", track::dot(&tasks)),
-                GraphFormat::Mermaid => print!("{}", track::mermaid_flowchart(&tasks)),
+                GraphFormat::Dot => out!("{}", track::dot(&tasks))?,
+                GraphFormat::Mermaid => out!("{}", track::mermaid_flowchart(&tasks))?,
             }
         }
         TaskCommand::Watch {

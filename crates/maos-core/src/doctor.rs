@@ -60,6 +60,7 @@ impl Finding {
     }
 
     /// Marks it repaired.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn repaired(mut self) -> Self {
         self.repaired = true;
         self

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system call on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done (`open`, `write`, `rename`, ...).
         op: &'static str,
@@ -81,7 +81,7 @@ pub enum Error {
     },
 
     /// A value could not be serialised.
-    #[error("cannot serialise {what}: {source}")]
+    #[error("cannot serialise {what}")]
     Serialize {
         /// What was being serialised.
         what: String,

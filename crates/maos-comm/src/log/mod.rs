@@ -337,9 +337,10 @@ impl Log {
         self.dir.join(LOCK_FILE)
     }
 
-    /// True when the channel's directory exists.
+    /// False only when nothing is at the channel's directory (something else there is not
+    /// "missing": reading it reports what it is).
     pub(crate) fn exists(&self) -> bool {
-        std::fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir())
+        !matches!(std::fs::symlink_metadata(&self.dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     }
 
     /// Lists the segments; moves foreign files to `quarantine/`, reporting them in `problems`.
