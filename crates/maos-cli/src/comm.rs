@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use maos_coordination::comm::{
-    BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap, GapCause,
-    Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
+    BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap,
+    GapCause, Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
     TopicMessage, channel_stats, feed_options,
 };
 use maos_coordination::core::{Name, escape_controls, excerpt};
@@ -244,7 +244,11 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let name = channel_name(&a.channel)?;
     let recipients = recipients(&a)?;
     // Check the input before touching the workspace.
-    let first = a.data.as_deref().map(|d| parse_json(d, "--data")).transpose()?;
+    let first = a
+        .data
+        .as_deref()
+        .map(|d| parse_json(d, "--data"))
+        .transpose()?;
     let ws = ctx.workspace()?;
     let ch = FileChannel::open_with(&ws, name, ChannelOptions::default().lock_timeout(a.wait))?;
     let send_one = |payload: RawPayload| -> anyhow::Result<()> {
@@ -276,7 +280,10 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 /// Reads one line (without its `\n`) of at most `limit` bytes; `None` at the end of input.
-fn read_bounded_line(r: &mut impl std::io::BufRead, limit: usize) -> anyhow::Result<Option<String>> {
+fn read_bounded_line(
+    r: &mut impl std::io::BufRead,
+    limit: usize,
+) -> anyhow::Result<Option<String>> {
     let mut line = Vec::new();
     loop {
         let buf = r.fill_buf().context("reading stdin")?;
@@ -344,7 +351,11 @@ fn print_pruned(ctx: &Ctx, p: &Pruned) -> anyhow::Result<()> {
 }
 
 fn print_gap(ctx: &Ctx, g: &Gap) -> anyhow::Result<()> {
-    let level = if g.cause == GapCause::Restart { "note" } else { "warning" };
+    let level = if g.cause == GapCause::Restart {
+        "note"
+    } else {
+        "warning"
+    };
     eprintln!("maos: {level}: {g}");
     ctx.emit_line(&serde_json::json!({ "gap": g }), || format!("! {g}"))
 }
@@ -382,7 +393,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn timed_out(what: &str, d: Duration) -> anyhow::Error {
     Failure::error(
         Exit::Busy,
-        format!("no new {what} within {}", maos_coordination::core::human_duration(d)),
+        format!(
+            "no new {what} within {}",
+            maos_coordination::core::human_duration(d)
+        ),
     )
 }
 
@@ -590,14 +604,15 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     };
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
-    let mut handle = |sub: &mut Subscription, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
-        print_topic(ctx, m)?;
-        if durable {
-            sub.ack_through(m.position)?;
-        }
-        printed += 1;
-        Ok(printed >= limit)
-    };
+    let mut handle =
+        |sub: &mut Subscription, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
+            print_topic(ctx, m)?;
+            if durable {
+                sub.ack_through(m.position)?;
+            }
+            printed += 1;
+            Ok(printed >= limit)
+        };
     for m in sub.poll_blocking::<RawPayload>()? {
         if handle(&mut sub, &m)? {
             return Ok(Exit::Ok);
@@ -635,7 +650,10 @@ fn unsubscribe(a: UnsubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
     let removed = inbox.unsubscribe(&patterns)?;
     for p in patterns.iter().filter(|p| !removed.iter().any(|r| r == *p)) {
-        eprintln!("maos: note: {} was not among the stored subscriptions", escape_controls(p));
+        eprintln!(
+            "maos: note: {} was not among the stored subscriptions",
+            escape_controls(p)
+        );
     }
     print_subscriptions(ctx, &inbox)?;
     Ok(Exit::Ok)
@@ -667,7 +685,11 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     if a.unread {
         let u = inbox.unread()?;
         ctx.emit(&u, || {
-            let per: Vec<String> = u.channels.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            let per: Vec<String> = u
+                .channels
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
             if per.is_empty() {
                 "0 unread".to_string()
             } else {
@@ -679,7 +701,11 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     // Set up the watch before the first read, so nothing arriving in between is missed.
-    let watcher = if a.stream.follow { Some(inbox.watcher()?) } else { None };
+    let watcher = if a.stream.follow {
+        Some(inbox.watcher()?)
+    } else {
+        None
+    };
     let mut idle_since = std::time::Instant::now();
     loop {
         let want = (limit - printed).min(maos_coordination::comm::DEFAULT_INBOX_BATCH as u64);

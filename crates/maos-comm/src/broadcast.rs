@@ -51,8 +51,14 @@ pub fn topic_channel(topic: &str) -> Result<ChannelName> {
 pub fn feed_options(ws: &Workspace) -> ChannelOptions {
     let keep = maos_core::Config::load(ws)
         .ok()
-        .and_then(|c| c.other.get(FEED_KEEP_CONFIG_KEY).and_then(serde_json::Value::as_u64))
-        .map_or(FEED_KEEP_SEGMENTS, |n| usize::try_from(n).unwrap_or(usize::MAX).max(1));
+        .and_then(|c| {
+            c.other
+                .get(FEED_KEEP_CONFIG_KEY)
+                .and_then(serde_json::Value::as_u64)
+        })
+        .map_or(FEED_KEEP_SEGMENTS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).max(1)
+        });
     ChannelOptions::default()
         .segment_size(FEED_SEGMENT_SIZE)
         .retain(Some(Retention::Segments(keep)))

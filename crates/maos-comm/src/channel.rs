@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use maos_core::fsx::{self, LockFile};
 use maos_core::{
-    AgentId, AgentRegistry, AgentRole, ChannelName, Message, MessageId, Name, Recipients,
-    Workspace,
+    AgentId, AgentRegistry, AgentRole, ChannelName, Message, MessageId, Name, Recipients, Workspace,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -371,8 +370,9 @@ impl FileChannel {
         options.max_message = options.max_message.min(MAX_MESSAGE_LIMIT);
         let kind = Kind::of(&name);
         let data_name = match &kind {
-            Kind::Topic(_) => ChannelName::new(crate::GLOBAL_FEED)
-                .map_err(|e| Error::core(name.as_str(), e))?,
+            Kind::Topic(_) => {
+                ChannelName::new(crate::GLOBAL_FEED).map_err(|e| Error::core(name.as_str(), e))?
+            }
             _ => name.clone(),
         };
         let dir = ws
@@ -426,8 +426,9 @@ impl FileChannel {
                 "it shows the broadcasts on topic {t}; publish with `maos broadcast {t}` \
                  (`BroadcastChannel`)"
             ),
-            Kind::Reserved => "names under broadcast/ are the broadcast feed and its topics"
-                .to_string(),
+            Kind::Reserved => {
+                "names under broadcast/ are the broadcast feed and its topics".to_string()
+            }
         };
         Err(Error::Reserved {
             channel: self.inner.name.to_string(),
@@ -546,7 +547,11 @@ impl FileChannel {
     }
 
     /// Decodes one record for a reader with `filter`.
-    pub(crate) fn decode<T: DeserializeOwned>(&self, rec: RawRecord, filter: &Filter) -> Decoded<T> {
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        rec: RawRecord,
+        filter: &Filter,
+    ) -> Decoded<T> {
         let env = match Envelope::decode(&rec.bytes) {
             Ok(env) => env,
             Err(e) => return Decoded::Problem(self.undecodable(&rec, &e)),
@@ -659,7 +664,8 @@ impl FileChannel {
 
 /// The channel name of an agent's direct channel (`direct/<agent>`).
 pub fn direct_channel(agent: &AgentId) -> Result<ChannelName> {
-    ChannelName::new(format!("direct/{agent}")).map_err(|e| Error::core(format!("direct/{agent}"), e))
+    ChannelName::new(format!("direct/{agent}"))
+        .map_err(|e| Error::core(format!("direct/{agent}"), e))
 }
 
 /// One record as a reader sees it.
@@ -758,8 +764,8 @@ impl Consumer {
     /// # Errors
     /// [`Error::AheadOfLog`] for a position the channel does not hold.
     pub fn ack(&mut self, cursor: Cursor) -> Result<()> {
-        if cursor.position < self.cursor.position {
-            return Ok(());
+        if cursor.position <= self.cursor.position {
+            return Ok(()); // nothing new (and a cursor ahead of the log stays as it is)
         }
         let ch = self.channel.inner.name.to_string();
         self.channel.make_durable_through(cursor.position)?;
@@ -996,7 +1002,10 @@ mod tests {
         let err = topic
             .send_blocking(&Message::new(agent("evil"), Recipients::All, 1))
             .unwrap_err();
-        assert!(err.to_string().contains("maos broadcast test/done"), "{err}");
+        assert!(
+            err.to_string().contains("maos broadcast test/done"),
+            "{err}"
+        );
         b.broadcast_blocking("build/after", &"still here").unwrap();
         let got = sub.poll_blocking::<String>().unwrap();
         assert_eq!(got.len(), 1);

@@ -13,8 +13,7 @@ use maos_core::{ChannelName, Workspace, fsx};
 
 use crate::envelope::Envelope;
 use crate::log::{
-    CONSUMERS_DIR, Cursor, Epoch, Jump, Log, MAX_TORN, QUARANTINE_COPY_LIMIT, QUARANTINE_DIR,
-    tail,
+    CONSUMERS_DIR, Cursor, Epoch, Jump, Log, MAX_TORN, QUARANTINE_COPY_LIMIT, QUARANTINE_DIR, tail,
 };
 use crate::{ChannelOptions, Error, GLOBAL_FEED, Result, list_channels, record};
 
@@ -37,7 +36,11 @@ pub fn doctor(ws: &Workspace, repair: bool) -> Result<Vec<Finding>> {
             .channel_dir(&name)
             .map_err(|e| Error::core(name.as_str(), e))?
             .join(crate::CHANNEL_DATA_DIR);
-        let log = Log::new(name.to_string(), dir, ChannelOptions::default().log_config());
+        let log = Log::new(
+            name.to_string(),
+            dir,
+            ChannelOptions::default().log_config(),
+        );
         if !log.exists() {
             continue;
         }
@@ -141,7 +144,10 @@ fn check_channel(
             let f = finding(
                 Severity::Warning,
                 &path,
-                format!("readable or writable by others (mode {:o})", meta.permissions().mode() & 0o777),
+                format!(
+                    "readable or writable by others (mode {:o})",
+                    meta.permissions().mode() & 0o777
+                ),
                 "make it private (mode 0600)",
             );
             out.push(if repair {
@@ -243,7 +249,9 @@ fn check_channel(
             } else {
                 (
                     Severity::Warning,
-                    format!("{tail_bytes} bytes after the last complete record of a sealed segment"),
+                    format!(
+                        "{tail_bytes} bytes after the last complete record of a sealed segment"
+                    ),
                 )
             };
             let f = finding(
@@ -282,7 +290,8 @@ fn check_channel(
                      messages again, it loses none)",
                 );
                 out.push(if repair && path.is_file() {
-                    quarantine(ws, STORE, &path).map_err(|e| Error::core(log.channel.clone(), e))?;
+                    quarantine(ws, STORE, &path)
+                        .map_err(|e| Error::core(log.channel.clone(), e))?;
                     f.repaired()
                 } else {
                     f
@@ -318,7 +327,8 @@ fn check_channel(
             "quarantine it (the next writer writes a new one)",
         );
         out.push(if repair {
-            quarantine(ws, STORE, &log.head_path()).map_err(|e| Error::core(log.channel.clone(), e))?;
+            quarantine(ws, STORE, &log.head_path())
+                .map_err(|e| Error::core(log.channel.clone(), e))?;
             f.repaired()
         } else {
             f
@@ -424,7 +434,8 @@ fn cut_tail(log: &Log, first: u64, valid_end: u64, size: u64) -> Result<()> {
     use std::os::unix::fs::FileExt;
     log.locked(|_| {
         let path = log.segment_path(first);
-        let f = fsx::DataFile::open_existing_rw(&path).map_err(|e| Error::core(log.channel.clone(), e))?;
+        let f = fsx::DataFile::open_existing_rw(&path)
+            .map_err(|e| Error::core(log.channel.clone(), e))?;
         if f.len().map_err(|e| Error::core(log.channel.clone(), e))? != size {
             return Ok(()); // a writer changed it meanwhile: leave it to the next check
         }
@@ -432,8 +443,10 @@ fn cut_tail(log: &Log, first: u64, valid_end: u64, size: u64) -> Result<()> {
         let mut head = vec![0u8; n];
         let _ = f.file().read_exact_at(&mut head, valid_end);
         log.quarantine_bytes(first, valid_end, "tail", &head, size - valid_end);
-        f.set_len(valid_end).map_err(|e| Error::core(log.channel.clone(), e))?;
-        f.sync_data().map_err(|e| Error::core(log.channel.clone(), e))
+        f.set_len(valid_end)
+            .map_err(|e| Error::core(log.channel.clone(), e))?;
+        f.sync_data()
+            .map_err(|e| Error::core(log.channel.clone(), e))
     })
 }
 
@@ -460,7 +473,9 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(ft) = e.file_type() else { continue };
             let p = e.path();
@@ -491,7 +506,10 @@ fn inbox_states(
         match fsx::read_json::<State>(&path, 4 << 20) {
             Ok(s) => {
                 for (ch, c) in s.cursors {
-                    cursors.entry(ch).or_default().push((path.clone(), c.position));
+                    cursors
+                        .entry(ch)
+                        .or_default()
+                        .push((path.clone(), c.position));
                 }
             }
             Err(e) => {
@@ -524,8 +542,12 @@ mod tests {
         let ws = Workspace::init(d.path()).unwrap();
         let ch = crate::FileChannel::open(&ws, ChannelName::new("c").unwrap()).unwrap();
         for i in 0..5 {
-            ch.send_blocking(&Message::new(AgentId::new("a").unwrap(), Recipients::All, i))
-                .unwrap();
+            ch.send_blocking(&Message::new(
+                AgentId::new("a").unwrap(),
+                Recipients::All,
+                i,
+            ))
+            .unwrap();
         }
         (d, ws, ch)
     }
@@ -556,16 +578,24 @@ mod tests {
         bytes[mid] ^= 0x20;
         bytes.extend_from_slice(b"{\"seq\":6,\"len\":3");
         std::fs::write(&seg, &bytes).unwrap();
-        let mut c = ch.consumer(Name::new("w").unwrap(), crate::Filter::Everything).unwrap();
+        let mut c = ch
+            .consumer(Name::new("w").unwrap(), crate::Filter::Everything)
+            .unwrap();
         c.ack(Cursor::after(5)).unwrap();
         let cpath = log.dir.join("consumers/w.json");
         std::fs::write(&cpath, r#"{"position":900}"#).unwrap();
         std::fs::write(log.epoch_path(), "{oops").unwrap();
         let found = doctor(&ws, false).unwrap();
         let text = problems(&found);
-        assert!(text.iter().any(|t| t.contains("damaged record")), "{text:#?}");
+        assert!(
+            text.iter().any(|t| t.contains("damaged record")),
+            "{text:#?}"
+        );
         assert!(text.iter().any(|t| t.contains("torn record")), "{text:#?}");
-        assert!(text.iter().any(|t| t.contains("ahead of the channel")), "{text:#?}");
+        assert!(
+            text.iter().any(|t| t.contains("ahead of the channel")),
+            "{text:#?}"
+        );
         assert!(text.iter().any(|t| t.contains("epoch.json")), "{text:#?}");
         assert!(found.iter().all(|f| !f.repaired));
         let fixed = doctor(&ws, true).unwrap();
@@ -574,7 +604,9 @@ mod tests {
         // that new messages now go past) and the evidence in quarantine.
         let after = doctor(&ws, false).unwrap();
         assert!(
-            after.iter().all(|f| f.severity != Severity::Error || f.problem.contains("ahead")),
+            after
+                .iter()
+                .all(|f| f.severity != Severity::Error || f.problem.contains("ahead")),
             "{:#?}",
             problems(&after)
         );
@@ -586,7 +618,11 @@ mod tests {
             .unwrap();
         assert_eq!(b.messages.len(), 4);
         let r = ch
-            .send_blocking(&Message::new(AgentId::new("a").unwrap(), Recipients::All, 9))
+            .send_blocking(&Message::new(
+                AgentId::new("a").unwrap(),
+                Recipients::All,
+                9,
+            ))
             .unwrap();
         assert!(r.position > 900, "{}", r.position);
     }

@@ -151,18 +151,34 @@ mod tests {
     fn what_no_reader_could_decode_is_refused() {
         let deep: RawPayload =
             serde_json::from_str(&format!("{}{}", "[".repeat(127), "]".repeat(127))).unwrap();
-        let err = encode("deep", &Message::new(agent(), Recipients::All, deep), None, 1 << 20)
-            .unwrap_err();
+        let err = encode(
+            "deep",
+            &Message::new(agent(), Recipients::All, deep),
+            None,
+            1 << 20,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Unreadable { .. }), "{err}");
         assert!(err.to_string().contains("recursion limit"), "{err}");
         let lone: RawPayload = serde_json::from_str(r#""\ud800""#).unwrap();
-        let err = encode("c", &Message::new(agent(), Recipients::All, lone), None, 1 << 20)
-            .unwrap_err();
+        let err = encode(
+            "c",
+            &Message::new(agent(), Recipients::All, lone),
+            None,
+            1 << 20,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Unreadable { .. }), "{err}");
         // A little less deep is fine.
         let ok: RawPayload =
             serde_json::from_str(&format!("{}{}", "[".repeat(120), "]".repeat(120))).unwrap();
-        encode("c", &Message::new(agent(), Recipients::All, ok), None, 1 << 20).unwrap();
+        encode(
+            "c",
+            &Message::new(agent(), Recipients::All, ok),
+            None,
+            1 << 20,
+        )
+        .unwrap();
     }
 
     #[test]

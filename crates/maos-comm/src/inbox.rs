@@ -381,7 +381,11 @@ impl Inbox {
             }
             notices.extend(raw.gaps.iter().map(|g| (name.clone(), Notice::Gap(*g))));
             notices.extend(raw.ahead.map(|a| (name.clone(), Notice::Ahead(a))));
-            notices.extend(raw.problems.into_iter().map(|pr| (name.clone(), Notice::Problem(pr))));
+            notices.extend(
+                raw.problems
+                    .into_iter()
+                    .map(|pr| (name.clone(), Notice::Problem(pr))),
+            );
             let mut prev = p.end;
             for rec in raw.records {
                 let after = rec.after;
@@ -683,10 +687,34 @@ mod tests {
             .unwrap();
         send(&ws, "direct/b1", "f1", Recipients::All, "direct to me");
         send(&ws, "direct/b2", "f1", Recipients::All, "b2's");
-        send(&ws, "direct/b2", "f1", Recipients::Agent(a("b1")), "cc me on b2's");
-        send(&ws, "api", "f1", Recipients::Role(AgentRole::backend()), "to my role");
-        send(&ws, "api", "f1", Recipients::Role(AgentRole::frontend()), "to frontend");
-        send(&ws, "api", "f1", Recipients::Group(vec![a("x"), a("b1")]), "to my group");
+        send(
+            &ws,
+            "direct/b2",
+            "f1",
+            Recipients::Agent(a("b1")),
+            "cc me on b2's",
+        );
+        send(
+            &ws,
+            "api",
+            "f1",
+            Recipients::Role(AgentRole::backend()),
+            "to my role",
+        );
+        send(
+            &ws,
+            "api",
+            "f1",
+            Recipients::Role(AgentRole::frontend()),
+            "to frontend",
+        );
+        send(
+            &ws,
+            "api",
+            "f1",
+            Recipients::Group(vec![a("x"), a("b1")]),
+            "to my group",
+        );
         send(&ws, "api", "b1", Recipients::All, "my own");
         send(&ws, "team/chat", "f2", Recipients::All, "to all");
         let mut inbox = Inbox::open(&ws, a("b1")).unwrap();
@@ -696,7 +724,13 @@ mod tests {
         got.sort();
         assert_eq!(
             got,
-            ["cc me on b2's", "direct to me", "to all", "to my group", "to my role"]
+            [
+                "cc me on b2's",
+                "direct to me",
+                "to all",
+                "to my group",
+                "to my role"
+            ]
         );
         assert!(!b.more);
         inbox.ack(&b).unwrap();
@@ -732,8 +766,12 @@ mod tests {
         assert_eq!(b.items[0].topic.as_deref(), Some("build/done"));
         assert_eq!(b.items[0].channel.as_str(), "broadcast/build/done");
         reopened.ack(&b).unwrap();
-        assert_eq!(reopened.unsubscribe(&["build/*", "nope"]).unwrap(), ["build/*"]);
-        pubr.broadcast_blocking("build/done", &"unsubscribed").unwrap();
+        assert_eq!(
+            reopened.unsubscribe(&["build/*", "nope"]).unwrap(),
+            ["build/*"]
+        );
+        pubr.broadcast_blocking("build/done", &"unsubscribed")
+            .unwrap();
         assert_eq!(reopened.unread().unwrap().total, 0);
     }
 
@@ -781,7 +819,14 @@ mod tests {
         let all = two.read(100).unwrap();
         two.ack(&all).unwrap();
         one.ack(&small).unwrap();
-        assert!(Inbox::open(&ws, a("me")).unwrap().read(100).unwrap().items.is_empty());
+        assert!(
+            Inbox::open(&ws, a("me"))
+                .unwrap()
+                .read(100)
+                .unwrap()
+                .items
+                .is_empty()
+        );
         // Subscriptions made by one handle survive the other's acknowledgement.
         one.subscribe(&["x/**"]).unwrap();
         send(&ws, "c", "s", Recipients::All, "7");

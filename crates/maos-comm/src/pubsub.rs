@@ -98,9 +98,10 @@ pub(crate) fn feed_message(
             path: feed.inner.log.segment_path(rec.segment),
             offset: Some(rec.offset),
             position: Some(rec.position),
-            reason: "a message on the broadcast feed without a topic (not written by a broadcast); \
+            reason:
+                "a message on the broadcast feed without a topic (not written by a broadcast); \
                      skipped"
-                .into(),
+                    .into(),
             quarantined: None,
         });
     };
@@ -276,7 +277,8 @@ impl Subscription {
         let moved = raw.cursor.position != self.cursor.position;
         self.cursor = raw.cursor;
         if let Some((from, to)) = raw.pruned {
-            self.notices.push(Notice::Pruned(crate::Pruned { from, to }));
+            self.notices
+                .push(Notice::Pruned(crate::Pruned { from, to }));
         }
         self.notices.extend(raw.gaps.into_iter().map(Notice::Gap));
         if raw.ahead != self.reported_ahead {

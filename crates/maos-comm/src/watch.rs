@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::envelope::RawPayload;
-use crate::{Ahead, Batch, Cursor, Delivered, Error, FileChannel, Filter, Gap, Problem, Pruned, Result};
+use crate::{
+    Ahead, Batch, Cursor, Delivered, Error, FileChannel, Filter, Gap, Problem, Pruned, Result,
+};
 
 /// Wakes waiters when anything changes in one directory. The notify callback runs on notify's
 /// own thread and only stores a permit in a [`tokio::sync::Notify`]: a change between a

@@ -66,13 +66,24 @@ fn workload(root: &Path, rec: &Recording, per_sender: u64) -> Acks {
         for w in ["a", "b"] {
             let (ws, acks, consumed) = (&ws, &acks, &consumed);
             s.spawn(move || {
-                let ch = FileChannel::open_with(ws, ChannelName::new(CHANNEL).unwrap(), options("before"))
-                    .unwrap();
+                let ch = FileChannel::open_with(
+                    ws,
+                    ChannelName::new(CHANNEL).unwrap(),
+                    options("before"),
+                )
+                .unwrap();
                 let me = AgentId::new(w).unwrap();
                 for i in 0..per_sender {
-                    let m = Message::new(me.clone(), Recipients::All, serde_json::json!({"w": w, "i": i}));
+                    let m = Message::new(
+                        me.clone(),
+                        Recipients::All,
+                        serde_json::json!({"w": w, "i": i}),
+                    );
                     let r = ch.send_blocking(&m).unwrap();
-                    acks.lock().unwrap().sends.push((rec.len(), r.position, r.id, w.into(), i));
+                    acks.lock()
+                        .unwrap()
+                        .sends
+                        .push((rec.len(), r.position, r.id, w.into(), i));
                     if i % 5 == 4 {
                         while consumed.load(Ordering::SeqCst) < r.position {
                             std::thread::yield_now();
@@ -84,19 +95,31 @@ fn workload(root: &Path, rec: &Recording, per_sender: u64) -> Acks {
         {
             let (ws, acks) = (&ws, &acks);
             s.spawn(move || {
-                let b = BroadcastChannel::with_options(ws, AgentId::new("ci").unwrap(), feed_options("before"));
+                let b = BroadcastChannel::with_options(
+                    ws,
+                    AgentId::new("ci").unwrap(),
+                    feed_options("before"),
+                );
                 for i in 0..per_sender {
                     let topic = if i % 2 == 0 { "build/done" } else { "test/ran" };
                     let r = b.broadcast_blocking(topic, &i).unwrap();
-                    acks.lock().unwrap().broadcasts.push((rec.len(), r.position, r.id, topic.into()));
+                    acks.lock().unwrap().broadcasts.push((
+                        rec.len(),
+                        r.position,
+                        r.id,
+                        topic.into(),
+                    ));
                 }
             });
         }
         let (ws, acks, done, consumed) = (&ws, &acks, &done, &consumed);
         s.spawn(move || {
-            let ch = FileChannel::open_with(ws, ChannelName::new(CHANNEL).unwrap(), options("before"))
+            let ch =
+                FileChannel::open_with(ws, ChannelName::new(CHANNEL).unwrap(), options("before"))
+                    .unwrap();
+            let mut c = ch
+                .consumer(Name::new("worker").unwrap(), Filter::Everything)
                 .unwrap();
-            let mut c = ch.consumer(Name::new("worker").unwrap(), Filter::Everything).unwrap();
             loop {
                 let finished = done.load(Ordering::SeqCst);
                 let b = c.receive_blocking::<serde_json::Value>().unwrap();
@@ -105,7 +128,10 @@ fn workload(root: &Path, rec: &Recording, per_sender: u64) -> Acks {
                 }
                 if b.cursor.position > c.cursor().position {
                     c.ack(b.cursor).unwrap();
-                    acks.lock().unwrap().consumer.push((rec.len(), b.cursor.position));
+                    acks.lock()
+                        .unwrap()
+                        .consumer
+                        .push((rec.len(), b.cursor.position));
                     consumed.store(b.cursor.position, Ordering::SeqCst);
                 }
                 std::thread::yield_now();
@@ -134,17 +160,23 @@ fn visible_max(rec: &Recording, at: usize) -> u64 {
     let Ok(ws) = Workspace::open(dir.path()) else {
         return 0;
     };
-    let ch = FileChannel::open_with(&ws, ChannelName::new(CHANNEL).unwrap(), options("probe")).unwrap();
+    let ch =
+        FileChannel::open_with(&ws, ChannelName::new(CHANNEL).unwrap(), options("probe")).unwrap();
     read_everything(&ch).0.last().map_or(0, |d| d.0)
 }
 
-/// (position, id, sender, seq) of every message, and whether a damage gap was reported.
-fn read_everything(ch: &FileChannel) -> (Vec<(u64, MessageId, String, u64)>, Vec<GapCause>) {
+/// (position, id, sender, seq) of one message.
+type Seen = (u64, MessageId, String, u64);
+
+/// Every message, and the causes of the gaps reported.
+fn read_everything(ch: &FileChannel) -> (Vec<Seen>, Vec<GapCause>) {
     let mut cur = Cursor::start();
     let mut out = Vec::new();
     let mut causes = Vec::new();
     loop {
-        let b = ch.receive_blocking::<serde_json::Value>(&cur, &Filter::Everything).unwrap();
+        let b = ch
+            .receive_blocking::<serde_json::Value>(&cur, &Filter::Everything)
+            .unwrap();
         assert!(b.ahead.is_none(), "{:?}", b.ahead);
         causes.extend(b.gaps.iter().map(|g| g.cause));
         for d in &b.messages {
@@ -176,7 +208,10 @@ fn check_cut(rec: &Recording, acks: &Acks, cut: Cut) {
     let name = ChannelName::new(CHANNEL).unwrap();
     let ch = FileChannel::open_with(&ws, name.clone(), options("after")).unwrap();
     let (msgs, causes) = read_everything(&ch);
-    assert!(!causes.contains(&GapCause::Damage), "{what}: a power cut is not damage: {causes:?}");
+    assert!(
+        !causes.contains(&GapCause::Damage),
+        "{what}: a power cut is not damage: {causes:?}"
+    );
     // Positions strictly increase and no message appears twice.
     assert!(msgs.windows(2).all(|w| w[0].0 < w[1].0), "{what}: {msgs:?}");
     let ids: HashSet<_> = msgs.iter().map(|m| m.1).collect();
@@ -191,25 +226,55 @@ fn check_cut(rec: &Recording, acks: &Acks, cut: Cut) {
     // Every acknowledged send is there, at its position.
     let by_pos: HashMap<u64, MessageId> = msgs.iter().map(|m| (m.0, m.1)).collect();
     for a in acks.sends.iter().filter(|a| a.0 <= cut.at) {
-        assert_eq!(by_pos.get(&a.1), Some(&a.2), "{what}: acknowledged message at {} lost", a.1);
+        assert_eq!(
+            by_pos.get(&a.1),
+            Some(&a.2),
+            "{what}: acknowledged message at {} lost",
+            a.1
+        );
     }
     // The consumer is never ahead of its log, and keeps what it acknowledged.
     let newest = msgs.last().map_or(0, |m| m.0);
-    let c = ch.consumer(Name::new("worker").unwrap(), Filter::Everything).unwrap();
-    assert!(c.cursor().position <= newest, "{what}: consumer at {} ahead of {newest}", c.cursor().position);
-    let acked = acks.consumer.iter().filter(|a| a.0 <= cut.at).map(|a| a.1).max().unwrap_or(0);
-    assert!(c.cursor().position >= acked, "{what}: acknowledged {acked}, stored {}", c.cursor().position);
+    let c = ch
+        .consumer(Name::new("worker").unwrap(), Filter::Everything)
+        .unwrap();
+    assert!(
+        c.cursor().position <= newest,
+        "{what}: consumer at {} ahead of {newest}",
+        c.cursor().position
+    );
+    let acked = acks
+        .consumer
+        .iter()
+        .filter(|a| a.0 <= cut.at)
+        .map(|a| a.1)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        c.cursor().position >= acked,
+        "{what}: acknowledged {acked}, stored {}",
+        c.cursor().position
+    );
     let b = c.receive_blocking::<serde_json::Value>().unwrap();
     assert!(b.ahead.is_none(), "{what}");
     // No position ever visible before the cut is handed out again.
     let seen = visible_max(rec, cut.at);
     let r = ch
-        .send_blocking(&Message::new(AgentId::new("later").unwrap(), Recipients::All, 0))
+        .send_blocking(&Message::new(
+            AgentId::new("later").unwrap(),
+            Recipients::All,
+            0,
+        ))
         .unwrap();
-    assert!(r.position > seen, "{what}: position {} reused (visible before the cut: {seen})", r.position);
+    assert!(
+        r.position > seen,
+        "{what}: position {} reused (visible before the cut: {seen})",
+        r.position
+    );
     // Acknowledged broadcasts: on the feed, in their topic, and to wildcard subscribers.
     let acked_b: Vec<_> = acks.broadcasts.iter().filter(|a| a.0 <= cut.at).collect();
-    let mut sub = Subscription::new_with(&ws, &["**"], Cursor::start(), feed_options("after")).unwrap();
+    let mut sub =
+        Subscription::new_with(&ws, &["**"], Cursor::start(), feed_options("after")).unwrap();
     let got = sub.poll_blocking::<u64>().unwrap();
     let pruned_through = sub
         .take_notices()
@@ -221,25 +286,47 @@ fn check_cut(rec: &Recording, acks: &Acks, cut: Cut) {
         .max()
         .unwrap_or(0);
     let got_ids: HashSet<MessageId> = got.iter().map(|m| m.message.id).collect();
-    assert_eq!(got_ids.len(), got.len(), "{what}: a subscriber saw a broadcast twice");
+    assert_eq!(
+        got_ids.len(),
+        got.len(),
+        "{what}: a subscriber saw a broadcast twice"
+    );
     for a in &acked_b {
         if a.1 > pruned_through {
-            assert!(got_ids.contains(&a.2), "{what}: acknowledged broadcast {} lost", a.1);
+            assert!(
+                got_ids.contains(&a.2),
+                "{what}: acknowledged broadcast {} lost",
+                a.1
+            );
         }
     }
-    let view = FileChannel::open_with(&ws, topic_channel("build/done").unwrap(), feed_options("after")).unwrap();
+    let view = FileChannel::open_with(
+        &ws,
+        topic_channel("build/done").unwrap(),
+        feed_options("after"),
+    )
+    .unwrap();
     let mut cur = Cursor::start();
     let mut in_topic = HashSet::new();
     loop {
-        let b = view.receive_blocking::<u64>(&cur, &Filter::Everything).unwrap();
+        let b = view
+            .receive_blocking::<u64>(&cur, &Filter::Everything)
+            .unwrap();
         in_topic.extend(b.messages.iter().map(|d| d.message.id));
         if b.cursor == cur {
             break;
         }
         cur = b.cursor;
     }
-    for a in acked_b.iter().filter(|a| a.3 == "build/done" && a.1 > pruned_through) {
-        assert!(in_topic.contains(&a.2), "{what}: broadcast {} missing from its topic", a.1);
+    for a in acked_b
+        .iter()
+        .filter(|a| a.3 == "build/done" && a.1 > pruned_through)
+    {
+        assert!(
+            in_topic.contains(&a.2),
+            "{what}: broadcast {} missing from its topic",
+            a.1
+        );
     }
 }
 
@@ -252,7 +339,10 @@ fn acknowledged_messages_survive_any_power_cut_and_positions_are_never_reused() 
     let rec = Recording::start(dir.path()).unwrap();
     let acks = workload(dir.path(), &rec, per_sender);
     let total = rec.len();
-    assert!(acks.consumer.len() > 1, "the consumer acknowledged along the way");
+    assert!(
+        acks.consumer.len() > 1,
+        "the consumer acknowledged along the way"
+    );
     // Right after each acknowledgement, with nothing unsynced surviving...
     for a in acks.sends.iter().step_by(5) {
         check_cut(&rec, &acks, Cut::durable_only(a.0));

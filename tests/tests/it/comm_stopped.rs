@@ -34,7 +34,8 @@ fn a_stopped_writer_makes_others_time_out_naming_it() {
     let name = ChannelName::new("work").unwrap();
     let ch = FileChannel::open(&ws, name.clone()).unwrap();
     let me = AgentId::new("a").unwrap();
-    ch.send_blocking(&Message::new(me.clone(), Recipients::All, 1)).unwrap();
+    ch.send_blocking(&Message::new(me.clone(), Recipients::All, 1))
+        .unwrap();
     let mut holder = Command::new(env!("CARGO_BIN_EXE_comm_hold"))
         .arg(dir.path())
         .arg("work")
@@ -44,7 +45,9 @@ fn a_stopped_writer_makes_others_time_out_naming_it() {
         .unwrap();
     let pid = holder.id();
     let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "held");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
@@ -77,7 +80,11 @@ fn a_stopped_writer_makes_others_time_out_naming_it() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     let r = quick
-        .send_blocking(&Message::new(AgentId::new("a").unwrap(), Recipients::All, 3))
+        .send_blocking(&Message::new(
+            AgentId::new("a").unwrap(),
+            Recipients::All,
+            3,
+        ))
         .unwrap();
     assert_eq!(r.position, 2);
 }

@@ -271,7 +271,11 @@ impl Listing {
 
     /// The newest segment whose first position is at most `position`.
     pub(crate) fn holding(&self, position: u64) -> Option<u64> {
-        self.segments.iter().rev().find(|&&s| s <= position).copied()
+        self.segments
+            .iter()
+            .rev()
+            .find(|&&s| s <= position)
+            .copied()
     }
 
     /// The first segment after `segment`.

@@ -105,7 +105,9 @@ impl Log {
                 },
                 from_start: from_start || cur.offset == 0,
             };
-            match self.read_segment(&file, &path, size, &mut cur, max, &mut bytes, &mut seg, &mut out)? {
+            match self.read_segment(
+                &file, &path, size, &mut cur, max, &mut bytes, &mut seg, &mut out,
+            )? {
                 SegRead::Full | SegRead::Stalled => break,
                 SegRead::Changed if changes < MAX_RETRIES => {
                     changes += 1;
@@ -140,7 +142,8 @@ impl Log {
                 let n = ((size - cur.offset) as usize).min(QUARANTINE_COPY_LIMIT);
                 let mut rest = vec![0u8; n];
                 let _ = file.read_exact_at(&mut rest, cur.offset);
-                let q = self.quarantine_bytes(cur.segment, cur.offset, "bad", &rest, size - cur.offset);
+                let q =
+                    self.quarantine_bytes(cur.segment, cur.offset, "bad", &rest, size - cur.offset);
                 out.problems.push(Problem {
                     path: path.clone(),
                     offset: Some(cur.offset),
@@ -155,7 +158,9 @@ impl Log {
             }
             if let Some(from) = cur.position.checked_add(1).filter(|&f| f < next) {
                 let e = epoch.get_or_insert_with(|| self.read_epoch().ok().flatten());
-                let cause = e.as_ref().map_or(GapCause::Unknown, |e| e.cause_of(from, next - 1));
+                let cause = e
+                    .as_ref()
+                    .map_or(GapCause::Unknown, |e| e.cause_of(from, next - 1));
                 let gap = Gap {
                     from,
                     to: next - 1,
@@ -321,7 +326,13 @@ impl Log {
                         // reported when the reader moves past it.
                         return Ok(SegRead::End);
                     };
-                    let q = self.quarantine_bytes(cur.segment, cur.offset, "bad", &buf, end - cur.offset);
+                    let q = self.quarantine_bytes(
+                        cur.segment,
+                        cur.offset,
+                        "bad",
+                        &buf,
+                        end - cur.offset,
+                    );
                     out.problems.push(Problem {
                         path: path.to_path_buf(),
                         offset: Some(cur.offset),
@@ -406,7 +417,10 @@ impl Log {
     pub(crate) fn segment_last(&self, first: u64) -> Result<u64> {
         let path = self.segment_path(first);
         let file = fsx::open_read(&path).map_err(|e| self.core(e))?;
-        let size = file.metadata().map_err(|e| self.io("stat", &path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| self.io("stat", &path, e))?
+            .len();
         match tail::scan(&file, size, first) {
             Ok(t) => match t.last {
                 Some(l) => Ok(l),

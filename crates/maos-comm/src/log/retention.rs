@@ -15,7 +15,11 @@ impl Log {
     }
 
     /// [`Log::prune`] for a caller that holds the lock.
-    pub(crate) fn prune_locked(&self, retention: Retention, st: &mut WriterState) -> Result<PruneReport> {
+    pub(crate) fn prune_locked(
+        &self,
+        retention: Retention,
+        st: &mut WriterState,
+    ) -> Result<PruneReport> {
         let newest = self.newest_locked(st)?;
         let segs = self.list(&mut Vec::new())?.segments;
         let now = SystemTime::now();
@@ -49,7 +53,10 @@ impl Log {
             fsx::remove_if_exists(&self.segment_path(first)).map_err(|e| self.core(e))?;
         }
         let remaining = self.list(&mut Vec::new())?.segments;
-        let oldest = remaining.first().copied().unwrap_or(newest.saturating_add(1));
+        let oldest = remaining
+            .first()
+            .copied()
+            .unwrap_or(newest.saturating_add(1));
         if !remove.is_empty() {
             fsx::sync_dir(&self.dir).map_err(|e| self.core(e))?;
             tracing::info!(channel = %self.channel, segments = remove.len(),

@@ -56,9 +56,9 @@ impl Head {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice::<Self>(bytes)
-            .ok()
-            .filter(|h| h.segment > 0 && h.last <= h.reserved && h.segment <= h.last.saturating_add(1))
+        serde_json::from_slice::<Self>(bytes).ok().filter(|h| {
+            h.segment > 0 && h.last <= h.reserved && h.segment <= h.last.saturating_add(1)
+        })
     }
 
     /// True when it was written in `boot` (and so reflects every maos writer since).

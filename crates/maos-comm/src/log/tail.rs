@@ -2,10 +2,10 @@
 //! may hold a torn record left by a killed writer, damage, or (planted) gigabytes without a
 //! line break; none of it may make a writer or reader allocate without limit.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use super::{MAX_RECORD, MAX_TORN};
 use crate::record;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 /// Chunk size of backward searches.
 const CHUNK: u64 = 64 << 10;
@@ -30,7 +30,9 @@ pub(crate) struct Tail {
 pub(crate) enum TailError {
     Io(std::io::Error),
     /// More than [`MAX_TORN`] bytes after the last line break: no writer leaves that.
-    Garbage { size: u64 },
+    Garbage {
+        size: u64,
+    },
 }
 
 /// Scans the end of segment `first` (`file`, `size` bytes as last measured).
@@ -70,12 +72,15 @@ fn scan_once(file: &File, size: u64, first: u64) -> Result<Tail, TailError> {
             return Ok(Tail {
                 valid_end,
                 last: None,
-                damage: Some(format!("its last line is longer than any record ({MAX_RECORD} bytes)")),
+                damage: Some(format!(
+                    "its last line is longer than any record ({MAX_RECORD} bytes)"
+                )),
             });
         }
     };
     let mut line = vec![0u8; (nl - start) as usize];
-    file.read_exact_at(&mut line, start).map_err(TailError::Io)?;
+    file.read_exact_at(&mut line, start)
+        .map_err(TailError::Io)?;
     Ok(match record::parse(&line) {
         Ok(p) if p.seq >= first => Tail {
             valid_end,
@@ -93,7 +98,9 @@ fn scan_once(file: &File, size: u64, first: u64) -> Result<Tail, TailError> {
         Err(reason) => Tail {
             valid_end,
             last: None,
-            damage: Some(format!("its last record at byte {start} is damaged: {reason}")),
+            damage: Some(format!(
+                "its last record at byte {start} is damaged: {reason}"
+            )),
         },
     })
 }
@@ -117,7 +124,11 @@ pub(crate) fn rfind_newline(file: &File, end: u64, limit: u64) -> std::io::Resul
 
 /// The offset just after the next `\n` at or after `offset` (before `end`), reading forward
 /// in chunks; `None` when there is none.
-pub(crate) fn find_line_end(file: &File, mut offset: u64, end: u64) -> std::io::Result<Option<u64>> {
+pub(crate) fn find_line_end(
+    file: &File,
+    mut offset: u64,
+    end: u64,
+) -> std::io::Result<Option<u64>> {
     let mut buf = vec![0u8; CHUNK as usize];
     while offset < end {
         let n = ((end - offset).min(CHUNK)) as usize;

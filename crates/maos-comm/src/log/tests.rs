@@ -25,7 +25,14 @@ fn log() -> (tempfile::TempDir, Log) {
 
 /// Another process's handle on the same log (same boot unless said otherwise).
 fn other(l: &Log, boot: &str) -> Log {
-    Log::new("t".into(), l.dir.clone(), LogConfig { boot_id: boot.into(), ..l.config.clone() })
+    Log::new(
+        "t".into(),
+        l.dir.clone(),
+        LogConfig {
+            boot_id: boot.into(),
+            ..l.config.clone()
+        },
+    )
 }
 
 /// An error with its causes, as the CLI prints it.
@@ -81,9 +88,15 @@ fn appends_get_consecutive_positions_and_read_back() {
     assert!(b.gaps.is_empty() && b.ahead.is_none() && b.problems.is_empty());
     let more = l.read(b.cursor, 100).unwrap();
     assert!(more.records.is_empty());
-    assert_eq!(l.read(Cursor::after(7), 100).unwrap().records[0].position, 8);
+    assert_eq!(
+        l.read(Cursor::after(7), 100).unwrap().records[0].position,
+        8
+    );
     // Each record knows where a reader continues after it.
-    assert_eq!(b.records[4].after, l.read(Cursor::start(), 5).unwrap().cursor);
+    assert_eq!(
+        b.records[4].after,
+        l.read(Cursor::start(), 5).unwrap().cursor
+    );
     // The reservation grew in steps, durably, ahead of every position handed out.
     let e = l.read_epoch().unwrap().unwrap();
     assert!(e.reserved >= 25 && e.jumps.is_empty(), "{e:?}");
@@ -94,9 +107,17 @@ fn appends_get_consecutive_positions_and_read_back() {
 #[test]
 fn segments_roll_and_readers_follow() {
     let (_d, l) = log();
-    let l = Log::new("t".into(), l.dir.clone(), LogConfig { segment_size: 300, ..l.config.clone() });
+    let l = Log::new(
+        "t".into(),
+        l.dir.clone(),
+        LogConfig {
+            segment_size: 300,
+            ..l.config.clone()
+        },
+    );
     for i in 0..50 {
-        l.append(&[b"{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}"]).unwrap();
+        l.append(&[b"{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}"])
+            .unwrap();
         let _ = i;
     }
     let listing = l.list(&mut Vec::new()).unwrap();
@@ -114,11 +135,17 @@ fn segments_roll_and_readers_follow() {
     }
     assert_eq!(seen, (1..=50).collect::<Vec<_>>());
     // A position-only cursor finds its segment by name.
-    assert_eq!(l.read(Cursor::after(33), 1).unwrap().records[0].position, 34);
+    assert_eq!(
+        l.read(Cursor::after(33), 1).unwrap().records[0].position,
+        34
+    );
     assert_eq!(l.bounds().unwrap().newest, 50);
     // Every segment file is private, the first and the rolled ones.
     for s in &listing.segments {
-        let mode = std::fs::metadata(l.segment_path(*s)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(l.segment_path(*s))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "segment {s}");
     }
 }
@@ -159,7 +186,11 @@ fn readers_racing_a_torn_tail_repair_neither_fail_nor_lose_records() {
             for i in 0..rounds {
                 // A killed writer's leftovers, longer or exactly as long as the next
                 // record, then the next writer (another process) repairs and appends.
-                let torn = if i % 2 == 0 { rec.len() + 300 } else { rec.len() };
+                let torn = if i % 2 == 0 {
+                    rec.len() + 300
+                } else {
+                    rec.len()
+                };
                 append_raw(&seg, &vec![b'x'; torn]);
                 other(&l, "boot-1").append(&[m]).unwrap();
             }
@@ -169,7 +200,9 @@ fn readers_racing_a_torn_tail_repair_neither_fail_nor_lose_records() {
         let mut seen = 0u64;
         loop {
             let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-            let b = l.read(cur, 1_000_000).expect("a reader never fails on a repair");
+            let b = l
+                .read(cur, 1_000_000)
+                .expect("a reader never fails on a repair");
             assert!(b.problems.is_empty(), "{:?}", b.problems);
             for (i, r) in b.records.iter().enumerate() {
                 assert_eq!(r.position, cur.position + 1 + i as u64);
@@ -240,10 +273,21 @@ fn a_truncated_segment_never_gets_its_positions_reused() {
     // Cut back to three records.
     let seg = l.segment_path(1);
     let three = read_all(&l, Cursor::start()).records[3].offset;
-    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(three).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(three)
+        .unwrap();
     let b = read_all(&l, consumer);
     assert!(b.records.is_empty());
-    assert_eq!(b.ahead, Some(Ahead { cursor: 5, newest: 3 }));
+    assert_eq!(
+        b.ahead,
+        Some(Ahead {
+            cursor: 5,
+            newest: 3
+        })
+    );
     // Another process sends: it finds the log shorter than the head says, and jumps.
     let p = send(&other(&l, "boot-1"), 6);
     assert!(p > 5, "position {p} reused");
@@ -251,7 +295,10 @@ fn a_truncated_segment_never_gets_its_positions_reused() {
     assert_eq!(positions(&b), [p]);
     assert_eq!(b.ahead, None);
     assert_eq!(b.gaps.len(), 1);
-    assert_eq!((b.gaps[0].from, b.gaps[0].to, b.gaps[0].cause), (6, p - 1, GapCause::Damage));
+    assert_eq!(
+        (b.gaps[0].from, b.gaps[0].to, b.gaps[0].cause),
+        (6, p - 1, GapCause::Damage)
+    );
     // A reader from the start is told that 4..p-1 are gone.
     let b = read_all(&l, Cursor::start());
     assert_eq!(positions(&b), [1, 2, 3, p]);
@@ -289,7 +336,13 @@ fn a_damaged_or_zeroed_last_record_never_gets_its_position_reused() {
         assert!(p > 4, "zero={zero}: position {p} reused");
         let b = read_all(&l, Cursor::start());
         assert_eq!(positions(&b), [1, 2, 3, p], "zero={zero}");
-        assert!(b.gaps.iter().any(|g| g.from == 4 && g.cause == GapCause::Damage), "{:?}", b.gaps);
+        assert!(
+            b.gaps
+                .iter()
+                .any(|g| g.from == 4 && g.cause == GapCause::Damage),
+            "{:?}",
+            b.gaps
+        );
         if !zero {
             assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
         }
@@ -307,14 +360,26 @@ fn after_a_restart_positions_continue_past_the_reservation() {
     // The power cut loses record 3 (it was visible, not yet durable).
     let seg = l.segment_path(1);
     let off = read_all(&l, Cursor::start()).records[2].offset;
-    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(off).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(off)
+        .unwrap();
     let reserved = l.read_epoch().unwrap().unwrap().reserved;
     let after = other(&l, "boot-2");
     let p = send(&after, 4);
     assert_eq!(p, reserved + 1);
     let b = after.read(Cursor::start(), 100).unwrap();
     assert_eq!(positions(&b), [1, 2, p]);
-    assert_eq!(b.gaps, vec![Gap { from: 3, to: reserved, cause: GapCause::Restart }]);
+    assert_eq!(
+        b.gaps,
+        vec![Gap {
+            from: 3,
+            to: reserved,
+            cause: GapCause::Restart
+        }]
+    );
     // The next restart with nothing lost skips only what was reserved and unused.
     let again = other(&l, "boot-3");
     let q = send(&again, 5);
@@ -337,11 +402,19 @@ fn a_huge_tail_is_stepped_over_never_read_whole() {
     f.set_len(size).unwrap(); // 3 GiB of (sparse) zeros, no line break
     let p = send(&other(&l, "boot-1"), 2);
     assert!(p > 1);
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), size, "left for doctor");
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        size,
+        "left for doctor"
+    );
     let b = read_all(&l, Cursor::start());
     assert_eq!(positions(&b), [1, p]);
     assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
-    assert!(b.problems[0].reason.contains("not a complete record"), "{}", b.problems[0]);
+    assert!(
+        b.problems[0].reason.contains("not a complete record"),
+        "{}",
+        b.problems[0]
+    );
     let q = b.problems[0].quarantined.as_ref().unwrap();
     assert!(std::fs::metadata(q).unwrap().len() <= (QUARANTINE_COPY_LIMIT + 200) as u64);
     assert_eq!(l.bounds().unwrap().newest, p);
@@ -349,7 +422,10 @@ fn a_huge_tail_is_stepped_over_never_read_whole() {
 
 #[test]
 fn an_overlong_line_is_skipped_and_quarantined_in_part() {
-    for (mib, words) in [(18u64, "longer than any record"), (40, "not a complete record")] {
+    for (mib, words) in [
+        (18u64, "longer than any record"),
+        (40, "not a complete record"),
+    ] {
         let (_d, l) = log();
         send(&l, 1);
         let seg = l.segment_path(1);
@@ -412,12 +488,18 @@ fn a_held_lock_times_out_naming_the_holder() {
     let quick = Log::new(
         "t".into(),
         l.dir.clone(),
-        LogConfig { lock_timeout: Duration::from_millis(50), ..l.config.clone() },
+        LogConfig {
+            lock_timeout: Duration::from_millis(50),
+            ..l.config.clone()
+        },
     );
     let err = quick.append(&[b"{}"]).unwrap_err();
     assert!(err.is_timeout(), "{err}");
     let text = chain(&err);
-    assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -429,13 +511,30 @@ fn acknowledging_makes_durable_and_refuses_positions_beyond_the_log() {
     l.make_durable_through(3).unwrap();
     l.make_durable_through(0).unwrap();
     let err = l.make_durable_through(4).unwrap_err();
-    assert!(matches!(err, Error::AheadOfLog { position: 4, newest: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::AheadOfLog {
+                position: 4,
+                newest: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn pruning_keeps_whole_segments_and_files_private() {
     let (_d, l) = log();
-    let l = Log::new("t".into(), l.dir.clone(), LogConfig { segment_size: 200, ..l.config.clone() });
+    let l = Log::new(
+        "t".into(),
+        l.dir.clone(),
+        LogConfig {
+            segment_size: 200,
+            ..l.config.clone()
+        },
+    );
     for i in 0..40 {
         send(&l, i);
     }
@@ -446,7 +545,10 @@ fn pruning_keeps_whole_segments_and_files_private() {
     assert_eq!(rep.oldest, 41);
     let segs = l.list(&mut Vec::new()).unwrap().segments;
     assert_eq!(segs, [41]);
-    let mode = std::fs::metadata(l.segment_path(41)).unwrap().permissions().mode();
+    let mode = std::fs::metadata(l.segment_path(41))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(send(&l, 41), 41);
     let b = read_all(&l, Cursor::start());
@@ -497,7 +599,8 @@ fn an_acknowledged_cursor_is_never_ahead_of_the_log_after_a_power_cut() {
     maos_core::fsx::write_json_replace(&stored, &b.cursor).unwrap();
     // The power fails right after the acknowledgement is durable.
     let img = tempfile::tempdir().unwrap();
-    rec.image(&Cut::durable_only(rec.len()), img.path()).unwrap();
+    rec.image(&Cut::durable_only(rec.len()), img.path())
+        .unwrap();
     let after = Log::new("t".into(), img.path().join(".chan"), config("boot-2"));
     let cursor: Cursor =
         serde_json::from_slice(&std::fs::read(img.path().join("cursor.json")).unwrap()).unwrap();

@@ -186,11 +186,12 @@ impl Log {
                 boot: self.config.boot_id.clone(),
             },
         );
-        if rolled && let Some(retention) = self.config.retain {
-            if let Err(e) = self.prune_locked(retention, st) {
-                tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error,
-                    "automatic pruning failed");
-            }
+        if rolled
+            && let Some(retention) = self.config.retain
+            && let Err(e) = self.prune_locked(retention, st)
+        {
+            tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error,
+                "automatic pruning failed");
         }
         Ok((file, next))
     }
@@ -287,7 +288,11 @@ impl Log {
             Some(h) => {
                 // The log is shorter than this boot's writers left it: records were lost.
                 let e = self.read_epoch()?.unwrap_or_default();
-                let base = h.last.max(h.reserved).max(e.reserved).max(found.unwrap_or(0));
+                let base = h
+                    .last
+                    .max(h.reserved)
+                    .max(e.reserved)
+                    .max(found.unwrap_or(0));
                 self.jump_plan(base, found, active.as_ref(), GapCause::Damage, damage, e)?
             }
             None => match self.read_epoch()? {
@@ -421,7 +426,8 @@ impl Log {
     }
 
     fn open_segment(&self, first: u64) -> Result<Active> {
-        let file = DataFile::open_existing_rw(&self.segment_path(first)).map_err(|e| self.core(e))?;
+        let file =
+            DataFile::open_existing_rw(&self.segment_path(first)).map_err(|e| self.core(e))?;
         Ok(Active {
             first,
             file: Arc::new(file),
@@ -558,6 +564,7 @@ impl Log {
     /// What a sender killed between its write and its `fdatasync` leaves: visible records
     /// that are not durable.
     pub(crate) fn append_unsynced(&self, msgs: &[&[u8]]) -> Result<u64> {
-        self.locked(|st| self.append_locked(st, msgs)).map(|(_, first)| first)
+        self.locked(|st| self.append_locked(st, msgs))
+            .map(|(_, first)| first)
     }
 }
