@@ -522,7 +522,7 @@ impl FileChannel {
         let mut batch = Batch {
             messages: Vec::with_capacity(raw.records.len()),
             cursor: raw.cursor,
-            pruned: raw.pruned.map(|(from, to)| Pruned { from, to }),
+            pruned: raw.pruned,
             gaps: raw.gaps,
             ahead: raw.ahead,
             problems: raw.problems,

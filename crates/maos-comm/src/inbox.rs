@@ -25,7 +25,7 @@ use crate::envelope::{Envelope, RawPayload};
 use crate::log::RawRecord;
 use crate::pubsub::TopicPattern;
 use crate::watch::Notice;
-use crate::{ChannelOptions, Cursor, Error, FileChannel, Pruned, Result, list_channels};
+use crate::{ChannelOptions, Cursor, Error, FileChannel, Result, list_channels};
 
 /// Largest inbox state file a reader accepts.
 const STATE_LIMIT: u64 = 4 << 20;
@@ -376,8 +376,8 @@ impl Inbox {
         loop {
             let raw = ch.inner.log.read(p.end, ch.options().max_batch)?;
             let progressed = raw.cursor != p.end;
-            if let Some((from, to)) = raw.pruned {
-                notices.push((name.clone(), Notice::Pruned(Pruned { from, to })));
+            if let Some(p) = raw.pruned {
+                notices.push((name.clone(), Notice::Pruned(p)));
             }
             notices.extend(raw.gaps.iter().map(|g| (name.clone(), Notice::Gap(*g))));
             notices.extend(raw.ahead.map(|a| (name.clone(), Notice::Ahead(a))));

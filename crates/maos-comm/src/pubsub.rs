@@ -276,9 +276,8 @@ impl Subscription {
             .read(self.cursor, self.feed.options().max_batch)?;
         let moved = raw.cursor.position != self.cursor.position;
         self.cursor = raw.cursor;
-        if let Some((from, to)) = raw.pruned {
-            self.notices
-                .push(Notice::Pruned(crate::Pruned { from, to }));
+        if let Some(p) = raw.pruned {
+            self.notices.push(Notice::Pruned(p));
         }
         self.notices.extend(raw.gaps.into_iter().map(Notice::Gap));
         if raw.ahead != self.reported_ahead {

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use maos_coordination::comm::{
-    BroadcastChannel, ChannelOptions, Cursor, FileChannel, Filter, GapCause, Retention,
-    Subscription, topic_channel,
+    BroadcastChannel, ChannelOptions, Cursor, FileChannel, Filter, GapCause, Inbox, Notice,
+    Retention, Subscription, topic_channel,
 };
 use maos_coordination::core::fsx::sim::{Cut, Recording};
 use maos_coordination::core::{MessageId, Name};
@@ -53,10 +53,16 @@ struct Acks {
     consumer: Vec<(usize, u64)>,
     /// (ops recorded, feed position, id, topic)
     broadcasts: Vec<(usize, u64, MessageId, String)>,
+    /// (ops recorded, channel, position of the last item acknowledged there) by an inbox
+    inbox: Vec<(usize, String, u64)>,
 }
 
 fn workload(root: &Path, rec: &Recording, per_sender: u64) -> Acks {
     let ws = Workspace::open(root).unwrap();
+    Inbox::open_with(&ws, AgentId::new("me").unwrap(), options("before"))
+        .unwrap()
+        .subscribe(&["build/*"])
+        .unwrap();
     let acks = Mutex::new(Acks::default());
     let done = AtomicBool::new(false);
     // Senders wait for the consumer every few messages, so that it acknowledges along the way
@@ -280,7 +286,7 @@ fn check_cut(rec: &Recording, acks: &Acks, cut: Cut) {
         .take_notices()
         .iter()
         .filter_map(|n| match n {
-            maos_coordination::comm::Notice::Pruned(p) => Some(p.to),
+            Notice::Pruned(p) => Some(p.to),
             _ => None,
         })
         .max()
@@ -299,6 +305,39 @@ fn check_cut(rec: &Recording, acks: &Acks, cut: Cut) {
                 a.1
             );
         }
+    }
+    // An inbox never shows again what it acknowledged, and is never ahead of a channel.
+    let mut inbox = Inbox::open_with(&ws, AgentId::new("me").unwrap(), options("after")).unwrap();
+    let mut acked_in: HashMap<String, u64> = HashMap::new();
+    for a in acks.inbox.iter().filter(|a| a.0 <= cut.at) {
+        let e = acked_in.entry(a.1.clone()).or_default();
+        *e = (*e).max(a.2);
+    }
+    loop {
+        let batch = inbox.read(50).unwrap();
+        for (ch, n) in &batch.notices {
+            assert!(
+                !matches!(n, Notice::Ahead(_)),
+                "{what}: inbox ahead on {ch}: {n}"
+            );
+        }
+        for it in &batch.items {
+            let ch = if it.topic.is_some() {
+                "broadcast/global"
+            } else {
+                CHANNEL
+            };
+            let done = acked_in.get(ch).copied().unwrap_or(0);
+            assert!(
+                it.position > done,
+                "{what}: the inbox showed {ch} #{} again",
+                it.position
+            );
+        }
+        if batch.items.is_empty() {
+            break;
+        }
+        inbox.ack(&batch).unwrap();
     }
     let view = FileChannel::open_with(
         &ws,

@@ -227,7 +227,7 @@ pub(crate) struct RawBatch {
     pub(crate) records: Vec<RawRecord>,
     pub(crate) cursor: Cursor,
     /// Positions `from..=to` that were pruned before this reader got to them.
-    pub(crate) pruned: Option<(u64, u64)>,
+    pub(crate) pruned: Option<crate::Pruned>,
     pub(crate) gaps: Vec<Gap>,
     pub(crate) ahead: Option<Ahead>,
     pub(crate) problems: Vec<Problem>,

@@ -213,9 +213,9 @@ impl Log {
                 };
                 // Everything before `oldest` is gone.
                 let (from, to) = (want, oldest - 1);
-                out.pruned = Some(match out.pruned {
-                    Some((f, _)) => (f, to),
-                    None => (from, to),
+                out.pruned = Some(crate::Pruned {
+                    from: out.pruned.map_or(from, |p| p.from),
+                    to,
                 });
                 cur.position = to;
                 cur.segment = oldest;

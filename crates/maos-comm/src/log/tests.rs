@@ -552,7 +552,7 @@ fn pruning_keeps_whole_segments_and_files_private() {
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(send(&l, 41), 41);
     let b = read_all(&l, Cursor::start());
-    assert_eq!(b.pruned, Some((1, 40)));
+    assert_eq!(b.pruned, Some(crate::Pruned { from: 1, to: 40 }));
     assert_eq!(positions(&b), [41]);
 }
 
@@ -573,7 +573,7 @@ fn writers_prune_by_themselves_when_told_to() {
     }
     assert!(l.list(&mut Vec::new()).unwrap().segments.len() <= 3);
     let b = read_all(&l, Cursor::start());
-    let (from, to) = b.pruned.unwrap();
+    let crate::Pruned { from, to } = b.pruned.unwrap();
     assert_eq!(from, 1);
     assert_eq!(b.records.first().unwrap().position, to + 1);
     assert_eq!(b.records.last().unwrap().position, 200);
