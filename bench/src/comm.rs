@@ -8,9 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maos_coordination::comm::{
-    ChannelOptions, ChannelWatcher, Cursor, FileChannel, Filter, Inbox,
-};
+use maos_coordination::comm::{ChannelOptions, ChannelWatcher, Cursor, FileChannel, Filter, Inbox};
 use maos_coordination::{AgentId, ChannelName, Message, Recipients, Workspace};
 
 use crate::table::{Row, Table, percentile_us};
@@ -214,7 +212,10 @@ fn swarm(table: &mut Table) -> anyhow::Result<()> {
     Workspace::open_or_init(dir.path())?;
     let mut one = swarm_latencies(dir.path(), 1, 200)?;
     let mut many = swarm_latencies(dir.path(), 100, 20)?;
-    let (p50, p99) = (percentile_us(&mut many, 50.0), percentile_us(&mut many, 99.0));
+    let (p50, p99) = (
+        percentile_us(&mut many, 50.0),
+        percentile_us(&mut many, 99.0),
+    );
     let b99 = percentile_us(&mut one, 99.0);
     table.push(Row {
         group: "comm",
@@ -471,11 +472,18 @@ fn inbox_unread(channels: usize, history: u64) -> anyhow::Result<f64> {
     Inbox::open(&ws, reader.clone())?.unread()?; // the first count reads the history once
     let mut samples = Vec::new();
     for j in 0..100 {
-        chans[j % channels].send_blocking(&Message::new(me.clone(), Recipients::All, payload(0)))?;
+        chans[j % channels].send_blocking(&Message::new(
+            me.clone(),
+            Recipients::All,
+            payload(0),
+        ))?;
         let t = Instant::now();
         let n = Inbox::open(&ws, reader.clone())?.unread()?.total;
         samples.push(t.elapsed());
-        anyhow::ensure!(n == channels as u64 * history + j as u64 + 1, "unread count {n}");
+        anyhow::ensure!(
+            n == channels as u64 * history + j as u64 + 1,
+            "unread count {n}"
+        );
     }
     Ok(percentile_us(&mut samples, 50.0))
 }
