@@ -42,10 +42,22 @@ impl Ctx {
         })
     }
 
-    /// The workspace, created on first use.
+    /// The workspace, which must exist: only `maos init` creates one, so a typo in
+    /// `--workspace` (or running in the wrong directory) is an error, not a new `.maos/`.
     pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
-        let ws = Workspace::open_or_init(&self.root)
-            .with_context(|| format!("opening workspace {}", self.root.display()))?;
+        let ws = Workspace::open(&self.root).map_err(|e| match e {
+            maos_coordination::core::Error::NotInitialized { path } => crate::exit::Failure::error(
+                crate::exit::Exit::Error,
+                format!(
+                    "no maos workspace at {} ({}): run `maos init` there first, or point \
+                     --workspace / MAOS_WORKSPACE at an existing one",
+                    path.display(),
+                    self.discovery_words()
+                ),
+            ),
+            other => anyhow::Error::new(other)
+                .context(format!("opening workspace {}", self.root.display())),
+        })?;
         if ws.is_network_filesystem() {
             tracing::warn!(
                 path = %ws.maos_dir().display(),
@@ -60,6 +72,16 @@ impl Ctx {
             tracing::warn!("cannot renew the lease of agent {}: {e}", self.agent);
         }
         Ok(ws)
+    }
+
+    /// How the workspace root was found, in words.
+    pub(crate) fn discovery_words(&self) -> &'static str {
+        match self.discovery {
+            Discovery::Explicit => "from --workspace / MAOS_WORKSPACE",
+            Discovery::Ancestor => "the nearest ancestor holding .maos/",
+            Discovery::GitMainWorktree => "the root of the main git worktree",
+            Discovery::CurrentDir => "the current directory",
+        }
     }
 
     /// Prints `value` as one JSON document with `--json`, else the human text.

@@ -405,6 +405,7 @@ mod tests {
             now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        maos_coordination::Workspace::init(&dir).unwrap();
         let ctx = Ctx::new(Some(&dir), Some("agent-a"), true).unwrap();
         let acquire = LockCommand::Acquire {
             resource: "f.txt".into(),

@@ -84,12 +84,7 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
         let mut s = format!(
             "workspace  {} ({})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
             st.workspace.display(),
-            match st.discovery {
-                maos_coordination::core::Discovery::Explicit => "from --workspace / MAOS_WORKSPACE",
-                maos_coordination::core::Discovery::Ancestor => "nearest ancestor holding .maos/",
-                maos_coordination::core::Discovery::GitMainWorktree => "root of the main git worktree",
-                maos_coordination::core::Discovery::CurrentDir => "current directory",
-            },
+            ctx.discovery_words(),
             st.agent,
             st.format,
             if st.network_filesystem { " (network filesystem: single-host only!)" } else { "" },

@@ -45,9 +45,6 @@ mod ids;
 mod message;
 mod name;
 pub mod process;
-// Registration's builder methods get `#[must_use]` with the kernel-lock rework of registry.rs
-// (issue 16, item 2); until then the lint is off for that one module.
-#[allow(clippy::return_self_not_must_use)]
 mod registry;
 mod text;
 mod time;

@@ -145,6 +145,15 @@ fn two_git_worktrees_share_one_maos_directory() {
             .ok()
             .json()
     };
+    // Before `maos init`, a command says where the workspace would be and creates nothing.
+    Maos::discovered()
+        .current_dir(&sub)
+        .run(["status"])
+        .failed()
+        .stderr_has("run `maos init` there first")
+        .stderr_has("root of the main git worktree");
+    assert!(!repo.join(".maos").exists());
+    Maos::discovered().current_dir(&wt1).run(["init"]).ok();
     let canonical = std::fs::canonicalize(&repo).unwrap();
     for cwd in [&wt1, &sub, &repo] {
         let st = status_in(cwd);
@@ -276,4 +285,25 @@ fn a_closed_pipe_ends_a_listing_command_quietly() {
     let out = read_one_line_then_hang_up(maos.cmd().args(["task", "list", "--json"]), || {});
     out.ok();
     assert_eq!(out.stderr(), "", "nothing on stderr");
+}
+
+#[test]
+fn only_init_creates_a_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    for args in [vec!["status"], vec!["task", "list"], vec!["lock", "list"]] {
+        Maos::uninitialised(&missing)
+            .run(&args)
+            .assert_code(Exit::Error)
+            .stderr_has("run `maos init` there first");
+    }
+    assert!(!dir.path().join("no").exists(), "nothing was created");
+    Maos::uninitialised("/")
+        .run(["status"])
+        .assert_code(Exit::Error)
+        .stderr_has("no maos workspace at /");
+    assert!(!Path::new("/.maos").exists());
+    // `init` does create it, with its parents.
+    Maos::uninitialised(&missing).run(["init"]).ok();
+    Maos::uninitialised(&missing).run(["status"]).ok();
 }

@@ -27,8 +27,21 @@ pub(crate) struct Maos {
 }
 
 impl Maos {
-    /// `maos --workspace WS`, acting as agent `a`.
+    /// `maos --workspace WS`, acting as agent `a`; runs `maos init` there first when WS has
+    /// no `.maos/` yet (only `init` creates a workspace). [`Maos::uninitialised`] does not.
+    #[track_caller]
     pub(crate) fn new(workspace: impl AsRef<Path>) -> Self {
+        let m = Self::uninitialised(workspace);
+        if let Some(ws) = &m.workspace
+            && !ws.join(".maos/format").exists()
+        {
+            m.run(["init"]).ok();
+        }
+        m
+    }
+
+    /// `maos --workspace WS`, acting as agent `a`, without initialising WS.
+    pub(crate) fn uninitialised(workspace: impl AsRef<Path>) -> Self {
         Self {
             workspace: Some(workspace.as_ref().to_path_buf()),
             agent: "a".into(),
