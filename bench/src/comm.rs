@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maos_coordination::comm::{ChannelOptions, ChannelWatcher, Cursor, FileChannel, Filter};
+use maos_coordination::comm::{ChannelOptions, ChannelWatcher, Cursor, FileChannel, Filter, Inbox};
 use maos_coordination::{AgentId, ChannelName, Message, Recipients, Workspace};
 
 use crate::table::{Row, Table, percentile_us};
@@ -71,7 +71,7 @@ fn send_sqlite(db: &Path, n: u64, me: &str) -> anyhow::Result<Duration> {
 /// file events, looking every 100 ms).
 pub(crate) fn child(args: &[String]) -> anyhow::Result<()> {
     let [mode, path, n] = args else {
-        anyhow::bail!("usage: --comm-child send|sqlite|wait|poll PATH N");
+        anyhow::bail!("usage: --comm-child send|lat|sqlite|wait|poll PATH N");
     };
     let n: u64 = n.parse()?;
     let path = Path::new(path);
@@ -90,6 +90,21 @@ pub(crate) fn child(args: &[String]) -> anyhow::Result<()> {
             go()?;
             for i in 0..n {
                 ch.send_blocking(&Message::new(me.clone(), Recipients::All, payload(i)))?;
+            }
+        }
+        "lat" => {
+            // Like "send", then print each send's latency in microseconds, one per line.
+            let ch = open_channel(path)?;
+            let me = AgentId::new(me)?;
+            go()?;
+            let mut lat = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let t = Instant::now();
+                ch.send_blocking(&Message::new(me.clone(), Recipients::All, payload(i)))?;
+                lat.push(t.elapsed().as_micros());
+            }
+            for l in lat {
+                println!("{l}");
             }
         }
         "sqlite" => {
@@ -171,6 +186,49 @@ fn concurrent(mode: &str, path: &Path, procs: usize, n: u64) -> anyhow::Result<f
         anyhow::ensure!(st.success(), "{mode} child failed");
     }
     Ok((procs as u64 * n) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Send latencies (every send of every process) with `procs` writer processes released together.
+fn swarm_latencies(path: &Path, procs: usize, n: u64) -> anyhow::Result<Vec<Duration>> {
+    let mut kids = (0..procs)
+        .map(|_| spawn_child("lat", path, n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (c, _) in &mut kids {
+        writeln!(c.stdin.as_mut().expect("piped"), "go")?;
+    }
+    let mut out = Vec::new();
+    for (mut c, r) in kids {
+        for line in r.lines() {
+            out.push(Duration::from_micros(line?.trim().parse()?));
+        }
+        anyhow::ensure!(c.wait()?.success(), "lat child failed");
+    }
+    Ok(out)
+}
+
+/// Issue 14: p99 of a durable send with 100 writer processes on one channel.
+fn swarm(table: &mut Table) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    Workspace::open_or_init(dir.path())?;
+    let mut one = swarm_latencies(dir.path(), 1, 200)?;
+    let mut many = swarm_latencies(dir.path(), 100, 20)?;
+    let (p50, p99) = (
+        percentile_us(&mut many, 50.0),
+        percentile_us(&mut many, 99.0),
+    );
+    let b99 = percentile_us(&mut one, 99.0);
+    table.push(Row {
+        group: "comm",
+        name: format!("durable send, 100 writer processes on one channel (p99; p50 {p50:.0} us)"),
+        value: p99,
+        baseline_name: "1 writer process (p99)".into(),
+        baseline: b99,
+        unit: "us",
+        higher_is_better: false,
+        target: "p99 <= 50 ms".into(),
+        met: p99 <= 50_000.0,
+    });
+    Ok(())
 }
 
 fn throughput(table: &mut Table) -> anyhow::Result<()> {
@@ -393,9 +451,65 @@ fn wake(table: &mut Table) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Median time of `Inbox::unread` (a fresh handle, as a hook makes on every tool call) after
+/// one new message, with `channels` channels of `history` messages each already counted.
+fn inbox_unread(channels: usize, history: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let ws = Workspace::open_or_init(dir.path())?;
+    let me = AgentId::new("w")?;
+    let mut chans = Vec::new();
+    for c in 0..channels {
+        let ch = FileChannel::open(&ws, ChannelName::new(format!("team/c{c}"))?)?;
+        let batch: Vec<_> = (0..history)
+            .map(|j| Message::new(me.clone(), Recipients::All, payload(j)))
+            .collect();
+        if !batch.is_empty() {
+            ch.send_many_blocking(&batch)?;
+        }
+        chans.push(ch);
+    }
+    let reader = AgentId::new("reader")?;
+    Inbox::open(&ws, reader.clone())?.unread()?; // the first count reads the history once
+    let mut samples = Vec::new();
+    for j in 0..100 {
+        chans[j % channels].send_blocking(&Message::new(
+            me.clone(),
+            Recipients::All,
+            payload(0),
+        ))?;
+        let t = Instant::now();
+        let n = Inbox::open(&ws, reader.clone())?.unread()?.total;
+        samples.push(t.elapsed());
+        anyhow::ensure!(
+            n == channels as u64 * history + j as u64 + 1,
+            "unread count {n}"
+        );
+    }
+    Ok(percentile_us(&mut samples, 50.0))
+}
+
+fn inbox(table: &mut Table) -> anyhow::Result<()> {
+    let small = inbox_unread(100, 10)?;
+    let large = inbox_unread(100, 1000)?;
+    table.push(Row {
+        group: "comm",
+        name: "inbox unread after 1 new message, 100 channels x 1,000 history (p50)".into(),
+        value: large,
+        baseline_name: "same, 100 channels x 10 history".into(),
+        baseline: small,
+        unit: "us",
+        higher_is_better: false,
+        target: "<= 2x apart (cost follows channels and what is new, not history)".into(),
+        met: large <= 2.0 * small,
+    });
+    Ok(())
+}
+
 pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     throughput(table)?;
     receive(table)?;
     wake(table)?;
+    swarm(table)?;
+    inbox(table)?;
     Ok(())
 }

@@ -1,18 +1,20 @@
-//! `maos send`, `recv`, `broadcast`, `subscribe`, `channels`: the comm commands.
+//! `maos send`, `recv`, `broadcast`, `subscribe`, `unsubscribe`, `inbox`, `channels`: the comm
+//! commands.
 
-use std::io::BufRead as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use maos_coordination::comm::{
-    BroadcastChannel, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Notice, Problem,
-    Pruned, Retention, Subscription, TopicMessage, channel_stats,
+    BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap,
+    GapCause, Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
+    TopicMessage, channel_stats, feed_options,
 };
-use maos_coordination::core::Name;
-use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients, Workspace};
+use maos_coordination::core::{Name, escape_controls, excerpt};
+use maos_coordination::{
+    AgentId, AgentRegistry, AgentRole, ChannelName, Message, Recipients, Workspace,
+};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::ctx::Ctx;
 use crate::duration;
@@ -24,10 +26,16 @@ pub(crate) enum CommCommand {
     Send(SendArgs),
     /// Read the messages of a channel addressed to you (JSON Lines with --json).
     Recv(RecvArgs),
-    /// Publish a message on a topic (and a notification on broadcast/global).
+    /// Publish a message on a topic (one record on the broadcast feed, broadcast/global).
     Broadcast(BroadcastArgs),
-    /// Read the messages of the topics matching the patterns (`build/*`, `deploy/**`).
+    /// Read the broadcasts on the topics matching the patterns (`build/*`, `deploy/**`), or
+    /// store them for your inbox with --durable.
     Subscribe(SubscribeArgs),
+    /// Remove topic patterns stored with `subscribe --durable`.
+    Unsubscribe(UnsubscribeArgs),
+    /// Everything addressed to you, from every channel and your stored subscriptions; shown
+    /// messages are acknowledged (never shown again).
+    Inbox(InboxArgs),
     /// List channels (names, counts, newest position), or prune one.
     Channels(ChannelsArgs),
 }
@@ -50,13 +58,17 @@ pub(crate) struct SendArgs {
     /// Address everyone (the default).
     #[arg(long, group = "to_whom")]
     all: bool,
-    /// The payload, a JSON value.
+    /// The payload, a JSON value (passed through byte for byte).
     #[arg(long, group = "input", value_name = "JSON")]
     data: Option<String>,
     /// Read payloads from stdin, one JSON value per line; one line is printed per message
     /// once it is durable.
     #[arg(long, group = "input")]
     stdin: bool,
+    /// How long to wait for the channel's lock when another process holds it (exit 3 after,
+    /// naming the holder).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -77,7 +89,7 @@ pub(crate) struct RecvArgs {
     everything: bool,
 }
 
-/// How long a reading command goes on: shared by `recv` and `subscribe`.
+/// How long a reading command goes on: shared by `recv`, `subscribe` and `inbox`.
 #[derive(Debug, Args)]
 pub(crate) struct StreamArgs {
     /// Keep waiting for new messages.
@@ -95,9 +107,13 @@ pub(crate) struct StreamArgs {
 pub(crate) struct BroadcastArgs {
     /// The topic, e.g. `build/done`.
     topic: String,
-    /// The payload, a JSON value.
+    /// The payload, a JSON value (passed through byte for byte).
     #[arg(long, value_name = "JSON")]
     data: String,
+    /// How long to wait for the broadcast feed's lock when another process holds it (exit 3
+    /// after, naming the holder).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "10s")]
+    wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -105,9 +121,36 @@ pub(crate) struct SubscribeArgs {
     /// Topic patterns: `*` matches one segment, `**` any number.
     #[arg(required = true, value_name = "TOPIC")]
     topics: Vec<String>,
-    /// A durable subscription: continue after its acknowledged position.
+    /// Store the patterns as your subscriptions: `maos inbox` then brings the matching
+    /// broadcasts published from now on. Prints the stored list and exits.
+    #[arg(long, conflicts_with_all = ["consumer", "follow", "count", "timeout"])]
+    durable: bool,
+    /// A durable reader: continue after its acknowledged position.
     #[arg(long, value_name = "NAME")]
     consumer: Option<String>,
+    #[command(flatten)]
+    stream: StreamArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UnsubscribeArgs {
+    /// The patterns to remove, as they were stored.
+    #[arg(required = true, value_name = "TOPIC")]
+    topics: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InboxArgs {
+    /// Print the number of unread messages (per channel) instead of the messages; nothing is
+    /// acknowledged.
+    #[arg(long, conflicts_with_all = ["follow", "count", "timeout", "peek", "subscriptions"])]
+    unread: bool,
+    /// Print the messages without acknowledging them.
+    #[arg(long, conflicts_with = "follow")]
+    peek: bool,
+    /// Print your stored topic subscriptions.
+    #[arg(long, conflicts_with_all = ["follow", "count", "timeout", "peek"])]
+    subscriptions: bool,
     #[command(flatten)]
     stream: StreamArgs,
 }
@@ -146,6 +189,8 @@ pub(crate) fn run(cmd: CommCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         CommCommand::Recv(a) => recv(a, ctx),
         CommCommand::Broadcast(a) => broadcast(a, ctx),
         CommCommand::Subscribe(a) => subscribe(a, ctx),
+        CommCommand::Unsubscribe(a) => unsubscribe(a, ctx),
+        CommCommand::Inbox(a) => inbox(a, ctx),
         CommCommand::Channels(a) => match a.command.unwrap_or(ChannelsCommand::List) {
             ChannelsCommand::List => channels(ctx),
             ChannelsCommand::Prune(p) => prune(p, ctx),
@@ -154,15 +199,21 @@ pub(crate) fn run(cmd: CommCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn channel_name(s: &str) -> anyhow::Result<ChannelName> {
-    ChannelName::new(s).with_context(|| format!("channel {s:?}"))
+    ChannelName::new(s).with_context(|| format!("channel {:?}", excerpt(s, 80)))
 }
 
-fn open(ws: &Workspace, s: &str) -> anyhow::Result<FileChannel> {
-    Ok(FileChannel::open(ws, channel_name(s)?)?)
-}
+/// The largest input line `--stdin` accepts: a message's limit plus room for the envelope.
+const MAX_STDIN_LINE: usize = maos_coordination::comm::DEFAULT_MAX_MESSAGE + 4096;
 
-fn parse_json(s: &str, what: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(s).with_context(|| format!("{what} is not valid JSON: {s:?}"))
+/// Parses a JSON payload, keeping its text exactly; the error quotes a short excerpt.
+fn parse_json(s: &str, what: &str) -> anyhow::Result<RawPayload> {
+    serde_json::from_str::<RawPayload>(s).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} is not valid JSON ({e}): {:?} (a JSON value is needed, e.g. '\"text\"', '42' \
+             or '{{\"k\":1}}')",
+            excerpt(s, 60)
+        )
+    })
 }
 
 #[derive(Serialize)]
@@ -172,10 +223,8 @@ struct SentLine<'a> {
     id: String,
 }
 
-fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let ch = open(&ws, &a.channel)?;
-    let recipients = if let Some(to) = &a.to {
+fn recipients(a: &SendArgs) -> anyhow::Result<Recipients> {
+    Ok(if let Some(to) = &a.to {
         Recipients::Agent(AgentId::new(to.as_str()).context("--to")?)
     } else if let Some(g) = &a.group {
         Recipients::Group(
@@ -188,8 +237,21 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         Recipients::Role(AgentRole::new(r.as_str()).context("--role")?)
     } else {
         Recipients::All
-    };
-    let send_one = |payload: Value| -> anyhow::Result<()> {
+    })
+}
+
+fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let name = channel_name(&a.channel)?;
+    let recipients = recipients(&a)?;
+    // Check the input before touching the workspace.
+    let first = a
+        .data
+        .as_deref()
+        .map(|d| parse_json(d, "--data"))
+        .transpose()?;
+    let ws = ctx.workspace()?;
+    let ch = FileChannel::open_with(&ws, name, ChannelOptions::default().lock_timeout(a.wait))?;
+    let send_one = |payload: RawPayload| -> anyhow::Result<()> {
         let msg = Message::new(ctx.agent.clone(), recipients.clone(), payload);
         let r = ch.send_blocking(&msg)?;
         let line = SentLine {
@@ -199,40 +261,88 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         };
         ctx.emit_line(&line, || format!("{} {}", r.position, r.id))
     };
-    if let Some(d) = &a.data {
-        send_one(parse_json(d, "--data")?)?;
-    } else {
-        for (i, line) in std::io::stdin().lock().lines().enumerate() {
-            let line = line.context("reading stdin")?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            send_one(parse_json(&line, &format!("stdin line {}", i + 1))?)?;
+    if let Some(p) = first {
+        send_one(p)?;
+        return Ok(Exit::Ok);
+    }
+    let mut input = std::io::stdin().lock();
+    let mut n = 0u64;
+    while let Some(line) = read_bounded_line(&mut input, MAX_STDIN_LINE)
+        .with_context(|| format!("stdin line {}", n + 1))?
+    {
+        n += 1;
+        if line.trim().is_empty() {
+            continue;
         }
+        send_one(parse_json(&line, &format!("stdin line {n}"))?)?;
     }
     Ok(Exit::Ok)
+}
+
+/// Reads one line (without its `\n`) of at most `limit` bytes; `None` at the end of input.
+fn read_bounded_line(
+    r: &mut impl std::io::BufRead,
+    limit: usize,
+) -> anyhow::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r.fill_buf().context("reading stdin")?;
+        if buf.is_empty() {
+            break;
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > limit + 1 {
+            anyhow::bail!(
+                "longer than {limit} bytes, more than any message can be (one JSON value per line)"
+            );
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            break;
+        }
+    }
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("not UTF-8 text"))
 }
 
 #[derive(Serialize)]
 struct MessageLine<'a> {
     channel: &'a str,
     position: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
     #[serde(flatten)]
-    message: &'a Message<Value>,
+    message: &'a Message<RawPayload>,
 }
 
-fn print_message(ctx: &Ctx, channel: &str, d: &Delivered<Value>) -> anyhow::Result<()> {
+fn human_message(position: u64, m: &Message<RawPayload>) -> String {
+    format!(
+        "#{position} {} from {}: {}",
+        m.id,
+        m.sender,
+        escape_controls(m.payload.get())
+    )
+}
+
+fn print_message(ctx: &Ctx, channel: &str, d: &Delivered<RawPayload>) -> anyhow::Result<()> {
     let line = MessageLine {
         channel,
         position: d.position,
+        topic: None,
         message: &d.message,
     };
-    ctx.emit_line(&line, || {
-        format!(
-            "#{} {} from {}: {}",
-            d.position, d.message.id, d.message.sender, d.message.payload
-        )
-    })
+    ctx.emit_line(&line, || human_message(d.position, &d.message))
 }
 
 fn print_pruned(ctx: &Ctx, p: &Pruned) -> anyhow::Result<()> {
@@ -240,19 +350,38 @@ fn print_pruned(ctx: &Ctx, p: &Pruned) -> anyhow::Result<()> {
     ctx.emit_line(&serde_json::json!({ "pruned": p }), || format!("! {p}"))
 }
 
+fn print_gap(ctx: &Ctx, g: &Gap) -> anyhow::Result<()> {
+    let level = if g.cause == GapCause::Restart {
+        "note"
+    } else {
+        "warning"
+    };
+    eprintln!("maos: {level}: {g}");
+    ctx.emit_line(&serde_json::json!({ "gap": g }), || format!("! {g}"))
+}
+
+fn print_ahead(ctx: &Ctx, a: &maos_coordination::comm::Ahead) -> anyhow::Result<()> {
+    eprintln!("maos: warning: {a}");
+    ctx.emit_line(&serde_json::json!({ "ahead": a }), || format!("! {a}"))
+}
+
 fn print_problem(p: &Problem) {
-    eprintln!("maos: warning: {p}");
+    eprintln!("maos: warning: {}", escape_controls(&p.to_string()));
+}
+
+fn print_notice(ctx: &Ctx, n: &Notice) -> anyhow::Result<()> {
+    match n {
+        Notice::Pruned(p) => print_pruned(ctx, p)?,
+        Notice::Problem(p) => print_problem(p),
+        Notice::Gap(g) => print_gap(ctx, g)?,
+        Notice::Ahead(a) => print_ahead(ctx, a)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 fn print_notices(ctx: &Ctx, notices: Vec<Notice>) -> anyhow::Result<()> {
-    for n in notices {
-        match n {
-            Notice::Pruned(p) => print_pruned(ctx, &p)?,
-            Notice::Problem(p) => print_problem(&p),
-            _ => {}
-        }
-    }
-    Ok(())
+    notices.iter().try_for_each(|n| print_notice(ctx, n))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -262,20 +391,42 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn timed_out(what: &str, d: Duration) -> anyhow::Error {
-    Failure::error(Exit::Busy, format!("no new {what} within {}", humanize(d)))
+    Failure::error(
+        Exit::Busy,
+        format!(
+            "no new {what} within {}",
+            maos_coordination::core::human_duration(d)
+        ),
+    )
 }
 
-fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+/// Says why messages addressed to a role were not shown to a reader without one.
+fn role_hint(ws: &Workspace, agent: &AgentId, channel: &str, skipped: usize) {
+    if skipped == 0 {
+        return;
     }
+    let who = if agent.as_str() == AgentId::DEFAULT {
+        "you act as the anonymous agent (set MAOS_AGENT_ID or --agent, then `maos agents \
+         register --role ROLE`)"
+            .to_string()
+    } else {
+        match AgentRegistry::new(ws).get(agent) {
+            Ok(Some(_)) => format!(
+                "agent {agent} is registered without a role (`maos agents register --role ROLE`)"
+            ),
+            _ => format!("agent {agent} is not registered (`maos agents register --role ROLE`)"),
+        }
+    };
+    eprintln!(
+        "maos: note: {skipped} message(s) on {channel} addressed to a role were not shown: {who}; \
+         --everything shows every message"
+    );
 }
 
 fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let name = channel_name(&a.channel)?;
     let ws = ctx.workspace()?;
-    let ch = open(&ws, &a.channel)?;
+    let ch = FileChannel::open_existing(&ws, name)?;
     let filter = if a.everything {
         Filter::Everything
     } else {
@@ -292,14 +443,22 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     };
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
+    let mut role_skipped = 0usize;
     // Drain what is there.
     loop {
-        let batch = ch.receive_blocking::<Value>(&cursor, &filter)?;
+        let batch = ch.receive_blocking::<RawPayload>(&cursor, &filter)?;
         if let Some(p) = &batch.pruned {
             print_pruned(ctx, p)?;
         }
+        for g in &batch.gaps {
+            print_gap(ctx, g)?;
+        }
+        if let Some(ahead) = &batch.ahead {
+            print_ahead(ctx, ahead)?;
+        }
         batch.problems.iter().for_each(print_problem);
-        let progressed = batch.cursor.position != cursor.position;
+        role_skipped += batch.skipped_for_role;
+        let progressed = batch.cursor != cursor;
         for d in &batch.messages {
             if printed >= limit {
                 break;
@@ -313,6 +472,7 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             if let Some(c) = consumer.as_mut() {
                 c.ack(cursor)?;
             }
+            role_hint(&ws, &ctx.agent, &a.channel, role_skipped);
             return Ok(Exit::Ok);
         }
         cursor = batch.cursor;
@@ -324,6 +484,7 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             break;
         }
     }
+    role_hint(&ws, &ctx.agent, &a.channel, role_skipped);
     if !a.stream.follow {
         return Ok(Exit::Ok);
     }
@@ -332,11 +493,11 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         let mut w = ChannelWatcher::from_cursor(ch.clone(), cursor, filter)?;
         loop {
             let next = match a.stream.timeout {
-                Some(t) => match w.next_timeout::<Value>(t).await? {
+                Some(t) => match w.next_timeout::<RawPayload>(t).await? {
                     Some(d) => d,
                     None => return Err(timed_out("message", t)),
                 },
-                None => w.next::<Value>().await?,
+                None => w.next::<RawPayload>().await?,
             };
             print_notices(ctx, w.take_notices())?;
             print_message(ctx, &a.channel, &next)?;
@@ -359,9 +520,13 @@ struct BroadcastLine<'a> {
 }
 
 fn broadcast(a: BroadcastArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
     let payload = parse_json(&a.data, "--data")?;
-    let b = BroadcastChannel::new(&ws, ctx.agent.clone());
+    let ws = ctx.workspace()?;
+    let b = BroadcastChannel::with_options(
+        &ws,
+        ctx.agent.clone(),
+        feed_options(&ws).lock_timeout(a.wait),
+    );
     let r = b.broadcast_blocking(&a.topic, &payload)?;
     let line = BroadcastLine {
         topic: &a.topic,
@@ -376,29 +541,60 @@ fn broadcast(a: BroadcastArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
 struct TopicLine<'a> {
     topic: &'a str,
     position: u64,
-    feed_position: u64,
     #[serde(flatten)]
-    message: &'a Message<Value>,
+    message: &'a Message<RawPayload>,
 }
 
-fn print_topic(ctx: &Ctx, m: &TopicMessage<Value>) -> anyhow::Result<()> {
+fn print_topic(ctx: &Ctx, m: &TopicMessage<RawPayload>) -> anyhow::Result<()> {
     let line = TopicLine {
         topic: &m.topic,
         position: m.position,
-        feed_position: m.feed_position,
         message: &m.message,
     };
     ctx.emit_line(&line, || {
         format!(
             "{} #{} from {}: {}",
-            m.topic, m.position, m.message.sender, m.message.payload
+            m.topic,
+            m.position,
+            m.message.sender,
+            escape_controls(m.message.payload.get())
         )
+    })
+}
+
+#[derive(Serialize)]
+struct SubscriptionsLine<'a> {
+    agent: &'a str,
+    subscriptions: &'a [String],
+}
+
+fn print_subscriptions(ctx: &Ctx, inbox: &Inbox) -> anyhow::Result<()> {
+    let line = SubscriptionsLine {
+        agent: ctx.agent.as_str(),
+        subscriptions: inbox.subscriptions(),
+    };
+    ctx.emit(&line, || {
+        if inbox.subscriptions().is_empty() {
+            format!("{} has no stored subscriptions", ctx.agent)
+        } else {
+            format!(
+                "{} is subscribed to: {}",
+                ctx.agent,
+                inbox.subscriptions().join(" ")
+            )
+        }
     })
 }
 
 fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let ws = ctx.workspace()?;
     let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+    if a.durable {
+        let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+        inbox.subscribe(&patterns)?;
+        print_subscriptions(ctx, &inbox)?;
+        return Ok(Exit::Ok);
+    }
     let durable = a.consumer.is_some();
     let mut sub = match &a.consumer {
         Some(n) => {
@@ -408,15 +604,16 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     };
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
-    let mut handle = |sub: &mut Subscription, m: &TopicMessage<Value>| -> anyhow::Result<bool> {
-        print_topic(ctx, m)?;
-        if durable {
-            sub.ack_through(m.feed_position)?;
-        }
-        printed += 1;
-        Ok(printed >= limit)
-    };
-    for m in sub.poll_blocking::<Value>()? {
+    let mut handle =
+        |sub: &mut Subscription, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
+            print_topic(ctx, m)?;
+            if durable {
+                sub.ack_through(m.position)?;
+            }
+            printed += 1;
+            Ok(printed >= limit)
+        };
+    for m in sub.poll_blocking::<RawPayload>()? {
         if handle(&mut sub, &m)? {
             return Ok(Exit::Ok);
         }
@@ -433,11 +630,11 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     rt.block_on(async {
         loop {
             let m = match a.stream.timeout {
-                Some(t) => match sub.next_timeout::<Value>(t).await? {
+                Some(t) => match sub.next_timeout::<RawPayload>(t).await? {
                     Some(m) => m,
                     None => return Err(timed_out("message on the subscribed topics", t)),
                 },
-                None => sub.next::<Value>().await?,
+                None => sub.next::<RawPayload>().await?,
             };
             print_notices(ctx, sub.take_notices())?;
             if handle(&mut sub, &m)? {
@@ -445,6 +642,113 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
     })
+}
+
+fn unsubscribe(a: UnsubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let ws = ctx.workspace()?;
+    let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+    let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+    let removed = inbox.unsubscribe(&patterns)?;
+    for p in patterns.iter().filter(|p| !removed.iter().any(|r| r == *p)) {
+        eprintln!(
+            "maos: note: {} was not among the stored subscriptions",
+            escape_controls(p)
+        );
+    }
+    print_subscriptions(ctx, &inbox)?;
+    Ok(Exit::Ok)
+}
+
+fn print_item(ctx: &Ctx, item: &InboxItem) -> anyhow::Result<()> {
+    let line = MessageLine {
+        channel: item.channel.as_str(),
+        position: item.position,
+        topic: item.topic.as_deref(),
+        message: &item.message,
+    };
+    ctx.emit_line(&line, || {
+        format!(
+            "{} {}",
+            item.channel,
+            human_message(item.position, &item.message)
+        )
+    })
+}
+
+fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let ws = ctx.workspace()?;
+    let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+    if a.subscriptions {
+        print_subscriptions(ctx, &inbox)?;
+        return Ok(Exit::Ok);
+    }
+    if a.unread {
+        let u = inbox.unread()?;
+        ctx.emit(&u, || {
+            let per: Vec<String> = u
+                .channels
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
+            if per.is_empty() {
+                "0 unread".to_string()
+            } else {
+                format!("{} unread ({})", u.total, per.join(", "))
+            }
+        })?;
+        return Ok(Exit::Ok);
+    }
+    let limit = a.stream.count.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    // Set up the watch before the first read, so nothing arriving in between is missed.
+    let watcher = if a.stream.follow {
+        Some(inbox.watcher()?)
+    } else {
+        None
+    };
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        let want = (limit - printed).min(maos_coordination::comm::DEFAULT_INBOX_BATCH as u64);
+        let batch = inbox.read(want as usize)?;
+        for (channel, n) in &batch.notices {
+            if let Notice::Problem(_) = n {
+                print_notice(ctx, n)?;
+            } else {
+                eprint!("maos: {channel}: ");
+                print_notice(ctx, n)?;
+            }
+        }
+        for item in &batch.items {
+            print_item(ctx, item)?;
+        }
+        printed += batch.items.len() as u64;
+        if !a.peek {
+            inbox.ack(&batch)?;
+        }
+        if printed >= limit || (a.peek && !a.stream.follow) {
+            return Ok(Exit::Ok);
+        }
+        if batch.more {
+            continue;
+        }
+        let Some(w) = &watcher else {
+            return Ok(Exit::Ok);
+        };
+        if !batch.items.is_empty() {
+            idle_since = std::time::Instant::now();
+        }
+        let wait = match a.stream.timeout {
+            Some(t) => {
+                let spent = idle_since.elapsed();
+                if spent >= t {
+                    return Err(timed_out("message in the inbox", t));
+                }
+                t - spent
+            }
+            None => Duration::from_secs(3600),
+        };
+        w.wait(wait);
+    }
 }
 
 fn channels(ctx: &Ctx) -> anyhow::Result<Exit> {
@@ -470,8 +774,9 @@ fn channels(ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn prune(a: PruneArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let name = channel_name(&a.channel)?;
     let ws = ctx.workspace()?;
-    let ch = open(&ws, &a.channel)?;
+    let ch = FileChannel::open_existing(&ws, name)?;
     let retention = match (a.keep, a.older_than) {
         (Some(n), _) => Retention::Keep(n),
         (None, Some(d)) => Retention::OlderThan(d),

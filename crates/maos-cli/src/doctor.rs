@@ -21,6 +21,7 @@ pub(crate) struct DoctorArgs {
 fn checks(ws: &Workspace, repair: bool) -> anyhow::Result<Vec<Finding>> {
     let mut all = maos_coordination::core::doctor::check(ws, repair)?;
     all.extend(maos_coordination::lock::doctor(ws, repair)?);
+    all.extend(maos_coordination::comm::doctor(ws, repair)?);
     all.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

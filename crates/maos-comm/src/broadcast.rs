@@ -1,31 +1,33 @@
-//! [`BroadcastChannel`]: publish on a topic channel plus a notification on the global feed.
+//! [`BroadcastChannel`]: publishing on topics. A broadcast is one record on the broadcast feed
+//! (`broadcast/global`): the message itself plus its `topic`, appended once, so it is
+//! acknowledged exactly when it is durable and every subscriber (exact topic or wildcard) reads
+//! it from the same place, once.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use maos_core::{AgentId, ChannelName, Message, MessageId, Recipients, Workspace};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{Error, FileChannel, Receipt, Result};
+use crate::envelope;
+use crate::{ChannelOptions, Error, FileChannel, Receipt, Result, Retention};
 
-/// The channel of the global notification feed.
+/// The broadcast feed: every broadcast, in one total order.
 pub const GLOBAL_FEED: &str = "broadcast/global";
-/// Prefix of topic channels: topic `build/done` lives on channel `broadcast/build/done`.
+/// Prefix of topic views: topic `build/done` is readable as channel `broadcast/build/done`.
 pub const TOPIC_PREFIX: &str = "broadcast/";
+/// Segment size of the broadcast feed: 4 MiB.
+pub const FEED_SEGMENT_SIZE: u64 = 4 << 20;
+/// Segments of the broadcast feed kept by default (16 x 4 MiB: the newest 48-64 MiB of
+/// broadcasts); `.maos/config.json` key `broadcast_keep_segments` changes it.
+pub const FEED_KEEP_SEGMENTS: usize = 16;
+/// The `.maos/config.json` key that sets how many feed segments are kept.
+pub const FEED_KEEP_CONFIG_KEY: &str = "broadcast_keep_segments";
 
-/// The payload of a notification on [`GLOBAL_FEED`]: a message was published on `topic` at
-/// `position` of channel `broadcast/<topic>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BroadcastNotification {
-    /// The topic.
-    pub topic: String,
-    /// The message's position in the topic channel.
-    pub position: u64,
-    /// The message's id.
-    pub id: MessageId,
-}
-
-/// The channel name of a topic (`build/done` -> `broadcast/build/done`).
+/// The channel name of a topic's read-only view (`build/done` -> `broadcast/build/done`).
+///
+/// # Errors
+/// [`Error::InvalidTopic`] for `global` (the feed itself), wildcards, and names that are not
+/// valid channel names.
 pub fn topic_channel(topic: &str) -> Result<ChannelName> {
     let invalid = |reason: String| Error::InvalidTopic {
         topic: topic.to_string(),
@@ -33,7 +35,7 @@ pub fn topic_channel(topic: &str) -> Result<ChannelName> {
     };
     if topic == "global" {
         return Err(invalid(
-            "\"global\" is the notification feed, not a topic".into(),
+            "\"global\" is the broadcast feed, not a topic".into(),
         ));
     }
     if topic.split('/').any(|s| s == "*" || s == "**") {
@@ -44,72 +46,96 @@ pub fn topic_channel(topic: &str) -> Result<ChannelName> {
     ChannelName::new(format!("{TOPIC_PREFIX}{topic}")).map_err(|e| invalid(e.to_string()))
 }
 
+/// The options of the broadcast feed in `ws`: small segments, and pruning that keeps the
+/// newest [`FEED_KEEP_SEGMENTS`] of them (or the workspace's `broadcast_keep_segments`).
+pub fn feed_options(ws: &Workspace) -> ChannelOptions {
+    let keep = maos_core::Config::load(ws)
+        .ok()
+        .and_then(|c| {
+            c.other
+                .get(FEED_KEEP_CONFIG_KEY)
+                .and_then(serde_json::Value::as_u64)
+        })
+        .map_or(FEED_KEEP_SEGMENTS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).max(1)
+        });
+    ChannelOptions::default()
+        .segment_size(FEED_SEGMENT_SIZE)
+        .retain(Some(Retention::Segments(keep)))
+}
+
+/// The broadcast feed of `ws`.
+pub(crate) fn open_feed(ws: &Workspace, options: ChannelOptions) -> Result<FileChannel> {
+    let name = ChannelName::new(GLOBAL_FEED).map_err(|e| Error::core(GLOBAL_FEED, e))?;
+    FileChannel::open_with(ws, name, options)
+}
+
 /// Publishes to topics. A publisher never needs to know who listens: subscribers read the
-/// topic channel (`broadcast/<topic>`) or the global feed ([`GLOBAL_FEED`]), whose
-/// notifications name the topic and position of every broadcast.
+/// feed ([`GLOBAL_FEED`]) and pick the topics they want ([`crate::Subscription`], or the
+/// read-only channel `broadcast/<topic>`).
 #[derive(Debug, Clone)]
 pub struct BroadcastChannel {
     ws: Workspace,
     sender: AgentId,
-    channels: Arc<Mutex<HashMap<String, FileChannel>>>,
+    options: ChannelOptions,
+    feed: Arc<Mutex<Option<FileChannel>>>,
 }
 
 impl BroadcastChannel {
-    /// A publisher acting as `sender`.
+    /// A publisher acting as `sender` (the feed is opened on the first broadcast).
     pub fn new(ws: &Workspace, sender: AgentId) -> Self {
+        Self::with_options(ws, sender, feed_options(ws))
+    }
+
+    /// A publisher whose feed handle uses `options`.
+    pub fn with_options(ws: &Workspace, sender: AgentId, options: ChannelOptions) -> Self {
         Self {
             ws: ws.clone(),
             sender,
-            channels: Arc::default(),
+            options,
+            feed: Arc::default(),
         }
     }
 
-    fn channel(&self, name: ChannelName) -> Result<FileChannel> {
-        let mut map = self
-            .channels
+    /// The feed (opened, and its directory created, on first use).
+    pub fn feed(&self) -> Result<FileChannel> {
+        let mut slot = self
+            .feed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = map.get(name.as_str()) {
-            return Ok(c.clone());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
         }
-        let c = FileChannel::open(&self.ws, name)?;
-        map.insert(c.name().to_string(), c.clone());
-        Ok(c)
+        let f = open_feed(&self.ws, self.options.clone())?;
+        *slot = Some(f.clone());
+        Ok(f)
     }
 
-    /// Publishes `payload` on `broadcast/<topic>` and a notification on `broadcast/global`;
-    /// returns the topic message's receipt once both are durable.
+    fn encode<T: Serialize>(&self, topic: &str, payload: &T) -> Result<(Vec<u8>, MessageId)> {
+        topic_channel(topic)?;
+        let msg = Message::new(self.sender.clone(), Recipients::All, payload);
+        let bytes = envelope::encode(GLOBAL_FEED, &msg, Some(topic), self.options.max_message)?;
+        Ok((bytes, msg.id))
+    }
+
+    /// Publishes `payload` on `topic`: one record on the feed. Returns its receipt (position
+    /// on the feed, id) once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`]; those of [`FileChannel::send`].
     pub fn broadcast_blocking<T: Serialize>(&self, topic: &str, payload: &T) -> Result<Receipt> {
         let _span = tracing::debug_span!("broadcast", topic, agent = %self.sender).entered();
-        let topic_ch = self.channel(topic_channel(topic)?)?;
-        let msg = Message::new(self.sender.clone(), Recipients::All, payload);
-        let receipt = topic_ch.send_blocking(&msg)?;
-        let feed =
-            self.channel(ChannelName::new(GLOBAL_FEED).map_err(|e| Error::core(GLOBAL_FEED, e))?)?;
-        let note = Message::new(
-            self.sender.clone(),
-            Recipients::All,
-            BroadcastNotification {
-                topic: topic.to_string(),
-                position: receipt.position,
-                id: receipt.id,
-            },
-        );
-        feed.send_blocking(&note)?;
-        Ok(receipt)
+        let (bytes, id) = self.encode(topic, payload)?;
+        self.feed()?.append_bytes(&[&bytes], id)
     }
 
     /// [`BroadcastChannel::broadcast_blocking`] on a blocking thread.
     pub async fn broadcast<T: Serialize>(&self, topic: &str, payload: &T) -> Result<Receipt> {
-        // Serialise here so the payload need not be 'static.
-        let value = serde_json::to_value(payload).map_err(|source| Error::Serialize {
-            channel: format!("{TOPIC_PREFIX}{topic}"),
-            source,
-        })?;
+        // Encode here (no I/O) so the payload need not be 'static.
+        let (bytes, id) = self.encode(topic, payload)?;
         let this = self.clone();
-        let t = topic.to_string();
         crate::asyncify(topic, "broadcast", move || {
-            this.broadcast_blocking(&t, &value)
+            this.feed()?.append_bytes(&[&bytes], id)
         })
         .await
     }

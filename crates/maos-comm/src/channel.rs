@@ -4,19 +4,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use maos_core::fsx::{self, LockFile};
 use maos_core::{
-    AgentId, AgentRegistry, AgentRole, ChannelName, Message, MessageId, Name, Workspace, fsx,
+    AgentId, AgentRegistry, AgentRole, ChannelName, Message, MessageId, Name, Recipients, Workspace,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::log::{CONSUMERS_DIR, Cursor, Log, Problem};
-use crate::{Error, Result};
+use crate::envelope::{self, Envelope};
+use crate::log::{
+    Ahead, CONSUMERS_DIR, Cursor, Gap, Log, LogConfig, MAX_MESSAGE_LIMIT, Problem, RawRecord,
+};
+use crate::{Error, Result, Retention};
 
 /// Default limit of a serialised message: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// Default size at which a segment is closed and a new one started: 8 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 8 << 20;
+/// Default number of positions a writer reserves durably at a time (a restart skips at most
+/// this many).
+pub const DEFAULT_RESERVE: u64 = 1024;
 /// Name of the per-channel directory inside `channels/<channel>/` (it starts with a dot, so it
 /// can never clash with a child channel's directory).
 pub const CHANNEL_DATA_DIR: &str = ".chan";
@@ -25,7 +32,8 @@ pub const CHANNEL_DATA_DIR: &str = ".chan";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelOptions {
-    /// Largest serialised message accepted by `send` (default [`DEFAULT_MAX_MESSAGE`]).
+    /// Largest serialised message accepted by `send` (default [`DEFAULT_MAX_MESSAGE`], at
+    /// most [`MAX_MESSAGE_LIMIT`]).
     pub max_message: usize,
     /// Segment size at which writers start a new segment (default [`DEFAULT_SEGMENT_SIZE`]).
     pub segment_size: u64,
@@ -37,6 +45,17 @@ pub struct ChannelOptions {
     /// filesystem, where events from other hosts never arrive). Without them a watcher polls
     /// every `fallback_interval`.
     pub file_events: bool,
+    /// How long a writer (or an acknowledgement) waits for the channel's kernel lock before
+    /// it fails, naming the holder (default [`fsx::DEFAULT_GUARD_TIMEOUT`], 10 s).
+    pub lock_timeout: Duration,
+    /// Positions a writer reserves durably at a time (default [`DEFAULT_RESERVE`]).
+    pub reserve: u64,
+    /// Pruning applied by writers whenever they start a new segment (default: none; the
+    /// broadcast feed keeps its newest segments, see [`crate::BroadcastChannel`]).
+    pub retain: Option<Retention>,
+    /// The boot this handle runs in (default: the kernel's boot id). Positions reserved in
+    /// another boot are skipped; simulators set it to act as "after a restart".
+    pub boot_id: String,
 }
 
 impl Default for ChannelOptions {
@@ -47,15 +66,19 @@ impl Default for ChannelOptions {
             max_batch: 10_000,
             fallback_interval: Duration::from_secs(2),
             file_events: true,
+            lock_timeout: fsx::DEFAULT_GUARD_TIMEOUT,
+            reserve: DEFAULT_RESERVE,
+            retain: None,
+            boot_id: maos_core::process::boot_id().to_string(),
         }
     }
 }
 
 impl ChannelOptions {
-    /// Sets [`ChannelOptions::max_message`].
+    /// Sets [`ChannelOptions::max_message`] (at most [`MAX_MESSAGE_LIMIT`]).
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn max_message(mut self, bytes: usize) -> Self {
-        self.max_message = bytes;
+        self.max_message = bytes.min(MAX_MESSAGE_LIMIT);
         self
     }
     /// Sets [`ChannelOptions::segment_size`].
@@ -82,10 +105,44 @@ impl ChannelOptions {
         self.fallback_interval = d.clamp(Duration::from_millis(10), Duration::from_secs(60));
         self
     }
+    /// Sets [`ChannelOptions::lock_timeout`].
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+    /// Sets [`ChannelOptions::reserve`] (at least 1).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn reserve(mut self, n: u64) -> Self {
+        self.reserve = n.max(1);
+        self
+    }
+    /// Sets [`ChannelOptions::retain`].
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn retain(mut self, r: Option<Retention>) -> Self {
+        self.retain = r;
+        self
+    }
+    /// Sets [`ChannelOptions::boot_id`].
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn boot_id(mut self, id: impl Into<String>) -> Self {
+        self.boot_id = id.into();
+        self
+    }
+
+    pub(crate) fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_size: self.segment_size.max(1),
+            lock_timeout: self.lock_timeout,
+            reserve: self.reserve.max(1),
+            retain: self.retain,
+            boot_id: self.boot_id.clone(),
+        }
+    }
 }
 
 /// What `send` returns once the message is durable and visible: its position in the channel
-/// (1, 2, 3, ... in the one order every reader sees) and its id.
+/// (in the one order every reader sees) and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Receipt {
     /// The message's position in the channel.
@@ -104,7 +161,8 @@ pub struct Delivered<T> {
 }
 
 /// What one `receive` returns: the new messages addressed to the reader, where to read on,
-/// and anything the reader must know about (a pruned gap, damaged records).
+/// and anything the reader must know about (a pruned gap, skipped positions, a cursor ahead
+/// of the log, damaged records).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Batch<T> {
@@ -114,16 +172,27 @@ pub struct Batch<T> {
     pub cursor: Cursor,
     /// Positions `from..=to` were pruned before the reader got to them: they are lost to it.
     pub pruned: Option<Pruned>,
+    /// Positions the writers skipped (after a restart, or because the log lost records).
+    pub gaps: Vec<Gap>,
+    /// The reader's cursor is after the newest message (the log lost messages it had read).
+    pub ahead: Option<Ahead>,
     /// Records and files that could not be used (each reported once per reader).
     pub problems: Vec<Problem>,
     /// Records skipped because they were not addressed to the reader.
     pub skipped: usize,
+    /// Of those, the ones addressed to a role while the reader has none (an unregistered
+    /// agent): worth a hint to register.
+    pub skipped_for_role: usize,
 }
 
 impl<T> Batch<T> {
     /// True when nothing new was found (no messages, no gap, no problem).
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.pruned.is_none() && self.problems.is_empty()
+        self.messages.is_empty()
+            && self.pruned.is_none()
+            && self.gaps.is_empty()
+            && self.ahead.is_none()
+            && self.problems.is_empty()
     }
 }
 
@@ -170,17 +239,40 @@ impl Filter {
     }
 
     /// True when a message to `recipients` passes.
-    pub fn accepts(&self, recipients: &maos_core::Recipients) -> bool {
+    pub fn accepts(&self, recipients: &Recipients) -> bool {
         match self {
             Filter::Everything => true,
             Filter::Agent { agent, role } => recipients.includes(agent, role.as_ref()),
         }
     }
+
+    fn roleless(&self) -> bool {
+        matches!(self, Filter::Agent { role: None, .. })
+    }
 }
 
-#[derive(Deserialize)]
-struct Head {
-    recipients: maos_core::Recipients,
+/// What kind of channel a name is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An ordinary channel: anyone sends, anyone reads.
+    Plain,
+    /// `broadcast/global`: every broadcast, written only by [`crate::BroadcastChannel`].
+    Feed,
+    /// `broadcast/<topic>`: the feed's messages on one topic (read-only view).
+    Topic(String),
+    /// `broadcast` itself: reserved, nothing is ever written there.
+    Reserved,
+}
+
+impl Kind {
+    fn of(name: &ChannelName) -> Self {
+        match name.as_str().strip_prefix(crate::TOPIC_PREFIX) {
+            Some("global") => Kind::Feed,
+            Some(topic) => Kind::Topic(topic.to_string()),
+            None if name.as_str() == "broadcast" => Kind::Reserved,
+            None => Kind::Plain,
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -188,17 +280,22 @@ pub(crate) struct Inner {
     pub(crate) name: ChannelName,
     pub(crate) log: Log,
     pub(crate) options: ChannelOptions,
+    pub(crate) kind: Kind,
 }
 
 /// A named message channel: `.maos/channels/<name>/.chan/`, a segmented append-only log.
 ///
-/// Every message gets a position (1, 2, 3, ...) assigned under the channel's kernel lock, so
-/// all readers see one total order and each sender's messages keep their send order. `send`
-/// returns only when the message is on disk (`fdatasync`) and readable whole. Readers read
-/// forward from a [`Cursor`]; the cost is proportional to what is new, not to history.
+/// Every message gets a position assigned under the channel's kernel lock, so all readers see
+/// one total order and each sender's messages keep their send order. Positions increase and
+/// are never used twice; they may skip (after a power loss, see [`Gap`]). `send` returns only
+/// when the message is on disk (`fdatasync`) and readable whole, and only accepts what every
+/// reader can decode. Readers read forward from a [`Cursor`]; the cost is proportional to what
+/// is new, not to history.
 ///
 /// Direct messages: send a [`maos_core::Recipients::Agent`] message on a shared channel, or
-/// use the inbox convention `direct/<agent>` ([`FileChannel::inbox`]).
+/// use the convention `direct/<agent>` ([`FileChannel::inbox`]). The names under `broadcast/`
+/// are reserved: `broadcast/global` is the broadcast feed and `broadcast/<topic>` a read-only
+/// view of one topic; only [`crate::BroadcastChannel`] writes them.
 ///
 /// Cheap to clone (the clones share one writer state).
 #[derive(Clone)]
@@ -216,51 +313,79 @@ impl std::fmt::Debug for FileChannel {
 }
 
 impl FileChannel {
-    /// Opens (creating its directory if needed) the channel `name` with default options.
+    /// Opens the channel `name` with default options. Nothing is created until the first
+    /// message is sent (or a watcher needs the directory to watch).
     pub fn open(ws: &Workspace, name: ChannelName) -> Result<Self> {
         Self::open_with(ws, name, ChannelOptions::default())
     }
 
-    /// The inbox of `agent`: the channel `direct/<agent>`.
-    pub fn inbox(ws: &Workspace, agent: &AgentId) -> Result<Self> {
-        let name = ChannelName::new(format!("direct/{agent}"))
-            .map_err(|e| Error::core(format!("direct/{agent}"), e))?;
-        Self::open(ws, name)
+    /// Opens the channel `name` only if it exists (readers: a typo must not create state).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChannel`].
+    pub fn open_existing(ws: &Workspace, name: ChannelName) -> Result<Self> {
+        Self::open_existing_with(ws, name, ChannelOptions::default())
     }
 
-    /// Opens the channel `name` with `options`.
-    pub fn open_with(
+    /// [`FileChannel::open_existing`] with `options`.
+    pub fn open_existing_with(
         ws: &Workspace,
         name: ChannelName,
-        mut options: ChannelOptions,
+        options: ChannelOptions,
     ) -> Result<Self> {
+        let ch = Self::build(ws, name, options)?;
+        if !ch.inner.log.exists() {
+            return Err(Error::NoSuchChannel {
+                channel: ch.inner.name.to_string(),
+                path: ch.inner.log.dir.clone(),
+            });
+        }
+        Ok(ch)
+    }
+
+    /// The inbox of `agent`: the channel `direct/<agent>`.
+    pub fn inbox(ws: &Workspace, agent: &AgentId) -> Result<Self> {
+        Self::open(ws, direct_channel(agent)?)
+    }
+
+    /// Opens the channel `name` with `options` (nothing is created yet).
+    pub fn open_with(ws: &Workspace, name: ChannelName, options: ChannelOptions) -> Result<Self> {
+        Self::build(ws, name, options)
+    }
+
+    /// Creates the channel's directory if it does not exist (watchers need one to watch).
+    pub(crate) fn ensure_dir(&self) -> Result<()> {
+        if self.inner.log.exists() {
+            return Ok(());
+        }
+        fsx::create_dir_private(&self.inner.log.dir)
+            .map_err(|e| Error::core(self.inner.name.as_str(), e))
+    }
+
+    fn build(ws: &Workspace, name: ChannelName, mut options: ChannelOptions) -> Result<Self> {
         if options.file_events && ws.is_network_filesystem() {
             tracing::debug!(channel = %name, "network filesystem: watchers poll");
             options.file_events = false;
         }
+        options.max_message = options.max_message.min(MAX_MESSAGE_LIMIT);
+        let kind = Kind::of(&name);
+        let data_name = match &kind {
+            Kind::Topic(_) => {
+                ChannelName::new(crate::GLOBAL_FEED).map_err(|e| Error::core(name.as_str(), e))?
+            }
+            _ => name.clone(),
+        };
         let dir = ws
-            .channel_dir(&name)
+            .channel_dir(&data_name)
             .map_err(|e| Error::core(name.as_str(), e))?
             .join(CHANNEL_DATA_DIR);
-        if std::fs::symlink_metadata(&dir).is_err() {
-            fsx::create_dir_private(&dir).map_err(|e| Error::core(name.as_str(), e))?;
-            // Make the new directories' names durable, up to `.maos/channels`.
-            let top = ws.channels_dir();
-            let mut d = dir.parent();
-            while let Some(p) = d {
-                fsx::sync_dir(p).map_err(|e| Error::core(name.as_str(), e))?;
-                if p == top || !p.starts_with(&top) {
-                    break;
-                }
-                d = p.parent();
-            }
-        }
         Ok(Self {
             inner: Arc::new(Inner {
                 ws: ws.clone(),
-                log: Log::new(name.as_str().to_string(), dir),
+                log: Log::new(name.as_str().to_string(), dir, options.log_config()),
                 name,
                 options,
+                kind,
             }),
         })
     }
@@ -270,7 +395,8 @@ impl FileChannel {
         &self.inner.name
     }
 
-    /// The channel's data directory (`.maos/channels/<name>/.chan/`), which watchers watch.
+    /// The channel's data directory (`.maos/channels/<name>/.chan/`; for a topic, the
+    /// feed's), which watchers watch.
     pub fn dir(&self) -> &std::path::Path {
         &self.inner.log.dir
     }
@@ -285,28 +411,40 @@ impl FileChannel {
         &self.inner.options
     }
 
-    fn encode<T: Serialize>(&self, msg: &Message<T>) -> Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(msg).map_err(|source| Error::Serialize {
+    /// True when messages are sent to it with `send` (not a reserved broadcast name).
+    pub fn is_writable(&self) -> bool {
+        self.inner.kind == Kind::Plain
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let reason = match &self.inner.kind {
+            Kind::Plain => return Ok(()),
+            Kind::Feed => "it is the broadcast feed, written only by broadcasts (`maos broadcast \
+                           TOPIC`, `BroadcastChannel`)"
+                .to_string(),
+            Kind::Topic(t) => format!(
+                "it shows the broadcasts on topic {t}; publish with `maos broadcast {t}` \
+                 (`BroadcastChannel`)"
+            ),
+            Kind::Reserved => {
+                "names under broadcast/ are the broadcast feed and its topics".to_string()
+            }
+        };
+        Err(Error::Reserved {
             channel: self.inner.name.to_string(),
-            source,
-        })?;
-        if bytes.len() > self.inner.options.max_message {
-            return Err(Error::PayloadTooLarge {
-                channel: self.inner.name.to_string(),
-                id: msg.id,
-                size: bytes.len(),
-                limit: self.inner.options.max_message,
-            });
-        }
-        Ok(bytes)
+            reason,
+        })
     }
 
     /// Appends `msg`; returns once it is durable and visible, with its position.
     ///
     /// # Errors
-    /// [`Error::PayloadTooLarge`] (nothing written) when the serialised message is over the
-    /// limit; I/O errors.
+    /// [`Error::PayloadTooLarge`] or [`Error::Unreadable`] (nothing written) when the message
+    /// is over the limit or would not decode for receivers; [`Error::Reserved`] for the
+    /// broadcast names; a lock timeout ([`Error::is_timeout`]) naming the process that holds
+    /// the channel; I/O errors.
     pub async fn send<T: Serialize>(&self, msg: &Message<T>) -> Result<Receipt> {
+        self.check_writable()?;
         let bytes = self.encode(msg)?;
         let id = msg.id;
         let this = self.clone();
@@ -318,13 +456,15 @@ impl FileChannel {
 
     /// [`FileChannel::send`] for synchronous callers (never call it on a runtime thread).
     pub fn send_blocking<T: Serialize>(&self, msg: &Message<T>) -> Result<Receipt> {
+        self.check_writable()?;
         let bytes = self.encode(msg)?;
         self.append_bytes(&[&bytes], msg.id)
     }
 
     /// Appends several messages under one lock and one flush: consecutive positions, in order.
-    /// Either all are written or (on a size error) none.
+    /// Either all are accepted or (on a size or decoding error) none is written.
     pub fn send_many_blocking<T: Serialize>(&self, msgs: &[Message<T>]) -> Result<Vec<Receipt>> {
+        self.check_writable()?;
         if msgs.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,10 +475,7 @@ impl FileChannel {
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let _span =
             tracing::debug_span!("send_many", channel = %self.inner.name, n = msgs.len()).entered();
-        let first = self
-            .inner
-            .log
-            .append(&refs, self.inner.options.segment_size)?;
+        let first = self.inner.log.append(&refs)?;
         Ok(msgs
             .iter()
             .enumerate()
@@ -349,18 +486,30 @@ impl FileChannel {
             .collect())
     }
 
-    fn append_bytes(&self, msgs: &[&[u8]], id: MessageId) -> Result<Receipt> {
+    fn encode<T: Serialize>(&self, msg: &Message<T>) -> Result<Vec<u8>> {
+        envelope::encode(
+            self.inner.name.as_str(),
+            msg,
+            None,
+            self.inner.options.max_message,
+        )
+    }
+
+    /// Appends already checked message bytes (the broadcast path bypasses the reservation
+    /// check of `send`).
+    pub(crate) fn append_bytes(&self, msgs: &[&[u8]], id: MessageId) -> Result<Receipt> {
         let _span = tracing::trace_span!("send", channel = %self.inner.name, %id).entered();
-        let position = self
-            .inner
-            .log
-            .append(msgs, self.inner.options.segment_size)?;
+        let position = self.inner.log.append(msgs)?;
         tracing::trace!(position, "sent");
         Ok(Receipt { position, id })
     }
 
     /// Reads forward from `cursor`: the messages addressed to the reader (`filter`), at most
     /// [`ChannelOptions::max_batch`] records per call.
+    ///
+    /// A record whose message does not decode at all (its checksum is right but it is not a
+    /// message envelope) is reported in [`Batch::problems`] and copied to `quarantine/`; one
+    /// whose payload does not decode as `T` is reported. Neither stops the reader.
     pub fn receive_blocking<T: DeserializeOwned>(
         &self,
         cursor: &Cursor,
@@ -373,44 +522,89 @@ impl FileChannel {
         let mut batch = Batch {
             messages: Vec::with_capacity(raw.records.len()),
             cursor: raw.cursor,
-            pruned: raw.pruned.map(|(from, to)| Pruned { from, to }),
+            pruned: raw.pruned,
+            gaps: raw.gaps,
+            ahead: raw.ahead,
             problems: raw.problems,
             skipped: 0,
+            skipped_for_role: 0,
         };
         if let Some(p) = batch.pruned {
             tracing::info!(channel = %self.inner.name, from = p.from, to = p.to,
                 "reader's cursor was in pruned history");
         }
-        for (position, bytes) in raw.records {
-            if !matches!(filter, Filter::Everything) {
-                match serde_json::from_slice::<Head>(&bytes) {
-                    Ok(h) if filter.accepts(&h.recipients) => {}
-                    Ok(_) => {
-                        batch.skipped += 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        batch.problems.push(self.undecodable(position, &e));
-                        continue;
-                    }
+        for rec in raw.records {
+            match self.decode::<T>(rec, filter) {
+                Decoded::Message(d) => batch.messages.push(d),
+                Decoded::NotForReader { role } => {
+                    batch.skipped += 1;
+                    batch.skipped_for_role += usize::from(role);
                 }
-            }
-            match serde_json::from_slice::<Message<T>>(&bytes) {
-                Ok(message) => batch.messages.push(Delivered { position, message }),
-                Err(e) => batch.problems.push(self.undecodable(position, &e)),
+                Decoded::Problem(p) => batch.problems.push(p),
             }
         }
         Ok(batch)
     }
 
-    fn undecodable(&self, position: u64, e: &serde_json::Error) -> Problem {
-        tracing::warn!(channel = %self.inner.name, position, error = %e,
-            "message cannot be decoded as the requested type");
+    /// Decodes one record for a reader with `filter`.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        rec: RawRecord,
+        filter: &Filter,
+    ) -> Decoded<T> {
+        let env = match Envelope::decode(&rec.bytes) {
+            Ok(env) => env,
+            Err(e) => return Decoded::Problem(self.undecodable(&rec, &e)),
+        };
+        if let Kind::Topic(t) = &self.inner.kind
+            && env.topic.as_deref() != Some(t.as_str())
+        {
+            return Decoded::NotForReader { role: false };
+        }
+        if !filter.accepts(env.recipients()) {
+            let role = filter.roleless() && matches!(env.recipients(), Recipients::Role(_));
+            return Decoded::NotForReader { role };
+        }
+        match env.into_message::<T>() {
+            Ok(message) => Decoded::Message(Delivered {
+                position: rec.position,
+                message,
+            }),
+            Err(e) => Decoded::Problem(self.mistyped(&rec, &e)),
+        }
+    }
+
+    /// A record whose message is not a message envelope: reported and copied aside.
+    pub(crate) fn undecodable(&self, rec: &RawRecord, e: &serde_json::Error) -> Problem {
+        let q = self.inner.log.quarantine_bytes(
+            rec.segment,
+            rec.offset,
+            "undecodable",
+            &rec.bytes,
+            rec.bytes.len() as u64,
+        );
+        tracing::warn!(channel = %self.inner.name, position = rec.position,
+            error = e as &dyn std::error::Error, "a record that is not a message skipped");
         Problem {
-            path: self.inner.log.dir.clone(),
-            offset: None,
-            position: Some(position),
-            reason: format!("message does not decode as the requested type: {e}"),
+            path: self.inner.log.segment_path(rec.segment),
+            offset: Some(rec.offset),
+            position: Some(rec.position),
+            reason: format!(
+                "the record's checksum is right but it is not a maos message ({e}); readers skip \
+                 it"
+            ),
+            quarantined: q,
+        }
+    }
+
+    fn mistyped(&self, rec: &RawRecord, e: &serde_json::Error) -> Problem {
+        tracing::warn!(channel = %self.inner.name, position = rec.position,
+            error = e as &dyn std::error::Error, "payload does not decode as the requested type");
+        Problem {
+            path: self.inner.log.segment_path(rec.segment),
+            offset: Some(rec.offset),
+            position: Some(rec.position),
+            reason: format!("the message's payload does not decode as the requested type: {e}"),
             quarantined: None,
         }
     }
@@ -431,13 +625,14 @@ impl FileChannel {
 
     /// A cursor after the newest message: a reader starting there sees only what comes next.
     pub fn end_cursor(&self) -> Result<Cursor> {
-        Ok(Cursor::after(self.stats()?.newest))
+        Ok(Cursor::after(self.inner.log.bounds()?.newest))
     }
 
-    /// Counts and bounds of the channel.
+    /// Counts and bounds of the channel (for a topic view: of the broadcast feed).
     pub fn stats(&self) -> Result<ChannelStats> {
-        let (newest, first_seg, segments, bytes) = self.inner.log.bounds()?;
-        let oldest = first_seg.max(1);
+        let b = self.inner.log.bounds()?;
+        let newest = b.newest;
+        let oldest = b.first_segment.max(1);
         Ok(ChannelStats {
             name: self.inner.name.clone(),
             newest,
@@ -447,8 +642,8 @@ impl FileChannel {
                 newest.saturating_add(1)
             },
             count: (newest - oldest.min(newest)) + u64::from(newest >= oldest),
-            segments,
-            bytes,
+            segments: b.segments,
+            bytes: b.bytes,
         })
     }
 
@@ -456,6 +651,31 @@ impl FileChannel {
     pub fn consumer(&self, name: Name, filter: Filter) -> Result<Consumer> {
         Consumer::new(self.clone(), name, filter)
     }
+
+    /// Makes everything up to `position` durable, so a reader may store an acknowledgement of
+    /// it (see [`Consumer::ack`]).
+    ///
+    /// # Errors
+    /// [`Error::AheadOfLog`] when the channel holds no such position.
+    pub fn make_durable_through(&self, position: u64) -> Result<()> {
+        self.inner.log.make_durable_through(position)
+    }
+}
+
+/// The channel name of an agent's direct channel (`direct/<agent>`).
+pub fn direct_channel(agent: &AgentId) -> Result<ChannelName> {
+    ChannelName::new(format!("direct/{agent}"))
+        .map_err(|e| Error::core(format!("direct/{agent}"), e))
+}
+
+/// One record as a reader sees it.
+pub(crate) enum Decoded<T> {
+    Message(Delivered<T>),
+    /// Not addressed to the reader; `role`: addressed to a role while the reader has none.
+    NotForReader {
+        role: bool,
+    },
+    Problem(Problem),
 }
 
 /// Counts and bounds of one channel.
@@ -467,7 +687,8 @@ pub struct ChannelStats {
     pub newest: u64,
     /// Position of the oldest message still kept (`newest + 1` when none is kept).
     pub oldest: u64,
-    /// Messages kept (`newest - oldest + 1`; damaged records included).
+    /// Positions from `oldest` to `newest` (messages kept, plus skipped positions and damaged
+    /// records among them).
     pub count: u64,
     /// Segment files.
     pub segments: usize,
@@ -479,7 +700,8 @@ pub struct ChannelStats {
 /// `.maos/channels/<channel>/.chan/consumers/<name>.json`, so a restarted agent continues
 /// where it stopped. [`Consumer::receive_blocking`] does not move the stored cursor;
 /// [`Consumer::ack`] does: what was received but not acknowledged is received again after a
-/// restart (at-least-once delivery).
+/// restart (at-least-once delivery). An acknowledgement is stored only once the messages it
+/// covers are durable, so after a power loss a stored cursor is never ahead of the log.
 ///
 /// One consumer name is meant for one reader at a time; two readers sharing a name each see
 /// every message (acknowledgements never move the cursor backwards).
@@ -494,21 +716,13 @@ pub struct Consumer {
 
 impl Consumer {
     fn new(channel: FileChannel, name: Name, filter: Filter) -> Result<Self> {
-        let dir = channel.inner.log.dir.join(CONSUMERS_DIR);
+        let mut dir = channel.inner.log.dir.join(CONSUMERS_DIR);
+        if let Kind::Topic(t) = &channel.inner.kind {
+            // Topic views share the feed's directory: their consumers get their own corner.
+            dir = dir.join("topic").join(t);
+        }
         let path = dir.join(format!("{name}.json"));
-        let ch = channel.inner.name.to_string();
-        let cursor = match fsx::read_json::<Cursor>(&path, 4096) {
-            Ok(c) => c,
-            Err(e) if e.is_not_found() => Cursor::start(),
-            Err(maos_core::Error::Corrupt { path, reason }) => {
-                return Err(Error::CorruptState {
-                    channel: ch,
-                    path,
-                    reason,
-                });
-            }
-            Err(e) => return Err(Error::core(ch, e)),
-        };
+        let cursor = read_cursor(channel.inner.name.as_str(), &path)?.unwrap_or_default();
         Ok(Self {
             channel,
             name,
@@ -544,49 +758,52 @@ impl Consumer {
     }
 
     /// Acknowledges everything up to `cursor` (usually a batch's cursor, or a position with
-    /// [`Cursor::after`]): stored durably before this returns. Never moves backwards.
+    /// [`Cursor::after`]): the messages it covers are made durable first, then the cursor is
+    /// stored durably. Never moves backwards.
+    ///
+    /// # Errors
+    /// [`Error::AheadOfLog`] for a position the channel does not hold.
     pub fn ack(&mut self, cursor: Cursor) -> Result<()> {
-        if cursor.position < self.cursor.position {
-            return Ok(());
+        if cursor.position <= self.cursor.position {
+            return Ok(()); // nothing new (and a cursor ahead of the log stays as it is)
         }
         let ch = self.channel.inner.name.to_string();
-        if let Some(dir) = self.path.parent() {
-            fsx::create_dir_private(dir).map_err(|e| Error::core(ch.clone(), e))?;
-        }
-        // Read-compare-replace under the channel's lock, so that another handle of the same
+        self.channel.make_durable_through(cursor.position)?;
+        let dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
+        fsx::create_dir_private(&dir).map_err(|e| Error::core(ch.clone(), e))?;
+        // Read-compare-replace under the consumers' lock, so that another handle of the same
         // consumer (another process, a stale one) cannot move the stored cursor backwards.
-        let lock_path = self.channel.inner.log.dir.join(crate::log::LOCK_FILE);
-        let lock = fsx::open_lock_file(&lock_path).map_err(|e| Error::core(ch.clone(), e))?;
-        lock.lock()
-            .map_err(|e| Error::io(ch.clone(), "lock", &lock_path, e))?;
-        let res = (|| {
-            let stored = match fsx::read_json::<Cursor>(&self.path, 4096) {
-                Ok(c) => Some(c),
-                Err(e) if e.is_not_found() => None,
-                Err(maos_core::Error::Corrupt { path, reason }) => {
-                    return Err(Error::CorruptState {
-                        channel: ch.clone(),
-                        path,
-                        reason,
-                    });
-                }
-                Err(e) => return Err(Error::core(ch.clone(), e)),
-            };
-            match stored {
-                Some(s) if s.position > cursor.position => Ok(s),
-                _ => {
-                    fsx::write_json_replace(&self.path, &cursor)
-                        .map_err(|e| Error::core(ch.clone(), e))?;
-                    Ok(cursor)
-                }
+        let lock = LockFile::open(&self.channel.inner.log.dir.join(CONSUMERS_DIR).join(".lock"))
+            .map_err(|e| Error::core(ch.clone(), e))?;
+        let _guard = lock
+            .exclusive(self.channel.inner.options.lock_timeout)
+            .map_err(|e| Error::core(ch.clone(), e))?;
+        let now = match read_cursor(&ch, &self.path)? {
+            Some(s) if s.position > cursor.position => s,
+            _ => {
+                fsx::write_json_replace(&self.path, &cursor)
+                    .map_err(|e| Error::core(ch.clone(), e))?;
+                cursor
             }
-        })();
-        let _ = lock.unlock();
-        let now = res?;
-        tracing::debug!(channel = %self.channel.inner.name, consumer = %self.name,
-            position = now.position, "acknowledged");
+        };
+        tracing::debug!(channel = %ch, consumer = %self.name, position = now.position,
+            "acknowledged");
         self.cursor = now;
         Ok(())
+    }
+}
+
+/// Reads a stored cursor (`None`: none stored yet).
+pub(crate) fn read_cursor(channel: &str, path: &std::path::Path) -> Result<Option<Cursor>> {
+    match fsx::read_json::<Cursor>(path, 4096) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(maos_core::Error::Corrupt { path, reason }) => Err(Error::CorruptState {
+            channel: channel.to_string(),
+            path,
+            reason,
+        }),
+        Err(e) => Err(Error::core(channel, e)),
     }
 }
 
@@ -773,21 +990,32 @@ mod tests {
         assert_eq!(topics, ["build/done", "build/failed"]);
         assert_eq!(got[1].message.payload, "no");
         assert!(sub.poll_blocking::<String>().unwrap().is_empty());
-        // A foreign notification naming an impossible topic is reported, not fatal.
+        // The feed and the topics are written by broadcasts only: a forged notification
+        // (issue 12) is refused, so a subscriber can never get a message twice.
         let feed = FileChannel::open(&ws, ChannelName::new(crate::GLOBAL_FEED).unwrap()).unwrap();
-        let bogus = serde_json::json!({"topic": "build/.hidden", "position": 1,
-            "id": maos_core::MessageId::new()});
-        feed.send_blocking(&Message::new(agent("evil"), Recipients::All, bogus))
-            .unwrap();
+        let forged = serde_json::json!({"topic": "build/x", "position": 1});
+        let err = feed
+            .send_blocking(&Message::new(agent("evil"), Recipients::All, forged))
+            .unwrap_err();
+        assert!(matches!(err, Error::Reserved { .. }), "{err}");
+        let topic = FileChannel::open(&ws, crate::topic_channel("test/done").unwrap()).unwrap();
+        let err = topic
+            .send_blocking(&Message::new(agent("evil"), Recipients::All, 1))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("maos broadcast test/done"),
+            "{err}"
+        );
         b.broadcast_blocking("build/after", &"still here").unwrap();
         let got = sub.poll_blocking::<String>().unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].message.payload, "still here");
-        assert_eq!(sub.take_notices().len(), 1);
-        let topic = FileChannel::open(&ws, crate::topic_channel("test/done").unwrap()).unwrap();
+        assert!(sub.take_notices().is_empty());
+        // A topic reads as a channel of its own (a view of the feed).
         let b2 = topic
             .receive_blocking::<String>(&Cursor::start(), &Filter::Everything)
             .unwrap();
+        assert_eq!(b2.messages.len(), 1);
         assert_eq!(b2.messages[0].message.payload, "skip");
         assert!(crate::topic_channel("global").is_err());
         // A durable subscription resumes after its acknowledged position.
@@ -795,7 +1023,7 @@ mod tests {
         let mut d = Subscription::durable(&ws, &["**"], name.clone()).unwrap();
         let all = d.poll_blocking::<String>().unwrap();
         assert_eq!(all.len(), 4);
-        d.ack_through(all[0].feed_position).unwrap();
+        d.ack_through(all[0].position).unwrap();
         let mut d2 = Subscription::durable(&ws, &["**"], name).unwrap();
         assert_eq!(d2.poll_blocking::<String>().unwrap().len(), 3);
     }

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 /// Everything that can go wrong in maos-comm.
 ///
 /// Every variant names the channel, path, topic or position it is about. Expected outcomes
-/// (nothing new, a pruned gap, a corrupt record that was skipped) are values in
-/// [`crate::Batch`], not errors.
+/// (nothing new, a pruned gap, skipped positions, a damaged record that was skipped) are
+/// values in [`crate::Batch`], not errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A workspace-level operation (names, paths, file primitives) failed.
+    /// A workspace-level operation (names, paths, file primitives, kernel locks) failed.
     #[error("channel {channel}")]
     Core {
         /// The channel (or topic, or consumer) concerned.
@@ -60,6 +60,69 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A message serialised to JSON that receivers could not decode (nested deeper than
+    /// their limit, an invalid string escape...); nothing was written.
+    #[error(
+        "channel {channel}: message {id} would not be readable by receivers ({reason}); nothing \
+         was written"
+    )]
+    Unreadable {
+        /// The channel.
+        channel: String,
+        /// The refused message.
+        id: maos_core::MessageId,
+        /// What a receiver would fail on.
+        reason: String,
+    },
+
+    /// A channel that only maos itself writes (the broadcast feed and topics).
+    #[error("channel {channel} is reserved: {reason}")]
+    Reserved {
+        /// The channel.
+        channel: String,
+        /// Who writes it, and what to use instead.
+        reason: String,
+    },
+
+    /// Reading a channel that does not exist.
+    #[error(
+        "no channel {channel} (nothing at {path}): a channel is created by its first `send`; \
+         `maos channels` lists the existing ones"
+    )]
+    NoSuchChannel {
+        /// The channel.
+        channel: String,
+        /// Where it would be.
+        path: PathBuf,
+    },
+
+    /// Acknowledging a position the channel's log does not hold.
+    #[error(
+        "channel {channel}: cannot acknowledge position {position}, the newest message is at \
+         {newest}"
+    )]
+    AheadOfLog {
+        /// The channel.
+        channel: String,
+        /// The position to acknowledge.
+        position: u64,
+        /// The newest position in the log.
+        newest: u64,
+    },
+
+    /// A file of the channel is damaged in a way the operation cannot work around.
+    #[error("channel {channel}: {path}: {reason}; {remedy}")]
+    Damaged {
+        /// The channel.
+        channel: String,
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// What to do.
+        remedy: String,
+    },
+
     /// A broadcast topic or subscription pattern was rejected.
     #[error("invalid topic {topic:?}: {reason}")]
     InvalidTopic {
@@ -92,10 +155,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// A consumer or subscription state file could not be parsed.
-    #[error("channel {channel}: corrupt state file {path}: {reason}")]
+    /// A consumer, subscription or inbox state file could not be parsed.
+    #[error(
+        "channel {channel}: corrupt state file {path}: {reason} (`maos doctor --repair` moves it \
+         to quarantine; the reader then starts over and may see messages again)"
+    )]
     CorruptState {
-        /// The channel.
+        /// The channel (or `inbox <agent>`).
         channel: String,
         /// The state file.
         path: PathBuf,
@@ -124,6 +190,18 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// True when the operation gave up waiting for a kernel lock (a writer held it past the
+    /// timeout; the message names the holder and whether it is stopped).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Error::Core {
+                source: maos_core::Error::LockTimeout { .. },
+                ..
+            }
+        )
     }
 }
 

@@ -1,23 +1,27 @@
 //! Crash-safe message channels for maos: point-to-point and shared channels, broadcast,
-//! pub/sub with wildcards, durable consumers and live watching, all as plain files under
-//! `<workspace>/.maos/channels/`.
+//! pub/sub with wildcards, durable consumers, an inbox per agent and live watching, all as
+//! plain files under `<workspace>/.maos/channels/`.
 //!
 //! Start at [`FileChannel`]: [`FileChannel::send`] returns a [`Receipt`] (position and id)
-//! only once the message is durable and readable whole; [`FileChannel::receive`] reads
-//! forward from a [`Cursor`] at a cost proportional to what is new. [`ChannelWatcher`] waits
-//! for new messages (file events as hints, plus a fallback timer). [`BroadcastChannel`]
-//! publishes to topics, [`Subscription`] listens to topic patterns such as `build/*`.
-//! [`Consumer`] keeps a named, durable cursor (at-least-once delivery).
+//! only once the message is durable and readable whole, and only accepts what every reader can
+//! decode; [`FileChannel::receive`] reads forward from a [`Cursor`] at a cost proportional to
+//! what is new. [`ChannelWatcher`] waits for new messages (file events as hints, plus a
+//! fallback timer). [`BroadcastChannel`] publishes to topics, [`Subscription`] listens to topic
+//! patterns such as `build/*`. [`Consumer`] keeps a named, durable cursor (at-least-once
+//! delivery). [`Inbox`] gathers everything addressed to one agent from every channel and its
+//! stored topic subscriptions. [`doctor()`] checks and repairs the files.
 //!
-//! On disk a channel is a segmented append-only log of JSON Lines (`docs/protocol.md`, comm
-//! section): writers take the channel's kernel lock, repair a torn tail left by a killed
-//! writer, append one complete record (position, length, CRC-32, message), release the lock
-//! and only then `fdatasync`, so concurrent writers share flushes.
+//! On disk a channel is a segmented append-only log of JSON Lines (`docs/protocol.md`,
+//! section 6): writers take the channel's kernel lock, repair a torn tail left by a killed
+//! writer, append complete records (position, length, CRC-32, message), release the lock and
+//! only then `fdatasync`, so concurrent writers share flushes. Positions are never used twice:
+//! they are reserved durably, and after a power loss or damage writers skip past everything
+//! that may have been seen, telling readers ([`Gap`]).
 //!
 //! # Example
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use maos_comm::{Cursor, FileChannel, Filter};
+//! use maos_comm::{Cursor, FileChannel, Filter, Inbox};
 //! use maos_core::{AgentId, AgentRole, ChannelName, Message, Recipients, Workspace};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -32,6 +36,14 @@
 //! assert_eq!(batch.messages[0].message.payload, "need /users");
 //! // The next read starts at batch.cursor and finds nothing new.
 //! assert!(ch.receive_blocking::<String>(&batch.cursor, &backend)?.messages.is_empty());
+//!
+//! // The same message, in the inbox of an agent addressed by name:
+//! ch.send_blocking(&Message::new(AgentId::new("f2")?, Recipients::Agent(AgentId::new("b1")?), 7))?;
+//! let mut inbox = Inbox::open(&ws, AgentId::new("b1")?)?;
+//! let items = inbox.read(10)?;
+//! assert_eq!(items.items.len(), 1); // b1 is not registered, so the role message is not its
+//! inbox.ack(&items)?;
+//! assert_eq!(inbox.unread()?.total, 0);
 //! # Ok(()) }
 //! ```
 //!
@@ -39,17 +51,26 @@
 //! - Single host: kernel locks and inotify events do not cross NFS (a watcher there falls
 //!   back to its timer; writers on two hosts would not exclude each other).
 //! - A message is visible to readers a moment before its `fdatasync` completes; after a power
-//!   cut an unacknowledged message may vanish (acknowledged ones never do).
-//! - Retention removes whole segments: [`Retention::Keep`] keeps at least `n` messages.
+//!   cut such an unacknowledged message may vanish (acknowledged ones never do), and its
+//!   position is skipped, not reused. A reader that acts durably on what it read must
+//!   acknowledge first ([`Consumer::ack`], [`Inbox::ack`] make the records durable).
+//! - Positions skip after every restart of the machine (at most [`DEFAULT_RESERVE`] per
+//!   channel written before it); [`ChannelStats::count`] counts positions, not messages.
+//! - Retention removes whole segments: [`Retention::Keep`] keeps at least `n` messages. The
+//!   broadcast feed keeps its newest [`FEED_KEEP_SEGMENTS`] segments.
 //! - Recipients are a routing rule, not access control: any process that can read
 //!   `.maos/` can read every message.
-//! - A consumer name is meant for one reader at a time.
+//! - A consumer name is meant for one reader at a time; an inbox orders items from different
+//!   channels by their senders' clocks.
 
 #![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
 
 mod broadcast;
 mod channel;
+mod doctor;
+mod envelope;
 mod error;
+mod inbox;
 mod log;
 mod pubsub;
 mod record;
@@ -57,14 +78,19 @@ mod retention;
 mod watch;
 
 pub use broadcast::{
-    BroadcastChannel, BroadcastNotification, GLOBAL_FEED, TOPIC_PREFIX, topic_channel,
+    BroadcastChannel, FEED_KEEP_CONFIG_KEY, FEED_KEEP_SEGMENTS, FEED_SEGMENT_SIZE, GLOBAL_FEED,
+    TOPIC_PREFIX, feed_options, topic_channel,
 };
 pub use channel::{
     Batch, CHANNEL_DATA_DIR, ChannelOptions, ChannelStats, Consumer, DEFAULT_MAX_MESSAGE,
-    DEFAULT_SEGMENT_SIZE, Delivered, FileChannel, Filter, Pruned, Receipt,
+    DEFAULT_RESERVE, DEFAULT_SEGMENT_SIZE, Delivered, FileChannel, Filter, Pruned, Receipt,
+    direct_channel,
 };
+pub use doctor::doctor;
+pub use envelope::RawPayload;
 pub use error::{Error, Result};
-pub use log::{Cursor, Problem};
+pub use inbox::{DEFAULT_INBOX_BATCH, Inbox, InboxBatch, InboxItem, InboxWatcher, Unread};
+pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
 pub use watch::{ChannelWatcher, Notice};

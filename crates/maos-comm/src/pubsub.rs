@@ -1,14 +1,15 @@
-//! Pub/sub: subscriptions to topics (with `*` and `**` wildcards) over the global feed.
+//! Pub/sub: subscriptions to topics (with `*` and `**` wildcards) over the broadcast feed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use maos_core::{ChannelName, Message, Name, Workspace};
 use serde::de::DeserializeOwned;
 
-use crate::broadcast::{BroadcastNotification, GLOBAL_FEED, topic_channel};
+use crate::broadcast::{GLOBAL_FEED, feed_options, open_feed};
+use crate::envelope::{Envelope, RawPayload};
 use crate::watch::{DirWaker, Notice};
-use crate::{Consumer, Cursor, Error, FileChannel, Filter, Result};
+use crate::{ChannelOptions, Consumer, Cursor, Error, FileChannel, Filter, Problem, Result};
 
 /// A topic pattern: segments separated by `/`; `*` matches one segment, `**` any number
 /// (including none). `build/*` matches `build/done` but not `build/a/b`; `build/**` matches
@@ -56,6 +57,12 @@ impl TopicPattern {
     }
 }
 
+impl std::fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 fn match_segs(p: &[&str], t: &[&str]) -> bool {
     match (p.first(), t.first()) {
         (None, None) => true,
@@ -71,88 +78,135 @@ fn match_segs(p: &[&str], t: &[&str]) -> bool {
 pub struct TopicMessage<T> {
     /// The topic it was published on.
     pub topic: String,
-    /// Its position in the topic channel (`broadcast/<topic>`).
+    /// Its position on the broadcast feed (what a durable subscription acknowledges).
     pub position: u64,
-    /// Its position in the global feed (what a durable subscription acknowledges).
-    pub feed_position: u64,
     /// The message.
     pub message: Message<T>,
 }
 
-/// A subscription to topics. It reads the global feed ([`GLOBAL_FEED`]) from its cursor and,
-/// for each notification whose topic matches, fetches the message from the topic channel:
-/// publishers never know who listens, and a subscriber needs one watch for any number of
+/// The topic of a record on the feed, and its message with the payload undecoded.
+pub(crate) fn feed_message(
+    feed: &FileChannel,
+    rec: crate::log::RawRecord,
+) -> std::result::Result<TopicMessage<RawPayload>, Problem> {
+    let env = match Envelope::decode(&rec.bytes) {
+        Ok(env) => env,
+        Err(e) => return Err(feed.undecodable(&rec, &e)),
+    };
+    let Some(topic) = env.topic.clone() else {
+        return Err(Problem {
+            path: feed.inner.log.segment_path(rec.segment),
+            offset: Some(rec.offset),
+            position: Some(rec.position),
+            reason:
+                "a message on the broadcast feed without a topic (not written by a broadcast); \
+                     skipped"
+                    .into(),
+            quarantined: None,
+        });
+    };
+    match env.into_message::<RawPayload>() {
+        Ok(message) => Ok(TopicMessage {
+            topic,
+            position: rec.position,
+            message,
+        }),
+        Err(e) => Err(feed.undecodable(&rec, &e)),
+    }
+}
+
+/// A subscription to topics. It reads the broadcast feed ([`GLOBAL_FEED`]) from its cursor
+/// and keeps the broadcasts whose topic matches: publishers never know who listens, every
+/// broadcast is read from one place once, and a subscriber needs one watch for any number of
 /// topics.
 ///
 /// A durable subscription ([`Subscription::durable`]) keeps its feed cursor as a consumer of
-/// the global feed; [`Subscription::ack_through`] stores it (at-least-once delivery).
+/// the feed; [`Subscription::ack_through`] stores it (at-least-once delivery).
 #[derive(Debug)]
 pub struct Subscription {
-    ws: Workspace,
     patterns: Vec<TopicPattern>,
     feed: FileChannel,
     cursor: Cursor,
     consumer: Option<Consumer>,
-    topics: HashMap<String, (FileChannel, Cursor)>,
-    pending: VecDeque<TopicMessage<serde_json::Value>>,
+    pending: VecDeque<TopicMessage<RawPayload>>,
     notices: Vec<Notice>,
+    /// The last "cursor ahead" reported (reported again only when it changes).
+    reported_ahead: Option<crate::Ahead>,
     waker: Option<DirWaker>,
 }
 
-impl Subscription {
-    fn build(ws: &Workspace, patterns: &[&str]) -> Result<(Vec<TopicPattern>, FileChannel)> {
-        let patterns = patterns
-            .iter()
-            .map(|p| TopicPattern::new(p))
-            .collect::<Result<Vec<_>>>()?;
-        let feed = FileChannel::open(
-            ws,
-            ChannelName::new(GLOBAL_FEED).map_err(|e| Error::core(GLOBAL_FEED, e))?,
-        )?;
-        Ok((patterns, feed))
-    }
+fn parse_patterns(patterns: &[&str]) -> Result<Vec<TopicPattern>> {
+    patterns.iter().map(|p| TopicPattern::new(p)).collect()
+}
 
+impl Subscription {
     /// Subscribes to `patterns`, from the feed position after `cursor` (use
     /// [`Cursor::start`] for all history, [`FileChannel::end_cursor`] of the feed for "from
     /// now on").
     pub fn new(ws: &Workspace, patterns: &[&str], cursor: Cursor) -> Result<Self> {
-        let (patterns, feed) = Self::build(ws, patterns)?;
-        Ok(Self {
-            ws: ws.clone(),
-            patterns,
-            feed,
-            cursor,
-            consumer: None,
-            topics: HashMap::new(),
-            pending: VecDeque::new(),
-            notices: Vec::new(),
-            waker: None,
-        })
+        Self::new_with(ws, patterns, cursor, feed_options(ws))
+    }
+
+    /// [`Subscription::new`] with the feed handle's `options`.
+    pub fn new_with(
+        ws: &Workspace,
+        patterns: &[&str],
+        cursor: Cursor,
+        options: ChannelOptions,
+    ) -> Result<Self> {
+        let patterns = parse_patterns(patterns)?;
+        Ok(Self::build(patterns, open_feed(ws, options)?, cursor, None))
     }
 
     /// Subscribes to `patterns` from now on (messages published after this call).
     pub fn from_now(ws: &Workspace, patterns: &[&str]) -> Result<Self> {
-        let (_, feed) = Self::build(ws, patterns)?;
+        let patterns = parse_patterns(patterns)?;
+        let feed = open_feed(ws, feed_options(ws))?;
         let end = feed.end_cursor()?;
-        Self::new(ws, patterns, end)
+        Ok(Self::build(patterns, feed, end, None))
     }
 
     /// A durable subscription named `consumer`: continues where the last acknowledged read of
     /// that name stopped (from the start of the feed the first time).
     pub fn durable(ws: &Workspace, patterns: &[&str], consumer: Name) -> Result<Self> {
-        let (patterns, feed) = Self::build(ws, patterns)?;
+        Self::durable_with(ws, patterns, consumer, feed_options(ws))
+    }
+
+    /// [`Subscription::durable`] with the feed handle's `options`.
+    pub fn durable_with(
+        ws: &Workspace,
+        patterns: &[&str],
+        consumer: Name,
+        options: ChannelOptions,
+    ) -> Result<Self> {
+        let patterns = parse_patterns(patterns)?;
+        let feed = open_feed(ws, options)?;
         let consumer = feed.consumer(consumer, Filter::Everything)?;
-        Ok(Self {
-            ws: ws.clone(),
+        let cursor = consumer.cursor();
+        Ok(Self::build(patterns, feed, cursor, Some(consumer)))
+    }
+
+    fn build(
+        patterns: Vec<TopicPattern>,
+        feed: FileChannel,
+        cursor: Cursor,
+        consumer: Option<Consumer>,
+    ) -> Self {
+        Self {
             patterns,
-            cursor: consumer.cursor(),
             feed,
-            consumer: Some(consumer),
-            topics: HashMap::new(),
+            cursor,
+            consumer,
             pending: VecDeque::new(),
             notices: Vec::new(),
+            reported_ahead: None,
             waker: None,
-        })
+        }
+    }
+
+    /// The patterns.
+    pub fn patterns(&self) -> &[TopicPattern] {
+        &self.patterns
     }
 
     /// The feed cursor (past everything returned or buffered).
@@ -160,16 +214,16 @@ impl Subscription {
         self.cursor
     }
 
-    /// Pruned gaps and damaged records met so far; drains them.
+    /// Pruned gaps, skipped positions and damaged records met so far; drains them.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
     }
 
     /// Stores the cursor of a durable subscription up to and including the feed position of
-    /// a message returned earlier (its `feed_position`). No-op for a non-durable one.
-    pub fn ack_through(&mut self, feed_position: u64) -> Result<()> {
+    /// a message returned earlier. No-op for a non-durable one.
+    pub fn ack_through(&mut self, position: u64) -> Result<()> {
         if let Some(c) = self.consumer.as_mut() {
-            c.ack(Cursor::after(feed_position))?;
+            c.ack(Cursor::after(position))?;
         }
         Ok(())
     }
@@ -188,23 +242,22 @@ impl Subscription {
 
     fn decode<T: DeserializeOwned>(
         &mut self,
-        m: TopicMessage<serde_json::Value>,
+        m: TopicMessage<RawPayload>,
     ) -> Option<TopicMessage<T>> {
-        let value = serde_json::to_value(&m.message).ok()?;
-        match serde_json::from_value::<Message<T>>(value) {
-            Ok(message) => Some(TopicMessage {
+        match serde_json::from_str::<T>(m.message.payload.get()) {
+            Ok(payload) => Some(TopicMessage {
                 topic: m.topic,
                 position: m.position,
-                feed_position: m.feed_position,
-                message,
+                message: m.message.map(|_| payload),
             }),
             Err(e) => {
-                self.notices.push(Notice::Problem(crate::Problem {
+                self.notices.push(Notice::Problem(Problem {
                     path: self.feed.dir().to_path_buf(),
                     offset: None,
                     position: Some(m.position),
                     reason: format!(
-                        "message on topic {} does not decode as the requested type: {e}",
+                        "the payload of the message on topic {} does not decode as the \
+                         requested type: {e}",
                         m.topic
                     ),
                     quarantined: None,
@@ -216,86 +269,40 @@ impl Subscription {
 
     /// Reads the feed forward once; returns whether the cursor moved.
     fn fill_blocking(&mut self) -> Result<bool> {
-        let batch = self
+        let raw = self
             .feed
-            .receive_blocking::<BroadcastNotification>(&self.cursor, &Filter::Everything)?;
-        let moved = batch.cursor.position != self.cursor.position;
-        self.cursor = batch.cursor;
-        if let Some(p) = batch.pruned {
+            .inner
+            .log
+            .read(self.cursor, self.feed.options().max_batch)?;
+        let moved = raw.cursor.position != self.cursor.position;
+        self.cursor = raw.cursor;
+        if let Some(p) = raw.pruned {
             self.notices.push(Notice::Pruned(p));
         }
+        self.notices.extend(raw.gaps.into_iter().map(Notice::Gap));
+        if raw.ahead != self.reported_ahead {
+            self.reported_ahead = raw.ahead;
+            self.notices.extend(raw.ahead.map(Notice::Ahead));
+        }
         self.notices
-            .extend(batch.problems.into_iter().map(Notice::Problem));
-        for d in batch.messages {
-            let note = d.message.payload;
-            if !self.patterns.iter().any(|p| p.matches(&note.topic)) {
-                continue;
-            }
-            match self.fetch(&note) {
-                Ok(Some(message)) => self.pending.push_back(TopicMessage {
-                    topic: note.topic,
-                    position: note.position,
-                    feed_position: d.position,
-                    message,
-                }),
-                Ok(None) => self.notices.push(Notice::Problem(crate::Problem {
-                    path: self.feed.dir().to_path_buf(),
-                    offset: None,
-                    position: Some(d.position),
-                    reason: format!(
-                        "notification names message {} at position {} of topic {}, which \
-                         is not there (pruned or damaged)",
-                        note.id, note.position, note.topic
-                    ),
-                    quarantined: None,
-                })),
-                // A foreign or damaged notification (say, an invalid topic) is reported and
-                // skipped; it must not stop the subscription.
-                Err(e) => self.notices.push(Notice::Problem(crate::Problem {
-                    path: self.feed.dir().to_path_buf(),
-                    offset: None,
-                    position: Some(d.position),
-                    reason: format!("unusable notification: {e}"),
-                    quarantined: None,
-                })),
+            .extend(raw.problems.into_iter().map(Notice::Problem));
+        for rec in raw.records {
+            match feed_message(&self.feed, rec) {
+                Ok(m) if self.patterns.iter().any(|p| p.matches(&m.topic)) => {
+                    self.pending.push_back(m);
+                }
+                Ok(_) => {}
+                Err(p) => self.notices.push(Notice::Problem(p)),
             }
         }
         Ok(moved)
-    }
-
-    fn fetch(
-        &mut self,
-        note: &BroadcastNotification,
-    ) -> Result<Option<Message<serde_json::Value>>> {
-        let (ch, cached) = match self.topics.get(&note.topic) {
-            Some((ch, c)) => (ch.clone(), *c),
-            None => {
-                let ch = FileChannel::open(&self.ws, topic_channel(&note.topic)?)?;
-                (ch, Cursor::start())
-            }
-        };
-        let cursor = if cached.position + 1 == note.position {
-            cached
-        } else {
-            Cursor::after(note.position.saturating_sub(1))
-        };
-        let raw = ch.inner.log.read(cursor, 1)?;
-        let found = raw
-            .records
-            .into_iter()
-            .find(|(pos, _)| *pos == note.position)
-            .and_then(|(_, bytes)| {
-                serde_json::from_slice::<Message<serde_json::Value>>(&bytes).ok()
-            })
-            .filter(|m| m.id == note.id);
-        self.topics.insert(note.topic.clone(), (ch, raw.cursor));
-        Ok(found)
     }
 
     /// The next matching message, waiting as long as it takes (a directory watch on the feed
     /// plus a fallback timer, as [`crate::ChannelWatcher`]).
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<TopicMessage<T>> {
         if self.waker.is_none() {
+            self.feed.ensure_dir()?;
             self.waker = Some(DirWaker::new(
                 GLOBAL_FEED,
                 self.feed.dir(),
@@ -311,18 +318,10 @@ impl Subscription {
             }
             // Fill a detached copy on a blocking thread and adopt its result only once it is
             // back: if this future is dropped meanwhile (a timeout, a `select!`), the
-            // subscription is unchanged and the next call reads the same notifications again.
-            let snap = Subscription {
-                ws: self.ws.clone(),
-                patterns: self.patterns.clone(),
-                feed: self.feed.clone(),
-                cursor: self.cursor,
-                consumer: None,
-                topics: self.topics.clone(),
-                pending: VecDeque::new(),
-                notices: Vec::new(),
-                waker: None,
-            };
+            // subscription is unchanged and the next call reads the same records again.
+            let mut snap =
+                Subscription::build(self.patterns.clone(), self.feed.clone(), self.cursor, None);
+            snap.reported_ahead = self.reported_ahead;
             let (snap, res) = crate::asyncify(GLOBAL_FEED, "subscribe", move || {
                 let mut snap = snap;
                 let r = snap.fill_blocking();
@@ -331,9 +330,9 @@ impl Subscription {
             .await?;
             if res.is_ok() {
                 self.cursor = snap.cursor;
-                self.topics = snap.topics;
                 self.pending.extend(snap.pending);
                 self.notices.extend(snap.notices);
+                self.reported_ahead = snap.reported_ahead;
             }
             if res? {
                 continue;

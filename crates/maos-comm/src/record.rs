@@ -31,6 +31,33 @@ pub(crate) fn encode(seq: u64, msg: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// `json` (valid JSON) without the whitespace between its tokens: what goes into a record
+/// must be one line, and a pre-serialised payload (a `RawValue`) may hold line breaks between
+/// tokens. Strings, numbers and everything else are copied byte for byte.
+pub(crate) fn strip_whitespace(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// A record that passed its checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Parsed<'a> {
@@ -129,6 +156,17 @@ mod tests {
         }
         assert!(parse(b"").is_err());
         assert!(parse(b"{\"seq\":0,\"len\":2,\"crc\":\"00000000\",\"msg\":{}}").is_err());
+    }
+
+    #[test]
+    fn whitespace_between_tokens_goes_and_strings_stay() {
+        let pretty = b"{\n  \"a\": [1, 2.50e3 ,\n 123456789012345678901234567890],\n  \"s\": \"x \\\" \\n y\"\r\n}";
+        let flat = strip_whitespace(pretty);
+        assert_eq!(
+            std::str::from_utf8(&flat).unwrap(),
+            r#"{"a":[1,2.50e3,123456789012345678901234567890],"s":"x \" \n y"}"#
+        );
+        assert!(!flat.contains(&b'\n'));
     }
 
     proptest! {

@@ -1,7 +1,7 @@
 //! Retention: pruning whole segments by count or by age, and listing channels.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use maos_core::{ChannelName, Workspace};
 use serde::Serialize;
@@ -17,6 +17,9 @@ pub enum Retention {
     Keep(u64),
     /// Remove messages older than this (by the time their segment was last written).
     OlderThan(Duration),
+    /// Keep the newest `n` segments (at least one): what writers apply by themselves on the
+    /// broadcast feed.
+    Segments(usize),
 }
 
 /// What a prune removed.
@@ -39,52 +42,22 @@ impl FileChannel {
     /// Granularity: a segment is removed only when all its messages are outside what is kept,
     /// so [`Retention::Keep`] keeps at least `n` (at most `n` plus one segment). When every
     /// message is to go, the newest segment is closed first so that it can go too.
+    ///
+    /// # Errors
+    /// [`Error::Reserved`] for a topic view (prune `broadcast/global`, which holds the
+    /// broadcasts); a lock timeout; I/O errors.
     pub fn prune_blocking(&self, retention: Retention) -> Result<PruneReport> {
         let _span = tracing::info_span!("prune", channel = %self.name(), ?retention).entered();
-        let now = SystemTime::now();
-        self.inner.log.with_lock(|log, listing, newest| {
-            let segs = &listing.segments;
-            // Decide per segment (oldest first) whether all of it goes.
-            let mut remove = Vec::new();
-            for (i, &first) in segs.iter().enumerate() {
-                let (last, mtime) = log.segment_info(first)?;
-                let goes = match retention {
-                    Retention::Keep(n) => last < first || newest.saturating_sub(last) >= n,
-                    Retention::OlderThan(age) => now.duration_since(mtime).is_ok_and(|d| d >= age),
-                };
-                if !goes {
-                    break; // keep this one and everything after it
-                }
-                remove.push((i, first, last));
-            }
-            let all_go = remove.len() == segs.len() && !segs.is_empty();
-            if all_go && newest >= *segs.last().unwrap_or(&1) {
-                // The active segment must go too: start a fresh one after `newest` first.
-                log.roll_locked(newest)?;
-            } else if all_go {
-                // The active segment is already empty: keep it.
-                remove.pop();
-            }
-            let mut through = 0;
-            for &(_, first, last) in &remove {
-                log.remove_segment_locked(first)?;
-                through = through.max(last).max(first - 1);
-            }
-            if !remove.is_empty() {
-                log.sync_dir()?;
-                tracing::info!(segments = remove.len(), through, "pruned");
-            }
-            let oldest = match remove.len() {
-                n if n < segs.len() => segs[n],
-                _ => newest + 1,
-            };
-            Ok(PruneReport {
-                segments_removed: remove.len(),
-                pruned_through: through,
-                oldest: oldest.min(newest + 1),
-                newest,
-            })
-        })
+        if let crate::channel::Kind::Topic(_) | crate::channel::Kind::Reserved = self.inner.kind {
+            return Err(Error::Reserved {
+                channel: self.name().to_string(),
+                reason: format!(
+                    "topics are views of the broadcast feed; prune {} instead",
+                    crate::GLOBAL_FEED
+                ),
+            });
+        }
+        self.inner.log.prune(retention)
     }
 
     /// [`FileChannel::prune_blocking`] on a blocking thread.

@@ -11,7 +11,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::{Batch, Cursor, Delivered, Error, FileChannel, Filter, Problem, Pruned, Result};
+use crate::envelope::RawPayload;
+use crate::{
+    Ahead, Batch, Cursor, Delivered, Error, FileChannel, Filter, Gap, Problem, Pruned, Result,
+};
 
 /// Wakes waiters when anything changes in one directory. The notify callback runs on notify's
 /// own thread and only stores a permit in a [`tokio::sync::Notify`]: a change between a
@@ -80,6 +83,21 @@ pub enum Notice {
     Pruned(Pruned),
     /// A record or file could not be used (reported and quarantined).
     Problem(Problem),
+    /// Positions the writers skipped (after a restart, or because the log lost records).
+    Gap(Gap),
+    /// The cursor is ahead of the log (it lost messages already read).
+    Ahead(Ahead),
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Pruned(p) => p.fmt(f),
+            Notice::Problem(p) => p.fmt(f),
+            Notice::Gap(g) => g.fmt(f),
+            Notice::Ahead(a) => a.fmt(f),
+        }
+    }
 }
 
 /// Waits for new messages on one channel.
@@ -101,8 +119,9 @@ pub struct ChannelWatcher {
     filter: Filter,
     cursor: Cursor,
     waker: DirWaker,
-    pending: VecDeque<Delivered<serde_json::Value>>,
+    pending: VecDeque<Delivered<RawPayload>>,
     notices: Vec<Notice>,
+    reported_ahead: Option<Ahead>,
 }
 
 impl ChannelWatcher {
@@ -111,6 +130,7 @@ impl ChannelWatcher {
     pub fn new(channel: FileChannel) -> Result<Self> {
         let agent = AgentId::current().map_err(|e| Error::core(channel.name().as_str(), e))?;
         let filter = Filter::for_agent(channel.workspace(), agent)?;
+        channel.ensure_dir()?;
         let waker = DirWaker::new(
             channel.name().as_str(),
             channel.dir(),
@@ -123,6 +143,7 @@ impl ChannelWatcher {
     /// Watches `channel` from `cursor` (for instance `Cursor::after(receipt.position)` to see
     /// the replies to a message just sent), delivering what `filter` accepts.
     pub fn from_cursor(channel: FileChannel, cursor: Cursor, filter: Filter) -> Result<Self> {
+        channel.ensure_dir()?;
         let waker = DirWaker::new(
             channel.name().as_str(),
             channel.dir(),
@@ -139,6 +160,7 @@ impl ChannelWatcher {
             waker,
             pending: VecDeque::new(),
             notices: Vec::new(),
+            reported_ahead: None,
         }
     }
 
@@ -159,12 +181,16 @@ impl ChannelWatcher {
 
     /// Reads forward once; returns whether the cursor moved.
     async fn fill(&mut self) -> Result<bool> {
-        let batch: Batch<serde_json::Value> =
-            self.channel.receive(&self.cursor, &self.filter).await?;
+        let batch: Batch<RawPayload> = self.channel.receive(&self.cursor, &self.filter).await?;
         let moved = batch.cursor.position != self.cursor.position || !batch.problems.is_empty();
         self.cursor = batch.cursor;
         if let Some(p) = batch.pruned {
             self.notices.push(Notice::Pruned(p));
+        }
+        self.notices.extend(batch.gaps.into_iter().map(Notice::Gap));
+        if batch.ahead != self.reported_ahead {
+            self.reported_ahead = batch.ahead;
+            self.notices.extend(batch.ahead.map(Notice::Ahead));
         }
         self.notices
             .extend(batch.problems.into_iter().map(Notice::Problem));
@@ -183,20 +209,20 @@ impl ChannelWatcher {
         let fallback = self.channel.options().fallback_interval;
         loop {
             while let Some(d) = self.pending.pop_front() {
-                match serde_json::from_value::<Message<T>>(
-                    serde_json::to_value(&d.message).unwrap_or_default(),
-                ) {
-                    Ok(message) => {
+                match serde_json::from_str::<T>(d.message.payload.get()) {
+                    Ok(payload) => {
                         return Ok(Delivered {
                             position: d.position,
-                            message,
+                            message: d.message.map(|_| payload),
                         });
                     }
                     Err(e) => self.notices.push(Notice::Problem(Problem {
                         path: self.channel.dir().to_path_buf(),
                         offset: None,
                         position: Some(d.position),
-                        reason: format!("message does not decode as the requested type: {e}"),
+                        reason: format!(
+                            "the message's payload does not decode as the requested type: {e}"
+                        ),
                         quarantined: None,
                     })),
                 }
@@ -235,6 +261,7 @@ impl FileChannel {
         let deadline = std::time::Instant::now() + timeout;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let _watcher = if self.options().file_events {
+            self.ensure_dir()?;
             let err = |source| Error::Watch {
                 channel: self.name().to_string(),
                 path: self.dir().to_path_buf(),

@@ -3,6 +3,8 @@
 //! by them live in the `maos-tests` library (`tests/src/lib.rs`).
 
 mod comm_multiprocess;
+mod comm_power_cut;
+mod comm_stopped;
 mod core_hostile_names;
 mod fuzz;
 mod lock_deadlock;

@@ -222,7 +222,7 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
         found.extend(sub.poll_blocking::<Value>()?);
     }
     if let Some(last) = found.last() {
-        s.set_pending(&source, PendingAck::Feed(last.feed_position));
+        s.set_pending(&source, PendingAck::Feed(last.position));
     }
     let messages: Vec<Value> = found
         .iter()

@@ -5,6 +5,7 @@ mod agents_cli;
 mod cli;
 mod cli_conventions;
 mod comm_cli;
+mod comm_issues;
 mod demo_e2e;
 mod docs;
 mod hooks_cli;

@@ -11,6 +11,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -56,6 +57,19 @@ pub struct LockFile {
 #[must_use = "dropping the guard unlocks the file at once"]
 pub struct FlockGuard<'a> {
     lock: &'a LockFile,
+    /// The open file description the lock was taken on, when not the lock file's own (a
+    /// helper thread waited for it in the kernel).
+    held: Option<File>,
+}
+
+/// What a helper thread waiting in `flock(2)` hands over.
+#[derive(Default)]
+struct Handoff {
+    /// The waiter gave up.
+    abandoned: bool,
+    /// The description now holding the lock.
+    got: Option<File>,
+    failed: Option<std::io::Error>,
 }
 
 impl LockFile {
@@ -101,30 +115,134 @@ impl LockFile {
     }
 
     /// Takes the lock in `mode`, waiting at most `timeout`.
+    ///
+    /// The wait is in the kernel: a helper thread blocks in `flock(2)` on a second open file
+    /// description of the same file, so the lock is taken the moment it is free (a waiter
+    /// polling with a backoff sleeps through free moments, which under contention costs
+    /// throughput and makes the waits unfair). At the deadline the waiter gives up; a helper
+    /// that gets the lock later releases it at once.
     pub fn lock(&self, mode: FlockMode, timeout: Duration) -> Result<FlockGuard<'_>> {
         if let Some(g) = self.try_lock(mode)? {
             return Ok(g);
         }
         let start = Instant::now();
         let deadline = crate::deadline_after(start, timeout);
+        if deadline <= start {
+            return Err(self.timed_out(start));
+        }
+        match self.second_description() {
+            Some(second) => self.lock_in_kernel(mode, second, start, deadline),
+            None => self.lock_polling(mode, start, deadline),
+        }
+    }
+
+    /// Another open file description of the same inode (`None` when the path now names
+    /// another file, or cannot be opened).
+    fn second_description(&self) -> Option<File> {
+        use std::os::unix::fs::MetadataExt;
+        let second = super::open_lock_file(&self.path).ok()?;
+        let (a, b) = (self.file.metadata().ok()?, second.metadata().ok()?);
+        (a.dev() == b.dev() && a.ino() == b.ino()).then_some(second)
+    }
+
+    fn timed_out(&self, start: Instant) -> Error {
+        Error::LockTimeout {
+            path: self.path.clone(),
+            waited: start.elapsed(),
+            holders: holders_of(&self.file),
+        }
+    }
+
+    fn report_wait(&self) {
+        tracing::warn!(
+            path = %self.path.display(),
+            "waiting for a kernel lock{}",
+            describe_holders(&holders_of(&self.file))
+        );
+    }
+
+    fn lock_in_kernel(
+        &self,
+        mode: FlockMode,
+        second: File,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<FlockGuard<'_>> {
+        let shared = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        let helper = std::thread::Builder::new()
+            .name("maos-flock".into())
+            .spawn(move || {
+                let r = match mode {
+                    FlockMode::Exclusive => second.lock(),
+                    FlockMode::Shared => second.lock_shared(),
+                };
+                let (m, cv) = &*theirs;
+                let mut h = m.lock().unwrap_or_else(PoisonError::into_inner);
+                match r {
+                    // The waiter gave up: release at once (closing `second` does it too).
+                    Ok(()) if h.abandoned => drop(second.unlock()),
+                    Ok(()) => h.got = Some(second),
+                    Err(e) => h.failed = Some(e),
+                }
+                cv.notify_all();
+            });
+        if helper.is_err() {
+            return self.lock_polling(mode, start, deadline);
+        }
+        let (m, cv) = &*shared;
+        let mut h = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reported = false;
+        loop {
+            if let Some(f) = h.got.take() {
+                return Ok(FlockGuard {
+                    lock: self,
+                    held: Some(f),
+                });
+            }
+            if let Some(e) = h.failed.take() {
+                return Err(Error::io("flock", &self.path, e));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                h.abandoned = true;
+                drop(h);
+                return Err(self.timed_out(start));
+            }
+            if !reported && now - start >= REPORT_AFTER {
+                reported = true;
+                self.report_wait();
+            }
+            let until = if reported {
+                deadline
+            } else {
+                (start + REPORT_AFTER).min(deadline)
+            };
+            h = cv
+                .wait_timeout(h, until.saturating_duration_since(now))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waiting by polling (when no helper can be had): retries with a backoff of 50 us
+    /// doubling to 2 ms.
+    fn lock_polling(
+        &self,
+        mode: FlockMode,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<FlockGuard<'_>> {
         let mut pause = Duration::from_micros(50);
         let mut reported = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::LockTimeout {
-                    path: self.path.clone(),
-                    waited: now - start,
-                    holders: holders_of(&self.file),
-                });
+                return Err(self.timed_out(start));
             }
             if !reported && now - start >= REPORT_AFTER {
                 reported = true;
-                tracing::warn!(
-                    path = %self.path.display(),
-                    "waiting for a kernel lock{}",
-                    describe_holders(&holders_of(&self.file))
-                );
+                self.report_wait();
             }
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(2));
@@ -140,7 +258,10 @@ impl LockFile {
             FlockMode::Shared => self.file.try_lock_shared(),
         };
         match r {
-            Ok(()) => Ok(Some(FlockGuard { lock: self })),
+            Ok(()) => Ok(Some(FlockGuard {
+                lock: self,
+                held: None,
+            })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(Error::io("flock", &self.path, e)),
         }
@@ -156,7 +277,8 @@ impl FlockGuard<'_> {
 
 impl Drop for FlockGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.lock.file.unlock() {
+        let file = self.held.as_ref().unwrap_or(&self.lock.file);
+        if let Err(e) = file.unlock() {
             // Closing the descriptor would release it; this one stays open, so say so.
             tracing::error!(path = %self.lock.path.display(), error = %e, "cannot unlock");
         }
@@ -329,6 +451,49 @@ mod tests {
         );
         drop(held);
         let _g = b.exclusive(Duration::from_millis(20)).unwrap();
+    }
+
+    /// A waiter gets the lock when it is released (it waits in the kernel), and a waiter that
+    /// gave up never keeps it.
+    #[test]
+    fn waiters_get_a_released_lock_and_abandoned_waits_leave_it_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let a = LockFile::open(&path).unwrap();
+        let held = a.exclusive(Duration::ZERO).unwrap();
+        let b = LockFile::open(&path).unwrap();
+        // Gives up while `a` holds it.
+        assert!(b.exclusive(Duration::from_millis(20)).is_err());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let c = LockFile::open(&path).unwrap();
+                let _g = c.exclusive(Duration::from_secs(60)).unwrap();
+            });
+            // Release once the waiter is queued in the kernel (a blocked FLOCK request).
+            let (dev, ino) = {
+                use std::os::unix::fs::MetadataExt;
+                let m = a.file().metadata().unwrap();
+                (m.dev(), m.ino())
+            };
+            let want = format!(
+                "{:02x}:{:02x}:{ino}",
+                rustix::fs::major(dev),
+                rustix::fs::minor(dev)
+            );
+            while !read_proc("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&want))
+            {
+                std::thread::yield_now();
+            }
+            drop(held);
+            waiter.join().unwrap();
+        });
+        // Nobody keeps it: not the abandoned helper, not the finished waiter.
+        let d = LockFile::open(&path).unwrap();
+        let _g = d.exclusive(Duration::from_secs(60)).unwrap();
+        assert!(b.try_exclusive().unwrap().is_none());
     }
 
     #[test]
