@@ -16,7 +16,7 @@ pub enum Error {
     Core(#[from] maos_core::Error),
 
     /// An operating-system call on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -79,6 +79,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// An agent tried to act on a task assigned to another agent without forcing it.
+    #[error(
+        "task {task} is assigned to {assignee}, not {}: only {assignee} moves it (use --force \
+         to act anyway; the log records who did)",
+        .actor.as_ref().map_or("an anonymous caller", |a| a.as_str())
+    )]
+    NotAssignee {
+        /// The task.
+        task: TaskId,
+        /// Its assignee.
+        assignee: maos_core::AgentId,
+        /// Who tried.
+        actor: Option<maos_core::AgentId>,
+    },
+
     /// A compare-and-swap update found the task changed since it was read.
     #[error("task {task} is at revision {actual}, not {expected}: it changed meanwhile")]
     RevisionMismatch {
@@ -91,7 +106,7 @@ pub enum Error {
     },
 
     /// An update carried a fencing token that is no longer current.
-    #[error("task {task}: fencing token refused: {source}")]
+    #[error("task {task}: fencing token refused")]
     StaleToken {
         /// The task.
         task: TaskId,
@@ -109,8 +124,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// A file of the task store is damaged.
-    #[error("task store {path} is corrupt: {reason}")]
+    /// A file of the task store is damaged, missing, or holds what no writer could have
+    /// written.
+    #[error(
+        "task store {path} is corrupt: {reason} (`maos doctor` explains; `maos doctor --repair` \
+         quarantines what cannot be read and keeps every readable change)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -119,11 +138,35 @@ pub enum Error {
     },
 
     /// The blocking task behind an async call panicked or was cancelled.
-    #[error("background task failed: {0}")]
+    #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
 }
 
 impl Error {
+    /// True for a refusal of the request itself (what replay would refuse in a record):
+    /// not found, invalid transition, not the assignee, duplicate, cycle, invalid argument.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::AmbiguousPrefix { .. }
+                | Error::DuplicateId { .. }
+                | Error::UnknownDependency { .. }
+                | Error::Cycle { .. }
+                | Error::InvalidTransition { .. }
+                | Error::NotAssignee { .. }
+                | Error::RevisionMismatch { .. }
+                | Error::StaleToken { .. }
+                | Error::Invalid { .. }
+        )
+    }
+
+    /// True when the store's kernel lock could not be had in time (another process holds
+    /// it; the message names it).
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Error::Core(maos_core::Error::LockTimeout { .. }))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

@@ -22,11 +22,13 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use maos_core::{AgentId, Workspace};
-//! use maos_track::{ProgressVisualizer, Task, TaskStatus, TaskTracker};
+//! use maos_track::{Options, ProgressVisualizer, Task, TaskStatus, TaskTracker};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let ws = Workspace::init(dir.path())?;
-//! let tracker = TaskTracker::open(&ws)?;
+//! let me = AgentId::new("architect")?;
+//! // Acting as `architect`: the tasks it claims are its own to move.
+//! let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
 //!
 //! let design = tracker
 //!     .create_task(Task { name: "Design: API".into(), estimated_duration: Some(Duration::from_secs(1800)), ..Default::default() })
@@ -36,7 +38,6 @@
 //!     .await?;
 //! assert_eq!(tracker.get(&backend).await?.unwrap().status, TaskStatus::Blocked);
 //!
-//! let me = AgentId::new("architect")?;
 //! let task = tracker.claim(&me).await?.expect("the design is ready");
 //! assert_eq!(task.id, design);
 //! tracker.update_status(&design, TaskStatus::Completed, Some("see docs/api.md".into())).await?;
@@ -62,9 +63,12 @@
 //! - Publishing on the `tasks` topic is best effort and happens after the write, outside the
 //!   lock: consumers order [`TaskEvent`]s by `seq`, and the log stays the truth.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod error;
 mod fence;
 mod graph;
+mod history;
 mod notify;
 mod store;
 mod task;
@@ -74,14 +78,32 @@ mod visual;
 pub use error::Error;
 pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
-pub use notify::{FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
-pub use store::Change;
-pub use task::{Task, TaskStatus};
-pub use tracker::{Options, TaskTracker, Update};
+pub use history::{Event, EventKind, TaskDetails};
+pub use notify::{Change, FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
+pub use store::doctor::doctor;
+pub use task::{
+    Edit, MAX_DEPENDENCIES, MAX_LABEL_BYTES, MAX_LABELS, MAX_METADATA, MAX_METADATA_VALUE_BYTES,
+    MAX_NAME_BYTES, MAX_TEXT_BYTES, Task, TaskStatus,
+};
+pub use tracker::{CriticalPath, Options, Ownership, Page, Query, ReadyPage, TaskTracker, Update};
 pub use visual::{
-    ProgressReport, ProgressVisualizer, StatusCounts, dot, gantt, mermaid_escape,
+    ProgressReport, ProgressVisualizer, StatusCounts, counts_line, dot, gantt, mermaid_escape,
     mermaid_flowchart, report, summary, table,
 };
 
 #[cfg(test)]
 mod tests;
+
+/// Runs a blocking store operation on tokio's blocking pool: the one way this crate's async
+/// methods call their `_blocking` twins, and the one place where a background task that
+/// panicked or was cancelled becomes an [`Error`] (as `tokio::fs` does with `asyncify`).
+pub(crate) async fn asyncify<F, T>(f: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Join(e)),
+    }
+}

@@ -197,8 +197,8 @@ fn two_trackers_share_state_across_compactions() {
             assert_eq!(t2.list_blocking().unwrap().len(), i + 1);
         }
     }
-    // A compaction happened (more than COMPACT_MIN_RECORDS records).
-    assert!(t1.dir().join("snapshot.json").exists());
+    // A compaction happened (more than COMPACT_RECORDS records).
+    assert!(t1.dir().join("snapshot.1").exists());
     t2.update_status_blocking(&ids[3], TaskStatus::InProgress, None)
         .unwrap();
     t1.compact_blocking().unwrap();
@@ -260,10 +260,19 @@ fn prefixes_resolve() {
 
 #[tokio::test]
 async fn async_api_round_trip() {
-    let (_d, t) = setup();
+    let (d, anon) = setup();
+    let ws = Workspace::open(d.path()).unwrap();
+    let t = TaskTracker::open_with(&ws, Options::default().publish(false).agent(agent("w")))
+        .unwrap();
     let id = t.create_task(Task::new("async")).await.unwrap();
     let c = t.claim(&agent("w")).await.unwrap().unwrap();
     assert_eq!(c.id, id);
+    // The task is w's now: another agent may not move it.
+    let err = anon
+        .update_status(&id, TaskStatus::Completed, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAssignee { .. }), "{err}");
     let done = t
         .update_status(&id, TaskStatus::Completed, None)
         .await
@@ -449,7 +458,7 @@ fn huge_estimates_saturate_instead_of_overflowing() {
         .unwrap();
     t.create_task_blocking(&Task::new("c").estimate(huge).after(b))
         .unwrap();
-    let (path, total) = t.critical_path_blocking().unwrap();
+    let crate::CriticalPath { tasks: path, total } = t.critical_path_blocking().unwrap();
     assert!(!path.is_empty());
     assert_eq!(total, Duration::from_millis(u64::MAX), "saturated");
     assert_eq!(t.ready_blocking().unwrap()[0].id, a);

@@ -63,7 +63,10 @@ pub(crate) async fn run(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
     let api = FileChannel::open(&ws, ChannelName::new(API_CHANNEL)?)?;
     let mut agent = Agent {
         repo: git2::Repository::open(ws.root()).context("opening the demo repository")?,
-        tracker: TaskTracker::open(&ws)?,
+        tracker: TaskTracker::open_with(
+            &ws,
+            maos_coordination::track::Options::default().agent(me.clone()),
+        )?,
         api_cursor: Cursor::start(),
         api_filter: Filter::for_agent(&ws, me.clone())?,
         api,

@@ -14,7 +14,7 @@ use maos_coordination::comm::{Cursor, FileChannel, Filter, topic_channel};
 use maos_coordination::core::ProcessIdentity;
 use maos_coordination::lock::{DeadlockDetector, LockTable};
 use maos_coordination::merge::{ConflictDetector, EntryStatus, MergeCoordinator, MergeQueue};
-use maos_coordination::track::{ProgressVisualizer, Task, TaskStatus, TaskTracker};
+use maos_coordination::track::{self, ProgressVisualizer, Task, TaskStatus, TaskTracker};
 use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration, TaskId, Workspace};
 
 use super::agent::demo_meta;
@@ -77,7 +77,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
             (format!("{role}-{}", i / ROLES.len() + 1), role)
         })
         .collect();
-    let tracker = TaskTracker::open(&ws)?;
+    let tracker = TaskTracker::open_with(&ws, track::Options::default().agent(me.clone()))?;
     let graph = build_graph(&tracker, &args).await?;
 
     // The deadlock monitor: detects cycles in the on-disk wait-for graph, broadcasts them
@@ -210,7 +210,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     );
     println!("{}", maos_coordination::track::table(&tasks));
     println!("## Critical path\n");
-    let (path, length) = tracker.critical_path_blocking()?;
+    let track::CriticalPath {
+        tasks: path,
+        total: length,
+    } = tracker.critical_path_blocking()?;
     for t in &path {
         println!(
             "- {} ({})",
