@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use maos_core::{TaskId, escape_controls, fsx, human_ms, now_ms};
 use serde::{Deserialize, Serialize};

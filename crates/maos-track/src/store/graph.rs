@@ -126,15 +126,6 @@ impl Graph {
         c
     }
 
-    /// How many tasks the overlay holds (tasks touched since the snapshot).
-    pub(crate) fn overlay_len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub(crate) fn node(&self, ord: u32) -> Option<&Node> {
-        self.nodes.get(&ord)
-    }
-
     /// The ordinal of `id`.
     pub(crate) fn lookup(&mut self, id: &TaskId) -> Result<Option<u32>, Error> {
         if let Some(&o) = self.ids.get(id) {

@@ -399,11 +399,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records pushed so far.
-    pub(crate) fn len(&self) -> usize {
-        self.records.len()
-    }
-
     /// Marks the records pushed from now on as forced (the author acts on a task another
     /// agent owns, on purpose).
     pub(crate) fn set_force(&mut self, on: bool) {
@@ -457,10 +452,6 @@ impl Store {
             options,
             state: None,
         })
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The graph, caught up with the log.
@@ -595,7 +586,7 @@ fn compact(dir: &Path, st: &mut State) -> Result<(), Error> {
     let rotate_seq = st.graph.seq + 1;
     let bytes = compact_bytes(&st.graph, next, rotate_seq)?;
     fsx::write_replace(&snapshot_path(dir, next), &bytes)?;
-    let mut next_log = DataFile::open_append(&log_path(dir, next))?;
+    let next_log = DataFile::open_append(&log_path(dir, next))?;
     if next_log.len()? > 0 {
         // Left by a compaction whose rotate record never became durable: no writer appends
         // to a log before the rotate naming it is durable, so it holds nothing acknowledged.
@@ -629,7 +620,6 @@ fn compact(dir: &Path, st: &mut State) -> Result<(), Error> {
         file: fsx::open_read(&log_path(dir, next))?,
     });
     // Keep the append handle of the new log.
-    let _ = next_log.len()?;
     st.writer = Some(next_log);
     Ok(())
 }

@@ -65,22 +65,6 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// The task the op names (none for `rotate`).
-    pub(crate) fn task(&self) -> Option<&TaskId> {
-        match self {
-            Op::Create { task } => Some(&task.id),
-            Op::Status { task, .. }
-            | Op::Claim { task, .. }
-            | Op::Release { task, .. }
-            | Op::Assign { task, .. }
-            | Op::Edit { task, .. }
-            | Op::Comment { task, .. }
-            | Op::AddDependency { task, .. }
-            | Op::RemoveDependency { task, .. } => Some(task),
-            Op::Rotate { .. } => None,
-        }
-    }
-
     /// The record kind (`op` field).
     pub(crate) fn kind(&self) -> &'static str {
         match self {

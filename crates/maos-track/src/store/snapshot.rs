@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use maos_core::{AgentId, Priority, TaskId, fsx};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::FxMap;
 use crate::history::Event;
 use crate::{Error, Task, TaskStatus};
 
@@ -353,7 +352,6 @@ pub(crate) struct Snapshot {
     path: PathBuf,
     file: File,
     pub(crate) header: Header,
-    agent_index: FxMap<AgentId, u32>,
     ready_len: u64,
     active_len: u64,
 }
@@ -438,17 +436,12 @@ impl Snapshot {
         if header.counts.iter().sum::<u64>() != n {
             return Err(corrupt(path, "the status counts do not add up to the task count"));
         }
-        let mut agent_index = FxMap::default();
-        for (k, a) in header.agents.iter().enumerate() {
-            agent_index.insert(a.clone(), k as u32 + 1);
-        }
         let ready_len = s.ready[1] / 4;
         let active_len = s.active[1] / 4;
         Ok(Self {
             path: path.to_path_buf(),
             file,
             header,
-            agent_index,
             ready_len,
             active_len,
         })
@@ -548,11 +541,6 @@ impl Snapshot {
             .map_err(|err| corrupt(&self.path, format!("task number {ord}: {err}")))
     }
 
-    /// The task's JSON bytes (for compaction).
-    pub(crate) fn task_bytes(&self, ord: u32, e: &Entry) -> Result<Vec<u8>, Error> {
-        self.line(ord, "record", e.task)
-    }
-
     /// The history of entry `e`.
     pub(crate) fn history(&self, ord: u32, e: &Entry) -> Result<Vec<Event>, Error> {
         let b = self.line(ord, "history", e.history)?;
@@ -581,11 +569,6 @@ impl Snapshot {
     pub(crate) fn agent(&self, code: u32) -> Option<&AgentId> {
         code.checked_sub(1)
             .and_then(|k| self.header.agents.get(k as usize))
-    }
-
-    /// The `assignee` code of `agent`, if it has one.
-    pub(crate) fn agent_code(&self, agent: &AgentId) -> Option<u32> {
-        self.agent_index.get(agent).copied()
     }
 
     /// Sorted-id slot `k`: (ordinal, id bytes).

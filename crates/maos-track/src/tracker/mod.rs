@@ -18,7 +18,7 @@ use std::time::Duration;
 use maos_core::{AgentId, Workspace, fsx};
 
 pub use self::query::{CriticalPath, Page, Query, ReadyPage};
-pub use self::write::{Ownership, Update};
+pub use self::write::{Amendment, Ownership, Update};
 use crate::notify::{Publishers, TaskEvent};
 use crate::store::graph::Graph;
 use crate::store::record::Author;

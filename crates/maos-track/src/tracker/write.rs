@@ -88,6 +88,38 @@ impl Update {
     }
 }
 
+/// Several changes to one task, made in one write (all or none): what `maos task edit`
+/// does. Descriptive fields first, then the assignee, then dependencies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Amendment {
+    /// Descriptive fields (anyone may change them).
+    pub edit: Edit,
+    /// A new assignee (`Some(None)`: unassign), subject to `ownership`.
+    pub assignee: Option<Option<AgentId>>,
+    /// Dependencies to add.
+    pub add_dependencies: Vec<TaskId>,
+    /// Dependencies to remove.
+    pub remove_dependencies: Vec<TaskId>,
+    /// Act on a task assigned to another agent.
+    pub ownership: Ownership,
+}
+
+impl Amendment {
+    /// No change.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.edit.is_empty()
+            && self.assignee.is_none()
+            && self.add_dependencies.is_empty()
+            && self.remove_dependencies.is_empty()
+    }
+}
+
 fn need(tx: &mut Tx<'_>, id: &TaskId) -> Result<u32, Error> {
     tx.graph.lookup(id)?.ok_or_else(|| Error::NotFound {
         task: id.to_string(),
@@ -288,6 +320,54 @@ impl TaskTracker {
                 task: id.clone(),
                 set: edit.clone(),
             })?;
+            tx.graph.task(ord)
+        })
+    }
+
+    /// Applies `amendment` to `id` in one write (all or none).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an empty amendment, and the errors of
+    /// [`edit_blocking`](Self::edit_blocking), [`assign_blocking`](Self::assign_blocking),
+    /// [`add_dependency_blocking`](Self::add_dependency_blocking) and
+    /// [`remove_dependency_blocking`](Self::remove_dependency_blocking).
+    pub fn amend_blocking(&self, id: &TaskId, amendment: &Amendment) -> Result<Task, Error> {
+        if amendment.is_empty() {
+            return Err(Error::Invalid {
+                what: "edit",
+                reason: "it changes nothing".into(),
+            });
+        }
+        self.write(None, amendment.ownership.forced(), |tx| {
+            let ord = need(tx, id)?;
+            if !amendment.edit.is_empty() {
+                tx.push(Op::Edit {
+                    task: id.clone(),
+                    set: amendment.edit.clone(),
+                })?;
+            }
+            if let Some(agent) = &amendment.assignee
+                && tx.graph.task(ord)?.assigned_to != *agent
+            {
+                tx.push(Op::Assign {
+                    task: id.clone(),
+                    agent: agent.clone(),
+                })?;
+            }
+            for d in &amendment.remove_dependencies {
+                tx.push(Op::RemoveDependency {
+                    task: id.clone(),
+                    dependency: d.clone(),
+                })?;
+            }
+            for d in &amendment.add_dependencies {
+                if !tx.graph.task(ord)?.dependencies.contains(d) {
+                    tx.push(Op::AddDependency {
+                        task: id.clone(),
+                        dependency: d.clone(),
+                    })?;
+                }
+            }
             tx.graph.task(ord)
         })
     }
