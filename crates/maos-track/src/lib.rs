@@ -85,7 +85,9 @@ pub use task::{
     Edit, MAX_DEPENDENCIES, MAX_LABEL_BYTES, MAX_LABELS, MAX_METADATA, MAX_METADATA_VALUE_BYTES,
     MAX_NAME_BYTES, MAX_TEXT_BYTES, Task, TaskStatus,
 };
-pub use tracker::{Amendment, CriticalPath, Options, Ownership, Page, Query, ReadyPage, TaskTracker, Update};
+pub use tracker::{
+    Amendment, CriticalPath, Options, Ownership, Page, Query, ReadyPage, TaskTracker, Update,
+};
 pub use visual::{
     ProgressReport, ProgressVisualizer, StatusCounts, counts_line, dot, gantt, mermaid_escape,
     mermaid_flowchart, report, summary, table,

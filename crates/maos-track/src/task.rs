@@ -426,7 +426,9 @@ mod opt_opt_ms {
         d: D,
     ) -> Result<Option<Option<Duration>>, D::Error> {
         // Present (a number or null): Some; absent: the field's default, None.
-        Ok(Some(Option::<u64>::deserialize(d)?.map(Duration::from_millis)))
+        Ok(Some(
+            Option::<u64>::deserialize(d)?.map(Duration::from_millis),
+        ))
     }
 }
 

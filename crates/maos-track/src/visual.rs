@@ -51,7 +51,10 @@ impl StatusCounts {
     pub(crate) fn from_codes(codes: &[u64; 7]) -> Self {
         let n = |s: TaskStatus| usize::try_from(codes[usize::from(s.code())]).unwrap_or(usize::MAX);
         Self {
-            total: codes.iter().map(|&c| usize::try_from(c).unwrap_or(usize::MAX)).sum(),
+            total: codes
+                .iter()
+                .map(|&c| usize::try_from(c).unwrap_or(usize::MAX))
+                .sum(),
             pending: n(TaskStatus::Pending),
             blocked: n(TaskStatus::Blocked),
             in_progress: n(TaskStatus::InProgress),
@@ -449,11 +452,7 @@ pub fn table(tasks: &[Task]) -> String {
             short(&escape_controls(&t.name), 60)
         );
     }
-    let _ = writeln!(
-        s,
-        "{}",
-        counts_line(&counts)
-    );
+    let _ = writeln!(s, "{}", counts_line(&counts));
     s
 }
 
@@ -537,6 +536,8 @@ pub fn summary(r: &ProgressReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn tasks() -> Vec<Task> {

@@ -44,11 +44,7 @@ pub fn doctor(ws: &Workspace, repair: bool) -> Result<Vec<Finding>, Error> {
 fn check(ws: &Workspace, dir: &Path, repair: bool) -> Result<Vec<Finding>, Error> {
     let mut out = Vec::new();
     stray_temp_files(ws, dir, repair, &mut out)?;
-    let problem = match strict(dir) {
-        Ok(()) => None,
-        Err(e) => Some(e),
-    };
-    match problem {
+    match strict(dir).err() {
         None => leftovers(ws, dir, repair, &mut out)?,
         Some(e) => {
             let mut f = Finding::new(
@@ -147,14 +143,23 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
         if t.status != e.status || t.priority != e.priority {
             return Err(corrupt(
                 path,
-                format!("entry {k} disagrees with task {} on status or priority", t.id),
+                format!(
+                    "entry {k} disagrees with task {} on status or priority",
+                    t.id
+                ),
             ));
         }
         if base.agent(e.assignee) != t.assigned_to.as_ref() {
-            return Err(corrupt(path, format!("entry {k} disagrees with task {} on its assignee", t.id)));
+            return Err(corrupt(
+                path,
+                format!("entry {k} disagrees with task {} on its assignee", t.id),
+            ));
         }
         if e.weight != weight_ms(&t) {
-            return Err(corrupt(path, format!("entry {k} disagrees with task {} on its weight", t.id)));
+            return Err(corrupt(
+                path,
+                format!("entry {k} disagrees with task {} on its weight", t.id),
+            ));
         }
         entries.push(e);
         tasks.push(t);
@@ -167,11 +172,17 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
     let mut index: FxMap<&TaskId, u32> = FxMap::default();
     for (k, (id, ord)) in ids.iter().enumerate() {
         if k > 0 && ids[k - 1].0.as_bytes() >= id.as_bytes() {
-            return Err(corrupt(path, format!("the sorted ids are out of order at {id}")));
+            return Err(corrupt(
+                path,
+                format!("the sorted ids are out of order at {id}"),
+            ));
         }
-        let t = tasks
-            .get(*ord as usize)
-            .ok_or_else(|| corrupt(path, format!("id {id} points at task number {ord}, out of range")))?;
+        let t = tasks.get(*ord as usize).ok_or_else(|| {
+            corrupt(
+                path,
+                format!("id {id} points at task number {ord}, out of range"),
+            )
+        })?;
         if t.id.as_str() != id {
             return Err(corrupt(
                 path,
@@ -186,7 +197,10 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
         let mut remaining = 0;
         for d in &t.dependencies {
             let j = *index.get(d).ok_or_else(|| {
-                corrupt(path, format!("task {} depends on {d}, which does not exist", t.id))
+                corrupt(
+                    path,
+                    format!("task {} depends on {d}, which does not exist", t.id),
+                )
             })?;
             expected[j as usize].push(i as u32);
             if tasks[j as usize].status != TaskStatus::Completed {
@@ -205,7 +219,10 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
         let waiting = matches!(t.status, TaskStatus::Blocked);
         let free = matches!(
             t.status,
-            TaskStatus::Pending | TaskStatus::InProgress | TaskStatus::Review | TaskStatus::Completed
+            TaskStatus::Pending
+                | TaskStatus::InProgress
+                | TaskStatus::Review
+                | TaskStatus::Completed
         );
         if (free && remaining > 0) || (waiting && remaining == 0 && t.blocked_reason.is_none()) {
             return Err(corrupt(
@@ -225,7 +242,10 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
         if have != want {
             return Err(corrupt(
                 path,
-                format!("the dependents of task {} do not match the dependencies", tasks[j].id),
+                format!(
+                    "the dependents of task {} do not match the dependencies",
+                    tasks[j].id
+                ),
             ));
         }
     }
@@ -247,13 +267,19 @@ fn deep_check(base: &Snapshot) -> Result<(), Error> {
         ready_key(e.priority, e.rank, i)
     });
     if base.ready(0, u64::MAX)? != ready {
-        return Err(corrupt(path, "the ready list does not match the pending tasks"));
+        return Err(corrupt(
+            path,
+            "the ready list does not match the pending tasks",
+        ));
     }
     let active: Vec<u32> = (0..n as u32)
         .filter(|&i| entries[i as usize].status.is_active())
         .collect();
     if base.active()? != active {
-        return Err(corrupt(path, "the active list does not match the active tasks"));
+        return Err(corrupt(
+            path,
+            "the active list does not match the active tasks",
+        ));
     }
     let mut counts = [0u64; 7];
     for e in &entries {
@@ -295,14 +321,21 @@ fn stray_temp_files(
 }
 
 /// Generation files the store no longer (or not yet) uses.
-fn leftovers(ws: &Workspace, dir: &Path, repair: bool, out: &mut Vec<Finding>) -> Result<(), Error> {
+fn leftovers(
+    ws: &Workspace,
+    dir: &Path,
+    repair: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), Error> {
     let Some(current) = read_current(dir)? else {
         return Ok(());
     };
     for (g, snap, path) in generation_files(dir)? {
         let (problem, remedy) = if g + 1 < current {
             (
-                format!("generation {g} is older than the previous generation and no longer read (a power cut may have undone its removal)"),
+                format!(
+                    "generation {g} is older than the previous generation and no longer read (a power cut may have undone its removal)"
+                ),
                 "--repair moves it to .maos/quarantine/tasks/",
             )
         } else if g > current && (snap || is_empty(&path)) {
@@ -312,7 +345,9 @@ fn leftovers(ws: &Workspace, dir: &Path, repair: bool, out: &mut Vec<Finding>) -
             )
         } else if g > current {
             (
-                format!("log of generation {g} holds records, but `current` names generation {current} and its log does not rotate to it"),
+                format!(
+                    "log of generation {g} holds records, but `current` names generation {current} and its log does not rotate to it"
+                ),
                 "--repair moves it to .maos/quarantine/tasks/",
             )
         } else {
@@ -352,7 +387,9 @@ fn rebuild(ws: &Workspace, dir: &Path) -> Result<Vec<Finding>, Error> {
     let mut start = current;
     let mut base = None;
     while start > 0 {
-        match Snapshot::open(&snapshot_path(dir, start), start).and_then(|s| deep_check(&s).map(|()| s)) {
+        match Snapshot::open(&snapshot_path(dir, start), start)
+            .and_then(|s| deep_check(&s).map(|()| s))
+        {
             Ok(s) => {
                 base = Some(s);
                 break;
@@ -385,7 +422,13 @@ fn rebuild(ws: &Workspace, dir: &Path) -> Result<Vec<Finding>, Error> {
             _ => break,
         }
     }
-    let next = files.iter().map(|(g, _, _)| *g).max().unwrap_or(0).max(current) + 1;
+    let next = files
+        .iter()
+        .map(|(g, _, _)| *g)
+        .max()
+        .unwrap_or(0)
+        .max(current)
+        + 1;
     let bytes = compact_bytes(&graph, next, graph.seq)?;
     fsx::write_replace(&snapshot_path(dir, next), &bytes)?;
     let log = fsx::DataFile::open_append(&log_path(dir, next))?;
@@ -427,7 +470,10 @@ fn replay_leniently(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
     let mut off = 0u64;
     let mut batch: Vec<(u64, Result<Record, String>)> = Vec::new();
     let mut rotated = None;
@@ -435,7 +481,9 @@ fn replay_leniently(
         // One line at a time, bounded.
         let want = usize::try_from((len - off).min(MAX_RECORD_BYTES as u64 + 1)).unwrap_or(0);
         let mut buf = vec![0u8; want];
-        let n = file.read_at(&mut buf, off).map_err(|e| Error::io("read", path, e))?;
+        let n = file
+            .read_at(&mut buf, off)
+            .map_err(|e| Error::io("read", path, e))?;
         buf.truncate(n);
         let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
             if buf.len() > MAX_RECORD_BYTES {
@@ -471,7 +519,11 @@ fn replay_leniently(
                 }
             };
             if rec.seq <= graph.seq {
-                notes.push(skipped(path, at, format!("seq {} repeats an earlier record", rec.seq)));
+                notes.push(skipped(
+                    path,
+                    at,
+                    format!("seq {} repeats an earlier record", rec.seq),
+                ));
                 continue;
             }
             if let Op::Rotate { generation } = rec.op {

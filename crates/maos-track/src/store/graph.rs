@@ -136,6 +136,14 @@ impl Graph {
         };
         let found = base.find(id.as_str())?;
         if let Some(o) = found {
+            // The sorted ids are not checksummed: check the task the slot points at.
+            let e = base.entry(o)?;
+            if base.task(o, &e)?.id != *id {
+                return Err(super::snapshot::corrupt(
+                    base.path(),
+                    format!("the sorted id slot of {id} points at another task"),
+                ));
+            }
             self.ids.insert(id.clone(), o);
         }
         Ok(found)
@@ -193,8 +201,7 @@ impl Graph {
     fn index(&mut self, ord: u32, n: &Node) {
         match n.task.status {
             TaskStatus::Pending => {
-                self.ready
-                    .insert(ready_key(n.task.priority, n.rank, ord));
+                self.ready.insert(ready_key(n.task.priority, n.rank, ord));
             }
             s if s.is_active() => {
                 self.active.insert(ord);
@@ -309,6 +316,15 @@ impl Graph {
                             continue;
                         }
                         let e = base.entry(o)?;
+                        if e.status != TaskStatus::Pending {
+                            return Err(super::snapshot::corrupt(
+                                base.path(),
+                                format!(
+                                    "the ready list names task number {o}, which is {}",
+                                    e.status
+                                ),
+                            ));
+                        }
                         buffered.push_back((
                             ready_key(e.priority, e.rank, o),
                             base.agent(e.assignee).cloned(),
@@ -517,7 +533,14 @@ impl Graph {
                 let ev = EventKind::Released {
                     reason: reason.clone(),
                 };
-                self.set_status(ord, TaskStatus::Pending, Some(reason.clone()), ctx, Some(ev), out)?;
+                self.set_status(
+                    ord,
+                    TaskStatus::Pending,
+                    Some(reason.clone()),
+                    ctx,
+                    Some(ev),
+                    out,
+                )?;
             }
             Op::Assign { task, agent } => {
                 let ord = self.need(task)?;
@@ -554,10 +577,15 @@ impl Graph {
                     let old_w = n.weight();
                     set.apply_to(&mut n.task);
                     let new_w = n.weight();
-                    n.rank = n.rank.saturating_sub(old_w).saturating_add(new_w).max(new_w);
+                    n.rank = n
+                        .rank
+                        .saturating_sub(old_w)
+                        .saturating_add(new_w)
+                        .max(new_w);
                     n.task.updated_at = at;
                     n.task.revision += 1;
-                    n.history.push(ctx.event(EventKind::Edited { set: set.clone() }));
+                    n.history
+                        .push(ctx.event(EventKind::Edited { set: set.clone() }));
                 })?;
                 out.push(Effect::touched(task.clone()));
             }
@@ -571,7 +599,8 @@ impl Graph {
                 }
                 crate::task::check_text("comment", text)?;
                 self.modify(ord, |n| {
-                    n.history.push(ctx.event(EventKind::Comment { text: text.clone() }));
+                    n.history
+                        .push(ctx.event(EventKind::Comment { text: text.clone() }));
                 })?;
                 out.push(Effect::touched(task.clone()));
             }
@@ -757,7 +786,11 @@ impl Graph {
                     }
                 })?;
                 if let Some(u) = unblocked {
-                    out.push(Effect::status(u, Some(TaskStatus::Blocked), TaskStatus::Pending));
+                    out.push(Effect::status(
+                        u,
+                        Some(TaskStatus::Blocked),
+                        TaskStatus::Pending,
+                    ));
                 }
             }
         } else if let Some(reason) = gave_up {
@@ -1009,5 +1042,17 @@ impl Graph {
             .filter(|(_, o)| **o >= base)
             .map(|(id, o)| (id.clone(), *o))
             .collect()
+    }
+}
+
+#[cfg(test)]
+impl Graph {
+    /// Changes a task without any of the bookkeeping (tests that forge damaged files).
+    pub(crate) fn tamper(&mut self, ord: u32, f: impl FnOnce(&mut Task)) -> Result<(), Error> {
+        self.load(ord)?;
+        if let Some(n) = self.nodes.get_mut(&ord) {
+            f(&mut n.task);
+        }
+        Ok(())
     }
 }

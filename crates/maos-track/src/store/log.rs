@@ -122,7 +122,12 @@ impl LogCursor {
                 let mut rotated = None;
                 for (at, rec) in batch.drain(..) {
                     if rotated.is_some() {
-                        return Err(refused(path, at, rec.seq, "a record follows the rotate record in its batch"));
+                        return Err(refused(
+                            path,
+                            at,
+                            rec.seq,
+                            "a record follows the rotate record in its batch",
+                        ));
                     }
                     if let Op::Rotate { generation } = rec.op {
                         if generation != self.generation + 1 {
@@ -138,12 +143,10 @@ impl LogCursor {
                         }
                         rotated = Some((generation, rec.seq));
                     }
-                    graph
-                        .apply(&rec, &mut effects)
-                        .map_err(|e| match e {
-                            Error::Corrupt { .. } | Error::Io { .. } | Error::Core(_) => e,
-                            other => refused(path, at, rec.seq, other),
-                        })?;
+                    graph.apply(&rec, &mut effects).map_err(|e| match e {
+                        Error::Corrupt { .. } | Error::Io { .. } | Error::Core(_) => e,
+                        other => refused(path, at, rec.seq, other),
+                    })?;
                     self.records += 1;
                 }
                 self.offset = batch_end;
@@ -180,11 +183,7 @@ impl LogCursor {
 /// Appends `records` to the log at `path` (the caller holds the kernel lock and has applied
 /// them) at `offset`, truncating a torn tail first, and makes them durable. Returns the
 /// bytes written.
-pub(crate) fn append(
-    writer: &mut DataFile,
-    offset: u64,
-    records: &[Record],
-) -> Result<u64, Error> {
+pub(crate) fn append(writer: &mut DataFile, offset: u64, records: &[Record]) -> Result<u64, Error> {
     let path = writer.path().to_path_buf();
     let len = writer.len()?;
     if len < offset {

@@ -571,7 +571,10 @@ impl Store {
     }
 
     /// Takes the writers' lock for `f` (doctor's repairs).
-    pub(crate) fn locked<R>(&mut self, f: impl FnOnce(&Path) -> Result<R, Error>) -> Result<R, Error> {
+    pub(crate) fn locked<R>(
+        &mut self,
+        f: impl FnOnce(&Path) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let _guard = self.lock.exclusive(self.options.lock_timeout)?;
         self.state = None;
         f(&self.dir)
@@ -685,9 +688,9 @@ pub(crate) fn compact_bytes(graph: &Graph, generation: u64, seq: u64) -> Result<
                 what: "task number",
                 reason: format!("{ord} is neither in the snapshot nor in the overlay"),
             })?;
-            let e = base_entries.get(ord as usize).ok_or_else(|| {
-                corrupt(b.path(), format!("entry {ord} is missing"))
-            })?;
+            let e = base_entries
+                .get(ord as usize)
+                .ok_or_else(|| corrupt(b.path(), format!("entry {ord} is missing")))?;
             let slice = |buf: &'_ [u8], start: u64, (o, l, crc): (u64, u32, u32)| {
                 let from = (o - start) as usize;
                 buf.get(from..from + l as usize)

@@ -141,8 +141,12 @@ impl Entry {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let u64_at = |o: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?)) };
-        let u32_at = |o: usize| -> Option<u32> { Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?)) };
+        let u64_at = |o: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+        };
+        let u32_at = |o: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+        };
         Some(Self {
             task: (u64_at(0)?, u32_at(8)?, u32_at(12)?),
             history: (u64_at(16)?, u32_at(24)?, u32_at(28)?),
@@ -368,7 +372,10 @@ impl Snapshot {
     /// every section lies inside the file with the sizes the task count implies.
     pub(crate) fn open(path: &Path, generation: u64) -> Result<Self, Error> {
         let file = fsx::open_read(path)?;
-        let size = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
         let mut head = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut off = 0u64;
@@ -423,18 +430,29 @@ impl Snapshot {
         }
         let n = u64::from(header.count);
         let s = &header.sections;
-        let bad = |what: &str| corrupt(path, format!("section {what} has the wrong size for {n} tasks"));
+        let bad = |what: &str| {
+            corrupt(
+                path,
+                format!("section {what} has the wrong size for {n} tasks"),
+            )
+        };
         if s.entries[1] != n * ENTRY_BYTES as u64 {
             return Err(bad("entries"));
         }
         if s.ids[1] != n * ID_BYTES as u64 {
             return Err(bad("ids"));
         }
-        if s.dependents[1] % 4 != 0 || s.ready[1] % 4 != 0 || s.active[1] % 4 != 0 {
+        if !s.dependents[1].is_multiple_of(4)
+            || !s.ready[1].is_multiple_of(4)
+            || !s.active[1].is_multiple_of(4)
+        {
             return Err(bad("dependents/ready/active"));
         }
         if header.counts.iter().sum::<u64>() != n {
-            return Err(corrupt(path, "the status counts do not add up to the task count"));
+            return Err(corrupt(
+                path,
+                "the status counts do not add up to the task count",
+            ));
         }
         let ready_len = s.ready[1] / 4;
         let active_len = s.active[1] / 4;
@@ -477,7 +495,10 @@ impl Snapshot {
         if ord >= self.header.count {
             return Err(corrupt(
                 &self.path,
-                format!("task number {ord} is out of range ({} tasks)", self.header.count),
+                format!(
+                    "task number {ord} is out of range ({} tasks)",
+                    self.header.count
+                ),
             ));
         }
         Ok(())
@@ -496,7 +517,10 @@ impl Snapshot {
             || (u64::from(e.dep_start) + u64::from(e.dep_count)) * 4 > s.dependents[1]
             || e.assignee as usize > self.header.agents.len()
         {
-            return Err(corrupt(&self.path, format!("entry {ord} points outside its sections")));
+            return Err(corrupt(
+                &self.path,
+                format!("entry {ord} points outside its sections"),
+            ));
         }
         Ok(e)
     }
@@ -560,7 +584,10 @@ impl Snapshot {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some(bad) = out.iter().find(|&&d| d >= self.header.count) {
-            return Err(corrupt(&self.path, format!("dependent {bad} is out of range")));
+            return Err(corrupt(
+                &self.path,
+                format!("dependent {bad} is out of range"),
+            ));
         }
         Ok(out)
     }
@@ -578,12 +605,18 @@ impl Snapshot {
             (0u32, self.read(s.ids[0], ID_BYTES)?)
         } else {
             let b = self.read(s.ids[0] + (k - 1) * ID_BYTES as u64, 2 * ID_BYTES)?;
-            (u32::from_le_bytes([b[4], b[5], b[6], b[7]]), b[ID_BYTES..].to_vec())
+            (
+                u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                b[ID_BYTES..].to_vec(),
+            )
         };
         let ord = u32::from_le_bytes([here[0], here[1], here[2], here[3]]);
         let end = u32::from_le_bytes([here[4], here[5], here[6], here[7]]);
         if end < start || u64::from(end) > s.idtext[1] || ord >= self.header.count {
-            return Err(corrupt(&self.path, format!("sorted id slot {k} is unreadable")));
+            return Err(corrupt(
+                &self.path,
+                format!("sorted id slot {k} is unreadable"),
+            ));
         }
         let text = self.read(s.idtext[0] + u64::from(start), (end - start) as usize)?;
         Ok((ord, text))
@@ -614,7 +647,11 @@ impl Snapshot {
     }
 
     /// Up to `limit` ids starting with `prefix`, in id order.
-    pub(crate) fn with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(TaskId, u32)>, Error> {
+    pub(crate) fn with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, u32)>, Error> {
         let mut k = self.lower_bound(prefix.as_bytes())?;
         let mut out = Vec::new();
         while k < u64::from(self.header.count) && out.len() < limit {
@@ -625,7 +662,9 @@ impl Snapshot {
             let id = String::from_utf8(text)
                 .ok()
                 .and_then(|s| TaskId::parse(s).ok())
-                .ok_or_else(|| corrupt(&self.path, format!("sorted id slot {k} is not a task id")))?;
+                .ok_or_else(|| {
+                    corrupt(&self.path, format!("sorted id slot {k} is not a task id"))
+                })?;
             out.push((id, ord));
             k += 1;
         }
@@ -672,20 +711,29 @@ impl Snapshot {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some(bad) = out.iter().find(|&&d| d >= self.header.count) {
-            return Err(corrupt(&self.path, format!("ready task {bad} is out of range")));
+            return Err(corrupt(
+                &self.path,
+                format!("ready task {bad} is out of range"),
+            ));
         }
         Ok(out)
     }
 
     /// The active (in progress, review) tasks of the snapshot.
     pub(crate) fn active(&self) -> Result<Vec<u32>, Error> {
-        let b = self.read(self.header.sections.active[0], (self.active_len * 4) as usize)?;
+        let b = self.read(
+            self.header.sections.active[0],
+            (self.active_len * 4) as usize,
+        )?;
         let out: Vec<u32> = b
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some(bad) = out.iter().find(|&&d| d >= self.header.count) {
-            return Err(corrupt(&self.path, format!("active task {bad} is out of range")));
+            return Err(corrupt(
+                &self.path,
+                format!("active task {bad} is out of range"),
+            ));
         }
         Ok(out)
     }

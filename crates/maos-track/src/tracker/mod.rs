@@ -19,11 +19,11 @@ use maos_core::{AgentId, Workspace, fsx};
 
 pub use self::query::{CriticalPath, Page, Query, ReadyPage};
 pub use self::write::{Amendment, Ownership, Update};
+use crate::Error;
 use crate::notify::{Publishers, TaskEvent};
 use crate::store::graph::Graph;
 use crate::store::record::Author;
 use crate::store::{Store, StoreOptions, Tx, Written};
-use crate::Error;
 
 /// Settings of a [`TaskTracker`].
 #[derive(Debug, Clone)]
@@ -40,6 +40,9 @@ pub struct Options {
     /// How long a write waits for the store's kernel lock before it fails naming the
     /// holder (default [`fsx::DEFAULT_GUARD_TIMEOUT`]).
     pub lock_timeout: Duration,
+    /// Compact once the current log holds this many records (default 512): a fresh process
+    /// replays at most this many records; each compaction costs one pass over the graph.
+    pub compact_records: u64,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             publish: true,
             release_dead_claims: true,
             lock_timeout: fsx::DEFAULT_GUARD_TIMEOUT,
+            compact_records: crate::store::COMPACT_RECORDS,
         }
     }
 }
@@ -72,6 +76,13 @@ impl Options {
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn release_dead_claims(mut self, on: bool) -> Self {
         self.release_dead_claims = on;
+        self
+    }
+
+    /// Sets how many log records trigger a compaction (at least 1).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn compact_records(mut self, records: u64) -> Self {
+        self.compact_records = records.max(1);
         self
     }
 
@@ -123,7 +134,7 @@ impl TaskTracker {
             &dir,
             StoreOptions {
                 lock_timeout: options.lock_timeout,
-                ..StoreOptions::default()
+                compact_records: options.compact_records.max(1),
             },
         )?;
         Ok(Self {
@@ -166,7 +177,10 @@ impl TaskTracker {
     }
 
     /// Runs `f` on the caught-up graph (no kernel lock: the store is readable while written).
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&mut Graph) -> Result<R, Error>) -> Result<R, Error> {
+    pub(crate) fn read<R>(
+        &self,
+        f: impl FnOnce(&mut Graph) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let mut store = self.store();
         let graph = store.read()?;
         f(graph)
@@ -184,7 +198,11 @@ impl TaskTracker {
             by: by.or(self.inner.options.agent.as_ref()).cloned(),
             force,
         };
-        let Written { value, seq, effects } = self.store().write(&author, f)?;
+        let Written {
+            value,
+            seq,
+            effects,
+        } = self.store().write(&author, f)?;
         if self.inner.options.publish && seq > 0 {
             let event = TaskEvent::new(seq, author.by.clone(), effects);
             let sender = author
@@ -192,7 +210,9 @@ impl TaskTracker {
                 .clone()
                 .or_else(|| AgentId::current().ok())
                 .unwrap_or_else(|| AgentId::new("maos-track").expect("a valid agent name"));
-            self.inner.publishers.publish(&self.inner.ws, sender, &event);
+            self.inner
+                .publishers
+                .publish(&self.inner.ws, sender, &event);
         }
         Ok(value)
     }

@@ -191,7 +191,10 @@ impl TaskTracker {
         let (path, total) =
             graph::critical_path(&adj.deps, &adj.dependents, |i| weight_ms(&tasks[i]));
         Ok(CriticalPath {
-            tasks: path.into_iter().map(|i| tasks[i as usize].clone()).collect(),
+            tasks: path
+                .into_iter()
+                .map(|i| tasks[i as usize].clone())
+                .collect(),
             total: Duration::from_millis(total),
         })
     }

@@ -262,8 +262,8 @@ fn prefixes_resolve() {
 async fn async_api_round_trip() {
     let (d, anon) = setup();
     let ws = Workspace::open(d.path()).unwrap();
-    let t = TaskTracker::open_with(&ws, Options::default().publish(false).agent(agent("w")))
-        .unwrap();
+    let t =
+        TaskTracker::open_with(&ws, Options::default().publish(false).agent(agent("w"))).unwrap();
     let id = t.create_task(Task::new("async")).await.unwrap();
     let c = t.claim(&agent("w")).await.unwrap().unwrap();
     assert_eq!(c.id, id);
@@ -467,4 +467,54 @@ fn huge_estimates_saturate_instead_of_overflowing() {
     assert_eq!(r.critical_path_ms, u64::MAX);
     let g = crate::gantt(&tasks, maos_core::now_ms());
     assert!(g.contains("gantt"), "{g}");
+}
+
+mod doctor;
+mod ownership;
+mod power;
+mod replay;
+
+/// Helpers for tests that forge or damage the store's files.
+pub(crate) mod forge {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+
+    /// The current generation's log of the workspace at `root`.
+    pub(crate) fn log(root: &Path) -> PathBuf {
+        let dir = root.join(maos_core::MAOS_DIR).join("tasks");
+        let g = crate::store::read_current(&dir).unwrap().unwrap_or(0);
+        crate::store::log_path(&dir, g)
+    }
+
+    /// The seq of the last complete record of the current log (0 when empty).
+    pub(crate) fn last_seq(dir: &Path) -> u64 {
+        let text = std::fs::read_to_string(log(dir)).unwrap_or_default();
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["seq"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Appends `record` (an object without `seq`/`at`) as the next record of the log, the
+    /// way a buggy or hostile writer would.
+    pub(crate) fn append(dir: &Path, mut record: serde_json::Value) {
+        let seq = last_seq(dir) + 1;
+        record["seq"] = seq.into();
+        record["at"] = maos_core::now_ms().into();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log(dir))
+            .unwrap();
+        writeln!(f, "{record}").unwrap();
+    }
+
+    /// Appends raw bytes to the log.
+    pub(crate) fn append_raw(dir: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log(dir))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
 }
