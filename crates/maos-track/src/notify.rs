@@ -17,8 +17,8 @@ pub const TOPIC: &str = "tasks";
 pub struct Change {
     /// The task.
     pub task: TaskId,
-    /// The status before (`None` for a new task).
-    #[serde(default)]
+    /// The status before (`None`, and omitted, for a new task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<TaskStatus>,
     /// The status after (`blocked` -> `blocked` with a `reason`: a dependency failed or was
     /// cancelled).
@@ -60,9 +60,9 @@ impl Effect {
     }
 }
 
-/// What is published on the [`TOPIC`] topic after each write (the message's sender is the
-/// agent that made the write): the status changes it caused (the requested one, then the
-/// dependents unblocked or told), and the other tasks it changed.
+/// What is published on the [`TOPIC`] topic after each write: the status changes it caused
+/// (the requested one, then the dependents unblocked or told), and the other tasks it
+/// changed. The message's sender is the agent that made the write.
 ///
 /// Writers publish after their write is durable and outside the tracker lock, so two
 /// writers' events may reach the topic out of log order: order them by `seq`.
@@ -70,9 +70,6 @@ impl Effect {
 pub struct TaskEvent {
     /// The log sequence number of the write's last record.
     pub seq: u64,
-    /// The agent that made the write.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<AgentId>,
     /// Status changes, in the order they happened.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
@@ -82,7 +79,7 @@ pub struct TaskEvent {
 }
 
 impl TaskEvent {
-    pub(crate) fn new(seq: u64, by: Option<AgentId>, effects: Vec<Effect>) -> Self {
+    pub(crate) fn new(seq: u64, effects: Vec<Effect>) -> Self {
         let mut changes = Vec::new();
         let mut touched: Vec<TaskId> = Vec::new();
         for e in effects {
@@ -98,7 +95,6 @@ impl TaskEvent {
         touched.retain(|t| !changes.iter().any(|c| c.task == *t));
         Self {
             seq,
-            by,
             changes,
             touched,
         }

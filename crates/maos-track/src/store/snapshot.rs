@@ -350,11 +350,22 @@ impl ReadyKey {
     }
 }
 
-/// An open snapshot: the header in memory, everything else read by position.
+/// Bytes per cached block of a snapshot.
+const BLOCK: u64 = 4096;
+/// Most blocks a snapshot keeps cached (16 MiB).
+const MAX_BLOCKS: usize = 4096;
+/// Reads longer than this bypass the block cache.
+const CACHED_READ_LIMIT: usize = 64 * 1024;
+
+/// An open snapshot: the header in memory, everything else read by position through a small
+/// block cache (a binary search over the sorted ids shares its first probes with every other
+/// search; neighbouring entries share blocks).
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     path: PathBuf,
     file: File,
+    size: u64,
+    blocks: std::cell::RefCell<crate::graph::FxMap<u64, Box<[u8]>>>,
     pub(crate) header: Header,
     ready_len: u64,
     active_len: u64,
@@ -459,6 +470,8 @@ impl Snapshot {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            size,
+            blocks: std::cell::RefCell::default(),
             header,
             ready_len,
             active_len,
@@ -478,11 +491,49 @@ impl Snapshot {
     }
 
     fn read(&self, off: u64, len: usize) -> Result<Vec<u8>, Error> {
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, off)
-            .map_err(|e| Error::io("read", &self.path, e))?;
-        Ok(buf)
+        let end = off
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| {
+                corrupt(
+                    &self.path,
+                    format!(
+                        "a read of {len} bytes at {off} goes past the end ({} bytes)",
+                        self.size
+                    ),
+                )
+            })?;
+        if len > CACHED_READ_LIMIT {
+            let mut buf = vec![0u8; len];
+            self.file
+                .read_exact_at(&mut buf, off)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            return Ok(buf);
+        }
+        let mut out = Vec::with_capacity(len);
+        let mut blocks = self.blocks.borrow_mut();
+        if blocks.len() > MAX_BLOCKS {
+            blocks.clear();
+        }
+        let mut at = off;
+        while at < end {
+            let b = at / BLOCK;
+            if !blocks.contains_key(&b) {
+                let start = b * BLOCK;
+                let n = BLOCK.min(self.size - start) as usize;
+                let mut buf = vec![0u8; n];
+                self.file
+                    .read_exact_at(&mut buf, start)
+                    .map_err(|e| Error::io("read", &self.path, e))?;
+                blocks.insert(b, buf.into_boxed_slice());
+            }
+            let block = &blocks[&b];
+            let from = (at - b * BLOCK) as usize;
+            let to = ((end - b * BLOCK) as usize).min(block.len());
+            out.extend_from_slice(&block[from..to]);
+            at = b * BLOCK + to as u64;
+        }
+        Ok(out)
     }
 
     /// The bytes of a whole section (for compaction, full scans and checks).

@@ -204,7 +204,7 @@ impl TaskTracker {
             effects,
         } = self.store().write(&author, f)?;
         if self.inner.options.publish && seq > 0 {
-            let event = TaskEvent::new(seq, author.by.clone(), effects);
+            let event = TaskEvent::new(seq, effects);
             let sender = author
                 .by
                 .clone()
