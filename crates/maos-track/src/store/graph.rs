@@ -22,7 +22,10 @@ use crate::{Error, Task, TaskStatus};
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub(crate) task: Task,
+    /// Events since the snapshot (the snapshot's part is read only when asked for).
     pub(crate) history: Vec<Event>,
+    /// Where the snapshot keeps the task's earlier history (its entry's history line).
+    pub(crate) base_history: Option<(u64, u32, u32)>,
     /// Tasks that depend on this one (ordinals), in the order the edges were made.
     pub(crate) dependents: Vec<u32>,
     /// Dependencies not completed yet.
@@ -183,7 +186,8 @@ impl Graph {
         let (base, e) = self.base_entry(ord)?;
         let task = base.task(ord, &e)?;
         let node = Node {
-            history: base.history(ord, &e)?,
+            history: Vec::new(),
+            base_history: Some(e.history),
             dependents: base.dependents(&e)?,
             remaining: e.remaining,
             rank: e.rank,
@@ -256,7 +260,12 @@ impl Graph {
     /// Task `ord` with its history.
     pub(crate) fn details(&self, ord: u32) -> Result<(Task, Vec<Event>), Error> {
         if let Some(n) = self.nodes.get(&ord) {
-            return Ok((n.task.clone(), n.history.clone()));
+            let mut history = match (&self.base, n.base_history) {
+                (Some(base), Some(at)) => base.history_at(ord, at)?,
+                _ => Vec::new(),
+            };
+            history.extend(n.history.iter().cloned());
+            return Ok((n.task.clone(), history));
         }
         let (base, e) = self.base_entry(ord)?;
         Ok((base.task(ord, &e)?, base.history(ord, &e)?))
@@ -704,6 +713,7 @@ impl Graph {
         t.attempts = 0;
         let node = Node {
             history: vec![ctx.event(EventKind::Created)],
+            base_history: None,
             dependents: Vec::new(),
             remaining,
             rank: weight,
@@ -764,7 +774,14 @@ impl Graph {
                 n.history.push(ctx.event(ev));
             }
             let gave_up = to.is_given_up().then(|| gave_up_reason(&n.task));
-            (n.task.id.clone(), from, to, n.dependents.clone(), gave_up)
+            let touches_dependents =
+                to == TaskStatus::Completed || gave_up.is_some() || from.is_given_up();
+            let dependents = if touches_dependents {
+                n.dependents.clone()
+            } else {
+                Vec::new()
+            };
+            (n.task.id.clone(), from, to, dependents, gave_up)
         })?;
         out.push(Effect::status(id.clone(), Some(from), to));
         if to == TaskStatus::Completed {

@@ -672,9 +672,26 @@ pub(crate) fn compact_bytes(graph: &Graph, generation: u64, seq: u64) -> Result<
                     agents.len() as u32
                 }),
             };
+            let history_json = match (base, node.base_history) {
+                (Some(b), Some((o, l, crc))) => {
+                    let s = b.header.sections;
+                    let from = (o - s.history[0]) as usize;
+                    let old = base_hist
+                        .get(from..from + l as usize)
+                        .filter(|x| crc32fast::hash(x) == crc)
+                        .ok_or_else(|| {
+                            corrupt(
+                                b.path(),
+                                format!("the history of task number {ord} fails its checksum"),
+                            )
+                        })?;
+                    splice_history(old, &node.history)?
+                }
+                _ => to_json(&node.history)?,
+            };
             items.push(Item {
                 task_json: Cow::Owned(to_json(&node.task)?),
-                history_json: Cow::Owned(to_json(&node.history)?),
+                history_json: Cow::Owned(history_json),
                 status: node.task.status,
                 priority: node.task.priority,
                 remaining: node.remaining,
@@ -777,6 +794,30 @@ pub(crate) fn compact_bytes(graph: &Graph, generation: u64, seq: u64) -> Result<
 
 fn task_id_of(graph: &Graph, ord: u32) -> Result<TaskId, Error> {
     Ok(graph.task(ord)?.id)
+}
+
+/// The JSON array `old` with `new` events appended.
+fn splice_history(old: &[u8], new: &[crate::history::Event]) -> Result<Vec<u8>, Error> {
+    if new.is_empty() {
+        return Ok(old.to_vec());
+    }
+    let trimmed = old.trim_ascii_end();
+    let Some((b']', head)) = trimmed.split_last() else {
+        return Err(Error::Invalid {
+            what: "history",
+            reason: "a history line is not a JSON array".into(),
+        });
+    };
+    let mut out = head.to_vec();
+    let empty = head.trim_ascii() == b"[";
+    for (k, e) in new.iter().enumerate() {
+        if k > 0 || !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(&to_json(e)?);
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {

@@ -618,7 +618,12 @@ impl Snapshot {
 
     /// The history of entry `e`.
     pub(crate) fn history(&self, ord: u32, e: &Entry) -> Result<Vec<Event>, Error> {
-        let b = self.line(ord, "history", e.history)?;
+        self.history_at(ord, e.history)
+    }
+
+    /// The history line at `at` (an entry's `history`).
+    pub(crate) fn history_at(&self, ord: u32, at: (u64, u32, u32)) -> Result<Vec<Event>, Error> {
+        let b = self.line(ord, "history", at)?;
         serde_json::from_slice(&b)
             .map_err(|err| corrupt(&self.path, format!("history of task number {ord}: {err}")))
     }
