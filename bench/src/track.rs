@@ -453,10 +453,12 @@ fn scaling(table: &mut Table) -> anyhow::Result<()> {
     };
     for (name, op) in lib_ops() {
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); SIZES.len()];
-        for round in 0..31 {
-            for (k, s) in stores.iter().enumerate() {
+        for round in 0..41 {
+            // Interleaved, in a rotating order, so every size sees the same machine load.
+            for j in 0..stores.len() {
+                let k = (round + j) % stores.len();
                 let t = Instant::now();
-                op(s, round)?;
+                op(&stores[k], round)?;
                 samples[k].push(t.elapsed());
             }
         }
@@ -472,10 +474,11 @@ fn scaling(table: &mut Table) -> anyhow::Result<()> {
     };
     for (name, op) in cli_ops() {
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); SIZES.len()];
-        for round in 0..21 {
-            for (k, s) in stores.iter().enumerate() {
+        for round in 0..31 {
+            for j in 0..stores.len() {
+                let k = (round + j) % stores.len();
                 let t = Instant::now();
-                op(&bin, s, round)?;
+                op(&bin, &stores[k], round)?;
                 samples[k].push(t.elapsed());
             }
         }

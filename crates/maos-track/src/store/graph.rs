@@ -253,6 +253,9 @@ impl Graph {
         if let Some(n) = self.nodes.get(&ord) {
             return Ok(n.task.clone());
         }
+        if let Some(t) = self.base.as_ref().and_then(|b| b.cached_task(ord)) {
+            return Ok(t);
+        }
         let (base, e) = self.base_entry(ord)?;
         base.task(ord, &e)
     }
@@ -303,66 +306,49 @@ impl Graph {
         limit: usize,
         mut accept: impl FnMut(u32, Option<&AgentId>) -> bool,
     ) -> Result<Vec<u32>, Error> {
-        const CHUNK: u64 = 256;
         let mut out = Vec::new();
         let mut skipped = 0;
         let mut overlay = self.ready.iter().copied().peekable();
-        let mut buffered: VecDeque<(ReadyKey, Option<AgentId>)> = VecDeque::new();
-        let mut next_base = 0u64;
-        loop {
-            if out.len() >= limit {
-                return Ok(out);
-            }
-            // Refill the base candidates (skipping tasks the overlay holds).
-            if buffered.is_empty()
-                && let Some(base) = &self.base
-            {
-                while buffered.is_empty() && next_base < base.ready_len() {
-                    let ords = base.ready(next_base, CHUNK)?;
-                    next_base += ords.len() as u64;
-                    for o in ords {
-                        if self.nodes.contains_key(&o) {
-                            continue;
-                        }
-                        let e = base.entry(o)?;
-                        if e.status != TaskStatus::Pending {
-                            return Err(super::snapshot::corrupt(
-                                base.path(),
-                                format!(
-                                    "the ready list names task number {o}, which is {}",
-                                    e.status
-                                ),
-                            ));
-                        }
-                        buffered.push_back((
-                            ready_key(e.priority, e.rank, o),
-                            base.agent(e.assignee).cloned(),
-                        ));
-                    }
+        let mut k = 0u64;
+        let next_base = |k: &mut u64| -> Result<Option<(ReadyKey, u32)>, Error> {
+            let Some(base) = &self.base else {
+                return Ok(None);
+            };
+            // Skip tasks the overlay holds: their state there is the current one.
+            while let Some((key, a)) = base.ready_key(*k)? {
+                *k += 1;
+                if !self.nodes.contains_key(&key.ord()) {
+                    return Ok(Some((key, a)));
                 }
             }
-            let from_base = match (buffered.front(), overlay.peek()) {
-                (None, None) => return Ok(out),
+            Ok(None)
+        };
+        let mut pending_base = next_base(&mut k)?;
+        while out.len() < limit {
+            let from_base = match (&pending_base, overlay.peek()) {
+                (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (Some((b, _)), Some(o)) => b < o,
             };
             let (ord, agent) = if from_base {
-                let Some((k, a)) = buffered.pop_front() else {
-                    return Ok(out);
+                let Some((key, code)) = pending_base.take() else {
+                    break;
                 };
-                (k.ord(), a)
+                pending_base = next_base(&mut k)?;
+                let agent = self.base.as_ref().and_then(|b| b.agent(code));
+                (key.ord(), agent)
             } else {
-                let Some(k) = overlay.next() else {
-                    return Ok(out);
+                let Some(key) = overlay.next() else {
+                    break;
                 };
-                let a = self
+                let agent = self
                     .nodes
-                    .get(&k.ord())
-                    .and_then(|n| n.task.assigned_to.clone());
-                (k.ord(), a)
+                    .get(&key.ord())
+                    .and_then(|n| n.task.assigned_to.as_ref());
+                (key.ord(), agent)
             };
-            if accept(ord, agent.as_ref()) {
+            if accept(ord, agent) {
                 if skipped < skip {
                     skipped += 1;
                 } else {
@@ -370,6 +356,7 @@ impl Graph {
                 }
             }
         }
+        Ok(out)
     }
 
     /// The active (in progress, review) tasks, ascending.

@@ -366,6 +366,10 @@ pub(crate) struct Snapshot {
     file: File,
     size: u64,
     blocks: std::cell::RefCell<crate::graph::FxMap<u64, Box<[u8]>>>,
+    /// Tasks parsed so far (a snapshot never changes: a long-lived reader parses each once).
+    parsed: std::cell::RefCell<Vec<Option<Box<Task>>>>,
+    /// The ready list decoded so far, in order: (key, assignee code).
+    ready_keys: std::cell::RefCell<Vec<(ReadyKey, u32)>>,
     pub(crate) header: Header,
     ready_len: u64,
     active_len: u64,
@@ -472,6 +476,8 @@ impl Snapshot {
             file,
             size,
             blocks: std::cell::RefCell::default(),
+            parsed: std::cell::RefCell::default(),
+            ready_keys: std::cell::RefCell::default(),
             header,
             ready_len,
             active_len,
@@ -611,9 +617,58 @@ impl Snapshot {
 
     /// The task of entry `e`.
     pub(crate) fn task(&self, ord: u32, e: &Entry) -> Result<Task, Error> {
+        if let Some(t) = self.cached_task(ord) {
+            return Ok(t);
+        }
         let b = self.line(ord, "record", e.task)?;
-        serde_json::from_slice(&b)
-            .map_err(|err| corrupt(&self.path, format!("task number {ord}: {err}")))
+        let t: Task = serde_json::from_slice(&b)
+            .map_err(|err| corrupt(&self.path, format!("task number {ord}: {err}")))?;
+        let mut parsed = self.parsed.borrow_mut();
+        if parsed.is_empty() {
+            parsed.resize_with(self.header.count as usize, || None);
+        }
+        if let Some(slot) = parsed.get_mut(ord as usize) {
+            *slot = Some(Box::new(t.clone()));
+        }
+        Ok(t)
+    }
+
+    /// Task `ord` if it was parsed before.
+    pub(crate) fn cached_task(&self, ord: u32) -> Option<Task> {
+        self.parsed
+            .borrow()
+            .get(ord as usize)
+            .and_then(|t| t.as_deref().cloned())
+    }
+
+    /// Ready-list position `k` decoded: its key and assignee code (`None` past the end).
+    pub(crate) fn ready_key(&self, k: u64) -> Result<Option<(ReadyKey, u32)>, Error> {
+        const CHUNK: u64 = 256;
+        if k >= self.ready_len {
+            return Ok(None);
+        }
+        let have = self.ready_keys.borrow().len() as u64;
+        if k >= have {
+            // Decode up to and including k, a chunk at a time.
+            let mut from = have;
+            while from <= k {
+                let ords = self.ready(from, CHUNK)?;
+                let mut decoded = Vec::with_capacity(ords.len());
+                for o in &ords {
+                    let e = self.entry(*o)?;
+                    if e.status != TaskStatus::Pending {
+                        return Err(corrupt(
+                            &self.path,
+                            format!("the ready list names task number {o}, which is {}", e.status),
+                        ));
+                    }
+                    decoded.push((ready_key(e.priority, e.rank, *o), e.assignee));
+                }
+                from += ords.len().max(1) as u64;
+                self.ready_keys.borrow_mut().extend(decoded);
+            }
+        }
+        Ok(self.ready_keys.borrow().get(k as usize).copied())
     }
 
     /// The history of entry `e`.
