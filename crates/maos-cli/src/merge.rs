@@ -363,7 +363,7 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
         }
         _ => Exit::Error,
     };
-    Failure::error(code, format!("{what}: {e}"))
+    Failure::caused_by(code, what, e)
 }
 
 fn default_target(det: &ConflictDetector) -> anyhow::Result<String> {

@@ -537,10 +537,11 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             } else {
                 use std::io::Write as _;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                for t in &page.tasks {
-                    writeln!(out, "{}", one_line(t))?;
-                }
-                out.flush()?;
+                page.tasks
+                    .iter()
+                    .try_for_each(|t| writeln!(out, "{}", one_line(t)))
+                    .and_then(|()| out.flush())
+                    .map_err(exit::stdout_error)?;
             }
             let shown = page.tasks.len() as u64;
             if page.total > shown {
@@ -557,7 +558,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 None => {
                     // Scripts reading JSON get a document either way: `null` means nothing.
                     if ctx.json {
-                        println!("null");
+                        outln!("null")?;
                     }
                     return Err(exit::Failure::error(
                         Exit::Busy,
@@ -654,13 +655,13 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         TaskCommand::Gantt => {
             let tasks = open(ctx, None)?.list_blocking()?;
-            print!("{}", track::gantt(&tasks, now_ms()));
+            out!("{}", track::gantt(&tasks, now_ms()))?;
         }
         TaskCommand::Graph { format } => {
             let tasks = open(ctx, None)?.list_blocking()?;
             match format {
-                GraphFormat::Dot => print!("{}", track::dot(&tasks)),
-                GraphFormat::Mermaid => print!("{}", track::mermaid_flowchart(&tasks)),
+                GraphFormat::Dot => out!("{}", track::dot(&tasks))?,
+                GraphFormat::Mermaid => out!("{}", track::mermaid_flowchart(&tasks))?,
             }
         }
         TaskCommand::Watch {

@@ -10,6 +10,7 @@ pub use maos_comm as comm;
 pub use maos_core as core;
 pub use maos_lock as lock;
 pub use maos_merge as merge;
+pub use maos_session as session;
 pub use maos_track as track;
 
 #[doc(inline)]

@@ -163,7 +163,7 @@ impl Task {
 /// Longest task name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Longest description, note or comment, in bytes.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// Most labels on one task.
 pub const MAX_LABELS: usize = 64;
 /// Longest label, in bytes.

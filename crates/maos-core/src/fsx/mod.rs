@@ -309,6 +309,45 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Publishes `bytes` at `path`, replacing what was there, atomically but NOT durably: readers
+/// see the old or the new content, never a mix, but a power cut may bring back the old content
+/// (or an empty file in place of the new one). For hints that are cheap to lose (a cache, the
+/// hash of a file an agent last read), where an fsync per write would cost more than it saves.
+pub fn write_replace_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_of(path)?;
+    let tmp = temp_path(dir);
+    sim::with(
+        &tmp,
+        || {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(NOFOLLOW | CLOEXEC)
+                .open(&tmp)
+                .map_err(|e| map_open_err("create", &tmp, e))?;
+            f.write_all(bytes).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io("write", &tmp, e)
+            })
+        },
+        |st, ()| {
+            st.create(&tmp);
+            st.write(&tmp, 0, bytes);
+        },
+    )?;
+    let renamed = sim::with(
+        path,
+        || std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)),
+        |st, ()| st.rename(&tmp, path),
+    );
+    if let Err(e) = renamed {
+        let _ = remove_if_exists(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Publishes `bytes` at `path` only if nothing is there yet, atomically and durably.
 ///
 /// # Errors

@@ -659,7 +659,10 @@ impl Snapshot {
                     if e.status != TaskStatus::Pending {
                         return Err(corrupt(
                             &self.path,
-                            format!("the ready list names task number {o}, which is {}", e.status),
+                            format!(
+                                "the ready list names task number {o}, which is {}",
+                                e.status
+                            ),
                         ));
                     }
                     decoded.push((ready_key(e.priority, e.rank, *o), e.assignee));

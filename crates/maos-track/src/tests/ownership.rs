@@ -433,7 +433,7 @@ fn oversize_fields_are_refused_with_their_limit() {
     let err = t
         .comment_blocking(&a, &"y".repeat(crate::MAX_TEXT_BYTES + 1))
         .unwrap_err();
-    assert!(err.to_string().contains("limit is 65536"), "{err}");
+    assert!(err.to_string().contains("limit is 262144"), "{err}");
     let err = t.edit_blocking(&a, &Edit::new()).unwrap_err();
     assert!(err.to_string().contains("changes nothing"), "{err}");
 }

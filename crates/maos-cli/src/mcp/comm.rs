@@ -1,0 +1,205 @@
+//! Message tools: send (to an agent, a role, a group, everyone), receive (with an optional
+//! wait), broadcast on a topic, read topics.
+
+use std::time::Duration;
+
+use maos_coordination::comm::{BroadcastChannel, Subscription};
+use maos_coordination::core::Name;
+use maos_coordination::{
+    AgentId, AgentRole, ChannelName, FileChannel, Filter, Message, Recipients,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Reply, Server, ToolError, ToolResult};
+
+tool_group! {
+    "send" => send(Send):
+        "Send a message on a channel (any name, e.g. `backend-frontend`; `direct/<agent>` for \
+         one agent's inbox). Address it with exactly one of `to` (an agent), `role`, `group` \
+         (agents) or nothing (everyone on the channel). `data` is any JSON value. Returns once \
+         the message is on disk, with its position.",
+    "receive" => receive(Receive):
+        "Receive the new messages addressed to you on a channel (each message once: what is \
+         returned is acknowledged). With `wait_seconds`, waits up to that long for the first \
+         one when there is none yet.",
+    "broadcast" => broadcast(Broadcast):
+        "Publish a message on a topic (e.g. `build/linux`, `api/changed`) for every agent \
+         subscribed to a pattern matching it.",
+    "read_topics" => read_topics(Topics):
+        "Read the new messages published on topics matching your patterns (`build/*` one level, \
+         `deploy/**` any depth), each once per pattern set. With `wait_seconds`, waits up to that \
+         long for the first one.",
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    /// The channel name (letters, digits, `._-`, `/` between segments).
+    channel: String,
+    /// The message: any JSON value (an object such as {"text": "..."} reads best).
+    data: Value,
+    /// Address one agent.
+    #[serde(default)]
+    to: Option<String>,
+    /// Address every agent with this role.
+    #[serde(default)]
+    role: Option<String>,
+    /// Address these agents.
+    #[serde(default)]
+    group: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Receive {
+    /// The channel.
+    channel: String,
+    /// Wait up to this many seconds for a message when there is none (default 0, at most 300).
+    #[serde(default)]
+    wait_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    /// The topic (`/`-separated segments).
+    topic: String,
+    /// The message: any JSON value.
+    data: Value,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Topics {
+    /// Topic patterns: `*` matches one segment, `**` any number.
+    patterns: Vec<String>,
+    /// Wait up to this many seconds for a message when there is none (default 0, at most 300).
+    #[serde(default)]
+    wait_seconds: Option<f64>,
+}
+
+fn wait(v: Option<f64>) -> Result<Duration, ToolError> {
+    let v = v.unwrap_or(0.0);
+    if !v.is_finite() || !(0.0..=300.0).contains(&v) {
+        return Err(ToolError::usage(format!(
+            "wait_seconds must be between 0 and 300, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn channel(s: &Server, name: &str) -> Result<FileChannel, ToolError> {
+    let name = ChannelName::new(name).map_err(|e| ToolError::usage(format!("channel: {e}")))?;
+    Ok(FileChannel::open(s.ws(), name)?)
+}
+
+async fn send(s: &Server, a: Send) -> ToolResult {
+    let me = s.agent()?;
+    let bad =
+        |what: &str, e: maos_coordination::core::Error| ToolError::usage(format!("{what}: {e}"));
+    let recipients = match (a.to, a.role, a.group) {
+        (None, None, None) => Recipients::All,
+        (Some(t), None, None) => Recipients::Agent(AgentId::new(t).map_err(|e| bad("to", e))?),
+        (None, Some(r), None) => Recipients::Role(AgentRole::new(r).map_err(|e| bad("role", e))?),
+        (None, None, Some(g)) => Recipients::Group(
+            g.into_iter()
+                .map(AgentId::new)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad("group", e))?,
+        ),
+        _ => return Err(ToolError::usage("give at most one of to, role, group")),
+    };
+    let ch = channel(s, &a.channel)?;
+    let msg = Message::new(me, recipients, a.data);
+    let receipt = s.blocking(move |_| Ok(ch.send_blocking(&msg)?)).await?;
+    Reply::new(
+        &json!({ "channel": a.channel, "position": receipt.position, "id": receipt.id }),
+        format!("sent to {} at position {}", a.channel, receipt.position),
+    )
+}
+
+async fn receive(s: &Server, a: Receive) -> ToolResult {
+    let me = s.agent()?;
+    let timeout = wait(a.wait_seconds)?;
+    let ch = channel(s, &a.channel)?;
+    let ws = s.ws().clone();
+    let (messages, problems) = s
+        .blocking(move |_| {
+            let filter = Filter::for_agent(&ws, me.clone())?;
+            let consumer_name = Name::new(format!("mcp-{me}"))
+                .map_err(|e| ToolError::usage(format!("consumer name: {e}")))?;
+            let mut consumer = ch.consumer(consumer_name, filter.clone())?;
+            let mut batch = consumer.receive_blocking::<Value>()?;
+            if batch.messages.is_empty() && !timeout.is_zero() {
+                batch = ch.wait_blocking::<Value>(&consumer.cursor(), &filter, timeout)?;
+            }
+            consumer.ack(batch.cursor)?;
+            let problems: Vec<String> = batch
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .chain(batch.pruned.map(|p| p.to_string()))
+                .collect();
+            let messages: Vec<Value> = batch
+                .messages
+                .into_iter()
+                .map(|d| json!({ "position": d.position, "message": d.message }))
+                .collect();
+            Ok((messages, problems))
+        })
+        .await?;
+    let text = format!("{} new message(s) on {}", messages.len(), a.channel);
+    Reply::new(&json!({ "messages": messages, "problems": problems }), text)
+}
+
+async fn broadcast(s: &Server, a: Broadcast) -> ToolResult {
+    let me = s.agent()?;
+    let ws = s.ws().clone();
+    let topic = a.topic.clone();
+    let receipt = s
+        .blocking(move |_| Ok(BroadcastChannel::new(&ws, me).broadcast_blocking(&topic, &a.data)?))
+        .await?;
+    Reply::new(
+        &json!({ "topic": a.topic, "position": receipt.position, "id": receipt.id }),
+        format!("published on {}", a.topic),
+    )
+}
+
+async fn read_topics(s: &Server, a: Topics) -> ToolResult {
+    if a.patterns.is_empty() {
+        return Err(ToolError::usage("give at least one pattern"));
+    }
+    let me = s.agent()?;
+    let timeout = wait(a.wait_seconds)?;
+    // One durable subscription per agent and pattern set.
+    let mut sorted = a.patterns.clone();
+    sorted.sort();
+    let key = sorted
+        .join("\n")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let consumer = Name::new(format!("mcp-{me}-{key:016x}"))
+        .map_err(|e| ToolError::usage(format!("subscription name: {e}")))?;
+    let patterns: Vec<&str> = a.patterns.iter().map(String::as_str).collect();
+    let mut sub = Subscription::durable(s.ws(), &patterns, consumer)?;
+    let mut found = sub.poll_blocking::<Value>()?;
+    if found.is_empty() && !timeout.is_zero() {
+        if let Some(m) = sub.next_timeout::<Value>(timeout).await? {
+            found.push(m);
+        }
+        found.extend(sub.poll_blocking::<Value>()?);
+    }
+    if let Some(last) = found.last() {
+        sub.ack_through(last.feed_position)?;
+    }
+    let messages: Vec<Value> = found
+        .iter()
+        .map(|m| json!({ "topic": m.topic, "position": m.position, "message": m.message }))
+        .collect();
+    let text = format!("{} new topic message(s)", messages.len());
+    Reply::new(&json!({ "messages": messages }), text)
+}

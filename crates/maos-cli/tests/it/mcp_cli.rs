@@ -1,0 +1,369 @@
+//! `maos mcp` through a real MCP client (the official Rust SDK, rmcp, speaking JSON-RPC over the
+//! child's stdio) against two servers, one per agent.
+
+// Helpers outside #[test] functions: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use maos_tests::git;
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use serde_json::{Value, json};
+
+use crate::util::{Maos, bin};
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn server(repo: &Path, agent: &str) -> (Client, u32) {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("mcp")
+        .current_dir(repo)
+        .env("MAOS_AGENT_ID", agent)
+        .env_remove("MAOS_WORKSPACE")
+        .env_remove("RUST_LOG");
+    let transport = TokioChildProcess::new(cmd).unwrap();
+    let pid = transport.id().unwrap();
+    let client = ().serve(transport).await.unwrap();
+    (client, pid)
+}
+
+struct Calls {
+    seen: BTreeSet<String>,
+}
+
+impl Calls {
+    async fn call(&mut self, c: &Client, name: &str, args: Value) -> CallToolResult {
+        self.seen.insert(name.to_owned());
+        let Value::Object(args) = args else {
+            panic!("arguments are an object")
+        };
+        c.call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: protocol error {e}"))
+    }
+
+    /// Calls a tool that must succeed; returns its structured result.
+    async fn ok(&mut self, c: &Client, name: &str, args: Value) -> Value {
+        let r = self.call(c, name, args).await;
+        assert_ne!(r.is_error, Some(true), "{name} failed: {:?}", r.content);
+        let s = r
+            .structured_content
+            .unwrap_or_else(|| panic!("{name}: no structured content"));
+        assert!(!r.content.is_empty(), "{name}: no human line");
+        s["result"].clone()
+    }
+}
+
+fn text(r: &CallToolResult) -> String {
+    serde_json::to_string(&r.content).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("shared.rs"), "one\ntwo\nthree\n").unwrap();
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-qm", "init"]);
+    for (branch, text) in [
+        ("agent/alpha", "ONE\ntwo\nthree\n"),
+        ("agent/beta", "uno\ntwo\nthree\n"),
+    ] {
+        git(repo, &["checkout", "-q", "-b", branch, "main"]);
+        std::fs::write(repo.join("shared.rs"), text).unwrap();
+        git(repo, &["commit", "-qam", branch]);
+    }
+    git(repo, &["checkout", "-q", "main"]);
+    for (agent, branch) in [("alpha", "agent/alpha"), ("beta", "agent/beta")] {
+        Maos::new(repo)
+            .agent(agent)
+            .run(["agents", "register", "--role", "dev", "--branch", branch])
+            .ok();
+    }
+
+    let (a, a_pid) = server(repo, "alpha").await;
+    let (b, _) = server(repo, "beta").await;
+    let info = a.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "maos");
+    let listed: BTreeSet<String> = a
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            assert!(
+                t.description.as_deref().is_some_and(|d| d.len() > 40),
+                "{} needs a description",
+                t.name
+            );
+            assert_eq!(
+                t.input_schema.get("type"),
+                Some(&json!("object")),
+                "{}",
+                t.name
+            );
+            t.name.to_string()
+        })
+        .collect();
+    let mut calls = Calls {
+        seen: BTreeSet::new(),
+    };
+
+    // Agents.
+    let me = calls.ok(&a, "whoami", json!({})).await;
+    assert_eq!(me["agent"], "alpha");
+    let agents = calls.ok(&b, "agents_list", json!({})).await;
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 2, "{agents}");
+
+    // Messages.
+    calls
+        .ok(
+            &a,
+            "send",
+            json!({ "channel": "dev", "to": "beta", "data": { "text": "hi beta" } }),
+        )
+        .await;
+    calls
+        .ok(
+            &a,
+            "send",
+            json!({ "channel": "dev", "role": "dev", "data": { "n": 123456789012345678u64 } }),
+        )
+        .await;
+    let got = calls.ok(&b, "receive", json!({ "channel": "dev" })).await;
+    assert_eq!(got["messages"].as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(
+        got["messages"][0]["message"]["payload"]["text"], "hi beta",
+        "{got}"
+    );
+    let again = calls.ok(&b, "receive", json!({ "channel": "dev" })).await;
+    assert_eq!(
+        again["messages"].as_array().unwrap().len(),
+        0,
+        "each message once: {again}"
+    );
+    calls
+        .ok(&b, "read_topics", json!({ "patterns": ["build/*"] }))
+        .await;
+    calls
+        .ok(
+            &a,
+            "broadcast",
+            json!({ "topic": "build/linux", "data": { "status": "green" } }),
+        )
+        .await;
+    let topics = calls
+        .ok(
+            &b,
+            "read_topics",
+            json!({ "patterns": ["build/*"], "wait_seconds": 5 }),
+        )
+        .await;
+    assert_eq!(topics["messages"][0]["topic"], "build/linux", "{topics}");
+
+    // Tasks.
+    let design = calls
+        .ok(
+            &a,
+            "task_add",
+            json!({ "name": "Design", "estimate_minutes": 30, "priority": "high" }),
+        )
+        .await;
+    let design_id = design["id"].as_str().unwrap().to_owned();
+    let build = calls
+        .ok(
+            &a,
+            "task_add",
+            json!({ "name": "Build", "after": [design_id.clone()] }),
+        )
+        .await;
+    let build_id = build["id"].as_str().unwrap().to_owned();
+    let ready = calls.ok(&b, "task_ready", json!({})).await;
+    assert_eq!(ready["total"], 1, "{ready}");
+    let claimed = calls.ok(&a, "task_claim", json!({})).await;
+    assert_eq!(claimed["id"], design_id.as_str());
+    calls
+        .ok(&a, "task_done", json!({ "id": design_id, "note": "done" }))
+        .await;
+    let docs = calls
+        .ok(&a, "task_add", json!({ "name": "Docs", "assign": "alpha" }))
+        .await;
+    let docs_id = docs["id"].as_str().unwrap().to_owned();
+    calls.ok(&a, "task_start", json!({ "id": docs_id })).await;
+    calls.ok(&a, "task_review", json!({ "id": docs_id })).await;
+    let claimed = calls.ok(&b, "task_claim", json!({})).await;
+    assert_eq!(claimed["id"], build_id.as_str());
+    calls
+        .ok(
+            &b,
+            "task_fail",
+            json!({ "id": build_id, "reason": "tests red" }),
+        )
+        .await;
+    let shown = calls
+        .ok(&b, "task_show", json!({ "id": &build_id[..6] }))
+        .await;
+    assert_eq!(shown["status"], "failed");
+    let listed_tasks = calls
+        .ok(&a, "task_list", json!({ "status": "review" }))
+        .await;
+    assert_eq!(listed_tasks.as_array().unwrap().len(), 1);
+    let report = calls.ok(&a, "task_report", json!({})).await;
+    assert!(report.is_object(), "{report}");
+    let gantt = calls.ok(&a, "task_gantt", json!({})).await;
+    assert!(gantt["mermaid"].as_str().unwrap().contains("gantt"));
+    let none = calls.call(&a, "task_claim", json!({})).await;
+    assert_eq!(none.is_error, Some(true));
+    assert_eq!(none.structured_content.unwrap()["kind"], "busy");
+
+    // Merge.
+    let check = calls
+        .call(
+            &a,
+            "merge_check",
+            json!({ "source": "agent/alpha", "target": "agent/beta" }),
+        )
+        .await;
+    assert_eq!(check.is_error, Some(false), "{}", text(&check));
+    assert_eq!(
+        check.structured_content.as_ref().unwrap()["exit_code"],
+        4,
+        "{}",
+        text(&check)
+    );
+    let all = calls
+        .call(&a, "merge_check_all", json!({ "target": "main" }))
+        .await;
+    assert_eq!(
+        all.structured_content.as_ref().unwrap()["exit_code"],
+        4,
+        "{}",
+        text(&all)
+    );
+    let res = calls
+        .call(
+            &a,
+            "merge_resolve",
+            json!({ "source": "agent/alpha", "target": "agent/beta" }),
+        )
+        .await;
+    assert_eq!(res.is_error, Some(false), "{}", text(&res));
+
+    // Locks: A holds, B is busy naming A.
+    let held = calls
+        .ok(
+            &a,
+            "lock_acquire",
+            json!({ "resource": "shared.rs", "purpose": "rewrite", "ttl_seconds": 600 }),
+        )
+        .await;
+    assert!(held["token"].as_u64().unwrap() > 0);
+    let chk = calls
+        .ok(&b, "lock_check", json!({ "resource": "shared.rs" }))
+        .await;
+    assert_eq!(chk["free"], false);
+    let busy = calls
+        .call(
+            &b,
+            "lock_acquire",
+            json!({ "resource": "shared.rs", "purpose": "mine" }),
+        )
+        .await;
+    assert_eq!(busy.is_error, Some(true));
+    let s = busy.structured_content.unwrap();
+    assert_eq!(
+        (s["kind"].as_str(), s["exit_code"].as_u64()),
+        (Some("busy"), Some(3)),
+        "{s}"
+    );
+    assert!(s["error"].as_str().unwrap().contains("alpha"), "{s}");
+    calls
+        .ok(&a, "lock_renew", json!({ "resource": "shared.rs" }))
+        .await;
+    let list = calls.ok(&b, "lock_list", json!({})).await;
+    assert_eq!(list["holders"][0]["owner"], "alpha");
+    let dl = calls.ok(&b, "deadlock_check", json!({})).await;
+    assert_eq!(dl["deadlock"], false);
+    calls
+        .ok(
+            &a,
+            "lock_acquire",
+            json!({ "resource": "other.rs", "purpose": "x" }),
+        )
+        .await;
+    calls
+        .ok(&a, "lock_release", json!({ "resource": "other.rs" }))
+        .await;
+
+    // A bad argument is a tool error, and the server keeps serving.
+    for (tool, args) in [
+        (
+            "lock_acquire",
+            json!({ "resource": "../../etc/passwd", "purpose": "x" }),
+        ),
+        (
+            "lock_acquire",
+            json!({ "resource": "x", "purpose": "x", "wait_seconds": -1 }),
+        ),
+        ("task_show", json!({ "id": 42 })),
+        (
+            "send",
+            json!({ "channel": "dev", "data": 1, "to": "a", "role": "b" }),
+        ),
+        ("no_such_tool", json!({})),
+    ] {
+        let r = calls.call(&b, tool, args).await;
+        assert_eq!(r.is_error, Some(true), "{tool}");
+        assert_eq!(r.structured_content.unwrap()["kind"], "usage", "{tool}");
+    }
+    calls.seen.remove("no_such_tool");
+    let me = calls.ok(&b, "whoami", json!({})).await;
+    assert_eq!(me["agent"], "beta");
+
+    // B waits for the lock; A's server is killed: B gets it through liveness, long before
+    // the 600 s lease could end (the wait is 60 s).
+    let waiter = {
+        let args = json!({ "resource": "shared.rs", "purpose": "after alpha", "wait_seconds": 60 });
+        let Value::Object(args) = args else {
+            unreachable!()
+        };
+        let peer = b.peer().clone();
+        tokio::spawn(async move {
+            peer.call_tool(CallToolRequestParams::new("lock_acquire").with_arguments(args))
+                .await
+        })
+    };
+    // Let B's wait begin (its lock_check sees it queued), then kill A.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = calls.ok(&b, "lock_list", json!({})).await;
+        if !l["waiters"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never queued");
+        tokio::task::yield_now().await;
+    }
+    let killed_at = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(a_pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    let took = killed_at.elapsed();
+    assert_ne!(got.is_error, Some(true), "{}", text(&got));
+    assert_eq!(got.structured_content.unwrap()["result"]["owner"], "beta");
+    eprintln!("B acquired the lock {took:?} after A's server was killed");
+
+    assert_eq!(
+        calls.seen, listed,
+        "every listed tool is called by this test"
+    );
+    b.cancel().await.unwrap();
+}
