@@ -394,10 +394,10 @@ fn cli(bin: &Path, s: &Scaled, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn cli_ops() -> Vec<(
-    &'static str,
-    fn(&Path, &Scaled, usize) -> anyhow::Result<()>,
-)> {
+/// One command run through the CLI.
+type CliOp = fn(&Path, &Scaled, usize) -> anyhow::Result<()>;
+
+fn cli_ops() -> Vec<(&'static str, CliOp)> {
     vec![
         ("add (one dependency)", |b, s, i| {
             let dep = s.ids[(i * 7919) % s.ids.len()].to_string();

@@ -524,16 +524,18 @@ impl Snapshot {
         let mut at = off;
         while at < end {
             let b = at / BLOCK;
-            if !blocks.contains_key(&b) {
-                let start = b * BLOCK;
-                let n = BLOCK.min(self.size - start) as usize;
-                let mut buf = vec![0u8; n];
-                self.file
-                    .read_exact_at(&mut buf, start)
-                    .map_err(|e| Error::io("read", &self.path, e))?;
-                blocks.insert(b, buf.into_boxed_slice());
-            }
-            let block = &blocks[&b];
+            let block = match blocks.entry(b) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let start = b * BLOCK;
+                    let n = BLOCK.min(self.size - start) as usize;
+                    let mut buf = vec![0u8; n];
+                    self.file
+                        .read_exact_at(&mut buf, start)
+                        .map_err(|e| Error::io("read", &self.path, e))?;
+                    v.insert(buf.into_boxed_slice())
+                }
+            };
             let from = (at - b * BLOCK) as usize;
             let to = ((end - b * BLOCK) as usize).min(block.len());
             out.extend_from_slice(&block[from..to]);

@@ -2,7 +2,7 @@
 
 use maos_core::{AgentId, TaskId};
 
-use super::{CriticalPath, Ownership, Page, Query, ReadyPage, TaskTracker, Update};
+use super::{Amendment, CriticalPath, Ownership, Page, Query, ReadyPage, TaskTracker, Update};
 use crate::history::TaskDetails;
 use crate::{Edit, Error, Task, TaskStatus, asyncify};
 
@@ -87,6 +87,12 @@ impl TaskTracker {
     ) -> Result<Task, Error> {
         let (this, id) = (self.clone(), id.clone());
         asyncify(move || this.assign_blocking(&id, agent.as_ref(), ownership)).await
+    }
+
+    /// Several changes in one write; see [`amend_blocking`](Self::amend_blocking).
+    pub async fn amend(&self, id: &TaskId, amendment: Amendment) -> Result<Task, Error> {
+        let (this, id) = (self.clone(), id.clone());
+        asyncify(move || this.amend_blocking(&id, &amendment)).await
     }
 
     /// Edits descriptive fields; see [`edit_blocking`](Self::edit_blocking).
