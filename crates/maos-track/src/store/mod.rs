@@ -146,8 +146,20 @@ fn is_not_found(e: &Error) -> bool {
 
 impl State {
     /// Loads the store in `dir` as a fresh reader does (`docs/protocol.md`, "Reading"); the
-    /// log is not read yet ([`refresh`](Self::refresh) does).
+    /// log is not read yet ([`refresh`](Self::refresh) does). A file of the generation
+    /// `current` named that is gone because compactions moved `current` on meanwhile is not
+    /// an error: the load starts over.
     pub(crate) fn load(dir: &Path) -> Result<Self, Error> {
+        let mut attempts = 0;
+        loop {
+            match Self::load_once(dir) {
+                Err(e) if attempts < 8 && current_moved(dir, &e) => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn load_once(dir: &Path) -> Result<Self, Error> {
         if legacy_snapshot_path(dir).exists() {
             return Err(corrupt(
                 &legacy_snapshot_path(dir),
@@ -346,6 +358,25 @@ impl State {
             self.created = true;
         }
         Ok(())
+    }
+}
+
+/// True when `e` says a file of the generation the load started from is missing, and
+/// `current` names another generation by now.
+fn current_moved(dir: &Path, e: &Error) -> bool {
+    let Error::Corrupt { path, .. } = e else {
+        return false;
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let generation = name
+        .strip_prefix("snapshot.")
+        .or_else(|| name.strip_prefix("log.").and_then(|r| r.strip_suffix(".jsonl")))
+        .and_then(|g| g.parse::<u64>().ok());
+    match (generation, read_current(dir)) {
+        (Some(g), Ok(Some(c))) => c != g && !path.exists(),
+        _ => false,
     }
 }
 
