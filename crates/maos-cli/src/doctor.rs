@@ -20,6 +20,7 @@ pub(crate) struct DoctorArgs {
 /// Every store's check, in order.
 fn checks(ws: &Workspace, repair: bool) -> anyhow::Result<Vec<Finding>> {
     let mut all = maos_coordination::core::doctor::check(ws, repair)?;
+    all.extend(maos_coordination::track::doctor(ws, repair)?);
     all.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

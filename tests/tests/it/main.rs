@@ -4,11 +4,14 @@
 
 mod comm_multiprocess;
 mod core_hostile_names;
+mod fuzz;
 mod lock_deadlock;
 mod lock_mutex;
 mod lock_race;
 mod merge_coordination;
+mod merge_crash;
 mod merge_equivalence;
+mod merge_history_parity;
 mod merge_kinds;
 mod merge_review_queue;
 mod merge_review_snapshot;
