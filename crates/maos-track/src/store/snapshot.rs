@@ -367,7 +367,7 @@ pub(crate) struct Snapshot {
     size: u64,
     blocks: std::cell::RefCell<crate::graph::FxMap<u64, Box<[u8]>>>,
     /// Tasks parsed so far (a snapshot never changes: a long-lived reader parses each once).
-    parsed: std::cell::RefCell<Vec<Option<Box<Task>>>>,
+    parsed: std::cell::RefCell<crate::graph::FxMap<u32, Task>>,
     /// The ready list decoded so far, in order: (key, assignee code).
     ready_keys: std::cell::RefCell<Vec<(ReadyKey, u32)>>,
     pub(crate) header: Header,
@@ -625,22 +625,15 @@ impl Snapshot {
         let b = self.line(ord, "record", e.task)?;
         let t: Task = serde_json::from_slice(&b)
             .map_err(|err| corrupt(&self.path, format!("task number {ord}: {err}")))?;
-        let mut parsed = self.parsed.borrow_mut();
-        if parsed.is_empty() {
-            parsed.resize_with(self.header.count as usize, || None);
-        }
-        if let Some(slot) = parsed.get_mut(ord as usize) {
-            *slot = Some(Box::new(t.clone()));
-        }
+        // Keyed by ordinal, not a table of `count` slots: a fresh process pays for the
+        // tasks it reads, not for the size of the store.
+        self.parsed.borrow_mut().insert(ord, t.clone());
         Ok(t)
     }
 
     /// Task `ord` if it was parsed before.
     pub(crate) fn cached_task(&self, ord: u32) -> Option<Task> {
-        self.parsed
-            .borrow()
-            .get(ord as usize)
-            .and_then(|t| t.as_deref().cloned())
+        self.parsed.borrow().get(&ord).cloned()
     }
 
     /// Ready-list position `k` decoded: its key and assignee code (`None` past the end).
