@@ -79,6 +79,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// An agent tried to act on a task assigned to another agent without forcing it.
+    #[error(
+        "task {task} is assigned to {assignee}, not {}: only {assignee} moves it (use --force \
+         to act anyway; the log records who did)",
+        .actor.as_ref().map_or("an anonymous caller", |a| a.as_str())
+    )]
+    NotAssignee {
+        /// The task.
+        task: TaskId,
+        /// Its assignee.
+        assignee: maos_core::AgentId,
+        /// Who tried.
+        actor: Option<maos_core::AgentId>,
+    },
+
     /// A compare-and-swap update found the task changed since it was read.
     #[error("task {task} is at revision {actual}, not {expected}: it changed meanwhile")]
     RevisionMismatch {
@@ -109,8 +124,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// A file of the task store is damaged.
-    #[error("task store {path} is corrupt: {reason}")]
+    /// A file of the task store is damaged, missing, or holds what no writer could have
+    /// written.
+    #[error(
+        "task store {path} is corrupt: {reason} (`maos doctor` explains; `maos doctor --repair` \
+         quarantines what cannot be read and keeps every readable change)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -124,6 +143,30 @@ pub enum Error {
 }
 
 impl Error {
+    /// True for a refusal of the request itself (what replay would refuse in a record):
+    /// not found, invalid transition, not the assignee, duplicate, cycle, invalid argument.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::AmbiguousPrefix { .. }
+                | Error::DuplicateId { .. }
+                | Error::UnknownDependency { .. }
+                | Error::Cycle { .. }
+                | Error::InvalidTransition { .. }
+                | Error::NotAssignee { .. }
+                | Error::RevisionMismatch { .. }
+                | Error::StaleToken { .. }
+                | Error::Invalid { .. }
+        )
+    }
+
+    /// True when the store's kernel lock could not be had in time (another process holds
+    /// it; the message names it).
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Error::Core(maos_core::Error::LockTimeout { .. }))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

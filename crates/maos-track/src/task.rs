@@ -160,6 +160,278 @@ impl Task {
     }
 }
 
+/// Longest task name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest description, note or comment, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// Most labels on one task.
+pub const MAX_LABELS: usize = 64;
+/// Longest label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+/// Most dependencies of one task.
+pub const MAX_DEPENDENCIES: usize = 1024;
+/// Most metadata entries on one task.
+pub const MAX_METADATA: usize = 64;
+/// Longest metadata value, in bytes (keys follow [`MAX_LABEL_BYTES`]).
+pub const MAX_METADATA_VALUE_BYTES: usize = 4096;
+
+fn invalid(what: &'static str, reason: String) -> crate::Error {
+    crate::Error::Invalid { what, reason }
+}
+
+/// Checks a task name: not blank, at most [`MAX_NAME_BYTES`].
+pub(crate) fn check_name(name: &str) -> Result<(), crate::Error> {
+    if name.trim().is_empty() {
+        return Err(invalid("task name", "it is empty".into()));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            "task name",
+            format!("it is {} bytes, the limit is {MAX_NAME_BYTES}", name.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a free text (description, note, comment): at most [`MAX_TEXT_BYTES`].
+pub(crate) fn check_text(what: &'static str, text: &str) -> Result<(), crate::Error> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(invalid(
+            what,
+            format!("it is {} bytes, the limit is {MAX_TEXT_BYTES}", text.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a label list: at most [`MAX_LABELS`] non-blank labels of [`MAX_LABEL_BYTES`].
+pub(crate) fn check_labels(labels: &[String]) -> Result<(), crate::Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "labels",
+            format!("{} labels, the limit is {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for l in labels {
+        if l.trim().is_empty() || l.len() > MAX_LABEL_BYTES || l.chars().any(char::is_control) {
+            return Err(invalid(
+                "label",
+                format!(
+                    "\"{}\": a label is 1 to {MAX_LABEL_BYTES} bytes without control characters",
+                    maos_core::excerpt(l, 40)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Task {
+    /// Checks the caller-supplied fields against the limits above (names, texts, labels,
+    /// dependency and metadata counts). Writers call it before a task is created; replay
+    /// refuses a `create` record that fails it.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        check_name(&self.name)?;
+        check_text("task description", &self.description)?;
+        if let Some(n) = &self.note {
+            check_text("task note", n)?;
+        }
+        check_labels(&self.labels)?;
+        if self.dependencies.len() > MAX_DEPENDENCIES {
+            return Err(invalid(
+                "dependencies",
+                format!(
+                    "task {} has {} dependencies, the limit is {MAX_DEPENDENCIES}",
+                    self.id,
+                    self.dependencies.len()
+                ),
+            ));
+        }
+        if self.metadata.len() > MAX_METADATA {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "{} entries, the limit is {MAX_METADATA}",
+                    self.metadata.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_METADATA_VALUE_BYTES {
+                return Err(invalid(
+                    "metadata",
+                    format!(
+                        "key \"{}\": keys are 1 to {MAX_LABEL_BYTES} bytes, values at most \
+                         {MAX_METADATA_VALUE_BYTES}",
+                        maos_core::excerpt(k, 40)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Changes to a task's descriptive fields ([`TaskTracker::edit`](crate::TaskTracker::edit));
+/// `None` leaves a field as it is. Anyone may edit these; the assignee changes through
+/// [`TaskTracker::assign`](crate::TaskTracker::assign), which has an owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Edit {
+    /// A new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A new estimate (`Some(None)` removes it; JSON: `estimate_ms`, `null` removes).
+    #[serde(
+        default,
+        rename = "estimate_ms",
+        with = "opt_opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub estimate: Option<Option<Duration>>,
+    /// A new priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// New labels (replacing the old ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+impl Edit {
+    /// Nothing changes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the name.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the description.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+
+    /// Sets (`Some`) or removes (`None`) the estimate.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn estimate(mut self, d: Option<Duration>) -> Self {
+        self.estimate = Some(d);
+        self
+    }
+
+    /// Sets the priority.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn priority(mut self, p: Priority) -> Self {
+        self.priority = Some(p);
+        self
+    }
+
+    /// Replaces the labels.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.estimate.is_none()
+            && self.priority.is_none()
+            && self.labels.is_none()
+    }
+
+    /// The names of the fields it sets (JSON names).
+    pub fn fields(&self) -> Vec<&'static str> {
+        let mut f = Vec::new();
+        if self.name.is_some() {
+            f.push("name");
+        }
+        if self.description.is_some() {
+            f.push("description");
+        }
+        if self.estimate.is_some() {
+            f.push("estimate_ms");
+        }
+        if self.priority.is_some() {
+            f.push("priority");
+        }
+        if self.labels.is_some() {
+            f.push("labels");
+        }
+        f
+    }
+
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        if self.is_empty() {
+            return Err(invalid("edit", "it changes nothing".into()));
+        }
+        if let Some(n) = &self.name {
+            check_name(n)?;
+        }
+        if let Some(d) = &self.description {
+            check_text("task description", d)?;
+        }
+        if let Some(l) = &self.labels {
+            check_labels(l)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the edit to `t`.
+    pub(crate) fn apply_to(&self, t: &mut Task) {
+        if let Some(n) = &self.name {
+            t.name.clone_from(n);
+        }
+        if let Some(d) = &self.description {
+            t.description.clone_from(d);
+        }
+        if let Some(e) = self.estimate {
+            t.estimated_duration = e;
+        }
+        if let Some(p) = self.priority {
+            t.priority = p;
+        }
+        if let Some(l) = &self.labels {
+            t.labels.clone_from(l);
+        }
+    }
+}
+
+mod opt_opt_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &Option<Option<Duration>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(Some(d)) => s.serialize_u64(crate::graph::saturating_ms(*d)),
+            _ => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Duration>>, D::Error> {
+        // Present (a number or null): Some; absent: the field's default, None.
+        Ok(Some(
+            Option::<u64>::deserialize(d)?.map(Duration::from_millis),
+        ))
+    }
+}
+
 /// Where a task is in its life.
 ///
 /// ```text
@@ -172,6 +444,8 @@ impl Task {
 ///                                                       +--> Completed <--+
 /// ```
 /// Completed is final. Blocked -> Pending happens only when the last dependency completes.
+/// Any status but Completed can go to Cancelled (work given up on purpose); a reset (to
+/// Pending) reopens a cancelled or failed task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -189,17 +463,21 @@ pub enum TaskStatus {
     Completed,
     /// Gave up; may be retried (back to Pending or Blocked).
     Failed,
+    /// Given up on purpose; its dependents stay blocked until they drop the dependency or
+    /// it is reopened (reset to pending).
+    Cancelled,
 }
 
 impl TaskStatus {
     /// All statuses, in display order.
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
         TaskStatus::Pending,
         TaskStatus::Blocked,
         TaskStatus::InProgress,
         TaskStatus::Review,
         TaskStatus::Completed,
         TaskStatus::Failed,
+        TaskStatus::Cancelled,
     ];
 
     /// The snake_case name used on disk and on the command line.
@@ -211,7 +489,37 @@ impl TaskStatus {
             TaskStatus::Review => "review",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
         }
+    }
+
+    /// The one-byte code of the snapshot's entry table (`docs/protocol.md`).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            TaskStatus::Pending => 0,
+            TaskStatus::Blocked => 1,
+            TaskStatus::InProgress => 2,
+            TaskStatus::Review => 3,
+            TaskStatus::Completed => 4,
+            TaskStatus::Failed => 5,
+            TaskStatus::Cancelled => 6,
+        }
+    }
+
+    /// The status of a code written by [`code`](Self::code).
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        TaskStatus::ALL.into_iter().find(|s| s.code() == c)
+    }
+
+    /// Failed or cancelled: a dependency in this status keeps its dependents blocked with a
+    /// reason.
+    pub fn is_given_up(self) -> bool {
+        matches!(self, TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+
+    /// No more work is expected: completed or cancelled.
+    pub fn is_closed(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Cancelled)
     }
 
     /// Whether someone is working on the task (in progress or in review).
@@ -227,14 +535,16 @@ impl TaskStatus {
             (Completed, _) => Some("a completed task is final"),
             (a, b) if a == b => Some("it is already in that status"),
             (_, Blocked) => Some("blocked is set by the tracker, from dependencies"),
-            (Blocked, Failed) => None,
+            (Blocked, Failed | Cancelled) => None,
             (Blocked, _) => Some("its dependencies are not all completed"),
-            (Pending, InProgress | Failed) => None,
+            (Pending, InProgress | Failed | Cancelled) => None,
             (Pending, _) => Some("a pending task must be started first"),
-            (InProgress, Review | Completed | Failed | Pending) => None,
-            (Review, Completed | Failed | InProgress | Pending) => None,
-            (Failed, Pending) => None,
+            (InProgress, Review | Completed | Failed | Pending | Cancelled) => None,
+            (Review, Completed | Failed | InProgress | Pending | Cancelled) => None,
+            (Failed, Pending | Cancelled) => None,
             (Failed, _) => Some("a failed task must be retried (set to pending) first"),
+            (Cancelled, Pending) => None,
+            (Cancelled, _) => Some("a cancelled task must be reopened (reset to pending) first"),
             _ => Some("not a valid transition"),
         }
     }
@@ -252,6 +562,7 @@ impl std::str::FromStr for TaskStatus {
         let norm = s.trim().to_ascii_lowercase().replace('-', "_");
         let norm = match norm.as_str() {
             "done" => "completed",
+            "canceled" => "cancelled",
             "active" | "started" | "inprogress" => "in_progress",
             other => other,
         }
@@ -262,7 +573,7 @@ impl std::str::FromStr for TaskStatus {
             .ok_or_else(|| crate::Error::Invalid {
                 what: "task status",
                 reason: format!(
-                    "\"{s}\" is not one of pending, blocked, in_progress, review, completed, failed"
+                    "\"{s}\" is not one of pending, blocked, in_progress, review, completed, failed, cancelled"
                 ),
             })
     }
@@ -288,6 +599,12 @@ mod tests {
             (Review, Failed),
             (Review, Pending),
             (Failed, Pending),
+            (Pending, Cancelled),
+            (Blocked, Cancelled),
+            (InProgress, Cancelled),
+            (Review, Cancelled),
+            (Failed, Cancelled),
+            (Cancelled, Pending),
         ];
         for from in TaskStatus::ALL {
             for to in TaskStatus::ALL {

@@ -4,9 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use maos_core::{TaskId, fsx, now_ms};
+use maos_core::{TaskId, escape_controls, fsx, human_ms, now_ms};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{self, Adjacency, weight_ms};
@@ -29,6 +28,9 @@ pub struct StatusCounts {
     pub completed: usize,
     /// Failed.
     pub failed: usize,
+    /// Cancelled.
+    #[serde(default)]
+    pub cancelled: usize,
 }
 
 impl StatusCounts {
@@ -41,16 +43,42 @@ impl StatusCounts {
             TaskStatus::Review => self.review += 1,
             TaskStatus::Completed => self.completed += 1,
             TaskStatus::Failed => self.failed += 1,
+            TaskStatus::Cancelled => self.cancelled += 1,
         }
     }
 
-    /// Completed share in percent; 0 when there are no tasks (never NaN).
+    /// Counts from the snapshot's per-status-code array.
+    pub(crate) fn from_codes(codes: &[u64; 7]) -> Self {
+        let n = |s: TaskStatus| usize::try_from(codes[usize::from(s.code())]).unwrap_or(usize::MAX);
+        Self {
+            total: codes
+                .iter()
+                .map(|&c| usize::try_from(c).unwrap_or(usize::MAX))
+                .sum(),
+            pending: n(TaskStatus::Pending),
+            blocked: n(TaskStatus::Blocked),
+            in_progress: n(TaskStatus::InProgress),
+            review: n(TaskStatus::Review),
+            completed: n(TaskStatus::Completed),
+            failed: n(TaskStatus::Failed),
+            cancelled: n(TaskStatus::Cancelled),
+        }
+    }
+
+    /// Completed share in percent of the tasks that are not cancelled; 0 when there are
+    /// none (never NaN).
     pub fn percentage(&self) -> f64 {
-        if self.total == 0 {
+        let wanted = self.total - self.cancelled;
+        if wanted == 0 {
             0.0
         } else {
-            self.completed as f64 * 100.0 / self.total as f64
+            self.completed as f64 * 100.0 / wanted as f64
         }
+    }
+
+    /// Tasks still to be done: pending, blocked, in progress or in review.
+    pub fn open(&self) -> usize {
+        self.pending + self.blocked + self.in_progress + self.review
     }
 }
 
@@ -73,7 +101,10 @@ pub struct ProgressReport {
     pub review_tasks: usize,
     /// Failed tasks.
     pub failed_tasks: usize,
-    /// Completed share in percent; 0 with no tasks.
+    /// Cancelled tasks.
+    #[serde(default)]
+    pub cancelled_tasks: usize,
+    /// Completed share in percent of the tasks not cancelled; 0 with none.
     pub completion_percentage: f64,
     /// Counts per agent (`unassigned` for tasks without an assignee).
     pub task_breakdown: BTreeMap<String, StatusCounts>,
@@ -84,8 +115,16 @@ pub struct ProgressReport {
     /// Its total estimated duration in ms.
     pub critical_path_ms: u64,
     /// The estimated work left along the longest chain of unfinished tasks, in ms (completed
-    /// tasks count 0, active ones their estimate minus the time spent, at least 0).
+    /// and cancelled tasks count 0, active ones their estimate minus the time spent, at
+    /// least 0).
     pub remaining_ms: u64,
+    /// The unfinished tasks of that chain, dependencies first: where `remaining_ms` comes
+    /// from (it may differ from the critical path once some of its tasks are done).
+    #[serde(default)]
+    pub remaining_path: Vec<TaskId>,
+    /// Their names.
+    #[serde(default)]
+    pub remaining_path_names: Vec<String>,
     /// Estimated completion time (ms since the Unix epoch); `None` when nothing is left.
     pub eta: Option<u64>,
 }
@@ -156,9 +195,14 @@ pub fn report(tasks: &[Task], now: u64) -> ProgressReport {
     }
     let adj = Adjacency::of(tasks);
     let (path, total) = graph::critical_path(&adj.deps, &adj.dependents, |i| weight_ms(&tasks[i]));
-    let (_, remaining) =
+    let (rpath, remaining) =
         graph::critical_path(&adj.deps, &adj.dependents, |i| remaining_ms(&tasks[i], now));
-    let left = all.total - all.completed;
+    let rpath: Vec<usize> = rpath
+        .into_iter()
+        .map(|i| i as usize)
+        .filter(|&i| !tasks[i].status.is_closed())
+        .collect();
+    let left = all.open() + all.failed;
     ProgressReport {
         timestamp: now,
         total_tasks: all.total,
@@ -168,6 +212,7 @@ pub fn report(tasks: &[Task], now: u64) -> ProgressReport {
         pending_tasks: all.pending,
         review_tasks: all.review,
         failed_tasks: all.failed,
+        cancelled_tasks: all.cancelled,
         completion_percentage: all.percentage(),
         task_breakdown: by_agent,
         critical_path: path.iter().map(|&i| tasks[i as usize].id.clone()).collect(),
@@ -177,13 +222,15 @@ pub fn report(tasks: &[Task], now: u64) -> ProgressReport {
             .collect(),
         critical_path_ms: total,
         remaining_ms: remaining,
+        remaining_path: rpath.iter().map(|&i| tasks[i].id.clone()).collect(),
+        remaining_path_names: rpath.iter().map(|&i| tasks[i].name.clone()).collect(),
         eta: (left > 0).then_some(now.saturating_add(remaining)),
     }
 }
 
 fn remaining_ms(t: &Task, now: u64) -> u64 {
     match t.status {
-        TaskStatus::Completed => 0,
+        TaskStatus::Completed | TaskStatus::Cancelled => 0,
         TaskStatus::InProgress | TaskStatus::Review => {
             let spent = t.started_at.map_or(0, |s| now.saturating_sub(s));
             weight_ms(t).saturating_sub(spent)
@@ -203,7 +250,7 @@ pub fn mermaid_escape(s: &str) -> String {
             '#' => out.push_str("#35;"),
             ';' => out.push_str("#59;"),
             '"' => out.push_str("#quot;"),
-            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => out.push(' '),
             c => out.push(c),
         }
     }
@@ -334,13 +381,22 @@ fn status_colour(s: TaskStatus) -> &'static str {
         TaskStatus::Review => "#ffe9a8",
         TaskStatus::Completed => "#b8f0b8",
         TaskStatus::Failed => "#ffb3b3",
+        TaskStatus::Cancelled => "#eeeeee",
     }
 }
 
 fn dot_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The dependency graph in Graphviz DOT: an edge `dependency -> task`, nodes coloured by
@@ -407,18 +463,6 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-fn human_ms(ms: u64) -> String {
-    let d = Duration::from_millis(ms);
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 /// A table for terminals: one row per task, then a summary line.
 pub fn table(tasks: &[Task]) -> String {
     let mut s = format!(
@@ -439,11 +483,16 @@ pub fn table(tasks: &[Task]) -> String {
             t.estimated_duration
                 .map_or_else(|| "-".into(), |d| human_ms(graph::saturating_ms(d))),
             t.dependencies.len(),
-            short(&t.name.replace('\n', " "), 60)
+            short(&escape_controls(&t.name), 60)
         );
     }
-    let _ = writeln!(
-        s,
+    let _ = writeln!(s, "{}", counts_line(&counts));
+    s
+}
+
+/// `N tasks: C completed (P%), ...`: the summary line under a table.
+pub fn counts_line(counts: &StatusCounts) -> String {
+    let mut s = format!(
         "{} tasks: {} completed ({:.1}%), {} in progress, {} review, {} pending, {} blocked, {} failed",
         counts.total,
         counts.completed,
@@ -454,13 +503,16 @@ pub fn table(tasks: &[Task]) -> String {
         counts.blocked,
         counts.failed
     );
+    if counts.cancelled > 0 {
+        let _ = write!(s, ", {} cancelled", counts.cancelled);
+    }
     s
 }
 
 /// A short human summary of a report (for `maos task report` and `watch`).
 pub fn summary(r: &ProgressReport) -> String {
     let mut s = format!(
-        "{}/{} tasks completed ({:.1}%): {} in progress, {} review, {} pending, {} blocked, {} failed\n",
+        "{}/{} tasks completed ({:.1}%): {} in progress, {} review, {} pending, {} blocked, {} failed",
         r.completed_tasks,
         r.total_tasks,
         r.completion_percentage,
@@ -470,25 +522,42 @@ pub fn summary(r: &ProgressReport) -> String {
         r.blocked_tasks,
         r.failed_tasks
     );
+    if r.cancelled_tasks > 0 {
+        let _ = write!(s, ", {} cancelled", r.cancelled_tasks);
+    }
+    s.push('\n');
+    let chain = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| escape_controls(n).into_owned())
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    };
     if !r.critical_path_names.is_empty() {
         let _ = writeln!(
             s,
             "critical path ({}): {}",
             human_ms(r.critical_path_ms),
-            r.critical_path_names.join(" -> ")
+            chain(&r.critical_path_names)
         );
     }
     if r.eta.is_some() {
-        let _ = writeln!(
-            s,
-            "remaining along the critical path: {}",
-            human_ms(r.remaining_ms)
-        );
+        if r.remaining_path_names.is_empty() {
+            let _ = writeln!(s, "remaining: {}", human_ms(r.remaining_ms));
+        } else {
+            let _ = writeln!(
+                s,
+                "remaining: {} along {}",
+                human_ms(r.remaining_ms),
+                chain(&r.remaining_path_names)
+            );
+        }
     }
     for (agent, c) in &r.task_breakdown {
         let _ = writeln!(
             s,
-            "  {agent:<16} {}/{} completed, {} active, {} pending/blocked, {} failed",
+            "  {:<16} {}/{} completed, {} active, {} pending/blocked, {} failed",
+            escape_controls(agent),
             c.completed,
             c.total,
             c.in_progress + c.review,
@@ -501,6 +570,8 @@ pub fn summary(r: &ProgressReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn tasks() -> Vec<Task> {

@@ -23,3 +23,4 @@ mod track_dag;
 mod track_dead_agent;
 mod track_feature;
 mod track_review_kill;
+mod track_stopped_holder;

@@ -253,7 +253,12 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     assert_eq!(res.conflict_tasks.len(), 1);
     assert_eq!(res.conflict_tasks[0].assigned_to, Some(agent("bob")));
     assert_eq!(res.notified, vec![agent("alice"), agent("bob")]);
-    let tracker = TaskTracker::open(&s.ws).unwrap();
+    // Bob's tracker: the conflict task is assigned to bob, and only bob moves it.
+    let tracker = TaskTracker::open_with(
+        &s.ws,
+        maos_coordination::track::Options::default().agent(agent("bob")),
+    )
+    .unwrap();
     let task = tracker
         .get_blocking(&res.conflict_tasks[0].task)
         .unwrap()

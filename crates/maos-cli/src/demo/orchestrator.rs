@@ -327,7 +327,10 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     )?;
     outln!("{}", maos_coordination::track::table(&tasks))?;
     outln!("## Critical path\n")?;
-    let (path, length) = tracker.critical_path_blocking()?;
+    let maos_coordination::track::CriticalPath {
+        tasks: path,
+        total: length,
+    } = tracker.critical_path_blocking()?;
     for t in &path {
         outln!(
             "- {} ({})",

@@ -197,8 +197,8 @@ fn two_trackers_share_state_across_compactions() {
             assert_eq!(t2.list_blocking().unwrap().len(), i + 1);
         }
     }
-    // A compaction happened (more than COMPACT_MIN_RECORDS records).
-    assert!(t1.dir().join("snapshot.json").exists());
+    // A compaction happened (more than COMPACT_RECORDS records).
+    assert!(t1.dir().join("snapshot.1").exists());
     t2.update_status_blocking(&ids[3], TaskStatus::InProgress, None)
         .unwrap();
     t1.compact_blocking().unwrap();
@@ -260,10 +260,19 @@ fn prefixes_resolve() {
 
 #[tokio::test]
 async fn async_api_round_trip() {
-    let (_d, t) = setup();
+    let (d, anon) = setup();
+    let ws = Workspace::open(d.path()).unwrap();
+    let t =
+        TaskTracker::open_with(&ws, Options::default().publish(false).agent(agent("w"))).unwrap();
     let id = t.create_task(Task::new("async")).await.unwrap();
     let c = t.claim(&agent("w")).await.unwrap().unwrap();
     assert_eq!(c.id, id);
+    // The task is w's now: another agent may not move it.
+    let err = anon
+        .update_status(&id, TaskStatus::Completed, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAssignee { .. }), "{err}");
     let done = t
         .update_status(&id, TaskStatus::Completed, None)
         .await
@@ -449,7 +458,7 @@ fn huge_estimates_saturate_instead_of_overflowing() {
         .unwrap();
     t.create_task_blocking(&Task::new("c").estimate(huge).after(b))
         .unwrap();
-    let (path, total) = t.critical_path_blocking().unwrap();
+    let crate::CriticalPath { tasks: path, total } = t.critical_path_blocking().unwrap();
     assert!(!path.is_empty());
     assert_eq!(total, Duration::from_millis(u64::MAX), "saturated");
     assert_eq!(t.ready_blocking().unwrap()[0].id, a);
@@ -458,4 +467,54 @@ fn huge_estimates_saturate_instead_of_overflowing() {
     assert_eq!(r.critical_path_ms, u64::MAX);
     let g = crate::gantt(&tasks, maos_core::now_ms());
     assert!(g.contains("gantt"), "{g}");
+}
+
+mod doctor;
+mod ownership;
+mod power;
+mod replay;
+
+/// Helpers for tests that forge or damage the store's files.
+pub(crate) mod forge {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+
+    /// The current generation's log of the workspace at `root`.
+    pub(crate) fn log(root: &Path) -> PathBuf {
+        let dir = root.join(maos_core::MAOS_DIR).join("tasks");
+        let g = crate::store::read_current(&dir).unwrap().unwrap_or(0);
+        crate::store::log_path(&dir, g)
+    }
+
+    /// The seq of the last complete record of the current log (0 when empty).
+    pub(crate) fn last_seq(dir: &Path) -> u64 {
+        let text = std::fs::read_to_string(log(dir)).unwrap_or_default();
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["seq"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Appends `record` (an object without `seq`/`at`) as the next record of the log, the
+    /// way a buggy or hostile writer would.
+    pub(crate) fn append(dir: &Path, mut record: serde_json::Value) {
+        let seq = last_seq(dir) + 1;
+        record["seq"] = seq.into();
+        record["at"] = maos_core::now_ms().into();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log(dir))
+            .unwrap();
+        writeln!(f, "{record}").unwrap();
+    }
+
+    /// Appends raw bytes to the log.
+    pub(crate) fn append_raw(dir: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log(dir))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
 }

@@ -1,0 +1,143 @@
+//! The ready queue: listing it, claiming from it, and releasing the claims of dead agents.
+
+use std::collections::HashMap;
+
+use maos_core::{AgentId, AgentRegistry, Liveness, TaskId, Workspace};
+
+use super::TaskTracker;
+use super::query::ReadyPage;
+use crate::store::graph::Graph;
+use crate::store::record::Op;
+use crate::{Error, Task};
+
+impl TaskTracker {
+    /// Every ready (pending) task, in claim order: by priority (highest first), then by the
+    /// length of the critical path they start (longest first), then by creation order.
+    /// Costs O(ready tasks); [`ready_page_blocking`](Self::ready_page_blocking) reads a page.
+    pub fn ready_blocking(&self) -> Result<Vec<Task>, Error> {
+        Ok(self.ready_page_blocking(usize::MAX)?.tasks)
+    }
+
+    /// The first `limit` ready tasks in claim order, and how many are ready in all. Costs
+    /// what the page reads, not what the store holds.
+    pub fn ready_page_blocking(&self, limit: usize) -> Result<ReadyPage, Error> {
+        self.read(|g| {
+            let ords = g.ready_page(0, limit, |_, _| true)?;
+            let tasks = ords
+                .into_iter()
+                .map(|o| g.task(o))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ReadyPage {
+                tasks,
+                total: g.ready_len(),
+            })
+        })
+    }
+
+    /// Atomically assigns the next ready task to `agent` and starts it (blocking): the best
+    /// ready task that is unassigned or assigned to `agent`. Claims of agents the registry
+    /// reports dead are released to the queue first (in the same write). `None` when nothing
+    /// is ready.
+    pub fn claim_blocking(&self, agent: &AgentId) -> Result<Option<Task>, Error> {
+        let _span = tracing::info_span!("claim", agent = %agent).entered();
+        let release = self.inner.options.release_dead_claims;
+        let ws = self.workspace().clone();
+        self.write(Some(agent), false, |tx| {
+            if release {
+                for op in dead_claims(&ws, tx.graph)? {
+                    tx.push(op)?;
+                }
+            }
+            let best = tx
+                .graph
+                .ready_page(0, 1, |_, a| a.is_none_or(|a| a == agent))?;
+            let Some(&ord) = best.first() else {
+                return Ok(None);
+            };
+            let id = tx.graph.task(ord)?.id;
+            tx.push(Op::Claim {
+                task: id,
+                agent: agent.clone(),
+            })?;
+            tx.graph.task(ord).map(Some)
+        })
+    }
+
+    /// Releases (back to Pending, unassigned) every active task whose agent the registry
+    /// reports dead. Returns the released ids.
+    pub fn release_dead_claims_blocking(&self) -> Result<Vec<TaskId>, Error> {
+        let ws = self.workspace().clone();
+        self.write(None, false, |tx| {
+            let ops = dead_claims(&ws, tx.graph)?;
+            let ids = released_ids(&ops);
+            for op in ops {
+                tx.push(op)?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Releases (back to Pending, unassigned) every active task assigned to `agent`,
+    /// recording `reason`: what unregistering an agent does. Returns the released ids.
+    pub fn release_agent_blocking(
+        &self,
+        agent: &AgentId,
+        reason: &str,
+    ) -> Result<Vec<TaskId>, Error> {
+        self.write(None, false, |tx| {
+            let mut ops = Vec::new();
+            for ord in tx.graph.active()? {
+                let (_, assignee) = tx.graph.status_of(ord)?;
+                if assignee.as_ref() == Some(agent) {
+                    ops.push(Op::Release {
+                        task: tx.graph.task(ord)?.id,
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+            let ids = released_ids(&ops);
+            for op in ops {
+                tx.push(op)?;
+            }
+            Ok(ids)
+        })
+    }
+}
+
+fn released_ids(ops: &[Op]) -> Vec<TaskId> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Release { task, .. } => Some(task.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `release` records for the active tasks of agents the registry reports dead. Costs
+/// O(active tasks) plus one registry read per distinct agent.
+fn dead_claims(ws: &Workspace, g: &mut Graph) -> Result<Vec<Op>, Error> {
+    let registry = AgentRegistry::new(ws);
+    let mut verdicts: HashMap<AgentId, bool> = HashMap::new();
+    let mut ops = Vec::new();
+    for ord in g.active()? {
+        let (_, assignee) = g.status_of(ord)?;
+        let Some(agent) = assignee else {
+            continue;
+        };
+        let dead = *verdicts.entry(agent.clone()).or_insert_with(|| {
+            matches!(
+                registry.get(&agent),
+                Ok(Some(rec)) if rec.liveness() == Liveness::Dead
+            )
+        });
+        if dead {
+            let id = g.task(ord)?.id;
+            tracing::info!(task = %id, agent = %agent, "releasing the claim of a dead agent");
+            ops.push(Op::Release {
+                task: id,
+                reason: format!("released: agent {agent} died"),
+            });
+        }
+    }
+    Ok(ops)
+}
