@@ -64,8 +64,12 @@ pub(crate) enum TaskCommand {
     Reset(Transition),
     /// Progress report (also written to .maos/progress.json).
     Report,
-    /// Mermaid Gantt chart.
-    Gantt,
+    /// Gantt chart: Mermaid source, or a picture (SVG, self-contained HTML).
+    Gantt {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::picture::GanttFormat::Mermaid)]
+        format: crate::picture::GanttFormat,
+    },
     /// Dependency graph.
     Graph {
         /// Output format.
@@ -105,6 +109,10 @@ pub(crate) struct Transition {
 pub(crate) enum GraphFormat {
     Dot,
     Mermaid,
+    /// A picture (SVG), drawn natively.
+    Svg,
+    /// A self-contained HTML page with the SVG picture.
+    Html,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -262,18 +270,13 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             let r = track::ProgressVisualizer::new(tracker).generate_progress_report_blocking()?;
             ctx.emit(&r, || track::summary(&r))?;
         }
-        TaskCommand::Gantt => {
-            let tasks = tracker.list_blocking()?;
-            print!(
-                "{}",
-                track::gantt(&tasks, maos_coordination::core::now_ms())
-            );
-        }
+        TaskCommand::Gantt { format } => crate::picture::gantt(&tracker.list_blocking()?, format),
         TaskCommand::Graph { format } => {
             let tasks = tracker.list_blocking()?;
             match format {
                 GraphFormat::Dot => print!("{}", track::dot(&tasks)),
                 GraphFormat::Mermaid => print!("{}", track::mermaid_flowchart(&tasks)),
+                GraphFormat::Svg | GraphFormat::Html => crate::picture::graph(&tasks, format),
             }
         }
         TaskCommand::Watch {

@@ -7,7 +7,8 @@
 //! [`Pending`](TaskStatus::Pending) when the last one completes; [`TaskTracker::claim`] hands
 //! the best ready task (priority, then the longest chain of work behind it) to one agent,
 //! atomically. [`ProgressVisualizer`] writes `.maos/progress.json` and renders Gantt charts;
-//! [`dot`], [`mermaid_flowchart`] and [`table`] render the graph.
+//! [`dot`], [`mermaid_flowchart`] and [`table`] render the graph; [`gantt_svg`] and
+//! [`graph_svg`] draw it as SVG (wrapped by [`html_page`] into a self-contained page).
 //!
 //! How it works: every write takes one tracker-wide kernel lock, catches up with the store,
 //! validates, appends small fsynced records to an append-only log and applies them to the
@@ -67,6 +68,7 @@ mod fence;
 mod graph;
 mod notify;
 mod store;
+mod svg;
 mod task;
 mod tracker;
 mod visual;
@@ -76,6 +78,7 @@ pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
 pub use notify::{FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
 pub use store::Change;
+pub use svg::{CRITICAL_COLOUR, gantt_svg, graph_svg, html_page, critical_window, xml_escape};
 pub use task::{Task, TaskStatus};
 pub use tracker::{Options, TaskTracker, Update};
 pub use visual::{

@@ -291,7 +291,7 @@ pub fn gantt(tasks: &[Task], now: u64) -> String {
     s
 }
 
-fn status_colour(s: TaskStatus) -> &'static str {
+pub(crate) fn status_colour(s: TaskStatus) -> &'static str {
     match s {
         TaskStatus::Pending => "#ffffff",
         TaskStatus::Blocked => "#dddddd",
