@@ -7,6 +7,7 @@
 mod agents;
 mod comm;
 mod ctx;
+mod dashboard;
 mod demo;
 mod duration;
 mod exit;
@@ -14,8 +15,10 @@ mod hook;
 mod lock;
 mod mcp;
 mod merge;
+mod picture;
 mod status;
 mod task;
+mod watch_view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,8 +69,10 @@ enum Command {
     /// Register agents and list them with their liveness.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
-    /// Show what the workspace holds.
-    Status,
+    /// Show what the workspace holds (--watch: a live terminal view).
+    Status(status::StatusArgs),
+    /// Serve the live web dashboard of the workspace (loopback, read-only by default).
+    Dashboard(dashboard::DashboardArgs),
     /// Run a real multi-agent session in a temporary workspace.
     Demo(demo::DemoArgs),
     // Messages: send, recv, broadcast, subscribe, channels (top-level commands).
@@ -150,7 +155,9 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
     match command {
         Command::Init => status::init(ctx),
         Command::Agents(cmd) => agents::run(cmd, ctx),
-        Command::Status => status::status(ctx),
+        Command::Status(args) if args.watch => watch_view::run(ctx),
+        Command::Status(_) => status::status(ctx),
+        Command::Dashboard(args) => dashboard::run(args, ctx),
         Command::Demo(args) => demo::run(args, ctx),
         Command::Comm(cmd) => comm::run(cmd, ctx),
         Command::Lock(cmd) => lock::run(cmd, ctx),

@@ -386,6 +386,7 @@ async function loadPicture(kind) {
     if (doc.querySelector('parsererror')) throw new Error('the picture is not valid SVG');
     box.replaceChildren(document.importNode(doc.documentElement, true));
     if (window.maosFirstPicture === undefined) window.maosFirstPicture = performance.now();
+    document.dispatchEvent(new CustomEvent('maos:picture', { detail: { kind } }));
   } catch (e) {
     box.replaceChildren(el('p', { class: 'muted', text: `cannot load the ${kind}: ${e.message}` }));
   }
