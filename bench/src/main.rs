@@ -6,6 +6,7 @@
 
 mod comm;
 mod core;
+mod dashboard;
 mod lock;
 mod merge;
 mod table;
@@ -44,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("merge") {
         merge::run(&mut table)?;
+    }
+    if selected("dashboard") {
+        dashboard::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");

@@ -160,7 +160,11 @@ impl Chromium {
     /// Waits (at most `timeout`) for the event `method` of the attached page, including one
     /// that arrived while a command was answered.
     pub fn wait_event(&mut self, method: &str, timeout: Duration) -> Result<Value, String> {
-        if let Some(i) = self.events.iter().position(|e| e["method"] == json!(method)) {
+        if let Some(i) = self
+            .events
+            .iter()
+            .position(|e| e["method"] == json!(method))
+        {
             return Ok(self.events.remove(i).unwrap_or_default()["params"].clone());
         }
         let deadline = Instant::now() + timeout;
@@ -176,7 +180,12 @@ impl Chromium {
     }
 
     /// Sends one DevTools command and waits (at most `timeout`) for its result.
-    pub fn call(&mut self, method: &str, params: Value, timeout: Duration) -> Result<Value, String> {
+    pub fn call(
+        &mut self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -207,11 +216,7 @@ impl Chromium {
     pub fn open(&mut self, url: &str, width: u32, height: u32) -> Result<(), String> {
         let t = Duration::from_secs(30);
         self.session = None;
-        let target = self.call(
-            "Target.createTarget",
-            json!({ "url": "about:blank" }),
-            t,
-        )?;
+        let target = self.call("Target.createTarget", json!({ "url": "about:blank" }), t)?;
         let id = target["targetId"].clone();
         let att = self.call(
             "Target.attachToTarget",

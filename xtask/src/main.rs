@@ -95,7 +95,8 @@ fn ci(slow: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// maos-core depends on no sibling; the facade has no logic of its own.
+/// maos-core depends on no sibling; no feature crate depends on maos-dashboard; the facade
+/// has no logic of its own; the CLI depends on the facade only.
 fn layering() -> anyhow::Result<()> {
     eprintln!("\n==> layering");
     let out = cargo()
@@ -149,6 +150,48 @@ fn layering() -> anyhow::Result<()> {
         }
     }
 
+    // The dashboard sits on top of every feature crate, beside the facade: no feature crate
+    // may depend on it (its web server and its dependencies stay out of the libraries).
+    let out = cargo()
+        .args([
+            "tree",
+            "-i",
+            "maos-dashboard",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--workspace",
+            "--locked",
+        ])
+        .output()
+        .context("cargo tree -i maos-dashboard")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let users = String::from_utf8(out.stdout)?;
+    let wrong: Vec<&str> = users
+        .lines()
+        .filter(|l| {
+            [
+                "maos-core ",
+                "maos-comm ",
+                "maos-lock ",
+                "maos-track ",
+                "maos-merge ",
+                "maos-session ",
+            ]
+            .iter()
+            .any(|c| l.starts_with(c))
+        })
+        .collect();
+    if !wrong.is_empty() {
+        bail!("feature crates must not depend on maos-dashboard, found: {wrong:?}");
+    }
+
     let cli = std::fs::read_to_string("crates/maos-cli/Cargo.toml")?;
     for c in [
         "maos-core",
@@ -156,6 +199,8 @@ fn layering() -> anyhow::Result<()> {
         "maos-lock",
         "maos-track",
         "maos-merge",
+        "maos-session",
+        "maos-dashboard",
     ] {
         if cli.lines().any(|l| l.trim_start().starts_with(c)) {
             bail!("maos-cli must depend on the facade only, found {c} in its Cargo.toml");

@@ -104,7 +104,9 @@ pub(crate) fn run(args: DashboardArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
                     // Reap it in the background; its exit status does not matter.
                     std::thread::spawn(move || child.wait());
                 }
-                Err(e) => eprintln!("maos dashboard: cannot open a browser (xdg-open: {e}); open {url} yourself"),
+                Err(e) => eprintln!(
+                    "maos dashboard: cannot open a browser (xdg-open: {e}); open {url} yourself"
+                ),
             }
         }
         server.serve(stop_signal()).await?;

@@ -28,7 +28,11 @@ impl TerminalGuard {
     fn enter() -> std::io::Result<Self> {
         terminal::enable_raw_mode()?;
         let guard = TerminalGuard;
-        execute!(std::io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
         Ok(guard)
     }
 }
@@ -171,13 +175,16 @@ fn draw(f: &mut ratatui::Frame<'_>, s: &Snapshot, scroll: usize) {
         ),
     ]);
     f.render_widget(Paragraph::new(header), rows[0]);
-    let top = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[1]);
+    let top =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[1]);
     agents(f, top[0], s, now);
     tasks(f, top[1], s);
-    let mid = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[2]);
+    let mid =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[2]);
     locks(f, mid[0], s, now, scroll);
     messages(f, mid[1], s);
-    let bottom = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[3]);
+    let bottom =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(rows[3]);
     task_rows(f, bottom[0], s, scroll);
     merges(f, bottom[1], s);
 }
@@ -229,7 +236,18 @@ fn agents(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot, now: u64) {
             Constraint::Length(5),
         ],
     )
-    .header(Row::new(["agent", "role", "anchor", "lease", "branch", "current task", "locks"]).style(dim()))
+    .header(
+        Row::new([
+            "agent",
+            "role",
+            "anchor",
+            "lease",
+            "branch",
+            "current task",
+            "locks",
+        ])
+        .style(dim()),
+    )
     .block(Block::bordered().title(format!(" Agents {alive}/{} alive ", s.agents.len())));
     f.render_widget(t, area);
 }
@@ -246,19 +264,40 @@ fn tasks(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot) {
         Gauge::default()
             .gauge_style(Style::new().fg(Color::Green).bg(Color::Black))
             .ratio(ratio)
-            .label(format!("{:.1}% completed ({}/{})", t.percentage, c.completed, c.total)),
+            .label(format!(
+                "{:.1}% completed ({}/{})",
+                t.percentage, c.completed, c.total
+            )),
         parts[0],
     );
     let mut lines = vec![Line::from(vec![
-        Span::styled(format!("{} in progress  ", c.in_progress), status_style(TaskStatus::InProgress)),
-        Span::styled(format!("{} review  ", c.review), status_style(TaskStatus::Review)),
+        Span::styled(
+            format!("{} in progress  ", c.in_progress),
+            status_style(TaskStatus::InProgress),
+        ),
+        Span::styled(
+            format!("{} review  ", c.review),
+            status_style(TaskStatus::Review),
+        ),
         Span::raw(format!("{} pending  ", c.pending)),
-        Span::styled(format!("{} blocked  ", c.blocked), status_style(TaskStatus::Blocked)),
-        Span::styled(format!("{} completed  ", c.completed), status_style(TaskStatus::Completed)),
-        Span::styled(format!("{} failed", c.failed), status_style(TaskStatus::Failed)),
+        Span::styled(
+            format!("{} blocked  ", c.blocked),
+            status_style(TaskStatus::Blocked),
+        ),
+        Span::styled(
+            format!("{} completed  ", c.completed),
+            status_style(TaskStatus::Completed),
+        ),
+        Span::styled(
+            format!("{} failed", c.failed),
+            status_style(TaskStatus::Failed),
+        ),
     ])];
     lines.push(Line::from(match t.eta {
-        Some(_) => format!("ETA in {} (work left along the longest chain)", human_ms(t.remaining_ms)),
+        Some(_) => format!(
+            "ETA in {} (work left along the longest chain)",
+            human_ms(t.remaining_ms)
+        ),
         None if c.total > 0 => "nothing left to do".into(),
         None => "no tasks".into(),
     }));
@@ -299,28 +338,33 @@ fn locks(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot, now: u64, scroll:
             .find(|w| w.ticket == *t)
             .map_or_else(|| format!("#{t}"), |w| w.agent.clone())
     };
-    rows.extend(l.holders.iter().skip(scroll.min(l.holders.len().saturating_sub(1))).map(|h| {
-        let waiters: Vec<String> = h.waiters.iter().map(waiter).collect();
-        Row::new(vec![
-            Cell::from(h.resource.clone()),
-            Cell::from(format!(
-                "{}{} · {} · token {} · {}{}",
-                h.owner,
-                if h.owner_dead { " (dead)" } else { "" },
-                match h.mode {
-                    maos_coordination::LockMode::Shared => "shared",
-                    _ => "exclusive",
-                },
-                h.token,
-                left(h.expires_at, now),
-                if waiters.is_empty() {
-                    String::new()
-                } else {
-                    format!(" · waiting: {}", waiters.join(", "))
-                }
-            )),
-        ])
-    }));
+    rows.extend(
+        l.holders
+            .iter()
+            .skip(scroll.min(l.holders.len().saturating_sub(1)))
+            .map(|h| {
+                let waiters: Vec<String> = h.waiters.iter().map(waiter).collect();
+                Row::new(vec![
+                    Cell::from(h.resource.clone()),
+                    Cell::from(format!(
+                        "{}{} · {} · token {} · {}{}",
+                        h.owner,
+                        if h.owner_dead { " (dead)" } else { "" },
+                        match h.mode {
+                            maos_coordination::LockMode::Shared => "shared",
+                            _ => "exclusive",
+                        },
+                        h.token,
+                        left(h.expires_at, now),
+                        if waiters.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" · waiting: {}", waiters.join(", "))
+                        }
+                    )),
+                ])
+            }),
+    );
     let t = Table::new(rows, [Constraint::Percentage(40), Constraint::Fill(1)]).block(
         Block::bordered().title(format!(
             " Locks: {} held, {} waiting, {} deadlock(s) ",
@@ -338,7 +382,7 @@ fn messages(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot) {
         .iter()
         .flat_map(|c| c.recent.iter().map(move |m| (c.name.as_str(), m)))
         .collect();
-    all.sort_by(|a, b| b.1.timestamp.cmp(&a.1.timestamp));
+    all.sort_by_key(|m| std::cmp::Reverse(m.1.timestamp));
     let lines: Vec<Line<'_>> = all
         .iter()
         .take(area.height as usize)
@@ -352,10 +396,8 @@ fn messages(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot) {
         })
         .collect();
     f.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(format!(
-            " Messages: {} channel(s) ",
-            s.messages.len()
-        ))),
+        Paragraph::new(lines)
+            .block(Block::bordered().title(format!(" Messages: {} channel(s) ", s.messages.len()))),
         area,
     );
 }
@@ -415,7 +457,9 @@ fn merges(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot) {
                 lines.push(Line::from("no agent has a branch"));
             }
         }
-        None => lines.push(Line::from(m.error.clone().unwrap_or_else(|| m.state.clone()))),
+        None => lines.push(Line::from(
+            m.error.clone().unwrap_or_else(|| m.state.clone()),
+        )),
     }
     let active = m.queue.iter().filter(|q| q.status.is_active()).count();
     lines.push(Line::from(Span::styled(

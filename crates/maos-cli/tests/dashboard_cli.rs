@@ -2,6 +2,8 @@
 //! --watch` on a pseudo-terminal, and the pictures of `maos task gantt|graph --format
 //! svg|html`.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,7 +139,11 @@ fn arm(page: &mut Chromium, cond: &str) {
 
 fn finish(page: &mut Chromium, what: &str) -> u64 {
     let r = page.eval("window.__p", Duration::from_secs(30)).unwrap();
-    assert_eq!(r["ok"], true, "{what}: the page did not update; it shows {:#}", r["state"]);
+    assert_eq!(
+        r["ok"], true,
+        "{what}: the page did not update; it shows {:#}",
+        r["state"]
+    );
     r["at"].as_u64().unwrap()
 }
 
@@ -151,7 +157,9 @@ fn latency(page: &mut Chromium, what: &str, cond: &str, cmd: &mut Command) -> (u
     let at = finish(page, what);
     let after_exit = at.saturating_sub(done);
     let after_start = at.saturating_sub(start);
-    eprintln!("update latency, {what}: {after_exit} ms after the command exited ({after_start} ms after it started)");
+    eprintln!(
+        "update latency, {what}: {after_exit} ms after the command exited ({after_start} ms after it started)"
+    );
     (after_exit, after_start)
 }
 
@@ -167,22 +175,41 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
 
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("demo");
-    let out = output(maos(tmp.path(), "orchestrator").arg("demo").arg("--keep").arg(&ws));
-    assert!(out.status.success(), "demo failed: {}\n{}", stdout(&out), stderr(&out));
+    let out = output(
+        maos(tmp.path(), "orchestrator")
+            .arg("demo")
+            .arg("--keep")
+            .arg(&ws),
+    );
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // Two more agents, alive while these sleepers run, on branches that edit the same line.
     let alice_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
     let bob_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
     for (who, title) in [("alice", "# Alice's title"), ("bob", "# Bob's title")] {
-        git(&ws, &["checkout", "-q", "-b", &format!("agent/{who}"), "main"]);
+        git(
+            &ws,
+            &["checkout", "-q", "-b", &format!("agent/{who}"), "main"],
+        );
         let readme = ws.join("README.md");
         let text = std::fs::read_to_string(&readme).unwrap();
         let rest = text.split_once('\n').map_or("", |(_, r)| r);
         std::fs::write(&readme, format!("{title}\n{rest}")).unwrap();
-        git(&ws, &["commit", "-q", "-am", &format!("{who} retitles the README")]);
+        git(
+            &ws,
+            &["commit", "-q", "-am", &format!("{who} retitles the README")],
+        );
         git(&ws, &["checkout", "-q", "main"]);
     }
-    for (who, role, pid) in [("alice", "backend", &alice_pid), ("bob", "frontend", &bob_pid)] {
+    for (who, role, pid) in [
+        ("alice", "backend", &alice_pid),
+        ("bob", "frontend", &bob_pid),
+    ] {
         ok(maos(&ws, who).args([
             "agents",
             "register",
@@ -206,19 +233,39 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
     // bob waits for it (a real waiting process).
     let _bob_waits = Kill(
         maos(&ws, "bob")
-            .args(["lock", "acquire", "src/api/users.rs", "--wait", "10m", "--purpose", "wire the users page"])
+            .args([
+                "lock",
+                "acquire",
+                "src/api/users.rs",
+                "--wait",
+                "10m",
+                "--purpose",
+                "wire the users page",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let polish = ok(maos(&ws, "alice").args([
-        "task", "add", "Polish the dashboard", "--estimate", "45m", "--assign", "alice",
+        "task",
+        "add",
+        "Polish the dashboard",
+        "--estimate",
+        "45m",
+        "--assign",
+        "alice",
     ]))
     .trim()
     .to_string();
     let flaky = ok(maos(&ws, "bob").args([
-        "task", "add", "Flaky migration", "--estimate", "20m", "--assign", "bob",
+        "task",
+        "add",
+        "Flaky migration",
+        "--estimate",
+        "20m",
+        "--assign",
+        "bob",
     ]))
     .trim()
     .to_string();
@@ -227,7 +274,14 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
     ok(maos(&ws, "bob").args(["task", "fail", &flaky, "--note", "database locked"]));
 
     let tasks = json(maos(&ws, "x").args(["task", "list"]));
-    let count = |s: &str| tasks.as_array().unwrap().iter().filter(|t| t["status"] == s).count();
+    let count = |s: &str| {
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"] == s)
+            .count()
+    };
     let report = json(maos(&ws, "x").args(["task", "report"]));
     let critical: Vec<String> = report["critical_path_names"]
         .as_array()
@@ -238,7 +292,12 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
     assert!(!critical.is_empty());
 
     let (dash, url) = dashboard(&ws, "127.0.0.1:0");
-    let port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
     let mut page = Chromium::launch().unwrap_or_else(|e| panic!("{e}"));
     page.open(&url, 1440, 1000).unwrap();
     page.eval(PROBE, Duration::from_secs(10)).unwrap();
@@ -255,8 +314,20 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         "first render {} ms after navigation start, first picture {} ms",
         s["firstRender"], s["firstPicture"]
     );
-    let agents: Vec<&str> = s["agents"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    for a in ["alice", "bob", "architect-1", "backend-1", "frontend-1", "reviewer-1"] {
+    let agents: Vec<&str> = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for a in [
+        "alice",
+        "bob",
+        "architect-1",
+        "backend-1",
+        "frontend-1",
+        "reviewer-1",
+    ] {
         assert!(agents.contains(&a), "agent {a} shown: {agents:?}");
     }
     let lock = s["locks"]
@@ -267,13 +338,33 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         .unwrap_or_else(|| panic!("the held lock is shown: {:#}", s["locks"]));
     assert_eq!(lock["owner"], "alice");
     assert_eq!(lock["waiters"][0], "1. bob", "bob waits for it");
-    for st in ["completed", "in_progress", "failed", "pending", "blocked", "review"] {
+    for st in [
+        "completed",
+        "in_progress",
+        "failed",
+        "pending",
+        "blocked",
+        "review",
+    ] {
         assert_eq!(s["counts"][st], count(st) as u64, "count of {st} tasks");
     }
-    let shown: Vec<&str> = s["critical"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let shown: Vec<&str> = s["critical"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
     assert_eq!(shown, critical, "the critical path, in order");
-    assert!(s["graphCritical"].as_u64().unwrap() > 0, "the graph marks the critical path");
-    let conflicts: Vec<&str> = s["conflicts"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(
+        s["graphCritical"].as_u64().unwrap() > 0,
+        "the graph marks the critical path"
+    );
+    let conflicts: Vec<&str> = s["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     assert!(
         conflicts.iter().any(|c| c.contains("README.md")),
         "the predicted conflict names the file: {conflicts:?}"
@@ -286,7 +377,13 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         &mut page,
         "a lock taken",
         "s => s.locks.some(l => l.resource === 'docs/guide.md' && l.owner === 'alice')",
-        maos(&ws, "alice").args(["lock", "acquire", "docs/guide.md", "--purpose", "write the guide"]),
+        maos(&ws, "alice").args([
+            "lock",
+            "acquire",
+            "docs/guide.md",
+            "--purpose",
+            "write the guide",
+        ]),
     ));
     let completed = count("completed");
     latencies.push(latency(
@@ -299,10 +396,20 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         &mut page,
         "a message sent",
         "s => s.messages.some(m => m.includes('ready for review'))",
-        maos(&ws, "alice").args(["send", "backend-frontend", "--to", "bob", "--data", "\"users page ready for review\""]),
+        maos(&ws, "alice").args([
+            "send",
+            "backend-frontend",
+            "--to",
+            "bob",
+            "--data",
+            "\"users page ready for review\"",
+        ]),
     ));
     for (after_exit, _) in &latencies {
-        assert!(*after_exit < 1000, "the page updated within 1 s: {latencies:?}");
+        assert!(
+            *after_exit < 1000,
+            "the page updated within 1 s: {latencies:?}"
+        );
     }
 
     // The server restarts (killed, started again on the same port): the page reconnects.
@@ -315,8 +422,11 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         "s => s.locks.some(l => l.resource === 'docs/after-restart.md')",
         maos(&ws, "bob").args(["lock", "acquire", "docs/after-restart.md"]),
     );
-    eprintln!("after the restart the page reconnected and showed the change {after_exit} ms after the command");
-    page.screenshot(&shots.join("dashboard-after-changes.png")).unwrap();
+    eprintln!(
+        "after the restart the page reconnected and showed the change {after_exit} ms after the command"
+    );
+    page.screenshot(&shots.join("dashboard-after-changes.png"))
+        .unwrap();
     eprintln!("screenshots written to {}", shots.display());
 }
 
@@ -358,7 +468,8 @@ fn pty(rows: u16, cols: u16) -> Pty {
 fn cooked(slave: &std::fs::File) -> bool {
     use rustix::termios::LocalModes;
     let t = rustix::termios::tcgetattr(slave).unwrap();
-    t.local_modes.contains(LocalModes::ICANON | LocalModes::ECHO)
+    t.local_modes
+        .contains(LocalModes::ICANON | LocalModes::ECHO)
 }
 
 /// The output of a child on a pty, read on a thread; `wait_for` blocks (without sleeping)
@@ -387,9 +498,7 @@ impl Screen {
     }
 
     fn contains(&self, text: &str) -> bool {
-        self.seen
-            .windows(text.len())
-            .any(|w| w == text.as_bytes())
+        self.seen.windows(text.len()).any(|w| w == text.as_bytes())
     }
 
     fn wait_for(&mut self, text: &str) {
@@ -431,13 +540,23 @@ fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
     let sleeper = Kill(Command::new("sleep").arg("600").spawn().unwrap());
-    ok(maos(ws, "alice").args(["agents", "register", "--role", "backend", "--pid", &sleeper.0.id().to_string()]));
+    ok(maos(ws, "alice").args([
+        "agents",
+        "register",
+        "--role",
+        "backend",
+        "--pid",
+        &sleeper.0.id().to_string(),
+    ]));
     ok(maos(ws, "alice").args(["lock", "acquire", "src/a.rs", "--purpose", "edit a"]));
     ok(maos(ws, "alice").args(["task", "add", "Write-the-view", "--estimate", "30m"]));
 
     // Each run adds a lock sorted after the others: a new row, drawn whole (the terminal
     // only gets the cells that changed, so a text replacing a similar one is not contiguous).
-    for (key, name, lock) in [(&b"q"[..], "q", "src/y1.rs"), (&b"\x03"[..], "Ctrl-C", "src/y2.rs")] {
+    for (key, name, lock) in [
+        (&b"q"[..], "q", "src/y1.rs"),
+        (&b"\x03"[..], "Ctrl-C", "src/y2.rs"),
+    ] {
         let mut p = pty(40, 160);
         assert!(cooked(&p.slave), "a fresh pty starts in cooked mode");
         let child = maos(ws, "viewer")
@@ -466,11 +585,18 @@ fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
             tail.windows(6).any(|w| w == b"\x1b[?25h"),
             "{name}: the cursor is shown again"
         );
-        assert!(cooked(&p.slave), "{name}: the terminal is back in cooked mode with echo");
+        assert!(
+            cooked(&p.slave),
+            "{name}: the terminal is back in cooked mode with echo"
+        );
     }
 
     // Without a terminal it says what to use instead.
-    let out = output(maos(ws, "viewer").args(["status", "--watch"]).stdin(Stdio::null()));
+    let out = output(
+        maos(ws, "viewer")
+            .args(["status", "--watch"])
+            .stdin(Stdio::null()),
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("maos dashboard"), "{}", stderr(&out));
 }
@@ -482,9 +608,15 @@ fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
 fn task_pictures_as_svg_and_html() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
-    let a = ok(maos(ws, "a").args(["task", "add", "Design <the> \"API\" & more", "--estimate", "30m"]))
-        .trim()
-        .to_string();
+    let a = ok(maos(ws, "a").args([
+        "task",
+        "add",
+        "Design <the> \"API\" & more",
+        "--estimate",
+        "30m",
+    ]))
+    .trim()
+    .to_string();
     ok(maos(ws, "a").args(["task", "add", "Build it", "--after", &a, "--assign", "b"]));
     ok(maos(ws, "a").args(["task", "add", "Unrelated"]));
     for (cmd, format) in [
@@ -506,8 +638,9 @@ fn task_pictures_as_svg_and_html() {
             .count();
         assert_eq!(tasks, 3, "{cmd} --format {format} draws every task");
         assert!(
-            doc.descendants()
-                .any(|n| n.is_text() && n.text().is_some_and(|t| t.contains("Design <the> \"API\" & more"))),
+            doc.descendants().any(|n| n.is_text()
+                && n.text()
+                    .is_some_and(|t| t.contains("Design <the> \"API\" & more"))),
             "{cmd} --format {format}: the name is escaped, not lost"
         );
         assert!(
@@ -524,5 +657,7 @@ fn task_pictures_as_svg_and_html() {
     // The Mermaid and DOT outputs stay.
     assert!(ok(maos(ws, "a").args(["task", "gantt"])).starts_with("gantt"));
     assert!(ok(maos(ws, "a").args(["task", "graph"])).starts_with("digraph"));
-    assert!(ok(maos(ws, "a").args(["task", "graph", "--format", "mermaid"])).starts_with("flowchart"));
+    assert!(
+        ok(maos(ws, "a").args(["task", "graph", "--format", "mermaid"])).starts_with("flowchart")
+    );
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 #[non_exhaustive]
 pub enum Error {
     /// The listening socket could not be opened.
-    #[error("cannot listen on {addr} (is another dashboard running there? pick another port with --listen, or port 0 for any free one)")]
+    #[error(
+        "cannot listen on {addr} (is another dashboard running there? pick another port with --listen, or port 0 for any free one)"
+    )]
     Bind {
         /// The address asked for.
         addr: SocketAddr,

@@ -66,8 +66,8 @@ pub use error::{Error, Result};
 pub use live::{DEBOUNCE, FALLBACK, Live, NO_EVENTS_INTERVAL, Picture};
 pub use server::{DEFAULT_LISTEN, DEFAULT_PICTURE_TASKS, Options, Server};
 pub use snapshot::{
-    AgentView, AnchorView, ChannelKind, ChannelSet, ChannelView, Changed, Collector,
-    DeadlockView, LockView, LocksPage, LocksView, MAX_PAIRWISE_BRANCHES, MergeInputs,
-    MergesView, MessageView, Page, Problem, QueueView, RECENT_MESSAGES, Snapshot, TaskRef,
-    TaskRow, TasksPage, TasksView, View, ViewQuery, WaiterView, predict,
+    AgentView, AnchorView, Changed, ChannelKind, ChannelSet, ChannelView, Collector, DeadlockView,
+    LockView, LocksPage, LocksView, MAX_PAIRWISE_BRANCHES, MergeInputs, MergesView, MessageView,
+    Page, Problem, QueueView, RECENT_MESSAGES, Snapshot, TaskRef, TaskRow, TasksPage, TasksView,
+    View, ViewQuery, WaiterView, predict,
 };

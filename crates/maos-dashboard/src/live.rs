@@ -37,12 +37,15 @@ pub enum Picture {
     Gantt,
 }
 
+/// Pictures drawn, by (kind, task limit): the snapshot version drawn and the SVG.
+type PictureCache = HashMap<(Picture, usize), (u64, Arc<String>)>;
+
 struct Inner {
     ws: Workspace,
     current: Mutex<Arc<Snapshot>>,
     version: watch::Sender<u64>,
     hints: mpsc::UnboundedSender<Changed>,
-    pictures: Mutex<HashMap<(Picture, usize), (u64, Arc<String>)>>,
+    pictures: Mutex<PictureCache>,
     _watches: Option<crate::watch::Watches>,
 }
 
@@ -86,9 +89,14 @@ impl Live {
         let ws2 = ws.clone();
         let actor2 = actor.clone();
         let (collector, first, inputs, git) = tokio::task::spawn_blocking(move || {
-            let mut c = Collector::new(&ws2, actor2);
-            let snap = c.refresh(&Changed::all());
+            let mut c = Collector::new(&ws2, actor2.clone());
+            let mut snap = c.refresh(&Changed::all());
             let inputs = c.merge_inputs();
+            if inputs.is_none() {
+                // Not in a repository: say so at once instead of "pending".
+                c.set_merges(crate::snapshot::predict(&ws2, &actor2, None));
+                snap = c.current();
+            }
             let git = git_dirs(&ws2);
             (c, snap, inputs, git)
         })
@@ -97,7 +105,7 @@ impl Live {
             what: "the first snapshot",
             source,
         })?;
-        let watches = crate::watch::start(&ws.maos_dir(), git.as_ref(), tx.clone());
+        let watches = crate::watch::start(ws.maos_dir(), git.as_ref(), tx.clone());
         let events = watches.is_some();
         let mut first = first;
         first.version = 1;
@@ -212,7 +220,9 @@ async fn run(
     let Some(ws) = weak.upgrade().map(|i| i.ws.clone()) else {
         return;
     };
-    let mut job = Some(start_prediction(&ws, &actor, inputs.clone()));
+    let mut job = inputs
+        .is_some()
+        .then(|| start_prediction(&ws, &actor, inputs.clone()));
     let mut again = false;
     loop {
         let next = {

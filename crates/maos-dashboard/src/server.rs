@@ -248,7 +248,9 @@ fn loopback_host(host: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
         "localhost" | "127.0.0.1" | "[::1]"
-    ) || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    ) || name
+        .parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -303,8 +305,14 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
     }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -395,9 +403,8 @@ async fn events(
 ) -> Sse<impl futures_util::Stream<Item = std::result::Result<Event, Infallible>>> {
     let rx = s.live.subscribe();
     let stop = s.shutdown.clone();
-    let stream = futures_util::stream::unfold(
-        (rx, stop, true),
-        |(mut rx, mut stop, first)| async move {
+    let stream =
+        futures_util::stream::unfold((rx, stop, true), |(mut rx, mut stop, first)| async move {
             if *stop.borrow() {
                 return None;
             }
@@ -413,8 +420,7 @@ async fn events(
                 .retry(Duration::from_millis(1000))
                 .data(format!("{{\"version\":{v}}}"));
             Some((Ok(ev), (rx, stop, false)))
-        },
-    );
+        });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -490,10 +496,21 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["127.0.0.1:7420", "localhost:1", "LOCALHOST", "[::1]:80", "127.3.4.5"] {
+        for h in [
+            "127.0.0.1:7420",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.3.4.5",
+        ] {
             assert!(loopback_host(h), "{h}");
         }
-        for h in ["evil.example:7420", "10.0.0.1", "", "localhost.evil.example"] {
+        for h in [
+            "evil.example:7420",
+            "10.0.0.1",
+            "",
+            "localhost.evil.example",
+        ] {
             assert!(!loopback_host(h), "{h}");
         }
     }

@@ -824,7 +824,10 @@ impl Collector {
         if let Some(p) = list.problems.first() {
             self.problems.insert(
                 "agents",
-                format!("{} unreadable agent record(s), first: {p}", list.problems.len()),
+                format!(
+                    "{} unreadable agent record(s), first: {p}",
+                    list.problems.len()
+                ),
             );
         }
         self.agents = list
@@ -869,8 +872,15 @@ impl Collector {
         let Some(snap) = self.note("locks", snap) else {
             return;
         };
-        let found = DeadlockDetector::new(&self.ws).broadcast(false).detect();
-        let deadlocks = self.note("deadlocks", found).unwrap_or_default();
+        // A cycle needs waits: without waiters there is nothing to detect (and no second read
+        // of the table).
+        let deadlocks = if snap.waiters.is_empty() {
+            self.problems.remove("deadlocks");
+            Vec::new()
+        } else {
+            let found = DeadlockDetector::new(&self.ws).broadcast(false).detect();
+            self.note("deadlocks", found).unwrap_or_default()
+        };
         let dead: HashSet<&str> = self
             .agents
             .iter()
@@ -915,7 +925,10 @@ impl Collector {
                 dependencies: t.dependencies.len(),
                 critical: crit.contains(&t.id),
                 note: t.note.as_deref().map(|n| excerpt(n, SUMMARY_CHARS)),
-                blocked_reason: t.blocked_reason.as_deref().map(|n| excerpt(n, SUMMARY_CHARS)),
+                blocked_reason: t
+                    .blocked_reason
+                    .as_deref()
+                    .map(|n| excerpt(n, SUMMARY_CHARS)),
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -1003,7 +1016,13 @@ impl Collector {
                 return Ok(());
             };
             // Only channels that exist: opening one creates its directory.
-            if !self.ws.channels_dir().join(name).join(maos_comm::CHANNEL_DATA_DIR).is_dir() {
+            if !self
+                .ws
+                .channels_dir()
+                .join(name)
+                .join(maos_comm::CHANNEL_DATA_DIR)
+                .is_dir()
+            {
                 return Ok(());
             }
             let channel = FileChannel::open(&self.ws, cn)?;
@@ -1127,7 +1146,10 @@ pub fn predict(ws: &Workspace, actor: &AgentId, inputs: Option<&MergeInputs>) ->
     let Some(inputs) = inputs else {
         return MergesView {
             state: "no_repository".into(),
-            error: Some(format!("{} is not inside a git repository", ws.root().display())),
+            error: Some(format!(
+                "{} is not inside a git repository",
+                ws.root().display()
+            )),
             computed_at: now,
             ..MergesView::default()
         };
@@ -1232,7 +1254,10 @@ fn message_view(position: u64, m: &maos_core::Message<serde_json::Value>) -> Mes
         Recipients::All => ("all".to_string(), Vec::new()),
         Recipients::Agent(a) => (format!("@{a}"), vec![a.to_string()]),
         Recipients::Group(g) => (
-            g.iter().map(|a| format!("@{a}")).collect::<Vec<_>>().join(" "),
+            g.iter()
+                .map(|a| format!("@{a}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             g.iter().map(ToString::to_string).collect(),
         ),
         Recipients::Role(r) => (format!("role {r}"), Vec::new()),

@@ -9,7 +9,7 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::snapshot::{ChannelSet, Changed};
+use crate::snapshot::{Changed, ChannelSet};
 
 /// The file watches of one dashboard; dropping it stops them.
 pub(crate) struct Watches {
@@ -60,7 +60,10 @@ pub(crate) fn start(
         let sink = tx;
         let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let refs = match res {
-                Ok(ev) => ev.need_rescan() || (wanted(&ev.kind) && ev.paths.iter().any(|p| is_ref(&dirs, p))),
+                Ok(ev) => {
+                    ev.need_rescan()
+                        || (wanted(&ev.kind) && ev.paths.iter().any(|p| is_ref(&dirs, p)))
+                }
                 Err(_) => true,
             };
             if refs {
@@ -83,7 +86,9 @@ pub(crate) fn start(
         });
         match w {
             Ok(w) => watchers.push(w),
-            Err(e) => tracing::warn!(error = %e, "dashboard: cannot watch the repository's refs; merge predictions follow the registry only"),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: cannot watch the repository's refs; merge predictions follow the registry only")
+            }
         }
     }
     Some(Watches {
@@ -190,7 +195,10 @@ mod tests {
         assert!(c.is_empty());
         let c = classify_maos(
             m,
-            &ev(write, "/w/.maos/channels/direct/a/.chan/00000000000000000001.jsonl"),
+            &ev(
+                write,
+                "/w/.maos/channels/direct/a/.chan/00000000000000000001.jsonl",
+            ),
         );
         assert_eq!(
             c.channels,

@@ -78,7 +78,7 @@ pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
 pub use notify::{FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
 pub use store::Change;
-pub use svg::{CRITICAL_COLOUR, gantt_svg, graph_svg, html_page, critical_window, xml_escape};
+pub use svg::{CRITICAL_COLOUR, critical_window, gantt_svg, graph_svg, html_page, xml_escape};
 pub use task::{Task, TaskStatus};
 pub use tracker::{Options, TaskTracker, Update};
 pub use visual::{

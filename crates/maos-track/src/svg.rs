@@ -331,11 +331,7 @@ pub fn graph_svg(tasks: &[Task]) -> String {
             status_colour(t.status),
             x + 7.0,
             y + 15.0,
-            if is_crit {
-                " font-weight=\"bold\""
-            } else {
-                ""
-            },
+            if is_crit { " font-weight=\"bold\"" } else { "" },
             xml_escape(&clip(&t.name, 24)),
             x + 7.0,
             y + 29.0,
@@ -447,7 +443,7 @@ fn tick_label(ms: u64, step: u64) -> String {
 }
 
 /// The Gantt chart of `tasks` at time `now` (ms since the Unix epoch) as SVG: one section per
-/// agent, one row per task, bars coloured by status and placed by [`schedule`]: finished
+/// agent, one row per task, bars coloured by status and placed by when they ran or will run: finished
 /// tasks as they ran, active ones for their estimate from their start, the rest after their
 /// dependencies; the critical path outlined in [`CRITICAL_COLOUR`], a line at `now`, times in
 /// UTC.
@@ -606,9 +602,7 @@ pub fn critical_window(tasks: &[Task], limit: usize) -> Vec<Task> {
             .iter()
             .position(|&i| tasks[i].status != TaskStatus::Completed)
             .unwrap_or(path.len() - 1);
-        let start = first_open
-            .saturating_sub(limit / 2)
-            .min(path.len() - limit);
+        let start = first_open.saturating_sub(limit / 2).min(path.len() - limit);
         &path[start..start + limit]
     } else {
         &path

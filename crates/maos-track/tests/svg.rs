@@ -1,6 +1,8 @@
 //! The SVG and HTML pictures: well-formed XML whatever the task names, every task drawn, the
 //! critical path marked, at 10 and at 1,000 tasks.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -118,7 +120,10 @@ fn check(n: usize) {
     let path: HashSet<String> = path.iter().map(TaskId::to_string).collect();
     assert!(!path.is_empty());
     let now = 1_700_000_000_000u64;
-    for (kind, svg) in [("graph", graph_svg(&tasks)), ("gantt", gantt_svg(&tasks, now))] {
+    for (kind, svg) in [
+        ("graph", graph_svg(&tasks)),
+        ("gantt", gantt_svg(&tasks, now)),
+    ] {
         let (ids, crit) = drawn(&svg);
         assert_eq!(ids.len(), n, "{kind}: every task drawn once");
         assert_eq!(
