@@ -4,11 +4,13 @@
 //! Usage: `maos-bench [--write-docs] [FILTER..]`; a filter selects benchmarks whose group
 //! name contains it.
 
+mod agents;
 mod comm;
 mod core;
 mod dashboard;
 mod lock;
 mod merge;
+mod soak;
 mod table;
 mod track;
 
@@ -18,6 +20,21 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "--lock-child") {
         return lock::child(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--soak-agent") {
+        let [root, id, inc, deadline, seed] = &args[1..] else {
+            anyhow::bail!("--soak-agent ROOT ID INC DEADLINE SEED");
+        };
+        return soak::agent::run(
+            std::path::Path::new(root),
+            id,
+            inc.parse()?,
+            deadline.parse()?,
+            seed.parse()?,
+        );
+    }
+    if args.first().is_some_and(|a| a == "--soak") {
+        return soak::main(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "--comm-child") {
         return comm::child(&args[1..]);
@@ -45,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("merge") {
         merge::run(&mut table)?;
+    }
+    if selected("agents") {
+        agents::run(&mut table)?;
     }
     if selected("dashboard") {
         dashboard::run(&mut table)?;

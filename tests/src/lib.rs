@@ -6,18 +6,6 @@ pub mod merge_fixtures;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A command for the binary at `bin` bound to `workspace` and `agent`, with a clean
-/// environment (no inherited `MAOS_*` or `RUST_LOG`).
-pub fn maos_at(bin: &Path, workspace: &Path, agent: &str) -> Command {
-    let mut c = Command::new(bin);
-    c.env_remove("MAOS_WORKSPACE")
-        .env_remove("RUST_LOG")
-        .env("MAOS_AGENT_ID", agent)
-        .arg("--workspace")
-        .arg(workspace);
-    c
-}
-
 /// Runs `cmd`, returning its output; panics (with stderr) if it cannot start.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output()

@@ -1,8 +1,9 @@
 //! Project automation. `cargo xtask ci` is what CI runs; `cargo xtask bench` prints the
 //! benchmark table.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -11,11 +12,16 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci [--slow]     fmt check, clippy -D warnings, tests (doctests included), rustdoc -D warnings,
-                  layering check; --slow also runs the heavy multi-process and crash variants
+  ci [--slow]     fmt check, clippy -D warnings, tests (doctests included; the tidy tests
+                  check the layering), rustdoc -D warnings; ends with `N passed, N failed`;
+                  --slow also runs the heavy multi-process and crash variants
   bench [NAME..]  run the benchmarks (release build) and print one markdown table;
                   --write-docs also stores it in docs/benchmarks.md
-  layering        only the layering check
+  soak [--agents N].. [--minutes M]
+                  N agent processes (default 10 then 100) doing a realistic mix of work for M
+                  minutes (default 1), some killed and restarted, while a checker verifies the
+                  invariants; prints throughput and latency per operation (release build)
+  layering        only the layering checks (the tidy tests of the tests package)
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(args[1..].iter().any(|a| a == "--slow")),
         Some("bench") => bench(&args[1..]),
         Some("layering") => layering(),
+        Some("soak") => soak(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -75,139 +82,102 @@ fn ci(slow: bool) -> anyhow::Result<()> {
     run("clippy", clippy)?;
 
     let mut test = cargo();
-    test.args(["test", "--workspace", "--locked"]);
+    // --no-fail-fast: every binary runs, so the count is the whole suite's.
+    test.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
     if slow {
         test.env("MAOS_SLOW_TESTS", "1");
     }
-    run("test", test)?;
+    let counts = run_tests(test);
 
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--no-deps", "--locked"])
         .env("RUSTDOCFLAGS", "-D warnings");
     run("doc", doc)?;
 
-    layering()?;
+    let (passed, failed) = counts?;
+    if slow {
+        // A one-minute swarm of 100 agents; fails on any invariant violation.
+        soak(&[
+            "--agents".into(),
+            "100".into(),
+            "--minutes".into(),
+            "1".into(),
+        ])?;
+    }
     eprintln!(
-        "\nci passed in {:.1?}{}",
+        "\nci passed in {:.1?}{}\n{passed} passed, {failed} failed",
         t.elapsed(),
         if slow { " (with --slow)" } else { "" }
     );
     Ok(())
 }
 
-/// maos-core depends on no sibling; no feature crate depends on maos-dashboard; the facade
-/// has no logic of its own; the CLI depends on the facade only.
+/// Runs `cargo test`, passing its output through, and counts the tests of every binary and
+/// of the doctests from the harness's `test result:` lines. Fails (after printing the count)
+/// if the tests failed.
+fn run_tests(mut cmd: Command) -> anyhow::Result<(u64, u64)> {
+    eprintln!("\n==> test: {cmd:?}");
+    let t = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, "passed");
+            failed += count(rest, "failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    eprintln!("<== test: {status} in {:.1?}", t.elapsed());
+    if !status.success() {
+        eprintln!("\n{passed} passed, {failed} failed");
+        bail!("test failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `what` in a harness summary (`ok. 12 passed; 0 failed; ...`).
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split([';', '.'])
+        .filter_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The layering checks: the tidy tests of the tests package (`cargo test` runs them too).
 fn layering() -> anyhow::Result<()> {
-    eprintln!("\n==> layering");
-    let out = cargo()
-        .args([
-            "tree",
-            "-p",
-            "maos-core",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--locked",
-        ])
-        .output()
-        .context("cargo tree")?;
-    if !out.status.success() {
-        bail!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tree = String::from_utf8(out.stdout)?;
-    let siblings: Vec<&str> = tree
-        .lines()
-        .filter(|l| l.starts_with("maos-") && !l.starts_with("maos-core "))
-        .collect();
-    if !siblings.is_empty() {
-        bail!("maos-core must not depend on its siblings, found: {siblings:?}");
-    }
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--locked",
+        "-p",
+        "maos-tests",
+        "--test",
+        "it",
+        "--",
+        "tidy::",
+    ]);
+    run("layering", test)
+}
 
-    let facade = std::fs::read_to_string("crates/maos-coordination/src/lib.rs")?;
-    for (n, line) in facade.lines().enumerate() {
-        let code = line.trim();
-        if code.is_empty()
-            || code.starts_with("//")
-            || code.starts_with("#[doc")
-            || code.starts_with("#![doc")
-        {
-            continue;
-        }
-        let allowed = code.starts_with("pub use ")
-            || code.starts_with("pub use{")
-            || !code.contains(['(', '{', '=', ';']) // continuation lines of a `pub use` list
-            || code == "};"
-            || code.ends_with("::{");
-        if !allowed {
-            bail!(
-                "crates/maos-coordination/src/lib.rs:{}: the facade may only re-export, found {code:?}",
-                n + 1
-            );
-        }
-    }
-
-    // The dashboard sits on top of every feature crate, beside the facade: no feature crate
-    // may depend on it (its web server and its dependencies stay out of the libraries).
-    let out = cargo()
-        .args([
-            "tree",
-            "-i",
-            "maos-dashboard",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--workspace",
-            "--locked",
-        ])
-        .output()
-        .context("cargo tree -i maos-dashboard")?;
-    if !out.status.success() {
-        bail!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let users = String::from_utf8(out.stdout)?;
-    let wrong: Vec<&str> = users
-        .lines()
-        .filter(|l| {
-            [
-                "maos-core ",
-                "maos-comm ",
-                "maos-lock ",
-                "maos-track ",
-                "maos-merge ",
-                "maos-session ",
-            ]
-            .iter()
-            .any(|c| l.starts_with(c))
-        })
-        .collect();
-    if !wrong.is_empty() {
-        bail!("feature crates must not depend on maos-dashboard, found: {wrong:?}");
-    }
-
-    let cli = std::fs::read_to_string("crates/maos-cli/Cargo.toml")?;
-    for c in [
-        "maos-core",
-        "maos-comm",
-        "maos-lock",
-        "maos-track",
-        "maos-merge",
-        "maos-session",
-        "maos-dashboard",
-    ] {
-        if cli.lines().any(|l| l.trim_start().starts_with(c)) {
-            bail!("maos-cli must depend on the facade only, found {c} in its Cargo.toml");
-        }
-    }
-    eprintln!("<== layering ok");
-    Ok(())
+fn soak(args: &[String]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "maos-bench",
+        "--",
+        "--soak",
+    ])
+    .args(args);
+    run("soak", cmd)
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {

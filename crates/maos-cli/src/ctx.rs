@@ -42,10 +42,22 @@ impl Ctx {
         })
     }
 
-    /// The workspace, created on first use.
+    /// The workspace, which must exist: only `maos init` creates one, so a typo in
+    /// `--workspace` (or running in the wrong directory) is an error, not a new `.maos/`.
     pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
-        let ws = Workspace::open_or_init(&self.root)
-            .with_context(|| format!("opening workspace {}", self.root.display()))?;
+        let ws = Workspace::open(&self.root).map_err(|e| match e {
+            maos_coordination::core::Error::NotInitialized { path } => crate::exit::Failure::error(
+                crate::exit::Exit::Error,
+                format!(
+                    "no maos workspace at {} ({}): run `maos init` there first, or point \
+                     --workspace / MAOS_WORKSPACE at an existing one",
+                    path.display(),
+                    self.discovery_words()
+                ),
+            ),
+            other => anyhow::Error::new(other)
+                .context(format!("opening workspace {}", self.root.display())),
+        })?;
         if ws.is_network_filesystem() {
             tracing::warn!(
                 path = %ws.maos_dir().display(),
@@ -62,6 +74,16 @@ impl Ctx {
         Ok(ws)
     }
 
+    /// How the workspace root was found, in words.
+    pub(crate) fn discovery_words(&self) -> &'static str {
+        match self.discovery {
+            Discovery::Explicit => "from --workspace / MAOS_WORKSPACE",
+            Discovery::Ancestor => "the nearest ancestor holding .maos/",
+            Discovery::GitMainWorktree => "the root of the main git worktree",
+            Discovery::CurrentDir => "the current directory",
+        }
+    }
+
     /// Prints `value` as one JSON document with `--json`, else the human text.
     pub(crate) fn emit<T: Serialize>(
         &self,
@@ -69,11 +91,11 @@ impl Ctx {
         human: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            outln!("{}", serde_json::to_string_pretty(value)?)?;
         } else {
             let text = human();
             if !text.is_empty() {
-                println!("{}", text.trim_end());
+                outln!("{}", text.trim_end())?;
             }
         }
         Ok(())
@@ -85,15 +107,29 @@ impl Ctx {
         value: &T,
         human: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
         if self.json {
-            serde_json::to_writer(&mut out, value)?;
-            writeln!(out)?;
+            outln!("{}", serde_json::to_string(value)?)
         } else {
-            writeln!(out, "{}", human())?;
+            outln!("{}", human())
         }
-        out.flush()?;
-        Ok(())
     }
+}
+
+/// Writes `args` to stdout, flushed; a reader that went away is [`StdoutClosed`], which ends
+/// the command quietly (see `main`). Use through [`outln!`] and [`out!`].
+///
+/// [`StdoutClosed`]: crate::exit::StdoutClosed
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush())
+        .map_err(crate::exit::stdout_error)
 }

@@ -321,7 +321,7 @@ fn run_command(
         tracing::warn!(resource = %res, "the lock was lost while the command ran");
     }
     if let Err(e) = released {
-        eprintln!("maos: {e}");
+        eprintln!("maos: {:#}", anyhow::Error::new(e));
     }
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
@@ -405,6 +405,7 @@ mod tests {
             now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        maos_coordination::Workspace::init(&dir).unwrap();
         let ctx = Ctx::new(Some(&dir), Some("agent-a"), true).unwrap();
         let acquire = LockCommand::Acquire {
             resource: "f.txt".into(),

@@ -27,12 +27,12 @@ fn title(what: &str, tasks: &[Task]) -> String {
 }
 
 /// Prints the Gantt chart of `tasks` in `format`.
-pub(crate) fn gantt(tasks: &[Task], format: GanttFormat) {
+pub(crate) fn gantt(tasks: &[Task], format: GanttFormat) -> anyhow::Result<()> {
     let now = now_ms();
     match format {
-        GanttFormat::Mermaid => print!("{}", track::gantt(tasks, now)),
-        GanttFormat::Svg => print!("{}", track::gantt_svg(tasks, now)),
-        GanttFormat::Html => print!(
+        GanttFormat::Mermaid => out!("{}", track::gantt(tasks, now)),
+        GanttFormat::Svg => out!("{}", track::gantt_svg(tasks, now)),
+        GanttFormat::Html => out!(
             "{}",
             track::html_page(&title("Gantt chart", tasks), &track::gantt_svg(tasks, now))
         ),
@@ -40,12 +40,12 @@ pub(crate) fn gantt(tasks: &[Task], format: GanttFormat) {
 }
 
 /// Prints the dependency graph of `tasks` as a picture (the text formats are in `task.rs`).
-pub(crate) fn graph(tasks: &[Task], format: GraphFormat) {
+pub(crate) fn graph(tasks: &[Task], format: GraphFormat) -> anyhow::Result<()> {
     match format {
-        GraphFormat::Html => print!(
+        GraphFormat::Html => out!(
             "{}",
             track::html_page(&title("task graph", tasks), &track::graph_svg(tasks))
         ),
-        _ => print!("{}", track::graph_svg(tasks)),
+        _ => out!("{}", track::graph_svg(tasks)),
     }
 }

@@ -93,21 +93,19 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
         let mut s = format!(
             "workspace  {} ({})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
             st.workspace.display(),
-            match st.discovery {
-                maos_coordination::core::Discovery::Explicit => "from --workspace / MAOS_WORKSPACE",
-                maos_coordination::core::Discovery::Ancestor => "nearest ancestor holding .maos/",
-                maos_coordination::core::Discovery::GitMainWorktree => "root of the main git worktree",
-                maos_coordination::core::Discovery::CurrentDir => "current directory",
-            },
+            ctx.discovery_words(),
             st.agent,
             st.format,
             if st.network_filesystem { " (network filesystem: single-host only!)" } else { "" },
             st.agents,
             st.agents_alive
         );
-        for sec in &st.sections {
-            s.push_str(&format!("{:<10} {} files, {} bytes\n", sec.name, sec.files, sec.bytes));
-        }
+        let disk: Vec<String> = st
+            .sections
+            .iter()
+            .map(|sec| format!("{} {} files {} bytes", sec.name, sec.files, sec.bytes))
+            .collect();
+        s.push_str(&format!("on disk    {}\n", disk.join(", ")));
         s
     })?;
     Ok(Exit::Ok)

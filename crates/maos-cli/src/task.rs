@@ -253,7 +253,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             None => {
                 // Scripts reading JSON get a document either way: `null` means nothing.
                 if ctx.json {
-                    println!("null");
+                    outln!("null")?;
                 }
                 return Err(exit::Failure::error(
                     Exit::Busy,
@@ -270,13 +270,15 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             let r = track::ProgressVisualizer::new(tracker).generate_progress_report_blocking()?;
             ctx.emit(&r, || track::summary(&r))?;
         }
-        TaskCommand::Gantt { format } => crate::picture::gantt(&tracker.list_blocking()?, format),
+        TaskCommand::Gantt { format } => {
+            crate::picture::gantt(&tracker.list_blocking()?, format)?;
+        }
         TaskCommand::Graph { format } => {
             let tasks = tracker.list_blocking()?;
             match format {
-                GraphFormat::Dot => print!("{}", track::dot(&tasks)),
-                GraphFormat::Mermaid => print!("{}", track::mermaid_flowchart(&tasks)),
-                GraphFormat::Svg | GraphFormat::Html => crate::picture::graph(&tasks, format),
+                GraphFormat::Dot => out!("{}", track::dot(&tasks))?,
+                GraphFormat::Mermaid => out!("{}", track::mermaid_flowchart(&tasks))?,
+                GraphFormat::Svg | GraphFormat::Html => crate::picture::graph(&tasks, format)?,
             }
         }
         TaskCommand::Watch {

@@ -441,7 +441,7 @@ fn merges(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot) {
                             r.conflicts.len(),
                             r.conflicts
                                 .iter()
-                                .map(|(p, _)| p.as_str())
+                                .map(|c| c.path.as_str())
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),

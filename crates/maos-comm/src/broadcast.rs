@@ -108,8 +108,9 @@ impl BroadcastChannel {
         })?;
         let this = self.clone();
         let t = topic.to_string();
-        tokio::task::spawn_blocking(move || this.broadcast_blocking(&t, &value))
-            .await
-            .map_err(|e| Error::join(topic, "broadcast", e))?
+        crate::asyncify(topic, "broadcast", move || {
+            this.broadcast_blocking(&t, &value)
+        })
+        .await
     }
 }

@@ -53,26 +53,31 @@ impl Default for ChannelOptions {
 
 impl ChannelOptions {
     /// Sets [`ChannelOptions::max_message`].
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
     /// Sets [`ChannelOptions::segment_size`].
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes.max(1);
         self
     }
     /// Sets [`ChannelOptions::max_batch`].
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
         self
     }
     /// Sets [`ChannelOptions::file_events`].
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn file_events(mut self, on: bool) -> Self {
         self.file_events = on;
         self
     }
     /// Sets [`ChannelOptions::fallback_interval`] (clamped to 10 ms .. 60 s).
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn fallback_interval(mut self, d: Duration) -> Self {
         self.fallback_interval = d.clamp(Duration::from_millis(10), Duration::from_secs(60));
         self
@@ -305,9 +310,10 @@ impl FileChannel {
         let bytes = self.encode(msg)?;
         let id = msg.id;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.append_bytes(&[&bytes], id))
-            .await
-            .map_err(|e| Error::join(self.inner.name.as_str(), "send", e))?
+        crate::asyncify(self.inner.name.as_str(), "send", move || {
+            this.append_bytes(&[&bytes], id)
+        })
+        .await
     }
 
     /// [`FileChannel::send`] for synchronous callers (never call it on a runtime thread).
@@ -417,9 +423,10 @@ impl FileChannel {
     ) -> Result<Batch<T>> {
         let this = self.clone();
         let (cursor, filter) = (*cursor, filter.clone());
-        tokio::task::spawn_blocking(move || this.receive_blocking(&cursor, &filter))
-            .await
-            .map_err(|e| Error::join(self.inner.name.as_str(), "receive", e))?
+        crate::asyncify(self.inner.name.as_str(), "receive", move || {
+            this.receive_blocking(&cursor, &filter)
+        })
+        .await
     }
 
     /// A cursor after the newest message: a reader starting there sees only what comes next.

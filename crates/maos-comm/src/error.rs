@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A workspace-level operation (names, paths, file primitives) failed.
-    #[error("channel {channel}: {source}")]
+    #[error("channel {channel}")]
     Core {
         /// The channel (or topic, or consumer) concerned.
         channel: String,
@@ -21,7 +21,7 @@ pub enum Error {
     },
 
     /// An operating-system call on `path` failed.
-    #[error("channel {channel}: {op} {path}: {source}")]
+    #[error("channel {channel}: {op} {path}")]
     Io {
         /// The channel.
         channel: String,
@@ -51,7 +51,7 @@ pub enum Error {
     },
 
     /// A message could not be serialised; nothing was written.
-    #[error("channel {channel}: cannot serialise message: {source}")]
+    #[error("channel {channel}: cannot serialise message")]
     Serialize {
         /// The channel.
         channel: String,
@@ -70,7 +70,7 @@ pub enum Error {
     },
 
     /// The file watcher could not be set up.
-    #[error("channel {channel}: cannot watch {path}: {source}")]
+    #[error("channel {channel}: cannot watch {path}")]
     Watch {
         /// The channel.
         channel: String,
@@ -123,14 +123,6 @@ impl Error {
             op,
             path: path.into(),
             source,
-        }
-    }
-
-    pub(crate) fn join(channel: &str, op: &'static str, e: tokio::task::JoinError) -> Self {
-        Error::Background {
-            channel: channel.to_string(),
-            op,
-            reason: e.to_string(),
         }
     }
 }

@@ -45,6 +45,8 @@
 //!   `.maos/` can read every message.
 //! - A consumer name is meant for one reader at a time.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod broadcast;
 mod channel;
 mod error;
@@ -66,3 +68,22 @@ pub use log::{Cursor, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
 pub use watch::{ChannelWatcher, Notice};
+
+/// Runs the blocking operation `op` on `channel` on tokio's blocking pool: the one way this
+/// crate's async methods call their blocking twins, and the one place where a background task
+/// that panicked or was cancelled becomes an error ([`Error::Background`]), as `tokio::fs`
+/// does with its `asyncify`.
+pub(crate) async fn asyncify<F, T>(channel: &str, op: &'static str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Background {
+            channel: channel.to_string(),
+            op,
+            reason: e.to_string(),
+        }),
+    }
+}

@@ -260,7 +260,7 @@ impl Log {
         match fsx::create_dir_private(&qdir).and_then(|()| fsx::write_new(&target, &bytes[..cap])) {
             Ok(()) | Err(maos_core::Error::AlreadyExists { .. }) => Some(target),
             Err(e) => {
-                tracing::warn!(channel = %self.channel, error = %e, "cannot quarantine bytes");
+                tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error, "cannot quarantine bytes");
                 None
             }
         }
@@ -305,7 +305,7 @@ impl Log {
             .map_err(|e| self.io("lock", &self.dir.join(LOCK_FILE), e))?;
         let res = f(st);
         if let Err(e) = st.lock.unlock() {
-            tracing::warn!(channel = %self.channel, error = %e, "unlock failed");
+            tracing::warn!(channel = %self.channel, error = &e as &dyn std::error::Error, "unlock failed");
         }
         res
     }
@@ -1003,7 +1003,11 @@ mod tests {
         let l2 = Log::new("t".into(), l.dir.clone());
         assert_eq!(l2.append(&[b"{}"], 1 << 20).unwrap(), u64::MAX);
         let err = l2.append(&[b"{}"], 1 << 20).unwrap_err();
-        assert!(err.to_string().contains("position"), "{err}");
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        assert!(chain.iter().any(|m| m.contains("position")), "{chain:?}");
         let b = l.read(Cursor::after(u64::MAX - 1), 10).unwrap();
         assert_eq!(
             b.records.iter().map(|r| r.0).collect::<Vec<_>>(),

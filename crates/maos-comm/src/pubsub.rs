@@ -323,13 +323,12 @@ impl Subscription {
                 notices: Vec::new(),
                 waker: None,
             };
-            let (snap, res) = tokio::task::spawn_blocking(move || {
+            let (snap, res) = crate::asyncify(GLOBAL_FEED, "subscribe", move || {
                 let mut snap = snap;
                 let r = snap.fill_blocking();
-                (snap, r)
+                Ok((snap, r))
             })
-            .await
-            .map_err(|e| Error::join(GLOBAL_FEED, "subscribe", e))?;
+            .await?;
             if res.is_ok() {
                 self.cursor = snap.cursor;
                 self.topics = snap.topics;

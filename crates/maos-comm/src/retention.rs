@@ -90,9 +90,10 @@ impl FileChannel {
     /// [`FileChannel::prune_blocking`] on a blocking thread.
     pub async fn prune(&self, retention: Retention) -> Result<PruneReport> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.prune_blocking(retention))
-            .await
-            .map_err(|e| Error::join(self.name().as_str(), "prune", e))?
+        crate::asyncify(self.name().as_str(), "prune", move || {
+            this.prune_blocking(retention)
+        })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system call on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done (`open`, `write`, `rename`, ...).
         op: &'static str,
@@ -81,7 +81,7 @@ pub enum Error {
     },
 
     /// A value could not be serialised.
-    #[error("cannot serialise {what}: {source}")]
+    #[error("cannot serialise {what}")]
     Serialize {
         /// What was being serialised.
         what: String,
@@ -118,6 +118,21 @@ pub enum Error {
         agent: String,
         /// The registry directory.
         path: PathBuf,
+    },
+
+    /// The state directory can be written by someone maos does not trust.
+    #[error(
+        "refusing to use {}: {problem}; other users could release your locks and send as your \
+         agents. Fix it with `chmod -R go-w {}` (and chown it to yourself), or set \
+         MAOS_ALLOW_SHARED_WORKSPACE=1 to accept a group-writable one",
+        path.display(),
+        path.display()
+    )]
+    UnsafePermissions {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
     },
 
     /// Something other than a regular file sits where maos keeps one.

@@ -61,6 +61,7 @@ impl<T> Message<T> {
     }
 
     /// Replaces the metadata.
+    #[must_use = "the message with the metadata is returned, not set in place"]
     pub fn with_metadata(mut self, metadata: MessageMetadata) -> Self {
         self.metadata = metadata;
         self

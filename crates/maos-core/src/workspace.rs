@@ -92,7 +92,44 @@ impl Workspace {
         }
         let ws = Self { root, dir };
         ws.check_format()?;
+        ws.check_permissions()?;
         Ok(ws)
+    }
+
+    /// Refuses a state directory that another user could write (as ssh refuses loose key
+    /// permissions): maos trusts every process of the user owning `.maos/` and nobody else.
+    /// `MAOS_ALLOW_SHARED_WORKSPACE=1` accepts a group-writable one (a team sharing a machine
+    /// through a group); a world-writable one or one owned by another user is never accepted.
+    fn check_permissions(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let shared_ok = std::env::var_os("MAOS_ALLOW_SHARED_WORKSPACE").is_some_and(|v| v == "1");
+        let mut dirs = vec![self.dir.clone()];
+        dirs.extend(LAYOUT_DIRS.iter().map(|d| self.dir.join(d)));
+        dirs.push(self.sessions_dir());
+        for d in dirs {
+            let m = match std::fs::symlink_metadata(&d) {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            let mode = m.mode() & 0o777;
+            let problem = if m.uid() != me && me != 0 {
+                Some(format!(
+                    "it is owned by uid {}, not by you (uid {me})",
+                    m.uid()
+                ))
+            } else if mode & 0o002 != 0 {
+                Some(format!("any user can write it (mode {mode:03o})"))
+            } else if mode & 0o020 != 0 && !shared_ok {
+                Some(format!("its group can write it (mode {mode:03o})"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(Error::UnsafePermissions { path: d, problem });
+            }
+        }
+        Ok(())
     }
 
     /// Creates the layout (idempotent and safe to race): `.maos/` and its directories with
@@ -300,6 +337,26 @@ fn main_worktree_root(dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workspace_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        let locks = ws.locks_dir();
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Workspace::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("any user can write it") && err.contains("locks"),
+            "{err}"
+        );
+        assert!(err.contains("chmod -R go-w"), "{err}");
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = Workspace::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("its group can write it"), "{err}");
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Workspace::open(dir.path()).unwrap();
+    }
 
     #[test]
     fn init_is_idempotent_and_owner_only() {

@@ -1213,11 +1213,7 @@ fn against_target_only(
             source: label.clone(),
             target: c.target.clone(),
             relation: c.relation,
-            conflicts: c
-                .conflicts
-                .iter()
-                .map(|x| (x.path.clone(), x.kind))
-                .collect(),
+            conflicts: c.conflicts.clone(),
         });
     }
     Ok(Prediction {

@@ -130,6 +130,7 @@ impl AdvisoryLock {
     }
 
     /// Acts for `agent`.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn agent(mut self, agent: AgentId) -> Self {
         self.agent = Some(agent);
         self
@@ -192,6 +193,7 @@ impl AdvisoryLock {
 
 /// A registered interest; dropping it withdraws it.
 #[derive(Debug)]
+#[must_use = "dropping the interest withdraws it"]
 pub struct AdvisoryInterest {
     shared: Arc<Shared>,
     info: Interest,
@@ -255,11 +257,10 @@ impl AdvisoryInterest {
         loop {
             let seen = watch.generation(Signal::Change);
             let (shared, info) = (self.shared.clone(), self.info.clone());
-            let (first, granted) = tokio::task::spawn_blocking(move || try_turn(&shared, &info))
-                .await
-                .map_err(|e| {
-                    Error::io("advisory turn", &self.shared.dir, std::io::Error::other(e))
-                })??;
+            let (first, granted) = crate::asyncify("advisory turn", &self.shared.dir, move || {
+                try_turn(&shared, &info)
+            })
+            .await?;
             if granted {
                 self.info.granted = true;
             }
@@ -328,7 +329,10 @@ impl Drop for AdvisoryInterest {
         if self.active
             && let Err(e) = withdraw(&self.shared, self.info.id)
         {
-            tracing::warn!(error = %e, "cannot withdraw advisory interest");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot withdraw advisory interest"
+            );
         }
     }
 }

@@ -316,18 +316,21 @@ impl DeadlockDetector {
     }
 
     /// Aborts the victim's wait of every cycle found (off by default).
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn resolve(mut self, on: bool) -> Self {
         self.resolve = on;
         self
     }
 
     /// Broadcasts every new cycle on the `deadlock` topic (on by default).
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn broadcast(mut self, on: bool) -> Self {
         self.broadcast = on;
         self
     }
 
     /// The sender of the broadcasts (default: the current agent).
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn sender(mut self, agent: AgentId) -> Self {
         self.sender = Some(agent);
         self
@@ -438,7 +441,10 @@ impl DeadlockDetector {
                 while !flag.load(Ordering::Relaxed) {
                     let seen = w.generation(Signal::Change);
                     if let Err(e) = self.check() {
-                        tracing::warn!(error = %e, "deadlock check failed");
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "deadlock check failed"
+                        );
                     }
                     w.wait_blocking(
                         Signal::Change,
@@ -462,21 +468,17 @@ impl DeadlockDetector {
         let watch = shared.watch();
         loop {
             let seen = watch.generation(Signal::Change);
-            let (back, r) = tokio::task::spawn_blocking(move || {
+            let (back, r) = crate::asyncify("deadlock check", &self_dir(&shared), move || {
                 let r = self.check();
-                (self, r)
+                Ok((self, r))
             })
-            .await
-            .map_err(|e| {
-                Error::io(
-                    "deadlock check",
-                    self_dir(&shared),
-                    std::io::Error::other(e),
-                )
-            })?;
+            .await?;
             self = back;
             if let Err(e) = r {
-                tracing::warn!(error = %e, "deadlock check failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "deadlock check failed"
+                );
             }
             watch
                 .wait_async(
@@ -495,6 +497,7 @@ fn self_dir(s: &Shared) -> std::path::PathBuf {
 
 /// A running deadlock monitor; dropping it stops the thread.
 #[derive(Debug)]
+#[must_use = "dropping the monitor stops it"]
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     watch: Arc<crate::watch::DirWatch>,

@@ -54,7 +54,7 @@ pub enum Error {
     Core(#[from] maos_core::Error),
 
     /// An operating-system call on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,

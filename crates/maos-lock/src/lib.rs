@@ -49,6 +49,8 @@
 //! - A lease that runs out while its holder still works is lost: the holder finds out when it
 //!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod advisory;
 mod deadlock;
 mod error;
@@ -69,3 +71,18 @@ pub use lock::{
 };
 pub use pattern::overlaps;
 pub use store::{LockInfo, LockMode, WaiterInfo};
+
+/// Runs the blocking step `op` on tokio's blocking pool: the one way this crate's async
+/// methods call their blocking parts, and the one place where a background task that panicked
+/// or was cancelled becomes an error (an [`Error::Io`] on `dir`, the lock directory), as
+/// `tokio::fs` does with its `asyncify`.
+pub(crate) async fn asyncify<F, T>(op: &'static str, dir: &std::path::Path, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::io(op, dir, std::io::Error::other(e))),
+    }
+}

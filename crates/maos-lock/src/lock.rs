@@ -130,24 +130,28 @@ impl FileLock {
     }
 
     /// A shared (read) lock instead: many holders, none exclusive.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn shared(mut self) -> Self {
         self.mode = LockMode::Shared;
         self
     }
 
     /// Sets the mode.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn mode(mut self, mode: LockMode) -> Self {
         self.mode = mode;
         self
     }
 
     /// The lease length: a holder that neither renews nor releases loses the lock after it.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.max(Duration::from_millis(1));
         self
     }
 
     /// The longest [`FileLock::acquire`] waits before failing with [`Error::Timeout`].
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -155,18 +159,21 @@ impl FileLock {
 
     /// Renews the lease automatically from a background thread every `ttl / 3` while the
     /// guard lives (no async runtime needed).
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn heartbeat(mut self, on: bool) -> Self {
         self.heartbeat = on;
         self
     }
 
     /// Acts for `agent` instead of the current agent.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn agent(mut self, agent: AgentId) -> Self {
         self.agent = Some(agent);
         self
     }
 
     /// Adds a metadata entry to the lock record.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
@@ -251,26 +258,19 @@ impl FileLock {
     }
 
     async fn acquire_async(&self, purpose: &str) -> Result<LockGuard> {
-        let join_err = |e: tokio::task::JoinError| {
-            Error::io(
-                "run lock step",
-                self.ws.locks_dir(),
-                std::io::Error::other(e),
-            )
-        };
+        let dir = self.ws.locks_dir();
         let mut w = self.start(purpose)?;
         loop {
             let seen = w.seen();
             // The guard is built on the blocking pool: if this future is dropped while the
             // step runs and the step grants the lock, dropping the task's output releases it
             // (a bare `LockInfo` would leave the record held until its lease ends).
-            let stepped = tokio::task::spawn_blocking(move || match w.step(true) {
+            let stepped = crate::asyncify("run lock step", &dir, move || match w.step(true) {
                 Ok(Some(info)) => Ok(Stepped::Held(w.finish(info))),
                 Ok(None) => Ok(Stepped::Blocked(w)),
                 Err(e) => Err(e),
             })
-            .await
-            .map_err(join_err)??;
+            .await?;
             w = match stepped {
                 Stepped::Blocked(w) => w,
                 Stepped::Held(guard) => return Ok(guard),
@@ -279,9 +279,7 @@ impl FileLock {
                 continue;
             }
             let Some(until) = w.sleep_until() else {
-                return tokio::task::spawn_blocking(move || Err(w.timed_out()))
-                    .await
-                    .map_err(join_err)?;
+                return crate::asyncify("run lock step", &dir, move || Err(w.timed_out())).await;
             };
             if let Some(wt) = w.watch.clone() {
                 wt.wait_async(Signal::Wake, seen, until).await;
@@ -514,7 +512,11 @@ impl Waiting {
             Ok(())
         });
         if let Err(e) = r {
-            tracing::warn!(error = %e, ticket = tk, "cannot withdraw from the lock queue");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                ticket = tk,
+                "cannot withdraw from the lock queue"
+            );
         }
     }
 
@@ -546,6 +548,7 @@ impl Drop for Waiting {
 
 /// A held lock. Dropping it releases the lock synchronously (no runtime needed).
 #[derive(Debug)]
+#[must_use = "dropping the guard releases the lock"]
 pub struct LockGuard {
     shared: Arc<Shared>,
     info: LockInfo,
@@ -665,7 +668,7 @@ impl Drop for LockGuard {
                 tracing::warn!(resource = %self.info.resource, token = self.info.token.0, "lock was lost before it was dropped")
             }
             Err(e) => {
-                tracing::error!(resource = %self.info.resource, error = %e, "cannot release lock on drop")
+                tracing::error!(resource = %self.info.resource, error = &e as &dyn std::error::Error, "cannot release lock on drop")
             }
         }
     }
@@ -764,11 +767,17 @@ impl Heartbeat {
                     match renew_record(&shared, &info) {
                         Ok(_) => tracing::trace!(resource = %info.resource, "lease renewed"),
                         Err(e @ Error::LockLost { .. }) => {
-                            tracing::warn!(error = %e, "heartbeat: lock lost");
+                            tracing::warn!(
+                                error = &e as &dyn std::error::Error,
+                                "heartbeat: lock lost"
+                            );
                             lost.store(true, Ordering::Relaxed);
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "heartbeat: renewal failed"),
+                        Err(e) => tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "heartbeat: renewal failed"
+                        ),
                     }
                 }
             })

@@ -649,7 +649,7 @@ impl Locked<'_> {
             )
             .open(&path)
         {
-            tracing::warn!(path = %path.display(), error = %e, "cannot create wake-up file; relying on the fallback timer");
+            tracing::warn!(path = %path.display(), error = &e as &dyn std::error::Error, "cannot create wake-up file; relying on the fallback timer");
         }
     }
 
@@ -693,7 +693,7 @@ impl Locked<'_> {
             Ok(f) => f,
             Err(e) if e.is_not_found() => return false,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot probe liveness file; assuming alive");
+                tracing::warn!(path = %path.display(), error = &e as &dyn std::error::Error, "cannot probe liveness file; assuming alive");
                 return true;
             }
         };
@@ -707,7 +707,7 @@ impl Locked<'_> {
             }
             Err(TryLockError::WouldBlock) => true,
             Err(TryLockError::Error(e)) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot probe liveness file; assuming alive");
+                tracing::warn!(path = %path.display(), error = &e as &dyn std::error::Error, "cannot probe liveness file; assuming alive");
                 true
             }
         }

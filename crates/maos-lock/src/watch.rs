@@ -170,7 +170,7 @@ impl DirWatch {
         let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the lock directory; waiters fall back to timed re-checks");
+                tracing::warn!(dir = %dir.display(), error = &e as &dyn std::error::Error, "cannot watch the lock directory; waiters fall back to timed re-checks");
                 None
             }
         };

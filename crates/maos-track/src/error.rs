@@ -16,7 +16,7 @@ pub enum Error {
     Core(#[from] maos_core::Error),
 
     /// An operating-system call on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -91,7 +91,7 @@ pub enum Error {
     },
 
     /// An update carried a fencing token that is no longer current.
-    #[error("task {task}: fencing token refused: {source}")]
+    #[error("task {task}: fencing token refused")]
     StaleToken {
         /// The task.
         task: TaskId,
@@ -119,7 +119,7 @@ pub enum Error {
     },
 
     /// The blocking task behind an async call panicked or was cancelled.
-    #[error("background task failed: {0}")]
+    #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
 }
 

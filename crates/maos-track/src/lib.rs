@@ -63,6 +63,8 @@
 //! - Publishing on the `tasks` topic is best effort and happens after the write, outside the
 //!   lock: consumers order [`TaskEvent`]s by `seq`, and the log stays the truth.
 
+#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+
 mod error;
 mod fence;
 mod graph;
@@ -88,3 +90,17 @@ pub use visual::{
 
 #[cfg(test)]
 mod tests;
+
+/// Runs a blocking store operation on tokio's blocking pool: the one way this crate's async
+/// methods call their `_blocking` twins, and the one place where a background task that
+/// panicked or was cancelled becomes an [`Error`] (as `tokio::fs` does with `asyncify`).
+pub(crate) async fn asyncify<F, T>(f: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Join(e)),
+    }
+}

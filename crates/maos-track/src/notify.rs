@@ -43,7 +43,11 @@ pub(crate) fn publish(
         changes: changes.to_vec(),
     };
     if let Err(e) = channel.broadcast_blocking(TOPIC, &event) {
-        tracing::warn!(error = %e, seq, "could not publish task changes on the tasks topic");
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            seq,
+            "could not publish task changes on the tasks topic"
+        );
     }
 }
 
@@ -84,7 +88,10 @@ impl TaskWatch {
         let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!(error = %e, "no file events for the task store: polling every {FALLBACK_INTERVAL:?}");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "no file events for the task store: polling every {FALLBACK_INTERVAL:?}"
+                );
                 None
             }
         };

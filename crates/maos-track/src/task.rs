@@ -139,18 +139,21 @@ impl Task {
     }
 
     /// Adds a dependency.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn after(mut self, dep: TaskId) -> Self {
         self.dependencies.push(dep);
         self
     }
 
     /// Sets the estimate.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn estimate(mut self, d: Duration) -> Self {
         self.estimated_duration = Some(d);
         self
     }
 
     /// Sets the priority.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn priority(mut self, p: Priority) -> Self {
         self.priority = p;
         self

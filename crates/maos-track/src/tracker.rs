@@ -10,7 +10,7 @@ use maos_core::{AgentId, AgentRegistry, Liveness, ResourceName, TaskId, Workspac
 
 use crate::graph::{self, weight_ms};
 use crate::store::{self, Change, Op, State};
-use crate::{Error, Task, TaskStatus};
+use crate::{Error, Task, TaskStatus, asyncify};
 
 /// Settings of a [`TaskTracker`].
 #[derive(Debug, Clone)]
@@ -38,18 +38,21 @@ impl Default for Options {
 
 impl Options {
     /// Sets the acting agent.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn agent(mut self, agent: AgentId) -> Self {
         self.agent = Some(agent);
         self
     }
 
     /// Turns publishing on the `tasks` topic on or off.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn publish(mut self, on: bool) -> Self {
         self.publish = on;
         self
     }
 
     /// Turns the release of dead agents' claims on or off.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn release_dead_claims(mut self, on: bool) -> Self {
         self.release_dead_claims = on;
         self
@@ -82,18 +85,21 @@ impl Update {
     }
 
     /// Adds a note.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
         self
     }
 
     /// Applies only if the task is still at `revision`.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn expect_revision(mut self, revision: u64) -> Self {
         self.expected_revision = Some(revision);
         self
     }
 
     /// Applies only if `token` is still current for the lock on `resource`.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn fenced(mut self, resource: ResourceName, token: crate::fence::FencingToken) -> Self {
         self.fence = Some((resource, token));
         self
@@ -143,17 +149,6 @@ impl Drop for KernelLock<'_> {
     fn drop(&mut self) {
         let _ = self.0.unlock();
     }
-}
-
-macro_rules! async_twin {
-    ($(#[$m:meta])* $name:ident => $blocking:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty) => {
-        $(#[$m])*
-        pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, Error> {
-            let this = self.clone();
-            $(let $arg = $arg.to_owned();)*
-            tokio::task::spawn_blocking(move || this.$blocking($(&$arg),*)).await?
-        }
-    };
 }
 
 impl TaskTracker {
@@ -233,7 +228,10 @@ impl TaskTracker {
             result = finish(&st);
             if let Err(e) = st.maybe_compact(dir) {
                 // The records are durable; a failed compaction only costs read time.
-                tracing::warn!(error = %e, "task store compaction failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "task store compaction failed"
+                );
             }
         }
         drop(st);
@@ -656,32 +654,29 @@ impl TaskTracker {
         self.read(|st| st.seq)
     }
 
-    async_twin!(
-        /// Creates a task; see [`create_task_blocking`](Self::create_task_blocking).
-        create_task_owned => create_task_blocking(task: Task) -> TaskId
-    );
-
     /// Creates a task; see [`create_task_blocking`](Self::create_task_blocking).
     pub async fn create_task(&self, task: Task) -> Result<TaskId, Error> {
-        self.create_task_owned(task).await
+        let this = self.clone();
+        asyncify(move || this.create_task_blocking(&task)).await
     }
 
     /// Creates several tasks atomically; see
     /// [`create_tasks_blocking`](Self::create_tasks_blocking).
     pub async fn create_tasks(&self, tasks: Vec<Task>) -> Result<Vec<TaskId>, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.create_tasks_blocking(&tasks)).await?
+        asyncify(move || this.create_tasks_blocking(&tasks)).await
     }
 
-    async_twin!(
-        /// The task `id`, if it exists.
-        get => get_blocking(id: &TaskId) -> Option<Task>
-    );
+    /// The task `id`, if it exists.
+    pub async fn get(&self, id: &TaskId) -> Result<Option<Task>, Error> {
+        let (this, id) = (self.clone(), id.clone());
+        asyncify(move || this.get_blocking(&id)).await
+    }
 
     /// Every task, in creation order.
     pub async fn list(&self) -> Result<Vec<Task>, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.list_blocking()).await?
+        asyncify(move || this.list_blocking()).await
     }
 
     /// Changes the status of `id`; see [`update_status_blocking`](Self::update_status_blocking).
@@ -691,53 +686,51 @@ impl TaskTracker {
         status: TaskStatus,
         note: Option<String>,
     ) -> Result<Task, Error> {
-        let this = self.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            this.update_status_blocking(&id, status, note.as_deref())
-        })
-        .await?
+        let (this, id) = (self.clone(), id.clone());
+        asyncify(move || this.update_status_blocking(&id, status, note.as_deref())).await
     }
 
-    async_twin!(
-        /// Applies `update`; see [`update_blocking`](Self::update_blocking).
-        update => update_blocking(id: &TaskId, update: &Update) -> Task
-    );
+    /// Applies `update`; see [`update_blocking`](Self::update_blocking).
+    pub async fn update(&self, id: &TaskId, update: &Update) -> Result<Task, Error> {
+        let (this, id, update) = (self.clone(), id.clone(), update.clone());
+        asyncify(move || this.update_blocking(&id, &update)).await
+    }
 
     /// Completes `id` idempotently; see [`complete_blocking`](Self::complete_blocking).
     pub async fn complete(&self, id: &TaskId, note: Option<String>) -> Result<Task, Error> {
-        let this = self.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || this.complete_blocking(&id, note.as_deref())).await?
+        let (this, id) = (self.clone(), id.clone());
+        asyncify(move || this.complete_blocking(&id, note.as_deref())).await
     }
 
-    async_twin!(
-        /// Claims the next ready task; see [`claim_blocking`](Self::claim_blocking).
-        claim => claim_blocking(agent: &AgentId) -> Option<Task>
-    );
+    /// Claims the next ready task; see [`claim_blocking`](Self::claim_blocking).
+    pub async fn claim(&self, agent: &AgentId) -> Result<Option<Task>, Error> {
+        let (this, agent) = (self.clone(), agent.clone());
+        asyncify(move || this.claim_blocking(&agent)).await
+    }
 
     /// Unblocked pending tasks in claim order; see [`ready_blocking`](Self::ready_blocking).
     pub async fn ready(&self) -> Result<Vec<Task>, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.ready_blocking()).await?
+        asyncify(move || this.ready_blocking()).await
     }
 
-    async_twin!(
-        /// Adds a dependency; see [`add_dependency_blocking`](Self::add_dependency_blocking).
-        add_dependency => add_dependency_blocking(task: &TaskId, dependency: &TaskId) -> Task
-    );
+    /// Adds a dependency; see [`add_dependency_blocking`](Self::add_dependency_blocking).
+    pub async fn add_dependency(&self, task: &TaskId, dependency: &TaskId) -> Result<Task, Error> {
+        let (this, task, dependency) = (self.clone(), task.clone(), dependency.clone());
+        asyncify(move || this.add_dependency_blocking(&task, &dependency)).await
+    }
 
     /// Releases dead agents' claims; see
     /// [`release_dead_claims_blocking`](Self::release_dead_claims_blocking).
     pub async fn release_dead_claims(&self) -> Result<Vec<TaskId>, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.release_dead_claims_blocking()).await?
+        asyncify(move || this.release_dead_claims_blocking()).await
     }
 
     /// The version (log sequence number of the latest record): changes whenever tasks change.
     pub async fn version(&self) -> Result<u64, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.version_blocking()).await?
+        asyncify(move || this.version_blocking()).await
     }
 
     /// A watcher that wakes when the tasks change (file events plus a fallback timer).
@@ -748,7 +741,7 @@ impl TaskTracker {
     /// The critical path; see [`critical_path_blocking`](Self::critical_path_blocking).
     pub async fn critical_path(&self) -> Result<(Vec<Task>, Duration), Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.critical_path_blocking()).await?
+        asyncify(move || this.critical_path_blocking()).await
     }
 }
 

@@ -109,6 +109,7 @@ impl ProgressVisualizer {
     }
 
     /// Writes the report to `path` instead.
+    #[must_use = "returns the changed value; the original is consumed"]
     pub fn output_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.output_path = path.into();
         self
@@ -126,7 +127,7 @@ impl ProgressVisualizer {
     /// Builds the report and writes it atomically to the output path.
     pub async fn generate_progress_report(&self) -> Result<ProgressReport, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.generate_progress_report_blocking()).await?
+        crate::asyncify(move || this.generate_progress_report_blocking()).await
     }
 
     /// The Mermaid Gantt chart (blocking).
@@ -137,7 +138,7 @@ impl ProgressVisualizer {
     /// The Mermaid Gantt chart.
     pub async fn generate_gantt_chart(&self) -> Result<String, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.generate_gantt_chart_blocking()).await?
+        crate::asyncify(move || this.generate_gantt_chart_blocking()).await
     }
 }
 

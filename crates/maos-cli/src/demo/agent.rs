@@ -120,7 +120,7 @@ pub(crate) async fn run(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
                         &agent.me,
                         EventKind::Failed,
                         Some(&task),
-                        format!("cannot record the outcome: {e}"),
+                        format!("cannot record the outcome: {:#}", anyhow::Error::new(e)),
                     ),
                 }
             }

@@ -204,32 +204,32 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     )?;
     let visual = ProgressVisualizer::new(tracker.clone());
     let report = visual.generate_progress_report_blocking()?;
-    println!(
+    outln!(
         "\n## Report\n\n{}",
         maos_coordination::track::summary(&report)
-    );
-    println!("{}", maos_coordination::track::table(&tasks));
-    println!("## Critical path\n");
+    )?;
+    outln!("{}", maos_coordination::track::table(&tasks))?;
+    outln!("## Critical path\n")?;
     let (path, length) = tracker.critical_path_blocking()?;
     for t in &path {
-        println!(
+        outln!(
             "- {} ({})",
             t.name,
             crate::duration::format(t.estimated_duration.unwrap_or_default())
-        );
+        )?;
     }
-    println!("total estimate: {}\n", crate::duration::format(length));
-    println!(
+    outln!("total estimate: {}\n", crate::duration::format(length))?;
+    outln!(
         "## Gantt (Mermaid)\n\n```mermaid\n{}```\n",
         visual.generate_gantt_chart_blocking()?
-    );
-    println!("## Checks\n");
+    )?;
+    outln!("## Checks\n")?;
     let mut all_ok = true;
     for c in &checks {
         all_ok &= c.ok;
-        println!("- [{}] {}", if c.ok { "x" } else { " " }, c.what);
+        outln!("- [{}] {}", if c.ok { "x" } else { " " }, c.what)?;
     }
-    println!(
+    outln!(
         "\n{} in {:.1?}; workspace {}{}",
         if all_ok {
             "every step held"
@@ -243,7 +243,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         } else {
             " (temporary, removed; use --keep DIR to keep it)"
         }
-    );
+    )?;
     Ok(if all_ok { Exit::Ok } else { Exit::Error })
 }
 
@@ -416,7 +416,7 @@ impl MergePhase {
             .chain(&prediction.vs_target)
             .filter(|p| !p.is_clean())
             .map(|p| {
-                let paths = p.conflicts.iter().map(|(path, _)| path.clone()).collect();
+                let paths = p.conflicts.iter().map(|c| c.path.clone()).collect();
                 (p.source.clone(), p.target.clone(), paths)
             })
             .collect();

@@ -80,7 +80,7 @@ pub(crate) enum Client {
 
 pub(crate) fn run(args: McpArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     if let Some(client) = args.print_config {
-        print!("{}", config_snippet(client)?);
+        out!("{}", config_snippet(client)?)?;
         return Ok(Exit::Ok);
     }
     let ws = ctx.workspace()?;

@@ -423,7 +423,8 @@ function renderMerges(v) {
       if (!r.conflicts.length) return el('td', { class: 'clean', title: r.relation, text: 'clean' });
       return el('td', { class: 'conflict', 'data-source': r.source, 'data-target': r.target },
         el('b', { text: `${r.conflicts.length} conflict${r.conflicts.length === 1 ? '' : 's'}` }),
-        el('ul', null, ...r.conflicts.map(([path, kind]) => el('li', null, el('span', { class: 'mono', text: path }), el('span', { class: 'muted', text: ` (${typeof kind === 'string' ? kind : JSON.stringify(kind)})` })))));
+        el('ul', null, ...r.conflicts.map((c) => el('li', { title: c.description || '' }, el('span', { class: 'mono', text: c.path }),
+          el('span', { class: 'muted', text: ` (${c.kind}${c.regions && c.regions.length ? `, ${c.regions.length} region${c.regions.length === 1 ? '' : 's'}` : ''})` })))));
     };
     const head = el('tr', null, el('th', { text: 'branch ↓ merged into →' }), el('th', { text: m.target }),
       ...(p.pairwise.length ? m.branches.map((b) => el('th', { text: b })) : []));

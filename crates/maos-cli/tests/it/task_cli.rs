@@ -1,22 +1,12 @@
 //! `maos task ...` end to end, running the real binary.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-use maos_tests::{maos_at, output, stderr, stdout};
-
-fn maos(ws: &Path, agent: &str, args: &[&str]) -> Output {
-    output(maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, agent).args(args))
-}
+use crate::util::{Exit, Maos, Run};
 
 fn ok(ws: &Path, agent: &str, args: &[&str]) -> String {
-    let out = maos(ws, agent, args);
-    assert!(
-        out.status.success(),
-        "maos {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
+    Maos::new(ws).agent(agent).run(args).ok().stdout()
 }
 
 fn json(ws: &Path, agent: &str, args: &[&str]) -> serde_json::Value {
@@ -67,24 +57,20 @@ fn add_claim_complete_and_report() {
     assert!(ok(ws, "lead", &["task", "show", &build]).contains("after:"));
 
     // A blocked task cannot start.
-    let out = maos(ws, "dev", &["task", "start", &build]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("dependencies are not all completed"),
-        "{}",
-        stderr(&out)
-    );
+    let out = Maos::new(ws).agent("dev").run(["task", "start", &build]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("dependencies are not all completed");
 
     let claimed = json(ws, "dev", &["task", "claim"]);
     assert_eq!(claimed["id"], design.as_str());
     assert_eq!(claimed["assigned_to"], "dev");
-    let out = maos(ws, "dev2", &["task", "claim"]);
-    assert_eq!(out.status.code(), Some(3), "nothing ready: exit 3");
+    let out = Maos::new(ws).agent("dev2").run(["task", "claim"]);
+    out.assert_code(Exit::Busy); // nothing ready
 
     ok(ws, "dev", &["task", "review", &design]);
     ok(ws, "dev", &["task", "done", &design, "--note", "approved"]);
-    let out = maos(ws, "dev", &["task", "start", &design]);
-    assert!(stderr(&out).contains("final"), "{}", stderr(&out));
+    let out = Maos::new(ws).agent("dev").run(["task", "start", &design]);
+    out.stderr_has("final");
     assert_eq!(
         json(ws, "dev", &["task", "show", &build])["status"],
         "pending"
@@ -131,14 +117,18 @@ fn failure_blocks_dependents_and_bad_input_is_refused() {
             .unwrap()
             .contains("flaky build")
     );
-    let out = maos(ws, "x", &["task", "add", "c", "--after", "tzzzzzzzzzzzz"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = Maos::new(ws)
+        .agent("x")
+        .run(["task", "add", "c", "--after", "tzzzzzzzzzzzz"]);
+    out.failed();
+    out.stderr_has("not found");
     // A stale revision is refused.
     let rev = shown["revision"].as_u64().unwrap();
     ok(ws, "x", &["task", "reset", &a]);
-    let out = maos(ws, "x", &["task", "start", &a, "--revision", "1"]);
-    assert!(stderr(&out).contains("revision"), "{}", stderr(&out));
+    let out = Maos::new(ws)
+        .agent("x")
+        .run(["task", "start", &a, "--revision", "1"]);
+    out.stderr_has("revision");
     assert!(rev > 0);
 }
 
@@ -147,7 +137,9 @@ fn watch_wakes_on_changes_and_stops_when_done() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
     let a = ok(ws, "x", &["task", "add", "only"]).trim().to_string();
-    let watcher = maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, "viewer")
+    let watcher = Maos::new(ws)
+        .agent("viewer")
+        .cmd()
         .args([
             "--json",
             "task",
@@ -161,9 +153,8 @@ fn watch_wakes_on_changes_and_stops_when_done() {
         .unwrap();
     ok(ws, "x", &["task", "start", &a]);
     ok(ws, "x", &["task", "done", &a]);
-    let out = watcher.wait_with_output().unwrap();
-    assert!(out.status.success(), "watch exit {:?}", out.status);
-    let last: serde_json::Value =
-        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let out = Run::wait(watcher);
+    out.ok();
+    let last = out.lines().pop().expect("watch printed its progress");
     assert_eq!(last["completed_tasks"], 1);
 }

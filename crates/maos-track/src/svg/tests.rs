@@ -1,13 +1,78 @@
-//! The SVG and HTML pictures: well-formed XML whatever the task names, every task drawn, the
-//! critical path marked, at 10 and at 1,000 tasks.
-
-#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+//! The pictures: the escaping and the helpers, then well-formed XML whatever the task names,
+//! every task drawn and the critical path marked, at 10 and at 1,000 tasks (parsed with
+//! roxmltree).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use maos_core::{AgentId, TaskId};
-use maos_track::{Task, TaskStatus, critical_path_of, gantt_svg, graph_svg, html_page};
+
+use super::*;
+use crate::critical_path_of;
+
+#[test]
+fn escape_covers_markup_quotes_and_controls() {
+    assert_eq!(
+        xml_escape("<script>&\"'\u{7}\n"),
+        "&lt;script&gt;&amp;&quot;&#39;\\u{7}\\n"
+    );
+    assert_eq!(xml_escape("plain é"), "plain é");
+}
+
+#[test]
+fn civil_dates_and_ticks() {
+    assert_eq!(civil(0), (1970, 1, 1));
+    assert_eq!(civil(19_723), (2024, 1, 1));
+    assert_eq!(civil(-1), (1969, 12, 31));
+    assert_eq!(tick_label(3_661_000, 1_000), "01:01:01");
+    assert_eq!(tick_label(86_400_000 * 365, 86_400_000), "1971-01-01");
+    assert_eq!(tick_step(60_000), 5_000);
+    assert!(tick_step(u64::MAX) > 0);
+}
+
+#[test]
+fn window_keeps_the_critical_path() {
+    let mut tasks: Vec<Task> = Vec::new();
+    for i in 0..50 {
+        let mut t = Task::new(format!("t{i}")).estimate(Duration::from_secs(60));
+        if i > 0 && i % 5 != 0 {
+            t.dependencies.push(tasks[i - 1].id.clone());
+        }
+        tasks.push(t);
+    }
+    // A long chain: 0 <- 1 <- ... as the critical path.
+    let mut chain: Vec<Task> = Vec::new();
+    for i in 0..20 {
+        let mut t = Task::new(format!("c{i}")).estimate(Duration::from_secs(600));
+        if let Some(p) = chain.last() {
+            t.dependencies.push(p.id.clone());
+        }
+        chain.push(t);
+    }
+    tasks.extend(chain.iter().cloned());
+    let w = critical_window(&tasks, 30);
+    assert_eq!(w.len(), 30);
+    for c in &chain {
+        assert!(w.iter().any(|t| t.id == c.id), "{} missing", c.name);
+    }
+    let w = critical_window(&tasks, 10);
+    assert_eq!(w.len(), 10);
+    assert!(w.iter().all(|t| t.name.starts_with('c')));
+    assert_eq!(critical_window(&tasks, 1000).len(), tasks.len());
+}
+
+#[test]
+fn cyclic_input_is_still_drawn() {
+    let mut a = Task::new("a");
+    let mut b = Task::new("b");
+    a.dependencies.push(b.id.clone());
+    b.dependencies.push(a.id.clone());
+    let tasks = vec![a, b];
+    let g = graph_svg(&tasks);
+    assert_eq!(g.matches("class=\"task").count(), 2);
+    let g = gantt_svg(&tasks, 0);
+    assert_eq!(g.matches("class=\"task").count(), 2);
+}
 
 const HOSTILE: [&str; 8] = [
     "<script>alert(1)</script>",

@@ -5,22 +5,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use maos_tests::{maos_at, output, stderr, stdout};
+use crate::util::{Exit, Maos, Run, bin};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_maos"))
-}
-
-fn maos(ws: &Path, agent: &str, args: &[&str]) -> Output {
-    output(maos_at(bin(), ws, agent).args(args))
+fn maos(ws: &Path, agent: &str, args: &[&str]) -> Run {
+    Maos::new(ws).agent(agent).run(args)
 }
 
 /// Runs `maos` through `sh -c`, the way Claude Code's Bash tool runs every command: the shell
 /// exits right after.
-fn in_fresh_shell(ws: &Path, agent: &str, args: &str) -> Output {
-    output(
+fn in_fresh_shell(ws: &Path, agent: &str, args: &str) -> Run {
+    Run::of(
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -33,13 +29,12 @@ fn in_fresh_shell(ws: &Path, agent: &str, args: &str) -> Output {
     )
 }
 
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}", stderr(&out));
-    stdout(&out)
+fn ok(out: Run) -> String {
+    out.ok().stdout()
 }
 
 /// The task id a `task claim` printed (`<id>  in_progress <name> @<agent>`).
-fn claimed(out: Output) -> String {
+fn claimed(out: Run) -> String {
     ok(out)
         .split_whitespace()
         .next()
@@ -57,8 +52,7 @@ fn a_fresh_shell_registration_is_not_a_death() {
     ok(in_fresh_shell(ws, "A", "agents register"));
     assert_eq!(claimed(in_fresh_shell(ws, "A", "task claim")), t);
     // B claims: nothing is ready, A's task stays A's.
-    let out = maos(ws, "B", &["task", "claim"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    maos(ws, "B", &["task", "claim"]).assert_code(Exit::Busy);
     let show: serde_json::Value =
         serde_json::from_str(&ok(maos(ws, "B", &["--json", "task", "show", t]))).unwrap();
     assert_eq!(show["assigned_to"], "A", "{show}");

@@ -2,19 +2,16 @@
 //! Code sends them (session_id, cwd, hook_event_name, tool_name, tool_input), replayed for two
 //! agents in two worktrees of one repository.
 
-// Helpers outside #[test] functions: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use maos_tests::{git, maos_at, output, stderr, stdout};
+use maos_tests::{git, stderr, stdout};
 use serde_json::{Value, json};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_maos"))
-}
+use crate::util::{Exit, Maos, Run, bin};
 
 /// Runs `maos hook claude EVENT` in `cwd` with `payload` on stdin, as Claude Code does (no
 /// MAOS_AGENT_ID: agents are named from their worktree's branch).
@@ -101,8 +98,8 @@ fn repo() -> Repo {
             wt_b.to_str().unwrap(),
         ],
     );
-    let out = output(maos_at(bin(), &main, "lead").arg("init"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Run::of(Maos::new(&main).agent("lead").cmd().arg("init"));
+    out.ok();
     Repo {
         _dir: dir,
         main,
@@ -149,16 +146,22 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
     hook(&r.wt_b, "SessionStart", &start("sess-b", &r.wt_b));
 
     // A locks src/api.rs (from its worktree, the same resource in every worktree).
-    let out = output(maos_at(bin(), &r.main, "alpha").current_dir(&r.wt_a).args([
-        "lock",
-        "acquire",
-        "src/api.rs",
-        "--ttl",
-        "10m",
-        "--purpose",
-        "new endpoint",
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Run::of(
+        Maos::new(&r.main)
+            .agent("alpha")
+            .cmd()
+            .current_dir(&r.wt_a)
+            .args([
+                "lock",
+                "acquire",
+                "src/api.rs",
+                "--ttl",
+                "10m",
+                "--purpose",
+                "new endpoint",
+            ]),
+    );
+    out.ok();
 
     // B's Edit of its own copy of src/api.rs is denied, naming A.
     let b_file = r.wt_b.join("src/api.rs");
@@ -179,8 +182,10 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
     assert_eq!(decision(&d), None);
 
     // After A's release B's Edit is allowed.
-    let out = output(maos_at(bin(), &r.main, "alpha").args(["lock", "release", "src/api.rs"]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Maos::new(&r.main)
+        .agent("alpha")
+        .run(["lock", "release", "src/api.rs"]);
+    out.ok();
     let (_, d) = hook(&r.wt_b, "PreToolUse", &edit("sess-b", &r.wt_b, &b_file));
     assert_eq!(decision(&d), None, "{d:?}");
     std::fs::write(&b_file, "pub fn api() {}\n").unwrap();
@@ -197,14 +202,11 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
     assert_eq!(decision(&d), None, "{d:?}");
 
     // Stop reports what A still holds; SessionEnd frees A's locks.
-    let out = output(maos_at(bin(), &r.main, "alpha").args([
-        "lock",
-        "acquire",
-        "src/ui.rs",
-        "--ttl",
-        "10m",
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out =
+        Maos::new(&r.main)
+            .agent("alpha")
+            .run(["lock", "acquire", "src/ui.rs", "--ttl", "10m"]);
+    out.ok();
     let (_, s) = hook(
         &r.wt_a,
         "Stop",
@@ -233,9 +235,11 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
         None,
         "A's locks are freed at SessionEnd: {d:?}"
     );
-    let list = stdout(&output(
-        maos_at(bin(), &r.main, "x").args(["--json", "agents", "list"]),
-    ));
+    let list = stdout(
+        &Maos::new(&r.main)
+            .agent("x")
+            .run(["--json", "agents", "list"]),
+    );
     assert!(!list.contains("\"alpha\""), "A is unregistered: {list}");
 }
 
@@ -338,14 +342,14 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     )
     .unwrap();
     let install = |extra: &[&str]| {
-        let mut c = maos_at(bin(), &r.main, "x");
+        let mut c = Maos::new(&r.main).agent("x").cmd();
         c.current_dir(&r.main)
             .args(["hook", "install", "--command", bin().to_str().unwrap()]);
         c.args(extra);
-        output(&mut c)
+        Run::of(&mut c)
     };
     let first = install(&[]);
-    assert!(first.status.success(), "{}", stderr(&first));
+    first.ok();
     assert!(
         stdout(&first).contains("added the maos PreToolUse hook"),
         "{}",
@@ -372,7 +376,7 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     // A malformed settings file is reported, not overwritten.
     std::fs::write(r.main.join(".claude/settings.json"), "{ broken").unwrap();
     let bad = install(&["--claude"]);
-    assert_eq!(bad.status.code(), Some(1));
+    bad.assert_code(Exit::Error);
     assert!(stderr(&bad).contains("settings.json") && stderr(&bad).contains("not valid JSON"));
     assert_eq!(
         std::fs::read_to_string(r.main.join(".claude/settings.json")).unwrap(),
@@ -380,14 +384,11 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     );
 
     // The git guard: alpha holds src/api.rs; beta's commit touching it is refused.
-    let out = output(maos_at(bin(), &r.main, "alpha").args([
-        "lock",
-        "acquire",
-        "src/api.rs",
-        "--ttl",
-        "10m",
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out =
+        Maos::new(&r.main)
+            .agent("alpha")
+            .run(["lock", "acquire", "src/api.rs", "--ttl", "10m"]);
+    out.ok();
     std::fs::write(r.wt_b.join("src/api.rs"), "changed\n").unwrap();
     git(&r.wt_b, &["add", "src/api.rs"]);
     let commit = Command::new("git")
@@ -408,8 +409,10 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     );
     // Released: the commit goes through, the previous hook still runs, and the commit carries
     // the agent's trailer.
-    let out = output(maos_at(bin(), &r.main, "alpha").args(["lock", "release", "src/api.rs"]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Maos::new(&r.main)
+        .agent("alpha")
+        .run(["lock", "release", "src/api.rs"]);
+    out.ok();
     let commit = Command::new("git")
         .current_dir(&r.wt_b)
         .args(["commit", "-qm", "touch api"])
@@ -431,7 +434,7 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     // Uninstall puts the previous hook back.
     std::fs::write(r.main.join(".claude/settings.json"), "{}").unwrap();
     let out = install(&["--uninstall", "--git"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    out.ok();
     let hook = std::fs::read_to_string(hooks.join("pre-commit")).unwrap();
     assert!(hook.contains("previous-hook-ran"), "{hook}");
 }

@@ -3,15 +3,9 @@
 // Fixture helpers outside #[test] functions: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Output;
-
 use maos_tests::merge_fixtures::{Repo, diverged, numbered, numbered_with};
-use maos_tests::{maos_at, output, stderr, stdout};
 
-fn maos(ws: &Path, agent: &str, args: &[&str]) -> Output {
-    output(maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, agent).args(args))
-}
+use crate::util::{Exit, Maos, Run};
 
 fn conflicting() -> Repo {
     diverged(
@@ -27,17 +21,21 @@ fn conflicting() -> Repo {
 #[test]
 fn check_exits_0_when_clean_and_4_with_conflicts() {
     let r = conflicting();
-    let out = maos(r.path(), "a", &["merge", "check", "source", "main"]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let text = stdout(&out);
+    let out = Maos::new(r.path())
+        .agent("a")
+        .run(["merge", "check", "source", "main"]);
+    out.assert_code(Exit::Conflicts);
+    let text = out.stdout();
     assert!(
         text.contains("content") && text.contains("api.rs"),
         "{text}"
     );
     assert!(text.contains("line 3"), "{text}");
 
-    let out = maos(r.path(), "a", &["--json", "merge", "check", "source"]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = Maos::new(r.path())
+        .agent("a")
+        .run(["--json", "merge", "check", "source"]);
+    out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["target"], "main",
@@ -51,13 +49,17 @@ fn check_exits_0_when_clean_and_4_with_conflicts() {
     r.write("other.txt", "x\n");
     r.commit_all("clean change");
     r.checkout("main", false);
-    let out = maos(r.path(), "a", &["merge", "check", "clean", "main"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("cleanly"));
+    let out = Maos::new(r.path())
+        .agent("a")
+        .run(["merge", "check", "clean", "main"]);
+    out.assert_code(Exit::Ok);
+    assert!(out.stdout().contains("cleanly"));
 
-    let out = maos(r.path(), "a", &["merge", "check", "no-such-branch", "main"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no-such-branch"), "{}", stderr(&out));
+    let out = Maos::new(r.path())
+        .agent("a")
+        .run(["merge", "check", "no-such-branch", "main"]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("no-such-branch");
 }
 
 #[test]
@@ -72,61 +74,70 @@ fn check_all_prints_the_pairwise_matrix() {
         r.checkout("main", false);
     }
     for (agent, b) in [("x1", "b1"), ("x2", "b2")] {
-        let out = maos(r.path(), agent, &["agents", "register", "--branch", b]);
-        assert!(out.status.success(), "{}", stderr(&out));
+        let out = Maos::new(r.path())
+            .agent(agent)
+            .run(["agents", "register", "--branch", b]);
+        out.ok();
     }
-    let out = maos(
-        r.path(),
-        "x1",
-        &["--json", "merge", "check", "--all", "--target", "main"],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = Maos::new(r.path())
+        .agent("x1")
+        .run(["--json", "merge", "check", "--all", "--target", "main"]);
+    out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vs_target"].as_array().unwrap().len(), 2);
-    assert_eq!(v["pairwise"][0]["conflicts"][0][0], "shared.txt");
-    let out = maos(r.path(), "x1", &["merge", "check", "--all"]);
-    assert!(stdout(&out).contains("pairwise"), "{}", stdout(&out));
+    // The same conflict objects as `merge check --json`.
+    let c = &v["pairwise"][0]["conflicts"][0];
+    assert_eq!(c["path"], "shared.txt");
+    assert_eq!(c["kind"], "content");
+    assert_eq!(c["regions"][0]["source"]["start"], 2);
+    let single = Maos::new(r.path())
+        .agent("x1")
+        .run(["--json", "merge", "check", "b2", "b1"]);
+    let single: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    assert_eq!(&single["conflicts"][0], c);
+    let out = Maos::new(r.path())
+        .agent("x1")
+        .run(["merge", "check", "--all"]);
+    out.stdout_has("pairwise");
 }
 
 #[test]
 fn prepare_resolve_run_and_queue() {
     let r = conflicting();
-    let out = maos(
-        r.path(),
-        "m",
-        &["--json", "merge", "prepare", "source", "main"],
-    );
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["--json", "merge", "prepare", "source", "main"]);
+    out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["suggested_strategy"]["strategy"], "manual");
 
-    let out = maos(
-        r.path(),
-        "m",
-        &["--json", "merge", "resolve", "source", "main"],
-    );
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["--json", "merge", "resolve", "source", "main"]);
     // Conflicts were found (and handed to resolvers): exit 4, like check and prepare.
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let task = v["resolution"]["conflict_tasks"][0]["task"]
         .as_str()
         .unwrap()
         .to_owned();
     // Resolving again reuses the open tasks instead of creating a second set.
-    let again = maos(
-        r.path(),
-        "m",
-        &["--json", "merge", "resolve", "source", "main"],
-    );
-    assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+    let again = Maos::new(r.path())
+        .agent("m")
+        .run(["--json", "merge", "resolve", "source", "main"]);
+    again.assert_code(Exit::Conflicts);
     let v2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v2["resolution"]["conflict_tasks"][0]["task"], task.as_str());
-    let out = maos(r.path(), "m", &["--json", "task", "show", &task]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("api.rs"), "{}", stdout(&out));
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["--json", "task", "show", &task]);
+    out.ok();
+    out.stdout_has("api.rs");
 
-    let out = maos(r.path(), "m", &["merge", "run", "source", "main"]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["merge", "run", "source", "main"]);
+    out.assert_code(Exit::Conflicts);
 
     // A clean branch merges through the queue; the conflicting one stays blocked.
     r.git(&["branch", "clean", "main"]);
@@ -135,24 +146,28 @@ fn prepare_resolve_run_and_queue() {
     r.commit_all("c");
     r.checkout("main", false);
     for b in ["source", "clean"] {
-        let out = maos(r.path(), "m", &["merge", "queue", "add", b, "main"]);
-        assert!(out.status.success(), "{}", stderr(&out));
+        let out = Maos::new(r.path())
+            .agent("m")
+            .run(["merge", "queue", "add", b, "main"]);
+        out.ok();
     }
-    let out = maos(r.path(), "m", &["merge", "queue", "run"]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let out = maos(r.path(), "m", &["--json", "merge", "queue", "list"]);
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["merge", "queue", "run"]);
+    out.assert_code(Exit::Conflicts);
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["--json", "merge", "queue", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["status"], "blocked");
     assert_eq!(v[1]["status"], "merged");
     assert_eq!(r.git(&["show", "main:c.txt"]), "c");
 
-    let out = maos(r.path(), "m", &["merge", "run", "clean", "main"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("already contains"),
-        "{}",
-        stdout(&out)
-    );
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["merge", "run", "clean", "main"]);
+    out.assert_code(Exit::Ok);
+    out.stdout_has("already contains");
 }
 
 #[test]
@@ -163,13 +178,11 @@ fn run_refuses_a_dirty_checked_out_target() {
     r.commit_all("f");
     r.checkout("main", false);
     r.write("README", "dirty\n");
-    let out = maos(r.path(), "m", &["merge", "run", "ff", "main"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("uncommitted changes"),
-        "{}",
-        stderr(&out)
-    );
+    let out = Maos::new(r.path())
+        .agent("m")
+        .run(["merge", "run", "ff", "main"]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("uncommitted changes");
 }
 
 #[test]
@@ -185,10 +198,11 @@ fn concurrent_merges_into_one_target_lose_nothing() {
         r.commit_all(&format!("b{i}"));
         r.checkout("main", false);
     }
-    let bin = Path::new(env!("CARGO_BIN_EXE_maos"));
     let children: Vec<_> = (0..n)
         .map(|i| {
-            maos_at(bin, r.path(), &format!("m{i}"))
+            Maos::new(r.path())
+                .agent(&format!("m{i}"))
+                .cmd()
                 .args(["merge", "run", &format!("b{i}"), "main"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -197,8 +211,8 @@ fn concurrent_merges_into_one_target_lose_nothing() {
         })
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let out = Run::wait(c);
+        out.assert_code(Exit::Ok);
     }
     for i in 0..n {
         assert_eq!(

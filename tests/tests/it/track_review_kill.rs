@@ -42,14 +42,14 @@ fn writers_killed_at_any_instant_leave_whole_batches() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ws = Workspace::init(dir.path())?;
     let dir_str = dir.path().to_str().expect("utf-8 temp dir").to_owned();
+    // This test re-runs itself as the writer: its full name inside the test binary.
+    let name = format!(
+        "{}::writers_killed_at_any_instant_leave_whole_batches",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     for round in 0..12 {
         let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "writers_killed_at_any_instant_leave_whole_batches",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(WRITER_ENV, format!("{dir_str}\nr{round}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

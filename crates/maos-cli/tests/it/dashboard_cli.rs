@@ -10,28 +10,25 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use maos_tests::chromium::{self, Chromium};
-use maos_tests::{git, maos_at, output, stderr, stdout};
+use maos_tests::git;
 use serde_json::Value;
 
+use crate::util::{Exit, Maos, Run};
+
+/// `maos` on `ws` as `agent` (initialising `ws` first when it has no `.maos/`).
 fn maos(ws: &Path, agent: &str) -> Command {
-    maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, agent)
+    Maos::new(ws).agent(agent).cmd()
 }
 
 /// Runs a command that must succeed; returns its stdout.
+#[track_caller]
 fn ok(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        stderr(&out)
-    );
-    stdout(&out)
+    Run::of(cmd).ok().stdout()
 }
 
+#[track_caller]
 fn json(cmd: &mut Command) -> Value {
-    let s = ok(cmd.arg("--json"));
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+    Run::of(cmd.arg("--json")).ok().json()
 }
 
 fn now_ms() -> u64 {
@@ -175,8 +172,11 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
 
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("demo");
-    let out = output(
-        maos(tmp.path(), "orchestrator")
+    // The demo creates its workspace itself (`--keep` wants an empty directory).
+    let out = Run::of(
+        Command::new(crate::util::bin())
+            .env_remove("MAOS_WORKSPACE")
+            .env("MAOS_AGENT_ID", "orchestrator")
             .arg("demo")
             .arg("--keep")
             .arg(&ws),
@@ -184,8 +184,8 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
     assert!(
         out.status.success(),
         "demo failed: {}\n{}",
-        stdout(&out),
-        stderr(&out)
+        out.stdout(),
+        out.stderr()
     );
 
     // Two more agents, alive while these sleepers run, on branches that edit the same line.
@@ -592,13 +592,13 @@ fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
     }
 
     // Without a terminal it says what to use instead.
-    let out = output(
+    Run::of(
         maos(ws, "viewer")
             .args(["status", "--watch"])
             .stdin(Stdio::null()),
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("maos dashboard"), "{}", stderr(&out));
+    )
+    .assert_code(Exit::Usage)
+    .stderr_has("maos dashboard");
 }
 
 // ---------------------------------------------------------------------------------------------

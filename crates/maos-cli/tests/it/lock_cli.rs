@@ -3,24 +3,19 @@
 #![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use maos_tests::{maos_at, output, stderr, stdout};
+use crate::util::{Exit, Maos, Run};
 
-fn maos(ws: &Path, agent: &str) -> Command {
-    maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, agent)
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(out)))
+fn json(out: &Run) -> serde_json::Value {
+    out.json()
 }
 
 #[test]
 fn an_agent_lease_outlives_the_cli_and_only_its_agent_releases_it() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
-    let out = output(maos(ws, "alice").args([
+    let out = Maos::new(ws).agent("alice").run([
         "lock",
         "acquire",
         "src/api/**",
@@ -28,60 +23,73 @@ fn an_agent_lease_outlives_the_cli_and_only_its_agent_releases_it() {
         "api rework",
         "--ttl",
         "10m",
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let token: u64 = stdout(&out).trim().parse().unwrap();
+    ]);
+    out.ok();
+    let token: u64 = out.stdout().trim().parse().unwrap();
 
     // Still held after the CLI exited, by the agent.
-    let list = json(&output(maos(ws, "x").args(["lock", "list", "--json"])));
+    let list = json(&Maos::new(ws).agent("x").run(["lock", "list", "--json"]));
     assert_eq!(list["holders"][0]["owner"], "alice");
     assert_eq!(list["holders"][0]["token"], token);
 
-    let busy = output(maos(ws, "bob").args(["lock", "acquire", "src/api/user.rs", "--wait", "0s"]));
-    assert_eq!(busy.status.code(), Some(3), "{}", stderr(&busy));
-    let msg = stderr(&busy);
+    let busy =
+        Maos::new(ws)
+            .agent("bob")
+            .run(["lock", "acquire", "src/api/user.rs", "--wait", "0s"]);
+    busy.assert_code(Exit::Busy);
+    let msg = busy.stderr();
     assert!(
         msg.contains("alice") && msg.contains("api rework") && msg.contains("lease"),
         "{msg}"
     );
 
-    let check = output(maos(ws, "bob").args(["lock", "check", "src/api/user.rs"]));
-    assert_eq!(check.status.code(), Some(3));
-    assert!(stderr(&check).contains("alice"), "{}", stderr(&check));
-    let mine = output(maos(ws, "alice").args(["lock", "check", "src/api/user.rs"]));
-    assert_eq!(mine.status.code(), Some(0), "{}", stderr(&mine));
-    let free = output(maos(ws, "bob").args(["lock", "check", "docs/x.md"]));
-    assert_eq!(free.status.code(), Some(0));
+    let check = Maos::new(ws)
+        .agent("bob")
+        .run(["lock", "check", "src/api/user.rs"]);
+    check.assert_code(Exit::Busy);
+    check.stderr_has("alice");
+    let mine = Maos::new(ws)
+        .agent("alice")
+        .run(["lock", "check", "src/api/user.rs"]);
+    mine.assert_code(Exit::Ok);
+    let free = Maos::new(ws)
+        .agent("bob")
+        .run(["lock", "check", "docs/x.md"]);
+    free.assert_code(Exit::Ok);
 
-    let theft = output(maos(ws, "bob").args(["lock", "release", "src/api/**"]));
-    assert!(!theft.status.success());
-    assert!(
-        stderr(&theft).contains("does not hold"),
-        "{}",
-        stderr(&theft)
-    );
-    let renew = output(maos(ws, "alice").args(["lock", "renew", "src/api/**"]));
-    assert!(renew.status.success(), "{}", stderr(&renew));
-    let beat = output(maos(ws, "alice").args(["lock", "renew", "--json"]));
-    assert!(beat.status.success(), "{}", stderr(&beat));
+    let theft = Maos::new(ws)
+        .agent("bob")
+        .run(["lock", "release", "src/api/**"]);
+    theft.failed();
+    theft.stderr_has("does not hold");
+    let renew = Maos::new(ws)
+        .agent("alice")
+        .run(["lock", "renew", "src/api/**"]);
+    renew.ok();
+    let beat = Maos::new(ws)
+        .agent("alice")
+        .run(["lock", "renew", "--json"]);
+    beat.ok();
     assert_eq!(
         json(&beat).as_array().unwrap().len(),
         1,
         "the heartbeat renews every lease"
     );
-    let rel = output(maos(ws, "alice").args([
+    let rel = Maos::new(ws).agent("alice").run([
         "lock",
         "release",
         "src/api/**",
         "--token",
         &token.to_string(),
-    ]));
-    assert!(rel.status.success(), "{}", stderr(&rel));
+    ]);
+    rel.ok();
 
     let again =
-        output(maos(ws, "bob").args(["lock", "acquire", "src/api/user.rs", "--wait", "0s"]));
-    assert!(again.status.success(), "{}", stderr(&again));
-    let t2: u64 = stdout(&again).trim().parse().unwrap();
+        Maos::new(ws)
+            .agent("bob")
+            .run(["lock", "acquire", "src/api/user.rs", "--wait", "0s"]);
+    again.ok();
+    let t2: u64 = again.stdout().trim().parse().unwrap();
     assert!(t2 >= 1);
 }
 
@@ -89,7 +97,7 @@ fn an_agent_lease_outlives_the_cli_and_only_its_agent_releases_it() {
 fn lock_run_exits_with_the_commands_status_and_survives_the_cli_being_killed() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
-    let out = output(maos(ws, "a").args([
+    let out = Maos::new(ws).agent("a").run([
         "lock",
         "run",
         "r",
@@ -97,11 +105,13 @@ fn lock_run_exits_with_the_commands_status_and_survives_the_cli_being_killed() {
         "sh",
         "-c",
         "test -n \"$MAOS_LOCK_TOKEN\" && exit 7",
-    ]));
-    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", out.stderr());
 
     // The child holds the lock even after the CLI is SIGKILLed.
-    let mut cli = maos(ws, "a")
+    let mut cli = Maos::new(ws)
+        .agent("a")
+        .cmd()
         .args([
             "lock",
             "run",
@@ -122,7 +132,7 @@ fn lock_run_exits_with_the_commands_status_and_survives_the_cli_being_killed() {
     let mut child_in = cli.stdin.take().unwrap();
     cli.kill().unwrap();
     cli.wait().unwrap();
-    let held = output(maos(ws, "b").args(["lock", "check", "r"]));
+    let held = Maos::new(ws).agent("b").run(["lock", "check", "r"]);
     assert_eq!(
         held.status.code(),
         Some(3),
@@ -136,8 +146,10 @@ fn lock_run_exits_with_the_commands_status_and_survives_the_cli_being_killed() {
     // Wait for the command to exit (its stdout closes), then the lock is free.
     line.clear();
     while child_out.read_line(&mut line).unwrap() > 0 {}
-    let free = output(maos(ws, "b").args(["lock", "acquire", "r", "--wait", "10s"]));
-    assert!(free.status.success(), "{}", stderr(&free));
+    let free = Maos::new(ws)
+        .agent("b")
+        .run(["lock", "acquire", "r", "--wait", "10s"]);
+    free.ok();
 }
 
 #[test]
@@ -153,10 +165,10 @@ fn concurrent_lock_run_commands_do_not_lose_increments() {
             let script = script.clone();
             std::thread::spawn(move || {
                 for _ in 0..8 {
-                    let out = output(maos(&ws, &format!("p{p}")).args([
+                    let out = Maos::new(&ws).agent(&format!("p{p}")).run([
                         "lock", "run", "counter", "--wait", "2m", "--", "sh", "-c", &script,
-                    ]));
-                    assert!(out.status.success(), "{}", stderr(&out));
+                    ]);
+                    out.ok();
                 }
             })
         })
@@ -172,50 +184,58 @@ fn deadlock_check_finds_a_two_agent_cycle_and_resolves_it() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
     for (agent, res) in [("a", "x"), ("b", "y")] {
-        let out = output(maos(ws, agent).args(["lock", "acquire", res]));
-        assert!(out.status.success(), "{}", stderr(&out));
+        let out = Maos::new(ws).agent(agent).run(["lock", "acquire", res]);
+        out.ok();
     }
-    let none = output(maos(ws, "m").args(["deadlock", "check"]));
-    assert_eq!(none.status.code(), Some(0));
-    let mut wa = maos(ws, "a")
+    let none = Maos::new(ws).agent("m").run(["deadlock", "check"]);
+    none.assert_code(Exit::Ok);
+    let mut wa = Maos::new(ws)
+        .agent("a")
+        .cmd()
         .args(["lock", "acquire", "y", "--wait", "2m"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Make sure a queued first, so the victim (youngest wait) is b.
-    while json(&output(maos(ws, "m").args(["lock", "list", "--json"])))["waiters"]
+    while json(&Maos::new(ws).agent("m").run(["lock", "list", "--json"]))["waiters"]
         .as_array()
         .unwrap()
         .is_empty()
     {}
-    let mut wb = maos(ws, "b")
+    let mut wb = Maos::new(ws)
+        .agent("b")
+        .cmd()
         .args(["lock", "acquire", "x", "--wait", "2m"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    while json(&output(maos(ws, "m").args(["lock", "list", "--json"])))["waiters"]
+    while json(&Maos::new(ws).agent("m").run(["lock", "list", "--json"]))["waiters"]
         .as_array()
         .unwrap()
         .len()
         < 2
     {}
 
-    let found = output(maos(ws, "m").args(["deadlock", "check", "--json"]));
-    assert_eq!(found.status.code(), Some(5), "{}", stderr(&found));
+    let found = Maos::new(ws)
+        .agent("m")
+        .run(["deadlock", "check", "--json"]);
+    found.assert_code(Exit::Deadlock);
     let v = json(&found);
     assert_eq!(v["cycles"][0]["agents"], serde_json::json!(["a", "b"]));
     assert_eq!(v["cycles"][0]["victim"], "b");
 
-    let resolved = output(maos(ws, "m").args(["deadlock", "check", "--resolve", "--broadcast"]));
-    assert_eq!(resolved.status.code(), Some(5));
+    let resolved = Maos::new(ws)
+        .agent("m")
+        .run(["deadlock", "check", "--resolve", "--broadcast"]);
+    resolved.assert_code(Exit::Deadlock);
     assert_eq!(
         wb.wait().unwrap().code(),
         Some(5),
         "the victim's wait ends with exit 5"
     );
-    let rel = output(maos(ws, "b").args(["lock", "release", "y"]));
-    assert!(rel.status.success(), "{}", stderr(&rel));
+    let rel = Maos::new(ws).agent("b").run(["lock", "release", "y"]);
+    rel.ok();
     assert!(wa.wait().unwrap().success(), "a gets y once b gives it up");
 }

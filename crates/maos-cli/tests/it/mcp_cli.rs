@@ -8,18 +8,16 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use maos_tests::{git, maos_at, output, stderr};
+use maos_tests::git;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 
-type Client = RunningService<RoleClient, ()>;
+use crate::util::{Maos, bin};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_maos"))
-}
+type Client = RunningService<RoleClient, ()>;
 
 async fn server(repo: &Path, agent: &str) -> (Client, u32) {
     let mut cmd = tokio::process::Command::new(bin());
@@ -83,11 +81,10 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
     }
     git(repo, &["checkout", "-q", "main"]);
     for (agent, branch) in [("alpha", "agent/alpha"), ("beta", "agent/beta")] {
-        let out = output(
-            maos_at(bin(), repo, agent)
-                .args(["agents", "register", "--role", "dev", "--branch", branch]),
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
+        Maos::new(repo)
+            .agent(agent)
+            .run(["agents", "register", "--role", "dev", "--branch", branch])
+            .ok();
     }
 
     let (a, a_pid) = server(repo, "alpha").await;

@@ -4,24 +4,21 @@
 use std::path::Path;
 use std::process::Command;
 
-use maos_tests::{maos_at, output, stderr, stdout};
+use crate::util::{Maos, Run};
 
-fn maos(ws: &Path) -> Command {
-    maos_at(Path::new(env!("CARGO_BIN_EXE_maos")), ws, "auditor")
+fn maos_auditor(ws: &Path) -> Command {
+    Maos::new(ws).agent("auditor").cmd()
 }
 
 fn json(cmd: &mut Command) -> serde_json::Value {
-    let out = output(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
-    serde_json::from_str(&stdout(&out))
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
+    Run::of(cmd).ok().json()
 }
 
 #[test]
 fn the_demo_coordinates_four_agents_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
-    let out = output(
+    let out = Run::of(
         Command::new(env!("CARGO_BIN_EXE_maos"))
             .env_remove("MAOS_WORKSPACE")
             .env_remove("MAOS_AGENT_ID")
@@ -30,11 +27,11 @@ fn the_demo_coordinates_four_agents_end_to_end() {
             ])
             .arg(&ws),
     );
-    let text = stdout(&out);
+    let text = out.stdout();
     assert!(
         out.status.success(),
         "demo failed:\n{text}\n{}",
-        stderr(&out)
+        out.stderr()
     );
     assert!(text.contains("every step held"), "{text}");
     assert!(
@@ -43,7 +40,7 @@ fn the_demo_coordinates_four_agents_end_to_end() {
     );
 
     // Every task completed, each exactly once (one start, no retry).
-    let tasks = json(maos(&ws).args(["task", "list", "--json"]));
+    let tasks = json(maos_auditor(&ws).args(["task", "list", "--json"]));
     let tasks = tasks.as_array().expect("task list is an array");
     assert!(tasks.len() >= 3 + 8, "{} tasks", tasks.len());
     for t in tasks {
@@ -67,40 +64,40 @@ fn the_demo_coordinates_four_agents_end_to_end() {
 
     // The merged history holds every agent's work: a commit by each working agent is
     // reachable from main.
-    let log = output(Command::new("git").current_dir(&ws).args([
+    let log = Run::of(Command::new("git").current_dir(&ws).args([
         "log",
         "main",
         "--format=%(trailers:key=Maos-Agent,valueonly)",
     ]));
-    assert!(log.status.success(), "{}", stderr(&log));
-    let authors = stdout(&log);
+    log.ok();
+    let authors = log.stdout();
     for agent in ["architect-1", "backend-1", "frontend-1"] {
         assert!(
             authors.contains(agent),
             "main lacks {agent}'s work:\n{authors}"
         );
     }
-    let routes = output(
+    let routes = Run::of(
         Command::new("git")
             .current_dir(&ws)
             .args(["show", "main:src/shared/routes.rs"]),
     );
-    let routes = stdout(&routes);
+    let routes = routes.stdout();
     assert!(
         routes.contains("/users") && routes.contains("/profile"),
         "{routes}"
     );
 
     // No lock left behind.
-    let locks = json(maos(&ws).args(["lock", "list", "--json"]));
+    let locks = json(maos_auditor(&ws).args(["lock", "list", "--json"]));
     let held = locks["locks"].as_array().map_or(0, Vec::len);
     assert_eq!(held, 0, "locks left behind: {locks}");
 
     // The deadlock was reported on the deadlock topic.
-    let out = output(maos(&ws).args(["recv", "broadcast/deadlock", "--json"]));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Run::of(maos_auditor(&ws).args(["recv", "broadcast/deadlock", "--json"]));
+    out.ok();
     assert!(
-        !stdout(&out).trim().is_empty(),
+        !out.stdout().trim().is_empty(),
         "no deadlock report on the topic"
     );
 }

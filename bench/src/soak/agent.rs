@@ -1,0 +1,199 @@
+//! One soak agent: a separate process doing what an agent does, in a loop, until its deadline:
+//! claim a task, lock 1-3 files, check that it alone holds them, commit on its branch, message a
+//! role, broadcast its status, now and then predict conflicts, release, complete the task. It
+//! records the latency of each operation and any violation of an invariant it can see.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use maos_coordination::comm::BroadcastChannel;
+use maos_coordination::core::{AgentRole, now_ms};
+use maos_coordination::merge::ConflictDetector;
+use maos_coordination::track::{Options, Update};
+use maos_coordination::{
+    AgentId, AgentRegistry, ChannelName, FileChannel, FileLock, Message, Recipients, Registration,
+    ResourceName, TaskStatus, TaskTracker, Workspace,
+};
+use serde_json::json;
+
+use super::{FILES, Rng, Samples, Setup};
+
+/// Runs agent `id` (incarnation `inc`) until `deadline` (ms since the epoch).
+pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> anyhow::Result<()> {
+    let ws = Workspace::open(root)?;
+    let me = AgentId::new(id)?;
+    AgentRegistry::new(&ws).register(
+        Registration::new(me.clone())
+            .role(AgentRole::new("worker")?)
+            .branch(format!("agent/{id}")),
+    )?;
+    let setup = Setup::at(root);
+    let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
+    let channel = FileChannel::open(&ws, ChannelName::new("swarm")?)?;
+    let news = BroadcastChannel::new(&ws, me.clone());
+    let repo = git2::Repository::open(root)?;
+    let detector = ConflictDetector::open(root)?;
+    let mut rng = Rng(seed ^ u64::from(inc).wrapping_mul(0x9E37_79B9));
+    let mut samples: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut round = 0u64;
+    let journal = setup.journal(id, inc)?;
+    let time = |samples: &mut BTreeMap<&'static str, Vec<u64>>, op: &'static str, t: Instant| {
+        samples
+            .entry(op)
+            .or_default()
+            .push(t.elapsed().as_micros() as u64);
+    };
+    while now_ms() < deadline {
+        round += 1;
+        let t = Instant::now();
+        let task = tracker.claim_blocking(&me)?;
+        time(&mut samples, "claim", t);
+        let Some(task) = task else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        journal.line(&format!("claim {}", task.id))?;
+        // Lock 1-3 distinct files, in a global order (no deadlock between agents).
+        let mut files: Vec<usize> = (0..1 + rng.below(3))
+            .map(|_| rng.below(FILES as u64) as usize)
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        let mut guards = Vec::new();
+        for f in &files {
+            let res = ResourceName::new(format!("src/f{f}.rs"))?;
+            let lock = FileLock::new(&ws, res.clone())
+                .agent(me.clone())
+                .ttl(Duration::from_secs(30))
+                .wait(Duration::from_secs(60));
+            let t = Instant::now();
+            let g = match lock.try_acquire("soak")? {
+                Some(g) => {
+                    time(&mut samples, "lock acquire (free)", t);
+                    g
+                }
+                None => {
+                    let g = lock.acquire_blocking("soak")?;
+                    time(&mut samples, "lock acquire (after waiting)", t);
+                    g
+                }
+            };
+            setup.enter(*f, id, inc, g.token().0)?;
+            guards.push((*f, g));
+        }
+        // Work on the files: one commit on this agent's branch.
+        let t = Instant::now();
+        commit(&repo, id, &files, round)?;
+        time(&mut samples, "commit", t);
+        // Message the workers and broadcast a status.
+        seq += 1;
+        let msg = Message::new(
+            me.clone(),
+            Recipients::Role(AgentRole::new("worker")?),
+            json!({ "sender": id, "inc": inc, "seq": seq }),
+        );
+        let t = Instant::now();
+        channel.send_blocking(&msg)?;
+        time(&mut samples, "send", t);
+        journal.line(&format!("sent {inc} {seq}"))?;
+        let t = Instant::now();
+        news.broadcast_blocking(&format!("status/{id}"), &json!({ "round": round }))?;
+        time(&mut samples, "broadcast", t);
+        if round.is_multiple_of(10) {
+            let t = Instant::now();
+            detector.check(&format!("agent/{id}"), "main")?;
+            time(&mut samples, "predict conflicts", t);
+        }
+        for (f, g) in guards {
+            setup.leave(f, id, inc)?;
+            let t = Instant::now();
+            g.release()?;
+            time(&mut samples, "lock release", t);
+        }
+        // The task is still ours: nobody took it over while this agent was alive.
+        match tracker.get_blocking(&task.id)? {
+            Some(t) if t.assigned_to.as_ref() == Some(&me) && t.status.is_active() => {}
+            other => setup.violation(&format!(
+                "{id}/{inc}: task {} it claimed is now {:?} while it is alive",
+                task.id,
+                other.map(|t| (t.status, t.assigned_to))
+            ))?,
+        }
+        let t = Instant::now();
+        match tracker.update_blocking(&task.id, &Update::status(TaskStatus::Completed)) {
+            Ok(_) => {}
+            Err(e) => {
+                setup.violation(&format!(
+                    "{id}/{inc}: completing task {} it claimed failed while alive: {e}",
+                    task.id
+                ))?;
+            }
+        }
+        time(&mut samples, "complete", t);
+        journal.line(&format!("done {}", task.id))?;
+    }
+    let summary: BTreeMap<&str, Samples> =
+        samples.into_iter().map(|(k, v)| (k, Samples(v))).collect();
+    setup.results(id, inc, &summary)?;
+    Ok(())
+}
+
+/// One commit on `agent/<id>` changing `files` (created from main when missing).
+fn commit(repo: &git2::Repository, id: &str, files: &[usize], round: u64) -> anyhow::Result<()> {
+    let branch = format!("refs/heads/agent/{id}");
+    let parent = match repo.find_reference(&branch) {
+        Ok(r) => r.peel_to_commit()?,
+        Err(_) => repo.find_reference("refs/heads/main")?.peel_to_commit()?,
+    };
+    let mut index = git2::Index::new()?;
+    index.read_tree(&parent.tree()?)?;
+    for f in files {
+        let path = format!("src/f{f}.rs");
+        let blob = repo.blob(format!("// {id} round {round}\nfn f{f}() {{}}\n").as_bytes())?;
+        let entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id: blob,
+            flags: 0,
+            flags_extended: 0,
+            path: path.into_bytes(),
+        };
+        index.add(&entry)?;
+    }
+    let tree = repo.find_tree(index.write_tree_to(repo)?)?;
+    let sig = git2::Signature::now(id, &format!("{id}@soak.invalid"))?;
+    let msg = format!("round {round}\n\nMaos-Agent: {id}\n");
+    let oid = repo.commit(None, &sig, &sig, &msg, &tree, &[&parent])?;
+    repo.reference(&branch, oid, true, "soak")?;
+    Ok(())
+}
+
+/// An append-only journal of what this incarnation did (read by the checker).
+pub(crate) struct Journal {
+    file: std::fs::File,
+}
+
+impl Journal {
+    pub(crate) fn open(path: &PathBuf) -> anyhow::Result<Self> {
+        Ok(Self {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        })
+    }
+
+    pub(crate) fn line(&self, s: &str) -> anyhow::Result<()> {
+        (&self.file).write_all(format!("{s}\n").as_bytes())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! The cross-crate and multi-process tests of maos, as one test binary (one link of
+//! libgit2 and the workspace instead of one per file). One module per concern; helpers shared
+//! by them live in the `maos-tests` library (`tests/src/lib.rs`).
+
+mod comm_multiprocess;
+mod core_hostile_names;
+mod fuzz;
+mod lock_deadlock;
+mod lock_mutex;
+mod lock_race;
+mod merge_coordination;
+mod merge_crash;
+mod merge_equivalence;
+mod merge_history_parity;
+mod merge_kinds;
+mod merge_review_queue;
+mod merge_review_snapshot;
+mod merge_review_touch;
+mod tidy;
+mod track_dag;
+mod track_dead_agent;
+mod track_feature;
+mod track_review_kill;
