@@ -355,7 +355,7 @@ impl MergeQueue {
 
     /// Marks the merge task of a resolution that a new one replaces as failed.
     fn supersede(&self, res: &Resolution) {
-        let Ok(tracker) = maos_track::TaskTracker::open(self.coord.workspace()) else {
+        let Ok(tracker) = self.coord.tracker() else {
             return;
         };
         let note = "superseded: the merge still conflicts; new resolution tasks were created";

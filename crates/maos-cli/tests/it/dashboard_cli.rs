@@ -177,8 +177,7 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         Command::new(crate::util::bin())
             .env_remove("MAOS_WORKSPACE")
             .env("MAOS_AGENT_ID", "orchestrator")
-            .arg("demo")
-            .arg("--keep")
+            .args(["demo", "--fast", "--keep"])
             .arg(&ws),
     );
     assert!(

@@ -135,8 +135,11 @@ impl MergeCoordinator {
         })
     }
 
-    pub(super) fn tracker(&self) -> Result<TaskTracker> {
-        TaskTracker::open(&self.ws).map_err(|source| Error::Track {
+    /// The task tracker, acting as this coordinator's agent (changes and notifications carry
+    /// it).
+    pub(crate) fn tracker(&self) -> Result<TaskTracker> {
+        let options = maos_track::Options::default().agent(self.agent.clone());
+        TaskTracker::open_with(&self.ws, options).map_err(|source| Error::Track {
             context: "open tracker".into(),
             source: Box::new(source),
         })
