@@ -7,6 +7,7 @@
 mod agents;
 mod comm;
 mod core;
+mod dashboard;
 mod lock;
 mod merge;
 mod soak;
@@ -64,6 +65,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("agents") {
         agents::run(&mut table)?;
+    }
+    if selected("dashboard") {
+        dashboard::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");

@@ -1,5 +1,6 @@
 //! Helpers shared by the cross-crate and multi-process tests in `tests/tests/`.
 
+pub mod chromium;
 pub mod merge_fixtures;
 
 use std::path::Path;

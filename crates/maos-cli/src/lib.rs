@@ -40,6 +40,7 @@ macro_rules! out {
 mod agents;
 mod comm;
 mod ctx;
+mod dashboard;
 mod demo;
 mod doctor;
 mod duration;
@@ -48,8 +49,10 @@ mod hook;
 mod lock;
 mod mcp;
 mod merge;
+mod picture;
 mod status;
 mod task;
+mod watch_view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,8 +99,10 @@ enum Command {
     /// Register agents and list them with their liveness.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
-    /// Show what the workspace holds.
-    Status,
+    /// Show what the workspace holds (--watch: a live terminal view).
+    Status(status::StatusArgs),
+    /// Serve the live web dashboard of the workspace (loopback, read-only by default).
+    Dashboard(dashboard::DashboardArgs),
     /// Check every file of the workspace; --repair fixes what can be fixed without losing
     /// acknowledged data (quarantining what it removes). Exit 1 while problems remain.
     Doctor(doctor::DoctorArgs),
@@ -202,7 +207,9 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
     match command {
         Command::Init => status::init(ctx),
         Command::Agents(cmd) => agents::run(cmd, ctx),
-        Command::Status => status::status(ctx),
+        Command::Status(args) if args.watch => watch_view::run(ctx),
+        Command::Status(_) => status::status(ctx),
+        Command::Dashboard(args) => dashboard::run(args, ctx),
         Command::Doctor(args) => doctor::run(args, ctx),
         Command::Demo(args) => demo::run(args, ctx),
         Command::Comm(cmd) => comm::run(cmd, ctx),

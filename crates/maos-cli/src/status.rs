@@ -15,6 +15,15 @@ pub(crate) fn init(ctx: &Ctx) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// `maos status` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// A live terminal view of agents, locks, tasks, messages and merges, redrawn when the
+    /// workspace changes (q, Esc or Ctrl-C to quit).
+    #[arg(long)]
+    pub(crate) watch: bool,
+}
+
 #[derive(Serialize)]
 struct Status {
     workspace: std::path::PathBuf,

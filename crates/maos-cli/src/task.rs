@@ -161,8 +161,12 @@ pub(crate) enum TaskCommand {
     },
     /// Progress report (also written to .maos/progress.json).
     Report,
-    /// Mermaid Gantt chart.
-    Gantt,
+    /// Gantt chart: Mermaid source, or a picture (SVG, self-contained HTML).
+    Gantt {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::picture::GanttFormat::Mermaid)]
+        format: crate::picture::GanttFormat,
+    },
     /// Dependency graph.
     Graph {
         /// Output format.
@@ -216,6 +220,10 @@ pub(crate) struct Transition {
 pub(crate) enum GraphFormat {
     Dot,
     Mermaid,
+    /// A picture (SVG), drawn natively.
+    Svg,
+    /// A self-contained HTML page with the SVG picture.
+    Html,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -653,15 +661,16 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             let r = track::ProgressVisualizer::new(tracker).generate_progress_report_blocking()?;
             ctx.emit(&r, || track::summary(&r))?;
         }
-        TaskCommand::Gantt => {
+        TaskCommand::Gantt { format } => {
             let tasks = open(ctx, None)?.list_blocking()?;
-            out!("{}", track::gantt(&tasks, now_ms()))?;
+            crate::picture::gantt(&tasks, format)?;
         }
         TaskCommand::Graph { format } => {
             let tasks = open(ctx, None)?.list_blocking()?;
             match format {
                 GraphFormat::Dot => out!("{}", track::dot(&tasks))?,
                 GraphFormat::Mermaid => out!("{}", track::mermaid_flowchart(&tasks))?,
+                GraphFormat::Svg | GraphFormat::Html => crate::picture::graph(&tasks, format)?,
             }
         }
         TaskCommand::Watch {

@@ -8,6 +8,7 @@
 
 pub use maos_comm as comm;
 pub use maos_core as core;
+pub use maos_dashboard as dashboard;
 pub use maos_lock as lock;
 pub use maos_merge as merge;
 pub use maos_session as session;

@@ -12,7 +12,8 @@
 //! with its [`Event`] history; [`TaskTracker::amend`], [`TaskTracker::cancel`] and
 //! [`TaskTracker::comment`] change, give up and annotate tasks. [`ProgressVisualizer`] writes
 //! `.maos/progress.json` and renders Gantt charts; [`dot`], [`mermaid_flowchart`] and
-//! [`table`] render the graph. [`doctor`] checks (and repairs) the store's files.
+//! [`table`] render the graph; [`gantt_svg`] and [`graph_svg`] draw it as SVG (wrapped by
+//! [`html_page`] into a self-contained page). [`doctor`] checks (and repairs) the store's files.
 //!
 //! How it works: every write takes one tracker-wide kernel lock (with a timeout), catches up
 //! with the store, validates and applies its records, appends them to a log and fsyncs. A
@@ -92,6 +93,7 @@ mod graph;
 mod history;
 mod notify;
 mod store;
+mod svg;
 mod task;
 mod tracker;
 mod visual;
@@ -102,6 +104,7 @@ pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
 pub use history::{Event, EventKind, TaskDetails};
 pub use notify::{Change, FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
 pub use store::doctor::doctor;
+pub use svg::{CRITICAL_COLOUR, critical_window, gantt_svg, graph_svg, html_page, xml_escape};
 pub use task::{
     Edit, MAX_DEPENDENCIES, MAX_LABEL_BYTES, MAX_LABELS, MAX_METADATA, MAX_METADATA_VALUE_BYTES,
     MAX_NAME_BYTES, MAX_TEXT_BYTES, Task, TaskStatus,

@@ -373,7 +373,7 @@ fn axis_format(span_ms: u64) -> &'static str {
     }
 }
 
-fn status_colour(s: TaskStatus) -> &'static str {
+pub(crate) fn status_colour(s: TaskStatus) -> &'static str {
     match s {
         TaskStatus::Pending => "#ffffff",
         TaskStatus::Blocked => "#dddddd",

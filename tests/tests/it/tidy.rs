@@ -83,6 +83,38 @@ fn the_cli_depends_on_the_facade_only() {
 }
 
 #[test]
+fn the_dashboard_sits_above_every_feature_crate() {
+    // maos-dashboard reads every store and serves a web page: only the facade (and through it
+    // the CLI) may depend on it, so its server and its dependencies stay out of the libraries.
+    let mut wrong = Vec::new();
+    for c in crates() {
+        let name = c.file_name().unwrap().to_string_lossy().into_owned();
+        if matches!(
+            name.as_str(),
+            "maos-coordination" | "maos-dashboard" | "maos-cli"
+        ) {
+            continue;
+        }
+        for dep in maos_dependencies(&c.join("Cargo.toml")) {
+            if dep == "maos-dashboard" || dep == "maos-coordination" {
+                wrong.push(format!("{name} -> {dep}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "feature crates depend on the dashboard or the facade: {wrong:?}"
+    );
+    let dash = maos_dependencies(&root().join("crates/maos-dashboard/Cargo.toml"));
+    assert!(
+        !dash
+            .iter()
+            .any(|d| d == "maos-coordination" || d == "maos-cli"),
+        "maos-dashboard must not depend on the facade or the CLI: {dash:?}"
+    );
+}
+
+#[test]
 fn the_facade_only_re_exports() {
     let path = root().join("crates/maos-coordination/src/lib.rs");
     for (n, line) in read(&path).lines().enumerate() {

@@ -6,6 +6,7 @@ mod cli;
 mod cli_conventions;
 mod comm_cli;
 mod comm_issues;
+mod dashboard_cli;
 mod demo_e2e;
 mod docs;
 mod hooks_cli;

@@ -1,0 +1,435 @@
+//! maos-dashboard at 100 agents, 10,000 tasks and 10,000 locks: the snapshot (cold and after
+//! one change) beside the raw library reads it is made of, the page's JSON, and in a real
+//! headless Chromium the first paint and the update latency beside the same on an empty
+//! workspace.
+
+use std::time::{Duration, Instant};
+
+use maos_coordination::core::{ProcessIdentity, Registration};
+use maos_coordination::dashboard::{Changed, Collector, Options, Server, ViewQuery};
+use maos_coordination::lock::{FileLock, LockTable};
+use maos_coordination::track::{Options as TrackOptions, Task, TaskStatus, TaskTracker};
+use maos_coordination::{AgentId, AgentRegistry, ResourceName, Workspace};
+use maos_tests::chromium::Chromium;
+
+use crate::table::{Row, Table, median_us};
+
+const AGENTS: usize = 100;
+const TASKS: usize = 10_000;
+const LOCKS: usize = 10_000;
+const WAITERS: usize = 10;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn agent(i: usize) -> AgentId {
+    AgentId::new(format!("agent-{i:03}")).expect("a valid name")
+}
+
+/// 100 registered agents (alive: this process stands for them), 10,000 tasks in a random DAG
+/// assigned to them with mixed statuses, 10,000 locks held by them (agent leases) and a few
+/// queued waiters (threads, returned so they can be ended).
+fn populate(ws: &Workspace) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let reg = AgentRegistry::new(ws);
+    for i in 0..AGENTS {
+        reg.register(
+            Registration::new(agent(i))
+                .role(maos_coordination::AgentRole::new(
+                    ["backend", "frontend", "reviewer"][i % 3],
+                )?)
+                .branch(format!("agent/{i:03}"))
+                .process(ProcessIdentity::current()),
+        )?;
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut tasks: Vec<Task> = Vec::with_capacity(TASKS);
+    for i in 0..TASKS {
+        let mut t = Task::new(format!("task {i}: implement part {i}"));
+        t.estimated_duration = Some(Duration::from_secs(60 * (1 + rng.below(120))));
+        t.assigned_to = Some(agent(rng.below(AGENTS as u64) as usize));
+        if i > 0 {
+            for _ in 0..rng.below(4) {
+                let lo = i.saturating_sub(50);
+                let dep = tasks[lo + rng.below((i - lo) as u64) as usize].id.clone();
+                if !t.dependencies.contains(&dep) {
+                    t.dependencies.push(dep);
+                }
+            }
+        }
+        tasks.push(t);
+    }
+    let tracker = TaskTracker::open_with(
+        ws,
+        TrackOptions::default()
+            .publish(false)
+            .release_dead_claims(false),
+    )?;
+    tracker.create_tasks_blocking(&tasks)?;
+    // A tenth of the roots done, a few in progress.
+    let roots: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.dependencies.is_empty())
+        .map(|t| t.id.clone())
+        .collect();
+    for (k, id) in roots.iter().enumerate().take(roots.len() / 10 + 20) {
+        tracker.update_status_blocking(id, TaskStatus::InProgress, None)?;
+        if k >= 20 {
+            tracker.update_status_blocking(id, TaskStatus::Completed, None)?;
+        }
+    }
+    tracker.compact_blocking()?;
+    seed_locks(ws)?;
+    let mut waiters = Vec::new();
+    for w in 0..WAITERS {
+        let ws = ws.clone();
+        waiters.push(std::thread::spawn(move || {
+            let r = FileLock::new(&ws, ResourceName::new(lock_resource(w)).expect("valid"))
+                .agent(agent(AGENTS - 1 - w))
+                .wait(Duration::from_secs(600))
+                .acquire_blocking("bench waiter");
+            drop(r);
+        }));
+    }
+    // Wait until every waiter is queued.
+    let table = LockTable::open(ws)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while table.snapshot()?.waiters.len() < WAITERS {
+        anyhow::ensure!(Instant::now() < deadline, "the bench waiters did not queue");
+        std::thread::yield_now();
+    }
+    Ok(waiters)
+}
+
+fn lock_resource(i: usize) -> String {
+    format!("src/mod{:02}/file{i:05}.rs", i % 50)
+}
+
+/// Adds 10,000 held locks (leases of the registered agents) to the lock table in one write,
+/// following the table format of docs/protocol.md (lock section: the two checksummed slots,
+/// under the guard's kernel lock). Taking them one by one through `FileLock` costs one table
+/// rewrite each, quadratic in the table size (about 17 minutes on the loaded 2-core machine).
+/// The result is checked through `LockTable::snapshot`, so a format change fails loudly here.
+fn seed_locks(ws: &Workspace) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // One real lock creates the directory, the slots and the boot id.
+    FileLock::new(ws, ResourceName::new("bench/seed")?)
+        .agent(agent(0))
+        .acquire_blocking("seed")?
+        .release()?;
+    let dir = ws.locks_dir();
+    let guard_file = maos_coordination::core::fsx::LockFile::open(&dir.join("guard"))?;
+    let _guard = guard_file.exclusive(Duration::from_secs(10))?;
+    let mut best: Option<(u64, serde_json::Value)> = None;
+    for slot in ["table.0", "table.1"] {
+        let Ok(bytes) = std::fs::read(dir.join(slot)) else {
+            continue;
+        };
+        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&bytes[..nl]).into_owned();
+        let mut parts = head.split(' ');
+        let (Some(crc), Some(len)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(crc), Ok(len)) = (u32::from_str_radix(crc, 16), len.parse::<usize>()) else {
+            continue;
+        };
+        let Some(body) = bytes.get(nl + 1..nl + 1 + len) else {
+            continue;
+        };
+        if crc32fast::hash(body) != crc {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)?;
+        let g = v["generation"].as_u64().unwrap_or(0);
+        if best.as_ref().is_none_or(|(bg, _)| g > *bg) {
+            best = Some((g, v));
+        }
+    }
+    let (generation, mut table) =
+        best.ok_or_else(|| anyhow::anyhow!("no valid lock table slot"))?;
+    anyhow::ensure!(
+        table["version"] == 1,
+        "lock table version {} (the bench seeds version 1)",
+        table["version"]
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let mut ticket = table["next_ticket"].as_u64().unwrap_or(0);
+    let mut holders = Vec::with_capacity(LOCKS);
+    for i in 0..LOCKS {
+        ticket += 1;
+        let resource = lock_resource(i);
+        holders.push(serde_json::json!({
+            "id": ticket,
+            "resource": resource,
+            "mode": "exclusive",
+            "owner": agent(i % AGENTS).to_string(),
+            "acquired_at": now,
+            "expires_at": now + 3_600_000,
+            "ttl_ms": 3_600_000,
+            "purpose": format!("bench lock {i}"),
+            "token": 1,
+        }));
+        table["tokens"][resource.as_str()] = serde_json::json!(1);
+    }
+    table["holders"] = serde_json::Value::Array(holders);
+    table["next_ticket"] = serde_json::json!(ticket);
+    table["generation"] = serde_json::json!(generation + 1);
+    let body = serde_json::to_vec(&table)?;
+    let mut bytes = format!("{:08x} {}\n", crc32fast::hash(&body), body.len()).into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes.push(b'\n');
+    let slot = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(format!("table.{}", (generation + 1) % 2)))?;
+    slot.write_all_at(&bytes, 0)?;
+    slot.set_len(bytes.len() as u64)?;
+    drop(_guard);
+    let held = LockTable::open(ws)?.snapshot()?.holders.len();
+    anyhow::ensure!(
+        held == LOCKS,
+        "the seeded table holds {held} locks, not {LOCKS}"
+    );
+    Ok(())
+}
+
+/// The raw reads the snapshot is made of, as a fresh process does them.
+fn raw_reads(ws: &Workspace) -> anyhow::Result<()> {
+    let agents = AgentRegistry::new(ws).list()?;
+    let tracker = TaskTracker::open_with(
+        ws,
+        TrackOptions::default()
+            .publish(false)
+            .release_dead_claims(false),
+    )?;
+    let tasks = tracker.list_blocking()?;
+    let locks = LockTable::open(ws)?.snapshot()?;
+    std::hint::black_box((agents.agents.len(), tasks.len(), locks.holders.len()));
+    Ok(())
+}
+
+/// First paint and one update in Chromium, for the workspace `ws`: (first render ms after
+/// navigation start, ms from the start of the change's write to the page showing it).
+fn browser(
+    ws: &Workspace,
+    change: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut opts = Options::new(AgentId::new("bench-viewer")?);
+    opts.listen = "127.0.0.1:0".parse()?;
+    let server = rt.block_on(Server::bind(ws, opts))?;
+    let url = server.url();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = rt.spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut page = Chromium::launch().map_err(anyhow::Error::msg)?;
+    page.open(&url, 1440, 1000).map_err(anyhow::Error::msg)?;
+    let first = page
+        .eval(
+            "new Promise(r => { const f = () => window.maosFirstRender !== undefined ? r(window.maosFirstRender) : document.addEventListener('maos:render', f, { once: true }); f(); })",
+            Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+    let first = first.as_f64().unwrap_or(f64::NAN);
+    let version = page
+        .eval(
+            "Number(document.body.dataset.version)",
+            Duration::from_secs(10),
+        )
+        .map_err(anyhow::Error::msg)?
+        .as_u64()
+        .unwrap_or(0);
+    page.eval(
+        &format!("window.__p = new Promise(r => {{ const f = () => Number(document.body.dataset.version) > {version} ? r(Date.now()) : document.addEventListener('maos:render', f, {{ once: true }}); f(); }}); true"),
+        Duration::from_secs(10),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let written = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as f64;
+    change()?;
+    let shown = page
+        .eval("window.__p", Duration::from_secs(60))
+        .map_err(anyhow::Error::msg)?
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    drop(page);
+    let _ = stop.send(());
+    let _ = rt.block_on(handle);
+    Ok((first, (shown - written).max(0.0)))
+}
+
+pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ws = Workspace::init(dir.path())?;
+    let setup = Instant::now();
+    let waiters = populate(&ws)?;
+    eprintln!(
+        "[dashboard] workspace of {AGENTS} agents, {TASKS} tasks, {LOCKS} locks built in {:.1?}",
+        setup.elapsed()
+    );
+    let viewer = AgentId::new("bench-viewer")?;
+
+    // Cold snapshot (a dashboard starting) beside the raw reads it is made of.
+    let mut cold = Vec::new();
+    let mut raw = Vec::new();
+    let mut snap = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        raw_reads(&ws)?;
+        raw.push(t.elapsed());
+        let t = Instant::now();
+        let mut c = Collector::new(&ws, viewer.clone());
+        let s = c.refresh(&Changed::all());
+        cold.push(t.elapsed());
+        snap = Some((c, s));
+    }
+    let (mut collector, s) = snap.expect("five runs");
+    anyhow::ensure!(
+        s.tasks.counts.total == TASKS && s.locks.holders.len() == LOCKS && s.agents.len() == AGENTS,
+        "the snapshot holds everything: {} tasks, {} locks, {} agents",
+        s.tasks.counts.total,
+        s.locks.holders.len(),
+        s.agents.len()
+    );
+    anyhow::ensure!(s.locks.waiters.len() == WAITERS, "waiters in the snapshot");
+    let (v, b) = (median_us(&mut cold) / 1000.0, median_us(&mut raw) / 1000.0);
+    table.push(Row {
+        group: "dashboard",
+        name: format!("snapshot, cold ({AGENTS} agents, {TASKS} tasks, {LOCKS} locks), p50"),
+        value: v,
+        baseline_name: "the raw library reads it is made of".into(),
+        baseline: b,
+        unit: "ms",
+        higher_is_better: false,
+        target: "< 1000 ms (first paint within 1 s)".into(),
+        met: v < 1000.0,
+    });
+
+    // After one task change: only the task section is re-read.
+    let tracker = TaskTracker::open_with(
+        &ws,
+        TrackOptions::default()
+            .publish(false)
+            .release_dead_claims(false),
+    )?;
+    let ready = tracker.ready_blocking()?;
+    let mut inc = Vec::new();
+    for t in ready.iter().take(10) {
+        tracker.update_status_blocking(&t.id, TaskStatus::InProgress, None)?;
+        let s = Instant::now();
+        let snap = collector.refresh(&Changed {
+            tasks: true,
+            ..Changed::default()
+        });
+        inc.push(s.elapsed());
+        std::hint::black_box(snap);
+    }
+    let v = median_us(&mut inc) / 1000.0;
+    table.push(Row {
+        group: "dashboard",
+        name: "refresh after one task change (10,000 tasks), p50".into(),
+        value: v,
+        baseline_name: "cold snapshot".into(),
+        baseline: median_us(&mut cold) / 1000.0,
+        unit: "ms",
+        higher_is_better: false,
+        target: "< 500 ms (update within 500 ms)".into(),
+        met: v < 500.0,
+    });
+
+    // The page's JSON (one page of each table) beside the whole snapshot's.
+    let s = collector.current();
+    let mut page = Vec::new();
+    let mut full = Vec::new();
+    let mut page_bytes = 0;
+    for _ in 0..10 {
+        let t = Instant::now();
+        page_bytes = serde_json::to_vec(&s.view(&ViewQuery::default()))?.len();
+        page.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(serde_json::to_vec(&s)?);
+        full.push(t.elapsed());
+    }
+    let v = median_us(&mut page) / 1000.0;
+    table.push(Row {
+        group: "dashboard",
+        name: format!(
+            "/api/view JSON at that scale ({} KiB), p50",
+            page_bytes / 1024
+        ),
+        value: v,
+        baseline_name: "the whole snapshot as JSON".into(),
+        baseline: median_us(&mut full) / 1000.0,
+        unit: "ms",
+        higher_is_better: false,
+        target: "< 100 ms".into(),
+        met: v < 100.0,
+    });
+
+    // In a real browser: first paint and one update, beside an empty workspace.
+    let empty_dir = tempfile::tempdir()?;
+    let empty = Workspace::init(empty_dir.path())?;
+    let et = TaskTracker::open(&empty)?;
+    let (empty_first, empty_update) = browser(&empty, || {
+        et.create_task_blocking(&Task::new("one"))?;
+        Ok(())
+    })?;
+    let next = tracker.ready_blocking()?;
+    let id = next.first().map(|t| t.id.clone());
+    let (first, update) = browser(&ws, || {
+        if let Some(id) = id {
+            tracker.update_status_blocking(&id, TaskStatus::InProgress, None)?;
+        }
+        Ok(())
+    })?;
+    table.push(Row {
+        group: "dashboard",
+        name: format!("first paint in Chromium ({AGENTS} agents, {TASKS} tasks, {LOCKS} locks)"),
+        value: first,
+        baseline_name: "first paint, empty workspace".into(),
+        baseline: empty_first,
+        unit: "ms",
+        higher_is_better: false,
+        target: "< 1000 ms".into(),
+        met: first < 1000.0,
+    });
+    table.push(Row {
+        group: "dashboard",
+        name: "page updated after a task change at that scale".into(),
+        value: update,
+        baseline_name: "same, empty workspace".into(),
+        baseline: empty_update,
+        unit: "ms",
+        higher_is_better: false,
+        target: "< 500 ms".into(),
+        met: update < 500.0,
+    });
+
+    // End the waiters: release the locks they wait for.
+    let lt = LockTable::open(&ws)?;
+    for w in 0..WAITERS {
+        let res = ResourceName::new(lock_resource(w))?;
+        let _ = lt.release(&res, &agent(w % AGENTS), None);
+    }
+    for w in waiters {
+        let _ = w.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,662 @@
+//! `maos dashboard` in a real headless Chromium on a real demo workspace, `maos status
+//! --watch` on a pseudo-terminal, and the pictures of `maos task gantt|graph --format
+//! svg|html`.
+
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use maos_tests::chromium::{self, Chromium};
+use maos_tests::git;
+use serde_json::Value;
+
+use crate::util::{Exit, Maos, Run};
+
+/// `maos` on `ws` as `agent` (initialising `ws` first when it has no `.maos/`).
+fn maos(ws: &Path, agent: &str) -> Command {
+    Maos::new(ws).agent(agent).cmd()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+#[track_caller]
+fn ok(cmd: &mut Command) -> String {
+    Run::of(cmd).ok().stdout()
+}
+
+#[track_caller]
+fn json(cmd: &mut Command) -> Value {
+    Run::of(cmd.arg("--json")).ok().json()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `maos dashboard` on `ws` listening on `listen`; returns the process and its URL.
+fn dashboard(ws: &Path, listen: &str) -> (Kill, String) {
+    let mut child = maos(ws, "viewer")
+        .args(["--json", "dashboard", "--listen", listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("dashboard did not print its URL ({e}): {line:?}"));
+    (Kill(child), v["url"].as_str().unwrap().to_string())
+}
+
+/// Helpers injected into the page: what the page shows, read from its DOM, and a promise
+/// that resolves when a condition on it holds (checked after every render and picture).
+const PROBE: &str = r#"
+window.__t = {
+  read: () => ({
+    version: Number(document.body.dataset.version || 0),
+    agents: [...document.querySelectorAll('#agents-table tr[data-agent]')].map(r => r.dataset.agent),
+    locks: [...document.querySelectorAll('#locks-table tr[data-resource]')].map(r => ({
+      resource: r.dataset.resource, owner: r.dataset.owner,
+      waiters: [...r.querySelectorAll('.waiter')].map(w => w.textContent) })),
+    counts: Object.fromEntries([...document.querySelectorAll('#status-counts [data-status]')]
+      .map(c => [c.dataset.status, Number(c.querySelector('.count').textContent)])),
+    critical: [...document.querySelectorAll('#critical-path li.crit-task')].map(li => li.textContent),
+    conflicts: [...document.querySelectorAll('#merge-matrix td.conflict')].map(td => td.textContent),
+    graphTasks: document.querySelectorAll('#graph svg g.task').length,
+    graphCritical: document.querySelectorAll('#graph svg g.task.crit').length,
+    messages: [...document.querySelectorAll('#channels .msg')].map(m => m.textContent),
+    conn: document.getElementById('conn').textContent,
+    firstRender: window.maosFirstRender, firstPicture: window.maosFirstPicture,
+  }),
+  until: (cond, ms) => new Promise((resolve) => {
+    let finished = false, timer;
+    const done = (ok) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      document.removeEventListener('maos:render', check);
+      document.removeEventListener('maos:picture', check);
+      resolve({ ok, at: Date.now(), state: window.__t.read() });
+    };
+    const deadline = Date.now() + ms;
+    function check() {
+      let s; try { s = window.__t.read(); } catch (e) { return; }
+      if (cond(s)) done(true); else if (Date.now() >= deadline) done(false);
+    }
+    document.addEventListener('maos:render', check);
+    document.addEventListener('maos:picture', check);
+    timer = setTimeout(() => done(cond(window.__t.read())), ms);
+    check();
+  }),
+};
+true
+"#;
+
+/// Waits in the page for `cond` (a JS function of the state) to hold; returns the state.
+fn until(page: &mut Chromium, cond: &str, ms: u64) -> Value {
+    let r = page
+        .eval(
+            &format!("window.__t.until({cond}, {ms})"),
+            Duration::from_millis(ms + 10_000),
+        )
+        .unwrap();
+    assert_eq!(
+        r["ok"], true,
+        "the page did not show `{cond}` within {ms} ms; it shows {:#}",
+        r["state"]
+    );
+    r["state"].clone()
+}
+
+/// Starts waiting in the page for `cond`; `finish` then returns when it held (ms epoch).
+fn arm(page: &mut Chromium, cond: &str) {
+    page.eval(
+        &format!("window.__p = window.__t.until({cond}, 15000); true"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+}
+
+fn finish(page: &mut Chromium, what: &str) -> u64 {
+    let r = page.eval("window.__p", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        r["ok"], true,
+        "{what}: the page did not update; it shows {:#}",
+        r["state"]
+    );
+    r["at"].as_u64().unwrap()
+}
+
+/// Runs `cmd` (a change through the CLI) and returns how long the page took to show it
+/// after the command finished, in ms (the page's clock and ours are the same machine's).
+fn latency(page: &mut Chromium, what: &str, cond: &str, cmd: &mut Command) -> (u64, u64) {
+    arm(page, cond);
+    let start = now_ms();
+    ok(cmd);
+    let done = now_ms();
+    let at = finish(page, what);
+    let after_exit = at.saturating_sub(done);
+    let after_start = at.saturating_sub(start);
+    eprintln!(
+        "update latency, {what}: {after_exit} ms after the command exited ({after_start} ms after it started)"
+    );
+    (after_exit, after_start)
+}
+
+#[test]
+fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
+    // Chromium is required: a missing browser fails the test, it is never skipped.
+    if let Err(e) = chromium::binary() {
+        panic!("{e}");
+    }
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    eprintln!("screenshots: {}", shots.display());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("demo");
+    // The demo creates its workspace itself (`--keep` wants an empty directory).
+    let out = Run::of(
+        Command::new(crate::util::bin())
+            .env_remove("MAOS_WORKSPACE")
+            .env("MAOS_AGENT_ID", "orchestrator")
+            .args(["demo", "--fast", "--keep"])
+            .arg(&ws),
+    );
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        out.stdout(),
+        out.stderr()
+    );
+
+    // Two more agents, alive while these sleepers run, on branches that edit the same line.
+    let alice_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
+    let bob_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
+    for (who, title) in [("alice", "# Alice's title"), ("bob", "# Bob's title")] {
+        git(
+            &ws,
+            &["checkout", "-q", "-b", &format!("agent/{who}"), "main"],
+        );
+        let readme = ws.join("README.md");
+        let text = std::fs::read_to_string(&readme).unwrap();
+        let rest = text.split_once('\n').map_or("", |(_, r)| r);
+        std::fs::write(&readme, format!("{title}\n{rest}")).unwrap();
+        git(
+            &ws,
+            &["commit", "-q", "-am", &format!("{who} retitles the README")],
+        );
+        git(&ws, &["checkout", "-q", "main"]);
+    }
+    for (who, role, pid) in [
+        ("alice", "backend", &alice_pid),
+        ("bob", "frontend", &bob_pid),
+    ] {
+        ok(maos(&ws, who).args([
+            "agents",
+            "register",
+            "--role",
+            role,
+            "--branch",
+            &format!("agent/{who}"),
+            "--pid",
+            &pid.0.id().to_string(),
+        ]));
+    }
+    ok(maos(&ws, "alice").args([
+        "lock",
+        "acquire",
+        "src/api/users.rs",
+        "--ttl",
+        "10m",
+        "--purpose",
+        "add the /users endpoint",
+    ]));
+    // bob waits for it (a real waiting process).
+    let _bob_waits = Kill(
+        maos(&ws, "bob")
+            .args([
+                "lock",
+                "acquire",
+                "src/api/users.rs",
+                "--wait",
+                "10m",
+                "--purpose",
+                "wire the users page",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let polish = ok(maos(&ws, "alice").args([
+        "task",
+        "add",
+        "Polish the dashboard",
+        "--estimate",
+        "45m",
+        "--assign",
+        "alice",
+    ]))
+    .trim()
+    .to_string();
+    let flaky = ok(maos(&ws, "bob").args([
+        "task",
+        "add",
+        "Flaky migration",
+        "--estimate",
+        "20m",
+        "--assign",
+        "bob",
+    ]))
+    .trim()
+    .to_string();
+    ok(maos(&ws, "alice").args(["task", "claim"]));
+    ok(maos(&ws, "bob").args(["task", "claim"]));
+    ok(maos(&ws, "bob").args(["task", "fail", &flaky, "--note", "database locked"]));
+
+    let tasks = json(maos(&ws, "x").args(["task", "list"]));
+    let count = |s: &str| {
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"] == s)
+            .count()
+    };
+    let report = json(maos(&ws, "x").args(["task", "report"]));
+    let critical: Vec<String> = report["critical_path_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    assert!(!critical.is_empty());
+
+    let (dash, url) = dashboard(&ws, "127.0.0.1:0");
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut page = Chromium::launch().unwrap_or_else(|e| panic!("{e}"));
+    page.open(&url, 1440, 1000).unwrap();
+    page.eval(PROBE, Duration::from_secs(10)).unwrap();
+
+    // The page shows the agents, the held lock with its waiter, the counts, the critical path
+    // and the predicted conflict.
+    let s = until(
+        &mut page,
+        "s => s.agents.includes('bob') && s.locks.some(l => l.waiters.length > 0) \
+         && s.conflicts.length > 0 && s.graphTasks > 0 && s.counts.failed === 1",
+        20_000,
+    );
+    eprintln!(
+        "first render {} ms after navigation start, first picture {} ms",
+        s["firstRender"], s["firstPicture"]
+    );
+    let agents: Vec<&str> = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for a in [
+        "alice",
+        "bob",
+        "architect-1",
+        "backend-1",
+        "frontend-1",
+        "reviewer-1",
+    ] {
+        assert!(agents.contains(&a), "agent {a} shown: {agents:?}");
+    }
+    let lock = s["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["resource"] == "src/api/users.rs")
+        .unwrap_or_else(|| panic!("the held lock is shown: {:#}", s["locks"]));
+    assert_eq!(lock["owner"], "alice");
+    assert_eq!(lock["waiters"][0], "1. bob", "bob waits for it");
+    for st in [
+        "completed",
+        "in_progress",
+        "failed",
+        "pending",
+        "blocked",
+        "review",
+    ] {
+        assert_eq!(s["counts"][st], count(st) as u64, "count of {st} tasks");
+    }
+    let shown: Vec<&str> = s["critical"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(shown, critical, "the critical path, in order");
+    assert!(
+        s["graphCritical"].as_u64().unwrap() > 0,
+        "the graph marks the critical path"
+    );
+    let conflicts: Vec<&str> = s["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        conflicts.iter().any(|c| c.contains("README.md")),
+        "the predicted conflict names the file: {conflicts:?}"
+    );
+    page.screenshot(&shots.join("dashboard.png")).unwrap();
+
+    // Changes through the CLI reach the page.
+    let mut latencies = Vec::new();
+    latencies.push(latency(
+        &mut page,
+        "a lock taken",
+        "s => s.locks.some(l => l.resource === 'docs/guide.md' && l.owner === 'alice')",
+        maos(&ws, "alice").args([
+            "lock",
+            "acquire",
+            "docs/guide.md",
+            "--purpose",
+            "write the guide",
+        ]),
+    ));
+    let completed = count("completed");
+    latencies.push(latency(
+        &mut page,
+        "a task completed",
+        &format!("s => s.counts.completed === {}", completed + 1),
+        maos(&ws, "alice").args(["task", "done", &polish, "--note", "shipped"]),
+    ));
+    latencies.push(latency(
+        &mut page,
+        "a message sent",
+        "s => s.messages.some(m => m.includes('ready for review'))",
+        maos(&ws, "alice").args([
+            "send",
+            "backend-frontend",
+            "--to",
+            "bob",
+            "--data",
+            "\"users page ready for review\"",
+        ]),
+    ));
+    for (after_exit, _) in &latencies {
+        assert!(
+            *after_exit < 1000,
+            "the page updated within 1 s: {latencies:?}"
+        );
+    }
+
+    // The server restarts (killed, started again on the same port): the page reconnects.
+    drop(dash);
+    let (_dash, url2) = dashboard(&ws, &format!("127.0.0.1:{port}"));
+    assert_eq!(url2, url);
+    let (after_exit, _) = latency(
+        &mut page,
+        "a lock taken after the server restarted",
+        "s => s.locks.some(l => l.resource === 'docs/after-restart.md')",
+        maos(&ws, "bob").args(["lock", "acquire", "docs/after-restart.md"]),
+    );
+    eprintln!(
+        "after the restart the page reconnected and showed the change {after_exit} ms after the command"
+    );
+    page.screenshot(&shots.join("dashboard-after-changes.png"))
+        .unwrap();
+    eprintln!("screenshots written to {}", shots.display());
+}
+
+// ---------------------------------------------------------------------------------------------
+// maos status --watch on a pseudo-terminal
+
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+fn pty(rows: u16, cols: u16) -> Pty {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    rustix::termios::tcsetwinsize(
+        &slave,
+        rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .unwrap();
+    Pty {
+        master: std::fs::File::from(master),
+        slave,
+    }
+}
+
+fn cooked(slave: &std::fs::File) -> bool {
+    use rustix::termios::LocalModes;
+    let t = rustix::termios::tcgetattr(slave).unwrap();
+    t.local_modes
+        .contains(LocalModes::ICANON | LocalModes::ECHO)
+}
+
+/// The output of a child on a pty, read on a thread; `wait_for` blocks (without sleeping)
+/// until a text shows up.
+struct Screen {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Screen {
+    fn new(master: &std::fs::File) -> Self {
+        let mut r = master.try_clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn contains(&self, text: &str) -> bool {
+        self.seen.windows(text.len()).any(|w| w == text.as_bytes())
+    }
+
+    fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.contains(text) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(b) => self.seen.extend(b),
+                Err(_) => panic!(
+                    "{text:?} never appeared on the terminal; it shows:\n{}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    fn mark(&mut self) -> usize {
+        while let Ok(b) = self.rx.try_recv() {
+            self.seen.extend(b);
+        }
+        self.seen.len()
+    }
+}
+
+/// Waits for `child` to exit (at most 30 s).
+fn exit_of(child: Child) -> std::process::ExitStatus {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut c = child;
+        let _ = tx.send(c.wait());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the view exits")
+        .unwrap()
+}
+
+#[test]
+fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let sleeper = Kill(Command::new("sleep").arg("600").spawn().unwrap());
+    ok(maos(ws, "alice").args([
+        "agents",
+        "register",
+        "--role",
+        "backend",
+        "--pid",
+        &sleeper.0.id().to_string(),
+    ]));
+    ok(maos(ws, "alice").args(["lock", "acquire", "src/a.rs", "--purpose", "edit a"]));
+    ok(maos(ws, "alice").args(["task", "add", "Write-the-view", "--estimate", "30m"]));
+
+    // Each run adds a lock sorted after the others: a new row, drawn whole (the terminal
+    // only gets the cells that changed, so a text replacing a similar one is not contiguous).
+    for (key, name, lock) in [
+        (&b"q"[..], "q", "src/y1.rs"),
+        (&b"\x03"[..], "Ctrl-C", "src/y2.rs"),
+    ] {
+        let mut p = pty(40, 160);
+        assert!(cooked(&p.slave), "a fresh pty starts in cooked mode");
+        let child = maos(ws, "viewer")
+            .args(["status", "--watch"])
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::from(p.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(p.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(p.slave.try_clone().unwrap()))
+            .spawn()
+            .unwrap();
+        let mut screen = Screen::new(&p.master);
+        screen.wait_for("alice");
+        screen.wait_for("src/a.rs");
+        screen.wait_for("Write-the-view");
+        assert!(!cooked(&p.slave), "raw mode while the view runs");
+        // A change is drawn without a key press.
+        ok(maos(ws, "alice").args(["lock", "acquire", lock]));
+        screen.wait_for(lock);
+        let before_quit = screen.mark();
+        p.master.write_all(key).unwrap();
+        let status = exit_of(child);
+        assert!(status.success(), "{name} ends the view cleanly: {status}");
+        screen.wait_for("\x1b[?1049l"); // left the alternate screen
+        let tail = &screen.seen[before_quit..];
+        assert!(
+            tail.windows(6).any(|w| w == b"\x1b[?25h"),
+            "{name}: the cursor is shown again"
+        );
+        assert!(
+            cooked(&p.slave),
+            "{name}: the terminal is back in cooked mode with echo"
+        );
+    }
+
+    // Without a terminal it says what to use instead.
+    Run::of(
+        maos(ws, "viewer")
+            .args(["status", "--watch"])
+            .stdin(Stdio::null()),
+    )
+    .assert_code(Exit::Usage)
+    .stderr_has("maos dashboard");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pictures
+
+#[test]
+fn task_pictures_as_svg_and_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let a = ok(maos(ws, "a").args([
+        "task",
+        "add",
+        "Design <the> \"API\" & more",
+        "--estimate",
+        "30m",
+    ]))
+    .trim()
+    .to_string();
+    ok(maos(ws, "a").args(["task", "add", "Build it", "--after", &a, "--assign", "b"]));
+    ok(maos(ws, "a").args(["task", "add", "Unrelated"]));
+    for (cmd, format) in [
+        ("gantt", "svg"),
+        ("gantt", "html"),
+        ("graph", "svg"),
+        ("graph", "html"),
+    ] {
+        let text = ok(maos(ws, "a").args(["task", cmd, "--format", format]));
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(&text, opts)
+            .unwrap_or_else(|e| panic!("{cmd} --format {format}: not well-formed: {e}"));
+        let tasks = doc
+            .descendants()
+            .filter(|n| n.attribute("data-id").is_some())
+            .count();
+        assert_eq!(tasks, 3, "{cmd} --format {format} draws every task");
+        assert!(
+            doc.descendants().any(|n| n.is_text()
+                && n.text()
+                    .is_some_and(|t| t.contains("Design <the> \"API\" & more"))),
+            "{cmd} --format {format}: the name is escaped, not lost"
+        );
+        assert!(
+            doc.descendants().any(|n| n
+                .attribute("class")
+                .is_some_and(|c| c.split(' ').any(|x| x == "crit"))),
+            "{cmd} --format {format}: the critical path is marked"
+        );
+        if format == "html" {
+            assert!(text.starts_with("<!DOCTYPE html>"));
+            assert!(!text.contains("<script"), "no JavaScript");
+        }
+    }
+    // The Mermaid and DOT outputs stay.
+    assert!(ok(maos(ws, "a").args(["task", "gantt"])).starts_with("gantt"));
+    assert!(ok(maos(ws, "a").args(["task", "graph"])).starts_with("digraph"));
+    assert!(
+        ok(maos(ws, "a").args(["task", "graph", "--format", "mermaid"])).starts_with("flowchart")
+    );
+}

@@ -1,0 +1,1445 @@
+//! The snapshot of a workspace that the web page and the terminal view render, and the
+//! [`Collector`] that builds it from the libraries' own read calls.
+//!
+//! Everything that knows the stores' APIs lives in this module: when a store changes its
+//! API, this is the one place to adapt. The collector keeps the stores open and caches each
+//! section, so a refresh re-reads only what [`Changed`] names: the task store reads its log's
+//! new tail, each changed channel is read from its cursor, the lock table is read once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use maos_comm::{Cursor, FileChannel, Filter};
+use maos_core::{AgentId, AgentRegistry, Liveness, Recipients, Workspace, excerpt, now_ms};
+use maos_lock::{DeadlockDetector, LockMode, LockTable, WaitEdge};
+use maos_merge::{ConflictDetector, MergeCoordinator, MergeQueue, PairResult, Prediction};
+use maos_track::{StatusCounts, Task, TaskStatus, TaskTracker};
+use serde::Serialize;
+
+/// Recent messages kept per channel.
+pub const RECENT_MESSAGES: usize = 20;
+/// Branches above which branches are checked against the target only, not pairwise (the
+/// pairwise check costs n(n-1)/2 merges).
+pub const MAX_PAIRWISE_BRANCHES: usize = 16;
+/// Characters of a message payload or a note shown.
+const SUMMARY_CHARS: usize = 200;
+
+/// What changed since the last refresh (what a [`Collector::refresh`] re-reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The agent registry (or the liveness of its processes).
+    pub agents: bool,
+    /// The lock table.
+    pub locks: bool,
+    /// The task store.
+    pub tasks: bool,
+    /// The merge queue.
+    pub queue: bool,
+    /// Git refs (the merge prediction must be recomputed).
+    pub refs: bool,
+    /// Channels with new messages.
+    pub channels: ChannelSet,
+}
+
+/// Which channels changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ChannelSet {
+    /// None.
+    #[default]
+    None,
+    /// These (by name).
+    Some(BTreeSet<String>),
+    /// Any (re-list the channels and read every one that grew).
+    All,
+}
+
+impl ChannelSet {
+    pub(crate) fn merge_in(&mut self, other: ChannelSet) {
+        *self = match (std::mem::take(self), other) {
+            (ChannelSet::All, _) | (_, ChannelSet::All) => ChannelSet::All,
+            (ChannelSet::None, x) | (x, ChannelSet::None) => x,
+            (ChannelSet::Some(mut a), ChannelSet::Some(b)) => {
+                a.extend(b);
+                ChannelSet::Some(a)
+            }
+        };
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self, ChannelSet::None)
+    }
+}
+
+impl Changed {
+    /// Everything (the first refresh, a lost event).
+    pub fn all() -> Self {
+        Self {
+            agents: true,
+            locks: true,
+            tasks: true,
+            queue: true,
+            refs: true,
+            channels: ChannelSet::All,
+        }
+    }
+
+    /// What time alone changes: liveness of agents (processes end without a file event) and
+    /// lock leases that run out.
+    pub fn time() -> Self {
+        Self {
+            agents: true,
+            locks: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds `other` to this set.
+    pub fn merge(&mut self, other: Changed) {
+        self.agents |= other.agents;
+        self.locks |= other.locks;
+        self.tasks |= other.tasks;
+        self.queue |= other.queue;
+        self.refs |= other.refs;
+        self.channels.merge_in(other.channels);
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !(self.agents || self.locks || self.tasks || self.queue || self.refs)
+            && self.channels.is_none()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The snapshot
+
+/// Everything the dashboard shows, at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Increases with every change of content (0 before the first publication).
+    pub version: u64,
+    /// The version at which the tasks last changed (the pictures are redrawn then).
+    pub tasks_version: u64,
+    /// When it was taken (ms since the Unix epoch, this host's clock).
+    pub taken_at: u64,
+    /// The workspace root.
+    pub workspace: PathBuf,
+    /// Registered agents, by id.
+    pub agents: Vec<AgentView>,
+    /// Locks, waiters and deadlocks.
+    pub locks: LocksView,
+    /// Tasks: counts, critical path, ETA, rows.
+    pub tasks: TasksView,
+    /// Recent messages per channel and topic, most recently active first.
+    pub messages: Vec<ChannelView>,
+    /// Merge prediction and queue.
+    pub merges: MergesView,
+    /// Sections that could not be read (their previous content is kept).
+    pub problems: Vec<Problem>,
+    /// The tasks themselves, for the pictures.
+    #[serde(skip)]
+    pub task_list: Arc<Vec<Task>>,
+}
+
+impl Snapshot {
+    /// True when `self` and `other` show the same thing (ignoring version and time taken).
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        self.agents == other.agents
+            && self.locks == other.locks
+            && self.tasks == other.tasks
+            && self.messages == other.messages
+            && self.merges == other.merges
+            && self.problems == other.problems
+    }
+}
+
+/// A section that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `agents`, `locks`, `deadlocks`, `tasks`, `messages`, `queue` or `merges`.
+    pub section: String,
+    /// The error, for a person.
+    pub message: String,
+}
+
+/// One agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentView {
+    /// The agent.
+    pub id: AgentId,
+    /// Its role.
+    pub role: Option<String>,
+    /// Alive, leased or dead.
+    pub liveness: Liveness,
+    /// The process keeping it alive, if one runs.
+    pub anchor: Option<AnchorView>,
+    /// End of its lease (ms since the Unix epoch).
+    pub lease_until: u64,
+    /// Its latest call (ms since the Unix epoch).
+    pub last_seen: u64,
+    /// Its git branch.
+    pub branch: Option<String>,
+    /// Its worktree.
+    pub worktree: Option<PathBuf>,
+    /// The task it works on (the most recently started active one).
+    pub current_task: Option<TaskRef>,
+    /// Locks it holds.
+    pub locks_held: usize,
+    /// Lock waits it has queued.
+    pub waiting: usize,
+}
+
+/// The process standing for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorView {
+    /// `session` or `ancestor`.
+    pub kind: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its host.
+    pub host: String,
+}
+
+/// A task named somewhere else (an agent's current task, the critical path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRef {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Assignee.
+    pub assigned_to: Option<String>,
+}
+
+impl TaskRef {
+    fn of(t: &Task) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            status: t.status,
+            assigned_to: t.assigned_to.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// The lock table as shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LocksView {
+    /// Held locks, by resource.
+    pub holders: Vec<LockView>,
+    /// Queued waiters, in ticket (arrival) order.
+    pub waiters: Vec<WaiterView>,
+    /// Cycles of waits.
+    pub deadlocks: Vec<DeadlockView>,
+}
+
+/// One held lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockView {
+    /// The resource (path or pattern).
+    pub resource: String,
+    /// `exclusive` or `shared`.
+    pub mode: LockMode,
+    /// The holder.
+    pub owner: String,
+    /// Why it is held.
+    pub purpose: String,
+    /// When it was granted (ms since the Unix epoch).
+    pub acquired_at: u64,
+    /// When the lease ends unless renewed (ms since the Unix epoch).
+    pub expires_at: u64,
+    /// The fencing token.
+    pub token: u64,
+    /// The holding process, when a process (not an agent's lease) holds it.
+    pub pid: Option<u32>,
+    /// Tickets of the waiters it blocks, in arrival order.
+    pub waiters: Vec<u64>,
+    /// Whether its owner is registered and dead (its locks may be released).
+    pub owner_dead: bool,
+}
+
+/// One queued waiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaiterView {
+    /// Arrival order.
+    pub ticket: u64,
+    /// The resource wanted.
+    pub resource: String,
+    /// `exclusive` or `shared`.
+    pub mode: LockMode,
+    /// The waiting agent.
+    pub agent: String,
+    /// When it started waiting (ms since the Unix epoch).
+    pub since: u64,
+    /// Why it wants the lock.
+    pub purpose: String,
+    /// The agents holding a conflicting lock.
+    pub blocked_by: Vec<String>,
+    /// Its wait was aborted to break a deadlock.
+    pub aborted: bool,
+}
+
+/// One deadlock: a cycle of agents waiting for each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadlockView {
+    /// The cycle, named: `a -> b -> a`.
+    pub name: String,
+    /// The agents in it, sorted.
+    pub agents: Vec<String>,
+    /// The waits forming it.
+    pub waits: Vec<WaitEdge>,
+    /// The wait to abort (youngest in the cycle).
+    pub victim: String,
+    /// Its ticket.
+    pub victim_ticket: u64,
+    /// The resource it waits for.
+    pub victim_resource: String,
+}
+
+/// The task graph as shown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TasksView {
+    /// Counts per status.
+    pub counts: StatusCounts,
+    /// Completed share in percent.
+    pub percentage: f64,
+    /// Counts per agent (`unassigned` for tasks without one).
+    pub by_agent: BTreeMap<String, StatusCounts>,
+    /// The critical path, dependencies first.
+    pub critical_path: Vec<TaskRef>,
+    /// Its total estimate (ms).
+    pub critical_path_ms: u64,
+    /// Work left along the longest chain of unfinished tasks (ms).
+    pub remaining_ms: u64,
+    /// Estimated completion (ms since the Unix epoch); none when nothing is left.
+    pub eta: Option<u64>,
+    /// Every task, active ones first.
+    pub rows: Vec<TaskRow>,
+}
+
+/// One task in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRow {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Assignee.
+    pub assigned_to: Option<String>,
+    /// Priority.
+    pub priority: maos_core::Priority,
+    /// Estimate (ms), if any.
+    pub estimate_ms: Option<u64>,
+    /// When work started (ms since the Unix epoch).
+    pub started_at: Option<u64>,
+    /// When it was completed.
+    pub completed_at: Option<u64>,
+    /// Number of dependencies.
+    pub dependencies: usize,
+    /// On the critical path.
+    pub critical: bool,
+    /// Its latest note (excerpt).
+    pub note: Option<String>,
+    /// Why it is blocked beyond its dependencies.
+    pub blocked_reason: Option<String>,
+}
+
+/// Kinds of channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// A shared channel.
+    Channel,
+    /// A broadcast topic (`broadcast/<topic>`).
+    Topic,
+    /// An agent's inbox (`direct/<agent>`).
+    Inbox,
+}
+
+/// One channel's recent traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelView {
+    /// The channel's name (`broadcast/<topic>` for a topic).
+    pub name: String,
+    /// What it is.
+    pub kind: ChannelKind,
+    /// The topic, for a topic channel.
+    pub topic: Option<String>,
+    /// Position of its newest message (how many were ever sent).
+    pub total: u64,
+    /// The newest messages, oldest first.
+    pub recent: Vec<MessageView>,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    /// Its position in the channel.
+    pub position: u64,
+    /// Sent at (sender's clock, ms since the Unix epoch).
+    pub timestamp: u64,
+    /// The sender.
+    pub sender: String,
+    /// The addressees, for a person: `all`, `@a`, `@a @b`, `role backend`.
+    pub to: String,
+    /// The agents it is addressed to by name (for filtering).
+    pub to_agents: Vec<String>,
+    /// The payload, shortened.
+    pub summary: String,
+}
+
+/// Merges: which agent branches would conflict, and the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MergesView {
+    /// `no_repository`, `pending` (being computed), `ready` or `error`.
+    pub state: String,
+    /// The target branch.
+    pub target: Option<String>,
+    /// Agents' branches, as labelled in the pairs (`<branch> (<agent>)`).
+    pub branches: Vec<String>,
+    /// Each branch merged into the target, and (up to [`MAX_PAIRWISE_BRANCHES`] branches)
+    /// each pair of branches.
+    pub prediction: Option<Prediction>,
+    /// Pairs were not checked (too many branches).
+    pub pairwise_skipped: bool,
+    /// Why the prediction failed.
+    pub error: Option<String>,
+    /// When it was computed (ms since the Unix epoch).
+    pub computed_at: u64,
+    /// The merge queue, oldest first.
+    pub queue: Vec<QueueView>,
+}
+
+/// One merge queue entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueView {
+    /// Its id.
+    pub id: u64,
+    /// What is merged.
+    pub source: String,
+    /// Into what.
+    pub target: String,
+    /// `queued`, `blocked`, `merged` or `failed`.
+    pub status: maos_merge::EntryStatus,
+    /// Who asked.
+    pub requested_by: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Paths that conflicted.
+    pub conflicted_paths: Vec<String>,
+    /// The error, for a failed entry.
+    pub error: Option<String>,
+    /// Last change (ms since the Unix epoch).
+    pub updated_at: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages of the snapshot (what the web page fetches)
+
+/// Which rows of the big tables a client wants, and filters.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ViewQuery {
+    /// First task row.
+    pub tasks_offset: usize,
+    /// Task rows (default 100, at most 1,000).
+    pub tasks_limit: Option<usize>,
+    /// Only tasks in this status.
+    pub tasks_status: Option<String>,
+    /// Only tasks of this agent (`unassigned` for none).
+    pub tasks_agent: Option<String>,
+    /// Only tasks whose name or id contains this (case-insensitive).
+    pub tasks_q: Option<String>,
+    /// First lock row.
+    pub locks_offset: usize,
+    /// Lock rows (default 100, at most 1,000).
+    pub locks_limit: Option<usize>,
+    /// Only locks whose resource or owner contains this (case-insensitive).
+    pub locks_q: Option<String>,
+}
+
+/// A page of rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<'a, T> {
+    /// Index of the first row.
+    pub offset: usize,
+    /// Rows matching the filter.
+    pub total: usize,
+    /// The rows.
+    pub rows: Vec<&'a T>,
+}
+
+/// What the page renders: the snapshot with its big tables cut into pages.
+#[derive(Debug, Clone, Serialize)]
+pub struct View<'a> {
+    /// Snapshot version.
+    pub version: u64,
+    /// The version at which the tasks last changed.
+    pub tasks_version: u64,
+    /// When the snapshot was taken.
+    pub taken_at: u64,
+    /// The workspace root.
+    pub workspace: &'a std::path::Path,
+    /// Every agent.
+    pub agents: &'a [AgentView],
+    /// Locks.
+    pub locks: LocksPage<'a>,
+    /// Tasks.
+    pub tasks: TasksPage<'a>,
+    /// Messages (the most recently active channels, at most 200).
+    pub messages: &'a [ChannelView],
+    /// Merges.
+    pub merges: &'a MergesView,
+    /// Problems.
+    pub problems: &'a [Problem],
+}
+
+/// Locks, paged.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocksPage<'a> {
+    /// Locks held in total.
+    pub held: usize,
+    /// The page of holders.
+    pub page: Page<'a, LockView>,
+    /// Every waiter (in ticket order).
+    pub waiters: &'a [WaiterView],
+    /// Every deadlock.
+    pub deadlocks: &'a [DeadlockView],
+}
+
+/// Tasks, paged.
+#[derive(Debug, Clone, Serialize)]
+pub struct TasksPage<'a> {
+    /// Counts per status.
+    pub counts: &'a StatusCounts,
+    /// Completed share in percent.
+    pub percentage: f64,
+    /// Counts per agent.
+    pub by_agent: &'a BTreeMap<String, StatusCounts>,
+    /// The critical path.
+    pub critical_path: &'a [TaskRef],
+    /// Its total estimate (ms).
+    pub critical_path_ms: u64,
+    /// Work left (ms).
+    pub remaining_ms: u64,
+    /// Estimated completion.
+    pub eta: Option<u64>,
+    /// The page of rows.
+    pub page: Page<'a, TaskRow>,
+}
+
+fn page<'a, T>(
+    rows: impl Iterator<Item = &'a T>,
+    offset: usize,
+    limit: Option<usize>,
+) -> Page<'a, T> {
+    let limit = limit.unwrap_or(100).clamp(1, 1000);
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for r in rows {
+        if total >= offset && out.len() < limit {
+            out.push(r);
+        }
+        total += 1;
+    }
+    Page {
+        offset,
+        total,
+        rows: out,
+    }
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    hay.to_lowercase().contains(needle)
+}
+
+impl Snapshot {
+    /// The page a client asked for.
+    pub fn view(&self, q: &ViewQuery) -> View<'_> {
+        let tq = q.tasks_q.as_deref().map(str::to_lowercase);
+        let tasks = self.tasks.rows.iter().filter(|t| {
+            q.tasks_status
+                .as_deref()
+                .is_none_or(|s| t.status.as_str() == s)
+                && q.tasks_agent
+                    .as_deref()
+                    .is_none_or(|a| t.assigned_to.as_deref().unwrap_or("unassigned") == a)
+                && tq
+                    .as_deref()
+                    .is_none_or(|n| contains_ci(&t.name, n) || t.id.contains(n))
+        });
+        let lq = q.locks_q.as_deref().map(str::to_lowercase);
+        let locks = self.locks.holders.iter().filter(|l| {
+            lq.as_deref()
+                .is_none_or(|n| contains_ci(&l.resource, n) || contains_ci(&l.owner, n))
+        });
+        View {
+            version: self.version,
+            tasks_version: self.tasks_version,
+            taken_at: self.taken_at,
+            workspace: &self.workspace,
+            agents: &self.agents,
+            locks: LocksPage {
+                held: self.locks.holders.len(),
+                page: page(locks, q.locks_offset, q.locks_limit),
+                waiters: &self.locks.waiters,
+                deadlocks: &self.locks.deadlocks,
+            },
+            tasks: TasksPage {
+                counts: &self.tasks.counts,
+                percentage: self.tasks.percentage,
+                by_agent: &self.tasks.by_agent,
+                critical_path: &self.tasks.critical_path,
+                critical_path_ms: self.tasks.critical_path_ms,
+                remaining_ms: self.tasks.remaining_ms,
+                eta: self.tasks.eta,
+                page: page(tasks, q.tasks_offset, q.tasks_limit),
+            },
+            messages: &self.messages[..self.messages.len().min(200)],
+            merges: &self.merges,
+            problems: &self.problems,
+        }
+    }
+
+    /// The earliest moment after `now` at which time alone changes what is shown (a lock
+    /// lease or an agent lease runs out), if any.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        self.locks
+            .holders
+            .iter()
+            .map(|l| l.expires_at)
+            .chain(self.agents.iter().map(|a| a.lease_until))
+            .filter(|&t| t > now)
+            .min()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The collector
+
+struct ChannelState {
+    channel: FileChannel,
+    cursor: Cursor,
+    newest: u64,
+    recent: VecDeque<MessageView>,
+}
+
+/// Agents as last read, before joining with tasks and locks.
+struct AgentBase {
+    id: AgentId,
+    role: Option<String>,
+    liveness: Liveness,
+    anchor: Option<AnchorView>,
+    lease_until: u64,
+    last_seen: u64,
+    branch: Option<String>,
+    worktree: Option<PathBuf>,
+}
+
+/// What the merge prediction needs, read from the registry and the repository: compare it
+/// with the previous one to know whether to predict again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeInputs {
+    /// The target branch (the branch checked out at the workspace root).
+    pub target: Option<String>,
+    /// Agents' branches: (agent, branch).
+    pub branches: Vec<(String, String)>,
+}
+
+/// Builds [`Snapshot`]s of one workspace, re-reading only what changed. Blocking: run it on a
+/// blocking thread.
+pub struct Collector {
+    ws: Workspace,
+    actor: AgentId,
+    tracker: Option<TaskTracker>,
+    locks: Option<LockTable>,
+    coordinator: Option<MergeCoordinator>,
+    channels: BTreeMap<String, ChannelState>,
+    agents: Vec<AgentBase>,
+    locks_view: LocksView,
+    tasks_view: TasksView,
+    task_list: Arc<Vec<Task>>,
+    current: HashMap<String, TaskRef>,
+    queue: Vec<QueueView>,
+    merges: MergesView,
+    problems: BTreeMap<&'static str, String>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("workspace", &self.ws.root())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    /// A collector for `ws`; `actor` is the agent it reads as (recorded nowhere: reading
+    /// changes nothing but what the stores themselves tidy, such as dead lock holders).
+    pub fn new(ws: &Workspace, actor: AgentId) -> Self {
+        Self {
+            ws: ws.clone(),
+            actor,
+            tracker: None,
+            locks: None,
+            coordinator: None,
+            channels: BTreeMap::new(),
+            agents: Vec::new(),
+            locks_view: LocksView::default(),
+            tasks_view: TasksView::default(),
+            task_list: Arc::new(Vec::new()),
+            current: HashMap::new(),
+            queue: Vec::new(),
+            merges: MergesView {
+                state: "pending".into(),
+                ..MergesView::default()
+            },
+            problems: BTreeMap::new(),
+        }
+    }
+
+    /// The workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    fn note<T, E: std::fmt::Display>(
+        &mut self,
+        section: &'static str,
+        r: Result<T, E>,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.problems.remove(section);
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!(section, error = %e, "dashboard: cannot read this section");
+                self.problems.insert(section, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Re-reads what `changed` names and returns the new snapshot (version 0: the caller
+    /// numbers publications).
+    pub fn refresh(&mut self, changed: &Changed) -> Snapshot {
+        let now = now_ms();
+        if changed.agents {
+            self.read_agents(now);
+        }
+        if changed.tasks {
+            self.read_tasks(now);
+        }
+        if changed.locks || changed.agents {
+            self.read_locks();
+        }
+        if !changed.channels.is_none() {
+            self.read_messages(&changed.channels);
+        }
+        if changed.queue {
+            self.read_queue();
+        }
+        self.assemble(now)
+    }
+
+    fn assemble(&self, now: u64) -> Snapshot {
+        let mut held: HashMap<&str, usize> = HashMap::new();
+        for l in &self.locks_view.holders {
+            *held.entry(l.owner.as_str()).or_default() += 1;
+        }
+        let mut waiting: HashMap<&str, usize> = HashMap::new();
+        for w in &self.locks_view.waiters {
+            *waiting.entry(w.agent.as_str()).or_default() += 1;
+        }
+        let agents = self
+            .agents
+            .iter()
+            .map(|a| AgentView {
+                id: a.id.clone(),
+                role: a.role.clone(),
+                liveness: a.liveness,
+                anchor: a.anchor.clone(),
+                lease_until: a.lease_until,
+                last_seen: a.last_seen,
+                branch: a.branch.clone(),
+                worktree: a.worktree.clone(),
+                current_task: self.current.get(a.id.as_str()).cloned(),
+                locks_held: held.get(a.id.as_str()).copied().unwrap_or(0),
+                waiting: waiting.get(a.id.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        let mut messages: Vec<ChannelView> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.newest > 0)
+            .map(|(name, c)| {
+                let (kind, topic) = channel_kind(name);
+                ChannelView {
+                    name: name.clone(),
+                    kind,
+                    topic,
+                    total: c.newest,
+                    recent: c.recent.iter().cloned().collect(),
+                }
+            })
+            .collect();
+        let latest = |c: &ChannelView| c.recent.last().map_or(0, |m| m.timestamp);
+        messages.sort_by(|a, b| latest(b).cmp(&latest(a)).then(a.name.cmp(&b.name)));
+        let mut merges = self.merges.clone();
+        merges.queue = self.queue.clone();
+        Snapshot {
+            version: 0,
+            tasks_version: 0,
+            taken_at: now,
+            workspace: self.ws.root().to_path_buf(),
+            agents,
+            locks: self.locks_view.clone(),
+            tasks: self.tasks_view.clone(),
+            messages,
+            merges,
+            problems: self
+                .problems
+                .iter()
+                .map(|(s, m)| Problem {
+                    section: (*s).to_string(),
+                    message: m.clone(),
+                })
+                .collect(),
+            task_list: self.task_list.clone(),
+        }
+    }
+
+    fn read_agents(&mut self, now: u64) {
+        let list = AgentRegistry::new(&self.ws).list();
+        let Some(list) = self.note("agents", list) else {
+            return;
+        };
+        if let Some(p) = list.problems.first() {
+            self.problems.insert(
+                "agents",
+                format!(
+                    "{} unreadable agent record(s), first: {p}",
+                    list.problems.len()
+                ),
+            );
+        }
+        self.agents = list
+            .agents
+            .into_iter()
+            .map(|r| {
+                let anchor = r.live_anchor().map(|a| AnchorView {
+                    kind: match a.kind {
+                        maos_core::AnchorKind::Session => "session".into(),
+                        maos_core::AnchorKind::Ancestor => "ancestor".into(),
+                    },
+                    pid: a.process.pid,
+                    host: a.process.host.clone(),
+                });
+                AgentBase {
+                    liveness: if anchor.is_some() {
+                        Liveness::Alive
+                    } else {
+                        r.liveness_at(now)
+                    },
+                    anchor,
+                    role: r.role.as_ref().map(ToString::to_string),
+                    lease_until: r.lease_until,
+                    last_seen: r.last_seen,
+                    branch: r.branch.clone(),
+                    worktree: r.worktree.clone(),
+                    id: r.id,
+                }
+            })
+            .collect();
+    }
+
+    fn read_locks(&mut self) {
+        if self.locks.is_none() {
+            let t = LockTable::open(&self.ws);
+            self.locks = self.note("locks", t);
+        }
+        let Some(table) = self.locks.clone() else {
+            return;
+        };
+        let snap = table.snapshot();
+        let Some(snap) = self.note("locks", snap) else {
+            return;
+        };
+        // A cycle needs waits: without waiters there is nothing to detect (and no second read
+        // of the table).
+        let deadlocks = if snap.waiters.is_empty() {
+            self.problems.remove("deadlocks");
+            Vec::new()
+        } else {
+            let found = DeadlockDetector::new(&self.ws).broadcast(false).detect();
+            self.note("deadlocks", found).unwrap_or_default()
+        };
+        let dead: HashSet<&str> = self
+            .agents
+            .iter()
+            .filter(|a| a.liveness.is_dead())
+            .map(|a| a.id.as_str())
+            .collect();
+        self.locks_view = locks_view(&snap, &deadlocks, &dead);
+    }
+
+    fn read_tasks(&mut self, now: u64) {
+        if self.tracker.is_none() {
+            let opts = maos_track::Options::default()
+                .agent(self.actor.clone())
+                .publish(false)
+                .release_dead_claims(false);
+            let t = TaskTracker::open_with(&self.ws, opts);
+            self.tracker = self.note("tasks", t);
+        }
+        let Some(tracker) = self.tracker.clone() else {
+            return;
+        };
+        let list = tracker.list_blocking();
+        let Some(tasks) = self.note("tasks", list) else {
+            return;
+        };
+        let r = maos_track::report(&tasks, now);
+        let crit: HashSet<&maos_core::TaskId> = r.critical_path.iter().collect();
+        let index: HashMap<&maos_core::TaskId, &Task> = tasks.iter().map(|t| (&t.id, t)).collect();
+        let mut rows: Vec<TaskRow> = tasks
+            .iter()
+            .map(|t| TaskRow {
+                id: t.id.to_string(),
+                name: t.name.clone(),
+                status: t.status,
+                assigned_to: t.assigned_to.as_ref().map(ToString::to_string),
+                priority: t.priority,
+                estimate_ms: t
+                    .estimated_duration
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                started_at: t.started_at,
+                completed_at: t.completed_at,
+                dependencies: t.dependencies.len(),
+                critical: crit.contains(&t.id),
+                note: t.note.as_deref().map(|n| excerpt(n, SUMMARY_CHARS)),
+                blocked_reason: t
+                    .blocked_reason
+                    .as_deref()
+                    .map(|n| excerpt(n, SUMMARY_CHARS)),
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            status_rank(a.status)
+                .cmp(&status_rank(b.status))
+                .then(b.priority.cmp(&a.priority))
+                .then(a.id.cmp(&b.id))
+        });
+        let mut current: HashMap<String, &Task> = HashMap::new();
+        for t in tasks.iter().filter(|t| t.status.is_active()) {
+            if let Some(a) = &t.assigned_to {
+                let e = current.entry(a.to_string()).or_insert(t);
+                if t.started_at > e.started_at {
+                    *e = t;
+                }
+            }
+        }
+        self.current = current
+            .into_iter()
+            .map(|(a, t)| (a, TaskRef::of(t)))
+            .collect();
+        self.tasks_view = TasksView {
+            percentage: r.completion_percentage,
+            counts: StatusCounts {
+                total: r.total_tasks,
+                pending: r.pending_tasks,
+                blocked: r.blocked_tasks,
+                in_progress: r.in_progress_tasks,
+                review: r.review_tasks,
+                completed: r.completed_tasks,
+                failed: r.failed_tasks,
+                cancelled: r.cancelled_tasks,
+            },
+            by_agent: r.task_breakdown,
+            critical_path: r
+                .critical_path
+                .iter()
+                .filter_map(|id| index.get(id).map(|t| TaskRef::of(t)))
+                .collect(),
+            critical_path_ms: r.critical_path_ms,
+            remaining_ms: r.remaining_ms,
+            eta: r.eta,
+            rows,
+        };
+        self.task_list = Arc::new(tasks);
+    }
+
+    fn read_messages(&mut self, which: &ChannelSet) {
+        let names: Vec<String> = match which {
+            ChannelSet::None => return,
+            ChannelSet::Some(set) => set.iter().cloned().collect(),
+            ChannelSet::All => {
+                let list = maos_comm::list_channels(&self.ws);
+                let Some(list) = self.note("messages", list) else {
+                    return;
+                };
+                let names: Vec<String> = list.iter().map(ToString::to_string).collect();
+                let keep: HashSet<&String> = names.iter().collect();
+                self.channels.retain(|n, _| keep.contains(n));
+                names
+            }
+        };
+        let mut first_error = None;
+        for name in names {
+            if name == maos_comm::GLOBAL_FEED {
+                continue; // notifications only: every broadcast is shown on its topic
+            }
+            if let Err(e) = self.read_channel(&name) {
+                tracing::debug!(channel = %name, error = %e, "dashboard: cannot read channel");
+                first_error.get_or_insert(format!("channel {name}: {e}"));
+            }
+        }
+        match first_error {
+            Some(e) => {
+                self.problems.insert("messages", e);
+            }
+            None => {
+                self.problems.remove("messages");
+            }
+        }
+    }
+
+    fn read_channel(&mut self, name: &str) -> Result<(), maos_comm::Error> {
+        if !self.channels.contains_key(name) {
+            let Ok(cn) = maos_core::ChannelName::new(name) else {
+                return Ok(());
+            };
+            // Only channels that exist: opening one creates its directory.
+            if !self
+                .ws
+                .channels_dir()
+                .join(name)
+                .join(maos_comm::CHANNEL_DATA_DIR)
+                .is_dir()
+            {
+                return Ok(());
+            }
+            let channel = FileChannel::open(&self.ws, cn)?;
+            self.channels.insert(
+                name.to_string(),
+                ChannelState {
+                    channel,
+                    cursor: Cursor::start(),
+                    newest: 0,
+                    recent: VecDeque::new(),
+                },
+            );
+        }
+        let Some(st) = self.channels.get_mut(name) else {
+            return Ok(());
+        };
+        let stats = st.channel.stats()?;
+        if stats.newest < st.newest {
+            // Recreated: start over.
+            st.cursor = Cursor::start();
+            st.recent.clear();
+        }
+        st.newest = stats.newest;
+        if stats.newest <= st.cursor.position {
+            return Ok(());
+        }
+        let skip_to = stats.newest.saturating_sub(RECENT_MESSAGES as u64);
+        if skip_to > st.cursor.position {
+            st.cursor = Cursor::after(skip_to);
+            st.recent.clear();
+        }
+        // Bounded: a channel flooded while we read is caught up on the next refresh.
+        for _ in 0..16 {
+            let batch = st
+                .channel
+                .receive_blocking::<serde_json::Value>(&st.cursor, &Filter::Everything)?;
+            let progressed = batch.cursor != st.cursor;
+            st.cursor = batch.cursor;
+            for d in batch.messages {
+                st.recent.push_back(message_view(d.position, &d.message));
+                while st.recent.len() > RECENT_MESSAGES {
+                    st.recent.pop_front();
+                }
+            }
+            if !progressed || st.cursor.position >= stats.newest {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_queue(&mut self) {
+        if self.coordinator.is_none() {
+            match MergeCoordinator::new(&self.ws, self.actor.clone()) {
+                Ok(c) => self.coordinator = Some(c),
+                Err(e) => {
+                    // No repository: no queue, and no prediction either.
+                    tracing::debug!(error = %e, "dashboard: no merge coordinator");
+                    self.merges.state = "no_repository".into();
+                    self.merges.error = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        let Some(coord) = self.coordinator.clone() else {
+            return;
+        };
+        let list = MergeQueue::new(coord).list();
+        if let Some(entries) = self.note("queue", list) {
+            self.queue = entries
+                .into_iter()
+                .map(|e| QueueView {
+                    id: e.id,
+                    source: e.source,
+                    target: e.target,
+                    status: e.status,
+                    requested_by: e.requested_by.to_string(),
+                    attempts: e.attempts,
+                    conflicted_paths: e.conflicted_paths,
+                    error: e.error,
+                    updated_at: e.updated_at,
+                })
+                .collect();
+        }
+    }
+
+    /// What the merge prediction depends on now (cheap: the registry as last read and the
+    /// repository's `HEAD`). `None` when the workspace is not in a git repository.
+    pub fn merge_inputs(&self) -> Option<MergeInputs> {
+        let det = ConflictDetector::open(self.ws.root()).ok()?;
+        let repo = det.repository().ok()?;
+        let target = repo
+            .head()
+            .ok()
+            .and_then(|h| h.shorthand().ok().map(str::to_owned));
+        let mut branches: Vec<(String, String)> = self
+            .agents
+            .iter()
+            .filter_map(|a| Some((a.id.to_string(), a.branch.clone()?)))
+            .collect();
+        branches.sort();
+        Some(MergeInputs { target, branches })
+    }
+
+    /// Stores a prediction made by [`predict`].
+    pub fn set_merges(&mut self, merges: MergesView) {
+        self.merges = merges;
+    }
+
+    /// The snapshot as it stands, without reading anything.
+    pub fn current(&self) -> Snapshot {
+        self.assemble(now_ms())
+    }
+}
+
+/// Predicts the merges of every agent branch into the target and, up to
+/// [`MAX_PAIRWISE_BRANCHES`] branches, pairwise (maos-merge, in memory; slow on big
+/// repositories: run it on a blocking thread, apart from the rest of the snapshot).
+pub fn predict(ws: &Workspace, actor: &AgentId, inputs: Option<&MergeInputs>) -> MergesView {
+    let now = now_ms();
+    let Some(inputs) = inputs else {
+        return MergesView {
+            state: "no_repository".into(),
+            error: Some(format!(
+                "{} is not inside a git repository",
+                ws.root().display()
+            )),
+            computed_at: now,
+            ..MergesView::default()
+        };
+    };
+    let Some(target) = inputs.target.clone() else {
+        return MergesView {
+            state: "error".into(),
+            error: Some("the repository has no HEAD branch to merge into".into()),
+            computed_at: now,
+            ..MergesView::default()
+        };
+    };
+    let labels: Vec<String> = inputs
+        .branches
+        .iter()
+        .map(|(agent, branch)| {
+            format!(
+                "{} ({agent})",
+                branch.strip_prefix("refs/heads/").unwrap_or(branch)
+            )
+        })
+        .collect();
+    let result = if inputs.branches.len() <= MAX_PAIRWISE_BRANCHES {
+        MergeCoordinator::new(ws, actor.clone()).and_then(|c| c.predict_agents(&target, false))
+    } else {
+        against_target_only(ws, inputs, &labels, &target)
+    };
+    match result {
+        Ok(prediction) => MergesView {
+            state: "ready".into(),
+            target: Some(target),
+            branches: labels,
+            pairwise_skipped: inputs.branches.len() > MAX_PAIRWISE_BRANCHES,
+            prediction: Some(prediction),
+            error: None,
+            computed_at: now,
+            queue: Vec::new(),
+        },
+        Err(e) => MergesView {
+            state: "error".into(),
+            target: Some(target),
+            branches: labels,
+            error: Some(e.to_string()),
+            computed_at: now,
+            ..MergesView::default()
+        },
+    }
+}
+
+fn against_target_only(
+    ws: &Workspace,
+    inputs: &MergeInputs,
+    labels: &[String],
+    target: &str,
+) -> Result<Prediction, maos_merge::Error> {
+    let det = ConflictDetector::open(ws.root())?;
+    let mut vs_target = Vec::new();
+    for ((_, branch), label) in inputs.branches.iter().zip(labels) {
+        let c = det.check(branch, target)?;
+        vs_target.push(PairResult {
+            source: label.clone(),
+            target: c.target.clone(),
+            relation: c.relation,
+            conflicts: c.conflicts.clone(),
+        });
+    }
+    Ok(Prediction {
+        target: target.to_owned(),
+        vs_target,
+        pairwise: Vec::new(),
+    })
+}
+
+fn status_rank(s: TaskStatus) -> u8 {
+    match s {
+        TaskStatus::InProgress => 0,
+        TaskStatus::Review => 1,
+        TaskStatus::Failed => 2,
+        TaskStatus::Pending => 3,
+        TaskStatus::Blocked => 4,
+        TaskStatus::Completed => 6,
+        TaskStatus::Cancelled => 7,
+        _ => 5,
+    }
+}
+
+fn channel_kind(name: &str) -> (ChannelKind, Option<String>) {
+    if let Some(t) = name.strip_prefix(maos_comm::TOPIC_PREFIX) {
+        (ChannelKind::Topic, Some(t.to_string()))
+    } else if name.starts_with("direct/") {
+        (ChannelKind::Inbox, None)
+    } else {
+        (ChannelKind::Channel, None)
+    }
+}
+
+fn message_view(position: u64, m: &maos_core::Message<serde_json::Value>) -> MessageView {
+    let (to, to_agents) = match &m.recipients {
+        Recipients::All => ("all".to_string(), Vec::new()),
+        Recipients::Agent(a) => (format!("@{a}"), vec![a.to_string()]),
+        Recipients::Group(g) => (
+            g.iter()
+                .map(|a| format!("@{a}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            g.iter().map(ToString::to_string).collect(),
+        ),
+        Recipients::Role(r) => (format!("role {r}"), Vec::new()),
+        _ => ("(unknown recipients)".to_string(), Vec::new()),
+    };
+    let summary = match &m.payload {
+        serde_json::Value::String(s) => excerpt(s, SUMMARY_CHARS),
+        v => excerpt(&v.to_string(), SUMMARY_CHARS),
+    };
+    MessageView {
+        position,
+        timestamp: m.timestamp,
+        sender: m.sender.to_string(),
+        to,
+        to_agents,
+        summary,
+    }
+}
+
+fn conflicts(a: &str, am: LockMode, b: &maos_core::ResourceName, bm: LockMode) -> bool {
+    if am == LockMode::Shared && bm == LockMode::Shared {
+        return false;
+    }
+    maos_core::ResourceName::new(a).is_ok_and(|a| maos_lock::overlaps(&a, b))
+}
+
+/// The lock table as shown: holders by resource with the tickets of the waiters they block,
+/// waiters in ticket order with who blocks them, the deadlocks named.
+fn locks_view(
+    snap: &maos_lock::Snapshot,
+    deadlocks: &[maos_lock::Deadlock],
+    dead: &HashSet<&str>,
+) -> LocksView {
+    let mut holders: Vec<LockView> = snap
+        .holders
+        .iter()
+        .map(|h| LockView {
+            resource: h.resource.to_string(),
+            mode: h.mode,
+            owner: h.owner.to_string(),
+            purpose: excerpt(&h.purpose, SUMMARY_CHARS),
+            acquired_at: h.acquired_at,
+            expires_at: h.expires_at,
+            token: h.token.0,
+            pid: h.live.as_ref().and(h.process.as_ref()).map(|p| p.pid),
+            waiters: Vec::new(),
+            owner_dead: dead.contains(h.owner.as_str()),
+        })
+        .collect();
+    holders.sort_by(|a, b| a.resource.cmp(&b.resource).then(a.token.cmp(&b.token)));
+    // Candidates for a waiter on a plain path: holders of the same path, of an ancestor
+    // (a plain name covers what is below it), of a descendant, and every pattern.
+    let mut plain: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut patterns: Vec<usize> = Vec::new();
+    for (i, h) in holders.iter().enumerate() {
+        if h.resource.contains(['*', '?', '[']) {
+            patterns.push(i);
+        } else {
+            plain.entry(h.resource.as_str()).or_default().push(i);
+        }
+    }
+    let mut waiters: Vec<WaiterView> = Vec::with_capacity(snap.waiters.len());
+    let mut attach: Vec<(usize, u64)> = Vec::new();
+    let mut sorted: Vec<&maos_lock::WaiterInfo> = snap.waiters.iter().collect();
+    sorted.sort_by_key(|w| w.ticket);
+    for w in sorted {
+        let r = w.resource.as_str();
+        let candidates: Vec<usize> = if w.resource.is_pattern() {
+            (0..holders.len()).collect()
+        } else {
+            let mut c: Vec<usize> = patterns.clone();
+            let mut prefix = String::new();
+            for (k, seg) in r.split('/').enumerate() {
+                if k > 0 {
+                    prefix.push('/');
+                }
+                prefix.push_str(seg);
+                if let Some(v) = plain.get(prefix.as_str()) {
+                    c.extend(v);
+                }
+            }
+            let below = format!("{r}/");
+            for (_, v) in plain
+                .range::<str, _>((
+                    std::ops::Bound::Included(below.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(&below))
+            {
+                c.extend(v);
+            }
+            c.sort_unstable();
+            c.dedup();
+            c
+        };
+        let mut blocked_by: Vec<String> = Vec::new();
+        for i in candidates {
+            let h = &holders[i];
+            if conflicts(&h.resource, h.mode, &w.resource, w.mode) {
+                attach.push((i, w.ticket));
+                if !blocked_by.contains(&h.owner) {
+                    blocked_by.push(h.owner.clone());
+                }
+            }
+        }
+        waiters.push(WaiterView {
+            ticket: w.ticket,
+            resource: r.to_string(),
+            mode: w.mode,
+            agent: w.agent.to_string(),
+            since: w.since,
+            purpose: excerpt(&w.purpose, SUMMARY_CHARS),
+            blocked_by,
+            aborted: w.aborted.is_some(),
+        });
+    }
+    for (i, ticket) in attach {
+        holders[i].waiters.push(ticket);
+    }
+    LocksView {
+        holders,
+        waiters,
+        deadlocks: deadlocks.iter().map(deadlock_view).collect(),
+    }
+}
+
+/// Names a cycle by following waits from the victim: `a -> b -> a`.
+fn deadlock_view(d: &maos_lock::Deadlock) -> DeadlockView {
+    let mut path: Vec<String> = vec![d.victim.to_string()];
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut at = d.victim.as_str();
+    seen.insert(at);
+    while let Some(e) = d.waits.iter().find(|e| e.waiter.as_str() == at) {
+        let next = e.holder.as_str();
+        path.push(next.to_string());
+        if !seen.insert(next) {
+            break;
+        }
+        at = next;
+    }
+    DeadlockView {
+        name: path.join(" -> "),
+        agents: d.agents.iter().map(ToString::to_string).collect(),
+        waits: d.waits.clone(),
+        victim: d.victim.to_string(),
+        victim_ticket: d.victim_ticket,
+        victim_resource: d.victim_resource.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_sets_merge() {
+        let mut c = Changed::default();
+        assert!(c.is_empty());
+        c.merge(Changed {
+            channels: ChannelSet::Some(["a".to_string()].into()),
+            ..Changed::default()
+        });
+        c.merge(Changed {
+            channels: ChannelSet::Some(["b".to_string()].into()),
+            ..Changed::default()
+        });
+        assert_eq!(
+            c.channels,
+            ChannelSet::Some(["a".to_string(), "b".to_string()].into())
+        );
+        c.merge(Changed::all());
+        assert_eq!(c.channels, ChannelSet::All);
+        assert!(!c.is_empty());
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        let rows: Vec<u32> = (0..2500).collect();
+        let p = page(rows.iter(), 2400, Some(5000));
+        assert_eq!(p.total, 2500);
+        assert_eq!(p.rows.len(), 100);
+        let p = page(rows.iter(), 0, None);
+        assert_eq!(p.rows.len(), 100);
+        let p = page(rows.iter(), 9999, Some(10));
+        assert!(p.rows.is_empty());
+    }
+}
