@@ -8,6 +8,7 @@
 
 #![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
 
+pub mod comm;
 mod config;
 mod conn;
 mod error;

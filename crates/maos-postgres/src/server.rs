@@ -391,3 +391,12 @@ pub fn shared_url() -> Result<String> {
 pub fn unique_namespace(prefix: &str) -> String {
     format!("test-{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// A backend on the shared test server ([`shared_url`]) in a namespace of its own.
+///
+/// # Errors
+/// [`Error::Server`] when no server can be started; connection errors.
+pub fn test_backend(prefix: &str) -> Result<crate::Pg> {
+    let url = crate::BackendUrl::parse(&shared_url()?)?;
+    crate::Pg::connect(&url, &unique_namespace(prefix))
+}
