@@ -97,7 +97,9 @@ CREATE TABLE maos.lock_holders (
     purpose      text NOT NULL,
     metadata     jsonb NOT NULL DEFAULT '{}',
     token        bigint NOT NULL,
-    PRIMARY KEY (ns, id)
+    req          uuid NOT NULL,
+    PRIMARY KEY (ns, id),
+    UNIQUE (ns, req)
 );
 CREATE TABLE maos.lock_waiters (
     ns           bigint NOT NULL REFERENCES maos.namespaces ON DELETE CASCADE,
@@ -110,7 +112,9 @@ CREATE TABLE maos.lock_waiters (
     since        bigint NOT NULL,
     purpose      text NOT NULL,
     aborted      jsonb,
-    PRIMARY KEY (ns, ticket)
+    req          uuid NOT NULL,
+    PRIMARY KEY (ns, ticket),
+    UNIQUE (ns, req)
 );
 CREATE TABLE maos.lock_tokens (
     ns        bigint NOT NULL REFERENCES maos.namespaces ON DELETE CASCADE,

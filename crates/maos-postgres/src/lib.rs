@@ -12,6 +12,7 @@ pub mod comm;
 mod config;
 mod conn;
 mod error;
+pub mod lock;
 mod schema;
 pub mod server;
 
