@@ -400,3 +400,16 @@ pub fn test_backend(prefix: &str) -> Result<crate::Pg> {
     let url = crate::BackendUrl::parse(&shared_url()?)?;
     crate::Pg::connect(&url, &unique_namespace(prefix))
 }
+
+/// Polls `cond` (yielding between polls) until it holds; panics naming the timeout
+/// otherwise. For tests that wait for the server to notice something (a session ending).
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within {timeout:?}"
+        );
+        std::thread::yield_now();
+    }
+}
