@@ -142,8 +142,10 @@ CREATE TABLE maos.task_log (
     at      bigint NOT NULL,
     by      text,
     record  jsonb NOT NULL,
+    req     uuid NOT NULL,
     PRIMARY KEY (ns, seq)
 );
+CREATE INDEX task_log_by_req ON maos.task_log (ns, req);
 CREATE TABLE maos.tasks (
     ns           bigint NOT NULL REFERENCES maos.namespaces ON DELETE CASCADE,
     id           text NOT NULL,

@@ -16,6 +16,7 @@ pub mod lock;
 pub mod registry;
 mod schema;
 pub mod server;
+pub mod track;
 
 pub use config::{
     BACKEND_ENV, BackendUrl, MAX_NAMESPACE_LEN, NAMESPACE_ENV, check_namespace,
