@@ -1,6 +1,7 @@
 //! Helpers shared by the cross-crate and multi-process tests in `tests/tests/`.
 
 pub mod merge_fixtures;
+pub mod pg;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -130,6 +130,7 @@ CREATE TABLE maos.agents (
     role         text,
     session_key  bigint,
     lease_until  bigint NOT NULL,
+    dead_since   bigint,
     record       jsonb NOT NULL,
     PRIMARY KEY (ns, id)
 );

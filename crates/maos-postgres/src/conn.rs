@@ -32,6 +32,10 @@ pub struct Options {
     pub lock_fallback: Duration,
     /// How often a channel watcher reads without a notification (default 2 s).
     pub channel_fallback: Duration,
+    /// How long an agent anchored on a session must have had no session before it counts
+    /// as dead (default 10 s): a server restart or a network blip, after which the agent's
+    /// process reconnects and re-anchors it, is not a death.
+    pub dead_grace: Duration,
 }
 
 impl Default for Options {
@@ -41,6 +45,7 @@ impl Default for Options {
             heartbeat: Duration::from_secs(1),
             lock_fallback: Duration::from_millis(500),
             channel_fallback: Duration::from_secs(2),
+            dead_grace: Duration::from_secs(10),
         }
     }
 }
@@ -56,6 +61,12 @@ impl Options {
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d.max(Duration::from_millis(10));
+        self
+    }
+    /// Sets [`Options::dead_grace`].
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn dead_grace(mut self, d: Duration) -> Self {
+        self.dead_grace = d;
         self
     }
     /// Sets [`Options::lock_fallback`] (at least 10 ms).
@@ -294,6 +305,8 @@ pub(crate) struct Inner {
     pub(crate) namespace: String,
     pool: Mutex<Vec<Conn>>,
     session: Mutex<Option<Arc<Session>>>,
+    /// Agents anchored on this process's session: re-anchored on every new session.
+    pub(crate) anchored: Mutex<Vec<String>>,
     pub(crate) options: Options,
 }
 
@@ -348,6 +361,7 @@ impl Pg {
                 namespace: namespace.to_string(),
                 pool: Mutex::new(vec![conn]),
                 session: Mutex::new(None),
+                anchored: Mutex::new(Vec::new()),
                 options,
             }),
         })
@@ -530,6 +544,14 @@ fn open_session(pg: &Pg) -> Result<(Conn, i64)> {
                  backend_pid = EXCLUDED.backend_pid, started_at = clock_timestamp()",
             &[&key, &pg.inner.ns, &host, &pid],
         )?;
+        let anchored = lock(&pg.inner.anchored).clone();
+        if !anchored.is_empty() {
+            c.exec(
+                "re-anchor agents",
+                "UPDATE maos.agents SET session_key = $2, dead_since = NULL WHERE ns = $1 AND id = ANY($3)",
+                &[&pg.inner.ns, &key, &anchored],
+            )?;
+        }
         tracing::debug!(key, "liveness session started");
         return Ok((c, key));
     }

@@ -39,6 +39,10 @@ pub struct PgAgent {
     pub session_key: Option<i64>,
     /// Whether that session is alive.
     pub session_alive: bool,
+    /// Since when (server clock, ms) its session has been seen dead.
+    pub dead_since: Option<u64>,
+    /// The grace before a session's end counts as the agent's death.
+    pub grace_ms: u64,
     /// The server's clock when read (ms).
     pub now: u64,
 }
@@ -46,11 +50,16 @@ pub struct PgAgent {
 impl PgAgent {
     /// The liveness verdict: for an agent anchored on a database session, alive exactly
     /// while that session lasts (seen the same from every machine); otherwise maos-core's
-    /// verdict on the server's clock (anchors on this host, else the lease).
+    /// verdict on the server's clock (anchors on this host, else the lease). A session seen
+    /// ended counts as the agent's death only after [`Options::dead_grace`](crate::Options)
+    /// (leased until then), since its process re-anchors the agent when it reconnects.
     pub fn liveness(&self) -> Liveness {
         match (self.session_key, self.session_alive) {
             (_, true) => Liveness::Alive,
-            (Some(_), false) => Liveness::Dead,
+            (Some(_), false) => match self.dead_since {
+                Some(since) if self.now.saturating_sub(since) >= self.grace_ms => Liveness::Dead,
+                _ => Liveness::Leased,
+            },
             (None, _) => self.record.liveness_at(self.now),
         }
     }
@@ -78,7 +87,15 @@ impl PgRegistry {
         let ns = self.pg.inner.ns;
         let on_session = reg.anchor.is_none();
         let key = if on_session {
-            Some(self.pg.session_key()?)
+            let k = self.pg.session_key()?;
+            let mut anchored = match self.pg.inner.anchored.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !anchored.iter().any(|a| a == reg.id.as_str()) {
+                anchored.push(reg.id.to_string());
+            }
+            Some(k)
         } else {
             None
         };
@@ -139,7 +156,7 @@ impl PgRegistry {
                     "INSERT INTO maos.agents (ns, id, role, session_key, lease_until, record)
                      VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (ns, id) DO UPDATE SET role = EXCLUDED.role, session_key = EXCLUDED.session_key,
-                         lease_until = EXCLUDED.lease_until, record = EXCLUDED.record",
+                         lease_until = EXCLUDED.lease_until, record = EXCLUDED.record, dead_since = NULL",
                     &[&ns, &rec.id.as_str(), &role, &key, &until, &json],
                 )?;
                 Ok(rec)
@@ -173,14 +190,23 @@ impl PgRegistry {
         let ns = self.pg.inner.ns;
         let id = id.map(|i| i.as_str().to_string());
         let rows = self.pg.run(|c| {
+            // The first reader that sees an anchoring session gone notes when.
+            c.exec(
+                "note ended sessions",
+                "UPDATE maos.agents SET dead_since = maos.now_ms()
+                 WHERE ns = $1 AND ($2::text IS NULL OR id = $2) AND session_key IS NOT NULL
+                   AND dead_since IS NULL AND NOT maos.session_alive(session_key)",
+                &[&ns, &id],
+            )?;
             c.query(
                 "read agents",
                 "SELECT record, session_key,
-                     session_key IS NOT NULL AND maos.session_alive(session_key), maos.now_ms()
+                     session_key IS NOT NULL AND maos.session_alive(session_key), maos.now_ms(), dead_since
                  FROM maos.agents WHERE ns = $1 AND ($2::text IS NULL OR id = $2) ORDER BY id",
                 &[&ns, &id],
             )
         })?;
+        let grace_ms = u64::try_from(self.pg.inner.options.dead_grace.as_millis()).unwrap_or(u64::MAX);
         rows.into_iter()
             .map(|r| {
                 Ok(PgAgent {
@@ -188,6 +214,8 @@ impl PgRegistry {
                     session_key: r.get(1),
                     session_alive: r.get(2),
                     now: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+                    dead_since: r.get::<_, Option<i64>>(4).map(|v| u64::try_from(v).unwrap_or(0)),
+                    grace_ms,
                 })
             })
             .collect()
@@ -240,7 +268,7 @@ mod tests {
     fn agents_anchored_on_a_session_die_with_it_everywhere() {
         let url = crate::BackendUrl::parse(&crate::server::shared_url().unwrap()).unwrap();
         let ns = crate::server::unique_namespace("registry");
-        let watcher = Pg::connect(&url, &ns).unwrap();
+        let watcher = Pg::connect_with(&url, &ns, crate::Options::default().dead_grace(std::time::Duration::ZERO)).unwrap();
         let reg = PgRegistry::new(&watcher);
         {
             let worker = Pg::connect(&url, &ns).unwrap();

@@ -1070,7 +1070,7 @@ mod tests {
     fn a_dead_agents_claims_are_released_to_the_next_claim() {
         let url = crate::BackendUrl::parse(&crate::server::shared_url().unwrap()).unwrap();
         let ns = crate::server::unique_namespace("track-dead");
-        let pg = Pg::connect(&url, &ns).unwrap();
+        let pg = Pg::connect_with(&url, &ns, crate::Options::default().dead_grace(Duration::ZERO)).unwrap();
         let tr = PgTracker::new(&pg);
         let t = Task::new("only");
         tr.create_task(&t).unwrap();
