@@ -474,6 +474,15 @@ impl Pg {
         Ok(())
     }
 
+    /// Every namespace on the server, by name.
+    pub fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(self
+            .run(schema::namespaces)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
     /// The server's clock, in ms since the Unix epoch.
     pub fn server_now_ms(&self) -> Result<u64> {
         self.run(|c| {

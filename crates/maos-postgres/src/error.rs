@@ -240,14 +240,6 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, Error::ConnectionLost { .. })
     }
-
-    /// The SQLSTATE of a server error, if any.
-    pub(crate) fn sqlstate(&self) -> Option<&postgres::error::SqlState> {
-        match self {
-            Error::Query { source, .. } => source.code(),
-            _ => None,
-        }
-    }
 }
 
 /// True when `e` means the connection is gone rather than the statement failed.

@@ -13,6 +13,7 @@ mod config;
 mod conn;
 mod error;
 pub mod lock;
+pub mod merge;
 pub mod registry;
 mod schema;
 pub mod server;
