@@ -164,3 +164,104 @@ impl Drop for PgAgent {
         let _ = self.child.wait();
     }
 }
+
+/// Network namespaces for the two-machine test: a server namespace with a bridge, and
+/// machines joined to it by veth pairs, in 10.213.N.0/24. Removed on drop.
+pub struct Netns {
+    /// Suffix of every name.
+    pub tag: String,
+    /// Third octet of the subnet.
+    pub net: u8,
+    machines: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// The server namespace's name.
+    pub fn server(&self) -> String {
+        format!("maos-s-{}", self.tag)
+    }
+
+    /// The server's address.
+    pub fn server_addr(&self) -> String {
+        format!("10.213.{}.1", self.net)
+    }
+
+    /// Creates the server namespace and `machines` machine namespaces (named
+    /// `maos-<name>-<tag>`), each on the bridge.
+    pub fn create(machines: &[&str]) -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the two-machine test needs root (network namespaces): run it as root (CI does)"
+        );
+        let raw = uuid_like();
+        let n = Self {
+            tag: raw[..4].to_string(),
+            net: (u8::from_str_radix(&raw[4..6], 16).unwrap_or(1) % 250) + 1,
+            machines: Vec::new(),
+        };
+        let s = n.server();
+        let br = format!("mbr{}", n.tag);
+        ip(&["netns", "add", &s]);
+        let mut n = n;
+        n.machines.push(s.clone());
+        ip(&["-n", &s, "link", "set", "lo", "up"]);
+        ip(&["-n", &s, "link", "add", &br, "type", "bridge"]);
+        ip(&["-n", &s, "link", "set", &br, "up"]);
+        ip(&["-n", &s, "addr", "add", &format!("{}/24", n.server_addr()), "dev", &br]);
+        for (i, m) in machines.iter().enumerate() {
+            let ns = format!("maos-{m}-{}", n.tag);
+            ip(&["netns", "add", &ns]);
+            n.machines.push(ns.clone());
+            let inner = format!("mv{m}{}", n.tag);
+            let outer = format!("mv{m}{}s", n.tag);
+            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["link", "set", &outer, "netns", &s]);
+            ip(&["-n", &s, "link", "set", &outer, "master", &br]);
+            ip(&["-n", &s, "link", "set", &outer, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.213.{}.{}/24", n.net, i + 2), "dev", &inner]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+        }
+        n
+    }
+
+    /// The namespace of machine `m`.
+    pub fn machine(&self, m: &str) -> String {
+        format!("maos-{m}-{}", self.tag)
+    }
+
+    /// Cuts machine `m`'s link (its end on the bridge goes down): its packets are lost.
+    pub fn cut(&self, m: &str) {
+        ip(&["-n", &self.server(), "link", "set", &format!("mv{m}{}s", self.tag), "down"]);
+    }
+}
+
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:08x}", (t as u64 ^ u64::from(std::process::id()).rotate_left(17)) & 0xffff_ffff)
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for m in self.machines.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &m]).status();
+        }
+    }
+}

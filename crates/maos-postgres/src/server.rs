@@ -27,6 +27,7 @@ pub struct TestServer {
     listen: String,
     extra: Vec<String>,
     as_postgres: bool,
+    netns: Option<String>,
     watchdog: Mutex<Option<Child>>,
 }
 
@@ -96,12 +97,27 @@ fn free_port() -> Result<u16> {
 pub struct ServerBuilder {
     listen: Option<String>,
     settings: Vec<String>,
+    netns: Option<String>,
+    trust: Vec<String>,
 }
 
 impl ServerBuilder {
     /// Listens on `addresses` (PostgreSQL's `listen_addresses`) instead of `127.0.0.1`.
     pub fn listen(mut self, addresses: impl Into<String>) -> Self {
         self.listen = Some(addresses.into());
+        self
+    }
+
+    /// Runs the server inside network namespace `name` (`ip netns exec`; needs root).
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
+        self
+    }
+
+    /// Lets clients from `cidr` (e.g. `10.0.0.0/24`) connect without a password (the
+    /// cluster trusts loopback and the unix socket only, by default).
+    pub fn trust(mut self, cidr: impl Into<String>) -> Self {
+        self.trust.push(cidr.into());
         self
     }
 
@@ -156,6 +172,7 @@ impl ServerBuilder {
             listen: self.listen.unwrap_or_else(|| "127.0.0.1".into()),
             extra: self.settings,
             as_postgres,
+            netns: self.netns,
             watchdog: Mutex::new(None),
         };
         let out = server
@@ -169,6 +186,17 @@ impl ServerBuilder {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
+        }
+        if !self.trust.is_empty() {
+            let hba = server.data.join("pg_hba.conf");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)
+                .map_err(|e| server_error(format!("{}: {e}", hba.display())))?;
+            for cidr in &self.trust {
+                writeln!(f, "host all all {cidr} trust")
+                    .map_err(|e| server_error(format!("{}: {e}", hba.display())))?;
+            }
         }
         server.start_watchdog()?;
         server.pg_start()?;
@@ -192,6 +220,15 @@ impl TestServer {
 
     fn command(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
+        if let Some(ns) = self.netns.as_ref().filter(|_| tool == "pg_ctl") {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]);
+            if self.as_postgres {
+                c.args(["runuser", "-u", "postgres", "--"]);
+            }
+            c.arg(exe);
+            return c;
+        }
         if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(exe);
