@@ -60,7 +60,10 @@ impl PgAgent {
             key: 0,
         };
         let ready = a.wait_for("ready ");
-        a.key = ready["ready ".len()..].trim().parse().expect("a session key");
+        a.key = ready["ready ".len()..]
+            .trim()
+            .parse()
+            .expect("a session key");
         a
     }
 
@@ -220,20 +223,38 @@ impl Netns {
         ip(&["-n", &s, "link", "set", "lo", "up"]);
         ip(&["-n", &s, "link", "add", &br, "type", "bridge"]);
         ip(&["-n", &s, "link", "set", &br, "up"]);
-        ip(&["-n", &s, "addr", "add", &format!("{}/24", n.server_addr()), "dev", &br]);
+        ip(&[
+            "-n",
+            &s,
+            "addr",
+            "add",
+            &format!("{}/24", n.server_addr()),
+            "dev",
+            &br,
+        ]);
         for (i, m) in machines.iter().enumerate() {
             let ns = format!("maos-{m}-{}", n.tag);
             ip(&["netns", "add", &ns]);
             n.machines.push(ns.clone());
             let inner = format!("mv{m}{}", n.tag);
             let outer = format!("mv{m}{}s", n.tag);
-            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer]);
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ]);
             ip(&["link", "set", &inner, "netns", &ns]);
             ip(&["link", "set", &outer, "netns", &s]);
             ip(&["-n", &s, "link", "set", &outer, "master", &br]);
             ip(&["-n", &s, "link", "set", &outer, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("10.213.{}.{}/24", n.net, i + 2), "dev", &inner]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.213.{}.{}/24", n.net, i + 2),
+                "dev",
+                &inner,
+            ]);
             ip(&["-n", &ns, "link", "set", &inner, "up"]);
         }
         n
@@ -246,7 +267,14 @@ impl Netns {
 
     /// Cuts machine `m`'s link (its end on the bridge goes down): its packets are lost.
     pub fn cut(&self, m: &str) {
-        ip(&["-n", &self.server(), "link", "set", &format!("mv{m}{}s", self.tag), "down"]);
+        ip(&[
+            "-n",
+            &self.server(),
+            "link",
+            "set",
+            &format!("mv{m}{}s", self.tag),
+            "down",
+        ]);
     }
 }
 
@@ -255,7 +283,10 @@ fn uuid_like() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:08x}", (t as u64 ^ u64::from(std::process::id()).rotate_left(17)) & 0xffff_ffff)
+    format!(
+        "{:08x}",
+        (t as u64 ^ u64::from(std::process::id()).rotate_left(17)) & 0xffff_ffff
+    )
 }
 
 impl Drop for Netns {

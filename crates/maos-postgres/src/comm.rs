@@ -247,11 +247,10 @@ impl PgChannel {
                 limit: self.max_message,
             });
         }
-        let recipients =
-            serde_json::to_value(&msg.recipients).map_err(|source| Error::Json {
-                channel: self.name.to_string(),
-                source,
-            })?;
+        let recipients = serde_json::to_value(&msg.recipients).map_err(|source| Error::Json {
+            channel: self.name.to_string(),
+            source,
+        })?;
         Ok((
             Head2 {
                 id: msg.id.as_uuid(),
@@ -541,7 +540,11 @@ impl Listener {
 
     /// Waits up to `timeout` for a notification whose payload `wanted` accepts (others are
     /// consumed). Returns whether one came.
-    pub(crate) fn wait(&mut self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> Result<bool> {
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -833,7 +836,13 @@ mod tests {
         stale.ack(2).unwrap();
         assert_eq!(stale.position(), 7, "the stale handle catches up");
         let again = ch.consumer(name, Filter::Everything).unwrap();
-        assert!(again.receive::<serde_json::Value>().unwrap().messages.is_empty());
+        assert!(
+            again
+                .receive::<serde_json::Value>()
+                .unwrap()
+                .messages
+                .is_empty()
+        );
         // Oversized messages are refused before anything is written.
         let small = PgChannel::open(&pg, ChannelName::new("small").unwrap()).max_message(50);
         let err = small
@@ -848,14 +857,17 @@ mod tests {
         let pg = test_backend("comm-prune").unwrap();
         let ch = PgChannel::open(&pg, ChannelName::new("c").unwrap());
         for n in 0..10 {
-            ch.send(&Message::new(agent("a"), Recipients::All, n)).unwrap();
+            ch.send(&Message::new(agent("a"), Recipients::All, n))
+                .unwrap();
         }
         assert_eq!(ch.prune(3).unwrap(), 7);
         let b = ch.receive::<i32>(2, &Filter::Everything).unwrap();
         assert_eq!(b.pruned, Some(Pruned { from: 3, to: 7 }));
         assert_eq!(b.messages[0].position, 8);
         ch.prune(0).unwrap();
-        let r = ch.send(&Message::new(agent("a"), Recipients::All, 11)).unwrap();
+        let r = ch
+            .send(&Message::new(agent("a"), Recipients::All, 11))
+            .unwrap();
         assert_eq!(r.position, 11);
         assert_eq!(ch.stats().unwrap().count, 1);
     }

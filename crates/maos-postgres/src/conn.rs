@@ -157,7 +157,9 @@ impl Exec for Conn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
         let s = prep(&mut self.stmts, &mut self.client, what, sql)?;
-        self.client.query(&s, params).map_err(|e| Error::pg(what, e))
+        self.client
+            .query(&s, params)
+            .map_err(|e| Error::pg(what, e))
     }
 
     fn exec(
@@ -167,7 +169,9 @@ impl Exec for Conn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64> {
         let s = prep(&mut self.stmts, &mut self.client, what, sql)?;
-        self.client.execute(&s, params).map_err(|e| Error::pg(what, e))
+        self.client
+            .execute(&s, params)
+            .map_err(|e| Error::pg(what, e))
     }
 }
 
@@ -209,12 +213,8 @@ impl Tx<'_> {
 
     /// Sends `NOTIFY channel, payload` (delivered when the transaction commits).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
-        self.exec(
-            "notify",
-            "SELECT pg_notify($1, $2)",
-            &[&channel, &payload],
-        )
-        .map(|_| ())
+        self.exec("notify", "SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .map(|_| ())
     }
 }
 
@@ -241,12 +241,15 @@ impl Conn {
     }
 }
 
+/// What [`Pg::on_session_lost`] registers.
+type LostCallback = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// The liveness session of a process: one connection that holds the session-level advisory
 /// lock of its key for as long as it lasts.
 pub(crate) struct Session {
     state: Mutex<SessionState>,
     changed: Condvar,
-    callbacks: Mutex<Vec<Arc<dyn Fn(u64) + Send + Sync>>>,
+    callbacks: Mutex<Vec<LostCallback>>,
     _stop: Mutex<mpsc::Sender<()>>,
 }
 
@@ -412,8 +415,13 @@ impl Pg {
             let res = self.checkout().and_then(|mut c| {
                 // A connection idle for a while may have been cut without our noticing:
                 // check it before relying on it (cheap, and only after idle time).
-                if c.used.elapsed() > Duration::from_secs(5) && c.client.is_valid(Duration::from_secs(5)).is_err() {
-                    return Err(Error::Invalid { what: "connection", reason: "stale".into() });
+                if c.used.elapsed() > Duration::from_secs(5)
+                    && c.client.is_valid(Duration::from_secs(5)).is_err()
+                {
+                    return Err(Error::Invalid {
+                        what: "connection",
+                        reason: "stale".into(),
+                    });
                 }
                 let r = op(&mut c);
                 c.used = Instant::now();
@@ -426,7 +434,9 @@ impl Pg {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
-                Err(Error::Invalid { what: "connection", .. }) => {
+                Err(Error::Invalid {
+                    what: "connection", ..
+                }) => {
                     // Stale pooled connection: retry at once.
                     continue;
                 }
@@ -494,11 +504,7 @@ impl Pg {
     /// Whether the liveness session `key` (of any process, on any machine) is alive.
     pub fn session_alive(&self, key: i64) -> Result<bool> {
         self.run(|c| {
-            let row = c.one(
-                "check a session",
-                "SELECT maos.session_alive($1)",
-                &[&key],
-            )?;
+            let row = c.one("check a session", "SELECT maos.session_alive($1)", &[&key])?;
             Ok(row.get(0))
         })
     }
@@ -607,7 +613,11 @@ fn session_thread(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return, // the backend is gone: closing the connection ends the session
         }
-        if conn.client.is_valid(every.max(Duration::from_secs(2))).is_ok() {
+        if conn
+            .client
+            .is_valid(every.max(Duration::from_secs(2)))
+            .is_ok()
+        {
             continue;
         }
         let Some(s) = session.upgrade() else { return };
@@ -617,7 +627,10 @@ fn session_thread(
             st.epoch += 1;
             st.epoch
         };
-        tracing::warn!(epoch, "liveness session to the maos server lost: locks of this process may be gone");
+        tracing::warn!(
+            epoch,
+            "liveness session to the maos server lost: locks of this process may be gone"
+        );
         let callbacks: Vec<_> = lock(&s.callbacks).clone();
         for cb in callbacks {
             cb(epoch);

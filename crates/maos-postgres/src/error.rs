@@ -103,7 +103,7 @@ pub enum Error {
         /// How long it waited.
         waited_ms: u64,
         /// Who blocked it last.
-        blocker: Option<Holder>,
+        blocker: Option<Box<Holder>>,
     },
     /// Deadlock resolution ended this wait.
     #[error("deadlock: the wait for {resource} was chosen as the victim of a cycle between {}", agents.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
@@ -121,7 +121,7 @@ pub enum Error {
         /// The token it was granted with.
         token: u64,
         /// Who holds it now.
-        now: Option<Holder>,
+        now: Option<Box<Holder>>,
     },
     /// A fencing token is not current.
     #[error("fencing token {token} for {resource} is stale (newest issued: {current})")]
@@ -141,10 +141,12 @@ pub enum Error {
         /// The agent.
         agent: AgentId,
         /// Who holds it instead.
-        holder: Option<Holder>,
+        holder: Option<Box<Holder>>,
     },
     /// A message is larger than the limit.
-    #[error("message {id} for {channel} is {size} bytes, over the {limit}-byte limit; nothing was written")]
+    #[error(
+        "message {id} for {channel} is {size} bytes, over the {limit}-byte limit; nothing was written"
+    )]
     PayloadTooLarge {
         /// The channel.
         channel: String,

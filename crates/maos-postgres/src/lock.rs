@@ -191,7 +191,9 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
             &[&ns],
         )?
         .get(0);
-    let now: i64 = t.one("read the server clock", "SELECT maos.now_ms()", &[])?.get(0);
+    let now: i64 = t
+        .one("read the server clock", "SELECT maos.now_ms()", &[])?
+        .get(0);
     let holders = t
         .query(
             "read lock holders",
@@ -248,9 +250,10 @@ impl State {
         let mut out = Vec::new();
         for (n, w) in self.waiters.iter().enumerate() {
             let w = &w.v;
-            let by_holder = self.holders.iter().any(|h| {
-                self.holds(h) && conflicts(&h.v.resource, h.v.mode, &w.resource, w.mode)
-            });
+            let by_holder = self
+                .holders
+                .iter()
+                .any(|h| self.holds(h) && conflicts(&h.v.resource, h.v.mode, &w.resource, w.mode));
             let by_waiter = self.waiters[..n]
                 .iter()
                 .any(|e| conflicts(&e.v.resource, e.v.mode, &w.resource, w.mode));
@@ -674,7 +677,7 @@ impl PgLock {
                 return Err(Error::Timeout {
                     resource: self.resource.clone(),
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    blocker,
+                    blocker: blocker.map(Box::new),
                 });
             }
             let mut sleep = left.min(self.pg.inner.options.lock_fallback);
@@ -802,7 +805,7 @@ impl PgGuard {
             .conflicting(&self.info.resource, self.info.mode)
             .ok()
             .and_then(|v| v.into_iter().next())
-            .map(|h| h.holder());
+            .map(|h| Box::new(h.holder()));
         Error::LockLost {
             resource: self.info.resource.clone(),
             token: self.info.token,
@@ -863,7 +866,8 @@ fn release_record(pg: &Pg, info: &LockInfo) -> Result<()> {
                 "DELETE FROM maos.lock_holders WHERE ns = $1 AND id = $2 AND token = $3",
                 &[&ns, &id, &token],
             )?;
-            st.holders.retain(|h| !(h.v.id == info.id && h.v.token == info.token));
+            st.holders
+                .retain(|h| !(h.v.id == info.id && h.v.token == info.token));
             signal(t, ns, &st)?;
             Ok(n == 0)
         })
@@ -1021,7 +1025,7 @@ impl PgLockTable {
                     .holders
                     .iter()
                     .find(|h| st.holds(h) && maos_lock::overlaps(&h.v.resource, resource))
-                    .map(|h| h.v.holder());
+                    .map(|h| Box::new(h.v.holder()));
                 Ok((held, other))
             })
         })?;
@@ -1177,9 +1181,15 @@ fn cycles(st: &State) -> Vec<Deadlock> {
     let mut g: DiGraph<AgentId, WaitEdge> = DiGraph::new();
     let mut idx = std::collections::HashMap::new();
     let mut node = |g: &mut DiGraph<AgentId, WaitEdge>, a: &AgentId| {
-        *idx.entry(a.clone()).or_insert_with(|| g.add_node(a.clone()))
+        *idx.entry(a.clone())
+            .or_insert_with(|| g.add_node(a.clone()))
     };
-    let live: Vec<&WaiterInfo> = st.waiters.iter().filter(|w| w.alive).map(|w| &w.v).collect();
+    let live: Vec<&WaiterInfo> = st
+        .waiters
+        .iter()
+        .filter(|w| w.alive)
+        .map(|w| &w.v)
+        .collect();
     for (n, w) in live.iter().enumerate() {
         let from = node(&mut g, &w.agent);
         let mut blockers: Vec<AgentId> = st
@@ -1274,7 +1284,9 @@ mod tests {
         let g2 = other.try_acquire("edit").unwrap().unwrap();
         assert!(g2.token() > t1, "tokens only grow");
         let table = PgLockTable::new(&pg);
-        table.check_fencing_token(&r("src/api/user.rs"), g2.token()).unwrap();
+        table
+            .check_fencing_token(&r("src/api/user.rs"), g2.token())
+            .unwrap();
         let stale = g2.token();
         drop(g2);
         let err = table
@@ -1282,9 +1294,25 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::StaleToken { .. }), "{err}");
         // Shared locks coexist; an exclusive one waits for them.
-        let s1 = PgLock::new(&pg, r("doc")).shared().agent(a("p")).try_acquire("read").unwrap().unwrap();
-        let s2 = PgLock::new(&pg, r("doc/a.md")).shared().agent(a("q")).try_acquire("read").unwrap().unwrap();
-        assert!(PgLock::new(&pg, r("doc/a.md")).agent(a("w")).try_acquire("write").unwrap().is_none());
+        let s1 = PgLock::new(&pg, r("doc"))
+            .shared()
+            .agent(a("p"))
+            .try_acquire("read")
+            .unwrap()
+            .unwrap();
+        let s2 = PgLock::new(&pg, r("doc/a.md"))
+            .shared()
+            .agent(a("q"))
+            .try_acquire("read")
+            .unwrap()
+            .unwrap();
+        assert!(
+            PgLock::new(&pg, r("doc/a.md"))
+                .agent(a("w"))
+                .try_acquire("write")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(table.snapshot().unwrap().holders.len(), 2);
         drop((s1, s2));
         assert!(table.snapshot().unwrap().holders.is_empty());
@@ -1293,7 +1321,11 @@ mod tests {
     #[test]
     fn waiters_are_served_first_come_first_served() {
         let pg = test_backend("lock-fifo").unwrap();
-        let holder = PgLock::new(&pg, r("f")).agent(a("h")).try_acquire("hold").unwrap().unwrap();
+        let holder = PgLock::new(&pg, r("f"))
+            .agent(a("h"))
+            .try_acquire("hold")
+            .unwrap()
+            .unwrap();
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let table = PgLockTable::new(&pg);
         let mut threads = Vec::new();
@@ -1321,10 +1353,18 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), ["first", "second", "third"]);
         // try_acquire does not jump the queue.
-        let h = PgLock::new(&pg, r("g")).agent(a("h")).try_acquire("x").unwrap().unwrap();
+        let h = PgLock::new(&pg, r("g"))
+            .agent(a("h"))
+            .try_acquire("x")
+            .unwrap()
+            .unwrap();
         let pg2 = pg.clone();
         let w = std::thread::spawn(move || {
-            PgLock::new(&pg2, r("g")).agent(a("w")).wait(Duration::from_secs(60)).acquire("x").map(|g| g.token())
+            PgLock::new(&pg2, r("g"))
+                .agent(a("w"))
+                .wait(Duration::from_secs(60))
+                .acquire("x")
+                .map(|g| g.token())
         });
         while table.snapshot().unwrap().waiters.is_empty() {
             std::thread::yield_now();
@@ -1353,7 +1393,9 @@ mod tests {
         let err = g.renew().unwrap_err();
         assert!(matches!(err, Error::LockLost { .. }), "{err}");
         assert!(err.to_string().contains("next"), "{err}");
-        let err = PgLockTable::new(&pg).check_fencing_token(&r("f"), g.token()).unwrap_err();
+        let err = PgLockTable::new(&pg)
+            .check_fencing_token(&r("f"), g.token())
+            .unwrap_err();
         assert!(matches!(err, Error::StaleToken { .. }));
         drop(g); // releasing a lost lock changes nothing
         assert_eq!(PgLockTable::new(&pg).snapshot().unwrap().holders.len(), 1);
@@ -1362,7 +1404,11 @@ mod tests {
     #[test]
     fn timeouts_name_the_holder_and_withdraw_the_wait() {
         let pg = test_backend("lock-timeout").unwrap();
-        let _g = PgLock::new(&pg, r("f")).agent(a("owner")).try_acquire("long job").unwrap().unwrap();
+        let _g = PgLock::new(&pg, r("f"))
+            .agent(a("owner"))
+            .try_acquire("long job")
+            .unwrap()
+            .unwrap();
         let err = PgLock::new(&pg, r("f"))
             .agent(a("w"))
             .wait(Duration::from_millis(50))
@@ -1379,13 +1425,22 @@ mod tests {
         let ns = crate::server::unique_namespace("lock-agent");
         let info = {
             let pg = Pg::connect(&url, &ns).unwrap();
-            PgLock::new(&pg, r("f")).agent(a("cli")).acquire_lease("edit").unwrap()
+            PgLock::new(&pg, r("f"))
+                .agent(a("cli"))
+                .acquire_lease("edit")
+                .unwrap()
         };
         // The process (its backend and session) is gone; the lease stays.
         let pg = Pg::connect(&url, &ns).unwrap();
         let table = PgLockTable::new(&pg);
         assert_eq!(table.snapshot().unwrap().holders, vec![info.clone()]);
-        assert_eq!(table.renew_all(&a("cli"), Some(Duration::from_secs(5))).unwrap().len(), 1);
+        assert_eq!(
+            table
+                .renew_all(&a("cli"), Some(Duration::from_secs(5)))
+                .unwrap()
+                .len(),
+            1
+        );
         let err = table.release(&r("f"), &a("other"), None).unwrap_err();
         assert!(matches!(err, Error::NotOwner { .. }), "{err}");
         assert!(err.to_string().contains("cli"), "{err}");
@@ -1396,19 +1451,35 @@ mod tests {
     #[test]
     fn a_deadlock_between_two_agents_is_found_and_resolved() {
         let pg = test_backend("lock-deadlock").unwrap();
-        let gx = PgLock::new(&pg, r("x")).agent(a("alice")).try_acquire("x").unwrap().unwrap();
-        let gy = PgLock::new(&pg, r("y")).agent(a("bob")).try_acquire("y").unwrap().unwrap();
+        let gx = PgLock::new(&pg, r("x"))
+            .agent(a("alice"))
+            .try_acquire("x")
+            .unwrap()
+            .unwrap();
+        let gy = PgLock::new(&pg, r("y"))
+            .agent(a("bob"))
+            .try_acquire("y")
+            .unwrap()
+            .unwrap();
         let table = PgLockTable::new(&pg);
         let pg1 = pg.clone();
         let t1 = std::thread::spawn(move || {
-            PgLock::new(&pg1, r("y")).agent(a("alice")).wait(Duration::from_secs(60)).acquire("y").map(|g| g.token())
+            PgLock::new(&pg1, r("y"))
+                .agent(a("alice"))
+                .wait(Duration::from_secs(60))
+                .acquire("y")
+                .map(|g| g.token())
         });
         while table.snapshot().unwrap().waiters.is_empty() {
             std::thread::yield_now();
         }
         let pg2 = pg.clone();
         let t2 = std::thread::spawn(move || {
-            PgLock::new(&pg2, r("x")).agent(a("bob")).wait(Duration::from_secs(60)).acquire("x").map(|g| g.token())
+            PgLock::new(&pg2, r("x"))
+                .agent(a("bob"))
+                .wait(Duration::from_secs(60))
+                .acquire("x")
+                .map(|g| g.token())
         });
         while table.snapshot().unwrap().waiters.len() < 2 {
             std::thread::yield_now();
@@ -1418,7 +1489,11 @@ mod tests {
         assert_eq!(found[0].involved_agents, [a("alice"), a("bob")]);
         assert_eq!(found[0].victim.waiter, a("bob"), "the youngest wait");
         let mut sub = crate::comm::PgSubscription::new(&pg, &[DEADLOCK_TOPIC], 0).unwrap();
-        let resolved = PgDeadlockDetector::new(&pg).resolve(true).broadcast(a("monitor")).check().unwrap();
+        let resolved = PgDeadlockDetector::new(&pg)
+            .resolve(true)
+            .broadcast(a("monitor"))
+            .check()
+            .unwrap();
         assert!(resolved[0].applied);
         let err = t2.join().unwrap().unwrap_err();
         assert!(matches!(err, Error::Deadlock { .. }), "{err}");

@@ -233,7 +233,10 @@ mod tests {
         assert_ne!(q.add("bob", "main", &me).unwrap().id, e2.id);
         let runner = q.try_run().unwrap().expect("first runner");
         let other = PgQueue::new(&crate::server::test_backend("queue2").unwrap());
-        assert!(other.try_run().unwrap().is_some(), "other namespaces run apart");
+        assert!(
+            other.try_run().unwrap().is_some(),
+            "other namespaces run apart"
+        );
         assert!(q.try_run().unwrap().is_none(), "busy");
         drop(runner);
         assert!(q.try_run().unwrap().is_some());

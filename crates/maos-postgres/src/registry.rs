@@ -206,7 +206,8 @@ impl PgRegistry {
                 &[&ns, &id],
             )
         })?;
-        let grace_ms = u64::try_from(self.pg.inner.options.dead_grace.as_millis()).unwrap_or(u64::MAX);
+        let grace_ms =
+            u64::try_from(self.pg.inner.options.dead_grace.as_millis()).unwrap_or(u64::MAX);
         rows.into_iter()
             .map(|r| {
                 Ok(PgAgent {
@@ -214,7 +215,9 @@ impl PgRegistry {
                     session_key: r.get(1),
                     session_alive: r.get(2),
                     now: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-                    dead_since: r.get::<_, Option<i64>>(4).map(|v| u64::try_from(v).unwrap_or(0)),
+                    dead_since: r
+                        .get::<_, Option<i64>>(4)
+                        .map(|v| u64::try_from(v).unwrap_or(0)),
                     grace_ms,
                 })
             })
@@ -268,7 +271,12 @@ mod tests {
     fn agents_anchored_on_a_session_die_with_it_everywhere() {
         let url = crate::BackendUrl::parse(&crate::server::shared_url().unwrap()).unwrap();
         let ns = crate::server::unique_namespace("registry");
-        let watcher = Pg::connect_with(&url, &ns, crate::Options::default().dead_grace(std::time::Duration::ZERO)).unwrap();
+        let watcher = Pg::connect_with(
+            &url,
+            &ns,
+            crate::Options::default().dead_grace(std::time::Duration::ZERO),
+        )
+        .unwrap();
         let reg = PgRegistry::new(&watcher);
         {
             let worker = Pg::connect(&url, &ns).unwrap();
@@ -304,6 +312,10 @@ mod tests {
             Some(Liveness::Leased)
         );
         assert!(reg.unregister(&AgentId::new("remote").unwrap()).unwrap());
-        assert!(reg.touch(&AgentId::new("ghost").unwrap()).unwrap().is_none());
+        assert!(
+            reg.touch(&AgentId::new("ghost").unwrap())
+                .unwrap()
+                .is_none()
+        );
     }
 }

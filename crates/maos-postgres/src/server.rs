@@ -177,7 +177,16 @@ impl ServerBuilder {
         };
         let out = server
             .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&server.data)
             .output()
             .map_err(|e| server_error(format!("initdb: {e}")))?;
@@ -356,7 +365,10 @@ impl TestServer {
         let script = format!(
             "cat >/dev/null; {ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
             ctl = if self.as_postgres {
-                format!("runuser -u postgres -- '{}'", self.bin.join("pg_ctl").display())
+                format!(
+                    "runuser -u postgres -- '{}'",
+                    self.bin.join("pg_ctl").display()
+                )
             } else {
                 format!("'{}'", self.bin.join("pg_ctl").display())
             },
@@ -426,7 +438,10 @@ pub fn shared_url() -> Result<String> {
 
 /// A namespace name no other test uses: `test-<prefix>-<random>`.
 pub fn unique_namespace(prefix: &str) -> String {
-    format!("test-{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "test-{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A backend on the shared test server ([`shared_url`]) in a namespace of its own.

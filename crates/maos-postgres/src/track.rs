@@ -100,7 +100,10 @@ impl Cache {
         self.dependents.clear();
         for t in &self.tasks {
             for d in &t.dependencies {
-                self.dependents.entry(d.clone()).or_default().push(t.id.clone());
+                self.dependents
+                    .entry(d.clone())
+                    .or_default()
+                    .push(t.id.clone());
             }
         }
     }
@@ -125,9 +128,10 @@ impl Cache {
     }
 
     fn deps_done(&self, t: &Task) -> bool {
-        t.dependencies
-            .iter()
-            .all(|d| self.get(d).is_some_and(|d| d.status == TaskStatus::Completed))
+        t.dependencies.iter().all(|d| {
+            self.get(d)
+                .is_some_and(|d| d.status == TaskStatus::Completed)
+        })
     }
 
     fn failed_dep(&self, t: &Task) -> Option<String> {
@@ -156,7 +160,10 @@ impl Cache {
                 };
                 t.blocked_reason = self.failed_dep(&t);
                 for d in &t.dependencies {
-                    self.dependents.entry(d.clone()).or_default().push(t.id.clone());
+                    self.dependents
+                        .entry(d.clone())
+                        .or_default()
+                        .push(t.id.clone());
                 }
                 self.index.insert(t.id.clone(), self.tasks.len());
                 self.created.push(self.seq);
@@ -299,7 +306,10 @@ impl Cache {
                     .get(&self.tasks[i].id)
                     .cloned()
                     .unwrap_or_default();
-                let idx: Vec<usize> = deps.iter().filter_map(|d| self.index.get(d).copied()).collect();
+                let idx: Vec<usize> = deps
+                    .iter()
+                    .filter_map(|d| self.index.get(d).copied())
+                    .collect();
                 if !expanded {
                     stack.push((i, true));
                     for j in idx.iter().copied().filter(|&j| memo[j].is_none()) {
@@ -368,8 +378,14 @@ fn refuse(from: TaskStatus, to: TaskStatus) -> Option<&'static str> {
         (from, to),
         (S::Pending, S::InProgress | S::Failed)
             | (S::Blocked, S::Failed)
-            | (S::InProgress, S::Review | S::Completed | S::Failed | S::Pending)
-            | (S::Review, S::Completed | S::Failed | S::InProgress | S::Pending)
+            | (
+                S::InProgress,
+                S::Review | S::Completed | S::Failed | S::Pending
+            )
+            | (
+                S::Review,
+                S::Completed | S::Failed | S::InProgress | S::Pending
+            )
             | (S::Failed, S::Pending)
     );
     if ok {
@@ -729,7 +745,12 @@ impl PgTracker {
     }
 
     /// Changes the status of `id`.
-    pub fn update_status(&self, id: &TaskId, status: TaskStatus, note: Option<&str>) -> Result<Task> {
+    pub fn update_status(
+        &self,
+        id: &TaskId,
+        status: TaskStatus,
+        note: Option<&str>,
+    ) -> Result<Task> {
         let mut u = Update::status(status);
         u.note = note.map(str::to_owned);
         self.update(id, &u)
@@ -852,7 +873,10 @@ impl PgTracker {
                 task: t.id.clone(),
                 reason: format!(
                     "released: agent {} is dead",
-                    t.assigned_to.as_ref().map(ToString::to_string).unwrap_or_default()
+                    t.assigned_to
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 ),
             })
             .collect())
@@ -864,7 +888,11 @@ impl PgTracker {
     pub fn claim(&self, agent: &AgentId) -> Result<Option<Task>> {
         let release = self.release_dead_claims;
         let ops = self.write(Some(agent), |st, _| {
-            let mut ops = if release { self.dead_claims(st)? } else { Vec::new() };
+            let mut ops = if release {
+                self.dead_claims(st)?
+            } else {
+                Vec::new()
+            };
             let released: HashSet<TaskId> = ops
                 .iter()
                 .filter_map(|o| match o {
@@ -931,7 +959,9 @@ impl PgTracker {
         let (ids, total) = maos_track::critical_path_of(&tasks);
         let by: HashMap<&TaskId, &Task> = tasks.iter().map(|t| (&t.id, t)).collect();
         Ok((
-            ids.iter().filter_map(|i| by.get(i).map(|t| (*t).clone())).collect(),
+            ids.iter()
+                .filter_map(|i| by.get(i).map(|t| (*t).clone()))
+                .collect(),
             total,
         ))
     }
@@ -999,9 +1029,15 @@ mod tests {
         let backend = Task::new("backend").after(design.id.clone());
         let docs = Task::new("docs").priority(Priority::Low);
         // Given in any order: dependencies are created first.
-        tr.create_tasks(&[backend.clone(), design.clone(), docs.clone()]).unwrap();
-        assert_eq!(tr.get(&backend.id).unwrap().unwrap().status, TaskStatus::Blocked);
-        let err = tr.create_task(&Task::new("x").after(TaskId::new())).unwrap_err();
+        tr.create_tasks(&[backend.clone(), design.clone(), docs.clone()])
+            .unwrap();
+        assert_eq!(
+            tr.get(&backend.id).unwrap().unwrap().status,
+            TaskStatus::Blocked
+        );
+        let err = tr
+            .create_task(&Task::new("x").after(TaskId::new()))
+            .unwrap_err();
         assert!(matches!(err, Error::UnknownDependency { .. }), "{err}");
         let err = tr.create_task(&design).unwrap_err();
         assert!(matches!(err, Error::DuplicateTask { .. }), "{err}");
@@ -1011,17 +1047,24 @@ mod tests {
         assert_eq!(first.status, TaskStatus::InProgress);
         assert_eq!(first.assigned_to, Some(a("w1")));
         let err = tr
-            .update(&design.id, &Update::status(TaskStatus::Completed).expect_revision(1))
+            .update(
+                &design.id,
+                &Update::status(TaskStatus::Completed).expect_revision(1),
+            )
             .unwrap_err();
         assert!(matches!(err, Error::RevisionMismatch { .. }), "{err}");
         tr.update(
             &design.id,
-            &Update::status(TaskStatus::Completed).expect_revision(first.revision).note("done"),
+            &Update::status(TaskStatus::Completed)
+                .expect_revision(first.revision)
+                .note("done"),
         )
         .unwrap();
         let b = tr.get(&backend.id).unwrap().unwrap();
         assert_eq!(b.status, TaskStatus::Pending);
-        let err = tr.update_status(&design.id, TaskStatus::InProgress, None).unwrap_err();
+        let err = tr
+            .update_status(&design.id, TaskStatus::InProgress, None)
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
         // Idempotent completion.
         tr.complete(&design.id, None).unwrap();
@@ -1037,7 +1080,10 @@ mod tests {
         // Another tracker (another machine) sees the same graph and history.
         let other = PgTracker::new(&pg);
         assert_eq!(other.list().unwrap(), tr.list().unwrap());
-        assert_eq!(other.log_after(0).unwrap().len() as u64, other.version().unwrap());
+        assert_eq!(
+            other.log_after(0).unwrap().len() as u64,
+            other.version().unwrap()
+        );
     }
 
     #[test]
@@ -1059,7 +1105,10 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<TaskId> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut all: Vec<TaskId> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         assert_eq!(all.len(), 40);
         all.sort();
         all.dedup();
@@ -1070,7 +1119,12 @@ mod tests {
     fn a_dead_agents_claims_are_released_to_the_next_claim() {
         let url = crate::BackendUrl::parse(&crate::server::shared_url().unwrap()).unwrap();
         let ns = crate::server::unique_namespace("track-dead");
-        let pg = Pg::connect_with(&url, &ns, crate::Options::default().dead_grace(Duration::ZERO)).unwrap();
+        let pg = Pg::connect_with(
+            &url,
+            &ns,
+            crate::Options::default().dead_grace(Duration::ZERO),
+        )
+        .unwrap();
         let tr = PgTracker::new(&pg);
         let t = Task::new("only");
         tr.create_task(&t).unwrap();

@@ -17,6 +17,7 @@
 //! - `create N`: creates N tasks; `claim`: claims until nothing is ready, completing each
 //!   and printing `claimed ID` (then `ok claimed N`); `hold-claim`: claims one and keeps it.
 //! - `detect`: runs the deadlock detector with resolution; `ok CYCLES`.
+//!
 //! When its liveness session is lost it prints `lost EPOCH`.
 
 use std::collections::HashMap;
@@ -59,7 +60,11 @@ fn main() -> anyhow::Result<()> {
                 let ch = PgChannel::open(&pg, ChannelName::new(*ch)?);
                 let n: u64 = n.parse()?;
                 for i in 0..n {
-                    let r = ch.send(&Message::new(me.clone(), Recipients::All, (me.to_string(), i)))?;
+                    let r = ch.send(&Message::new(
+                        me.clone(),
+                        Recipients::All,
+                        (me.to_string(), i),
+                    ))?;
                     say(&format!("ack {i} {}", r.position));
                 }
                 Ok(format!("sent {n}"))
@@ -99,10 +104,16 @@ fn main() -> anyhow::Result<()> {
             }
             ["try", res] => {
                 let res = ResourceName::new(*res)?;
-                match PgLock::new(&pg, res.clone()).agent(me.clone()).try_acquire("test")? {
+                match PgLock::new(&pg, res.clone())
+                    .agent(me.clone())
+                    .try_acquire("test")?
+                {
                     Some(g) => {
                         let t = g.token();
-                        guards.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(res.to_string(), g);
+                        guards
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .insert(res.to_string(), g);
                         Ok(t.to_string())
                     }
                     None => Ok("busy".into()),
@@ -127,8 +138,13 @@ fn main() -> anyhow::Result<()> {
                         .wait(Duration::from_secs(120))
                         .acquire("count")?;
                     // Not atomic on purpose: only the lock keeps two of these apart.
-                    let v: i64 = client.query_one("SELECT v FROM test_counter WHERE ns = $1", &[&a[1]])?.get(0);
-                    client.execute("UPDATE test_counter SET v = $2 WHERE ns = $1", &[&a[1], &(v + 1)])?;
+                    let v: i64 = client
+                        .query_one("SELECT v FROM test_counter WHERE ns = $1", &[&a[1]])?
+                        .get(0);
+                    client.execute(
+                        "UPDATE test_counter SET v = $2 WHERE ns = $1",
+                        &[&a[1], &(v + 1)],
+                    )?;
                     g.release()?;
                     say("inc");
                 }
@@ -136,7 +152,9 @@ fn main() -> anyhow::Result<()> {
             }
             ["create", n] => {
                 let n: usize = n.parse()?;
-                let tasks: Vec<_> = (0..n).map(|i| maos_coordination::Task::new(format!("t{i}"))).collect();
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| maos_coordination::Task::new(format!("t{i}")))
+                    .collect();
                 tracker.create_tasks(&tasks)?;
                 Ok(format!("created {n}"))
             }
@@ -154,7 +172,10 @@ fn main() -> anyhow::Result<()> {
                 None => Ok("none".into()),
             },
             ["detect"] => {
-                let found = PgDeadlockDetector::new(&pg).resolve(true).broadcast(me.clone()).check()?;
+                let found = PgDeadlockDetector::new(&pg)
+                    .resolve(true)
+                    .broadcast(me.clone())
+                    .check()?;
                 Ok(serde_json::to_string(&found)?)
             }
             _ => anyhow::bail!("unknown command {line:?}"),
@@ -170,6 +191,8 @@ fn main() -> anyhow::Result<()> {
 /// A plain client for the test's own counter row (outside maos's tables).
 fn maos_postgres_client(url: &str) -> anyhow::Result<postgres::Client> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
-    c.batch_execute("CREATE TABLE IF NOT EXISTS test_counter (ns text PRIMARY KEY, v bigint NOT NULL)")?;
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS test_counter (ns text PRIMARY KEY, v bigint NOT NULL)",
+    )?;
     Ok(c)
 }

@@ -2,6 +2,8 @@
 //! real processes (`pg_agent`): SIGKILL mid-operation, a terminated database session, a
 //! server restart mid-run.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -39,7 +41,9 @@ fn by_sender(pg: &Pg, ch: &str) -> BTreeMap<String, Vec<u64>> {
         for d in b.messages {
             assert_eq!(d.position, cur + 1, "a gap in the channel");
             cur = d.position;
-            out.entry(d.message.payload.0).or_default().push(d.message.payload.1);
+            out.entry(d.message.payload.0)
+                .or_default()
+                .push(d.message.payload.1);
         }
     }
     out
@@ -52,9 +56,17 @@ fn check_messages(pg: &Pg, ch: &str, agents: &[&PgAgent]) {
     for a in agents {
         let mine = got.get(&a.name).cloned().unwrap_or_default();
         let sorted: Vec<u64> = (0..mine.len() as u64).collect();
-        assert_eq!(mine, sorted, "{}: messages once each, in send order", a.name);
+        assert_eq!(
+            mine, sorted,
+            "{}: messages once each, in send order",
+            a.name
+        );
         for i in acks(a) {
-            assert!(i < mine.len() as u64, "{}: acknowledged message {i} is missing", a.name);
+            assert!(
+                i < mine.len() as u64,
+                "{}: acknowledged message {i} is missing",
+                a.name
+            );
         }
     }
 }
@@ -68,10 +80,15 @@ fn counter(url: &str, ns: &str) -> i64 {
 
 fn setup_counter(url: &str, ns: &str) {
     let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
-    c.batch_execute("CREATE TABLE IF NOT EXISTS test_counter (ns text PRIMARY KEY, v bigint NOT NULL)")
-        .unwrap();
-    c.execute("INSERT INTO test_counter VALUES ($1, 0) ON CONFLICT DO NOTHING", &[&ns])
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS test_counter (ns text PRIMARY KEY, v bigint NOT NULL)",
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO test_counter VALUES ($1, 0) ON CONFLICT DO NOTHING",
+        &[&ns],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -100,9 +117,15 @@ fn sigkilled_agents_lose_nothing_acknowledged_and_free_their_locks() {
     let pg = Pg::connect(&BackendUrl::parse(&url).unwrap(), &ns).unwrap();
     check_messages(&pg, "c", &agents.iter().collect::<Vec<_>>());
     // Mutual exclusion: no increment lost; at most one unacknowledged by the killed agent.
-    let incs: usize = agents.iter().map(|a| a.events.iter().filter(|e| *e == "inc").count()).sum();
+    let incs: usize = agents
+        .iter()
+        .map(|a| a.events.iter().filter(|e| *e == "inc").count())
+        .sum();
     let v = counter(&url, &ns) as usize;
-    assert!(v >= incs && v <= incs + 1, "counter {v}, acknowledged increments {incs}");
+    assert!(
+        v >= incs && v <= incs + 1,
+        "counter {v}, acknowledged increments {incs}"
+    );
     // The killed agent's lock (if it held one) is freed once its session is gone.
     let res = ResourceName::new("counter").unwrap();
     wait_until(Duration::from_secs(60), || {
@@ -130,7 +153,13 @@ fn a_terminated_session_frees_the_agents_locks_and_claims_and_it_learns_so() {
     assert!(x.cmd("hold-claim").starts_with("holding "));
     let me = AgentId::new("other").unwrap();
     let f = ResourceName::new("f").unwrap();
-    assert!(PgLock::new(&pg, f.clone()).agent(me.clone()).try_acquire("x").unwrap().is_none());
+    assert!(
+        PgLock::new(&pg, f.clone())
+            .agent(me.clone())
+            .try_acquire("x")
+            .unwrap()
+            .is_none()
+    );
     let tracker = PgTracker::new(&pg);
     assert!(tracker.claim(&me).unwrap().is_none());
     // x hangs (stopped), and its session is terminated (as an administrator would, or as
@@ -148,7 +177,11 @@ fn a_terminated_session_frees_the_agents_locks_and_claims_and_it_learns_so() {
     // Its lock is free for the others at once; its claim once the grace for a reconnect
     // has passed without x coming back.
     wait_until(Duration::from_secs(30), || {
-        PgLock::new(&pg, f.clone()).agent(me.clone()).try_acquire("x").unwrap().is_some()
+        PgLock::new(&pg, f.clone())
+            .agent(me.clone())
+            .try_acquire("x")
+            .unwrap()
+            .is_some()
     });
     let mut claimed = None;
     wait_until(Duration::from_secs(30), || {
@@ -156,7 +189,11 @@ fn a_terminated_session_frees_the_agents_locks_and_claims_and_it_learns_so() {
         claimed.is_some()
     });
     assert_eq!(claimed.unwrap().assigned_to, Some(me.clone()));
-    assert!(PgLockTable::new(&pg).check_fencing_token(&f, token).is_err());
+    assert!(
+        PgLockTable::new(&pg)
+            .check_fencing_token(&f, token)
+            .is_err()
+    );
     // x wakes up, learns that its locks may be gone, reconnects and works on.
     x.signal("CONT");
     x.wait_for("lost ");

@@ -3,6 +3,8 @@
 //! claiming tasks; then one machine's link is cut and its locks are freed for the other
 //! once the server has ended its session. Needs root (CI runs as root).
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -32,7 +34,11 @@ fn agents_on_two_machines_share_messages_locks_deadlocks_and_tasks() {
     let ns = unique_namespace("two-machines");
     // The test itself reaches the server through its unix socket (not a network path).
     let admin = Pg::connect(&BackendUrl::parse(&server.socket_url()).unwrap(), &ns).unwrap();
-    let url = format!("postgres://postgres@{}:{}/postgres", net.server_addr(), server.port());
+    let url = format!(
+        "postgres://postgres@{}:{}/postgres",
+        net.server_addr(),
+        server.port()
+    );
     let ma = net.machine("a");
     let mb = net.machine("b");
     let mut a = PgAgent::start(BIN, &["ip", "netns", "exec", &ma], &url, &ns, "on-a");
