@@ -321,7 +321,7 @@ pub(crate) struct Inner {
 /// [`Options::reconnect_for`]. The liveness session, started by the first lock, wait or
 /// agent anchor, is a separate connection holding an advisory lock: the process's locks
 /// are alive while it lasts. When it is lost, [`Pg::on_session_lost`] callbacks run,
-/// guards report [`LockGuard::is_lost`](crate::LockGuard::is_lost), and a new session (with
+/// guards report [`PgGuard::is_lost`](crate::lock::PgGuard::is_lost), and a new session (with
 /// a new key) replaces it.
 #[derive(Clone)]
 pub struct Pg {
