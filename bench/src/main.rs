@@ -9,6 +9,7 @@ mod comm;
 mod core;
 mod lock;
 mod merge;
+mod postgres;
 mod soak;
 mod table;
 mod track;
@@ -34,6 +35,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().is_some_and(|a| a == "--soak") {
         return soak::main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--claim-child") {
+        return postgres::child(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "--comm-child") {
         return comm::child(&args[1..]);
@@ -64,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("agents") {
         agents::run(&mut table)?;
+    }
+    if selected("postgres") {
+        postgres::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");
