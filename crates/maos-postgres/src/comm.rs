@@ -363,9 +363,11 @@ impl PgChannel {
         timeout: Duration,
     ) -> Result<Batch<T>> {
         let deadline = Instant::now() + timeout;
-        let mut listener = Listener::new(&self.pg, &notify_channel(self.pg.inner.ns))?;
+        let hub = self.pg.hub()?;
+        let chan = notify_channel(self.pg.inner.ns);
         let mut cur = cursor;
         loop {
+            let seen = hub.seen();
             let b = self.receive::<T>(cur, filter)?;
             if !b.is_empty() {
                 return Ok(b);
@@ -376,7 +378,9 @@ impl PgChannel {
                 return Ok(b);
             }
             let fallback = self.pg.inner.options.channel_fallback;
-            listener.wait(left.min(fallback), |payload| payload == self.name.as_str())?;
+            hub.wait(seen, left.min(fallback), |ch, payload| {
+                ch == chan && payload == self.name.as_str()
+            });
         }
     }
 
@@ -521,49 +525,6 @@ impl PgConsumer {
         })?;
         self.position = stored;
         Ok(())
-    }
-}
-
-/// A connection listening on one NOTIFY channel.
-pub(crate) struct Listener {
-    conn: crate::conn::Conn,
-}
-
-impl Listener {
-    pub(crate) fn new(pg: &Pg, channel: &str) -> Result<Self> {
-        let mut conn = pg.dedicated()?;
-        conn.client()
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .map_err(|e| Error::pg("listen", e))?;
-        Ok(Self { conn })
-    }
-
-    /// Waits up to `timeout` for a notification whose payload `wanted` accepts (others are
-    /// consumed). Returns whether one came.
-    pub(crate) fn wait(
-        &mut self,
-        timeout: Duration,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            let mut n = self.conn.client().notifications();
-            let mut it = n.timeout_iter(left);
-            use postgres::fallible_iterator::FallibleIterator as _;
-            match it.next() {
-                Ok(Some(note)) => {
-                    if wanted(note.payload()) {
-                        return Ok(true);
-                    }
-                }
-                Ok(None) => return Ok(false),
-                Err(e) => return Err(Error::pg("wait for a notification", e)),
-            }
-        }
     }
 }
 

@@ -308,6 +308,7 @@ pub(crate) struct Inner {
     pub(crate) namespace: String,
     pool: Mutex<Vec<Conn>>,
     session: Mutex<Option<Arc<Session>>>,
+    hub: Mutex<Option<Arc<crate::hub::Hub>>>,
     /// Agents anchored on this process's session: re-anchored on every new session.
     pub(crate) anchored: Mutex<Vec<String>>,
     pub(crate) options: Options,
@@ -365,6 +366,7 @@ impl Pg {
                 pool: Mutex::new(vec![conn]),
                 session: Mutex::new(None),
                 anchored: Mutex::new(Vec::new()),
+                hub: Mutex::new(None),
                 options,
             }),
         })
@@ -467,6 +469,20 @@ impl Pg {
         let s = start_session(self)?;
         *slot = Some(s.clone());
         Ok(s)
+    }
+
+    /// The notification hub of this process (started on first use).
+    pub(crate) fn hub(&self) -> Result<Arc<crate::hub::Hub>> {
+        let mut slot = match self.inner.hub.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = crate::hub::Hub::start(self)?;
+        *slot = Some(h.clone());
+        Ok(h)
     }
 
     /// The key of this process's liveness session (starting it if needed): whoever wants to

@@ -81,6 +81,7 @@ pub mod comm;
 mod config;
 mod conn;
 mod error;
+mod hub;
 pub mod lock;
 pub mod merge;
 pub mod registry;

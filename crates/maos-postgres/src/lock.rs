@@ -17,7 +17,6 @@ use maos_core::{AgentId, ResourceName};
 use maos_lock::LockMode;
 use serde::Serialize;
 
-use crate::comm::Listener;
 use crate::conn::{Exec, Session, Tx};
 use crate::{Error, Holder, Pg, Result};
 
@@ -127,6 +126,7 @@ pub struct Snapshot {
 struct Row2<T> {
     v: T,
     alive: bool,
+    req: Option<uuid::Uuid>,
 }
 
 /// The table as read under the guard.
@@ -155,9 +155,6 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-const HOLDER_COLS: &str = "id, resource, mode, owner, session_key, acquired_at, expires_at, ttl_ms, purpose, metadata, token,
-     (session_key IS NULL OR session_key IN (SELECT key FROM maos.live_sessions)) AS alive";
-
 fn holder_of(r: &postgres::Row) -> Result<Row2<LockInfo>> {
     let meta: serde_json::Value = r.get(9);
     let metadata = serde_json::from_value(meta).map_err(|e| Error::Corrupt {
@@ -179,11 +176,14 @@ fn holder_of(r: &postgres::Row) -> Result<Row2<LockInfo>> {
             token: u(r.get(10)),
         },
         alive: r.get(11),
+        req: None,
     })
 }
 
 /// Takes the guard and reads the table.
 fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
+    // The guard first, in a statement of its own: the next statement's snapshot is taken
+    // after the lock was granted, so it sees every change of the previous guard holder.
     let counter: i64 = t
         .one(
             "take the lock guard",
@@ -191,53 +191,76 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
             &[&ns],
         )?
         .get(0);
-    let now: i64 = t
-        .one("read the server clock", "SELECT maos.now_ms()", &[])?
-        .get(0);
-    let holders = t
-        .query(
-            "read lock holders",
-            "SELECT id, resource, mode, owner, session_key, acquired_at, expires_at, ttl_ms, purpose, metadata, token,
-                 (session_key IS NULL OR session_key IN (SELECT key FROM maos.live_sessions)) AS alive
-             FROM maos.lock_holders WHERE ns = $1 ORDER BY id",
-            &[&ns],
-        )?
-        .iter()
-        .map(holder_of)
-        .collect::<Result<Vec<_>>>()?;
-    let waiters = t
-        .query(
-            "read lock waiters",
-            "SELECT ticket, resource, mode, agent, session_key, since, purpose, aborted,
-                 session_key IN (SELECT key FROM maos.live_sessions) AS alive
-             FROM maos.lock_waiters WHERE ns = $1 ORDER BY ticket",
-            &[&ns],
-        )?
-        .into_iter()
-        .map(|r| {
-            let aborted: Option<serde_json::Value> = r.get(7);
-            Ok(Row2 {
-                v: WaiterInfo {
-                    ticket: u(r.get(0)),
-                    resource: parse_res(r.get(1))?,
-                    mode: mode_of(r.get(2)),
-                    agent: parse_agent(r.get(3))?,
-                    session_key: r.get(4),
-                    since: u(r.get(5)),
-                    purpose: r.get(6),
-                    aborted: aborted.and_then(|v| serde_json::from_value(v).ok()),
-                },
-                alive: r.get(8),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let _ = HOLDER_COLS;
-    Ok(State {
-        now,
+    // Then the clock, the holders and the waiters in one round trip.
+    let rows = t.query(
+        "read the lock table",
+        "SELECT 0 AS kind, id, resource, mode, owner, session_key, acquired_at, expires_at, ttl_ms, purpose,
+                metadata, token, (session_key IS NULL OR session_key IN (SELECT key FROM maos.live_sessions)),
+                NULL::jsonb, req
+           FROM maos.lock_holders WHERE ns = $1
+         UNION ALL
+         SELECT 1, ticket, resource, mode, agent, session_key, since, 0, 0, purpose, '{}'::jsonb, 0,
+                session_key IN (SELECT key FROM maos.live_sessions), aborted, req
+           FROM maos.lock_waiters WHERE ns = $1
+         UNION ALL
+         SELECT 2, maos.now_ms(), '', '', '', NULL, 0, 0, 0, '', '{}'::jsonb, 0, true, NULL, NULL
+         ORDER BY 1, 2",
+        &[&ns],
+    )?;
+    let mut st = State {
+        now: 0,
         counter,
-        holders,
-        waiters,
-    })
+        holders: Vec::new(),
+        waiters: Vec::new(),
+    };
+    for r in rows {
+        let kind: i32 = r.get(0);
+        match kind {
+            0 => {
+                let meta: serde_json::Value = r.get(10);
+                let metadata = serde_json::from_value(meta).map_err(|e| Error::Corrupt {
+                    what: "lock metadata".into(),
+                    reason: e.to_string(),
+                })?;
+                st.holders.push(Row2 {
+                    v: LockInfo {
+                        id: u(r.get(1)),
+                        resource: parse_res(r.get(2))?,
+                        mode: mode_of(r.get(3)),
+                        owner: parse_agent(r.get(4))?,
+                        session_key: r.get(5),
+                        acquired_at: u(r.get(6)),
+                        expires_at: u(r.get(7)),
+                        ttl_ms: u(r.get(8)),
+                        purpose: r.get(9),
+                        metadata,
+                        token: u(r.get(11)),
+                    },
+                    alive: r.get(12),
+                    req: r.get(14),
+                });
+            }
+            1 => {
+                let aborted: Option<serde_json::Value> = r.get(13);
+                st.waiters.push(Row2 {
+                    v: WaiterInfo {
+                        ticket: u(r.get(1)),
+                        resource: parse_res(r.get(2))?,
+                        mode: mode_of(r.get(3)),
+                        agent: parse_agent(r.get(4))?,
+                        session_key: r.get::<_, Option<i64>>(5).unwrap_or(0),
+                        since: u(r.get(6)),
+                        purpose: r.get(9),
+                        aborted: aborted.and_then(|v| serde_json::from_value(v).ok()),
+                    },
+                    alive: r.get(12),
+                    req: r.get(14),
+                });
+            }
+            _ => st.now = r.get(1),
+        }
+    }
+    Ok(st)
 }
 
 impl State {
@@ -326,27 +349,15 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
     pg.run(|c| {
         c.tx("take a lock", |t| {
             let mut st = load(t, ns)?;
-            // A grant whose commit we did not hear about (a retry after a lost connection).
-            if let Some(h) = t.opt(
-                "find an earlier grant",
-                "SELECT id FROM maos.lock_holders WHERE ns = $1 AND req = $2",
-                &[&ns, &r.req],
-            )? {
-                let id = u(h.get(0));
-                if let Some(h) = st.holders.iter().find(|h| h.v.id == id) {
-                    return Ok(Step::Granted(h.v.clone()));
-                }
+            // A grant or a queueing whose commit we did not hear about (a retry after a lost
+            // connection), found by the request id.
+            if let Some(h) = st.holders.iter().find(|h| h.req == Some(r.req)) {
+                return Ok(Step::Granted(h.v.clone()));
             }
-            // Our waiter, found by ticket or by request id (a queueing whose commit we did
-            // not hear about).
             if ticket.is_none()
-                && let Some(w) = t.opt(
-                    "find an earlier wait",
-                    "SELECT ticket FROM maos.lock_waiters WHERE ns = $1 AND req = $2",
-                    &[&ns, &r.req],
-                )?
+                && let Some(w) = st.waiters.iter().find(|w| w.req == Some(r.req))
             {
-                *ticket = Some(u(w.get(0)));
+                *ticket = Some(w.v.ticket);
             }
             let mine = st
                 .waiters
@@ -422,12 +433,21 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                 let process = serde_json::to_value(maos_core::ProcessIdentity::current())
                     .unwrap_or_default();
                 let key = if r.lease { None } else { r.session_key };
+                let mine = my_ticket.map(|tk| i64::try_from(tk).unwrap_or(i64::MAX));
                 let row = t.one(
                     "grant a lock",
-                    "INSERT INTO maos.lock_holders (ns, id, resource, mode, owner, session_key, process,
-                         acquired_at, expires_at, ttl_ms, purpose, metadata, token, req)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $8::bigint + $9::bigint, $9, $10, $11, nextval('maos.fencing_tokens'), $12)
-                     RETURNING token",
+                    "WITH h AS (
+                         INSERT INTO maos.lock_holders (ns, id, resource, mode, owner, session_key, process,
+                             acquired_at, expires_at, ttl_ms, purpose, metadata, token, req)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $8::bigint + $9::bigint, $9, $10, $11,
+                                 nextval('maos.fencing_tokens'), $12)
+                         RETURNING token),
+                     k AS (
+                         INSERT INTO maos.lock_tokens (ns, resource, token) SELECT $1, $3, token FROM h
+                         ON CONFLICT (ns, resource) DO UPDATE SET token = GREATEST(maos.lock_tokens.token, EXCLUDED.token)),
+                     w AS (DELETE FROM maos.lock_waiters WHERE ns = $1 AND ticket = $13),
+                     g AS (UPDATE maos.guards SET counter = $14 WHERE ns = $1 AND what = 'locks')
+                     SELECT token FROM h",
                     &[
                         &ns,
                         &id,
@@ -441,24 +461,14 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                         &r.purpose,
                         &meta,
                         &r.req,
+                        &mine,
+                        &st.counter,
                     ],
                 )?;
                 let token: i64 = row.get(0);
-                t.exec(
-                    "record the newest token",
-                    "INSERT INTO maos.lock_tokens (ns, resource, token) VALUES ($1, $2, $3)
-                     ON CONFLICT (ns, resource) DO UPDATE SET token = GREATEST(maos.lock_tokens.token, EXCLUDED.token)",
-                    &[&ns, &l.resource.as_str(), &token],
-                )?;
                 if let Some(tk) = my_ticket {
-                    remove_waiters(t, ns, &[i64::try_from(tk).unwrap_or(i64::MAX)])?;
                     st.waiters.retain(|w| w.v.ticket != tk);
                 }
-                t.exec(
-                    "advance the ticket counter",
-                    "UPDATE maos.guards SET counter = $2 WHERE ns = $1 AND what = 'locks'",
-                    &[&ns, &st.counter],
-                )?;
                 let info = LockInfo {
                     id: u(id),
                     resource: l.resource.clone(),
@@ -475,6 +485,7 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                 st.holders.push(Row2 {
                     v: info.clone(),
                     alive: true,
+                    req: Some(r.req),
                 });
                 if removed || my_ticket.is_some() {
                     signal(t, ns, &st)?;
@@ -653,13 +664,15 @@ impl PgLock {
             session_key: Some(key),
             lease: false,
         };
-        // Listen before the first step, so that no wake-up can be missed.
-        let mut listener = Listener::new(&self.pg, &notify_channel(self.pg.inner.ns))?;
+        // The hub listens before the first step, so that no wake-up can be missed.
+        let hub = self.pg.hub()?;
+        let chan = notify_channel(self.pg.inner.ns);
         let mut w = Withdraw {
             pg: &self.pg,
             ticket: None,
         };
         loop {
+            let seen = hub.seen();
             let s = step(&self.pg, &r, &mut w.ticket, true)?;
             let (blocker, until, server_now) = match s {
                 Step::Granted(info) => {
@@ -686,10 +699,16 @@ impl PgLock {
                 sleep = sleep.min(lease_left);
             }
             let mine = w.ticket.map(|t| t.to_string());
-            listener.wait(sleep, |p| {
-                mine.as_deref()
-                    .is_some_and(|m| p.split(',').any(|t| t == m))
-            })?;
+            hub.wait(seen, sleep, |ch, p| {
+                ch == chan
+                    && match p.strip_prefix("r:") {
+                        Some(res) => ResourceName::new(res)
+                            .is_ok_and(|r| maos_lock::overlaps(&r, &self.resource)),
+                        None => mine
+                            .as_deref()
+                            .is_some_and(|m| p.split(',').any(|t| t == m)),
+                    }
+            });
         }
     }
 
@@ -853,26 +872,23 @@ impl PgGuard {
 }
 
 fn release_record(pg: &Pg, info: &LockInfo) -> Result<()> {
+    // One statement, no guard: it only removes this holding, and tells the waiters of
+    // overlapping resources to look again (each re-steps under the guard, in ticket order).
     let ns = pg.inner.ns;
     let (id, token) = (
         i64::try_from(info.id).unwrap_or(i64::MAX),
         i64::try_from(info.token).unwrap_or(i64::MAX),
     );
-    let gone = pg.run(|c| {
-        c.tx("release a lock", |t| {
-            let mut st = load(t, ns)?;
-            let n = t.exec(
-                "release a lock",
-                "DELETE FROM maos.lock_holders WHERE ns = $1 AND id = $2 AND token = $3",
-                &[&ns, &id, &token],
-            )?;
-            st.holders
-                .retain(|h| !(h.v.id == info.id && h.v.token == info.token));
-            signal(t, ns, &st)?;
-            Ok(n == 0)
-        })
+    let chan = notify_channel(ns);
+    let rows = pg.run(|c| {
+        c.query(
+            "release a lock",
+            "WITH d AS (DELETE FROM maos.lock_holders WHERE ns = $1 AND id = $2 AND token = $3 RETURNING resource)
+             SELECT 1, pg_notify($4, 'r:' || d.resource) FROM d",
+            &[&ns, &id, &token, &chan],
+        )
     })?;
-    if gone {
+    if rows.is_empty() {
         return Err(Error::LockLost {
             resource: info.resource.clone(),
             token: info.token,

@@ -188,40 +188,9 @@ impl PgRegistry {
 
     fn read(&self, id: Option<&AgentId>) -> Result<Vec<PgAgent>> {
         let ns = self.pg.inner.ns;
-        let id = id.map(|i| i.as_str().to_string());
-        let rows = self.pg.run(|c| {
-            // The first reader that sees an anchoring session gone notes when.
-            c.exec(
-                "note ended sessions",
-                "UPDATE maos.agents SET dead_since = maos.now_ms()
-                 WHERE ns = $1 AND ($2::text IS NULL OR id = $2) AND session_key IS NOT NULL
-                   AND dead_since IS NULL AND NOT maos.session_alive(session_key)",
-                &[&ns, &id],
-            )?;
-            c.query(
-                "read agents",
-                "SELECT record, session_key,
-                     session_key IS NOT NULL AND maos.session_alive(session_key), maos.now_ms(), dead_since
-                 FROM maos.agents WHERE ns = $1 AND ($2::text IS NULL OR id = $2) ORDER BY id",
-                &[&ns, &id],
-            )
-        })?;
-        let grace_ms =
-            u64::try_from(self.pg.inner.options.dead_grace.as_millis()).unwrap_or(u64::MAX);
-        rows.into_iter()
-            .map(|r| {
-                Ok(PgAgent {
-                    record: decode(r.get(0))?,
-                    session_key: r.get(1),
-                    session_alive: r.get(2),
-                    now: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-                    dead_since: r
-                        .get::<_, Option<i64>>(4)
-                        .map(|v| u64::try_from(v).unwrap_or(0)),
-                    grace_ms,
-                })
-            })
-            .collect()
+        let ids: Option<Vec<String>> = id.map(|i| vec![i.to_string()]);
+        let grace = self.pg.inner.options.dead_grace;
+        self.pg.run(|c| agents_in(c, ns, ids.as_deref(), grace))
     }
 
     /// The liveness of `id`, or `None` when it is not registered.
@@ -256,6 +225,50 @@ impl PgRegistry {
         })?;
         Ok(n > 0)
     }
+}
+
+/// The agents `ids` (all when `None`) of namespace `ns` with their sessions' state, noting
+/// when an anchoring session was first seen gone.
+pub(crate) fn agents_in(
+    c: &mut impl Exec,
+    ns: i64,
+    ids: Option<&[String]>,
+    grace: Duration,
+) -> Result<Vec<PgAgent>> {
+    let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
+    let rows = c.query(
+        "read agents",
+        "SELECT record, session_key,
+             session_key IS NOT NULL AND maos.session_alive(session_key), maos.now_ms(), dead_since
+         FROM maos.agents WHERE ns = $1 AND ($2::text[] IS NULL OR id = ANY($2)) ORDER BY id",
+        &[&ns, &ids],
+    )?;
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut a = PgAgent {
+            record: decode(r.get(0))?,
+            session_key: r.get(1),
+            session_alive: r.get(2),
+            now: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+            dead_since: r.get::<_, Option<i64>>(4).map(|v| u64::try_from(v).unwrap_or(0)),
+            grace_ms,
+        };
+        if a.session_key.is_some() && !a.session_alive && a.dead_since.is_none() {
+            // The first reader that sees the anchoring session gone notes when.
+            let since: Option<i64> = c
+                .opt(
+                    "note an ended session",
+                    "UPDATE maos.agents SET dead_since = COALESCE(dead_since, maos.now_ms())
+                     WHERE ns = $1 AND id = $2 AND session_key = $3 RETURNING dead_since",
+                    &[&ns, &a.record.id.as_str(), &a.session_key],
+                )?
+                .map(|r| r.get(0));
+            a.dead_since = since.map(|v| u64::try_from(v).unwrap_or(0));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 /// True when `a` is a session anchor (for callers building registrations).

@@ -21,7 +21,6 @@ use maos_track::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Exec, Tx};
-use crate::registry::PgRegistry;
 use crate::{Error, Pg, Result};
 
 /// One record of the task log.
@@ -847,23 +846,28 @@ impl PgTracker {
     }
 
     /// Releases the claims of agents the registry reports dead (inside a write).
-    fn dead_claims(&self, st: &Cache) -> Result<Vec<Op>> {
-        let owners: HashSet<&AgentId> = st
+    fn dead_claims(&self, st: &Cache, t: &mut Tx<'_>) -> Result<Vec<Op>> {
+        let owners: Vec<String> = st
             .tasks
             .iter()
             .filter(|t| matches!(t.status, TaskStatus::InProgress | TaskStatus::Review))
-            .filter_map(|t| t.assigned_to.as_ref())
+            .filter_map(|t| t.assigned_to.as_ref().map(ToString::to_string))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
         if owners.is_empty() {
             return Ok(Vec::new());
         }
-        let reg = PgRegistry::new(&self.pg);
-        let mut dead = HashSet::new();
-        for a in owners {
-            if reg.liveness_of(a)? == Some(Liveness::Dead) {
-                dead.insert(a.clone());
-            }
-        }
+        let dead: HashSet<AgentId> = crate::registry::agents_in(
+            t,
+            self.pg.inner.ns,
+            Some(&owners),
+            self.pg.inner.options.dead_grace,
+        )?
+        .into_iter()
+        .filter(|a| a.liveness() == Liveness::Dead)
+        .map(|a| a.record.id)
+        .collect();
         Ok(st
             .tasks
             .iter()
@@ -873,10 +877,7 @@ impl PgTracker {
                 task: t.id.clone(),
                 reason: format!(
                     "released: agent {} is dead",
-                    t.assigned_to
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
+                    t.assigned_to.as_ref().map(ToString::to_string).unwrap_or_default()
                 ),
             })
             .collect())
@@ -887,9 +888,9 @@ impl PgTracker {
     /// is ready.
     pub fn claim(&self, agent: &AgentId) -> Result<Option<Task>> {
         let release = self.release_dead_claims;
-        let ops = self.write(Some(agent), |st, _| {
+        let ops = self.write(Some(agent), |st, t| {
             let mut ops = if release {
-                self.dead_claims(st)?
+                self.dead_claims(st, t)?
             } else {
                 Vec::new()
             };
@@ -932,7 +933,7 @@ impl PgTracker {
 
     /// Releases every active claim of agents the registry reports dead.
     pub fn release_dead_claims(&self) -> Result<Vec<TaskId>> {
-        let ops = self.write(None, |st, _| self.dead_claims(st))?;
+        let ops = self.write(None, |st, t| self.dead_claims(st, t))?;
         Ok(released(&ops))
     }
 
@@ -1015,6 +1016,7 @@ fn released(ops: &[Op]) -> Vec<TaskId> {
 mod tests {
     use super::*;
     use crate::server::test_backend;
+    use crate::registry::PgRegistry;
     use maos_core::{Priority, Registration};
 
     fn a(s: &str) -> AgentId {
