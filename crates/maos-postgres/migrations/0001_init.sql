@@ -46,8 +46,16 @@ CREATE FUNCTION maos.session_alive(k bigint) RETURNS boolean
 CREATE FUNCTION maos.now_ms() RETURNS bigint
     LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
--- Fencing tokens: one sequence, so tokens only ever grow (also across server crashes).
+-- Fencing tokens: one sequence, so tokens only ever grow. Lock transactions commit without
+-- waiting for the disk (lock state matters only while sessions last, and a server crash ends
+-- them all), so a crash may forget the newest sequence values: the first grant after the
+-- server started again (pg_postmaster_start_time() differs from `started`) moves the
+-- sequence 2^32 ahead, durably, before it hands out a token.
 CREATE SEQUENCE maos.fencing_tokens MINVALUE 1;
+CREATE TABLE maos.token_epoch (
+    one      boolean PRIMARY KEY DEFAULT true CHECK (one),
+    started  timestamptz NOT NULL
+);
 
 -- Channels: `last` is the newest position assigned; it is incremented in the sending
 -- transaction, whose row lock makes positions commit in order (no reader ever sees N+1

@@ -211,6 +211,14 @@ impl Tx<'_> {
             .map_err(|e| Error::pg("apply a migration", e))
     }
 
+    /// Lets this transaction commit without waiting for the write-ahead log to reach the
+    /// disk (`synchronous_commit = off`): for state that matters only while sessions last.
+    pub(crate) fn relaxed(&mut self) -> Result<()> {
+        self.t
+            .batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(|e| Error::pg("relax the commit", e))
+    }
+
     /// Sends `NOTIFY channel, payload` (delivered when the transaction commits).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
         self.exec("notify", "SELECT pg_notify($1, $2)", &[&channel, &payload])

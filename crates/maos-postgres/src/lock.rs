@@ -132,6 +132,8 @@ struct Row2<T> {
 /// The table as read under the guard.
 struct State {
     now: i64,
+    /// The server started since the last token epoch: tokens must jump first.
+    restarted: bool,
     counter: i64,
     holders: Vec<Row2<LockInfo>>,
     waiters: Vec<Row2<WaiterInfo>>,
@@ -203,12 +205,15 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
                 session_key IN (SELECT key FROM maos.live_sessions), aborted, req
            FROM maos.lock_waiters WHERE ns = $1
          UNION ALL
-         SELECT 2, maos.now_ms(), '', '', '', NULL, 0, 0, 0, '', '{}'::jsonb, 0, true, NULL, NULL
+         SELECT 2, maos.now_ms(), '', '', '', NULL, 0, 0, 0, '', '{}'::jsonb, 0,
+                pg_postmaster_start_time() IS DISTINCT FROM (SELECT started FROM maos.token_epoch),
+                NULL, NULL
          ORDER BY 1, 2",
         &[&ns],
     )?;
     let mut st = State {
         now: 0,
+        restarted: false,
         counter,
         holders: Vec::new(),
         waiters: Vec::new(),
@@ -257,7 +262,10 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
                     req: r.get(14),
                 });
             }
-            _ => st.now = r.get(1),
+            _ => {
+                st.now = r.get(1);
+                st.restarted = r.get(12);
+            }
         }
     }
     Ok(st)
@@ -348,6 +356,7 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
     let l = r.lock;
     pg.run(|c| {
         c.tx("take a lock", |t| {
+            t.relaxed()?;
             let mut st = load(t, ns)?;
             // A grant or a queueing whose commit we did not hear about (a retry after a lost
             // connection), found by the request id.
@@ -433,6 +442,22 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                 let process = serde_json::to_value(maos_core::ProcessIdentity::current())
                     .unwrap_or_default();
                 let key = if r.lease { None } else { r.session_key };
+                if st.restarted {
+                    // Tokens handed out before a crash may be forgotten by the sequence:
+                    // jump past them, durably (this transaction commits synchronously).
+                    t.batch("SET LOCAL synchronous_commit = on")?;
+                    t.exec(
+                        "move the fencing tokens to a new epoch",
+                        "SELECT setval('maos.fencing_tokens', nextval('maos.fencing_tokens') + 4294967296)",
+                        &[],
+                    )?;
+                    t.exec(
+                        "record the token epoch",
+                        "INSERT INTO maos.token_epoch (one, started) VALUES (true, pg_postmaster_start_time())
+                         ON CONFLICT (one) DO UPDATE SET started = EXCLUDED.started",
+                        &[],
+                    )?;
+                }
                 let mine = my_ticket.map(|tk| i64::try_from(tk).unwrap_or(i64::MAX));
                 let row = t.one(
                     "grant a lock",
@@ -734,6 +759,7 @@ impl Drop for Withdraw<'_> {
         let tk = i64::try_from(ticket).unwrap_or(i64::MAX);
         let r = self.pg.run(|c| {
             c.tx("withdraw a wait", |t| {
+                t.relaxed()?;
                 let mut st = load(t, ns)?;
                 remove_waiters(t, ns, &[tk])?;
                 st.waiters.retain(|w| w.v.ticket != ticket);
@@ -881,12 +907,15 @@ fn release_record(pg: &Pg, info: &LockInfo) -> Result<()> {
     );
     let chan = notify_channel(ns);
     let rows = pg.run(|c| {
-        c.query(
-            "release a lock",
-            "WITH d AS (DELETE FROM maos.lock_holders WHERE ns = $1 AND id = $2 AND token = $3 RETURNING resource)
-             SELECT 1, pg_notify($4, 'r:' || d.resource) FROM d",
-            &[&ns, &id, &token, &chan],
-        )
+        c.tx("release a lock", |t| {
+            t.relaxed()?;
+            t.query(
+                "release a lock",
+                "WITH d AS (DELETE FROM maos.lock_holders WHERE ns = $1 AND id = $2 AND token = $3 RETURNING resource)
+                 SELECT 1, pg_notify($4, 'r:' || d.resource) FROM d",
+                &[&ns, &id, &token, &chan],
+            )
+        })
     })?;
     if rows.is_empty() {
         return Err(Error::LockLost {

@@ -220,7 +220,7 @@ fn a_server_restart_mid_run_loses_nothing_acknowledged() {
     let mut holder = PgAgent::start(BIN, &[], &url, &ns, "holder");
     let mut next = PgAgent::start(BIN, &[], &url, &ns, "next");
     claimers[0].cmd("create 150");
-    holder.cmd("try f");
+    let before: u64 = holder.cmd("try f").parse().unwrap();
     for s in &mut senders {
         s.send("send c 300");
     }
@@ -234,7 +234,13 @@ fn a_server_restart_mid_run_loses_nothing_acknowledged() {
     // The holder's session died with the server: it learns so, and the lock is free.
     holder.wait_for("lost ");
     next.send("lock f");
-    next.wait_for("granted f");
+    let granted = next.wait_for("granted f ");
+    // Tokens only grow across the restart (the sequence jumps to a new epoch first).
+    let after: u64 = granted["granted f ".len()..].parse().unwrap();
+    assert!(
+        after > before + (1 << 31),
+        "token {after} after the restart, {before} before: the epoch jump is missing"
+    );
     for s in &mut senders {
         assert_eq!(s.answer(), "sent 300");
     }
