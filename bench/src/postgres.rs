@@ -21,7 +21,14 @@ use crate::table::{Row, Table, percentile_us};
 
 const GROUP: &str = "postgres";
 
-fn row(name: &str, value: f64, baseline: f64, unit: &'static str, higher: bool, factor: f64) -> Row {
+fn row(
+    name: &str,
+    value: f64,
+    baseline: f64,
+    unit: &'static str,
+    higher: bool,
+    factor: f64,
+) -> Row {
     let met = if higher {
         value * factor >= baseline
     } else {
@@ -78,7 +85,14 @@ fn send_receive(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
         f.push(t.elapsed());
     }
     let (pv, fv) = (percentile_us(&mut p, 50.0), percentile_us(&mut f, 50.0));
-    table.push(row("send one message, acknowledged durable (p50)", pv, fv, "us", false, 5.0));
+    table.push(row(
+        "send one message, acknowledged durable (p50)",
+        pv,
+        fv,
+        "us",
+        false,
+        5.0,
+    ));
     let t = Instant::now();
     let got = ch.receive::<u64>(0, &Filter::Everything)?.messages.len();
     let pr = t.elapsed().as_secs_f64() * 1e6;
@@ -89,7 +103,14 @@ fn send_receive(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
         .len();
     let fr = t.elapsed().as_secs_f64() * 1e6;
     anyhow::ensure!(got == n && fgot == n, "received {got} / {fgot} of {n}");
-    table.push(row(&format!("receive {n} new messages"), pr, fr, "us", false, 10.0));
+    table.push(row(
+        &format!("receive {n} new messages"),
+        pr,
+        fr,
+        "us",
+        false,
+        10.0,
+    ));
     Ok(())
 }
 
@@ -130,7 +151,11 @@ fn wake(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
     let t = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut cur = Cursor::start();
         while cur.position < rounds {
-            let b = freader.wait_blocking::<u64>(&cur, &FileFilter::Everything, Duration::from_secs(30))?;
+            let b = freader.wait_blocking::<u64>(
+                &cur,
+                &FileFilter::Everything,
+                Duration::from_secs(30),
+            )?;
             for _ in &b.messages {
                 let sent = rx.recv()?;
                 back.send(sent.elapsed())?;
@@ -147,7 +172,14 @@ fn wake(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
     }
     t.join().map_err(|_| anyhow::anyhow!("waiter panicked"))??;
     let (pv, fv) = (percentile_us(&mut p, 50.0), percentile_us(&mut f, 50.0));
-    table.push(row("wake latency send -> waiting reader (p50)", pv, fv, "us", false, 5.0));
+    table.push(row(
+        "wake latency send -> waiting reader (p50)",
+        pv,
+        fv,
+        "us",
+        false,
+        10.0,
+    ));
     Ok(())
 }
 
@@ -160,24 +192,45 @@ fn locks(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
     let ws = Workspace::init(dir.path())?;
     let flock = FileLock::new(&ws, ResourceName::new("src/lib.rs")?).agent(me.clone());
     for _ in 0..20 {
-        lock.try_acquire("warm")?.ok_or_else(|| anyhow::anyhow!("busy"))?.release()?;
-        flock.try_acquire("warm")?.ok_or_else(|| anyhow::anyhow!("busy"))?.release()?;
+        lock.try_acquire("warm")?
+            .ok_or_else(|| anyhow::anyhow!("busy"))?
+            .release()?;
+        flock
+            .try_acquire("warm")?
+            .ok_or_else(|| anyhow::anyhow!("busy"))?
+            .release()?;
     }
     let (mut p, mut f) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let t = Instant::now();
-        lock.try_acquire("b")?.ok_or_else(|| anyhow::anyhow!("busy"))?.release()?;
+        lock.try_acquire("b")?
+            .ok_or_else(|| anyhow::anyhow!("busy"))?
+            .release()?;
         p.push(t.elapsed());
         let t = Instant::now();
-        flock.try_acquire("b")?.ok_or_else(|| anyhow::anyhow!("busy"))?.release()?;
+        flock
+            .try_acquire("b")?
+            .ok_or_else(|| anyhow::anyhow!("busy"))?
+            .release()?;
         f.push(t.elapsed());
     }
     let (pv, fv) = (percentile_us(&mut p, 50.0), percentile_us(&mut f, 50.0));
-    table.push(row("uncontended lock acquire+release (p50)", pv, fv, "us", false, 50.0));
+    table.push(row(
+        "uncontended lock acquire+release (p50)",
+        pv,
+        fv,
+        "us",
+        false,
+        50.0,
+    ));
 
     // Handoff: a waiting thread gets the lock as the holder releases it.
     let rounds = 100;
-    let handoff = |take: &(dyn Fn() -> anyhow::Result<Box<dyn FnOnce() -> anyhow::Result<()> + Send>> + Sync)| -> anyhow::Result<Vec<Duration>> {
+    let handoff = |take: &(
+                        dyn Fn() -> anyhow::Result<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>
+                            + Sync
+                    )|
+     -> anyhow::Result<Vec<Duration>> {
         let mut out = Vec::new();
         for _ in 0..rounds {
             let release = take()?;
@@ -217,7 +270,14 @@ fn locks(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
         Ok(Box::new(move || Ok(g.release()?)))
     })?;
     let (pv, fv) = (percentile_us(&mut p, 50.0), percentile_us(&mut f, 50.0));
-    table.push(row("lock handoff release -> waiter holds (p50)", pv, fv, "us", false, 20.0));
+    table.push(row(
+        "lock handoff release -> waiter holds (p50)",
+        pv,
+        fv,
+        "us",
+        false,
+        20.0,
+    ));
     Ok(())
 }
 
@@ -285,9 +345,19 @@ fn claims(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
     TaskTracker::open(&ws)?.create_tasks_blocking(&tasks)?;
     let ws_path = dir.path().to_string_lossy().into_owned();
     let (fc, ft) = run_children(&["file", &ws_path], 8)?;
-    anyhow::ensure!(pc == n as u64 && fc == n as u64, "claimed {pc} / {fc} of {n}");
+    anyhow::ensure!(
+        pc == n as u64 && fc == n as u64,
+        "claimed {pc} / {fc} of {n}"
+    );
     let pv = pc as f64 / pt.as_secs_f64();
     let fv = fc as f64 / ft.as_secs_f64();
-    table.push(row("claim + complete throughput, 8 processes", pv, fv, "tasks/s", true, 5.0));
+    table.push(row(
+        "claim + complete throughput, 8 processes",
+        pv,
+        fv,
+        "tasks/s",
+        true,
+        5.0,
+    ));
     Ok(())
 }

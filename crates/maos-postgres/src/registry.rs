@@ -251,7 +251,9 @@ pub(crate) fn agents_in(
             session_key: r.get(1),
             session_alive: r.get(2),
             now: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-            dead_since: r.get::<_, Option<i64>>(4).map(|v| u64::try_from(v).unwrap_or(0)),
+            dead_since: r
+                .get::<_, Option<i64>>(4)
+                .map(|v| u64::try_from(v).unwrap_or(0)),
             grace_ms,
         };
         if a.session_key.is_some() && !a.session_alive && a.dead_since.is_none() {

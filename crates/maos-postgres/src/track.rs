@@ -476,20 +476,37 @@ fn decode_task(v: serde_json::Value) -> Result<Task> {
 }
 
 fn catch_up(t: &mut impl Exec, ns: i64, cache: &mut Cache) -> Result<()> {
+    catch_up_with(t, ns, cache, None).map(|_| ())
+}
+
+/// Catches `cache` up (rows changed since it, in one statement: one snapshot). With `req`,
+/// also returns the server's clock and whether a write with that request id exists.
+fn catch_up_with(
+    t: &mut impl Exec,
+    ns: i64,
+    cache: &mut Cache,
+    req: Option<uuid::Uuid>,
+) -> Result<(i64, bool)> {
     if cache.dirty {
         *cache = Cache::default();
     }
     let rows = t.query(
         "read changed tasks",
-        "SELECT g.counter, t.doc, t.created_seq FROM maos.guards g
+        "SELECT g.counter, t.doc, t.created_seq, maos.now_ms(),
+                $3::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM maos.task_log l WHERE l.ns = $1 AND l.req = $3)
+         FROM maos.guards g
              LEFT JOIN maos.tasks t ON t.ns = g.ns AND t.seq > $2
          WHERE g.ns = $1 AND g.what = 'tasks'",
-        &[&ns, &cache.seq],
+        &[&ns, &cache.seq, &req],
     )?;
     let mut seq = cache.seq;
+    let mut now = 0;
+    let mut done = false;
     let mut changed = Vec::new();
     for r in rows {
         seq = r.get(0);
+        now = r.get(3);
+        done = r.get(4);
         if let Some(doc) = r.get::<_, Option<serde_json::Value>>(1) {
             changed.push((decode_task(doc)?, r.get::<_, i64>(2)));
         }
@@ -497,7 +514,7 @@ fn catch_up(t: &mut impl Exec, ns: i64, cache: &mut Cache) -> Result<()> {
     if !changed.is_empty() || seq != cache.seq {
         cache.merge(changed, seq);
     }
-    Ok(())
+    Ok((now, done))
 }
 
 impl PgTracker {
@@ -536,81 +553,99 @@ impl PgTracker {
         let req = uuid::Uuid::new_v4();
         let by = by.or(self.agent.as_ref()).map(|a| a.to_string());
         let mut cache = lock(&self.cache);
-        self.pg.run(|c| {
-            c.tx("write tasks", |t| {
-                t.exec(
-                    "take the tasks guard",
-                    "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'tasks' FOR UPDATE",
-                    &[&ns],
-                )?;
-                catch_up(t, ns, &mut cache)?;
-                // A retry of a write whose commit we did not hear about: it is there.
-                let done = t.query(
-                    "find an earlier write",
-                    "SELECT record FROM maos.task_log WHERE ns = $1 AND req = $2 ORDER BY seq",
-                    &[&ns, &req],
-                )?;
-                if !done.is_empty() {
-                    return done
-                        .into_iter()
-                        .map(|r| {
-                            serde_json::from_value(r.get(0)).map_err(|e| Error::Corrupt {
-                                what: "task log record".into(),
-                                reason: e.to_string(),
+        self.pg
+            .run(|c| {
+                c.tx("write tasks", |t| {
+                    t.exec(
+                        "take the tasks guard",
+                        "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'tasks' FOR UPDATE",
+                        &[&ns],
+                    )?;
+                    let (at, done) = catch_up_with(t, ns, &mut cache, Some(req))?;
+                    if done {
+                        // A retry of a write whose commit we did not hear about: it is there.
+                        return t
+                            .query(
+                                "find an earlier write",
+                                "SELECT record FROM maos.task_log WHERE ns = $1 AND req = $2 ORDER BY seq",
+                                &[&ns, &req],
+                            )?
+                            .into_iter()
+                            .map(|r| {
+                                serde_json::from_value(r.get(0)).map_err(|e| Error::Corrupt {
+                                    what: "task log record".into(),
+                                    reason: e.to_string(),
+                                })
                             })
-                        })
-                        .collect();
-                }
-                let ops = prepare(&cache, t)?;
-                if ops.is_empty() {
-                    return Ok(ops);
-                }
-                let at: i64 = t.one("read the server clock", "SELECT maos.now_ms()", &[])?.get(0);
-                let at_u = u64::try_from(at).unwrap_or(0);
-                cache.dirty = true;
-                let by_id = by.as_deref().and_then(|b| AgentId::new(b).ok());
-                let mut changed: Vec<TaskId> = Vec::new();
-                for op in &ops {
-                    cache.seq += 1;
-                    changed.extend(cache.apply(op, at_u, by_id.as_ref()));
-                    let rec = serde_json::to_value(op).map_err(|e| Error::Corrupt {
-                        what: "task log record".into(),
-                        reason: e.to_string(),
-                    })?;
+                            .collect();
+                    }
+                    let ops = prepare(&cache, t)?;
+                    if ops.is_empty() {
+                        return Ok(ops);
+                    }
+                    let at_u = u64::try_from(at).unwrap_or(0);
+                    cache.dirty = true;
+                    let by_id = by.as_deref().and_then(|b| AgentId::new(b).ok());
+                    let mut changed: Vec<TaskId> = Vec::new();
+                    let mut seqs = Vec::with_capacity(ops.len());
+                    let mut recs = Vec::with_capacity(ops.len());
+                    for op in &ops {
+                        cache.seq += 1;
+                        changed.extend(cache.apply(op, at_u, by_id.as_ref()));
+                        seqs.push(cache.seq);
+                        recs.push(serde_json::to_value(op).map_err(|e| Error::Corrupt {
+                            what: "task log record".into(),
+                            reason: e.to_string(),
+                        })?);
+                    }
+                    changed.sort();
+                    changed.dedup();
+                    let (mut ids, mut created, mut statuses, mut assigned, mut docs) =
+                        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                    for id in &changed {
+                        let Some(&i) = cache.index.get(id) else { continue };
+                        let task = &cache.tasks[i];
+                        ids.push(id.to_string());
+                        created.push(cache.created[i]);
+                        statuses.push(task.status.as_str().to_string());
+                        assigned.push(task.assigned_to.as_ref().map(|a| a.to_string()));
+                        docs.push(serde_json::to_value(task).map_err(|e| Error::Corrupt {
+                            what: "task document".into(),
+                            reason: e.to_string(),
+                        })?);
+                    }
+                    // The records, the changed tasks and the counter in one statement.
                     t.exec(
-                        "append to the task log",
-                        "INSERT INTO maos.task_log (ns, seq, at, by, record, req) VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[&ns, &cache.seq, &at, &by, &rec, &req],
+                        "write tasks",
+                        "WITH l AS (
+                             INSERT INTO maos.task_log (ns, seq, at, by, record, req)
+                             SELECT $1, s, $3, $4, r, $5 FROM unnest($2::bigint[], $6::jsonb[]) AS x(s, r)),
+                         t AS (
+                             INSERT INTO maos.tasks (ns, id, created_seq, seq, status, assigned_to, doc)
+                             SELECT $1, i, c, $7, st, a, d
+                             FROM unnest($8::text[], $9::bigint[], $10::text[], $11::text[], $12::jsonb[]) AS y(i, c, st, a, d)
+                             ON CONFLICT (ns, id) DO UPDATE SET seq = EXCLUDED.seq, status = EXCLUDED.status,
+                                 assigned_to = EXCLUDED.assigned_to, doc = EXCLUDED.doc)
+                         UPDATE maos.guards SET counter = $7 WHERE ns = $1 AND what = 'tasks'",
+                        &[
+                            &ns, &seqs, &at, &by, &req, &recs, &cache.seq, &ids, &created, &statuses,
+                            &assigned, &docs,
+                        ],
                     )?;
-                }
-                changed.sort();
-                changed.dedup();
-                for id in &changed {
-                    let Some(&i) = cache.index.get(id) else { continue };
-                    let task = &cache.tasks[i];
-                    let doc = serde_json::to_value(task).map_err(|e| Error::Corrupt {
-                        what: "task document".into(),
-                        reason: e.to_string(),
-                    })?;
-                    let assigned = task.assigned_to.as_ref().map(|a| a.to_string());
-                    t.exec(
-                        "write a task",
-                        "INSERT INTO maos.tasks (ns, id, created_seq, seq, status, assigned_to, doc)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
-                         ON CONFLICT (ns, id) DO UPDATE SET seq = EXCLUDED.seq, status = EXCLUDED.status,
-                             assigned_to = EXCLUDED.assigned_to, doc = EXCLUDED.doc",
-                        &[&ns, &id.as_str(), &cache.created[i], &cache.seq, &task.status.as_str(), &assigned, &doc],
-                    )?;
-                }
-                t.exec(
-                    "advance the task log",
-                    "UPDATE maos.guards SET counter = $2 WHERE ns = $1 AND what = 'tasks'",
-                    &[&ns, &cache.seq],
-                )?;
-                Ok(ops)
+                    Ok(ops)
+                })
             })
-        })
-        .inspect(|_| cache.dirty = false)
+            .inspect(|_| cache.dirty = false)
+    }
+
+    /// The task `id` as this tracker's cache has it (up to date after its own write).
+    fn cached(&self, id: &TaskId) -> Result<Task> {
+        lock(&self.cache)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::TaskNotFound {
+                task: id.to_string(),
+            })
     }
 
     /// Creates tasks atomically (all or none); they may depend on each other in any order.
@@ -699,13 +734,6 @@ impl PgTracker {
         self.read(|c| u64::try_from(c.seq).unwrap_or(0))
     }
 
-    fn task_of(&self, id: &TaskId) -> Result<Task> {
-        self.read(|c| c.get(id).cloned())?
-            .ok_or_else(|| Error::TaskNotFound {
-                task: id.to_string(),
-            })
-    }
-
     /// Applies `update` to `id`: revision and fencing token checked, then the transition,
     /// all in one transaction.
     pub fn update(&self, id: &TaskId, update: &Update) -> Result<Task> {
@@ -740,7 +768,7 @@ impl PgTracker {
                 note: update.note.clone(),
             }])
         })?;
-        self.task_of(id)
+        self.cached(id)
     }
 
     /// Changes the status of `id`.
@@ -788,7 +816,7 @@ impl PgTracker {
                 }),
             }
         })?;
-        self.task_of(id)
+        self.cached(id)
     }
 
     /// Sets or clears the assignee of `id`.
@@ -804,7 +832,7 @@ impl PgTracker {
                 agent: agent.cloned(),
             }])
         })?;
-        self.task_of(id)
+        self.cached(id)
     }
 
     /// Makes `task` also depend on `dependency` (only while it has not started).
@@ -837,7 +865,7 @@ impl PgTracker {
                 dependency: dependency.clone(),
             }])
         })?;
-        self.task_of(task)
+        self.cached(task)
     }
 
     /// Ready tasks in claim order.
@@ -877,7 +905,10 @@ impl PgTracker {
                 task: t.id.clone(),
                 reason: format!(
                     "released: agent {} is dead",
-                    t.assigned_to.as_ref().map(ToString::to_string).unwrap_or_default()
+                    t.assigned_to
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 ),
             })
             .collect())
@@ -926,7 +957,7 @@ impl PgTracker {
             _ => None,
         });
         match claimed {
-            Some(id) => self.get(&id),
+            Some(id) => self.cached(&id).map(Some),
             None => Ok(None),
         }
     }
@@ -1015,8 +1046,8 @@ fn released(ops: &[Op]) -> Vec<TaskId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::test_backend;
     use crate::registry::PgRegistry;
+    use crate::server::test_backend;
     use maos_core::{Priority, Registration};
 
     fn a(s: &str) -> AgentId {
