@@ -761,6 +761,90 @@ mod tests {
     }
 
     #[test]
+    fn acknowledged_registrations_survive_any_power_cut() {
+        use crate::fsx::sim::Recording;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        let reg = AgentRegistry::new(&ws);
+        let rec = Recording::start(ws.maos_dir()).unwrap();
+        // (op index when it began, when it was acknowledged, the entity, present afterwards?)
+        let mut acked: Vec<(usize, usize, String, bool)> = Vec::new();
+        for i in 0..12u64 {
+            let id = AgentId::new(format!("agent-{}", i % 5)).unwrap();
+            let mut r = Registration::new(id.clone()).branch(format!("b{i}"));
+            if i % 3 == 0 {
+                r = r.role(AgentRole::new("dev").unwrap());
+            }
+            let began = rec.len();
+            reg.register(r).unwrap();
+            acked.push((began, rec.len(), id.to_string(), true));
+            if i % 4 == 1 {
+                let began = rec.len();
+                reg.bind_session(&SessionRecord {
+                    session: format!("s{i}"),
+                    agent: id.clone(),
+                    named_from: "env".into(),
+                    cwd: None,
+                    started_at: i,
+                })
+                .unwrap();
+                acked.push((began, rec.len(), format!("session:s{i}"), true));
+            }
+            if i % 5 == 4 {
+                let began = rec.len();
+                reg.unregister(&AgentId::new("agent-0").unwrap()).unwrap();
+                acked.push((began, rec.len(), "agent-0".into(), false));
+            }
+        }
+        let cuts = if std::env::var_os("MAOS_SLOW_TESTS").is_some_and(|v| v == "1") {
+            3000
+        } else {
+            300
+        };
+        for seed in 0..cuts {
+            let cut = rec.random_cut(seed);
+            let img = tempfile::tempdir().unwrap();
+            rec.image(&cut, img.path()).unwrap();
+            // The image is a .maos/ directory: reopen it as a workspace.
+            let root = tempfile::tempdir().unwrap();
+            std::fs::rename(img.path(), root.path().join(crate::MAOS_DIR)).unwrap();
+            let ws2 = Workspace::open(root.path()).unwrap();
+            let reg2 = AgentRegistry::new(&ws2);
+            // Nothing partial: every record parses.
+            let list = reg2.list().unwrap();
+            assert!(list.problems.is_empty(), "cut {cut:?}: {:?}", list.problems);
+            // Each entity is as its latest acknowledged change left it, or as a change in
+            // flight at the cut (begun, not acknowledged) left it.
+            let entities: std::collections::BTreeSet<&String> =
+                acked.iter().map(|(_, _, e, _)| e).collect();
+            for e in entities {
+                let mut allowed = std::collections::BTreeSet::new();
+                let latest = acked
+                    .iter()
+                    .rfind(|(_, ack, x, _)| x == e && *ack <= cut.at);
+                match latest {
+                    Some((_, _, _, present)) => allowed.insert(*present),
+                    None => allowed.insert(false),
+                };
+                for (began, ack, x, present) in &acked {
+                    if x == e && *began < cut.at && *ack > cut.at {
+                        allowed.insert(*present);
+                    }
+                }
+                let present = match e.strip_prefix("session:") {
+                    Some(s) => reg2.session(s).unwrap().is_some(),
+                    None => reg2.get(&AgentId::new(e).unwrap()).unwrap().is_some(),
+                };
+                assert!(
+                    allowed.contains(&present),
+                    "cut {cut:?}: {e} present={present}, allowed {allowed:?}\n{}",
+                    rec.describe()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn corrupt_records_are_reported_not_skipped() {
         let (_d, reg) = registry();
         reg.register(Registration::new(AgentId::new("good").unwrap()))

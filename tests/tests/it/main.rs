@@ -4,6 +4,7 @@
 
 mod comm_multiprocess;
 mod core_hostile_names;
+mod fuzz;
 mod lock_deadlock;
 mod lock_mutex;
 mod lock_race;

@@ -309,6 +309,22 @@ impl Recording {
         self.len() == 0
     }
 
+    /// A listing of the recorded operations (for debugging a failed invariant).
+    pub fn describe(&self) -> String {
+        let st = self.rec.lock();
+        let durable = durability(&st.ops);
+        st.ops
+            .iter()
+            .zip(durable)
+            .enumerate()
+            .map(|(i, (op, d))| {
+                let mut s = format!("{i:4} {} {op:?}", if d { "D" } else { " " });
+                s.truncate(200);
+                s + "\n"
+            })
+            .collect()
+    }
+
     /// How many of the first `at` operations no later `fsync` (before the cut) covered.
     pub fn unsynced_before(&self, at: usize) -> usize {
         let st = self.rec.lock();
