@@ -492,3 +492,102 @@ pub fn numbered_with(n: usize, at: usize, with: &str) -> String {
         })
         .collect()
 }
+
+/// A bare clone of one of the real histories in `<repo root>/../shared/fixtures`.
+pub struct History {
+    /// Keeps the clone alive.
+    pub dir: tempfile::TempDir,
+    /// Every merge of `main`: (first parent, second parent), newest first.
+    pub merges: Vec<(String, String)>,
+}
+
+impl History {
+    /// The bare clone's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Where the real histories are: `<repo root>/../shared/fixtures` (CI has `shared/` beside
+/// the checkout).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+}
+
+/// Clones `<name>.bundle` of the fixtures into a temporary directory. A missing fixture is
+/// a failure, never a skip.
+pub fn clone_history(name: &str) -> History {
+    let bundle = fixtures_dir().join(format!("{name}.bundle"));
+    assert!(
+        bundle.is_file(),
+        "fixture {} is missing: the merge parity tests need the real histories of \
+         shared/fixtures beside the checkout (see its README)",
+        bundle.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&bundle)
+        .arg(dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir.path())
+        .output()
+        .expect("git clone runs");
+    assert!(
+        out.status.success(),
+        "git clone {} failed: {}",
+        bundle.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = git(dir.path(), &["rev-list", "--merges", "--parents", "main"]);
+    let merges = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace().skip(1);
+            Some((it.next()?.to_owned(), it.next()?.to_owned()))
+        })
+        .collect();
+    History { dir, merges }
+}
+
+/// `git merge-tree --stdin --name-only` over many pairs in one process: per pair (ours,
+/// theirs), the conflicted paths, or `None` when it merges cleanly.
+pub fn git_merge_tree_stdin(
+    dir: &Path,
+    pairs: &[(String, String)],
+) -> Vec<Option<BTreeSet<String>>> {
+    let mut child = Command::new("git")
+        .current_dir(dir)
+        .args(["merge-tree", "--stdin", "--name-only", "--no-messages"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git merge-tree runs");
+    let mut input = String::new();
+    for (o, t) in pairs {
+        input.push_str(&format!("{o} {t}\n"));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("git merge-tree runs");
+    writer.join().expect("writer").expect("write pairs");
+    assert!(out.status.success(), "git merge-tree --stdin failed");
+    // Per pair: STATUS \0 TREE \0 (PATH \0)* \0
+    let mut fields = out.stdout.split(|c| *c == 0);
+    let mut result = Vec::with_capacity(pairs.len());
+    for _ in pairs {
+        let status = fields.next().expect("status");
+        let _tree = fields.next().expect("tree");
+        let mut paths = BTreeSet::new();
+        for f in fields.by_ref() {
+            if f.is_empty() {
+                break;
+            }
+            paths.insert(String::from_utf8_lossy(f).into_owned());
+        }
+        result.push(if status == b"1" { None } else { Some(paths) });
+    }
+    result
+}

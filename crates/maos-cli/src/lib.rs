@@ -125,7 +125,7 @@ enum Command {
     Hook(hook::HookCommand),
 }
 
-fn init_tracing(verbose: u8, quiet: u8) {
+fn init_tracing(verbose: u8, quiet: u8, demo: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match (verbose, quiet) {
         (_, q) if q > 0 => "error",
@@ -135,14 +135,25 @@ fn init_tracing(verbose: u8, quiet: u8) {
     };
     // notify warns when a watched directory disappears before its watcher (a removed
     // temporary workspace): harmless for maos, which treats events as hints only.
+    // The demo reports the deadlocks it provokes itself (from the `deadlock` topic).
+    let demo_quiet = if demo {
+        ",maos_lock::deadlock=error"
+    } else {
+        ""
+    };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},notify=error")));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},notify=error{demo_quiet}")));
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if demo {
+        // Its live view shows log lines in its event log instead of breaking the drawing.
+        log.with_writer(demo::LogSink).with_ansi(false).init();
+    } else {
+        log.with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// The clap definition of `maos`, with the exit codes of [`EXIT_CODES`] after `--help`.
@@ -152,13 +163,28 @@ pub fn command() -> clap::Command {
 
 /// Runs `maos` with the process's arguments; the binary's `main`.
 pub fn main() -> ExitCode {
+    // `merge check SOURCE [TARGET]` skips building the clap tree (merge::FastCheck).
+    if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
+        init_tracing(0, 0);
+        let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
+            .and_then(|ctx| fast.run(&ctx));
+        return finish(result);
+    }
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_tracing(cli.verbose, cli.quiet);
+    init_tracing(
+        cli.verbose,
+        cli.quiet,
+        matches!(cli.command, Command::Demo(_)),
+    );
     let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)
         .and_then(|ctx| run(cli.command, &ctx));
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(code) => code.into(),
         // A reader that closed our stdout early (`maos task list --json | head`) is not an

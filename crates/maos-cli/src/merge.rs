@@ -90,6 +90,19 @@ pub(crate) enum QueueCommand {
 }
 
 pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
+    if let MergeCommand::Check {
+        source: Some(source),
+        target,
+        all: false,
+        worktree,
+        ..
+    } = cmd
+    {
+        // The lean path: the repository only (no workspace files, no agent registry).
+        let det =
+            ConflictDetector::open(&ctx.root).map_err(|e| fail(e, "opening the git repository"))?;
+        return check_one(ctx, &det, source, target, worktree);
+    }
     let ws = ctx.workspace()?;
     let coord = MergeCoordinator::new(&ws, ctx.agent.clone())
         .map_err(|e| fail(e, "opening the git repository"))?;
@@ -123,27 +136,7 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             ..
         } => {
             let source = source.context("SOURCE is required without --all")?;
-            let target = match target {
-                Some(t) => t,
-                None => default_target(coord.detector())?,
-            };
-            let det = coord.detector();
-            let rev = match worktree {
-                Some(dir) => det
-                    .snapshot_worktree(&dir)
-                    .map_err(|e| fail(e, "snapshotting the worktree"))?,
-                None => source.clone(),
-            };
-            let mut check = det
-                .check(&rev, &target)
-                .map_err(|e| fail(e, "checking the merge"))?;
-            check.source = source;
-            ctx.emit(&check, || check_text(&check))?;
-            Ok(if check.is_clean() {
-                Exit::Ok
-            } else {
-                Exit::Conflicts
-            })
+            check_one(ctx, coord.detector(), source, target, worktree)
         }
         MergeCommand::Prepare { source, target } => {
             let prep = coord
@@ -366,6 +359,35 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
     Failure::caused_by(code, what, e)
 }
 
+fn check_one(
+    ctx: &Ctx,
+    det: &ConflictDetector,
+    source: String,
+    target: Option<String>,
+    worktree: Option<PathBuf>,
+) -> anyhow::Result<Exit> {
+    let target = match target {
+        Some(t) => t,
+        None => default_target(det)?,
+    };
+    let rev = match worktree {
+        Some(dir) => det
+            .snapshot_worktree(&dir)
+            .map_err(|e| fail(e, "snapshotting the worktree"))?,
+        None => source.clone(),
+    };
+    let mut check = det
+        .check(&rev, &target)
+        .map_err(|e| fail(e, "checking the merge"))?;
+    check.source = source;
+    ctx.emit(&check, || check_text(&check))?;
+    Ok(if check.is_clean() {
+        Exit::Ok
+    } else {
+        Exit::Conflicts
+    })
+}
+
 fn default_target(det: &ConflictDetector) -> anyhow::Result<String> {
     let repo = det
         .repository()
@@ -422,7 +444,7 @@ fn pair_text(r: &PairResult) -> String {
         let v: Vec<String> = r
             .conflicts
             .iter()
-            .map(|(p, k)| format!("{p} ({k})"))
+            .map(|c| format!("{} ({})", c.path, c.kind))
             .collect();
         format!("{} conflict(s): {}", v.len(), v.join(", "))
     }
@@ -514,4 +536,113 @@ fn entry_line(e: &QueueEntry) -> String {
         let _ = write!(s, "  error: {err}");
     }
     s
+}
+
+/// `maos [--workspace DIR] [--agent ID] [--json] merge check SOURCE [TARGET] [--json]`, the
+/// command agents and hooks run most, parsed without building the whole clap command tree
+/// (about a third of the process's start-up). Anything else (another flag, `--help`, a
+/// value that looks like a flag) returns `None` and goes through clap as usual, so the two
+/// parsers accept the same language on this path.
+#[derive(Debug, Default)]
+pub(crate) struct FastCheck {
+    pub(crate) workspace: Option<PathBuf>,
+    pub(crate) agent: Option<String>,
+    pub(crate) json: bool,
+    source: String,
+    target: Option<String>,
+}
+
+impl FastCheck {
+    pub(crate) fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<Self> {
+        let mut out = FastCheck::default();
+        let mut words: Vec<String> = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            let a = a.into_string().ok()?;
+            match a.as_str() {
+                "--json" => out.json = true,
+                "--workspace" => out.workspace = Some(PathBuf::from(args.next()?)),
+                "--agent" => out.agent = Some(args.next()?.into_string().ok()?),
+                _ if a.starts_with("--workspace=") => {
+                    out.workspace = Some(PathBuf::from(&a["--workspace=".len()..]));
+                }
+                _ if a.starts_with("--agent=") => out.agent = Some(a["--agent=".len()..].into()),
+                _ if a.starts_with('-') || a.is_empty() => return None,
+                _ => words.push(a),
+            }
+        }
+        let [merge, check, rest @ ..] = words.as_slice() else {
+            return None;
+        };
+        if merge != "merge" || check != "check" {
+            return None;
+        }
+        match rest {
+            [s] => out.source = s.clone(),
+            [s, t] => {
+                out.source = s.clone();
+                out.target = Some(t.clone());
+            }
+            _ => return None,
+        }
+        // clap's environment defaults for the global options.
+        if out.workspace.is_none() {
+            out.workspace = std::env::var_os("MAOS_WORKSPACE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from);
+        }
+        if out.agent.is_none() {
+            out.agent = std::env::var("MAOS_AGENT_ID").ok();
+        }
+        Some(out)
+    }
+
+    pub(crate) fn run(self, ctx: &Ctx) -> anyhow::Result<Exit> {
+        let det =
+            ConflictDetector::open(&ctx.root).map_err(|e| fail(e, "opening the git repository"))?;
+        check_one(ctx, &det, self.source, self.target, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Option<FastCheck> {
+        FastCheck::parse(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn the_fast_path_takes_only_the_plain_check() {
+        let f = parse(&[
+            "--workspace",
+            "/w",
+            "merge",
+            "check",
+            "feat",
+            "main",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(f.workspace.as_deref(), Some(std::path::Path::new("/w")));
+        assert!(f.json);
+        assert_eq!(
+            (f.source.as_str(), f.target.as_deref()),
+            ("feat", Some("main"))
+        );
+        let f = parse(&["merge", "check", "feat"]).unwrap();
+        assert_eq!(f.target, None);
+        for other in [
+            &["merge", "check", "--all"][..],
+            &["merge", "check"],
+            &["merge", "check", "a", "b", "c"],
+            &["merge", "check", "a", "--worktree"],
+            &["merge", "check", "--help"],
+            &["-v", "merge", "check", "a"],
+            &["merge", "run", "a", "b"],
+            &["task", "check", "a"],
+        ] {
+            assert!(parse(other).is_none(), "{other:?}");
+        }
+    }
 }

@@ -46,7 +46,7 @@ pub enum Error {
     },
 
     /// A git operation failed.
-    #[error("git {op} failed: {source}")]
+    #[error("git {op} failed")]
     Git {
         /// What was being done.
         op: &'static str,
@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// A file of the maos workspace (queue, registry) could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Core {
         /// What was being done.
         context: String,
@@ -107,7 +107,7 @@ pub enum Error {
     },
 
     /// Taking or releasing the merge lock failed.
-    #[error("merge lock {resource}: {source}")]
+    #[error("merge lock {resource}")]
     Lock {
         /// The lock's resource name.
         resource: String,
@@ -117,7 +117,7 @@ pub enum Error {
     },
 
     /// Sending a message failed.
-    #[error("message to {recipient}: {source}")]
+    #[error("message to {recipient}")]
     Comm {
         /// Who the message was for.
         recipient: String,
@@ -127,7 +127,7 @@ pub enum Error {
     },
 
     /// Creating, reading or updating a task failed.
-    #[error("task {context}: {source}")]
+    #[error("task {context}")]
     Track {
         /// Which task, or what was being done.
         context: String,
@@ -175,5 +175,39 @@ impl<T> CoreContext<T> for std::result::Result<T, maos_core::Error> {
             context: context(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rendered chain (what the CLI prints) names each cause once.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            src = s.source();
+        }
+        out
+    }
+
+    #[test]
+    fn every_error_says_its_cause_once() {
+        let io = std::io::Error::from_raw_os_error(20);
+        let e = Error::Git {
+            op: "read tree",
+            source: git2::Error::from_str("object not found (os error 20)"),
+        };
+        let text = chain(&e);
+        assert_eq!(text.matches("os error").count(), 1, "{text}");
+        // A wrapped error of another crate: this crate's message adds only its context.
+        let e = Error::Core {
+            context: "read /w/.maos/merge/queue.json".into(),
+            source: maos_core::Error::io("open", "/w/.maos/merge/queue.json", io),
+        };
+        assert_eq!(e.to_string(), "read /w/.maos/merge/queue.json");
     }
 }

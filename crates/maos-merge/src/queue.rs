@@ -125,7 +125,7 @@ impl MergeQueue {
         let lock: File =
             fsx::open_lock_file(&lock_path).core(|| format!("open {}", lock_path.display()))?;
         lock.lock().map_err(|e| Error::Core {
-            context: "lock the merge queue".into(),
+            context: format!("lock the merge queue ({})", lock_path.display()),
             source: maos_core::Error::io("flock", &lock_path, e),
         })?;
         let path = self.file();
@@ -182,7 +182,7 @@ impl MergeQueue {
                 error: None,
             };
             st.next_id = st.next_id.checked_add(1).ok_or_else(|| Error::Core {
-                context: "add to the merge queue".into(),
+                context: format!("add to the merge queue {}", path.display()),
                 source: maos_core::Error::Corrupt {
                     path: path.clone(),
                     reason: format!("next_id {} cannot grow", st.next_id),
@@ -225,9 +225,7 @@ impl MergeQueue {
     /// another process is running it.
     pub async fn run(&self) -> Result<QueueRun> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run_blocking())
-            .await
-            .map_err(|e| Error::Join(e.to_string()))?
+        crate::asyncify(move || this.run_blocking()).await
     }
 
     /// [`MergeQueue::run`] for synchronous callers.
@@ -243,7 +241,7 @@ impl MergeQueue {
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::QueueBusy),
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(Error::Core {
-                    context: "lock the merge queue runner".into(),
+                    context: format!("lock the merge queue runner ({})", run_path.display()),
                     source: maos_core::Error::io("flock", &run_path, e),
                 });
             }
@@ -292,6 +290,10 @@ impl MergeQueue {
         if matches!(outcome, Err(Error::ConcurrentUpdate { .. })) {
             tracing::debug!("target moved concurrently; re-checking once");
             outcome = self.coord.merge_blocking(&entry.source, &entry.target);
+        }
+        if matches!(outcome, Ok(ref o) if !matches!(o, MergeOutcome::Conflicts(_))) {
+            self.coord
+                .step(crate::coordinator::MergeStep::QueueEntryMerged);
         }
         match outcome {
             Ok(MergeOutcome::Conflicts(check)) => {
@@ -353,7 +355,7 @@ impl MergeQueue {
 
     /// Marks the merge task of a resolution that a new one replaces as failed.
     fn supersede(&self, res: &Resolution) {
-        let Ok(tracker) = maos_track::TaskTracker::open(self.coord.workspace()) else {
+        let Ok(tracker) = self.coord.tracker() else {
             return;
         };
         let note = "superseded: the merge still conflicts; new resolution tasks were created";

@@ -228,9 +228,10 @@ fn mermaid_duration(ms: u64) -> String {
 /// bars sized by the actual time spent (finished tasks) or the estimate.
 pub fn gantt(tasks: &[Task], now: u64) -> String {
     let adj = Adjacency::of(tasks);
-    let (path, _) = graph::critical_path(&adj.deps, &adj.dependents, |i| weight_ms(&tasks[i]));
+    let (path, left) = graph::critical_path(&adj.deps, &adj.dependents, |i| weight_ms(&tasks[i]));
     let crit: HashSet<u32> = path.into_iter().collect();
     let known: HashSet<&TaskId> = tasks.iter().map(|t| &t.id).collect();
+    let axis = axis_format(gantt_span_ms(tasks, now, left));
     let mut sections: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, t) in tasks.iter().enumerate() {
         let key = t
@@ -240,7 +241,7 @@ pub fn gantt(tasks: &[Task], now: u64) -> String {
         sections.entry(key).or_default().push(i);
     }
     let mut s =
-        String::from("gantt\n    title Task Progress\n    dateFormat x\n    axisFormat %H:%M\n");
+        format!("gantt\n    title Task Progress\n    dateFormat x\n    axisFormat {axis}\n");
     for (agent, idxs) in sections {
         let _ = writeln!(s, "    section {}", mermaid_escape(&agent));
         for i in idxs {
@@ -290,6 +291,39 @@ pub fn gantt(tasks: &[Task], now: u64) -> String {
         }
     }
     s
+}
+
+/// How long the chart spans, in ms: from the first start to the last end (actual for
+/// finished tasks; estimated for the others, with `left`, the critical path's length, as the
+/// bound for what has not started).
+fn gantt_span_ms(tasks: &[Task], now: u64, left: u64) -> u64 {
+    let first = tasks
+        .iter()
+        .filter_map(|t| t.started_at)
+        .min()
+        .unwrap_or(now);
+    let mut last = first;
+    for t in tasks {
+        let end = match (t.status, t.started_at) {
+            (TaskStatus::Completed, Some(st)) => t.completed_at.unwrap_or(st),
+            (_, Some(st)) => st.saturating_add(weight_ms(t)),
+            _ => now.saturating_add(left),
+        };
+        last = last.max(end);
+    }
+    last.saturating_sub(first)
+}
+
+/// The axis labels for a chart spanning `span_ms`: milliseconds for a sub-second run (bars of
+/// a few ms are otherwise drawn on an axis whose every tick reads the same minute), seconds,
+/// hours and minutes, or days.
+fn axis_format(span_ms: u64) -> &'static str {
+    match span_ms {
+        0..2_000 => "%S.%L",
+        2_000..120_000 => "%M:%S",
+        120_000..172_800_000 => "%H:%M",
+        _ => "%m-%d",
+    }
 }
 
 fn status_colour(s: TaskStatus) -> &'static str {
@@ -516,6 +550,24 @@ mod tests {
             }
             assert_eq!(line.matches(':').count(), 1, "{line}");
         }
+    }
+
+    #[test]
+    fn the_gantt_axis_follows_the_span() {
+        assert_eq!(axis_format(450), "%S.%L");
+        assert_eq!(axis_format(15_000), "%M:%S");
+        assert_eq!(axis_format(3 * 3_600_000), "%H:%M");
+        assert_eq!(axis_format(10 * 86_400_000), "%m-%d");
+        // A run of a few hundred ms: every task done, bars of a few ms.
+        let mut t = tasks();
+        for (i, task) in t.iter_mut().enumerate() {
+            task.status = TaskStatus::Completed;
+            task.started_at = Some(1_000 + 100 * i as u64);
+            task.completed_at = Some(1_050 + 100 * i as u64);
+        }
+        let g = gantt(&t, 2_000);
+        assert!(g.contains("axisFormat %S.%L"), "{g}");
+        assert!(g.contains(", 50ms"), "{g}");
     }
 
     #[test]

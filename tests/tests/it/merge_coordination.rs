@@ -224,10 +224,14 @@ async fn two_agents_conflict_resolve_and_the_queue_merges_both() {
     // The prediction sees the two agents' branches conflict before anything merges.
     let p = merger.predict_agents("main", false).unwrap();
     assert!(p.vs_target.iter().all(|x| x.is_clean()));
-    assert_eq!(
-        p.pairwise[0].conflicts,
-        vec![("api.rs".to_owned(), ConflictKind::Content)]
-    );
+    let kinds: Vec<(&str, ConflictKind)> = p.pairwise[0]
+        .conflicts
+        .iter()
+        .map(|c| (c.path.as_str(), c.kind))
+        .collect();
+    assert_eq!(kinds, [("api.rs", ConflictKind::Content)]);
+    // The same conflict objects as `check`: line ranges included.
+    assert!(!p.pairwise[0].conflicts[0].regions.is_empty());
 
     // Alice's work goes in first.
     let queue = MergeQueue::new(merger.clone());
@@ -416,7 +420,7 @@ async fn prediction_over_agents_can_include_uncommitted_work() {
     let paths = |p: &maos_coordination::merge::PairResult| {
         p.conflicts
             .iter()
-            .map(|(p, _)| p.clone())
+            .map(|c| c.path.clone())
             .collect::<Vec<_>>()
     };
     assert_eq!(paths(&committed.pairwise[0]), ["api.rs"]);

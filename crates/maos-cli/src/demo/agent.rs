@@ -1,42 +1,34 @@
-//! One demo agent: a separate OS process that claims ready tasks, locks the files it edits,
-//! messages the others and commits on its own branch.
+//! One demo agent: a separate OS process that claims ready tasks, locks the files it edits in
+//! its own worktree, messages the others and commits on its own branch. How it reaches maos
+//! (the library, or only an MCP server and Claude Code hooks) is [`Coord`]'s business.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use maos_coordination::comm::{ChannelWatcher, Cursor, FileChannel, Filter};
-use maos_coordination::core::ProcessIdentity;
-use maos_coordination::lock::FileLock;
-use maos_coordination::merge::{CONFLICT_TASK_LABEL, MergeCoordinator, TASK_LABEL};
-use maos_coordination::track::{Task, TaskStatus, TaskTracker};
-use maos_coordination::{
-    AgentId, AgentRegistry, AgentRole, ChannelName, Message, Recipients, Registration,
-    ResourceName, Workspace,
-};
-use serde_json::json;
+use maos_coordination::merge::{CONFLICT_TASK_LABEL, TASK_LABEL};
+use maos_coordination::{AgentId, AgentRole, Task, TaskStatus};
+use serde_json::{Value, json};
 
-use super::{API_CHANNEL, AgentEvent, EventKind, SYNC_CHANNEL, repo};
+use super::coord::{Coord, Finish, Held, LockFailure, Messenger, Start, To, Via, reply_to};
+use super::repo::{self, Worktree};
+use super::{API_CHANNEL, AgentEvent, EventKind, SYNC_CHANNEL};
 use crate::ctx::Ctx;
 use crate::exit::Exit;
 
-/// How long an agent waits for a lock or an answer before it gives up on the task.
-const WAIT: Duration = Duration::from_secs(20);
+/// How long an agent waits for a lock, an answer or the merge queue before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
 
-struct Agent {
-    ws: Workspace,
-    me: AgentId,
-    branch: String,
-    repo: git2::Repository,
-    tracker: TaskTracker,
-    api: FileChannel,
-    api_cursor: Cursor,
-    api_filter: Filter,
-}
+/// The estimate of a task that has none (the merge queue's resolution tasks).
+const DEFAULT_ESTIMATE: Duration = Duration::from_secs(15 * 60);
 
 fn emit(agent: &AgentId, event: EventKind, task: Option<&Task>, detail: impl Into<String>) {
     let ev = AgentEvent {
+        at: maos_coordination::core::now_ms(),
         agent: agent.to_string(),
         event,
         task: task.map(|t| t.id.to_string()),
@@ -50,239 +42,331 @@ fn emit(agent: &AgentId, event: EventKind, task: Option<&Task>, detail: impl Int
     }
 }
 
-pub(crate) async fn run(ctx: &Ctx, role: &str) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let me = ctx.agent.clone();
-    let branch = format!("agent/{me}");
-    AgentRegistry::new(&ws).register(
-        Registration::new(me.clone())
-            .role(AgentRole::new(role)?)
-            .branch(branch.clone())
-            .process(ProcessIdentity::current()),
-    )?;
-    let api = FileChannel::open(&ws, ChannelName::new(API_CHANNEL)?)?;
-    let mut agent = Agent {
-        repo: git2::Repository::open(ws.root()).context("opening the demo repository")?,
-        tracker: TaskTracker::open(&ws)?,
-        api_cursor: Cursor::start(),
-        api_filter: Filter::for_agent(&ws, me.clone())?,
-        api,
-        ws,
-        me,
-        branch,
-    };
-    let mut tasks_changed = agent.tracker.watch()?;
-    // Wakes this agent when a message addressed to it arrives on the API channel (its
-    // content is read by `serve_api_requests`, which keeps its own cursor).
-    let mut api_watch = ChannelWatcher::from_cursor(
-        agent.api.clone(),
-        agent.api.end_cursor()?,
-        agent.api_filter.clone(),
-    )?;
-    emit(&agent.me, EventKind::Ready, None, role);
-    loop {
-        if role == "backend" {
-            agent.serve_api_requests()?;
-        }
-        match agent.tracker.claim_blocking(&agent.me)? {
-            Some(task) => {
-                emit(
-                    &agent.me,
-                    EventKind::Claimed,
-                    Some(&task),
-                    task.name.clone(),
-                );
-                // `complete` is idempotent: a merge task may already have been completed by
-                // the merge that this agent just ran.
-                let (kind, recorded) = match agent.perform(&task).await {
-                    Ok(note) => (
-                        EventKind::Completed,
-                        agent
-                            .tracker
-                            .complete_blocking(&task.id, Some(&note))
-                            .map(|_| note),
-                    ),
-                    Err(e) => {
-                        let note = format!("{e:#}");
-                        (
-                            EventKind::Failed,
-                            agent
-                                .tracker
-                                .update_status_blocking(&task.id, TaskStatus::Failed, Some(&note))
-                                .map(|_| note),
-                        )
-                    }
-                };
-                match recorded {
-                    Ok(note) => emit(&agent.me, kind, Some(&task), note),
-                    // Reported, not fatal: the orchestrator's checks will show it.
-                    Err(e) => emit(
-                        &agent.me,
-                        EventKind::Failed,
-                        Some(&task),
-                        format!("cannot record the outcome: {:#}", anyhow::Error::new(e)),
-                    ),
-                }
-            }
-            None => {
-                let tasks = agent.tracker.list_blocking()?;
-                if !tasks.is_empty() && tasks.iter().all(|t| t.status == TaskStatus::Completed) {
-                    break;
-                }
-                // Sleep until the tasks change or a message arrives (file events; the
-                // fallback timers only bound the cost of a lost event).
-                tokio::select! {
-                    r = tasks_changed.changed(Duration::from_secs(2)) => { r?; }
-                    r = api_watch.next_timeout::<serde_json::Value>(Duration::from_secs(2)) => { r?; }
-                }
-            }
+/// Simulated time: how long an hour of estimated work takes (zero: no waiting at all).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) per_hour: Duration,
+}
+
+impl Pace {
+    fn work(&self, task: &Task) -> Duration {
+        let est = task.estimated_duration.unwrap_or(DEFAULT_ESTIMATE);
+        self.per_hour.mul_f64(est.as_secs_f64() / 3600.0)
+    }
+
+    /// Sleeps `share` of the task's simulated work.
+    async fn spend(&self, task: &Task, share: f64) {
+        let d = self.work(task).mul_f64(share);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
         }
     }
+}
+
+struct Agent {
+    me: AgentId,
+    coord: Coord,
+    msg: Messenger,
+    wt: Worktree,
+    pace: Pace,
+    root: std::path::PathBuf,
+}
+
+pub(crate) async fn run(ctx: &Ctx, role: &str, via: Via, pace: Pace) -> anyhow::Result<Exit> {
+    let me = ctx.agent.clone();
+    let branch = format!("agent/{me}");
+    // Through MCP the agent opens nothing of maos itself: the workspace is its directory.
+    let ws = match via {
+        Via::Library => ctx.workspace()?,
+        Via::Mcp => maos_coordination::Workspace::open(&ctx.root)
+            .with_context(|| format!("no maos workspace at {}", ctx.root.display()))?,
+    };
+    let worktree = repo::worktree_path(ws.root(), me.as_str());
+    let start = Start {
+        role: AgentRole::new(role)?,
+        branch: branch.clone(),
+        worktree: worktree.clone(),
+    };
+    let (coord, who) = Coord::start(&ws, &me, via, &start).await?;
+    let wt = Worktree::open(&worktree, &branch)?;
+    emit(&me, EventKind::Ready, None, who);
+    // The backend answers API requests as they come, while it works on its tasks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = (role == "backend").then(|| {
+        let (me, msg, stop) = (me.clone(), coord.messenger(), stop.clone());
+        tokio::spawn(serve_api(me, msg, stop))
+    });
+    let mut agent = Agent {
+        msg: coord.messenger(),
+        me: me.clone(),
+        coord,
+        wt,
+        pace,
+        root: ws.root().to_path_buf(),
+    };
+    let result = agent.work().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut extra_calls = agent.msg.calls();
+    if let Some(s) = server {
+        extra_calls += s.await.context("the API server task")??;
+    }
+    result?;
+    let Agent { coord, .. } = agent;
+    let (mut stats, stop_said) = coord.end().await?;
+    stats.mcp_calls += extra_calls;
+    if let Some(s) = stop_said {
+        bail!("the Stop hook says the session still holds something: {s}");
+    }
     emit(
-        &agent.me,
+        &me,
         EventKind::Exiting,
         None,
-        "every task is completed",
+        serde_json::to_string(&stats)?,
     );
     Ok(Exit::Ok)
 }
 
-impl Agent {
-    /// Answers every API request addressed to this agent (or its role) on the API channel.
-    fn serve_api_requests(&mut self) -> anyhow::Result<()> {
-        let batch = self
-            .api
-            .receive_blocking::<serde_json::Value>(&self.api_cursor, &self.api_filter)?;
-        self.api_cursor = batch.cursor;
-        for d in batch.messages {
-            let m = d.message;
+/// Answers every `implement_api` request addressed to this agent or its role.
+async fn serve_api(me: AgentId, mut msg: Messenger, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    while !stop.load(Ordering::Relaxed) {
+        for m in msg.receive(API_CHANNEL, Duration::from_millis(300)).await? {
             if m.payload["type"] != "implement_api" {
                 continue;
             }
             emit(
-                &self.me,
+                &me,
                 EventKind::ApiReceived,
                 None,
                 format!("from {}", m.sender),
             );
             let endpoints = m.payload["spec"]["endpoints"].clone();
-            let mut reply = Message::new(
-                self.me.clone(),
-                Recipients::Agent(m.sender.clone()),
+            msg.send(
+                API_CHANNEL,
+                To::Agent(m.sender.clone()),
                 json!({ "type": "api_implemented", "endpoints": endpoints }),
-            );
-            reply.metadata.reply_to = Some(m.id);
-            reply.metadata.correlation_id = Some(m.id);
-            self.api.send_blocking(&reply)?;
+                Some(&m.id.to_string()),
+            )
+            .await?;
             emit(
-                &self.me,
+                &me,
                 EventKind::ApiAnswered,
                 None,
-                format!("to {}", m.sender),
+                format!("{}'s API request", m.sender),
             );
         }
-        Ok(())
+    }
+    Ok(msg.calls())
+}
+
+impl Agent {
+    async fn work(&mut self) -> anyhow::Result<()> {
+        loop {
+            match self.coord.claim().await? {
+                Some(task) => {
+                    emit(
+                        &self.me,
+                        EventKind::Claimed,
+                        Some(&task),
+                        format!(
+                            "{} ({})",
+                            task.name,
+                            crate::duration::format(
+                                task.estimated_duration.unwrap_or(DEFAULT_ESTIMATE)
+                            )
+                        ),
+                    );
+                    match self.perform(&task).await {
+                        Ok(note) => match self.coord.complete(&task.id, &note).await {
+                            Ok(Finish::Completed) => {
+                                emit(&self.me, EventKind::Completed, Some(&task), note);
+                            }
+                            Ok(Finish::AlreadyCompleted) => {
+                                emit(&self.me, EventKind::Closed, Some(&task), note);
+                            }
+                            // Reported, not fatal: the orchestrator's checks will show it.
+                            Err(e) => emit(
+                                &self.me,
+                                EventKind::Failed,
+                                Some(&task),
+                                format!("cannot record the outcome: {e:#}"),
+                            ),
+                        },
+                        Err(e) => {
+                            let note = format!("{e:#}");
+                            if let Err(e2) = self.coord.fail(&task.id, &note).await {
+                                emit(
+                                    &self.me,
+                                    EventKind::Failed,
+                                    Some(&task),
+                                    format!("{note}; cannot record the failure: {e2:#}"),
+                                );
+                            } else {
+                                emit(&self.me, EventKind::Failed, Some(&task), note);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let tasks = self.coord.list().await?;
+                    if !tasks.is_empty() && tasks.iter().all(|t| t.status == TaskStatus::Completed)
+                    {
+                        return Ok(());
+                    }
+                    if tasks.iter().any(|t| t.status == TaskStatus::Failed) {
+                        bail!("a task failed: stopping");
+                    }
+                    emit(&self.me, EventKind::Doing, None, "idle: nothing ready");
+                    // Sleep until the tasks change (the fallback only bounds a lost event).
+                    self.coord.wait_for_tasks(Duration::from_secs(1)).await?;
+                }
+            }
+        }
     }
 
     async fn perform(&mut self, task: &Task) -> anyhow::Result<String> {
+        if task.labels.iter().any(|l| l == CONFLICT_TASK_LABEL) {
+            return self.resolve_conflict(task).await;
+        }
+        if task.labels.iter().any(|l| l == TASK_LABEL) {
+            return self.run_merge(task).await;
+        }
         let kind = task
             .metadata
             .get("demo.kind")
             .map(String::as_str)
             .unwrap_or("");
-        if task.labels.iter().any(|l| l == CONFLICT_TASK_LABEL) {
-            return self.resolve_conflict(task);
-        }
-        if task.labels.iter().any(|l| l == TASK_LABEL) {
-            return self.run_merge(task);
-        }
         match kind {
-            "edit" => self.edit_files(task),
+            "edit" => {
+                self.doing(task, "thinking");
+                self.pace.spend(task, 0.6).await;
+                self.edit_and_commit(task).await
+            }
             "frontend" => self.implement_frontend(task).await,
             "deadlock" => self.sync_in_order(task).await,
-            "review" => self.review(),
+            "review" => self.review(task).await,
             other => bail!("unknown demo task kind {other:?} for task {}", task.name),
         }
     }
 
-    /// Locks each file of the task (metadata `demo.files`, comma separated), applies the
-    /// edit and commits it on this agent's branch.
-    fn edit_files(&mut self, task: &Task) -> anyhow::Result<String> {
-        let mut guards = Vec::new();
-        for f in files_of(task) {
-            let lock = FileLock::new(&self.ws, ResourceName::new(&f)?)
-                .agent(self.me.clone())
-                .wait(WAIT);
-            guards.push(lock.acquire_blocking(&task.name)?);
+    fn doing(&self, task: &Task, what: &str) {
+        emit(&self.me, EventKind::Doing, Some(task), what);
+    }
+
+    async fn lock(&mut self, task: &Task, path: &str) -> Result<Held, LockFailure> {
+        let me = self.me.clone();
+        let t = task.clone();
+        self.coord
+            .lock(path, &task.name, WAIT, |holder| {
+                emit(
+                    &me,
+                    EventKind::LockWaiting,
+                    Some(&t),
+                    format!("{path} ({holder})"),
+                );
+            })
+            .await
+    }
+
+    async fn lock_all(&mut self, task: &Task, paths: &[String]) -> anyhow::Result<Vec<Held>> {
+        let mut held = Vec::new();
+        for p in paths {
+            match self.lock(task, p).await {
+                Ok(h) => held.push(h),
+                Err(LockFailure::Deadlock(e)) => bail!("{e}"),
+                Err(LockFailure::Error(e)) => return Err(e),
+            }
         }
-        let note = self.commit_files(task);
-        for g in guards {
-            g.release()?;
+        Ok(held)
+    }
+
+    async fn unlock_all(&mut self, held: Vec<Held>) -> anyhow::Result<()> {
+        for h in held {
+            self.coord.unlock(h).await?;
         }
+        Ok(())
+    }
+
+    /// Locks each file of the task (metadata `demo.files`), edits it in the worktree and
+    /// commits on this agent's branch.
+    async fn edit_and_commit(&mut self, task: &Task) -> anyhow::Result<String> {
+        let files = files_of(task);
+        let held = self.lock_all(task, &files).await?;
+        let note = self.edit_files(task, &files, 0.4).await;
+        self.unlock_all(held).await?;
         note
     }
 
-    /// Applies the task's edit to its files and commits it on this agent's branch; the
-    /// caller holds the files' locks.
-    fn commit_files(&mut self, task: &Task) -> anyhow::Result<String> {
-        let files = files_of(task);
-        let mut edits = Vec::new();
-        for f in &files {
-            let old = match repo::read(&self.repo, &self.branch, f)? {
-                Some(c) => c,
-                None => repo::read(&self.repo, "main", f)?.unwrap_or_default(),
-            };
-            edits.push((f.clone(), edit(&old, f, task, &self.me)));
+    /// Edits `files` (locked by the caller) as a coding agent does, spending `share` of the
+    /// task's work, and commits them.
+    async fn edit_files(
+        &mut self,
+        task: &Task,
+        files: &[String],
+        share: f64,
+    ) -> anyhow::Result<String> {
+        self.doing(task, &format!("editing {}", files.join(", ")));
+        self.pace.spend(task, share).await;
+        for f in files {
+            let old = self.wt.read(f)?;
+            let new = edit(old.as_deref().unwrap_or(""), f, task, &self.me);
+            self.write(f, old.as_deref(), &new).await?;
         }
-        let id = repo::commit(
-            &self.repo,
-            &self.branch,
-            self.me.as_str(),
-            &task.name,
-            &edits,
-        )?;
-        emit(&self.me, EventKind::Committed, Some(task), files.join(","));
-        Ok(format!(
-            "committed {} on {}",
-            &id.to_string()[..10],
-            self.branch
-        ))
+        let id = self.wt.commit(self.me.as_str(), &task.name, files)?;
+        emit(&self.me, EventKind::Committed, Some(task), files.join(", "));
+        Ok(format!("commit {}", &id.to_string()[..8]))
+    }
+
+    /// Writes one file in the worktree the way Claude Code's tools do, with its hooks: Read
+    /// first (PostToolUse records what was seen), then Edit (or Write for a new file) between
+    /// PreToolUse and PostToolUse.
+    async fn write(&mut self, rel: &str, old: Option<&str>, new: &str) -> anyhow::Result<()> {
+        let file = self.wt.file(rel);
+        let input = match old {
+            Some(old) => {
+                self.coord.read_hook(&file, old).await?;
+                edit_input(&file, old, new)
+            }
+            None => json!({ "file_path": file, "content": new }),
+        };
+        self.coord.before_edit(&file, &input).await?;
+        self.wt.write(rel, new)?;
+        self.coord.after_edit(&file, &input).await
     }
 
     /// The design's `coordinate_with_backend`: ask the backend role for the API on the
     /// shared channel, wait for the answer addressed to us, then build the UI against it.
     async fn implement_frontend(&mut self, task: &Task) -> anyhow::Result<String> {
-        let request = Message::new(
-            self.me.clone(),
-            Recipients::Role(AgentRole::backend()),
-            json!({
-                "type": "implement_api",
-                "spec": { "endpoints": ["GET /users/{id}", "PUT /users/{id}"] },
-                "priority": "high",
-            }),
-        );
-        // Read from the end: the answer comes after the request.
-        let mut replies = ChannelWatcher::from_cursor(
-            self.api.clone(),
-            self.api.end_cursor()?,
-            self.api_filter.clone(),
-        )?;
-        self.api.send_blocking(&request)?;
+        // Told before it is sent: the answer can come back before this line is written.
         emit(
             &self.me,
             EventKind::ApiRequested,
             Some(task),
-            "implement_api to role backend",
+            "asks role backend for the user API (implement_api)",
         );
+        let request = self
+            .msg
+            .send(
+                API_CHANNEL,
+                To::Role(AgentRole::backend()),
+                json!({
+                    "type": "implement_api",
+                    "spec": { "endpoints": ["GET /users/{id}", "PUT /users/{id}"] },
+                    "priority": "high",
+                }),
+                None,
+            )
+            .await?;
+        self.doing(task, "waiting for the backend's answer");
         let deadline = tokio::time::Instant::now() + WAIT;
-        let endpoints = loop {
+        let endpoints = 'wait: loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match replies.next_timeout::<serde_json::Value>(left).await? {
-                Some(d) if d.message.metadata.reply_to == Some(request.id) => {
-                    break d.message.payload["endpoints"].clone();
+            if left.is_zero() {
+                bail!("the backend did not answer the API request within {WAIT:?}");
+            }
+            for m in self.msg.receive(API_CHANNEL, left).await? {
+                if reply_to(&m).as_deref() == Some(request.as_str()) {
+                    break 'wait m.payload["endpoints"].clone();
                 }
-                Some(_) => continue,
-                None => bail!("the backend did not answer the API request within {WAIT:?}"),
             }
         };
         let n = endpoints.as_array().map_or(0, Vec::len);
@@ -292,129 +376,197 @@ impl Agent {
             Some(task),
             format!("{n} endpoints"),
         );
-        let note = self.edit_files(task)?;
-        Ok(format!("backend implemented {n} endpoints; {note}"))
+        self.doing(task, "building the UI");
+        self.pace.spend(task, 0.6).await;
+        let note = self.edit_and_commit(task).await?;
+        Ok(format!("{n} endpoints from the backend; {note}"))
     }
 
-    /// Takes two locks in the order the task says. Two agents doing this in opposite
-    /// orders deadlock; the detector ends the victim's wait with a deadlock error, the
-    /// victim backs off (releasing what it holds) and retries once the other is through.
+    /// Takes two locks in the order the task says. Two agents doing this in opposite orders
+    /// deadlock; the detector ends the victim's wait with a deadlock error, the victim backs
+    /// off (releasing what it holds) and retries in the other's order, so it gets through
+    /// once the other is.
     async fn sync_in_order(&mut self, task: &Task) -> anyhow::Result<String> {
         let files = files_of(task);
         let [first, second] = files.as_slice() else {
             bail!("a deadlock task names two files");
         };
-        let sync = FileChannel::open(&self.ws, ChannelName::new(SYNC_CHANNEL)?)?;
-        let mut partner =
-            ChannelWatcher::from_cursor(sync.clone(), Cursor::start(), Filter::Everything)?;
-        let lock = |f: &str| -> anyhow::Result<FileLock> {
-            Ok(FileLock::new(&self.ws, ResourceName::new(f)?)
-                .agent(self.me.clone())
-                .wait(WAIT))
-        };
-        let g1 = lock(first)?.acquire_blocking(&task.name)?;
+        self.pace.spend(task, 0.3).await;
+        let g1 = self.lock_all(task, std::slice::from_ref(first)).await?;
         // Barrier: say we hold our first lock, and wait until the partner says so too, so
         // both really wait for each other.
-        sync.send_blocking(&Message::new(
-            self.me.clone(),
-            Recipients::All,
-            json!({ "holding": first }),
-        ))?;
+        self.msg
+            .send(SYNC_CHANNEL, To::All, json!({ "holding": first }), None)
+            .await?;
+        self.doing(task, &format!("holding {first}, waiting for the partner"));
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        'barrier: loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match partner.next_timeout::<serde_json::Value>(left).await? {
-                Some(d)
-                    if d.message.sender != self.me
-                        && d.message.payload["holding"] == second.as_str() =>
-                {
-                    break;
+            if left.is_zero() {
+                bail!("the partner never took {second}");
+            }
+            for m in self.msg.receive(SYNC_CHANNEL, left).await? {
+                if m.sender != self.me && m.payload["holding"] == second.as_str() {
+                    break 'barrier;
                 }
-                Some(_) => continue,
-                None => bail!("the partner never took {second}"),
             }
         }
-        match lock(second)?.acquire_blocking(&task.name) {
+        self.pace.spend(task, 0.1).await;
+        match self.lock(task, second).await {
             Ok(g2) => {
-                let note = self.commit_files(task);
-                g2.release()?;
-                g1.release()?;
-                note.map(|n| format!("took {first} then {second}; {n}"))
+                let note = self.edit_files(task, &files, 0.6).await;
+                self.coord.unlock(g2).await?;
+                self.unlock_all(g1).await?;
+                note.map(|n| format!("took both locks; {n}"))
             }
-            Err(maos_coordination::lock::Error::Deadlock { .. }) => {
+            Err(LockFailure::Deadlock(_)) => {
                 emit(
                     &self.me,
                     EventKind::DeadlockVictim,
                     Some(task),
-                    format!("waiting for {second}"),
+                    format!("releases {first}, retries in the other's order"),
                 );
-                g1.release()?;
-                // Retry in the same order, now that the partner can finish.
-                let g1 = lock(first)?.acquire_blocking(&task.name)?;
-                let g2 = lock(second)?.acquire_blocking(&task.name)?;
-                let note = self.commit_files(task);
-                g2.release()?;
-                g1.release()?;
-                note.map(|n| format!("deadlock victim, backed off and retried; {n}"))
+                self.unlock_all(g1).await?;
+                // Retry in the partner's order: wait, holding nothing, for what the partner
+                // holds (it gets ours now and finishes), then take ours back. In the same order
+                // as the partner no new cycle can form.
+                let held = self
+                    .lock_all(task, &[second.clone(), first.clone()])
+                    .await?;
+                let note = self.edit_files(task, &files, 0.6).await;
+                self.unlock_all(held).await?;
+                note.map(|n| format!("deadlock victim, retried; {n}"))
             }
-            Err(e) => Err(e.into()),
+            Err(LockFailure::Error(e)) => Err(e),
         }
     }
 
-    /// A resolution task created by the merge coordinator: merge the target into the
-    /// source branch, keeping both sides of each conflicting hunk, and commit.
-    fn resolve_conflict(&mut self, task: &Task) -> anyhow::Result<String> {
-        let source = meta(task, "merge.source")?;
-        let target = meta(task, "merge.target")?;
-        let source = source.strip_prefix("refs/heads/").unwrap_or(source);
-        let target = target.strip_prefix("refs/heads/").unwrap_or(target);
-        let path = meta(task, "merge.path")?;
-        let guard = FileLock::new(&self.ws, ResourceName::new(path)?)
-            .agent(self.me.clone())
-            .wait(WAIT)
-            .acquire_blocking(&task.name)?;
-        let resolved = repo::merge_in_resolving(&self.repo, source, target, self.me.as_str())?;
-        guard.release()?;
-        let detail = if resolved.is_empty() {
-            format!("{path} (already resolved by an earlier merge)")
-        } else {
-            resolved.join(", ")
+    /// A resolution task created by the merge coordinator: merge the target into this agent's
+    /// branch, keeping both sides of each conflicting hunk, and commit. One merge resolves
+    /// every conflicting file of the pair, so the pair's other resolution tasks assigned to
+    /// this agent are completed with it (one event, not one per file).
+    async fn resolve_conflict(&mut self, task: &Task) -> anyhow::Result<String> {
+        let source = strip(meta(task, "merge.source")?);
+        let target = strip(meta(task, "merge.target")?).to_owned();
+        anyhow::ensure!(
+            source == self.wt.branch(),
+            "the resolution task is for {source}, and this agent works on {}",
+            self.wt.branch()
+        );
+        let siblings: Vec<Task> = self
+            .coord
+            .list()
+            .await?
+            .into_iter()
+            .filter(|t| {
+                t.id != task.id
+                    && t.labels.iter().any(|l| l == CONFLICT_TASK_LABEL)
+                    && t.metadata.get("merge.source") == task.metadata.get("merge.source")
+                    && t.metadata.get("merge.target") == task.metadata.get("merge.target")
+                    && matches!(t.status, TaskStatus::Pending | TaskStatus::Blocked)
+                    && t.assigned_to.as_ref().is_none_or(|a| *a == self.me)
+            })
+            .collect();
+        let paths: Vec<String> = std::iter::once(task)
+            .chain(&siblings)
+            .filter_map(|t| t.metadata.get("merge.path").cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.doing(task, &format!("resolving {}", paths.join(", ")));
+        self.pace.spend(task, 0.5).await;
+        let held = self.lock_all(task, &paths).await?;
+        let outcome = self.merge_resolving(task, &target).await;
+        self.unlock_all(held).await?;
+        let Some((resolved, commit)) = outcome? else {
+            return Ok(format!(
+                "nothing to resolve: {source} already merges cleanly into {target}"
+            ));
         };
-        emit(&self.me, EventKind::Resolved, Some(task), detail);
+        emit(
+            &self.me,
+            EventKind::Resolved,
+            Some(task),
+            format!(
+                "{} in one merge of {target} ({commit}){}",
+                resolved.join(", "),
+                if siblings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", closing {} more task(s)", siblings.len())
+                }
+            ),
+        );
+        for s in &siblings {
+            let note = format!("resolved together with {} in {commit}", task.id);
+            self.coord.complete(&s.id, &note).await?;
+        }
         Ok(format!(
-            "merged {target} into {source}, resolved {}",
-            if resolved.is_empty() {
-                "nothing (already resolved)".to_string()
-            } else {
-                resolved.join(", ")
-            }
+            "merged {target} into {source} as {commit}, resolving {}",
+            resolved.join(", ")
         ))
     }
 
-    /// The merge task of a resolution: merge under the merge lock.
-    fn run_merge(&mut self, task: &Task) -> anyhow::Result<String> {
-        let source = meta(task, "merge.source")?;
-        let target = meta(task, "merge.target")?;
-        let coord = MergeCoordinator::new(&self.ws, self.me.clone())?;
-        let outcome = coord.merge_blocking(source, target)?;
-        emit(
-            &self.me,
-            EventKind::Merged,
-            Some(task),
-            format!("{source} into {target}"),
-        );
-        Ok(serde_json::to_string(&outcome)?)
+    /// The merge with its resolved files written through the edit hooks; `None` when nothing
+    /// conflicts any more.
+    async fn merge_resolving(
+        &mut self,
+        task: &Task,
+        target: &str,
+    ) -> anyhow::Result<Option<(Vec<String>, String)>> {
+        let pending = self.wt.prepare_merge(target)?;
+        if pending.resolved.is_empty() {
+            return Ok(None);
+        }
+        let files: Vec<(String, String)> = pending.resolved.clone();
+        for (path, content) in &files {
+            let old = self.wt.read(path)?;
+            self.write(path, old.as_deref(), content).await?;
+        }
+        self.pace.spend(task, 0.5).await;
+        let id = self.wt.commit_merge(pending, self.me.as_str())?;
+        Ok(Some((
+            files.into_iter().map(|(p, _)| p).collect(),
+            id.to_string()[..8].to_owned(),
+        )))
+    }
+
+    /// The merge task of a resolution: merge the pair (library), or check it and leave it to
+    /// the merge queue (MCP), which completes this task when it merges.
+    async fn run_merge(&mut self, task: &Task) -> anyhow::Result<String> {
+        let source = meta(task, "merge.source")?.to_owned();
+        let target = meta(task, "merge.target")?.to_owned();
+        self.pace.spend(task, 1.0).await;
+        let (what, moved) = self.coord.merge(&source, &target).await?;
+        if moved {
+            emit(&self.me, EventKind::Merged, Some(task), what.clone());
+        }
+        if self.coord.is_mcp() {
+            emit(&self.me, EventKind::MergeChecked, Some(task), what.clone());
+            self.doing(task, "waiting for the merge queue");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while self.coord.get(&task.id).await?.status != TaskStatus::Completed {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("the merge queue did not merge {source} within {WAIT:?}");
+                }
+                self.coord.wait_for_tasks(Duration::from_secs(1)).await?;
+            }
+        }
+        Ok(what)
     }
 
     /// The reviewer checks that main holds both agents' routes.
-    fn review(&self) -> anyhow::Result<String> {
-        let routes = repo::read(&self.repo, "main", "src/shared/routes.rs")?.unwrap_or_default();
+    async fn review(&mut self, task: &Task) -> anyhow::Result<String> {
+        self.doing(task, "reviewing main");
+        self.pace.spend(task, 1.0).await;
+        let git = git2::Repository::open(&self.root)?;
+        let routes = repo::read(&git, "main", "src/shared/routes.rs")?.unwrap_or_default();
         for needed in ["\"/users\"", "\"/profile\""] {
             if !routes.contains(needed) {
                 bail!("main's src/shared/routes.rs lacks route {needed}:\n{routes}");
             }
         }
-        Ok("main holds the backend's and the frontend's routes".into())
+        Ok("main has both routes".into())
     }
 }
 
@@ -423,6 +575,10 @@ fn meta<'a>(task: &'a Task, key: &str) -> anyhow::Result<&'a str> {
         .get(key)
         .map(String::as_str)
         .with_context(|| format!("task {} has no {key}", task.id))
+}
+
+fn strip(branch: &str) -> &str {
+    branch.strip_prefix("refs/heads/").unwrap_or(branch)
 }
 
 fn files_of(task: &Task) -> Vec<String> {
@@ -454,6 +610,36 @@ fn edit(old: &str, path: &str, task: &Task, me: &AgentId) -> String {
         return out;
     }
     format!("{old}// {} ({me})\n", task.name)
+}
+
+/// Claude Code's Edit input for changing `old` into `new`: the lines that differ (with one
+/// line of context for an insertion: `old_string` is never empty).
+fn edit_input(file: &Path, old: &str, new: &str) -> Value {
+    let o: Vec<&str> = old.split_inclusive('\n').collect();
+    let n: Vec<&str> = new.split_inclusive('\n').collect();
+    let pre = o.iter().zip(&n).take_while(|(a, b)| a == b).count();
+    let room = o.len().min(n.len()) - pre;
+    let suf = o
+        .iter()
+        .rev()
+        .zip(n.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (mut from, mut old_to, mut new_to) = (pre, o.len() - suf, n.len() - suf);
+    if from == old_to {
+        if from > 0 {
+            from -= 1;
+        } else if old_to < o.len() {
+            old_to += 1;
+            new_to += 1;
+        }
+    }
+    json!({
+        "file_path": file,
+        "old_string": o[from..old_to].concat(),
+        "new_string": n[from..new_to].concat(),
+    })
 }
 
 /// Metadata helper for the orchestrator: the demo keys of a task.

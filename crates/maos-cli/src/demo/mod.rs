@@ -9,13 +9,22 @@
 //! the queue merges everything. Two agents take two locks in opposite orders: the deadlock
 //! detector finds the cycle, broadcasts it and ends the victim's wait. The run ends with the
 //! report, the critical path, the Mermaid Gantt, and a check of every step (exit status).
+//!
+//! On a terminal the session is paced (work takes simulated time, 15 s or so in all) and
+//! drawn as a live view; `--fast` (the default when stdout is not a terminal) runs it flat
+//! out. `--via mcp` makes the agents reach maos only through their own `maos mcp` servers and
+//! Claude Code hooks, as coding agents do.
 
 mod agent;
+mod coord;
+mod log;
 mod orchestrator;
 mod repo;
 mod view;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -50,14 +59,43 @@ pub(crate) struct DemoArgs {
     /// Give up (exit 1) if the session has not finished after this long.
     #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
     timeout: std::time::Duration,
+    /// Run flat out, without simulated work time (the default when stdout is not a
+    /// terminal; tests use it).
+    #[arg(long, conflicts_with = "paced")]
+    fast: bool,
+    /// Pace the session even when stdout is not a terminal (work takes simulated time: about
+    /// 15 s in all).
+    #[arg(long)]
+    paced: bool,
+    /// How the agents reach maos: `library` (the Rust library, in each agent process) or
+    /// `mcp` (only through their own `maos mcp` server and Claude Code hooks).
+    #[arg(long, value_enum, default_value = "library", value_name = "HOW")]
+    via: coord::Via,
     /// Internal: run as one agent of a demo with this role.
     #[arg(long, hide = true, value_name = "ROLE")]
     as_agent: Option<String>,
+    /// Internal: milliseconds of simulated work per estimated hour (0: none).
+    #[arg(long, hide = true, default_value_t = 0, value_name = "MS")]
+    pace_ms: u64,
+}
+
+/// How long the simulated work of a paced session takes in all (what the plan's estimates
+/// are scaled to); setting up, merging and the agents' own calls come on top.
+pub(crate) const PACED_WORK: Duration = Duration::from_secs(16);
+
+impl DemoArgs {
+    /// Paced unless `--fast`, or stdout is not a terminal (unless `--paced`).
+    fn paced(&self) -> bool {
+        self.paced || (!self.fast && std::io::stdout().is_terminal())
+    }
 }
 
 /// What an agent process reports to the orchestrator, one JSON object per line on stdout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AgentEvent {
+    /// When it happened (ms since the Unix epoch).
+    #[serde(default)]
+    pub(crate) at: u64,
     pub(crate) agent: String,
     pub(crate) event: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,26 +107,57 @@ pub(crate) struct AgentEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum EventKind {
+    /// Started; the detail says who it is and how it reaches maos.
     Ready,
     Claimed,
+    /// What it is doing now (the view's row; not logged).
+    Doing,
     Completed,
+    /// A task it worked on that someone else (the merge queue) completed first.
+    Closed,
     Failed,
     Committed,
     ApiRequested,
     ApiAnswered,
     ApiReceived,
+    /// Waiting for a lock another agent holds.
+    LockWaiting,
     DeadlockVictim,
     Resolved,
     Merged,
+    /// Through MCP: the merge task's pair is clean now; the merge queue merges it.
+    MergeChecked,
+    /// Done; the detail is its counters (JSON).
     Exiting,
 }
 
+pub(crate) use log::LogSink;
+
 pub(crate) fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     match args.as_agent.clone() {
-        Some(role) => rt.block_on(agent::run(ctx, &role)),
-        None => rt.block_on(orchestrator::run(args)),
+        Some(role) => {
+            // The agent process stands for a coding agent's client (as `claude` does): give it
+            // a name of its own, so the hooks and the MCP server it starts find it as their
+            // session's anchor instead of walking past it as one more `maos` wrapper.
+            if let Err(e) = rustix::thread::set_name(c"maos-demo-agent") {
+                tracing::warn!("cannot name the agent process: {e}");
+            }
+            // An agent answers messages while it works: two threads.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let pace = agent::Pace {
+                per_hour: Duration::from_millis(args.pace_ms),
+            };
+            rt.block_on(agent::run(ctx, &role, args.via, pace))
+        }
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let paced = args.paced();
+            rt.block_on(orchestrator::run(args, paced))
+        }
     }
 }

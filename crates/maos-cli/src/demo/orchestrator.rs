@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use maos_coordination::comm::{Cursor, FileChannel, Filter, topic_channel};
-use maos_coordination::core::ProcessIdentity;
+use maos_coordination::core::{Anchor, ProcessIdentity};
 use maos_coordination::lock::{DeadlockDetector, LockTable};
 use maos_coordination::merge::{ConflictDetector, EntryStatus, MergeCoordinator, MergeQueue};
-use maos_coordination::track::{ProgressVisualizer, Task, TaskStatus, TaskTracker};
-use maos_coordination::{AgentId, AgentRegistry, AgentRole, Registration, TaskId, Workspace};
+use maos_coordination::track::{Options, ProgressVisualizer, Task, TaskStatus, TaskTracker};
+use maos_coordination::{
+    AgentId, AgentRegistry, AgentRole, MergeOutcome, Registration, TaskId, Workspace,
+};
 
 use super::agent::demo_meta;
+use super::coord::{Stats, Via};
 use super::view::View;
-use super::{AgentEvent, DemoArgs, EventKind, ORCHESTRATOR, ROLES, repo};
+use super::{AgentEvent, DemoArgs, EventKind, ORCHESTRATOR, PACED_WORK, ROLES, repo};
 use crate::exit::Exit;
 
 /// The ids of the tasks the orchestrator itself drives or checks.
@@ -35,7 +38,7 @@ struct Check {
     ok: bool,
 }
 
-pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let tmp;
     let root: PathBuf = match &args.keep {
@@ -50,7 +53,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         }
         None => {
             tmp = tempfile::Builder::new().prefix("maos-demo-").tempdir()?;
-            tmp.path().to_path_buf()
+            std::fs::canonicalize(tmp.path())?
         }
     };
     let git = repo::init(&root)?;
@@ -62,23 +65,46 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
             .role(AgentRole::orchestrator())
             .process(ProcessIdentity::current()),
     )?;
+    let mode = if paced { "paced" } else { "fast" };
     eprintln!(
-        "maos demo: workspace {} ({} agents, {} extra tasks, seed {})",
+        "maos demo: workspace {} ({} agents via {}, {} extra tasks, seed {}, {mode})",
         root.display(),
         args.agents,
+        args.via.name(),
         args.tasks,
         args.seed
     );
 
-    // Agents: the four roles first, then more of each.
+    // Agents: the four roles first, then more of each; each works in its own worktree.
     let agents: Vec<(String, &str)> = (0..args.agents as usize)
         .map(|i| {
             let role = ROLES[i % ROLES.len()];
             (format!("{role}-{}", i / ROLES.len() + 1), role)
         })
         .collect();
-    let tracker = TaskTracker::open(&ws)?;
-    let graph = build_graph(&tracker, &args).await?;
+    for (id, role) in &agents {
+        let branch = format!("agent/{id}");
+        let wt = repo::add_worktree(&git, &root, id, &branch)?;
+        if args.via == Via::Mcp {
+            // Neither MCP nor the hooks let an agent state its role: the lead registers the
+            // team up front (as `maos agents register --role R --branch B` would), anchored
+            // on itself as an ancestor, so a session's end still ends the agent.
+            registry.register(
+                Registration::new(AgentId::new(id)?)
+                    .role(AgentRole::new(*role)?)
+                    .branch(branch)
+                    .worktree(wt)
+                    .anchor(Anchor::ancestor(ProcessIdentity::current())),
+            )?;
+        }
+    }
+    let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
+    let (graph, planned) = build_graph(&tracker, &args).await?;
+    let pace = if paced {
+        pace_for(&planned, agents.len())
+    } else {
+        Duration::ZERO
+    };
 
     // The deadlock monitor: detects cycles in the on-disk wait-for graph, broadcasts them
     // on the `deadlock` topic and ends the victim's wait.
@@ -86,76 +112,129 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         .resolve(true)
         .sender(me.clone())
         .spawn_monitor(Duration::from_secs(1))?;
+    let deadlocks = FileChannel::open(&ws, topic_channel("deadlock")?)?;
+    let mut deadlock_cursor = Cursor::start();
 
     let exe = std::env::current_exe().context("locating the maos binary")?;
-    let (tx, rx) = mpsc::channel::<AgentEvent>();
+    let (tx, rx) = mpsc::channel::<FromAgent>();
     let mut children: Vec<(String, Child)> = Vec::new();
+    // Reader threads whose pipe is still open.
+    let mut open = 0_usize;
     for (id, role) in &agents {
         let mut child = Command::new(&exe)
             .arg("--workspace")
             .arg(ws.root())
             .args(["--agent", id, "-q", "demo", "--as-agent", role])
+            .args(["--via", args.via.name()])
+            .arg(format!("--pace-ms={}", pace.as_millis()))
             .env_remove("MAOS_WORKSPACE")
+            .env_remove("MAOS_AGENT_ID")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting agent {id}"))?;
         let out = child.stdout.take().context("agent stdout")?;
-        let tx = tx.clone();
-        let agent = id.clone();
+        let err = child.stderr.take().context("agent stderr")?;
+        let (tx2, agent) = (tx.clone(), id.clone());
+        open += 1;
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 let ev = serde_json::from_str(&line).unwrap_or_else(|e| AgentEvent {
+                    at: 0,
                     agent: agent.clone(),
                     event: EventKind::Failed,
                     task: None,
                     detail: format!("unreadable agent output ({e}): {line}"),
                 });
-                if tx.send(ev).is_err() {
+                if tx2.send(FromAgent::Event(ev)).is_err() {
                     break;
                 }
             }
+            let _ = tx2.send(FromAgent::Closed);
+        });
+        // What an agent (or its MCP server, or a hook) logs goes into the event log.
+        let (tx2, agent) = (tx.clone(), id.clone());
+        open += 1;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx2.send(FromAgent::Log(agent.clone(), line)).is_err() {
+                    break;
+                }
+            }
+            let _ = tx2.send(FromAgent::Closed);
         });
         children.push((id.clone(), child));
     }
     drop(tx);
 
-    let mut view = View::new(&ws, agents.iter().map(|(a, _)| a.clone()).collect());
+    let header = format!(
+        "maos demo: {} agents via {}, {mode}",
+        agents.len(),
+        args.via.name()
+    );
+    let mut view = View::new(
+        &ws,
+        header,
+        agents.iter().map(|(a, _)| a.clone()).collect(),
+        &planned,
+    );
+    super::log::catch();
     let mut events: Vec<AgentEvent> = Vec::new();
+    let mut logged: Vec<String> = Vec::new();
     let mut watch = tracker.watch()?;
     let mut merge_phase: Option<MergePhase> = None;
     let deadline = Instant::now() + args.timeout;
-    let mut timed_out = false;
+    let mut stopped: Option<String> = None;
+    let tick = if pace.is_zero() {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_millis(100)
+    };
     loop {
-        while let Ok(ev) = rx.try_recv() {
-            view.event(&ev);
-            events.push(ev);
-        }
         let tasks = tracker.list_blocking()?;
-        view.render(&tasks, started.elapsed())?;
+        view.learn(&tasks);
+        let incoming: Vec<FromAgent> = rx.try_iter().collect();
+        open -= incoming
+            .iter()
+            .filter(|m| matches!(m, FromAgent::Closed))
+            .count();
+        intake(
+            &mut view,
+            &mut events,
+            &mut logged,
+            incoming,
+            &deadlocks,
+            &mut deadlock_cursor,
+        )?;
+        view.render(&tasks)?;
         let status = |id: &TaskId| tasks.iter().find(|t| t.id == *id).map(|t| t.status);
         // The merge task: when its dependencies are done, merge every agent branch.
         if merge_phase.is_none() && status(&graph.merge) == Some(TaskStatus::Pending) {
             tracker.update_status_blocking(&graph.merge, TaskStatus::InProgress, None)?;
-            merge_phase = Some(MergePhase::start(&ws, &me, &agents)?);
-            view.note(
-                merge_phase
-                    .as_ref()
-                    .map(MergePhase::summary)
-                    .unwrap_or_default(),
-            );
+            let mut phase = MergePhase::start(&ws, &me, &agents)?;
+            for line in phase.take_notes() {
+                view.note(line);
+            }
+            merge_phase = Some(phase);
         }
         if let Some(phase) = &mut merge_phase
             && !phase.done
-            && phase.advance(&tracker)?
         {
-            tracker.update_status_blocking(
-                &graph.merge,
-                TaskStatus::Completed,
-                Some("every agent branch is merged into main"),
-            )?;
-            view.note("every agent branch is merged into main".into());
+            let done = phase.advance(&tracker)?;
+            for line in phase.take_notes() {
+                view.note(line);
+            }
+            if done {
+                tracker.update_status_blocking(
+                    &graph.merge,
+                    TaskStatus::Completed,
+                    Some("every agent branch is merged into main"),
+                )?;
+                view.note("every agent branch is merged into main".into());
+            }
         }
         if status(&graph.feature) == Some(TaskStatus::Pending) {
             tracker.update_status_blocking(&graph.feature, TaskStatus::InProgress, None)?;
@@ -165,43 +244,81 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
                 Some("feature done: merged and reviewed"),
             )?;
         }
-        if tasks.iter().all(|t| t.status == TaskStatus::Completed) && children_done(&mut children)?
-        {
-            break;
+        let all_done = tasks.iter().all(|t| t.status == TaskStatus::Completed);
+        match children_state(&mut children)? {
+            Children::Running => {}
+            Children::AllExited if all_done => break,
+            Children::AllExited => {
+                stopped = Some("every agent exited with work left".into());
+            }
+            Children::Failed(who, status) => {
+                stopped = Some(format!("agent {who} exited with {status}"));
+            }
         }
-        if tasks.iter().any(|t| t.status == TaskStatus::Failed) {
-            view.note("a task failed: stopping".into());
-            break;
+        if stopped.is_none() && tasks.iter().any(|t| t.status == TaskStatus::Failed) {
+            stopped = Some("a task failed".into());
         }
-        if Instant::now() >= deadline {
-            timed_out = true;
+        if stopped.is_none() && Instant::now() >= deadline {
+            stopped = Some(format!(
+                "the session did not finish within {}",
+                crate::duration::format(args.timeout)
+            ));
+        }
+        if let Some(why) = &stopped {
+            view.note(format!("stopping: {why}"));
             break;
         }
         // Wake on the next task change (file events), or soon enough to show agent
         // events and the clock.
-        watch.changed(Duration::from_millis(250)).await?;
-    }
-    while let Ok(ev) = rx.try_recv() {
-        events.push(ev);
+        watch.changed(tick).await?;
     }
     for (_, child) in &mut children {
-        let _ = child.kill();
+        if stopped.is_some() {
+            let _ = child.kill();
+        }
         let _ = child.wait();
     }
+    // The agents' last lines (their exit event) may still be in the pipes: read them to the
+    // end (bounded: a stray grandchild could hold a pipe open).
+    let mut last = Vec::new();
+    let drained = Instant::now() + Duration::from_secs(3);
+    while open > 0 {
+        match rx.recv_timeout(drained.saturating_duration_since(Instant::now())) {
+            Ok(FromAgent::Closed) => open -= 1,
+            Ok(m) => last.push(m),
+            Err(_) => break,
+        }
+    }
+    last.extend(rx.try_iter());
+    intake(
+        &mut view,
+        &mut events,
+        &mut logged,
+        last,
+        &deadlocks,
+        &mut deadlock_cursor,
+    )?;
     drop(monitor);
+    for line in super::log::release() {
+        view.note(format!("log: {line}"));
+        logged.push(line);
+    }
     let tasks = tracker.list_blocking()?;
-    view.finish(&tasks, started.elapsed())?;
+    view.finish(&tasks)?;
+    let elapsed = view.elapsed();
 
     // The verdict.
-    let checks = verify(
-        &ws,
-        &git,
-        &tasks,
-        &graph,
-        &events,
-        merge_phase.as_ref(),
-        timed_out,
-    )?;
+    let checks = verify(&Session {
+        ws: &ws,
+        git: &git,
+        tasks: &tasks,
+        graph: &graph,
+        events: &events,
+        merge: merge_phase.as_ref(),
+        stopped: stopped.as_deref(),
+        agents: &agents,
+        via: args.via,
+    })?;
     let visual = ProgressVisualizer::new(tracker.clone());
     let report = visual.generate_progress_report_blocking()?;
     outln!(
@@ -223,6 +340,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         "## Gantt (Mermaid)\n\n```mermaid\n{}```\n",
         visual.generate_gantt_chart_blocking()?
     )?;
+    if !logged.is_empty() {
+        outln!("## Log lines\n")?;
+        for l in &logged {
+            outln!("    {l}")?;
+        }
+        outln!("")?;
+    }
     outln!("## Checks\n")?;
     let mut all_ok = true;
     for c in &checks {
@@ -230,13 +354,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         outln!("- [{}] {}", if c.ok { "x" } else { " " }, c.what)?;
     }
     outln!(
-        "\n{} in {:.1?}; workspace {}{}",
+        "\n{} in {:.1?} ({mode}, via {}); workspace {}{}",
         if all_ok {
             "every step held"
         } else {
             "SOME STEPS FAILED"
         },
-        started.elapsed(),
+        started.elapsed().max(elapsed),
+        args.via.name(),
         root.display(),
         if args.keep.is_some() {
             " (kept)"
@@ -247,19 +372,135 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     Ok(if all_ok { Exit::Ok } else { Exit::Error })
 }
 
-fn children_done(children: &mut [(String, Child)]) -> anyhow::Result<bool> {
-    for (_, c) in children.iter_mut() {
-        if c.try_wait()?.is_none() {
-            return Ok(false);
+/// Simulated time per estimated hour, so that the plan's work takes about [`PACED_WORK`]:
+/// the plan lasts as long as its critical path or its work shared by the agents, whichever is
+/// longer, plus the merge's resolution work (about an hour).
+fn pace_for(planned: &[Task], agents: usize) -> Duration {
+    let (_, critical) = maos_coordination::track::critical_path_of(planned);
+    let work: Duration = planned
+        .iter()
+        .filter_map(|t| t.estimated_duration)
+        .sum::<Duration>()
+        / u32::try_from(agents.max(1)).unwrap_or(u32::MAX);
+    let hours = critical.max(work).as_secs_f64() / 3600.0 + 1.0;
+    PACED_WORK.div_f64(hours)
+}
+
+/// What an agent process says: an event on stdout, a log line on stderr.
+enum FromAgent {
+    Event(AgentEvent),
+    Log(String, String),
+    /// One of its pipes reached its end.
+    Closed,
+}
+
+/// Takes in what happened since the last call (agent events, their log lines, deadlock
+/// reports, this process's log lines) and hands it to the view in the order it happened.
+fn intake(
+    view: &mut View,
+    events: &mut Vec<AgentEvent>,
+    logged: &mut Vec<String>,
+    incoming: impl IntoIterator<Item = FromAgent>,
+    deadlocks: &FileChannel,
+    cursor: &mut Cursor,
+) -> anyhow::Result<()> {
+    enum Item {
+        Event(AgentEvent),
+        Note(String),
+    }
+    let now = maos_coordination::core::now_ms();
+    let mut items: Vec<(u64, Item)> = Vec::new();
+    let batch = deadlocks.receive_blocking::<serde_json::Value>(cursor, &Filter::Everything)?;
+    *cursor = batch.cursor;
+    for d in batch.messages {
+        let at = d.message.payload["detected_at"]
+            .as_u64()
+            .unwrap_or(d.message.timestamp);
+        items.push((at, Item::Note(describe_deadlock(&d.message.payload))));
+    }
+    for m in incoming {
+        match m {
+            FromAgent::Closed => {}
+            FromAgent::Event(ev) => {
+                items.push((if ev.at == 0 { now } else { ev.at }, Item::Event(ev)))
+            }
+            FromAgent::Log(agent, line) => {
+                logged.push(format!("{agent}: {line}"));
+                items.push((now, Item::Note(format!("{agent} log: {}", line.trim()))));
+            }
         }
     }
-    Ok(true)
+    for line in super::log::take() {
+        items.push((now, Item::Note(format!("log: {line}"))));
+        logged.push(line);
+    }
+    items.sort_by_key(|(at, _)| *at);
+    for (at, item) in items {
+        match item {
+            Item::Event(ev) => {
+                view.event(&ev);
+                events.push(ev);
+            }
+            Item::Note(text) => view.note_at(text, at),
+        }
+    }
+    Ok(())
+}
+
+/// A deadlock report from the `deadlock` topic, in one line.
+fn describe_deadlock(v: &serde_json::Value) -> String {
+    let waits: Vec<String> = v["waits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "{} waits for {} ({})",
+                w["waiter"].as_str().unwrap_or("?"),
+                w["resource"].as_str().unwrap_or("?"),
+                w["holder"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let r = &v["suggested_resolution"];
+    format!(
+        "DEADLOCK: {}; victim {}{}",
+        waits.join(", "),
+        r["victim"].as_str().unwrap_or("?"),
+        if r["applied"] == true {
+            " (its wait is aborted)"
+        } else {
+            ""
+        }
+    )
+}
+
+enum Children {
+    Running,
+    AllExited,
+    Failed(String, std::process::ExitStatus),
+}
+
+fn children_state(children: &mut [(String, Child)]) -> anyhow::Result<Children> {
+    let mut running = false;
+    for (id, c) in children.iter_mut() {
+        match c.try_wait()? {
+            None => running = true,
+            Some(st) if !st.success() => return Ok(Children::Failed(id.clone(), st)),
+            Some(_) => {}
+        }
+    }
+    Ok(if running {
+        Children::Running
+    } else {
+        Children::AllExited
+    })
 }
 
 /// The feature's task graph: the design's `track_feature_implementation`, plus the work
 /// that makes the demo's coordination real (API request, overlapping edits, a lock-order
 /// deadlock, merging, review) and `--tasks` extra module tasks with random dependencies.
-async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<Graph> {
+async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<(Graph, Vec<Task>)> {
     let agent = |s: &str| AgentId::new(s);
     let mut tasks: Vec<Task> = Vec::new();
     let mut mk = |name: &str,
@@ -380,17 +621,20 @@ async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<G
         BTreeMap::new(),
     )?;
     let all = tasks.iter().map(|t| t.id.clone()).collect();
-    tracker.create_tasks(tasks).await?;
-    Ok(Graph {
-        feature,
-        merge,
-        all,
-    })
+    tracker.create_tasks(tasks.clone()).await?;
+    Ok((
+        Graph {
+            feature,
+            merge,
+            all,
+        },
+        tasks,
+    ))
 }
 
 /// Merging every agent branch: predict conflicts pairwise, queue every branch, run the
 /// queue; conflicting entries become resolution tasks that agents work on; re-run the queue
-/// as they complete.
+/// as they complete. Says each thing that happens once (`take_notes`).
 pub(crate) struct MergePhase {
     queue: MergeQueue,
     pub(crate) predicted: Vec<(String, String, Vec<String>)>,
@@ -398,28 +642,51 @@ pub(crate) struct MergePhase {
     pub(crate) merged: BTreeSet<u64>,
     done: bool,
     retried: Vec<u64>,
+    notes: Vec<String>,
 }
 
 impl MergePhase {
     fn start(ws: &Workspace, me: &AgentId, agents: &[(String, &str)]) -> anyhow::Result<Self> {
         let git = git2::Repository::open(ws.root())?;
-        let branches: Vec<String> = agents
-            .iter()
-            .map(|(a, _)| format!("agent/{a}"))
-            .filter(|b| repo::tip(&git, b).ok().flatten().is_some())
-            .collect();
+        let main = repo::tip(&git, "main")?.context("main has no commits")?;
+        // The branches with work on them.
+        let mut branches = Vec::new();
+        for (a, _) in agents {
+            let b = format!("agent/{a}");
+            if let Some(t) = repo::tip(&git, &b)?
+                && t != main
+            {
+                branches.push(b);
+            }
+        }
         let detector = ConflictDetector::open(ws.root())?;
         let prediction = detector.predict(&branches, "main")?;
-        let predicted = prediction
+        let predicted: Vec<(String, String, Vec<String>)> = prediction
             .pairwise
             .iter()
             .chain(&prediction.vs_target)
             .filter(|p| !p.is_clean())
             .map(|p| {
-                let paths = p.conflicts.iter().map(|(path, _)| path.clone()).collect();
+                let paths = p.conflicts.iter().map(|c| c.path.clone()).collect();
                 (p.source.clone(), p.target.clone(), paths)
             })
             .collect();
+        let short = |b: &str| b.strip_prefix("agent/").unwrap_or(b).to_owned();
+        let notes = vec![format!(
+            "merge: {} branches queued; predicted conflicts: {}",
+            branches.len(),
+            if predicted.is_empty() {
+                "none".to_string()
+            } else {
+                predicted
+                    .iter()
+                    .map(|(a, b, paths)| {
+                        format!("{} x {} in {}", short(a), short(b), paths.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        )];
         let queue = MergeQueue::new(MergeCoordinator::new(ws, me.clone())?);
         for b in &branches {
             queue.add(b, "main")?;
@@ -431,23 +698,14 @@ impl MergePhase {
             merged: BTreeSet::new(),
             done: false,
             retried: Vec::new(),
+            notes,
         };
         phase.run_queue()?;
         Ok(phase)
     }
 
-    fn summary(&self) -> String {
-        let pairs: Vec<String> = self
-            .predicted
-            .iter()
-            .map(|(a, b, paths)| format!("{a} x {b}: {}", paths.join(", ")))
-            .collect();
-        format!(
-            "merge: predicted conflicts [{}]; {} merged, {} waiting for resolution",
-            pairs.join("; "),
-            self.merged.len(),
-            self.blocked.len()
-        )
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     fn run_queue(&mut self) -> anyhow::Result<()> {
@@ -455,10 +713,46 @@ impl MergePhase {
         for e in &run.entries {
             match e.status {
                 EntryStatus::Merged => {
-                    self.merged.insert(e.id);
+                    if self.merged.insert(e.id) {
+                        match &e.outcome {
+                            Some(MergeOutcome::FastForward { to, .. }) => self.notes.push(format!(
+                                "merge queue: main fast-forwarded to {} ({})",
+                                e.source,
+                                &to[..8.min(to.len())]
+                            )),
+                            Some(MergeOutcome::Merged { commit, .. }) => {
+                                self.notes.push(format!(
+                                    "merge queue: merged {} into main ({})",
+                                    e.source,
+                                    &commit[..8.min(commit.len())]
+                                ));
+                            }
+                            // Merged by someone else first (an agent's merge task): said there.
+                            _ => {}
+                        }
+                    }
                 }
                 EntryStatus::Blocked => {
-                    self.blocked.insert(e.id);
+                    if self.blocked.insert(e.id) {
+                        let tasks = e.resolution.as_ref().map_or(0, |r| r.conflict_tasks.len());
+                        let who: BTreeSet<String> = e
+                            .resolution
+                            .iter()
+                            .flat_map(|r| &r.conflict_tasks)
+                            .filter_map(|t| t.assigned_to.as_ref().map(|a| a.to_string()))
+                            .collect();
+                        self.notes.push(format!(
+                            "merge queue: {} blocked by {} conflicting file(s): {tasks} \
+                             resolution task(s) for {}",
+                            e.source,
+                            e.conflicted_paths.len(),
+                            if who.is_empty() {
+                                "anyone".to_string()
+                            } else {
+                                who.into_iter().collect::<Vec<_>>().join(", ")
+                            }
+                        ));
+                    }
                 }
                 EntryStatus::Failed => anyhow::bail!(
                     "merging {} failed: {}",
@@ -499,24 +793,39 @@ impl MergePhase {
     }
 }
 
-fn verify(
-    ws: &Workspace,
-    git: &git2::Repository,
-    tasks: &[Task],
-    graph: &Graph,
-    events: &[AgentEvent],
-    merge: Option<&MergePhase>,
-    timed_out: bool,
-) -> anyhow::Result<Vec<Check>> {
+/// What the verdict looks at.
+struct Session<'a> {
+    ws: &'a Workspace,
+    git: &'a git2::Repository,
+    tasks: &'a [Task],
+    graph: &'a Graph,
+    events: &'a [AgentEvent],
+    merge: Option<&'a MergePhase>,
+    stopped: Option<&'a str>,
+    agents: &'a [(String, &'a str)],
+    via: Via,
+}
+
+fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
+    let Session {
+        ws,
+        git,
+        tasks,
+        graph,
+        events,
+        merge,
+        stopped,
+        agents,
+        via,
+    } = *session;
     let mut checks = Vec::new();
     let mut check = |what: String, ok: bool| checks.push(Check { what, ok });
     check(
-        if timed_out {
-            "the session timed out".into()
-        } else {
-            "the session finished in time".into()
+        match stopped {
+            Some(why) => format!("the session finished (stopped: {why})"),
+            None => "the session finished in time, every agent exiting cleanly".into(),
         },
-        !timed_out,
+        stopped.is_none(),
     );
 
     // Every task completed exactly once.
@@ -650,5 +959,71 @@ fn verify(
         ),
         !reports.messages.is_empty() && victims >= 1,
     );
+
+    // Each agent worked in its own worktree and left it clean at its branch's tip.
+    let mut unclean = Vec::new();
+    for (a, _) in agents {
+        let branch = format!("agent/{a}");
+        let wt = repo::Worktree::open(&repo::worktree_path(ws.root(), a), &branch)?;
+        let dirty = wt.dirty()?;
+        if !dirty.is_empty() {
+            unclean.push(format!("{a}: {}", dirty.join(", ")));
+        }
+    }
+    check(
+        format!(
+            "every agent edited files in its own worktree and committed them ({} worktrees \
+             under {}/; left unclean: {unclean:?})",
+            agents.len(),
+            repo::WORKTREES
+        ),
+        unclean.is_empty(),
+    );
+
+    if via == Via::Mcp {
+        // Only MCP and hooks: every agent ended its session through them.
+        let mut total = Stats::default();
+        let mut ended = BTreeSet::new();
+        for e in events.iter().filter(|e| e.event == EventKind::Exiting) {
+            if let Ok(s) = serde_json::from_str::<Stats>(&e.detail)
+                && s.mcp_calls > 0
+                && s.hook_calls > 0
+            {
+                ended.insert(e.agent.as_str());
+                total.mcp_calls += s.mcp_calls;
+                total.hook_calls += s.hook_calls;
+                total.edits_allowed += s.edits_allowed;
+                total.edits_denied += s.edits_denied;
+            }
+        }
+        let missing: Vec<&str> = agents
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .filter(|a| !ended.contains(a))
+            .collect();
+        check(
+            format!(
+                "every agent drove maos only through its own MCP server and Claude Code hooks \
+                 ({} tool calls, {} hook calls; PreToolUse allowed {} edits and denied {}; \
+                 without a session: {missing:?})",
+                total.mcp_calls, total.hook_calls, total.edits_allowed, total.edits_denied
+            ),
+            missing.is_empty() && total.edits_allowed > 0 && total.edits_denied == 0,
+        );
+        let registered: Vec<String> = AgentRegistry::new(ws)
+            .list()?
+            .agents
+            .into_iter()
+            .map(|a| a.id.to_string())
+            .filter(|a| agents.iter().any(|(x, _)| x == a))
+            .collect();
+        check(
+            format!(
+                "SessionEnd released and unregistered every agent (still registered: \
+                 {registered:?})"
+            ),
+            registered.is_empty(),
+        );
+    }
     Ok(checks)
 }

@@ -85,7 +85,16 @@ fn check_all_prints_the_pairwise_matrix() {
     out.assert_code(Exit::Conflicts);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vs_target"].as_array().unwrap().len(), 2);
-    assert_eq!(v["pairwise"][0]["conflicts"][0][0], "shared.txt");
+    // The same conflict objects as `merge check --json`.
+    let c = &v["pairwise"][0]["conflicts"][0];
+    assert_eq!(c["path"], "shared.txt");
+    assert_eq!(c["kind"], "content");
+    assert_eq!(c["regions"][0]["source"]["start"], 2);
+    let single = Maos::new(r.path())
+        .agent("x1")
+        .run(["--json", "merge", "check", "b2", "b1"]);
+    let single: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    assert_eq!(&single["conflicts"][0], c);
     let out = Maos::new(r.path())
         .agent("x1")
         .run(["merge", "check", "--all"]);

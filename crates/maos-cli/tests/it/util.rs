@@ -33,7 +33,7 @@ impl Maos {
     pub(crate) fn new(workspace: impl AsRef<Path>) -> Self {
         let m = Self::uninitialised(workspace);
         if let Some(ws) = &m.workspace
-            && !ws.join(".maos").exists()
+            && !ws.join(".maos/format").exists()
         {
             m.run(["init"]).ok();
         }
