@@ -165,7 +165,7 @@ pub fn command() -> clap::Command {
 pub fn main() -> ExitCode {
     // `merge check SOURCE [TARGET]` skips building the clap tree (merge::FastCheck).
     if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
-        init_tracing(0, 0);
+        init_tracing(0, 0, false);
         let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
             .and_then(|ctx| fast.run(&ctx));
         return finish(result);

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use maos_core::{
-    AgentId, AgentRecord, AgentRegistry, Anchor, AnchorKind, Name, ProcessIdentity, Registration,
-    SessionRecord, TaskId, Workspace, escape_controls, fsx, human_ms, now_ms,
+    AgentId, AgentRecord, AgentRegistry, AgentRole, Anchor, AnchorKind, Name, ProcessIdentity,
+    Registration, SessionRecord, TaskId, Workspace, escape_controls, fsx, human_ms, now_ms,
 };
 use maos_lock::{LockInfo, LockTable};
 use maos_track::{Task, TaskTracker};
@@ -118,11 +118,13 @@ pub struct Started {
 }
 
 /// Starts (or resumes) client session `session` for the agent `name`: registers the agent
-/// anchored on `anchor` (the client process; its end ends the session) and binds the session.
+/// anchored on `anchor` (the client process; its end ends the session), with `role` (else the
+/// role it had), and binds the session.
 pub fn start(
     ws: &Workspace,
     session: &str,
     name: AgentName,
+    role: Option<AgentRole>,
     cwd: &Path,
     anchor: Option<ProcessIdentity>,
 ) -> Result<Started> {
@@ -130,11 +132,11 @@ pub fn start(
     let resumed = reg.session(session)?.is_some();
     let old = reg.get(&name.agent)?;
     let mut r = Registration::new(name.agent.clone());
+    if let Some(role) = role.or_else(|| old.as_ref().and_then(|o| o.role.clone())) {
+        r = r.role(role);
+    }
     if let Some(old) = &old {
-        // Keep what the agent said of itself (role, branch, worktree).
-        if let Some(role) = old.role.clone() {
-            r = r.role(role);
-        }
+        // Keep what the agent said of itself (branch, worktree).
         r.branch = old.branch.clone();
         r.worktree = old.worktree.clone();
     }
@@ -231,10 +233,20 @@ pub fn end(ws: &Workspace, session: &str) -> Result<Ended> {
         return Ok(Ended::default());
     };
     let agent = bound.agent;
+    // Another client session of the agent goes on when an anchor of another bound session
+    // (`sessions/<id>.json` naming this agent) still runs. An MCP server's anchor is not a
+    // client session: it serves this session and ends with it.
     let others_run = reg.get(&agent)?.is_some_and(|r| {
         r.anchor_list().iter().any(|a| {
             a.kind == AnchorKind::Session
-                && a.session.as_deref() != Some(session)
+                && a.session.as_deref().is_some_and(|s| {
+                    s != session
+                        && reg
+                            .session(s)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|b| b.agent == agent)
+                })
                 && a.process.state() == maos_core::process::ProcessState::Running
         })
     });
@@ -260,4 +272,53 @@ pub fn end(ws: &Workspace, session: &str) -> Result<Ended> {
     }
     tracing::info!(agent = %agent, session, "session ended");
     Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NamedFrom;
+
+    fn sleeper() -> (std::process::Child, ProcessIdentity) {
+        let c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = ProcessIdentity::of(c.id()).unwrap();
+        (c, p)
+    }
+
+    #[test]
+    fn a_session_end_releases_unless_another_client_session_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        let name = AgentName {
+            agent: AgentId::new("a").unwrap(),
+            named_from: NamedFrom::Env,
+        };
+        let (mut client, cp) = sleeper();
+        start(&ws, "s1", name.clone(), None, dir.path(), Some(cp.clone())).unwrap();
+        // An MCP server of the same session registers itself as an anchor: it does not count
+        // as another session.
+        let (mut mcp, mp) = sleeper();
+        AgentRegistry::new(&ws)
+            .register(
+                Registration::new(name.agent.clone())
+                    .anchor(Anchor::session(mp).in_session("mcp-1")),
+            )
+            .unwrap();
+        let ended = end(&ws, "s1").unwrap();
+        assert!(ended.unregistered, "{ended:?}");
+        // Two client sessions of one agent: ending one keeps the agent.
+        start(&ws, "s1", name.clone(), None, dir.path(), Some(cp)).unwrap();
+        let (mut other, op) = sleeper();
+        start(&ws, "s2", name.clone(), None, dir.path(), Some(op)).unwrap();
+        let ended = end(&ws, "s1").unwrap();
+        assert!(!ended.unregistered, "{ended:?}");
+        assert!(AgentRegistry::new(&ws).get(&name.agent).unwrap().is_some());
+        for c in [&mut client, &mut mcp, &mut other] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
 }

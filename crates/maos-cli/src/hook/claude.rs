@@ -201,7 +201,14 @@ fn start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> 
     };
     let cwd = input.cwd.clone().unwrap_or_else(|| ctx.root.clone());
     // The hook runs as `claude -> sh -> maos`: the anchor is the Claude Code process.
-    let started = session::start(ws, sid, name, &cwd, ProcessIdentity::anchor())?;
+    let role = match std::env::var(super::ROLE_ENV) {
+        Ok(r) if !r.is_empty() => Some(
+            maos_coordination::AgentRole::new(r)
+                .with_context(|| format!("{} in the environment", super::ROLE_ENV))?,
+        ),
+        _ => None,
+    };
+    let started = session::start(ws, sid, name, role, &cwd, ProcessIdentity::anchor())?;
     Ok(started.name)
 }
 

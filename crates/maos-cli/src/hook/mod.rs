@@ -7,6 +7,9 @@ mod install;
 
 use clap::Subcommand;
 
+/// The role an agent takes when a hook or an MCP server registers it.
+pub(crate) const ROLE_ENV: &str = "MAOS_AGENT_ROLE";
+
 use crate::ctx::Ctx;
 use crate::exit::Exit;
 

@@ -12,6 +12,10 @@ tool_group! {
     "whoami" => whoami(Empty):
         "Who you are to maos (your agent name and how it was chosen), what you hold (locks) and \
          claim (tasks). Call it first.",
+    "register" => register(Register):
+        "Say who you are to the other agents: your role (messages addressed to that role reach \
+         you, e.g. `backend`), the git branch you work on and your worktree (used to predict \
+         merge conflicts and attribute changes). Only the fields you give change.",
     "agents_list" => list(Empty):
         "List the agents working in this repository: alive or not, role, branch, worktree, how \
          many locks and tasks each holds.",
@@ -37,6 +41,63 @@ async fn whoami(s: &Server, _: Empty) -> ToolResult {
         &json!({ "agent": me.agent, "named_from": me.named_from, "locks": held.locks, "tasks": held.tasks }),
         text,
     )
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Register {
+    /// Your role (letters, digits, `._-`).
+    #[serde(default)]
+    role: Option<String>,
+    /// The git branch you work on.
+    #[serde(default)]
+    branch: Option<String>,
+    /// Your git worktree (absolute path).
+    #[serde(default)]
+    worktree: Option<String>,
+}
+
+async fn register(s: &Server, a: Register) -> ToolResult {
+    let me = s.agent()?;
+    let role = a
+        .role
+        .map(maos_coordination::AgentRole::new)
+        .transpose()
+        .map_err(|e| super::ToolError::usage(format!("role: {e}")))?;
+    let worktree = a.worktree.map(std::path::PathBuf::from);
+    if let Some(w) = &worktree
+        && !w.is_dir()
+    {
+        return Err(super::ToolError::usage(format!(
+            "worktree {}: not a directory",
+            w.display()
+        )));
+    }
+    let rec = s
+        .blocking(move |s| {
+            let reg = AgentRegistry::new(s.ws());
+            let old = reg.get(&me)?;
+            let mut r = maos_coordination::Registration::new(me.clone()).anchor(
+                maos_coordination::core::Anchor::session(
+                    maos_coordination::core::ProcessIdentity::current(),
+                )
+                .in_session(format!("mcp-{}", std::process::id())),
+            );
+            r.role = role.or_else(|| old.as_ref().and_then(|o| o.role.clone()));
+            r.branch = a
+                .branch
+                .or_else(|| old.as_ref().and_then(|o| o.branch.clone()));
+            r.worktree = worktree.or_else(|| old.as_ref().and_then(|o| o.worktree.clone()));
+            Ok(reg.register(r)?)
+        })
+        .await?;
+    let text = format!(
+        "{} registered (role {}, branch {})",
+        rec.id,
+        rec.role.as_ref().map_or("-", |r| r.as_str()),
+        rec.branch.as_deref().unwrap_or("-")
+    );
+    Reply::new(&rec, text)
 }
 
 async fn list(s: &Server, _: Empty) -> ToolResult {

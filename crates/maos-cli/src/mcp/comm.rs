@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Reply, Server, ToolError, ToolResult};
+use super::{PendingAck, Reply, Server, ToolError, ToolResult};
 
 tool_group! {
     "send" => send(Send):
@@ -21,9 +21,10 @@ tool_group! {
          (agents) or nothing (everyone on the channel). `data` is any JSON value. Returns once \
          the message is on disk, with its position.",
     "receive" => receive(Receive):
-        "Receive the new messages addressed to you on a channel (each message once: what is \
-         returned is acknowledged). With `wait_seconds`, waits up to that long for the first \
-         one when there is none yet.",
+        "Receive the new messages addressed to you on a channel. Each message is returned once: \
+         a call acknowledges what the previous call on that channel returned (so a lost answer \
+         is given again). With `wait_seconds`, waits up to that long for the first one when \
+         there is none yet.",
     "broadcast" => broadcast(Broadcast):
         "Publish a message on a topic (e.g. `build/linux`, `api/changed`) for every agent \
          subscribed to a pattern matching it.",
@@ -49,6 +50,12 @@ struct Send {
     /// Address these agents.
     #[serde(default)]
     group: Option<Vec<String>>,
+    /// The id of the message this one answers.
+    #[serde(default)]
+    reply_to: Option<String>,
+    /// An id grouping the messages of one conversation (e.g. the id of its first message).
+    #[serde(default)]
+    correlation_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -112,7 +119,17 @@ async fn send(s: &Server, a: Send) -> ToolResult {
         _ => return Err(ToolError::usage("give at most one of to, role, group")),
     };
     let ch = channel(s, &a.channel)?;
-    let msg = Message::new(me, recipients, a.data);
+    let id = |what: &str, v: &str| {
+        v.parse::<maos_coordination::MessageId>()
+            .map_err(|e| ToolError::usage(format!("{what}: {e}")))
+    };
+    let mut msg = Message::new(me, recipients, a.data);
+    if let Some(r) = &a.reply_to {
+        msg.metadata.reply_to = Some(id("reply_to", r)?);
+    }
+    if let Some(c) = &a.correlation_id {
+        msg.metadata.correlation_id = Some(id("correlation_id", c)?);
+    }
     let receipt = s.blocking(move |_| Ok(ch.send_blocking(&msg)?)).await?;
     Reply::new(
         &json!({ "channel": a.channel, "position": receipt.position, "id": receipt.id }),
@@ -125,17 +142,22 @@ async fn receive(s: &Server, a: Receive) -> ToolResult {
     let timeout = wait(a.wait_seconds)?;
     let ch = channel(s, &a.channel)?;
     let ws = s.ws().clone();
-    let (messages, problems) = s
+    let source = format!("channel:{}", a.channel);
+    // What the previous call returned is acknowledged now: the client had its answer.
+    let previous = s.take_pending(&source);
+    let (messages, problems, cursor) = s
         .blocking(move |_| {
             let filter = Filter::for_agent(&ws, me.clone())?;
             let consumer_name = Name::new(format!("mcp-{me}"))
                 .map_err(|e| ToolError::usage(format!("consumer name: {e}")))?;
             let mut consumer = ch.consumer(consumer_name, filter.clone())?;
+            if let Some(PendingAck::Channel(c)) = previous {
+                consumer.ack(c)?;
+            }
             let mut batch = consumer.receive_blocking::<Value>()?;
             if batch.messages.is_empty() && !timeout.is_zero() {
                 batch = ch.wait_blocking::<Value>(&consumer.cursor(), &filter, timeout)?;
             }
-            consumer.ack(batch.cursor)?;
             let problems: Vec<String> = batch
                 .problems
                 .iter()
@@ -147,9 +169,10 @@ async fn receive(s: &Server, a: Receive) -> ToolResult {
                 .into_iter()
                 .map(|d| json!({ "position": d.position, "message": d.message }))
                 .collect();
-            Ok((messages, problems))
+            Ok((messages, problems, batch.cursor))
         })
         .await?;
+    s.set_pending(&source, PendingAck::Channel(cursor));
     let text = format!("{} new message(s) on {}", messages.len(), a.channel);
     Reply::new(&json!({ "messages": messages, "problems": problems }), text)
 }
@@ -185,7 +208,12 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
     let consumer = Name::new(format!("mcp-{me}-{key:016x}"))
         .map_err(|e| ToolError::usage(format!("subscription name: {e}")))?;
     let patterns: Vec<&str> = a.patterns.iter().map(String::as_str).collect();
+    let source = format!("topics:{consumer}");
     let mut sub = Subscription::durable(s.ws(), &patterns, consumer)?;
+    // What the previous call returned is acknowledged now: the client had its answer.
+    if let Some(PendingAck::Feed(p)) = s.take_pending(&source) {
+        sub.ack_through(p)?;
+    }
     let mut found = sub.poll_blocking::<Value>()?;
     if found.is_empty() && !timeout.is_zero() {
         if let Some(m) = sub.next_timeout::<Value>(timeout).await? {
@@ -194,7 +222,7 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
         found.extend(sub.poll_blocking::<Value>()?);
     }
     if let Some(last) = found.last() {
-        sub.ack_through(last.feed_position)?;
+        s.set_pending(&source, PendingAck::Feed(last.feed_position));
     }
     let messages: Vec<Value> = found
         .iter()

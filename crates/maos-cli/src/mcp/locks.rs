@@ -135,7 +135,38 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
         .ttl(ttl)
         .wait(wait)
         .heartbeat(true);
-    let guard = lock.acquire(&a.purpose).await?;
+    // No wait: one look, without joining the queue (a queued instant could be taken for a
+    // deadlock).
+    let guard = if wait.is_zero() {
+        let l = lock.clone();
+        let purpose = a.purpose.clone();
+        let got = s.blocking(move |_| Ok(l.try_acquire(&purpose)?)).await?;
+        match got {
+            Some(g) => g,
+            None => {
+                let ws = s.ws().clone();
+                let r = res.clone();
+                let holders = s
+                    .blocking(move |_| Ok(LockTable::open(&ws)?.conflicting(&r, mode(a.shared))?))
+                    .await?;
+                let who = holders
+                    .first()
+                    .map(|h| {
+                        format!(
+                            "held by agent {} (purpose \"{}\", token {})",
+                            h.owner, h.purpose, h.token
+                        )
+                    })
+                    .unwrap_or_else(|| "busy".into());
+                return Err(ToolError::new(
+                    crate::exit::Exit::Busy,
+                    format!("{res} is {who}; wait for it with wait_seconds, or message the holder"),
+                ));
+            }
+        }
+    } else {
+        lock.acquire(&a.purpose).await?
+    };
     let info = guard.info().clone();
     s.locks().insert(res.as_str().to_owned(), guard);
     Reply::new(

@@ -226,6 +226,19 @@ struct Inner {
     me: OnceLock<AgentName>,
     /// Locks held by this process for the agent, by resource.
     locks: Mutex<HashMap<String, LockGuard>>,
+    /// What the last `receive` / `read_topics` of each source returned, acknowledged when the
+    /// next call comes (the client had the answer then): a call whose answer is lost
+    /// (cancelled, timed out, the server killed) gives the same messages again.
+    pending: Mutex<HashMap<String, PendingAck>>,
+}
+
+/// An acknowledgement held back until the next call on the same source.
+#[derive(Debug, Clone)]
+pub(crate) enum PendingAck {
+    /// A channel consumer's cursor.
+    Channel(maos_coordination::Cursor),
+    /// A durable subscription's feed position.
+    Feed(u64),
 }
 
 impl Server {
@@ -240,6 +253,7 @@ impl Server {
                 cwd: std::env::current_dir().unwrap_or_else(|_| ctx.root.clone()),
                 me: OnceLock::new(),
                 locks: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -265,13 +279,17 @@ impl Server {
             // Keep role, branch, worktree; add this server as an anchor.
             Some(old) => {
                 let mut r = Registration::new(name.agent.clone()).anchor(anchor);
-                r.role = old.role;
+                r.role = role_from_env()?.or(old.role);
                 r.branch = old.branch;
                 r.worktree = old.worktree;
                 reg.register(r)?;
             }
             None => {
-                reg.register(Registration::new(name.agent.clone()).anchor(anchor))?;
+                let mut r = Registration::new(name.agent.clone()).anchor(anchor);
+                if let Some(role) = role_from_env()? {
+                    r = r.role(role);
+                }
+                reg.register(r)?;
             }
         }
         tracing::info!(agent = %name.agent, "MCP server acting for agent");
@@ -283,14 +301,25 @@ impl Server {
         if inner.explicit_agent.is_none()
             && let Some(client) = ProcessIdentity::anchor()
         {
+            // The agent its client's hooks registered: anchored on the same client process.
+            // Several sessions can share one client process: then the one whose worktree holds
+            // this server's directory, and no guess when that does not decide.
             let list = AgentRegistry::new(&inner.ws).list()?;
-            if let Some(rec) = list
+            let mut candidates: Vec<_> = list
                 .agents
                 .into_iter()
-                .find(|a| a.anchor_list().iter().any(|x| x.process == client))
-            {
+                .filter(|a| a.anchor_list().iter().any(|x| x.process == client))
+                .collect();
+            if candidates.len() > 1 {
+                candidates.retain(|a| {
+                    a.worktree
+                        .as_deref()
+                        .is_some_and(|w| inner.cwd.starts_with(w))
+                });
+            }
+            if let [only] = &candidates[..] {
                 return Ok(AgentName {
-                    agent: rec.id,
+                    agent: only.id.clone(),
                     named_from: NamedFrom::Session,
                 });
             }
@@ -309,6 +338,24 @@ impl Server {
 
     pub(crate) fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, LockGuard>> {
         self.inner.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the acknowledgement held back for `source`, if any.
+    pub(crate) fn take_pending(&self, source: &str) -> Option<PendingAck> {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(source)
+    }
+
+    /// Holds back the acknowledgement of what is being returned for `source`.
+    pub(crate) fn set_pending(&self, source: &str, ack: PendingAck) {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(source.to_owned(), ack);
     }
 
     /// Releases what this server holds (the session is over).
@@ -351,6 +398,18 @@ impl Server {
         Err(ToolError::usage(format!(
             "unknown tool {name:?}; tools/list names them all"
         )))
+    }
+}
+
+/// `MAOS_AGENT_ROLE`: the role an agent registered by this server (or a hook) takes.
+pub(crate) fn role_from_env() -> Result<Option<maos_coordination::AgentRole>, ToolError> {
+    match std::env::var(crate::hook::ROLE_ENV) {
+        Ok(r) if !r.is_empty() => {
+            Ok(Some(maos_coordination::AgentRole::new(r).map_err(|e| {
+                ToolError::usage(format!("{}: {e}", crate::hook::ROLE_ENV))
+            })?))
+        }
+        _ => Ok(None),
     }
 }
 

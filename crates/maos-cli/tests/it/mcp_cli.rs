@@ -118,6 +118,14 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
     // Agents.
     let me = calls.ok(&a, "whoami", json!({})).await;
     assert_eq!(me["agent"], "alpha");
+    let reg = calls
+        .ok(
+            &b,
+            "register",
+            json!({ "role": "dev", "branch": "agent/beta" }),
+        )
+        .await;
+    assert_eq!(reg["role"], "dev");
     let agents = calls.ok(&b, "agents_list", json!({})).await;
     assert_eq!(agents["agents"].as_array().unwrap().len(), 2, "{agents}");
 
