@@ -10,6 +10,7 @@ mod core;
 mod dashboard;
 mod lock;
 mod merge;
+mod postgres;
 mod soak;
 mod table;
 mod track;
@@ -35,6 +36,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().is_some_and(|a| a == "--soak") {
         return soak::main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--claim-child") {
+        return postgres::child(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "--comm-child") {
         return comm::child(&args[1..]);
@@ -68,6 +72,9 @@ fn main() -> anyhow::Result<()> {
     }
     if selected("dashboard") {
         dashboard::run(&mut table)?;
+    }
+    if selected("postgres") {
+        postgres::run(&mut table)?;
     }
     let md = table.markdown();
     println!("{md}");

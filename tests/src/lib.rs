@@ -2,6 +2,7 @@
 
 pub mod chromium;
 pub mod merge_fixtures;
+pub mod pg;
 
 use std::path::Path;
 use std::process::{Command, Output};

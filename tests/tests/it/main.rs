@@ -18,6 +18,8 @@ mod merge_kinds;
 mod merge_review_queue;
 mod merge_review_snapshot;
 mod merge_review_touch;
+mod pg_faults;
+mod pg_netns;
 mod tidy;
 mod track_dag;
 mod track_dead_agent;

@@ -82,6 +82,31 @@ fn the_cli_depends_on_the_facade_only() {
     assert_eq!(deps, ["maos-coordination"], "maos-cli's maos dependencies");
 }
 
+/// The PostgreSQL backend implements the mechanisms' storage: it may depend on them, none of
+/// them (nor the session layer) may depend on it; only the facade (and tests, benchmarks)
+/// name it, and it names no crate above the mechanisms.
+#[test]
+fn the_postgres_backend_is_plugged_in_never_depended_on() {
+    for c in crates() {
+        let name = c.file_name().unwrap().to_string_lossy().into_owned();
+        let deps = maos_dependencies(&c.join("Cargo.toml"));
+        if name != "maos-coordination" {
+            assert!(
+                !deps.iter().any(|d| d == "maos-postgres"),
+                "{name} must not depend on maos-postgres (the backend is chosen by whoever opens the workspace)"
+            );
+        }
+        if name == "maos-postgres" {
+            for above in ["maos-session", "maos-coordination", "maos-cli"] {
+                assert!(
+                    !deps.iter().any(|d| d == above),
+                    "maos-postgres must not depend on {above}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_dashboard_sits_above_every_feature_crate() {
     // maos-dashboard reads every store and serves a web page: only the facade (and through it
