@@ -8,6 +8,8 @@
 //!   overlapping lock, or when the file changed since the session last read it; optionally
 //!   takes an exclusive lease on the first edit (auto-lock).
 //! - [`start`], [`briefing`], [`Holdings`], [`end`]: a client session's life.
+//! - [`Mail`]: new messages for the agent, put into its context once (at least once: they
+//!   are acknowledged only after the answer carrying them was written).
 //!
 //! # Example
 //! ```
@@ -46,9 +48,11 @@
 mod edit;
 mod error;
 mod identity;
+mod mail;
 mod session;
 
 pub use edit::{EditDecision, EditGuard};
 pub use error::{Error, Result};
 pub use identity::{AgentName, GitPlace, NamedFrom, name_agent, resource_for};
+pub use mail::{MAIL_BATCH, Mail};
 pub use session::{Ended, Holdings, Started, agent_of_session, briefing, end, start};
