@@ -63,8 +63,6 @@
 //! - A consumer name is meant for one reader at a time; an inbox orders items from different
 //!   channels by their senders' clocks.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod broadcast;
 mod channel;
 mod doctor;

@@ -43,8 +43,6 @@
 //! - Naming from a worktree reads git's own files (`.git`, `HEAD`); exotic layouts (a
 //!   `GIT_DIR` elsewhere) fall back to the session id.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod edit;
 mod error;
 mod identity;
