@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use maos_coordination::comm::Error as CommError;
 use maos_coordination::comm::{
     BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap,
     GapCause, Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
@@ -426,7 +427,17 @@ fn role_hint(ws: &Workspace, agent: &AgentId, channel: &str, skipped: usize) {
 fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let name = channel_name(&a.channel)?;
     let ws = ctx.workspace()?;
-    let ch = FileChannel::open_existing(&ws, name)?;
+    let ch = match FileChannel::open_existing(&ws, name.clone()) {
+        // A follower may start before the channel's first message: it waits for it.
+        Err(CommError::NoSuchChannel { .. }) if a.stream.follow => {
+            eprintln!(
+                "maos: note: channel {name} has no messages yet; waiting for the first \
+                 (`maos channels` lists the existing ones)"
+            );
+            FileChannel::open(&ws, name)?
+        }
+        other => other?,
+    };
     let filter = if a.everything {
         Filter::Everything
     } else {

@@ -1,0 +1,277 @@
+//! Every shell recipe in README.md and docs/cli.md runs as written (issue 13): the ```sh blocks
+//! are extracted and run with bash, in order, in one fresh repository with the `maos` under
+//! test first on PATH, as a user following the document would. Exported variables carry from
+//! one block to the next, as in one terminal.
+//!
+//! A block must exit 0 unless the line right before its fence says otherwise:
+//! - `<!-- snippet: exit N -->`: it must exit N;
+//! - `<!-- snippet: runs until stopped -->`: a follower; it must still be running after a
+//!   moment (not failed), and is then stopped;
+//! - `<!-- snippet: not run: REASON -->`: not run (it installs, builds or starts an agent).
+//!
+//! The commands a recipe stands for (`do_the_work`, `handle`, `edit-schema`,
+//! `./regenerate-routes.sh`, the build in a `lock run`) are the user's own; they are provided
+//! as small stand-ins that succeed (or, for `handle`, record what they were given).
+
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use maos_tests::git;
+
+use crate::util::{Maos, Run, bin};
+
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Exit(i32),
+    RunsUntilStopped,
+    NotRun,
+}
+
+#[derive(Debug)]
+struct Snippet {
+    file: &'static str,
+    line: usize,
+    code: String,
+    expect: Expect,
+}
+
+/// The ```sh blocks of `doc` (a path under the workspace root).
+fn snippets(file: &'static str) -> Vec<Snippet> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join(file)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let fence = lines[i].trim();
+        if fence.starts_with("```") && ["sh", "bash", "shell", "console"].contains(&&fence[3..]) {
+            let start = i;
+            let mut j = i + 1;
+            while lines.get(j).is_some_and(|l| l.trim() != "```") {
+                j += 1;
+            }
+            assert!(
+                j < lines.len(),
+                "{file}:{}: an unclosed code block",
+                start + 1
+            );
+            let before = if start > 0 {
+                lines[start - 1].trim()
+            } else {
+                ""
+            };
+            let expect = annotation(file, start, before);
+            out.push(Snippet {
+                file,
+                line: start + 1,
+                code: lines[start + 1..j].join("\n"),
+                expect,
+            });
+            i = j;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn annotation(file: &str, fence: usize, before: &str) -> Expect {
+    let Some(note) = before
+        .strip_prefix("<!-- snippet:")
+        .and_then(|s| s.strip_suffix("-->"))
+        .map(str::trim)
+    else {
+        return Expect::Exit(0);
+    };
+    if let Some(n) = note.strip_prefix("exit ") {
+        return Expect::Exit(n.parse().unwrap_or_else(|_| {
+            panic!("{file}:{fence}: `snippet: exit N` needs a number: {note}")
+        }));
+    }
+    if note == "runs until stopped" {
+        return Expect::RunsUntilStopped;
+    }
+    if let Some(reason) = note.strip_prefix("not run:") {
+        assert!(
+            !reason.trim().is_empty(),
+            "{file}:{fence}: `snippet: not run:` needs a reason"
+        );
+        return Expect::NotRun;
+    }
+    panic!("{file}:{fence}: unknown snippet annotation {note:?}");
+}
+
+/// What the recipes' placeholders stand for: small commands that succeed.
+const STAND_INS: &[(&str, &str)] = &[
+    ("do_the_work", "#!/bin/sh\necho \"working on $1\"\n"),
+    (
+        "handle",
+        "#!/bin/sh\nprintf '%s\\n' \"$1\" >> \"$SNIPPETS_STATE/handled\"\n",
+    ),
+    (
+        "edit-schema",
+        "#!/bin/sh\necho 'ALTER TABLE users' >> db/schema.sql\n",
+    ),
+    ("cargo", "#!/bin/sh\necho \"building ($*)\"\n"),
+];
+
+struct Session {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    state: PathBuf,
+    path: String,
+}
+
+/// A fresh repository with maos initialised, two agent branches that merge cleanly, and the
+/// stand-ins on PATH after the `maos` under test.
+fn session() -> Session {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let state = dir.path().join("state");
+    let stand_ins = dir.path().join("bin");
+    for d in [&repo, &state, &stand_ins] {
+        std::fs::create_dir(d).unwrap();
+    }
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(repo.join("src/api")).unwrap();
+    std::fs::create_dir_all(repo.join("db")).unwrap();
+    std::fs::write(repo.join("src/api/user.rs"), "fn user() {}\n").unwrap();
+    std::fs::write(repo.join("db/schema.sql"), "CREATE TABLE users;\n").unwrap();
+    std::fs::write(
+        repo.join("regenerate-routes.sh"),
+        "#!/bin/sh\necho routes regenerated\n",
+    )
+    .unwrap();
+    chmod_x(&repo.join("regenerate-routes.sh"));
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "init"]);
+    for (branch, file) in [("agent/frontend-1", "ui.rs"), ("agent/backend-1", "api.rs")] {
+        git(&repo, &["checkout", "-q", "-b", branch, "main"]);
+        std::fs::write(repo.join("src").join(file), "fn f() {}\n").unwrap();
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-qm", &format!("{branch}: {file}")]);
+    }
+    git(&repo, &["checkout", "-q", "main"]);
+    for (name, body) in STAND_INS {
+        let p = stand_ins.join(name);
+        std::fs::write(&p, body).unwrap();
+        chmod_x(&p);
+    }
+    let out = Run::of(Maos::new(&repo).agent("lead").cmd().arg("init"));
+    out.ok();
+    let maos_dir = bin().parent().unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        maos_dir.display(),
+        stand_ins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Session {
+        _dir: dir,
+        repo,
+        state,
+        path,
+    }
+}
+
+fn chmod_x(p: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Session {
+    /// Runs one block; the exported environment is kept for the next.
+    fn run(&self, s: &Snippet) {
+        let env = self.state.join("env");
+        let script = format!(
+            "[ -f '{env}' ] && . '{env}'\n\
+             trap 'export -p > \"{env}\"' EXIT\n\
+             set -e -o pipefail\n\
+             {}\n",
+            s.code,
+            env = env.display(),
+        );
+        let mut cmd = Command::new("bash");
+        cmd.args(["--noprofile", "--norc", "-c", &script])
+            .current_dir(&self.repo)
+            .env_clear()
+            .env("PATH", &self.path)
+            .env("HOME", self.state.join("home"))
+            .env("LANG", "C.UTF-8")
+            .env("SNIPPETS_STATE", &self.state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let started = Instant::now();
+        let limit = match s.expect {
+            Expect::RunsUntilStopped => Duration::from_secs(3),
+            _ => Duration::from_secs(120),
+        };
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if started.elapsed() > limit {
+                break None;
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        };
+        if status.is_none() {
+            // Stop the whole block (bash and what it started).
+            let _ = Command::new("pkill")
+                .args(["-TERM", "-P", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let report = || {
+            format!(
+                "{}:{} ({:?})\n--- block\n{}\n--- stdout\n{}\n--- stderr\n{}",
+                s.file,
+                s.line,
+                s.expect,
+                s.code,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        match (&s.expect, status) {
+            (Expect::RunsUntilStopped, None) => {}
+            (Expect::RunsUntilStopped, Some(st)) => {
+                panic!("ended ({st}) instead of following: {}", report())
+            }
+            (Expect::Exit(want), Some(st)) => {
+                assert_eq!(st.code(), Some(*want), "{}", report());
+            }
+            (Expect::Exit(_), None) => panic!("still running after {limit:?}: {}", report()),
+            (Expect::NotRun, _) => unreachable!("not-run blocks are filtered out"),
+        }
+    }
+}
+
+/// Runs every block of `file` in one fresh session; returns how many ran.
+fn run_file(file: &'static str) -> (usize, usize) {
+    let all = snippets(file);
+    let s = session();
+    let mut ran = 0;
+    for sn in all.iter().filter(|s| s.expect != Expect::NotRun) {
+        s.run(sn);
+        ran += 1;
+    }
+    (ran, all.len())
+}
+
+#[test]
+fn every_readme_recipe_runs_as_written() {
+    let (ran, all) = run_file("README.md");
+    assert!(ran >= 6, "{ran} of {all} README blocks ran");
+}
+
+#[test]
+fn every_cli_reference_recipe_runs_as_written() {
+    let (ran, all) = run_file("docs/cli.md");
+    assert!(ran >= 3, "{ran} of {all} docs/cli.md blocks ran");
+}
