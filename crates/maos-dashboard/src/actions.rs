@@ -106,9 +106,12 @@ pub fn reset_task(
             ),
         });
     }
+    // An operator's explicit action: it may move a task assigned to another agent (the
+    // record says it was forced).
     let u = Update::status(TaskStatus::Pending)
         .note(format!("reset from the dashboard by {actor}"))
-        .expect_revision(task.revision);
+        .expect_revision(task.revision)
+        .force();
     let t = tracker.update_blocking(&id, &u)?;
     record(
         ws,
