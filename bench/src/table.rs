@@ -71,11 +71,17 @@ impl Table {
     pub(crate) fn write_docs(&self, md: &str) -> anyhow::Result<()> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let machine = machine_description();
-        let doc = format!(
+        let path = root.join("docs/benchmarks.md");
+        let mut doc = format!(
             "# Benchmarks\n\nThe latest table from `cargo xtask bench --write-docs`, every figure measured \
              beside its baseline in the same run.\n\nMachine: {machine}\n\n{md}"
         );
-        std::fs::write(root.join("docs/benchmarks.md"), doc)?;
+        // The swarm section is `cargo xtask soak --write-docs`'s: keep it.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(swarm) = crate::soak::kept_section(&old) {
+            doc = crate::soak::splice_section(&doc, &format!("{swarm}\n"))?;
+        }
+        std::fs::write(&path, doc)?;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use maos_coordination::merge::ConflictDetector;
 use maos_coordination::track::{Options, Update};
 use maos_coordination::{
     AgentId, AgentRegistry, ChannelName, FileChannel, FileLock, Message, Recipients, Registration,
-    ResourceName, TaskStatus, TaskTracker, Workspace,
+    ResourceName, TaskId, TaskStatus, TaskTracker, Workspace,
 };
 use serde_json::json;
 
@@ -40,6 +40,15 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
     let mut seq = 0u64;
     let mut round = 0u64;
     let journal = setup.journal(id, inc)?;
+    // Take over what an earlier incarnation of this agent claimed and left unfinished (it
+    // was killed): the claim is the agent's, not the process's. Listed from the tracker, so
+    // a claim made just before a kill and never journaled is found too.
+    for task in tracker.active_blocking()? {
+        if task.assigned_to.as_ref() == Some(&me) {
+            journal.line(&format!("resume {}", task.id))?;
+            complete(&tracker, &setup, &journal, id, inc, &task.id, &mut samples)?;
+        }
+    }
     let time = |samples: &mut BTreeMap<&'static str, Vec<u64>>, op: &'static str, t: Instant| {
         samples
             .entry(op)
@@ -122,22 +131,40 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
                 other.map(|t| (t.status, t.assigned_to))
             ))?,
         }
-        let t = Instant::now();
-        match tracker.update_blocking(&task.id, &Update::status(TaskStatus::Completed)) {
-            Ok(_) => {}
-            Err(e) => {
-                setup.violation(&format!(
-                    "{id}/{inc}: completing task {} it claimed failed while alive: {e}",
-                    task.id
-                ))?;
-            }
-        }
-        time(&mut samples, "complete", t);
-        journal.line(&format!("done {}", task.id))?;
+        complete(&tracker, &setup, &journal, id, inc, &task.id, &mut samples)?;
     }
     let summary: BTreeMap<&str, Samples> =
         samples.into_iter().map(|(k, v)| (k, Samples(v))).collect();
     setup.results(id, inc, &summary)?;
+    Ok(())
+}
+
+/// Completes `task`, journaling `completing` before the tracker's write and `done` after it:
+/// a kill between the two leaves a completed task whose `done` line is missing, and the
+/// `completing` line tells the checker so.
+fn complete(
+    tracker: &TaskTracker,
+    setup: &Setup,
+    journal: &Journal,
+    id: &str,
+    inc: u32,
+    task: &TaskId,
+    samples: &mut BTreeMap<&'static str, Vec<u64>>,
+) -> anyhow::Result<()> {
+    journal.line(&format!("completing {task}"))?;
+    let t = Instant::now();
+    match tracker.update_blocking(task, &Update::status(TaskStatus::Completed)) {
+        Ok(_) => {
+            samples
+                .entry("complete")
+                .or_default()
+                .push(t.elapsed().as_micros() as u64);
+            journal.line(&format!("done {task}"))?;
+        }
+        Err(e) => setup.violation(&format!(
+            "{id}/{inc}: completing task {task} it claimed failed while alive: {e}"
+        ))?,
+    }
     Ok(())
 }
 

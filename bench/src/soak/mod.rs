@@ -6,6 +6,7 @@
 //! latency per operation; exits non-zero on any violation.
 
 pub(crate) mod agent;
+mod check;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use maos_coordination::core::{ProcessIdentity, ProcessState, now_ms};
 use maos_coordination::{
-    ChannelName, FileChannel, Filter, LockTable, Task, TaskStatus, TaskTracker, Workspace,
+    ChannelName, FileChannel, Filter, LockTable, Task, TaskTracker, Workspace,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,17 +109,34 @@ impl Setup {
             }
         }
         let last_path = self.dir.join("tokens").join(f.to_string());
-        let last: u64 = std::fs::read_to_string(&last_path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let last = read_grant(&last_path).map_or(0, |(t, _)| t);
         if token <= last {
             self.violation(&format!(
                 "token {token} of {id}/{inc} on src/f{f}.rs is not above {last}"
             ))?;
         }
-        std::fs::write(&last_path, token.to_string())?;
+        std::fs::write(&last_path, format!("{token} {}", now_ms()))?;
         Ok(())
+    }
+
+    /// Per file: the last token granted on it and when (ms), as journaled inside the critical
+    /// section.
+    fn grants(&self) -> anyhow::Result<HashMap<usize, (u64, u64)>> {
+        let mut out = HashMap::new();
+        for e in std::fs::read_dir(self.dir.join("tokens"))? {
+            let path = e?.path();
+            let Some(f) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+            else {
+                continue;
+            };
+            if let Some(g) = read_grant(&path) {
+                out.insert(f, g);
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) fn leave(&self, f: usize, _id: &str, _inc: u32) -> anyhow::Result<()> {
@@ -140,11 +158,25 @@ impl Setup {
     }
 }
 
+/// `TOKEN MS` from a grant file (`None` when missing, or caught while being rewritten).
+fn read_grant(path: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let (t, at) = s.trim().split_once(' ')?;
+    Some((t.parse().ok()?, at.parse().ok()?))
+}
+
 /// What a soak run measured.
 pub(crate) struct Report {
     pub(crate) agents: usize,
     pub(crate) seconds: f64,
     pub(crate) kills: usize,
+    /// Kills after which the agent stayed dead for [`DEAD_FOR`].
+    pub(crate) left_dead: usize,
+    /// Passes of the checks that run during the soak.
+    pub(crate) scans: usize,
+    /// Times a killed incarnation's lock record was seen in the raw table.
+    pub(crate) dead_lock_records: usize,
+    pub(crate) accounting: check::Accounting,
     /// Per operation: count, p50, p99, max (µs).
     pub(crate) ops: BTreeMap<String, (usize, u64, u64, u64)>,
     pub(crate) violations: Vec<String>,
@@ -183,6 +215,18 @@ fn spawn(
         .spawn()?)
 }
 
+/// One agent slot: its current incarnation's process, or the time it is restarted at.
+struct Slot {
+    id: String,
+    inc: u32,
+    child: Option<Child>,
+    restart_at: Option<Instant>,
+}
+
+/// Every fourth kill leaves the agent dead this long before it is restarted: long enough
+/// that the other agents must release its claims (`check::SLACK_MS` is shorter).
+const DEAD_FOR: Duration = Duration::from_secs(8);
+
 /// Runs a soak of `agents` agents for `duration` in a fresh repository.
 pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
@@ -191,6 +235,7 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
     let ws = Workspace::init(&root)?;
     let setup = Setup::create(&root)?;
     let tracker = TaskTracker::open(&ws)?;
+    let table = LockTable::open(&ws)?;
     let batch: Vec<Task> = (0..agents * 4)
         .map(|i| Task::new(format!("work {i}")))
         .collect();
@@ -199,35 +244,55 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
     let start = Instant::now();
     let deadline = now_ms() + duration.as_millis() as u64;
     let mut rng = Rng(seed);
-    let mut children: Vec<(String, u32, Child)> = Vec::new();
+    // Every incarnation by pid (a restarted agent keeps its id: the pid and spawn time tell
+    // its incarnations apart).
+    let mut incarnations: HashMap<u32, check::Incarnation> = HashMap::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    let launch = |id: &str, inc: u32, s: u64, incs: &mut HashMap<u32, check::Incarnation>| {
+        let child = spawn(&bin, &root, id, inc, deadline, s)?;
+        incs.insert(
+            child.id(),
+            check::Incarnation {
+                id: id.to_owned(),
+                inc,
+                pid: child.id(),
+                spawned_at: now_ms(),
+                killed_at: None,
+            },
+        );
+        anyhow::Ok(child)
+    };
     for i in 0..agents {
         let id = format!("a{i:03}");
-        children.push((
-            id.clone(),
-            0,
-            spawn(&bin, &root, &id, 0, deadline, seed + i as u64)?,
-        ));
+        let child = launch(&id, 0, seed + i as u64, &mut incarnations)?;
+        slots.push(Slot {
+            id,
+            inc: 0,
+            child: Some(child),
+            restart_at: None,
+        });
     }
-    // Checker: a durable reader of the swarm channel, and periodic checks of the table.
+    // Checker: a durable reader of the swarm channel, the journals as they grow, and raw
+    // reads of the lock table and the tracker.
     let channel = FileChannel::open(&ws, ChannelName::new("swarm")?)?;
     let mut cursor = maos_coordination::Cursor::start();
     let mut seen: HashMap<(String, u32), u64> = HashMap::new();
     let mut delivered: BTreeSet<(String, u32, u64)> = BTreeSet::new();
-    let mut kills = 0;
+    let mut journals = check::Journals::default();
+    let mut lock_seen = check::LockSeen::default();
+    let mut kills = 0u64;
+    let mut left_dead = 0usize;
+    let mut scans = 0usize;
     let mut next_kill = Instant::now() + Duration::from_secs(2);
+    let mut next_scan = Instant::now() + Duration::from_secs(1);
     let mut violations = Vec::new();
-    while now_ms() < deadline {
-        // Keep work available.
-        let ready = tracker.ready_blocking()?.len();
-        if ready < agents {
-            let more: Vec<Task> = (0..agents * 2)
-                .map(|i| Task::new(format!("more work {i}")))
-                .collect();
-            tracker.create_tasks_blocking(&more)?;
-        }
-        // Every acknowledged message once, in order per sender incarnation.
-        let batch = channel.receive_blocking::<serde_json::Value>(&cursor, &Filter::Everything)?;
-        cursor = batch.cursor;
+    let read_messages = |cursor: &mut maos_coordination::Cursor,
+                         seen: &mut HashMap<(String, u32), u64>,
+                         delivered: &mut BTreeSet<(String, u32, u64)>,
+                         violations: &mut Vec<String>|
+     -> anyhow::Result<()> {
+        let batch = channel.receive_blocking::<serde_json::Value>(cursor, &Filter::Everything)?;
+        *cursor = batch.cursor;
         for d in batch.messages {
             let p = &d.message.payload;
             let key = (
@@ -241,77 +306,135 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
             }
             delivered.insert((key.0, key.1, seq));
         }
-        // Kill one agent now and then (SIGKILL) and start it again.
-        if Instant::now() >= next_kill && !children.is_empty() {
+        Ok(())
+    };
+    while now_ms() < deadline {
+        // Keep work available.
+        let ready = tracker.ready_blocking()?.len();
+        if ready < agents {
+            let more: Vec<Task> = (0..agents * 2)
+                .map(|i| Task::new(format!("more work {i}")))
+                .collect();
+            tracker.create_tasks_blocking(&more)?;
+        }
+        // Every acknowledged message once, in order per sender incarnation.
+        read_messages(&mut cursor, &mut seen, &mut delivered, &mut violations)?;
+        // Kill one agent now and then (SIGKILL); start it again at once, or (every fourth
+        // kill) only after `DEAD_FOR`.
+        if Instant::now() >= next_kill {
             next_kill = Instant::now() + Duration::from_millis(500 + rng.below(1500));
-            let i = rng.below(children.len() as u64) as usize;
-            let (id, inc, child) = &mut children[i];
-            let _ = child.kill();
-            let _ = child.wait();
-            kills += 1;
-            *inc += 1;
-            *child = spawn(&bin, &root, id, *inc, deadline, seed ^ kills)?;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (_, _, c) in &mut children {
-        let st = c.wait()?;
-        if !st.success() {
-            violations.push(format!("an agent exited with {st}"));
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    // Final checks.
-    let batch = channel.receive_blocking::<serde_json::Value>(&cursor, &Filter::Everything)?;
-    for d in batch.messages {
-        let p = &d.message.payload;
-        delivered.insert((
-            p["sender"].as_str().unwrap_or_default().to_owned(),
-            p["inc"].as_u64().unwrap_or_default() as u32,
-            p["seq"].as_u64().unwrap_or_default(),
-        ));
-    }
-    for e in std::fs::read_dir(setup.dir.join("journal"))? {
-        let path = e?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let (id, _) = name.split_once('.').unwrap_or((&name, ""));
-        for line in std::fs::read_to_string(&path)?.lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            if let ["sent", inc, seq] = parts[..] {
-                let key = (
-                    id.to_owned(),
-                    inc.parse().unwrap_or(0),
-                    seq.parse().unwrap_or(0),
-                );
-                if !delivered.contains(&key) {
-                    violations.push(format!("acknowledged message {key:?} never delivered"));
+            let i = rng.below(slots.len() as u64) as usize;
+            if let Some(mut child) = slots[i].child.take() {
+                let pid = child.id();
+                let _ = child.kill();
+                let _ = child.wait();
+                if let Some(inc) = incarnations.get_mut(&pid) {
+                    inc.killed_at = Some(now_ms());
+                }
+                kills += 1;
+                if kills.is_multiple_of(4) {
+                    left_dead += 1;
+                    slots[i].restart_at = Some(Instant::now() + DEAD_FOR);
+                } else {
+                    slots[i].restart_at = Some(Instant::now());
                 }
             }
         }
+        for slot in &mut slots {
+            if slot.restart_at.is_some_and(|t| Instant::now() >= t) {
+                slot.restart_at = None;
+                slot.inc += 1;
+                slot.child = Some(launch(
+                    &slot.id,
+                    slot.inc,
+                    seed ^ kills ^ u64::from(slot.inc) << 32,
+                    &mut incarnations,
+                )?);
+            }
+        }
+        if Instant::now() >= next_scan {
+            next_scan = Instant::now() + Duration::from_secs(1);
+            scans += 1;
+            scan(
+                &setup,
+                &table,
+                &tracker,
+                &slots,
+                &incarnations,
+                &mut journals,
+                &mut lock_seen,
+                &mut violations,
+            )?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    // Nothing of the dead is left: every holder in the table is alive, no dead agent's claim.
-    let snap = LockTable::open(&ws)?.snapshot()?;
-    if !snap.holders.is_empty() {
-        violations.push(format!(
-            "{} lock(s) still held after every agent stopped",
-            snap.holders.len()
-        ));
+    // Agents left dead start again now: they take over their claims and stop at once.
+    for slot in &mut slots {
+        if slot.restart_at.take().is_some() {
+            slot.inc += 1;
+            slot.child = Some(launch(&slot.id, slot.inc, seed ^ 7, &mut incarnations)?);
+        }
     }
-    tracker.release_dead_claims_blocking()?;
-    let stuck: Vec<_> = tracker
-        .list_blocking()?
-        .into_iter()
-        .filter(|t| t.status == TaskStatus::InProgress)
+    for slot in &mut slots {
+        if let Some(c) = &mut slot.child {
+            let st = c.wait()?;
+            if !st.success() {
+                violations.push(format!("agent {}/{} exited with {st}", slot.id, slot.inc));
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    // Final checks, every agent stopped.
+    read_messages(&mut cursor, &mut seen, &mut delivered, &mut violations)?;
+    scan(
+        &setup,
+        &table,
+        &tracker,
+        &slots,
+        &incarnations,
+        &mut journals,
+        &mut lock_seen,
+        &mut violations,
+    )?;
+    for ((id, _), j) in &journals.by_inc {
+        for &(inc, seq) in &j.sent {
+            if !delivered.contains(&(id.clone(), inc, seq)) {
+                violations.push(format!(
+                    "acknowledged message {id}/{inc}/{seq} never delivered"
+                ));
+            }
+        }
+    }
+    // Each task completed once.
+    let killed: BTreeSet<(String, u32)> = incarnations
+        .values()
+        .filter(|i| i.killed_at.is_some())
+        .map(|i| (i.id.clone(), i.inc))
         .collect();
-    if !stuck.is_empty() {
+    let tasks = tracker.list_blocking()?;
+    let accounting = check::check_done(&journals, &killed, &tasks, &mut violations);
+    // Nothing of the dead left: with every agent stopped and every killed one taken over by
+    // its restart, no task is in progress, and no lock record of a process that exited
+    // normally remains (raw read: nothing reaped first).
+    for t in tasks.iter().filter(|t| t.status.is_active()) {
         violations.push(format!(
-            "{} task(s) still in progress after every agent stopped and dead claims were released",
-            stuck.len()
+            "task {} still {:?} by {:?} after every agent stopped",
+            t.id, t.status, t.assigned_to
         ));
+    }
+    let records = table.records()?;
+    for h in &records.holders {
+        let killed = h
+            .process
+            .as_ref()
+            .and_then(|p| incarnations.get(&p.pid))
+            .is_some_and(|i| i.killed_at.is_some());
+        if !killed {
+            violations.push(format!(
+                "lock {} of {} (token {}) still in the table after its process exited",
+                h.resource, h.owner, h.token.0
+            ));
+        }
     }
     if let Ok(v) = std::fs::read_to_string(setup.dir.join("violations")) {
         violations.extend(v.lines().map(str::to_owned));
@@ -337,9 +460,54 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
         agents,
         seconds,
         kills: kills as usize,
+        left_dead,
+        scans,
+        dead_lock_records: lock_seen.dead_records,
+        accounting,
         ops,
         violations,
     })
+}
+
+/// One pass of the checks that run during the soak: journals read on, claims of killed
+/// incarnations, raw lock records of killed incarnations.
+#[allow(clippy::too_many_arguments)] // the checker's state, passed as it is
+fn scan(
+    setup: &Setup,
+    table: &LockTable,
+    tracker: &TaskTracker,
+    slots: &[Slot],
+    incarnations: &HashMap<u32, check::Incarnation>,
+    journals: &mut check::Journals,
+    lock_seen: &mut check::LockSeen,
+    violations: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    journals.read_new(&setup.dir.join("journal"))?;
+    let current: HashMap<String, (check::Incarnation, bool)> = incarnations
+        .values()
+        .filter(|i| slots.iter().any(|s| s.id == i.id && s.inc == i.inc))
+        .map(|i| {
+            let running = slots.iter().any(|s| {
+                s.id == i.id && s.inc == i.inc && s.child.is_some() && i.killed_at.is_none()
+            });
+            (i.id.clone(), (i.clone(), running))
+        })
+        .collect();
+    let active = tracker.active_blocking()?;
+    check::check_claims(now_ms(), &active, &current, journals, violations);
+    let grants_read_at = now_ms();
+    let grants = setup.grants()?;
+    let records = table.records()?;
+    check::check_locks(
+        now_ms(),
+        &records,
+        &grants,
+        incarnations,
+        grants_read_at,
+        lock_seen,
+        violations,
+    );
+    Ok(())
 }
 
 fn init_repo(root: &Path) -> anyhow::Result<()> {
@@ -390,11 +558,158 @@ pub(crate) fn markdown(reports: &[Report]) -> String {
     s
 }
 
-/// `maos-bench --soak [--agents N]... [--minutes M]`: runs one soak per agent count and prints
-/// the table; fails on any violation.
+/// What each run checked, one line per agent count.
+fn checked(reports: &[Report]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s.push_str(&format!(
+            "- {} agents, {:.0} s: {} kills ({} left dead for {} s before the restart), {} checker \
+             passes, {} sightings of a killed incarnation's lock record, {} tasks completed ({} by an \
+             incarnation killed between the commit and its journal line), {} claims taken over \
+             by a restarted incarnation; {} violation(s)\n",
+            r.agents,
+            r.seconds,
+            r.kills,
+            r.left_dead,
+            DEAD_FOR.as_secs(),
+            r.scans,
+            r.dead_lock_records,
+            r.accounting.completed,
+            r.accounting.done_line_lost,
+            r.accounting.resumed,
+            r.violations.len()
+        ));
+    }
+    s
+}
+
+/// The p99 limit of the operations the issue names, at every agent count run.
+const P99_LIMIT_US: u64 = 50_000;
+/// The operations held to [`P99_LIMIT_US`].
+const P99_OPS: [&str; 3] = ["claim", "send", "lock acquire (free)"];
+/// The most a median may grow from the smallest to the largest agent count of the run.
+const MEDIAN_GROWTH_LIMIT: f64 = 10.0;
+
+/// The thresholds the swarm must meet, each failure named: p99 of `claim`, `send` and
+/// `lock acquire (free)` at most 50 ms at every agent count run, and no operation's median
+/// growing more than 10x from the smallest to the largest agent count.
+pub(crate) fn thresholds(reports: &[Report]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for r in reports {
+        for op in P99_OPS {
+            match r.ops.get(op) {
+                Some(&(_, _, p99, _)) if p99 > P99_LIMIT_US => failed.push(format!(
+                    "p99 of {op} at {} agents is {:.1} ms, over {} ms",
+                    r.agents,
+                    p99 as f64 / 1000.0,
+                    P99_LIMIT_US / 1000
+                )),
+                Some(_) => {}
+                None => failed.push(format!("no {op} was measured at {} agents", r.agents)),
+            }
+        }
+    }
+    let small = reports.iter().min_by_key(|r| r.agents);
+    let large = reports.iter().max_by_key(|r| r.agents);
+    if let (Some(small), Some(large)) = (small, large)
+        && large.agents > small.agents
+    {
+        for (op, &(_, p50, _, _)) in &large.ops {
+            let Some(&(_, base, _, _)) = small.ops.get(op) else {
+                continue;
+            };
+            let growth = p50 as f64 / base.max(1) as f64;
+            if growth > MEDIAN_GROWTH_LIMIT {
+                failed.push(format!(
+                    "median of {op} grew {growth:.1}x from {} agents ({:.2} ms) to {} agents \
+                     ({:.2} ms), over {MEDIAN_GROWTH_LIMIT}x",
+                    small.agents,
+                    base as f64 / 1000.0,
+                    large.agents,
+                    p50 as f64 / 1000.0
+                ));
+            }
+        }
+    }
+    failed
+}
+
+/// The markers around the swarm section of docs/benchmarks.md.
+pub(crate) const DOCS_BEGIN: &str = "<!-- soak:begin (cargo xtask soak --write-docs) -->";
+pub(crate) const DOCS_END: &str = "<!-- soak:end -->";
+
+/// The swarm section, markers included.
+fn docs_section(reports: &[Report], minutes: f64, failed: &[String]) -> String {
+    let counts: Vec<String> = reports.iter().map(|r| r.agents.to_string()).collect();
+    let verdict = if failed.is_empty() {
+        "every threshold met".to_owned()
+    } else {
+        format!("thresholds failed: {}", failed.join("; "))
+    };
+    format!(
+        "{DOCS_BEGIN}\n## Swarm (cargo xtask soak)\n\n`cargo xtask soak --agents {} --minutes {minutes}`: \
+         agent processes claiming tasks, locking 1-3 files, committing, messaging and \
+         broadcasting, some SIGKILLed and restarted, while a checker verifies the invariants. \
+         Thresholds: p99 of claim, send and lock acquire (free) at most 50 ms, no median \
+         growing more than 10x from the smallest to the largest agent count: {verdict}.\n\n{}\n{}{DOCS_END}\n",
+        counts.join(" --agents "),
+        markdown(reports),
+        checked(reports),
+    )
+}
+
+/// Replaces the swarm section of `doc` (between [`DOCS_BEGIN`] and [`DOCS_END`]) with
+/// `section`, or appends it when `doc` has none; the rest of `doc` is kept byte for byte.
+pub(crate) fn splice_section(doc: &str, section: &str) -> anyhow::Result<String> {
+    match (doc.find(DOCS_BEGIN), doc.find(DOCS_END)) {
+        (Some(b), Some(e)) if b < e => {
+            let end = e + DOCS_END.len();
+            let end = end + usize::from(doc[end..].starts_with('\n'));
+            Ok(format!("{}{section}{}", &doc[..b], &doc[end..]))
+        }
+        (None, None) => {
+            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
+                ""
+            } else if doc.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            Ok(format!("{doc}{sep}{section}"))
+        }
+        _ => anyhow::bail!(
+            "docs/benchmarks.md has one swarm marker without the other (or in the wrong order); \
+             put back both `{DOCS_BEGIN}` and `{DOCS_END}` or remove both"
+        ),
+    }
+}
+
+/// The swarm section kept from `doc`, if any (for the bench's `--write-docs`, which
+/// rewrites the rest of the file).
+pub(crate) fn kept_section(doc: &str) -> Option<&str> {
+    let b = doc.find(DOCS_BEGIN)?;
+    let e = doc[b..].find(DOCS_END)? + b + DOCS_END.len();
+    Some(&doc[b..e])
+}
+
+fn write_docs(section: &str) -> anyhow::Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    let doc = match std::fs::read_to_string(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(anyhow::anyhow!("read {}: {e}", path.display())),
+    };
+    std::fs::write(&path, splice_section(&doc, section)?)?;
+    eprintln!("[soak] wrote the swarm section of {}", path.display());
+    Ok(())
+}
+
+/// `maos-bench --soak [--agents N]... [--minutes M] [--write-docs]`: runs one soak per agent
+/// count and prints the table; fails on any violation or failed threshold.
 pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     let mut counts = Vec::new();
     let mut minutes = 1.0f64;
+    let mut docs = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -409,6 +724,7 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--minutes M"))?
                     .parse()?
             }
+            "--write-docs" => docs = true,
             other => anyhow::bail!("unknown soak argument {other:?}"),
         }
     }
@@ -428,14 +744,93 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
         reports.push(r);
     }
     println!("{}", markdown(&reports));
+    print!("{}", checked(&reports));
+    let failed = thresholds(&reports);
     let violations: Vec<&String> = reports.iter().flat_map(|r| &r.violations).collect();
     for v in &violations {
         eprintln!("VIOLATION: {v}");
+    }
+    for f in &failed {
+        eprintln!("THRESHOLD FAILED: {f}");
+    }
+    if docs {
+        write_docs(&docs_section(&reports, minutes, &failed))?;
     }
     anyhow::ensure!(
         violations.is_empty(),
         "{} invariant violation(s)",
         violations.len()
     );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} threshold(s) failed: {}",
+        failed.len(),
+        failed.join("; ")
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_swarm_section_is_replaced_and_nothing_else() {
+        let s1 = format!("{DOCS_BEGIN}\none\n{DOCS_END}\n");
+        let s2 = format!("{DOCS_BEGIN}\ntwo\n{DOCS_END}\n");
+        let head = "# Benchmarks\n\n| a | b |\n";
+        let doc = splice_section(head, &s1).unwrap();
+        assert_eq!(doc, format!("{head}\n{s1}"));
+        let doc = format!("{doc}\n## After\nkept\n");
+        let again = splice_section(&doc, &s2).unwrap();
+        assert_eq!(again, format!("{head}\n{s2}\n## After\nkept\n"));
+        assert_eq!(kept_section(&again), Some(s2.trim_end()));
+        assert!(splice_section(&format!("x {DOCS_END} {DOCS_BEGIN}"), &s1).is_err());
+        assert!(splice_section(&format!("x {DOCS_BEGIN}"), &s1).is_err());
+    }
+
+    fn report(agents: usize, ops: &[(&str, u64, u64)]) -> Report {
+        Report {
+            agents,
+            seconds: 1.0,
+            kills: 0,
+            left_dead: 0,
+            scans: 0,
+            dead_lock_records: 0,
+            accounting: check::Accounting::default(),
+            ops: ops
+                .iter()
+                .map(|&(op, p50, p99)| (op.to_owned(), (1, p50, p99, p99)))
+                .collect(),
+            violations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn thresholds_name_what_failed() {
+        let ok = [
+            ("claim", 1_000, 9_000),
+            ("send", 500, 4_000),
+            ("lock acquire (free)", 100, 900),
+        ];
+        assert!(thresholds(&[report(10, &ok), report(100, &ok)]).is_empty());
+        let slow = [
+            ("claim", 1_000, 60_000),
+            ("send", 500, 4_000),
+            ("lock acquire (free)", 100, 900),
+        ];
+        let f = thresholds(&[report(10, &ok), report(100, &slow)]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("p99 of claim at 100 agents"), "{f:?}");
+        let grew = [
+            ("claim", 11_000, 20_000),
+            ("send", 500, 4_000),
+            ("lock acquire (free)", 100, 900),
+        ];
+        let f = thresholds(&[report(10, &ok), report(100, &grew)]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("median of claim grew 11.0x"), "{f:?}");
+        let f = thresholds(&[report(10, &ok[..2])]);
+        assert!(f[0].contains("no lock acquire (free)"), "{f:?}");
+    }
 }

@@ -35,6 +35,14 @@ impl LockTable {
         ops::snapshot(&self.shared)
     }
 
+    /// Every holder and waiter record as stored, including those whose process has ended or
+    /// whose lease ran out: a read under the shared guard that reaps nothing (unlike
+    /// [`LockTable::snapshot`]), for checkers that verify dead records are reclaimed. Its
+    /// cost follows the table's size.
+    pub fn records(&self) -> Result<Snapshot> {
+        ops::dump(&self.shared)
+    }
+
     /// Current holders whose locks conflict with a `mode` lock on `resource`: the locks on
     /// the resource itself, on its parents, below it, and on overlapping patterns. A read
     /// under the shared guard, synchronous, no runtime; its cost follows the resource (its
