@@ -349,6 +349,10 @@ fn queue(
 fn fail(e: MergeError, what: &str) -> anyhow::Error {
     let code = match &e {
         MergeError::QueueBusy => Exit::Busy,
+        MergeError::Core {
+            source: maos_coordination::core::Error::LockTimeout { .. },
+            ..
+        } => Exit::Busy,
         MergeError::Lock { source, .. }
             if matches!(**source, maos_coordination::lock::Error::Timeout { .. }) =>
         {

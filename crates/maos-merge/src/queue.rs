@@ -1,7 +1,7 @@
 //! The merge queue: `.maos/merge/queue.json`.
 
-use std::fs::File;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use maos_core::{AgentId, fsx, now_ms};
 use maos_track::TaskStatus;
@@ -105,13 +105,27 @@ pub struct QueueRun {
 pub struct MergeQueue {
     coord: MergeCoordinator,
     dir: PathBuf,
+    lock_timeout: Duration,
 }
 
 impl MergeQueue {
     /// The queue of the coordinator's workspace.
     pub fn new(coord: MergeCoordinator) -> Self {
         let dir = coord.workspace().merge_dir();
-        Self { coord, dir }
+        Self {
+            coord,
+            dir,
+            lock_timeout: fsx::DEFAULT_GUARD_TIMEOUT,
+        }
+    }
+
+    /// How long a read or change of the queue waits for the queue file's kernel lock (held
+    /// for microseconds by each process; a stopped one can keep it) before failing with a
+    /// timeout that names the holder. Default [`fsx::DEFAULT_GUARD_TIMEOUT`].
+    #[must_use = "the builder returns the queue with the timeout set"]
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     fn file(&self) -> PathBuf {
@@ -122,12 +136,12 @@ impl MergeQueue {
     fn with_state<R>(&self, f: impl FnOnce(&mut QueueState) -> Result<(R, bool)>) -> Result<R> {
         fsx::create_dir_private(&self.dir).core(|| format!("create {}", self.dir.display()))?;
         let lock_path = self.dir.join(QUEUE_LOCK_FILE);
-        let lock: File =
-            fsx::open_lock_file(&lock_path).core(|| format!("open {}", lock_path.display()))?;
-        lock.lock().map_err(|e| Error::Core {
-            context: format!("lock the merge queue ({})", lock_path.display()),
-            source: maos_core::Error::io("flock", &lock_path, e),
-        })?;
+        let lock =
+            fsx::LockFile::open(&lock_path).core(|| format!("open {}", lock_path.display()))?;
+        // A stopped or hung holder makes this fail at the deadline, naming it.
+        let _guard = lock
+            .exclusive(self.lock_timeout)
+            .core(|| "lock the merge queue".to_owned())?;
         let path = self.file();
         let mut state = match fsx::read_json::<QueueState>(&path, QUEUE_LIMIT) {
             Ok(s) => s,
@@ -148,7 +162,7 @@ impl MergeQueue {
             fsx::write_json_replace(&path, &state).core(|| format!("write {}", path.display()))?;
         }
         Ok(r)
-        // `lock` drops here: the kernel lock is released.
+        // `_guard` drops here: the kernel lock is released (also on unwind).
     }
 
     /// Appends a merge of `source` into `target`. An active entry for the same pair is
@@ -235,17 +249,13 @@ impl MergeQueue {
         fsx::create_dir_private(&self.dir).core(|| format!("create {}", self.dir.display()))?;
         let run_path = self.dir.join(QUEUE_RUN_LOCK_FILE);
         let run_lock =
-            fsx::open_lock_file(&run_path).core(|| format!("open {}", run_path.display()))?;
-        match run_lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::QueueBusy),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::Core {
-                    context: format!("lock the merge queue runner ({})", run_path.display()),
-                    source: maos_core::Error::io("flock", &run_path, e),
-                });
-            }
-        }
+            fsx::LockFile::open(&run_path).core(|| format!("open {}", run_path.display()))?;
+        let Some(run_guard) = run_lock
+            .try_exclusive()
+            .core(|| "lock the merge queue runner".to_owned())?
+        else {
+            return Err(Error::QueueBusy);
+        };
         let active: Vec<u64> = self
             .list()?
             .into_iter()
@@ -271,7 +281,7 @@ impl MergeQueue {
             }
             report.entries.push(entry);
         }
-        drop(run_lock);
+        drop(run_guard);
         tracing::info!(
             merged = report.merged.len(),
             blocked = report.blocked.len(),
@@ -364,5 +374,109 @@ impl MergeQueue {
         {
             tracing::debug!(task = %res.merge_task, error = %e, "cannot retire the old merge task");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command};
+    use std::time::Instant;
+
+    use maos_core::Workspace;
+    use maos_core::fsx::LockFile;
+
+    use super::*;
+
+    /// A git repository with one commit on `main`, and its workspace.
+    fn repo() -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.initial_head("main");
+        let repo = git2::Repository::init_opts(dir.path(), &opts).unwrap();
+        let tree = repo
+            .find_tree(repo.index().unwrap().write_tree().unwrap())
+            .unwrap();
+        let sig = git2::Signature::now("t", "t@t.invalid").unwrap();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
+            .unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        (dir, ws)
+    }
+
+    /// `flock(1)` takes the kernel lock on `path` and runs a command that stops flock(1)
+    /// itself (SIGSTOP): a real, suspended holder. Returns once it holds the lock and is
+    /// stopped (bounded wait).
+    fn stopped_holder(path: &std::path::Path) -> (Child, u32) {
+        let child = Command::new("flock")
+            .arg(path)
+            .args(["-c", "kill -STOP $PPID"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let lock = LockFile::open(path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(h) = fsx::holders_of(lock.file())
+                .into_iter()
+                .find(|h| h.is_stopped())
+            {
+                return (child, h.pid);
+            }
+            assert!(Instant::now() < deadline, "the holder never stopped");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_stopped_holder_of_the_queue_lock_makes_add_time_out_naming_it() {
+        let (_d, ws) = repo();
+        let coord = MergeCoordinator::new(&ws, AgentId::new("m").unwrap()).unwrap();
+        let queue = MergeQueue::new(coord).lock_timeout(Duration::from_millis(200));
+        queue.add("main", "main").unwrap();
+        let (mut child, pid) = stopped_holder(&ws.merge_dir().join(QUEUE_LOCK_FILE));
+        let err = queue.add("other", "main").unwrap_err();
+        let text = anyhow_like(&err);
+        assert!(
+            matches!(
+                &err,
+                Error::Core {
+                    source: maos_core::Error::LockTimeout { .. },
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("merge queue"), "{text}");
+        assert!(text.contains(&format!("pid {pid}")), "{text}");
+        assert!(text.contains(&format!("kill -CONT {pid}")), "{text}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Free again: the add goes through, nothing was lost.
+        queue.add("other", "main").unwrap();
+        assert_eq!(queue.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_runner_lock_held_elsewhere_makes_run_busy_at_once() {
+        let (_d, ws) = repo();
+        let coord = MergeCoordinator::new(&ws, AgentId::new("m").unwrap()).unwrap();
+        let queue = MergeQueue::new(coord);
+        fsx::create_dir_private(&ws.merge_dir()).unwrap();
+        let (mut child, _) = stopped_holder(&ws.merge_dir().join(QUEUE_RUN_LOCK_FILE));
+        assert!(matches!(queue.run_blocking(), Err(Error::QueueBusy)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(queue.run_blocking().unwrap().entries.is_empty());
+    }
+
+    /// The error and its sources, as the CLI prints them.
+    fn anyhow_like(e: &Error) -> String {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(c) = src {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            src = c.source();
+        }
+        s
     }
 }
