@@ -17,10 +17,13 @@ commands:
                   --slow also runs the heavy multi-process and crash variants
   bench [NAME..]  run the benchmarks (release build) and print one markdown table;
                   --write-docs also stores it in docs/benchmarks.md
-  soak [--agents N].. [--minutes M]
+  soak [--agents N].. [--minutes M] [--write-docs]
                   N agent processes (default 10 then 100) doing a realistic mix of work for M
                   minutes (default 1), some killed and restarted, while a checker verifies the
-                  invariants; prints throughput and latency per operation (release build)
+                  invariants; prints throughput and latency per operation (release build);
+                  fails on a violation, a p99 of claim, send or lock acquire (free) over 50 ms,
+                  or a median growing over 10x from the smallest to the largest N;
+                  --write-docs replaces the swarm section of docs/benchmarks.md
   layering        only the layering checks (the tidy tests of the tests package)
 ";
 

@@ -316,3 +316,205 @@ pub(crate) fn check_locks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use maos_coordination::AgentId;
+    use maos_coordination::lock::{LockInfo, WaiterInfo};
+    use serde_json::json;
+
+    use super::*;
+
+    fn journals(lines: &[(&str, u32, &str)]) -> (tempfile::TempDir, Journals) {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, inc, text) in lines {
+            let path = dir.path().join(format!("{id}.{inc}"));
+            let mut old = std::fs::read_to_string(&path).unwrap_or_default();
+            old.push_str(text);
+            old.push('\n');
+            std::fs::write(&path, old).unwrap();
+        }
+        let mut j = Journals::default();
+        j.read_new(dir.path()).unwrap();
+        (dir, j)
+    }
+
+    fn task(status: TaskStatus, agent: Option<&str>, started: u64) -> Task {
+        let mut t = Task::new("t");
+        t.status = status;
+        t.assigned_to = agent.map(|a| AgentId::new(a).unwrap());
+        t.started_at = Some(started);
+        t
+    }
+
+    #[test]
+    fn journals_are_read_on_from_where_they_stopped_and_only_whole_lines() {
+        let (dir, mut j) = journals(&[("a", 0, "claim x")]);
+        let path = dir.path().join("a.0");
+        std::fs::write(&path, "claim x\ndone x\ncomple").unwrap();
+        j.read_new(dir.path()).unwrap();
+        let a = &j.by_inc[&("a".to_owned(), 0)];
+        assert_eq!(a.claimed.len(), 1);
+        assert_eq!(a.done, ["x"]);
+        assert!(a.completing.is_empty());
+        std::fs::write(&path, "claim x\ndone x\ncompleting y\n").unwrap();
+        j.read_new(dir.path()).unwrap();
+        assert!(j.by_inc[&("a".to_owned(), 0)].completing.contains("y"));
+        std::fs::write(dir.path().join("b.0"), "what\n").unwrap();
+        assert!(j.read_new(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_task_done_twice_or_completed_without_a_done_line_is_a_violation() {
+        let t1 = task(TaskStatus::Completed, Some("a"), 1);
+        let t2 = task(TaskStatus::Completed, Some("b"), 1);
+        let t3 = task(TaskStatus::InProgress, Some("c"), 1);
+        let tasks = [t1.clone(), t2.clone(), t3.clone()];
+        let (id1, id2, id3) = (t1.id.to_string(), t2.id.to_string(), t3.id.to_string());
+        // Each once: fine.
+        let (_d, j) = journals(&[
+            ("a", 0, &format!("completing {id1}")),
+            ("a", 0, &format!("done {id1}")),
+            ("b", 0, &format!("done {id2}")),
+        ]);
+        let mut v = Vec::new();
+        let acc = check_done(&j, &BTreeSet::new(), &tasks, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(acc.completed, 2);
+        // Twice, and a done line for a task the tracker has in progress.
+        let (_d, j) = journals(&[
+            ("a", 0, &format!("done {id1}")),
+            ("a", 1, &format!("done {id1}")),
+            ("b", 0, &format!("done {id2}")),
+            ("c", 0, &format!("done {id3}")),
+        ]);
+        let mut v = Vec::new();
+        check_done(&j, &BTreeSet::new(), &tasks, &mut v);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].contains("completed 2 times"), "{v:?}");
+        assert!(v[1].contains("InProgress"), "{v:?}");
+        // No done line: allowed only for a killed incarnation that journaled completing.
+        let (_d, j) = journals(&[
+            ("a", 0, &format!("completing {id1}")),
+            ("b", 0, &format!("completing {id2}")),
+        ]);
+        let killed: BTreeSet<(String, u32)> = [("a".to_owned(), 0)].into();
+        let mut v = Vec::new();
+        let acc = check_done(&j, &killed, &tasks, &mut v);
+        assert_eq!(acc.done_line_lost, 1);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains(&id2), "{v:?}");
+    }
+
+    fn inc(id: &str, inc: u32, pid: u32, spawned_at: u64, killed_at: Option<u64>) -> Incarnation {
+        Incarnation {
+            id: id.into(),
+            inc,
+            pid,
+            spawned_at,
+            killed_at,
+        }
+    }
+
+    #[test]
+    fn claims_of_killed_incarnations_must_be_released_or_taken_over() {
+        let now = 100_000;
+        let (_d, j) = journals(&[("a", 1, "claim z")]);
+        // `a` killed at 50 s, not restarted; others claimed since (task of b at 60 s).
+        let dead = task(TaskStatus::InProgress, Some("a"), 40_000);
+        let other = task(TaskStatus::InProgress, Some("b"), 60_000);
+        let mut current = HashMap::new();
+        current.insert("a".to_owned(), (inc("a", 0, 1, 0, Some(50_000)), false));
+        current.insert("b".to_owned(), (inc("b", 0, 2, 0, None), true));
+        let mut v = Vec::new();
+        check_claims(now, &[dead.clone(), other.clone()], &current, &j, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("not restarted"), "{v:?}");
+        // Nobody claimed since the death: nothing wanted it yet.
+        let early = task(TaskStatus::InProgress, Some("b"), 30_000);
+        let mut v = Vec::new();
+        check_claims(now, &[dead.clone(), early], &current, &j, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+        // `a` restarted at 60 s as a/1: it must take over the claim within the slack.
+        current.insert("a".to_owned(), (inc("a", 1, 3, 60_000, None), true));
+        let mut v = Vec::new();
+        check_claims(now, &[dead.clone(), other.clone()], &current, &j, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("not taken over"), "{v:?}");
+        let mut v = Vec::new();
+        check_claims(61_000, &[dead.clone()], &current, &j, &mut v);
+        assert!(v.is_empty(), "within the slack: {v:?}");
+        let (_d, j) = journals(&[("a", 1, &format!("resume {}", dead.id))]);
+        let mut v = Vec::new();
+        check_claims(now, &[dead, other], &current, &j, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    fn holder(owner: &str, pid: u32, f: usize, token: u64) -> LockInfo {
+        serde_json::from_value(json!({
+            "id": token, "resource": format!("src/f{f}.rs"), "mode": "exclusive",
+            "owner": owner, "process": {"host": "h", "pid": pid, "start_time": 1, "boot_id": "b"},
+            "live": "l", "acquired_at": 1, "expires_at": 30_001, "ttl_ms": 30_000,
+            "purpose": "soak", "token": token
+        }))
+        .unwrap()
+    }
+
+    fn waiter(agent: &str, pid: u32, f: usize, since: u64) -> WaiterInfo {
+        serde_json::from_value(json!({
+            "ticket": pid, "resource": format!("src/f{f}.rs"), "mode": "exclusive",
+            "agent": agent, "process": {"host": "h", "pid": pid, "start_time": 1, "boot_id": "b"},
+            "live": "w", "since": since, "purpose": "soak"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn dead_lock_records_must_go_once_the_file_is_wanted() {
+        let incs: HashMap<u32, Incarnation> = [
+            (10, inc("a", 0, 10, 0, Some(50_000))),
+            (11, inc("b", 0, 11, 0, None)),
+            (12, inc("c", 0, 12, 0, Some(50_000))),
+        ]
+        .into();
+        let now = 100_000;
+        let check = |snap: &Snapshot, grants: &HashMap<usize, (u64, u64)>| {
+            let (mut seen, mut v) = (LockSeen::default(), Vec::new());
+            check_locks(now, snap, grants, &incs, now, &mut seen, &mut v);
+            (seen.dead_records, v)
+        };
+        // A dead holder nobody wanted: seen, allowed.
+        let snap = Snapshot {
+            holders: vec![holder("a", 10, 1, 5), holder("b", 11, 2, 6)],
+            waiters: vec![],
+        };
+        let (n, v) = check(&snap, &[(1, (5, 40_000)), (2, (6, 40_000))].into());
+        assert_eq!((n, v.len()), (1, 0), "{v:?}");
+        // A later token granted on its file: it had to go.
+        let (_, v) = check(&snap, &[(1, (7, 60_000))].into());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("after token 7"), "{v:?}");
+        // A live waiter queued behind it for longer than its lease plus the slack.
+        let mut snap2 = snap.clone();
+        snap2.waiters = vec![waiter("b", 11, 1, 60_000)];
+        let (_, v) = check(&snap2, &HashMap::new());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("waited"), "{v:?}");
+        snap2.waiters = vec![waiter("b", 11, 1, 90_000)];
+        assert!(check(&snap2, &HashMap::new()).1.is_empty());
+        // A dead waiter still queued after a grant well after its death.
+        let snap3 = Snapshot {
+            holders: vec![],
+            waiters: vec![waiter("c", 12, 3, 45_000)],
+        };
+        let (n, v) = check(&snap3, &[(3, (9, 80_000))].into());
+        assert_eq!((n, v.len()), (1, 1), "{v:?}");
+        assert!(check(&snap3, &[(3, (9, 52_000))].into()).1.is_empty());
+        // A pid that is another incarnation's (reused) is not the dead one's record.
+        let snap4 = Snapshot {
+            holders: vec![holder("b", 10, 1, 5)],
+            waiters: vec![],
+        };
+        assert_eq!(check(&snap4, &[(1, (7, 60_000))].into()).0, 0);
+    }
+}

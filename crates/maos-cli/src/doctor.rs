@@ -23,6 +23,7 @@ fn checks(ws: &Workspace, repair: bool) -> anyhow::Result<Vec<Finding>> {
     all.extend(maos_coordination::lock::doctor(ws, repair)?);
     all.extend(maos_coordination::comm::doctor(ws, repair)?);
     all.extend(maos_coordination::track::doctor(ws, repair)?);
+    all.extend(maos_coordination::merge::doctor(ws, repair)?);
     all.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

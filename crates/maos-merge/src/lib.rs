@@ -88,6 +88,7 @@
 
 mod coordinator;
 mod detect;
+mod doctor;
 mod error;
 mod queue;
 mod touch;
@@ -102,6 +103,7 @@ pub use detect::{
     Conflict, ConflictDetector, ConflictEntry, ConflictKind, ConflictRegion, DetectOptions,
     LineRange, MergeCheck, PairResult, Prediction, Relation,
 };
+pub use doctor::doctor;
 pub use error::{Error, Result};
 pub use queue::{
     EntryStatus, MergeQueue, QUEUE_FILE, QUEUE_LOCK_FILE, QUEUE_RUN_LOCK_FILE, QueueEntry,

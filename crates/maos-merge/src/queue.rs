@@ -17,7 +17,7 @@ pub const QUEUE_LOCK_FILE: &str = "queue.lock";
 /// The kernel-lock file held while a process runs the queue.
 pub const QUEUE_RUN_LOCK_FILE: &str = "queue.run.lock";
 /// The largest queue file read (16 MiB).
-const QUEUE_LIMIT: u64 = 16 << 20;
+pub(crate) const QUEUE_LIMIT: u64 = 16 << 20;
 
 /// Where an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -223,3 +223,41 @@ fn concurrent_merges_into_one_target_lose_nothing() {
     }
     assert_eq!(r.git(&["status", "--porcelain"]), "");
 }
+
+/// Issue 16 item 2: a process stopped (SIGSTOP) while it holds the merge queue's kernel lock
+/// makes `merge queue add` give up at the guard's timeout (10 s) with exit 3, naming it and
+/// saying it is stopped, instead of waiting forever.
+#[test]
+fn a_stopped_queue_lock_holder_makes_queue_add_exit_3_naming_it() {
+    let r = conflicting();
+    let m = Maos::new(r.path()).agent("m");
+    m.run(["merge", "queue", "list"]).ok();
+    let path = r.path().join(".maos/merge/queue.lock");
+    std::fs::write(&path, "").unwrap();
+    // flock(1) takes the lock and runs a command that stops flock(1) itself.
+    let mut holder = std::process::Command::new("flock")
+        .arg(&path)
+        .args(["-c", "kill -STOP $PPID"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let stat = format!("/proc/{}/stat", holder.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat)
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    {
+        assert!(std::time::Instant::now() < deadline, "flock never stopped");
+        std::thread::yield_now();
+    }
+    let out = m.run(["merge", "queue", "add", "source", "main"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    out.assert_code(Exit::Busy);
+    out.stderr_has(&format!("pid {}", holder.id()))
+        .stderr_has("stopped")
+        .stderr_has("merge queue");
+    // Once the holder is gone the same command goes through.
+    m.run(["merge", "queue", "add", "source", "main"]).ok();
+}

@@ -9,6 +9,8 @@ mod prepare;
 mod resolution;
 mod types;
 
+pub(crate) use checkout::{Intent, read_intent};
+
 use std::path::Path;
 
 use maos_core::{AgentId, Workspace};
