@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].contains("not taken over"), "{v:?}");
         let mut v = Vec::new();
-        check_claims(61_000, &[dead.clone()], &current, &j, &mut v);
+        check_claims(61_000, std::slice::from_ref(&dead), &current, &j, &mut v);
         assert!(v.is_empty(), "within the slack: {v:?}");
         let (_d, j) = journals(&[("a", 1, &format!("resume {}", dead.id))]);
         let mut v = Vec::new();

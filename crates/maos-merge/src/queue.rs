@@ -407,23 +407,28 @@ mod tests {
     /// itself (SIGSTOP): a real, suspended holder. Returns once it holds the lock and is
     /// stopped (bounded wait).
     fn stopped_holder(path: &std::path::Path) -> (Child, u32) {
-        let child = Command::new("flock")
+        let mut child = Command::new("flock")
             .arg(path)
             .args(["-c", "kill -STOP $PPID"])
             .spawn()
             .expect("flock(1) from util-linux");
         let lock = LockFile::open(path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let pid = loop {
             if let Some(h) = fsx::holders_of(lock.file())
                 .into_iter()
                 .find(|h| h.is_stopped())
             {
-                return (child, h.pid);
+                break h.pid;
             }
-            assert!(Instant::now() < deadline, "the holder never stopped");
+            if Instant::now() >= deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("the holder never stopped");
+            }
             std::thread::yield_now();
-        }
+        };
+        (child, pid)
     }
 
     #[test]
