@@ -3,8 +3,11 @@
 //! test first on PATH, as a user following the document would. Exported variables carry from
 //! one block to the next, as in one terminal.
 //!
-//! A block must exit 0 unless the line right before its fence says otherwise:
+//! A block must exit 0 unless a line right before its fence says otherwise (several such lines
+//! may stack):
 //! - `<!-- snippet: exit N -->`: it must exit N;
+//! - `<!-- snippet: stdout has "TEXT" -->`: its output must contain TEXT (what the document
+//!   says it prints);
 //! - `<!-- snippet: runs until stopped -->`: a follower; it must still be running after a
 //!   moment (not failed), and is then stopped;
 //! - `<!-- snippet: not run: REASON -->`: not run (it installs, builds or starts an agent).
@@ -36,6 +39,8 @@ struct Snippet {
     line: usize,
     code: String,
     expect: Expect,
+    /// Texts its stdout must contain.
+    prints: Vec<String>,
 }
 
 /// The ```sh blocks of `doc` (a path under the workspace root).
@@ -58,17 +63,22 @@ fn snippets(file: &'static str) -> Vec<Snippet> {
                 "{file}:{}: an unclosed code block",
                 start + 1
             );
-            let before = if start > 0 {
-                lines[start - 1].trim()
-            } else {
-                ""
-            };
-            let expect = annotation(file, start, before);
+            let mut expect = Expect::Exit(0);
+            let mut prints = Vec::new();
+            let mut k = start;
+            while k > 0 && lines[k - 1].trim().starts_with("<!-- snippet:") {
+                k -= 1;
+                match annotation(file, k + 1, lines[k].trim()) {
+                    Note::Prints(t) => prints.push(t),
+                    Note::Expect(e) => expect = e,
+                }
+            }
             out.push(Snippet {
                 file,
                 line: start + 1,
                 code: lines[start + 1..j].join("\n"),
                 expect,
+                prints,
             });
             i = j;
         }
@@ -77,30 +87,39 @@ fn snippets(file: &'static str) -> Vec<Snippet> {
     out
 }
 
-fn annotation(file: &str, fence: usize, before: &str) -> Expect {
-    let Some(note) = before
+enum Note {
+    Expect(Expect),
+    Prints(String),
+}
+
+fn annotation(file: &str, line: usize, text: &str) -> Note {
+    let note = text
         .strip_prefix("<!-- snippet:")
         .and_then(|s| s.strip_suffix("-->"))
         .map(str::trim)
-    else {
-        return Expect::Exit(0);
-    };
+        .unwrap_or_else(|| panic!("{file}:{line}: a snippet annotation is one line: {text}"));
     if let Some(n) = note.strip_prefix("exit ") {
-        return Expect::Exit(n.parse().unwrap_or_else(|_| {
-            panic!("{file}:{fence}: `snippet: exit N` needs a number: {note}")
-        }));
+        return Note::Expect(Expect::Exit(n.parse().unwrap_or_else(|_| {
+            panic!("{file}:{line}: `snippet: exit N` needs a number: {note}")
+        })));
     }
     if note == "runs until stopped" {
-        return Expect::RunsUntilStopped;
+        return Note::Expect(Expect::RunsUntilStopped);
     }
     if let Some(reason) = note.strip_prefix("not run:") {
         assert!(
             !reason.trim().is_empty(),
-            "{file}:{fence}: `snippet: not run:` needs a reason"
+            "{file}:{line}: `snippet: not run:` needs a reason"
         );
-        return Expect::NotRun;
+        return Note::Expect(Expect::NotRun);
     }
-    panic!("{file}:{fence}: unknown snippet annotation {note:?}");
+    if let Some(t) = note
+        .strip_prefix("stdout has \"")
+        .and_then(|t| t.strip_suffix('"'))
+    {
+        return Note::Prints(t.to_string());
+    }
+    panic!("{file}:{line}: unknown snippet annotation {note:?}");
 }
 
 /// What the recipes' placeholders stand for: small commands that succeed.
@@ -248,6 +267,14 @@ impl Session {
             }
             (Expect::Exit(_), None) => panic!("still running after {limit:?}: {}", report()),
             (Expect::NotRun, _) => unreachable!("not-run blocks are filtered out"),
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for t in &s.prints {
+            assert!(
+                stdout.contains(t.as_str()),
+                "does not print {t:?}: {}",
+                report()
+            );
         }
     }
 }
