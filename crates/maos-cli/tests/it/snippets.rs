@@ -302,3 +302,77 @@ fn every_cli_reference_recipe_runs_as_written() {
     let (ran, all) = run_file("docs/cli.md");
     assert!(ran >= 3, "{ran} of {all} docs/cli.md blocks ran");
 }
+
+/// The Python client of docs/protocol.md section 6, run as written against the binary: what
+/// it sends maos reads, what maos sends it reads, the directories it makes are private, and
+/// `maos doctor` finds nothing wrong with what it wrote.
+#[test]
+fn the_protocol_python_example_interoperates_with_maos() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docs/protocol.md")).unwrap();
+    let start = text
+        .find("### Example: sending and receiving from Python")
+        .expect("the example's section");
+    let code = &text[start..];
+    let code = &code[code.find("```python\n").expect("its code") + 10..];
+    let code = &code[..code.find("\n```").expect("its end")];
+
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("repo");
+    std::fs::create_dir(&ws).unwrap();
+    Maos::new(&ws).run(["init"]).ok();
+    let client = dir.path().join("client.py");
+    std::fs::write(&client, code).unwrap();
+    let driver = format!(
+        "import os, sys, json\n\
+         os.umask(0o022)\n\
+         exec(open({client:?}).read())\n\
+         ws = sys.argv[2]\n\
+         if sys.argv[1] == 'send':\n\
+         \x20   print(send(ws, 'py/talk', 'pyagent', {{'n': 1, 'text': 'from python'}}))\n\
+         else:\n\
+         \x20   msgs, cursor = receive(ws, 'py/talk')\n\
+         \x20   print(json.dumps([m for _, m in msgs]))\n",
+        client = client.display().to_string()
+    );
+    let py = |what: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &driver, what])
+            .arg(&ws)
+            .output()
+            .expect("python3 runs (CI installs it)");
+        assert!(
+            out.status.success(),
+            "python {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(py("send").trim(), "1", "the first position");
+    let got = Maos::new(&ws)
+        .agent("reader")
+        .run(["--json", "recv", "py/talk"]);
+    got.ok();
+    assert_eq!(got.lines()[0]["payload"]["text"], "from python");
+    assert_eq!(got.lines()[0]["sender"], "pyagent");
+
+    Maos::new(&ws)
+        .agent("m")
+        .run(["send", "py/talk", "--data", r#"{"text":"from maos"}"#])
+        .ok();
+    let read: serde_json::Value = serde_json::from_str(py("receive").trim()).unwrap();
+    assert_eq!(read[0]["payload"]["text"], "from python", "{read}");
+    assert_eq!(read[1]["payload"]["text"], "from maos", "{read}");
+    assert_eq!(read[1]["sender"], "m", "{read}");
+
+    // Every directory the client made is private, whatever its umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut d = ws.join(".maos/channels/py/talk/.chan");
+    while d != ws.join(".maos/channels") {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        d.pop();
+    }
+    let doctor = Maos::new(&ws).run(["doctor"]);
+    doctor.ok();
+}
