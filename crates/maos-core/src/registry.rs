@@ -591,7 +591,7 @@ impl AgentRegistry {
                 Ok(Some(rec)) => out.agents.push(rec),
                 Ok(None) => {} // removed while listing
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = &e as &dyn std::error::Error, "unreadable agent record");
+                    tracing::debug!(path = %path.display(), error = &e as &dyn std::error::Error, "unreadable agent record (returned to the caller)");
                     out.problems.push(e);
                 }
             }
