@@ -26,6 +26,23 @@ fn init_creates_an_owner_only_layout_and_status_reports_it() {
     assert_eq!(st["format"], 1);
     assert_eq!(st["agent"], "a");
     assert_eq!(st["discovery"], "explicit");
+    // Issue 13: one `agents` row (it was printed twice), and the disk usage on one line.
+    Maos::new(dir.path())
+        .agent("b")
+        .run(["agents", "register"])
+        .ok();
+    let text = Maos::new(dir.path())
+        .agent("a")
+        .run(["status"])
+        .ok()
+        .stdout();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("agents")).collect();
+    assert_eq!(rows, ["agents     1 registered, 1 alive"], "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("on disk")).count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]

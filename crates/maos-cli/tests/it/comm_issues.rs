@@ -388,3 +388,58 @@ fn the_inbox_shows_each_message_addressed_to_me_once() {
         .stdout_has("deploy/**");
     b1.run(["inbox", "--subscriptions", "--json"]).ok();
 }
+
+/// `inbox --follow` delivers what arrives while it follows, each once, and acknowledges it.
+#[test]
+fn inbox_follow_delivers_new_messages_as_they_arrive() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::new(ws)
+        .agent("b")
+        .run(["agents", "register", "--role", "dev"])
+        .ok();
+    let mut follower = Maos::new(ws)
+        .agent("b")
+        .cmd()
+        .args([
+            "--json",
+            "inbox",
+            "--follow",
+            "--count",
+            "2",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    Maos::new(ws)
+        .agent("a")
+        .run(["send", "api", "--to", "b", "--data", r#""direct""#])
+        .ok();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["payload"], "direct", "{first}");
+    // The second arrives after the follower has printed the first: it is woken for it.
+    Maos::new(ws)
+        .agent("a")
+        .run([
+            "send",
+            "other",
+            "--role",
+            "dev",
+            "--data",
+            r#""to the role""#,
+        ])
+        .ok();
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["payload"], "to the role", "{second}");
+    assert!(follower.wait().unwrap().success());
+    let unread = Maos::new(ws)
+        .agent("b")
+        .run(["--json", "inbox", "--unread"])
+        .ok()
+        .json();
+    assert_eq!(unread["total"], 0, "acknowledged as printed: {unread}");
+}
