@@ -324,3 +324,59 @@ fn only_init_creates_a_workspace() {
     Maos::uninitialised(&missing).run(["init"]).ok();
     Maos::uninitialised(&missing).run(["status"]).ok();
 }
+
+/// Issue 12: a FIFO in place of any record maos reads gives a clear error naming it (exit 1),
+/// never a hang: each file below is replaced by a FIFO in turn, with no writer on it.
+#[test]
+fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    git(ws, &["init", "-q", "-b", "main"]);
+    git(ws, &["commit", "-q", "--allow-empty", "-m", "init"]);
+    let m = Maos::new(ws).agent("a");
+    m.run(["send", "ch", "--data", "1"]).ok();
+    m.run(["recv", "ch", "--consumer", "w"]).ok();
+    m.run(["task", "add", "T"]).ok();
+    let cases: &[(&str, &[&str])] = &[
+        (".maos/format", &["status"]),
+        (".maos/agents/b.json", &["agents", "list"]),
+        (
+            ".maos/channels/ch/.chan/consumers/w.json",
+            &["recv", "ch", "--consumer", "w"],
+        ),
+        (".maos/tasks/current", &["task", "list"]),
+        (".maos/tasks/log.0.jsonl", &["task", "list"]),
+        (".maos/merge/queue.json", &["merge", "queue", "list"]),
+    ];
+    for (file, args) in cases {
+        let path = ws.join(file);
+        let saved = std::fs::read(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success(), "mkfifo {file}");
+        let mut child = Maos::new(ws)
+            .agent("b")
+            .cmd()
+            .args(*args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("maos {args:?} waits on a FIFO at {file}");
+            }
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        let out = Run::wait(child);
+        out.assert_code(Exit::Error);
+        out.stderr_has(file).stderr_has("is a FIFO (named pipe), not a regular file");
+        std::fs::remove_file(&path).unwrap();
+        if let Some(bytes) = saved {
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+}
