@@ -373,7 +373,8 @@ fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
         }
         let out = Run::wait(child);
         out.assert_code(Exit::Error);
-        out.stderr_has(file).stderr_has("is a FIFO (named pipe), not a regular file");
+        out.stderr_has(file)
+            .stderr_has("is a FIFO (named pipe), not a regular file");
         std::fs::remove_file(&path).unwrap();
         if let Some(bytes) = saved {
             std::fs::write(&path, bytes).unwrap();
