@@ -82,7 +82,7 @@ impl Anchor {
     }
 
     /// Names the client session.
-    #[must_use]
+    #[must_use = "returns the changed anchor"]
     pub fn in_session(mut self, session: impl Into<String>) -> Self {
         self.session = Some(session.into());
         self
