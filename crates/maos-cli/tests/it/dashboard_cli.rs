@@ -83,6 +83,12 @@ window.__t = {
     graphCritical: document.querySelectorAll('#graph svg g.task.crit').length,
     messages: [...document.querySelectorAll('#channels .msg')].map(m => m.textContent),
     conn: document.getElementById('conn').textContent,
+    eta: document.getElementById('eta').textContent,
+    ganttShown: !document.getElementById('gantt').hidden,
+    ganttTasks: document.querySelectorAll('#gantt svg g.task').length,
+    queue: [...document.querySelectorAll('#queue-table tbody tr')].map(r => r.textContent),
+    channels: [...document.querySelectorAll('#channels .channel')].map(c => c.dataset.channel),
+    senders: [...document.querySelectorAll('#channels .msg .who')].map(w => w.textContent),
     firstRender: window.maosFirstRender, firstPicture: window.maosFirstPicture,
   }),
   until: (cond, ms) => new Promise((resolve) => {
@@ -368,7 +374,57 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         conflicts.iter().any(|c| c.contains("README.md")),
         "the predicted conflict names the file: {conflicts:?}"
     );
+    assert!(
+        s["eta"].as_str().unwrap().starts_with("ETA "),
+        "the ETA is shown: {}",
+        s["eta"]
+    );
     page.screenshot(&shots.join("dashboard.png")).unwrap();
+
+    // The Gantt tab draws the tasks.
+    page.eval(
+        "document.querySelector('[data-tab=gantt]').click(); true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    until(&mut page, "s => s.ganttShown && s.ganttTasks > 0", 20_000);
+    // The message filter keeps only what an agent sent or was sent.
+    let set_filter = |page: &mut Chromium, who: &str| {
+        page.eval(
+            &format!(
+                "(() => {{ const f = document.getElementById('msg-agent'); f.value = '{who}'; \
+                 f.dispatchEvent(new Event('change')); return true; }})()"
+            ),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    };
+    let all = s["messages"].as_array().unwrap().len();
+    set_filter(&mut page, "backend-1");
+    let filtered = until(
+        &mut page,
+        &format!("s => s.messages.length > 0 && s.messages.length < {all}"),
+        10_000,
+    );
+    for m in filtered["messages"].as_array().unwrap() {
+        assert!(
+            m.as_str().unwrap().contains("backend-1"),
+            "a message neither from nor to backend-1 shown: {m}"
+        );
+    }
+    set_filter(&mut page, "");
+    until(
+        &mut page,
+        &format!("s => s.messages.length === {all}"),
+        10_000,
+    );
+    // A merge queued through the CLI appears in the queue table.
+    latency(
+        &mut page,
+        "a merge queued",
+        "s => s.queue.some(r => r.includes('agent/alice'))",
+        maos(&ws, "alice").args(["merge", "queue", "add", "agent/alice", "main"]),
+    );
 
     // Changes through the CLI reach the page.
     let mut latencies = Vec::new();
