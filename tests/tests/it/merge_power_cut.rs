@@ -131,7 +131,7 @@ fn queue_entries_are_neither_lost_nor_merged_twice_by_a_power_cut() {
     }
     let ws = Workspace::init(repo.path()).expect("a workspace");
     let q = queue(&ws);
-    let rec = Recording::start(&ws.maos_dir()).expect("recording starts");
+    let rec = Recording::start(ws.maos_dir()).expect("recording starts");
     let mut acks = Acks::default();
     let mut ids = Vec::new();
     for i in 1..=4 {
