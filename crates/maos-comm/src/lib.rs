@@ -77,7 +77,7 @@ mod watch;
 
 pub use broadcast::{
     BroadcastChannel, FEED_KEEP_CONFIG_KEY, FEED_KEEP_SEGMENTS, FEED_SEGMENT_SIZE, GLOBAL_FEED,
-    TOPIC_PREFIX, feed_options, topic_channel,
+    SYSTEM_TOPICS, TOPIC_PREFIX, feed_options, topic_channel,
 };
 pub use channel::{
     Batch, CHANNEL_DATA_DIR, ChannelOptions, ChannelStats, Consumer, DEFAULT_MAX_MESSAGE,

@@ -174,7 +174,9 @@ fn record(
     };
     tracing::info!(action, actor = %actor, from = ?rec.requested_from, "{}", rec.detail);
     // The change is made; the record follows it (a failure to record is reported, not undone).
-    if let Err(e) = BroadcastChannel::new(ws, actor.clone()).broadcast_blocking(ACTIONS_TOPIC, &rec)
+    if let Err(e) = BroadcastChannel::new(ws, actor.clone())
+        .system()
+        .broadcast_blocking(ACTIONS_TOPIC, &rec)
     {
         tracing::warn!(error = %e, "dashboard: the action was done but could not be recorded on {ACTIONS_TOPIC}");
     }

@@ -15,6 +15,7 @@ mod merge_crash;
 mod merge_equivalence;
 mod merge_history_parity;
 mod merge_kinds;
+mod merge_power_cut;
 mod merge_review_queue;
 mod merge_review_snapshot;
 mod merge_review_touch;

@@ -3,8 +3,11 @@
 //! test first on PATH, as a user following the document would. Exported variables carry from
 //! one block to the next, as in one terminal.
 //!
-//! A block must exit 0 unless the line right before its fence says otherwise:
+//! A block must exit 0 unless a line right before its fence says otherwise (several such lines
+//! may stack):
 //! - `<!-- snippet: exit N -->`: it must exit N;
+//! - `<!-- snippet: stdout has "TEXT" -->`: its output must contain TEXT (what the document
+//!   says it prints);
 //! - `<!-- snippet: runs until stopped -->`: a follower; it must still be running after a
 //!   moment (not failed), and is then stopped;
 //! - `<!-- snippet: not run: REASON -->`: not run (it installs, builds or starts an agent).
@@ -36,6 +39,8 @@ struct Snippet {
     line: usize,
     code: String,
     expect: Expect,
+    /// Texts its stdout must contain.
+    prints: Vec<String>,
 }
 
 /// The ```sh blocks of `doc` (a path under the workspace root).
@@ -58,17 +63,22 @@ fn snippets(file: &'static str) -> Vec<Snippet> {
                 "{file}:{}: an unclosed code block",
                 start + 1
             );
-            let before = if start > 0 {
-                lines[start - 1].trim()
-            } else {
-                ""
-            };
-            let expect = annotation(file, start, before);
+            let mut expect = Expect::Exit(0);
+            let mut prints = Vec::new();
+            let mut k = start;
+            while k > 0 && lines[k - 1].trim().starts_with("<!-- snippet:") {
+                k -= 1;
+                match annotation(file, k + 1, lines[k].trim()) {
+                    Note::Prints(t) => prints.push(t),
+                    Note::Expect(e) => expect = e,
+                }
+            }
             out.push(Snippet {
                 file,
                 line: start + 1,
                 code: lines[start + 1..j].join("\n"),
                 expect,
+                prints,
             });
             i = j;
         }
@@ -77,30 +87,39 @@ fn snippets(file: &'static str) -> Vec<Snippet> {
     out
 }
 
-fn annotation(file: &str, fence: usize, before: &str) -> Expect {
-    let Some(note) = before
+enum Note {
+    Expect(Expect),
+    Prints(String),
+}
+
+fn annotation(file: &str, line: usize, text: &str) -> Note {
+    let note = text
         .strip_prefix("<!-- snippet:")
         .and_then(|s| s.strip_suffix("-->"))
         .map(str::trim)
-    else {
-        return Expect::Exit(0);
-    };
+        .unwrap_or_else(|| panic!("{file}:{line}: a snippet annotation is one line: {text}"));
     if let Some(n) = note.strip_prefix("exit ") {
-        return Expect::Exit(n.parse().unwrap_or_else(|_| {
-            panic!("{file}:{fence}: `snippet: exit N` needs a number: {note}")
-        }));
+        return Note::Expect(Expect::Exit(n.parse().unwrap_or_else(|_| {
+            panic!("{file}:{line}: `snippet: exit N` needs a number: {note}")
+        })));
     }
     if note == "runs until stopped" {
-        return Expect::RunsUntilStopped;
+        return Note::Expect(Expect::RunsUntilStopped);
     }
     if let Some(reason) = note.strip_prefix("not run:") {
         assert!(
             !reason.trim().is_empty(),
-            "{file}:{fence}: `snippet: not run:` needs a reason"
+            "{file}:{line}: `snippet: not run:` needs a reason"
         );
-        return Expect::NotRun;
+        return Note::Expect(Expect::NotRun);
     }
-    panic!("{file}:{fence}: unknown snippet annotation {note:?}");
+    if let Some(t) = note
+        .strip_prefix("stdout has \"")
+        .and_then(|t| t.strip_suffix('"'))
+    {
+        return Note::Prints(t.to_string());
+    }
+    panic!("{file}:{line}: unknown snippet annotation {note:?}");
 }
 
 /// What the recipes' placeholders stand for: small commands that succeed.
@@ -249,6 +268,14 @@ impl Session {
             (Expect::Exit(_), None) => panic!("still running after {limit:?}: {}", report()),
             (Expect::NotRun, _) => unreachable!("not-run blocks are filtered out"),
         }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for t in &s.prints {
+            assert!(
+                stdout.contains(t.as_str()),
+                "does not print {t:?}: {}",
+                report()
+            );
+        }
     }
 }
 
@@ -274,4 +301,96 @@ fn every_readme_recipe_runs_as_written() {
 fn every_cli_reference_recipe_runs_as_written() {
     let (ran, all) = run_file("docs/cli.md");
     assert!(ran >= 3, "{ran} of {all} docs/cli.md blocks ran");
+}
+
+/// The Python client of docs/protocol.md section 6, run as written against the binary: what
+/// it sends maos reads, what maos sends it reads, the directories it makes are private, and
+/// `maos doctor` finds nothing wrong with what it wrote.
+#[test]
+fn the_protocol_python_example_interoperates_with_maos() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("docs/protocol.md")).unwrap();
+    let start = text
+        .find("### Example: sending and receiving from Python")
+        .expect("the example's section");
+    let code = &text[start..];
+    let code = &code[code.find("```python\n").expect("its code") + 10..];
+    let code = &code[..code.find("\n```").expect("its end")];
+
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("repo");
+    std::fs::create_dir(&ws).unwrap();
+    Maos::new(&ws).run(["init"]).ok();
+    let client = dir.path().join("client.py");
+    std::fs::write(&client, code).unwrap();
+    let driver = format!(
+        "import os, sys, json\n\
+         os.umask(0o022)\n\
+         exec(open({client:?}).read())\n\
+         ws = sys.argv[2]\n\
+         if sys.argv[1] == 'send':\n\
+         \x20   print(send(ws, 'py/talk', 'pyagent', {{'n': 1, 'text': 'from python'}}))\n\
+         else:\n\
+         \x20   msgs, cursor = receive(ws, 'py/talk')\n\
+         \x20   print(json.dumps([m for _, m in msgs]))\n",
+        client = client.display().to_string()
+    );
+    let py = |what: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &driver, what])
+            .arg(&ws)
+            .output()
+            .expect("python3 runs (CI installs it)");
+        assert!(
+            out.status.success(),
+            "python {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(py("send").trim(), "1", "the first position");
+    let got = Maos::new(&ws)
+        .agent("reader")
+        .run(["--json", "recv", "py/talk"]);
+    got.ok();
+    assert_eq!(got.lines()[0]["payload"]["text"], "from python");
+    assert_eq!(got.lines()[0]["sender"], "pyagent");
+
+    Maos::new(&ws)
+        .agent("m")
+        .run(["send", "py/talk", "--data", r#"{"text":"from maos"}"#])
+        .ok();
+    let read: serde_json::Value = serde_json::from_str(py("receive").trim()).unwrap();
+    assert_eq!(read[0]["payload"]["text"], "from python", "{read}");
+    assert_eq!(read[1]["payload"]["text"], "from maos", "{read}");
+    assert_eq!(read[1]["sender"], "m", "{read}");
+
+    // Every directory the client made is private, whatever its umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut d = ws.join(".maos/channels/py/talk/.chan");
+    while d != ws.join(".maos/channels") {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        d.pop();
+    }
+    let doctor = Maos::new(&ws).run(["doctor"]);
+    doctor.ok();
+}
+
+/// The README's Rust example is the facade's doctest (compiled and run by `cargo test`), so it
+/// cannot drift from the API.
+#[test]
+fn the_readme_rust_example_is_the_facades_doctest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let first_rust_block = |file: &str| {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let start = text.find("```rust\n").expect("a Rust block") + 8;
+        let len = text[start..].find("\n```").expect("its end");
+        text[start..start + len].to_owned()
+    };
+    assert_eq!(
+        first_rust_block("README.md"),
+        first_rust_block("crates/maos-coordination/README.md"),
+        "README.md's first Rust example differs from the doctest in crates/maos-coordination/README.md"
+    );
 }
