@@ -30,6 +30,18 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
             .branch(format!("agent/{id}")),
     )?;
     let setup = Setup::at(root);
+    // An earlier incarnation killed while moving this agent's branch left git's ref lock
+    // behind; only this agent writes its branch and that incarnation is gone (the checker
+    // killed and reaped it before starting this one), so the lock is stale: git would refuse
+    // every later commit on the branch. Crash recovery, as after any killed git command.
+    let stale = root
+        .join(".git/refs/heads/agent")
+        .join(format!("{id}.lock"));
+    match std::fs::remove_file(&stale) {
+        Ok(()) => eprintln!("[soak] {id}/{inc}: removed the stale {}", stale.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
     let channel = FileChannel::open(&ws, ChannelName::new("swarm")?)?;
     let news = BroadcastChannel::new(&ws, me.clone());
@@ -79,7 +91,19 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
                 .ttl(Duration::from_secs(30))
                 .wait(Duration::from_secs(60));
             let t = Instant::now();
-            let g = match lock.try_acquire("soak")? {
+            let tried = match lock.try_acquire("soak") {
+                // The table's guard was not had within try_acquire's short floor (a loaded
+                // machine): not an answer about the lock; wait for it instead.
+                Err(maos_coordination::lock::Error::Core(
+                    maos_coordination::core::Error::LockTimeout { .. },
+                )) => {
+                    time(&mut samples, "lock try: guard busy", t);
+                    None
+                }
+                other => other?,
+            };
+            let t = Instant::now();
+            let g = match tried {
                 Some(g) => {
                     time(&mut samples, "lock acquire (free)", t);
                     g

@@ -340,6 +340,24 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
                 }
             }
         }
+        // An agent that failed on its own is a violation (its error is on stderr); it is
+        // reaped at once (a zombie would still look alive to the registry) and restarted
+        // like a killed one.
+        for slot in &mut slots {
+            let Some(child) = &mut slot.child else {
+                continue;
+            };
+            if let Some(st) = child.try_wait()?
+                && !st.success()
+            {
+                violations.push(format!("agent {}/{} exited with {st}", slot.id, slot.inc));
+                if let Some(i) = incarnations.get_mut(&child.id()) {
+                    i.killed_at = Some(now_ms());
+                }
+                slot.child = None;
+                slot.restart_at = Some(Instant::now());
+            }
+        }
         for slot in &mut slots {
             if slot.restart_at.is_some_and(|t| Instant::now() >= t) {
                 slot.restart_at = None;

@@ -96,7 +96,15 @@ impl ProcessIdentity {
         if !self.boot_id.is_empty() && self.boot_id != boot_id() {
             return ProcessState::Gone;
         }
-        match start_time(self.pid) {
+        let Some(stat) = read_stat(self.pid) else {
+            return ProcessState::Gone;
+        };
+        // A zombie (exited, not yet reaped by its parent) holds no file and does nothing:
+        // it is gone, though /proc still lists it.
+        if matches!(stat_state(&stat), Some('Z' | 'X')) {
+            return ProcessState::Gone;
+        }
+        match parse_start_time(&stat) {
             Some(t) if self.start_time == 0 || t == self.start_time => ProcessState::Running,
             _ => ProcessState::Gone,
         }
@@ -191,6 +199,15 @@ fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
 
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may itself
 /// contain spaces and parentheses, so fields are counted from the last `)`.
+/// The state letter of a `/proc/<pid>/stat` line (field 3, after the command's `)`).
+fn stat_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // `rest` starts with field 3 (state); field 22 is the 20th of these.
@@ -221,6 +238,32 @@ mod tests {
             ..me
         };
         assert_eq!(elsewhere.state(), ProcessState::OtherHost);
+    }
+
+    /// A child that exited but is not reaped yet (a zombie) is gone, not running.
+    #[test]
+    fn an_unreaped_exited_child_is_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let stat = |pid| read_stat(pid).unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stat_state(&stat(pid)) != Some('Z') {
+            if std::time::Instant::now() >= deadline {
+                child.wait().unwrap();
+                panic!("the child never became a zombie: {}", stat(pid));
+            }
+            std::thread::yield_now();
+        }
+        let p = ProcessIdentity {
+            host: hostname().to_owned(),
+            pid,
+            start_time: parse_start_time(&stat(pid)).unwrap(),
+            boot_id: boot_id().to_owned(),
+        };
+        assert_eq!(p.state(), ProcessState::Gone);
+        child.wait().unwrap();
+        assert_eq!(p.state(), ProcessState::Gone);
+        assert_eq!(ProcessIdentity::current().state(), ProcessState::Running);
     }
 
     #[test]
