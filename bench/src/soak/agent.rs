@@ -102,7 +102,6 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
                 }
                 other => other?,
             };
-            let t = Instant::now();
             let g = match tried {
                 Some(g) => {
                     time(&mut samples, "lock acquire (free)", t);

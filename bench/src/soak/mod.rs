@@ -92,7 +92,10 @@ impl Setup {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let other = std::fs::read(&occ).unwrap_or_default();
                     match serde_json::from_slice::<(String, u32, ProcessIdentity, u64)>(&other) {
-                        Ok((oid, oinc, p, _)) if p.state() == ProcessState::Running => {
+                        // A holder SIGKILLed by the checker loses its kernel locks (so its
+                        // lock is taken over) a moment before /proc stops showing it
+                        // running: give a dying occupant a second to be gone.
+                        Ok((oid, oinc, p, _)) if still_running(&p) => {
                             self.violation(&format!(
                                 "two holders of src/f{f}.rs: {oid}/{oinc} (pid {}) and {id}/{inc}",
                                 p.pid
@@ -156,6 +159,18 @@ impl Setup {
         )?;
         Ok(())
     }
+}
+
+/// Whether `p` still runs a second from now (a process being killed is gone by then).
+fn still_running(p: &ProcessIdentity) -> bool {
+    let until = Instant::now() + Duration::from_secs(1);
+    while p.state() == ProcessState::Running {
+        if Instant::now() >= until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 /// `TOKEN MS` from a grant file (`None` when missing, or caught while being rewritten).
