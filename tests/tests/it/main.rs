@@ -10,6 +10,7 @@ mod fuzz;
 mod lock_deadlock;
 mod lock_mutex;
 mod lock_race;
+mod lock_records;
 mod merge_coordination;
 mod merge_crash;
 mod merge_equivalence;
