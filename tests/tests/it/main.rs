@@ -27,3 +27,10 @@ mod track_dead_agent;
 mod track_feature;
 mod track_review_kill;
 mod track_stopped_holder;
+
+/// The multi-process tests' helper binary (`tests/src/bin/helper`) in `role`.
+fn helper(role: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_helper"));
+    c.arg(role);
+    c
+}
