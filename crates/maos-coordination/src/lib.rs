@@ -6,11 +6,14 @@
 //! The default file backend is single-host (kernel locks and file events do not cross NFS).
 #![doc = include_str!("../README.md")]
 
+pub mod backend;
+
 pub use maos_comm as comm;
 pub use maos_core as core;
 pub use maos_dashboard as dashboard;
 pub use maos_lock as lock;
 pub use maos_merge as merge;
+pub use maos_postgres as postgres;
 pub use maos_session as session;
 pub use maos_track as track;
 

@@ -37,6 +37,7 @@
 
 #![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
 
+mod agent_store;
 mod config;
 pub mod doctor;
 mod error;
@@ -50,6 +51,7 @@ mod text;
 mod time;
 mod workspace;
 
+pub use agent_store::{AgentStore, AgentView, FileAgents};
 pub use config::{Config, DEFAULT_AGENT_LEASE, HookConfig, MAX_AGENT_LEASE};
 pub use error::{Error, Result};
 pub use ids::{MessageId, TaskId};

@@ -87,6 +87,7 @@ pub mod merge;
 pub mod registry;
 mod schema;
 pub mod server;
+pub mod stores;
 pub mod track;
 
 pub use config::{

@@ -164,12 +164,17 @@ impl LockGuard {
     ///
     /// # Errors
     /// When waiting for the child fails.
-    pub fn wait_child(&mut self, child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+    pub fn wait_child(
+        &mut self,
+        child: &mut std::process::Child,
+    ) -> Result<std::process::ExitStatus> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         let dir = self.shared.dir.clone();
         let wait_err = |e: std::io::Error| Error::io("wait for", &dir, e);
         let pid = rustix::process::Pid::from_raw(child.id() as i32);
-        let pidfd = match pid.map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
+        let pidfd = match pid
+            .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        {
             Some(Ok(fd)) => fd,
             // No pidfd (an old kernel): renew from a thread meanwhile.
             _ => {
@@ -206,7 +211,10 @@ impl LockGuard {
             match ops::renew(&self.shared, &self.info) {
                 Ok(expires) => self.info.expires_at = expires,
                 Err(e @ Error::LockLost { .. }) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "lock lost while waiting for the child");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "lock lost while waiting for the child"
+                    );
                     self.lost.store(true, Ordering::Relaxed);
                     if let Some(f) = &self.on_lost {
                         f(&e);

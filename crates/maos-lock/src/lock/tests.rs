@@ -831,7 +831,11 @@ fn waiting_for_a_child_renews_a_short_lease() {
     assert!(status.success());
     assert!(now_ms() > first_end, "the child outlived the first lease");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(stolen.join().unwrap(), None, "the lock was taken while the child ran");
+    assert_eq!(
+        stolen.join().unwrap(),
+        None,
+        "the lock was taken while the child ran"
+    );
     assert!(!g.is_lost());
     g.release().unwrap();
 }

@@ -17,8 +17,6 @@ pub(crate) mod records;
 pub(crate) mod slots;
 pub(crate) mod table;
 
-
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -372,7 +372,10 @@ fn current_moved(dir: &Path, e: &Error) -> bool {
     };
     let generation = name
         .strip_prefix("snapshot.")
-        .or_else(|| name.strip_prefix("log.").and_then(|r| r.strip_suffix(".jsonl")))
+        .or_else(|| {
+            name.strip_prefix("log.")
+                .and_then(|r| r.strip_suffix(".jsonl"))
+        })
         .and_then(|g| g.parse::<u64>().ok());
     match (generation, read_current(dir)) {
         (Some(g), Ok(Some(c))) => c != g && !path.exists(),
