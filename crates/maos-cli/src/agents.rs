@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use maos_coordination::core::{
-    Anchor, AgentView, AnchorKind, ProcessIdentity, human_ms, now_ms,
-};
+use maos_coordination::core::{AgentView, Anchor, AnchorKind, ProcessIdentity, human_ms, now_ms};
 use maos_coordination::{AgentId, AgentRole, Liveness, Registration};
 use serde::Serialize;
 

@@ -595,16 +595,15 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let mut sub = store.topic_reader(&patterns, consumer)?;
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
-    let mut handle = |sub: &mut dyn TopicReader,
-                      m: &TopicMessage<RawPayload>|
-     -> anyhow::Result<bool> {
-        print_topic(ctx, m)?;
-        if durable {
-            sub.ack(m.position)?;
-        }
-        printed += 1;
-        Ok(printed >= limit)
-    };
+    let mut handle =
+        |sub: &mut dyn TopicReader, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
+            print_topic(ctx, m)?;
+            if durable {
+                sub.ack(m.position)?;
+            }
+            printed += 1;
+            Ok(printed >= limit)
+        };
     let first = sub.read()?;
     for m in &first.messages {
         if handle(sub.as_mut(), m)? {

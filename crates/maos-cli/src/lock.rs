@@ -8,8 +8,8 @@ use clap::Subcommand;
 use maos_coordination::ResourceName;
 use maos_coordination::core::{escape_controls, human_ms, now_ms};
 use maos_coordination::lock::{
-    Deadlock, Error as LockError, FencingToken, LockInfo, LockMode, LockRequest, LockStore,
-    Report, VICTIM_RULE, Via,
+    Deadlock, Error as LockError, FencingToken, LockInfo, LockMode, LockRequest, LockStore, Report,
+    VICTIM_RULE, Via,
 };
 use serde::Serialize;
 

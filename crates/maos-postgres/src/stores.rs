@@ -325,8 +325,9 @@ impl ChannelStore for PgComm {
         payload: &RawPayload,
         _lock_wait: Duration,
     ) -> maos_comm::Result<maos_comm::Receipt> {
-        let r = PgBroadcast::new(&self.pg, sender.clone())
-            .broadcast(topic, payload)
+        // The receipt names the feed position, the one subscribers see (as with the files).
+        let (r, feed_position) = PgBroadcast::new(&self.pg, sender.clone())
+            .broadcast_with_feed(topic, payload)
             .map_err(|e| match e {
                 Error::Invalid { reason, .. } => maos_comm::Error::InvalidTopic {
                     topic: topic.to_string(),
@@ -335,7 +336,7 @@ impl ChannelStore for PgComm {
                 other => comm_error(topic, other),
             })?;
         Ok(maos_comm::Receipt {
-            position: r.position,
+            position: feed_position,
             id: r.id,
         })
     }

@@ -139,3 +139,284 @@ fn a_server_schema_newer_than_this_maos_is_refused() {
     out.stderr_has(&db_url);
     out.stderr_has("upgrade maos");
 }
+
+/// One step of the scripted session: who, what, and what it printed.
+struct Step {
+    what: String,
+    code: Option<i32>,
+    out: String,
+}
+
+/// Replaces what differs between two runs by nature (ids, tokens, times) with placeholders
+/// numbered in order of appearance, so two sessions compare line by line.
+fn normalise(text: &str, ids: &mut Vec<String>) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive([' ', '\n', '"', ',', ':', '(', ')', '#', '@', ';']) {
+        let (w, sep) = match word.char_indices().last() {
+            Some((i, c)) if " \n\",:()#@;".contains(c) => (&word[..i], &word[i..]),
+            _ => (word, ""),
+        };
+        let idish = w.len() >= 8
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && w.chars().any(|c| c.is_ascii_digit());
+        if idish {
+            let n = ids.iter().position(|x| x == w).unwrap_or_else(|| {
+                ids.push(w.to_string());
+                ids.len() - 1
+            });
+            out.push_str(&format!("<id{n}>"));
+        } else {
+            out.push_str(w);
+        }
+        out.push_str(sep);
+    }
+    out
+}
+
+/// The same session of `maos` commands by two agents, on the workspace of `maos`.
+fn session(maos: &Maos) -> Vec<Step> {
+    let a = maos.agent("alice");
+    let b = maos.agent("bob");
+    let mut steps = Vec::new();
+    let mut run = |who: &Maos, name: &str, args: &[&str]| -> String {
+        let r = who.run(args);
+        let out = r.stdout();
+        steps.push(Step {
+            what: format!("{name}: maos {}", args.join(" ")),
+            code: r.code(),
+            out: out.clone(),
+        });
+        out
+    };
+    run(&a, "alice", &["agents", "register", "--role", "backend"]);
+    run(&b, "bob", &["agents", "register", "--role", "frontend"]);
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "\"hello\"", "--to", "bob"],
+    );
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "{\"k\":1}", "--role", "frontend"],
+    );
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "3", "--to", "carol"],
+    );
+    run(&b, "bob", &["recv", "api"]);
+    run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
+    run(
+        &b,
+        "bob",
+        &["recv", "api", "--consumer", "c1", "--count", "1"],
+    );
+    run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
+    run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
+    run(&b, "bob", &["recv", "nosuch"]);
+    run(
+        &a,
+        "alice",
+        &["broadcast", "build/done", "--data", "\"green\""],
+    );
+    run(&a, "alice", &["broadcast", "deploy/prod", "--data", "1"]);
+    run(&b, "bob", &["subscribe", "build/*"]);
+    run(
+        &b,
+        "bob",
+        &[
+            "subscribe",
+            "build/*",
+            "deploy/**",
+            "--consumer",
+            "s1",
+            "--count",
+            "1",
+        ],
+    );
+    run(
+        &b,
+        "bob",
+        &["subscribe", "build/*", "deploy/**", "--consumer", "s1"],
+    );
+    run(
+        &a,
+        "alice",
+        &[
+            "lock",
+            "acquire",
+            "src/api.rs",
+            "--ttl",
+            "10m",
+            "--purpose",
+            "refactor",
+        ],
+    );
+    run(
+        &a,
+        "alice",
+        &["lock", "acquire", "src/api.rs", "--ttl", "10m"],
+    );
+    run(&b, "bob", &["lock", "check", "src/api.rs"]);
+    run(&b, "bob", &["lock", "acquire", "src/**", "--wait", "0s"]);
+    run(&b, "bob", &["lock", "acquire", "docs/x.md", "--shared"]);
+    run(&a, "alice", &["lock", "acquire", "docs/x.md", "--shared"]);
+    run(&b, "bob", &["lock", "release", "src/api.rs"]);
+    run(
+        &a,
+        "alice",
+        &["lock", "renew", "src/api.rs", "--ttl", "20m"],
+    );
+    run(&a, "alice", &["lock", "release", "src/api.rs"]);
+    run(&b, "bob", &["lock", "check", "src/api.rs"]);
+    run(
+        &b,
+        "bob",
+        &[
+            "--json",
+            "lock",
+            "run",
+            "src/api.rs",
+            "--",
+            "sh",
+            "-c",
+            "test -n \"$MAOS_LOCK_TOKEN\"",
+        ],
+    );
+    run(&b, "bob", &["deadlock", "check"]);
+    let one = run(&a, "alice", &["task", "add", "schema", "--estimate", "1h"]);
+    let one = one.trim().to_string();
+    let two = run(
+        &a,
+        "alice",
+        &["task", "add", "api", "--after", &one, "--priority", "high"],
+    );
+    let two = two.trim().to_string();
+    run(&a, "alice", &["task", "add", "docs", "--label", "doc"]);
+    run(&a, "alice", &["task", "ready"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&a, "alice", &["task", "done", &one]);
+    run(&b, "bob", &["task", "done", &one, "--note", "schema in"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&b, "bob", &["task", "fail", &two, "--note", "tests red"]);
+    run(&b, "bob", &["task", "start", &two]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&a, "alice", &["task", "list"]);
+    run(&a, "alice", &["task", "list", "--status", "failed"]);
+    run(&a, "alice", &["task", "ready", "--all"]);
+    run(&a, "alice", &["--json", "task", "report"]);
+    run(&a, "alice", &["task", "gantt"]);
+    run(&a, "alice", &["task", "graph"]);
+    run(&a, "alice", &["agents", "heartbeat"]);
+    run(&a, "alice", &["agents", "unregister", "bob"]);
+    run(&a, "alice", &["agents", "list"]);
+    steps
+}
+
+/// Keeps the parts of a step's output that both backends must agree on.
+fn comparable(step: &Step, ids: &mut Vec<String>) -> String {
+    if step.what.contains("task report") {
+        // Timestamps and durations differ by nature; the counts must not.
+        let v: serde_json::Value = serde_json::from_str(&step.out).unwrap_or_default();
+        return [
+            "total_tasks",
+            "completed_tasks",
+            "failed_tasks",
+            "in_progress_tasks",
+            "pending_tasks",
+            "blocked_tasks",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", v[k]))
+        .collect::<Vec<_>>()
+        .join(" ");
+    }
+    if step.what.contains("lock run")
+        || step.what.contains("agents register")
+        || step.what.contains("agents heartbeat")
+        || step.what.contains("agents list")
+    {
+        return String::new(); // process anchors, pids and lease times
+    }
+    let text = if step.what.contains("task gantt") {
+        // How long a finished task took differs by nature.
+        step.out
+            .split_inclusive([' ', '\n'])
+            .map(|w| {
+                let t = w.trim_end();
+                match t.strip_suffix("ms") {
+                    Some(n) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+                        w.replace(t, "<ms>")
+                    }
+                    _ => w.to_string(),
+                }
+            })
+            .collect()
+    } else if step.what.contains("lock release")
+        || step.what.contains("lock acquire")
+        || step.what.contains("lock renew")
+        || step.what.contains("lock check")
+    {
+        // Fencing tokens come from different counters; the shape must match.
+        step.out
+            .lines()
+            .map(|l| {
+                l.split(" token ")
+                    .next()
+                    .unwrap_or(l)
+                    .split(", lease")
+                    .next()
+                    .unwrap_or(l)
+                    .to_string()
+            })
+            .map(|l| {
+                if l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty() {
+                    "<token>".into()
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        step.out.clone()
+    };
+    normalise(&text, ids)
+}
+
+#[test]
+fn one_scripted_session_says_the_same_on_both_backends() {
+    let file_dir = tempfile::tempdir().unwrap();
+    let file = Maos::new(file_dir.path());
+    let pg_dir = tempfile::tempdir().unwrap();
+    let (pg, _, _) = pg_workspace(pg_dir.path());
+    let a = session(&file);
+    let b = session(&pg);
+    let (mut ia, mut ib) = (Vec::new(), Vec::new());
+    let mut diffs = Vec::new();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x.what.split(' ').take(4).collect::<Vec<_>>(),
+            y.what.split(' ').take(4).collect::<Vec<_>>()
+        );
+        let (cx, cy) = (comparable(x, &mut ia), comparable(y, &mut ib));
+        if x.code != y.code || cx != cy {
+            diffs.push(format!(
+                "{}\n  file ({:?}): {cx:?}\n  pg   ({:?}): {cy:?}",
+                x.what, x.code, y.code
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "the backends disagree:\n{}",
+        diffs.join("\n")
+    );
+    // The session did real work on the server: a failed, a completed and a claimed task.
+    let report = b.iter().find(|s| s.what.contains("task report")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&report.out).unwrap();
+    assert_eq!(r["total_tasks"], 3, "{r}");
+    assert_eq!(r["completed_tasks"], 1, "{r}");
+}
