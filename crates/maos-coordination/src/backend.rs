@@ -39,7 +39,7 @@ pub enum Error {
         origin: String,
         /// Why (naming the URL, its password removed).
         #[source]
-        source: maos_postgres::Error,
+        source: Box<maos_postgres::Error>,
     },
     /// The namespace could not be chosen.
     #[error(
@@ -50,7 +50,7 @@ pub enum Error {
         url: String,
         /// Why.
         #[source]
-        source: maos_postgres::Error,
+        source: Box<maos_postgres::Error>,
     },
     /// The server could not be used.
     #[error(
@@ -65,7 +65,7 @@ pub enum Error {
         origin: String,
         /// Why.
         #[source]
-        source: maos_postgres::Error,
+        source: Box<maos_postgres::Error>,
     },
     /// A command the PostgreSQL backend does not offer yet.
     #[error(
@@ -81,6 +81,7 @@ pub enum Error {
 
 /// The backend a workspace is configured for.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // made once per command; boxing buys nothing
 #[non_exhaustive]
 pub enum Choice {
     /// The files under `.maos/`.
@@ -112,7 +113,7 @@ pub fn parse(value: &str, origin: &str) -> Result<Option<BackendUrl>, Error> {
         .map(Some)
         .map_err(|source| Error::BadBackend {
             origin: origin.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -131,7 +132,7 @@ pub fn namespace_for(
     };
     ns.map_err(|source| Error::Namespace {
         url: url.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -176,7 +177,7 @@ pub fn connect(url: &BackendUrl, namespace: &str, origin: &str) -> Result<Pg, Er
         url: url.to_string(),
         namespace: namespace.to_string(),
         origin: origin.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 

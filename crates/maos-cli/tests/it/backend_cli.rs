@@ -420,3 +420,53 @@ fn one_scripted_session_says_the_same_on_both_backends() {
     assert_eq!(r["total_tasks"], 3, "{r}");
     assert_eq!(r["completed_tasks"], 1, "{r}");
 }
+
+/// Claims by several real `maos` processes at once: every task is claimed exactly once,
+/// on the files and on the server alike.
+#[test]
+fn concurrent_maos_processes_claim_each_task_once_on_both_backends() {
+    const TASKS: usize = 12;
+    const WORKERS: usize = 4;
+    let file_dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::tempdir().unwrap();
+    let file = Maos::new(file_dir.path());
+    let (pg, _, _) = pg_workspace(pg_dir.path());
+    for (name, maos) in [("file", file), ("postgresql", pg)] {
+        let lead = maos.agent("lead");
+        let mut ids: Vec<String> = (0..TASKS)
+            .map(|i| {
+                let r = lead.run(["task", "add", &format!("t{i}")]);
+                r.ok();
+                r.stdout().trim().to_string()
+            })
+            .collect();
+        let claimed: Vec<(String, String)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..WORKERS)
+                .map(|w| {
+                    let me = maos.agent(&format!("w{w}"));
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let r = me.run(["--json", "task", "claim"]);
+                            if r.code() == Some(Exit::Busy as i32) {
+                                return mine;
+                            }
+                            r.ok();
+                            let t = r.json();
+                            assert_eq!(t["assigned_to"], format!("w{w}"), "{t}");
+                            mine.push((t["id"].as_str().unwrap().to_string(), format!("w{w}")));
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut got: Vec<String> = claimed.iter().map(|(id, _)| id.clone()).collect();
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids, "{name}: every task claimed exactly once");
+        let list = maos.run(["--json", "task", "list", "--status", "in_progress"]);
+        list.ok();
+        assert_eq!(list.json().as_array().unwrap().len(), TASKS, "{name}");
+    }
+}
