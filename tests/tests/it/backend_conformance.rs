@@ -543,3 +543,64 @@ fn an_agent_anchored_on_a_process_dies_with_it_on_both_backends() {
         assert_eq!(state(reg.as_ref()), Some(Liveness::Dead), "{}", b.name());
     }
 }
+
+#[test]
+fn lock_run_holds_and_renews_the_lock_while_the_command_runs() {
+    use std::io::Write as _;
+    let ttl = Duration::from_millis(400);
+    for (_dir, b) in both() {
+        let l = b.locks();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let mut reader = Some(reader);
+        let r = req(
+            "runner",
+            "run/x",
+            LockMode::Exclusive,
+            ttl,
+            Duration::from_secs(10),
+        );
+        std::thread::scope(|s| {
+            let l2 = &l;
+            let h = s.spawn(move || {
+                let mut spawn = |token: maos_coordination::lock::FencingToken| {
+                    assert!(token.0 > 0);
+                    std::process::Command::new("sh")
+                        .args(["-c", "read x; exit 7"])
+                        .stdin(reader.take().expect("spawned once"))
+                        .spawn()
+                };
+                l2.run(&r, &mut spawn, quiet(), quiet()).unwrap()
+            });
+            // Held while the command runs, and renewed past its first lease.
+            let mut first_expiry = None;
+            server::wait_until(Duration::from_secs(60), || {
+                let snap = l.snapshot().unwrap();
+                let Some(h) = snap.holders.iter().find(|h| h.resource == res("run/x")) else {
+                    return false;
+                };
+                let first = *first_expiry.get_or_insert(h.expires_at);
+                h.expires_at > first + 100
+            });
+            let e = l
+                .acquire_lease(
+                    &req("other", "run/x", LockMode::Exclusive, ttl, Duration::ZERO),
+                    quiet(),
+                )
+                .unwrap_err();
+            assert!(busy(&e), "{}: {e}", b.name());
+            writeln!(writer, "go").unwrap();
+            drop(writer);
+            let out = h.join().unwrap();
+            assert_eq!(out.status.unwrap().code(), Some(7), "{}", b.name());
+            assert!(!out.lost, "{}", b.name());
+            assert!(out.release_error.is_none(), "{}", b.name());
+        });
+        assert!(
+            l.conflicting(&res("run/x"), LockMode::Exclusive)
+                .unwrap()
+                .is_empty(),
+            "{}: released after the command",
+            b.name()
+        );
+    }
+}
