@@ -1,9 +1,12 @@
 //! maos: coordination for many AI coding agents (and any other processes) working in one
-//! repository at the same time. This crate has no logic of its own: it re-exports the maos
-//! crates so that a program can depend on one crate.
+//! repository at the same time. This crate re-exports the maos crates so that a program can
+//! depend on one crate; its one module with code, [`backend`], chooses a workspace's storage
+//! (the files, or a PostgreSQL server) once and hands out each mechanism's storage trait.
 //!
 //! # Limitations
-//! The default file backend is single-host (kernel locks and file events do not cross NFS).
+//! The default file backend is single-host (kernel locks and file events do not cross NFS);
+//! the PostgreSQL backend ([`backend::open`]) serves only the commands the storage traits
+//! cover (see `maos_postgres`'s limitations).
 #![doc = include_str!("../README.md")]
 
 pub mod backend;
