@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use maos_coordination::comm::Error as CommError;
 use maos_coordination::comm::{
     Delivered, FileChannel, Filter, Gap, GapCause, Inbox, InboxItem, Notice, Problem, Pruned,
     RawPayload, Retention, Start, TopicMessage, TopicReader, channel_stats,
@@ -437,7 +438,17 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         (None, None) => Start::After(0),
     };
     let durable = a.consumer.is_some();
-    let mut reader = store.reader(&name, start, filter)?;
+    let mut reader = match store.reader(&name, start.clone(), filter.clone(), false) {
+        // A follower may start before the channel's first message: it waits for it.
+        Err(CommError::NoSuchChannel { .. }) if a.stream.follow => {
+            eprintln!(
+                "maos: note: channel {name} has no messages yet; waiting for the first \
+                 (`maos channels` lists the existing ones)"
+            );
+            store.reader(&name, start, filter, true)?
+        }
+        other => other?,
+    };
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut role_skipped = 0usize;

@@ -21,8 +21,6 @@
 //!   this target exposes only what the CLI's own tests need.
 //! - Output goes to the process's stdout and stderr; [`main`] is meant to be called once.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 /// `println!` that returns an error instead of panicking (see [`ctx::write_stdout`]).
 macro_rules! outln {
     ($($arg:tt)*) => {

@@ -408,6 +408,23 @@ fn check_all(
     target: &str,
     worktrees: bool,
 ) -> anyhow::Result<Exit> {
+    if worktrees {
+        // Say which agents have no worktree to compare: their committed branch stands in.
+        let list = maos_coordination::AgentRegistry::new(&ctx.workspace()?).list()?;
+        let without: Vec<String> = list
+            .agents
+            .iter()
+            .filter(|a| a.branch.is_some() && a.worktree.is_none())
+            .map(|a| a.id.to_string())
+            .collect();
+        if !without.is_empty() {
+            eprintln!(
+                "maos: note: no worktree registered for {}: their committed branches are \
+                 compared instead (register one with `maos agents register --worktree DIR`)",
+                without.join(", ")
+            );
+        }
+    }
     let p = coord
         .predict_agents(target, worktrees)
         .map_err(|e| fail(e, "checking the agent branches"))?;
@@ -425,8 +442,15 @@ fn matrix_text(p: &Prediction) -> String {
         return "no registered agent has a branch (maos agents register --branch ...)".into();
     }
     let _ = writeln!(s, "against {}:", p.target);
+    // The label column is as wide as the longest label (characters, not bytes).
+    let width = p
+        .vs_target
+        .iter()
+        .map(|r| r.source.chars().count())
+        .max()
+        .unwrap_or(0);
     for r in &p.vs_target {
-        let _ = writeln!(s, "  {:<30} {}", r.source, pair_text(r));
+        let _ = writeln!(s, "  {:<width$} {}", r.source, pair_text(r));
     }
     if !p.pairwise.is_empty() {
         let _ = writeln!(s, "pairwise:");

@@ -64,6 +64,22 @@ pub fn feed_options(ws: &Workspace) -> ChannelOptions {
         .retain(Some(Retention::Segments(keep)))
 }
 
+/// Topics maos's own mechanisms publish on (and everything under them): `tasks` (the task
+/// store's changes), `deadlock` (the deadlock detector's cycles) and `dashboard` (actions
+/// taken from the dashboard). Readers act on them, so only a publisher marked
+/// [`BroadcastChannel::system`] may publish there; the CLI and the MCP server never are.
+pub const SYSTEM_TOPICS: &[&str] = &["tasks", "deadlock", "dashboard"];
+
+/// The system topic `topic` is, or falls under.
+fn system_topic(topic: &str) -> Option<&'static str> {
+    SYSTEM_TOPICS.iter().copied().find(|t| {
+        topic == *t
+            || topic
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
 /// The broadcast feed of `ws`.
 pub(crate) fn open_feed(ws: &Workspace, options: ChannelOptions) -> Result<FileChannel> {
     let name = ChannelName::new(GLOBAL_FEED).map_err(|e| Error::core(GLOBAL_FEED, e))?;
@@ -79,6 +95,7 @@ pub struct BroadcastChannel {
     sender: AgentId,
     options: ChannelOptions,
     feed: Arc<Mutex<Option<FileChannel>>>,
+    system: bool,
 }
 
 impl BroadcastChannel {
@@ -94,7 +111,16 @@ impl BroadcastChannel {
             sender,
             options,
             feed: Arc::default(),
+            system: false,
         }
+    }
+
+    /// Marks this publisher as one of maos's own mechanisms, allowed to publish on the
+    /// [`SYSTEM_TOPICS`]. For the task store, the deadlock detector and the dashboard.
+    #[must_use = "returns the changed publisher"]
+    pub fn system(mut self) -> Self {
+        self.system = true;
+        self
     }
 
     /// The feed (opened, and its directory created, on first use).
@@ -113,6 +139,15 @@ impl BroadcastChannel {
 
     fn encode<T: Serialize>(&self, topic: &str, payload: &T) -> Result<(Vec<u8>, MessageId)> {
         topic_channel(topic)?;
+        if let Some(owner) = system_topic(topic).filter(|_| !self.system) {
+            return Err(Error::InvalidTopic {
+                topic: topic.to_string(),
+                reason: format!(
+                    "topic {owner:?} is published by maos itself (readers act on it); \
+                     choose another topic"
+                ),
+            });
+        }
         let msg = Message::new(self.sender.clone(), Recipients::All, payload);
         let bytes = envelope::encode(GLOBAL_FEED, &msg, Some(topic), self.options.max_message)?;
         Ok((bytes, msg.id))
@@ -122,7 +157,8 @@ impl BroadcastChannel {
     /// on the feed, id) once it is durable.
     ///
     /// # Errors
-    /// [`Error::InvalidTopic`]; those of [`FileChannel::send`].
+    /// [`Error::InvalidTopic`] (also for a [`SYSTEM_TOPICS`] topic unless this publisher is
+    /// [`BroadcastChannel::system`]); those of [`FileChannel::send`].
     pub fn broadcast_blocking<T: Serialize>(&self, topic: &str, payload: &T) -> Result<Receipt> {
         let _span = tracing::debug_span!("broadcast", topic, agent = %self.sender).entered();
         let (bytes, id) = self.encode(topic, payload)?;

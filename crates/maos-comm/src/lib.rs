@@ -63,8 +63,6 @@
 //! - A consumer name is meant for one reader at a time; an inbox orders items from different
 //!   channels by their senders' clocks.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod broadcast;
 mod channel;
 mod doctor;
@@ -80,7 +78,7 @@ mod watch;
 
 pub use broadcast::{
     BroadcastChannel, FEED_KEEP_CONFIG_KEY, FEED_KEEP_SEGMENTS, FEED_SEGMENT_SIZE, GLOBAL_FEED,
-    TOPIC_PREFIX, feed_options, topic_channel,
+    SYSTEM_TOPICS, TOPIC_PREFIX, feed_options, topic_channel,
 };
 pub use channel::{
     Batch, CHANNEL_DATA_DIR, ChannelOptions, ChannelStats, Consumer, DEFAULT_MAX_MESSAGE,

@@ -88,12 +88,15 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Receipt>;
     /// The filter of what is addressed to `agent` (with its registered role).
     fn filter_for(&self, agent: AgentId) -> Result<Filter>;
-    /// A reader of an existing channel.
+    /// A reader of an existing channel ([`crate::Error::NoSuchChannel`] otherwise), or with
+    /// `even_empty` of a channel that may have no message yet (a follower waiting for the
+    /// first one).
     fn reader(
         &self,
         channel: &ChannelName,
         start: Start,
         filter: Filter,
+        even_empty: bool,
     ) -> Result<Box<dyn ChannelReader>>;
     /// Publishes `payload` on `topic` as `sender`.
     fn broadcast(
@@ -279,8 +282,13 @@ impl ChannelStore for FileComm {
         channel: &ChannelName,
         start: Start,
         filter: Filter,
+        even_empty: bool,
     ) -> Result<Box<dyn ChannelReader>> {
-        let ch = FileChannel::open_existing(&self.ws, channel.clone())?;
+        let ch = if even_empty {
+            FileChannel::open(&self.ws, channel.clone())?
+        } else {
+            FileChannel::open_existing(&self.ws, channel.clone())?
+        };
         let (consumer, cursor) = match start {
             Start::After(p) => (None, Cursor::after(p)),
             Start::Consumer(name) => {

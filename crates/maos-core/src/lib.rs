@@ -35,8 +35,6 @@
 //!   directory for a link between the check and the use is not defended against (maos agents
 //!   cooperate; the check stops accidents and planted links, not a racing attacker).
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod agent_store;
 mod config;
 pub mod doctor;

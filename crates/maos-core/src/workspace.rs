@@ -203,14 +203,33 @@ impl Workspace {
             other => other,
         })?;
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
-        if text.parse::<u32>() != Ok(FORMAT_VERSION) {
-            return Err(Error::UnsupportedFormat {
+        match text.parse::<u32>() {
+            Ok(FORMAT_VERSION) => Ok(()),
+            // A version number: written by another maos.
+            Ok(_) => Err(Error::UnsupportedFormat {
                 path,
                 found: text,
                 supported: FORMAT_VERSION,
-            });
+            }),
+            // Not a version at all: maos writes this file whole, once, so it was damaged.
+            Err(_) => Err(Error::Corrupt {
+                reason: format!(
+                    "{} (maos writes the format version there once, whole, at `maos init`, so \
+                     the file was damaged); if this workspace was made by this maos, restore it \
+                     with `echo {FORMAT_VERSION} > {}`, then run `maos doctor`",
+                    if text.is_empty() {
+                        "it is empty".to_string()
+                    } else {
+                        format!(
+                            "it holds {:?}, not a format version",
+                            crate::excerpt(&text, 40)
+                        )
+                    },
+                    path.display()
+                ),
+                path,
+            }),
         }
-        Ok(())
     }
 
     /// The workspace root (the directory holding `.maos/`).
@@ -394,6 +413,27 @@ mod tests {
         let err = Workspace::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
         assert!(err.to_string().contains("\"7\""), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_format_file_is_named_with_its_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        for (content, says) in [
+            ("", "it is empty"),
+            ("\u{0}garbage", "not a format version"),
+        ] {
+            std::fs::write(ws.maos_dir().join("format"), content).unwrap();
+            let err = Workspace::open(dir.path()).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::Corrupt { .. }), "{text}");
+            assert!(text.contains(says), "{text}");
+            assert!(
+                text.contains("echo 1 >") && text.contains("maos doctor"),
+                "{text}"
+            );
+            assert!(!text.contains("upgrade maos"), "{text}");
+        }
     }
 
     #[test]

@@ -106,9 +106,12 @@ pub fn reset_task(
             ),
         });
     }
+    // An operator's explicit action: it may move a task assigned to another agent (the
+    // record says it was forced).
     let u = Update::status(TaskStatus::Pending)
         .note(format!("reset from the dashboard by {actor}"))
-        .expect_revision(task.revision);
+        .expect_revision(task.revision)
+        .force();
     let t = tracker.update_blocking(&id, &u)?;
     record(
         ws,
@@ -171,7 +174,9 @@ fn record(
     };
     tracing::info!(action, actor = %actor, from = ?rec.requested_from, "{}", rec.detail);
     // The change is made; the record follows it (a failure to record is reported, not undone).
-    if let Err(e) = BroadcastChannel::new(ws, actor.clone()).broadcast_blocking(ACTIONS_TOPIC, &rec)
+    if let Err(e) = BroadcastChannel::new(ws, actor.clone())
+        .system()
+        .broadcast_blocking(ACTIONS_TOPIC, &rec)
     {
         tracing::warn!(error = %e, "dashboard: the action was done but could not be recorded on {ACTIONS_TOPIC}");
     }

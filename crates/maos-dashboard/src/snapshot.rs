@@ -370,7 +370,9 @@ pub struct ChannelView {
     pub kind: ChannelKind,
     /// The topic, for a topic channel.
     pub topic: Option<String>,
-    /// Position of its newest message (how many were ever sent).
+    /// Position of its newest message (how many were ever sent); for a topic, the broadcasts
+    /// on it in the feed's recent history (the last 1,000 broadcasts when the dashboard
+    /// started, and every one since).
     pub total: u64,
     /// The newest messages, oldest first.
     pub recent: Vec<MessageView>,
@@ -629,6 +631,18 @@ struct ChannelState {
     recent: VecDeque<MessageView>,
 }
 
+/// The broadcast feed, read once for every topic: each broadcast is one record on the feed
+/// carrying its topic, shown under `broadcast/<topic>`.
+struct FeedState {
+    subscription: maos_comm::Subscription,
+    /// Per topic: broadcasts seen (since the recent history the dashboard started from) and
+    /// the newest of them.
+    topics: BTreeMap<String, (u64, VecDeque<MessageView>)>,
+}
+
+/// How far back in the feed a starting dashboard reads (every topic's recent messages).
+const FEED_BACKLOG: u64 = 1_000;
+
 /// Agents as last read, before joining with tasks and locks.
 struct AgentBase {
     id: AgentId,
@@ -660,6 +674,7 @@ pub struct Collector {
     locks: Option<LockTable>,
     coordinator: Option<MergeCoordinator>,
     channels: BTreeMap<String, ChannelState>,
+    feed: Option<FeedState>,
     agents: Vec<AgentBase>,
     locks_view: LocksView,
     tasks_view: TasksView,
@@ -690,6 +705,7 @@ impl Collector {
             locks: None,
             coordinator: None,
             channels: BTreeMap::new(),
+            feed: None,
             agents: Vec::new(),
             locks_view: LocksView::default(),
             tasks_view: TasksView::default(),
@@ -789,6 +805,15 @@ impl Collector {
                     recent: c.recent.iter().cloned().collect(),
                 }
             })
+            .chain(self.feed.iter().flat_map(|f| {
+                f.topics.iter().map(|(topic, (seen, recent))| ChannelView {
+                    name: format!("{}{topic}", maos_comm::TOPIC_PREFIX),
+                    kind: ChannelKind::Topic,
+                    topic: Some(topic.clone()),
+                    total: *seen,
+                    recent: recent.iter().cloned().collect(),
+                })
+            }))
             .collect();
         let latest = |c: &ChannelView| c.recent.last().map_or(0, |m| m.timestamp);
         messages.sort_by(|a, b| latest(b).cmp(&latest(a)).then(a.name.cmp(&b.name)));
@@ -993,10 +1018,12 @@ impl Collector {
         };
         let mut first_error = None;
         for name in names {
-            if name == maos_comm::GLOBAL_FEED {
-                continue; // notifications only: every broadcast is shown on its topic
-            }
-            if let Err(e) = self.read_channel(&name) {
+            let read = if name == maos_comm::GLOBAL_FEED {
+                self.read_feed() // every broadcast is shown on its topic
+            } else {
+                self.read_channel(&name)
+            };
+            if let Err(e) = read {
                 tracing::debug!(channel = %name, error = %e, "dashboard: cannot read channel");
                 first_error.get_or_insert(format!("channel {name}: {e}"));
             }
@@ -1070,6 +1097,31 @@ impl Collector {
             }
             if !progressed || st.cursor.position >= stats.newest {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_feed(&mut self) -> Result<(), maos_comm::Error> {
+        if self.feed.is_none() {
+            let newest = maos_comm::Subscription::from_now(&self.ws, &["**"])?
+                .cursor()
+                .position;
+            let from = Cursor::after(newest.saturating_sub(FEED_BACKLOG));
+            self.feed = Some(FeedState {
+                subscription: maos_comm::Subscription::new(&self.ws, &["**"], from)?,
+                topics: BTreeMap::new(),
+            });
+        }
+        let Some(feed) = self.feed.as_mut() else {
+            return Ok(());
+        };
+        for m in feed.subscription.poll_blocking::<serde_json::Value>()? {
+            let (seen, recent) = feed.topics.entry(m.topic).or_default();
+            *seen += 1;
+            recent.push_back(message_view(m.position, &m.message));
+            while recent.len() > RECENT_MESSAGES {
+                recent.pop_front();
             }
         }
         Ok(())

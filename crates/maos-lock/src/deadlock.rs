@@ -809,6 +809,7 @@ impl DeadlockDetector {
             },
         };
         maos_comm::BroadcastChannel::new(&self.ws, self.sender_id()?)
+            .system()
             .broadcast_blocking(DEADLOCK_TOPIC, &note)
             .map_err(Error::Broadcast)?;
         Ok(())

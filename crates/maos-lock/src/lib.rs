@@ -85,8 +85,6 @@
 //! - A lease that runs out while its holder still works is lost: the holder finds out when it
 //!   renews or releases ([`Error::LockLost`]); writes must carry the fencing token.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod advisory;
 mod deadlock;
 mod doctor;

@@ -86,8 +86,6 @@
 //!   the MCP server, the dashboard and the demo are not available on this backend yet: they
 //!   say so instead of using files.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 pub mod comm;
 mod config;
 mod conn;

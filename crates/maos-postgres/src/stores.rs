@@ -288,10 +288,11 @@ impl ChannelStore for PgComm {
         channel: &ChannelName,
         start: Start,
         filter: maos_comm::Filter,
+        even_empty: bool,
     ) -> maos_comm::Result<Box<dyn ChannelReader>> {
         let name = channel.as_str();
         let known = pc::list_channels(&self.pg).map_err(|e| comm_error(name, e))?;
-        if !known.contains(channel) {
+        if !even_empty && !known.contains(channel) {
             return Err(maos_comm::Error::NoSuchChannel {
                 channel: name.to_string(),
                 path: format!("{} namespace {}", self.pg.target(), self.pg.namespace()).into(),
@@ -325,6 +326,21 @@ impl ChannelStore for PgComm {
         payload: &RawPayload,
         _lock_wait: Duration,
     ) -> maos_comm::Result<maos_comm::Receipt> {
+        // The topics maos's own mechanisms publish on are refused, as with the files.
+        if let Some(owner) = maos_comm::SYSTEM_TOPICS.iter().find(|t| {
+            topic == **t
+                || topic
+                    .strip_prefix(**t)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            return Err(maos_comm::Error::InvalidTopic {
+                topic: topic.to_string(),
+                reason: format!(
+                    "topic {owner:?} is published by maos itself (readers act on it); \
+                     choose another topic"
+                ),
+            });
+        }
         // The receipt names the feed position, the one subscribers see (as with the files).
         let (r, feed_position) = PgBroadcast::new(&self.pg, sender.clone())
             .broadcast_with_feed(topic, payload)

@@ -7,6 +7,9 @@ pub enum Error {
     /// A workspace file or name problem.
     #[error(transparent)]
     Core(#[from] maos_core::Error),
+    /// The agent's inbox could not be read or acknowledged.
+    #[error(transparent)]
+    Comm(#[from] maos_comm::Error),
     /// The lock table could not be consulted.
     #[error(transparent)]
     Lock(#[from] maos_lock::Error),

@@ -8,6 +8,8 @@
 //!   overlapping lock, or when the file changed since the session last read it; optionally
 //!   takes an exclusive lease on the first edit (auto-lock).
 //! - [`start`], [`briefing`], [`Holdings`], [`end`]: a client session's life.
+//! - [`Mail`]: new messages for the agent, put into its context once (at least once: they
+//!   are acknowledged only after the answer carrying them was written).
 //!
 //! # Example
 //! ```
@@ -41,14 +43,14 @@
 //! - Naming from a worktree reads git's own files (`.git`, `HEAD`); exotic layouts (a
 //!   `GIT_DIR` elsewhere) fall back to the session id.
 
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
-
 mod edit;
 mod error;
 mod identity;
+mod mail;
 mod session;
 
 pub use edit::{EditDecision, EditGuard};
 pub use error::{Error, Result};
 pub use identity::{AgentName, GitPlace, NamedFrom, name_agent, resource_for};
+pub use mail::{MAIL_BATCH, Mail};
 pub use session::{Ended, Holdings, Started, agent_of_session, briefing, end, start};

@@ -125,7 +125,7 @@ impl Publishers {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.entry(sender.clone())
-                .or_insert_with(|| maos_comm::BroadcastChannel::new(ws, sender))
+                .or_insert_with(|| maos_comm::BroadcastChannel::new(ws, sender).system())
                 .clone()
         };
         if let Err(e) = channel.broadcast_blocking(TOPIC, event) {

@@ -89,7 +89,7 @@ fn channels_keep_one_gapless_order_per_channel_under_concurrent_senders() {
         });
         let mut r = b
             .channels()
-            .reader(&ch, Start::After(0), Filter::Everything)
+            .reader(&ch, Start::After(0), Filter::Everything, false)
             .unwrap();
         let got = drain(r.as_mut());
         let positions: Vec<u64> = got.iter().map(|(p, _)| *p).collect();
@@ -106,7 +106,7 @@ fn channels_keep_one_gapless_order_per_channel_under_concurrent_senders() {
         // A reader from a position gets what follows it, nothing before.
         let mut r = b
             .channels()
-            .reader(&ch, Start::After(57), Filter::Everything)
+            .reader(&ch, Start::After(57), Filter::Everything, false)
             .unwrap();
         let tail: Vec<u64> = drain(r.as_mut()).iter().map(|(p, _)| *p).collect();
         assert_eq!(tail, vec![58, 59, 60], "{}", b.name());
@@ -117,6 +117,7 @@ fn channels_keep_one_gapless_order_per_channel_under_concurrent_senders() {
                 &ChannelName::new("conf-none").unwrap(),
                 Start::After(0),
                 Filter::Everything,
+                false,
             )
             .err()
             .expect("no such channel");
@@ -141,7 +142,7 @@ fn recipients_consumers_waits_and_topics_behave_the_same() {
         send(Recipients::Group(vec![agent("bob"), agent("carol")]), "3");
         send(Recipients::All, "4");
         let read_as = |f: Filter| -> Vec<String> {
-            let mut r = store.reader(&ch, Start::After(0), f).unwrap();
+            let mut r = store.reader(&ch, Start::After(0), f, false).unwrap();
             drain(r.as_mut()).into_iter().map(|(_, p)| p).collect()
         };
         let bob = Filter::Agent {
@@ -164,14 +165,14 @@ fn recipients_consumers_waits_and_topics_behave_the_same() {
         // A durable consumer continues after what it acknowledged.
         let c = maos_coordination::core::Name::new("conf-c").unwrap();
         let mut r = store
-            .reader(&ch, Start::Consumer(c.clone()), Filter::Everything)
+            .reader(&ch, Start::Consumer(c.clone()), Filter::Everything, false)
             .unwrap();
         let first = r.read().unwrap();
         assert_eq!(first.messages.len(), 4, "{}", b.name());
         r.ack(first.messages[1].position).unwrap();
         drop(r);
         let mut r = store
-            .reader(&ch, Start::Consumer(c), Filter::Everything)
+            .reader(&ch, Start::Consumer(c), Filter::Everything, false)
             .unwrap();
         let again: Vec<String> = drain(r.as_mut()).into_iter().map(|(_, p)| p).collect();
         assert_eq!(
@@ -183,7 +184,7 @@ fn recipients_consumers_waits_and_topics_behave_the_same() {
 
         // A waiting reader is woken by a send from another thread.
         let mut r = store
-            .reader(&ch, Start::After(4), Filter::Everything)
+            .reader(&ch, Start::After(4), Filter::Everything, false)
             .unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use maos_coordination::core::{ProcessIdentity, excerpt};
-use maos_coordination::session::{self, AgentName, EditDecision, EditGuard, name_agent};
+use maos_coordination::session::{self, AgentName, EditDecision, EditGuard, Mail, name_agent};
 use maos_coordination::{AgentId, Workspace};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -61,9 +61,9 @@ impl Input {
 }
 
 pub(crate) fn run(event: &str, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let out = match read_input().and_then(|input| handle(event, &input, ctx)) {
-        Ok(out) => out,
-        Err(e) => failed(event, &e),
+    let (out, mail) = match read_input().and_then(|input| handle(event, &input, ctx)) {
+        Ok(answer) => (answer.out, answer.mail),
+        Err(e) => (failed(event, &e), None),
     };
     if let Some(out) = out {
         let mut stdout = std::io::stdout().lock();
@@ -71,7 +71,30 @@ pub(crate) fn run(event: &str, ctx: &Ctx) -> anyhow::Result<Exit> {
         writeln!(stdout)?;
         stdout.flush()?;
     }
+    // Only once the answer carrying them is written: a hook killed before this point brings
+    // the same messages again with the next tool call.
+    if let Some(mail) = mail
+        && let Err(e) = mail.delivered()
+    {
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "delivered messages not acknowledged (they will come again)"
+        );
+    }
     Ok(Exit::Ok)
+}
+
+/// A hook's answer, and the messages it carries (acknowledged after it is written).
+#[derive(Default)]
+struct Answer {
+    out: Option<Value>,
+    mail: Option<Mail>,
+}
+
+impl From<Option<Value>> for Answer {
+    fn from(out: Option<Value>) -> Self {
+        Self { out, mail: None }
+    }
 }
 
 fn read_input() -> anyhow::Result<Input> {
@@ -160,21 +183,21 @@ fn agent(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentId> {
     })
 }
 
-fn handle(event: &str, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
+fn handle(event: &str, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
     if let Some(name) = &input.hook_event_name
         && name != event
     {
         anyhow::bail!("the hook is installed for {event} but Claude Code sent {name}");
     }
     let Some(ws) = workspace(input, ctx)? else {
-        return Ok(None);
+        return Ok(Answer::default());
     };
     match event {
         "SessionStart" => session_start(&ws, input, ctx),
-        "PreToolUse" => pre_tool_use(&ws, input, ctx),
+        "PreToolUse" => pre_tool_use(&ws, input, ctx).map(Answer::from),
         "PostToolUse" => post_tool_use(&ws, input, ctx),
-        "Stop" => stop(&ws, input, ctx),
-        "SessionEnd" => session_end(&ws, input),
+        "Stop" => stop(&ws, input, ctx).map(Answer::from),
+        "SessionEnd" => session_end(&ws, input).map(Answer::from),
         other => anyhow::bail!(
             "unknown hook event {other:?} (maos handles SessionStart, PreToolUse, PostToolUse, \
              Stop, SessionEnd)"
@@ -212,10 +235,17 @@ fn start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> 
     Ok(started.name)
 }
 
-fn session_start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
+fn session_start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
     let name = start(ws, input, ctx)?;
-    let text = session::briefing(ws, &name)?;
-    Ok(Some(context("SessionStart", text)))
+    let mut text = session::briefing(ws, &name)?;
+    let mail = Mail::collect(ws, &name.agent)?;
+    if let Some(m) = &mail {
+        text.push_str(&m.text);
+    }
+    Ok(Answer {
+        out: Some(context("SessionStart", text)),
+        mail,
+    })
 }
 
 fn pre_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
@@ -235,7 +265,8 @@ fn pre_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Opti
     })
 }
 
-fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
+/// Records what the session saw, renews the agent's leases and delivers its new messages.
+fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
     let reg = maos_coordination::AgentRegistry::new(ws);
     let me = match input
         .session_id
@@ -259,7 +290,13 @@ fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Opt
             guard.renew(&file)?;
         }
     }
-    Ok(None)
+    let mail = Mail::collect(ws, &me)?;
+    Ok(Answer {
+        out: mail
+            .as_ref()
+            .map(|m| context("PostToolUse", m.text.clone())),
+        mail,
+    })
 }
 
 fn stop(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {

@@ -1,9 +1,10 @@
 //! Message tools: send (to an agent, a role, a group, everyone), receive (with an optional
-//! wait), broadcast on a topic, read topics.
+//! wait), broadcast on a topic, read topics, the inbox (everything addressed to the agent) and
+//! its stored topic subscriptions.
 
 use std::time::Duration;
 
-use maos_coordination::comm::{BroadcastChannel, Subscription};
+use maos_coordination::comm::{BroadcastChannel, Inbox, Subscription};
 use maos_coordination::core::Name;
 use maos_coordination::{
     AgentId, AgentRole, ChannelName, FileChannel, Filter, Message, Recipients,
@@ -32,6 +33,17 @@ tool_group! {
         "Read the new messages published on topics matching your patterns (`build/*` one level, \
          `deploy/**` any depth), each once per pattern set. With `wait_seconds`, waits up to that \
          long for the first one.",
+    "inbox" => inbox(InboxArgs):
+        "Your inbox: everything addressed to you on every channel (to you, your role, a group \
+         with you, everyone) plus broadcasts on the topics you subscribed to. Without `read`, \
+         counts what is unread per channel. With `read: true`, returns up to `max` (default 20) \
+         unread messages, oldest first; each is returned once (the next inbox call acknowledges \
+         them, so a lost answer is given again). With `wait_seconds`, waits for the first one.",
+    "subscribe" => subscribe(SubscribeArgs):
+        "Store topic subscriptions for your inbox (`build/*` one level, `deploy/**` any depth): \
+         broadcasts on matching topics published from now on come to your inbox (and to the \
+         Claude Code hooks' context). With `unsubscribe: true`, removes the patterns. Returns \
+         the subscriptions now stored.",
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -85,6 +97,31 @@ struct Topics {
     /// Wait up to this many seconds for a message when there is none (default 0, at most 300).
     #[serde(default)]
     wait_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct InboxArgs {
+    /// Return the unread messages (true) or only count them (false, the default).
+    #[serde(default)]
+    read: bool,
+    /// At most this many messages (default 20, at most 100).
+    #[serde(default)]
+    max: Option<u32>,
+    /// With `read`: wait up to this many seconds for a message when there is none (default 0,
+    /// at most 300).
+    #[serde(default)]
+    wait_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SubscribeArgs {
+    /// Topic patterns: `*` matches one segment, `**` any number.
+    patterns: Vec<String>,
+    /// Remove these patterns instead of adding them.
+    #[serde(default)]
+    unsubscribe: bool,
 }
 
 fn wait(v: Option<f64>) -> Result<Duration, ToolError> {
@@ -230,4 +267,100 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
         .collect();
     let text = format!("{} new topic message(s)", messages.len());
     Reply::new(&json!({ "messages": messages }), text)
+}
+
+async fn inbox(s: &Server, a: InboxArgs) -> ToolResult {
+    let me = s.agent()?;
+    let max = match a.max {
+        None => 20,
+        Some(n @ 1..=100) => n as usize,
+        Some(n) => {
+            return Err(ToolError::usage(format!(
+                "max must be between 1 and 100, got {n}"
+            )));
+        }
+    };
+    let timeout = wait(a.wait_seconds)?;
+    if !a.read {
+        if !timeout.is_zero() {
+            return Err(ToolError::usage("wait_seconds needs read: true"));
+        }
+        let unread = s
+            .blocking(move |s| Ok(Inbox::open(s.ws(), me)?.unread()?))
+            .await?;
+        let text = format!("{} unread message(s)", unread.total);
+        return Reply::new(&json!(unread), text);
+    }
+    // What the previous call returned is acknowledged now: the client had its answer.
+    let previous = s.take_pending(INBOX_SOURCE);
+    let batch = s
+        .blocking(move |s| {
+            let mut inbox = Inbox::open(s.ws(), me)?;
+            if let Some(PendingAck::Inbox(b)) = previous {
+                inbox.ack(&b)?;
+            }
+            let watcher = (!timeout.is_zero()).then(|| inbox.watcher()).transpose()?;
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let batch = inbox.read(max)?;
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match &watcher {
+                    Some(w) if batch.is_empty() && !left.is_zero() => w.wait(left),
+                    _ => return Ok(batch),
+                }
+            }
+        })
+        .await?;
+    let messages: Vec<Value> = batch
+        .items
+        .iter()
+        .map(|i| {
+            json!({
+                "channel": i.channel,
+                "position": i.position,
+                "topic": i.topic,
+                "message": i.message,
+            })
+        })
+        .collect();
+    let notices: Vec<String> = batch
+        .notices
+        .iter()
+        .map(|(c, n)| format!("{c}: {n}"))
+        .collect();
+    let text = format!(
+        "{} message(s){}",
+        messages.len(),
+        if batch.more { ", more waiting" } else { "" }
+    );
+    let more = batch.more;
+    s.set_pending(INBOX_SOURCE, PendingAck::Inbox(Box::new(batch)));
+    Reply::new(
+        &json!({ "messages": messages, "notices": notices, "more": more }),
+        text,
+    )
+}
+
+/// The pending acknowledgement of the inbox tool.
+const INBOX_SOURCE: &str = "inbox";
+
+async fn subscribe(s: &Server, a: SubscribeArgs) -> ToolResult {
+    if a.patterns.is_empty() {
+        return Err(ToolError::usage("give at least one pattern"));
+    }
+    let me = s.agent()?;
+    let stored = s
+        .blocking(move |s| {
+            let mut inbox = Inbox::open(s.ws(), me)?;
+            let patterns: Vec<&str> = a.patterns.iter().map(String::as_str).collect();
+            if a.unsubscribe {
+                inbox.unsubscribe(&patterns)?;
+            } else {
+                inbox.subscribe(&patterns)?;
+            }
+            Ok(inbox.subscriptions().to_vec())
+        })
+        .await?;
+    let text = format!("subscribed to {}", stored.len());
+    Reply::new(&json!({ "subscriptions": stored }), text)
 }

@@ -239,6 +239,8 @@ pub(crate) enum PendingAck {
     Channel(maos_coordination::Cursor),
     /// A durable subscription's feed position.
     Feed(u64),
+    /// The inbox batch last returned.
+    Inbox(Box<maos_coordination::comm::InboxBatch>),
 }
 
 impl Server {

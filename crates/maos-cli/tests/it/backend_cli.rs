@@ -221,6 +221,7 @@ fn session(maos: &Maos) -> Vec<Step> {
         &["broadcast", "build/done", "--data", "\"green\""],
     );
     run(&a, "alice", &["broadcast", "deploy/prod", "--data", "1"]);
+    run(&a, "alice", &["broadcast", "tasks/forged", "--data", "1"]);
     run(&b, "bob", &["subscribe", "build/*"]);
     run(
         &b,

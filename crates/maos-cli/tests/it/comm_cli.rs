@@ -284,3 +284,48 @@ fn oversized_payloads_are_refused_before_anything_is_written() {
     // Not even the channel's directory: a refused send leaves no state.
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// A follower started before a channel's first message waits for it (saying so), instead
+/// of failing because the channel does not exist yet.
+#[test]
+fn recv_follow_waits_for_a_channel_that_does_not_exist_yet() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::new(ws).run(["channels"]).ok();
+    let mut follower = Maos::new(ws)
+        .agent("b")
+        .cmd()
+        .args([
+            "recv",
+            "later",
+            "--json",
+            "--follow",
+            "--count",
+            "1",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut note = String::new();
+    std::io::BufReader::new(follower.stderr.take().unwrap())
+        .read_line(&mut note)
+        .unwrap();
+    assert!(note.contains("channel later has no messages yet"), "{note}");
+    ok(Maos::new(ws)
+        .agent("a")
+        .cmd()
+        .args(["send", "later", "--data", "\"first\""]));
+    let out = Run::wait(follower);
+    out.ok();
+    assert_eq!(out.lines()[0]["payload"], "first");
+    // Without --follow a missing channel is still an error naming it.
+    Maos::new(ws)
+        .agent("b")
+        .run(["recv", "typo"])
+        .failed()
+        .stderr_has("no channel typo");
+}

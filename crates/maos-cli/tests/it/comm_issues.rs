@@ -51,6 +51,25 @@ fn bad_input_is_refused_clearly_and_writes_nothing() {
             Exit::Error,
             &["reserved", "maos broadcast build/x"],
         ),
+        // Issue 12: the topics maos's own mechanisms publish on (readers act on them).
+        (
+            "tasks",
+            vec!["broadcast", "tasks", "--data", r#"{"changes":[]}"#],
+            Exit::Error,
+            &["topic \"tasks\" is published by maos itself"],
+        ),
+        (
+            "deadlock",
+            vec!["broadcast", "deadlock/x", "--data", "{}"],
+            Exit::Error,
+            &["topic \"deadlock\" is published by maos itself"],
+        ),
+        (
+            "dashboard",
+            vec!["broadcast", "dashboard/actions", "--data", "{}"],
+            Exit::Error,
+            &["published by maos itself"],
+        ),
         // A number no reader can hold.
         (
             "inf",

@@ -438,3 +438,68 @@ fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
     let hook = std::fs::read_to_string(hooks.join("pre-commit")).unwrap();
     assert!(hook.contains("previous-hook-ran"), "{hook}");
 }
+
+fn context_of(v: &Option<Value>) -> Option<String> {
+    Some(
+        v.as_ref()?
+            .get("hookSpecificOutput")?
+            .get("additionalContext")?
+            .as_str()?
+            .to_owned(),
+    )
+}
+
+/// Messages reach an agent's model through its hooks, each exactly once: those waiting at
+/// SessionStart in the briefing, later ones with the next tool call of any kind.
+#[test]
+fn messages_reach_the_agent_through_its_hooks_exactly_once() {
+    let r = repo();
+    let send = |to: &[&str], text: &str| {
+        let mut args = vec!["send", "api"];
+        args.extend_from_slice(to);
+        let data = json!({ "text": text }).to_string();
+        args.extend(["--data", &data]);
+        Maos::new(&r.main).agent("alpha").run(args).ok();
+    };
+    send(&["--to", "beta"], "waiting before you started");
+    send(&["--to", "someone-else"], "not for beta");
+
+    let start = json!({ "session_id": "sess-b", "cwd": r.wt_b, "source": "startup" });
+    let (_, s) = hook(&r.wt_b, "SessionStart", &start);
+    let text = context_of(&s).expect("a briefing");
+    assert!(text.contains("`beta`"), "{text}");
+    assert!(text.contains("waiting before you started"), "{text}");
+    assert!(
+        text.contains("api#1") && text.contains("from alpha"),
+        "{text}"
+    );
+    assert!(!text.contains("not for beta"), "{text}");
+
+    let bash = json!({
+        "session_id": "sess-b",
+        "cwd": r.wt_b,
+        "tool_name": "Bash",
+        "tool_input": { "command": "ls" },
+        "tool_response": { "stdout": "" },
+    });
+    // Nothing new: no context at all.
+    let (_, p) = hook(&r.wt_b, "PostToolUse", &bash);
+    assert_eq!(p, None, "the briefing's message is not given twice");
+
+    send(&["--to", "beta"], "the users endpoint is ready");
+    send(&["--all"], "to everyone");
+    let (_, p) = hook(&r.wt_b, "PostToolUse", &bash);
+    let text = context_of(&p).expect("the new messages");
+    assert!(text.contains("2 new message(s)"), "{text}");
+    assert!(text.contains("the users endpoint is ready"), "{text}");
+    assert!(text.contains("to everyone"), "{text}");
+    let (_, p) = hook(&r.wt_b, "PostToolUse", &bash);
+    assert_eq!(p, None, "each message once");
+
+    // The CLI's inbox agrees: nothing unread for beta.
+    let out = Maos::new(&r.main)
+        .agent("beta")
+        .run(["--json", "inbox", "--unread"]);
+    let unread: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(unread["total"], 0, "{unread}");
+}

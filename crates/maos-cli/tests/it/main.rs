@@ -14,5 +14,6 @@ mod hooks_cli;
 mod lock_cli;
 mod mcp_cli;
 mod merge_cli;
+mod snippets;
 mod task_cli;
 mod util;

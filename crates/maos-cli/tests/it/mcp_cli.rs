@@ -175,6 +175,45 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
         .await;
     assert_eq!(topics["messages"][0]["topic"], "build/linux", "{topics}");
 
+    // The inbox: everything addressed to beta, plus its stored topic subscriptions.
+    let subs = calls
+        .ok(&b, "subscribe", json!({ "patterns": ["deploy/**", "x/*"] }))
+        .await;
+    assert_eq!(subs["subscriptions"], json!(["deploy/**", "x/*"]), "{subs}");
+    let subs = calls
+        .ok(
+            &b,
+            "subscribe",
+            json!({ "patterns": ["x/*"], "unsubscribe": true }),
+        )
+        .await;
+    assert_eq!(subs["subscriptions"], json!(["deploy/**"]), "{subs}");
+    calls
+        .ok(
+            &a,
+            "broadcast",
+            json!({ "topic": "deploy/prod/eu", "data": { "status": "live" } }),
+        )
+        .await;
+    let unread = calls.ok(&b, "inbox", json!({})).await;
+    assert_eq!(unread["total"], 3, "two on dev, one broadcast: {unread}");
+    assert_eq!(unread["channels"]["dev"], 2, "{unread}");
+    let read = calls.ok(&b, "inbox", json!({ "read": true })).await;
+    let items = read["messages"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{read}");
+    assert!(
+        items.iter().any(|m| m["topic"] == "deploy/prod/eu"),
+        "{read}"
+    );
+    let again = calls
+        .ok(&b, "inbox", json!({ "read": true, "wait_seconds": 0.2 }))
+        .await;
+    assert_eq!(again["messages"], json!([]), "each once: {again}");
+    let bad = calls
+        .call(&b, "inbox", json!({ "read": true, "max": 0 }))
+        .await;
+    assert_eq!(bad.is_error, Some(true));
+
     // Tasks.
     let design = calls
         .ok(

@@ -99,6 +99,36 @@ fn check_all_prints_the_pairwise_matrix() {
         .agent("x1")
         .run(["merge", "check", "--all"]);
     out.stdout_has("pairwise");
+
+    // A label over 30 characters keeps the verdicts in one column.
+    let long = "agent/a-branch-name-well-over-thirty-characters";
+    r.checkout(long, true);
+    r.write("other.txt", "new\n");
+    r.commit_all("long");
+    r.checkout("main", false);
+    Maos::new(r.path())
+        .agent("x3")
+        .run(["agents", "register", "--branch", long])
+        .ok();
+    let out = Maos::new(r.path())
+        .agent("x1")
+        .run(["merge", "check", "--all", "--worktree"]);
+    let text = out.stdout();
+    let columns: Vec<usize> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("against"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            l.find(" clean")
+                .or_else(|| l.find(" 1 conflict"))
+                .unwrap_or_else(|| panic!("no verdict in {l:?}"))
+        })
+        .collect();
+    assert_eq!(columns.len(), 3, "{text}");
+    assert!(columns.iter().all(|c| *c == columns[0]), "{text}");
+    // --worktree with no registered worktree says so instead of silently comparing branches.
+    out.stderr_has("no worktree registered for x1, x2, x3");
 }
 
 #[test]
