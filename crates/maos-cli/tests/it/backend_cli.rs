@@ -158,7 +158,11 @@ fn normalise(text: &str, ids: &mut Vec<String>) -> String {
         };
         let idish = w.len() >= 8
             && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && w.chars().any(|c| c.is_ascii_digit());
+            && (w.chars().any(|c| c.is_ascii_digit())
+                // a task id may happen to hold no digit: `t` and 12 lower-case characters
+                || (w.len() == 13
+                    && w.starts_with('t')
+                    && w.chars().all(|c| c.is_ascii_lowercase())));
         if idish {
             let n = ids.iter().position(|x| x == w).unwrap_or_else(|| {
                 ids.push(w.to_string());
