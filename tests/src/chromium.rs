@@ -150,7 +150,14 @@ impl Chromium {
             self.stream()
                 .set_read_timeout(Some(left))
                 .map_err(|e| e.to_string())?;
-            let m = self.socket.read().map_err(|e| format!("{what}: {e}"))?;
+            let m = match self.socket.read() {
+                // A signal (another test's child ending) interrupted the read: the websocket's
+                // state is kept across calls, so reading again resumes it.
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    continue;
+                }
+                other => other.map_err(|e| format!("{what}: {e}"))?,
+            };
             if let Message::Text(text) = m {
                 return serde_json::from_str(text.as_str()).map_err(|e| e.to_string());
             }
@@ -192,9 +199,14 @@ impl Chromium {
         if let Some(s) = &self.session {
             msg["sessionId"] = json!(s);
         }
-        self.socket
-            .send(Message::text(msg.to_string()))
-            .map_err(|e| format!("{method}: {e}"))?;
+        let mut sent = self.socket.send(Message::text(msg.to_string()));
+        // Interrupted by a signal: the frame is queued, flushing writes the rest.
+        while let Err(tungstenite::Error::Io(e)) = &sent
+            && e.kind() == std::io::ErrorKind::Interrupted
+        {
+            sent = self.socket.flush();
+        }
+        sent.map_err(|e| format!("{method}: {e}"))?;
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.read(method, deadline)?;

@@ -213,7 +213,11 @@ fn agents(f: &mut ratatui::Frame<'_>, area: Rect, s: &Snapshot, now: u64) {
                     .map(|x| format!("pid {}", x.pid))
                     .unwrap_or_else(|| "-".into()),
             ),
-            Cell::from(left(a.lease_until, now)),
+            Cell::from(if a.liveness == maos_coordination::Liveness::Dead {
+                "–".to_string()
+            } else {
+                left(a.lease_until, now)
+            }),
             Cell::from(a.branch.clone().unwrap_or_default()),
             Cell::from(
                 a.current_task

@@ -583,8 +583,8 @@ impl FileChannel {
             &rec.bytes,
             rec.bytes.len() as u64,
         );
-        tracing::warn!(channel = %self.inner.name, position = rec.position,
-            error = e as &dyn std::error::Error, "a record that is not a message skipped");
+        tracing::debug!(channel = %self.inner.name, position = rec.position,
+            error = e as &dyn std::error::Error, "a record that is not a message skipped (returned to the reader)");
         Problem {
             path: self.inner.log.segment_path(rec.segment),
             offset: Some(rec.offset),
@@ -598,8 +598,8 @@ impl FileChannel {
     }
 
     fn mistyped(&self, rec: &RawRecord, e: &serde_json::Error) -> Problem {
-        tracing::warn!(channel = %self.inner.name, position = rec.position,
-            error = e as &dyn std::error::Error, "payload does not decode as the requested type");
+        tracing::debug!(channel = %self.inner.name, position = rec.position,
+            error = e as &dyn std::error::Error, "payload does not decode as the requested type (returned to the reader)");
         Problem {
             path: self.inner.log.segment_path(rec.segment),
             offset: Some(rec.offset),

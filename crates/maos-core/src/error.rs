@@ -82,7 +82,7 @@ pub enum Error {
     },
 
     /// A file could not be parsed.
-    #[error("corrupt file {path}: {reason}")]
+    #[error("corrupt file {path}: {reason} (`maos doctor` checks every file of the workspace)")]
     Corrupt {
         /// The file.
         path: PathBuf,

@@ -82,7 +82,7 @@ impl Anchor {
     }
 
     /// Names the client session.
-    #[must_use]
+    #[must_use = "returns the changed anchor"]
     pub fn in_session(mut self, session: impl Into<String>) -> Self {
         self.session = Some(session.into());
         self
@@ -591,7 +591,7 @@ impl AgentRegistry {
                 Ok(Some(rec)) => out.agents.push(rec),
                 Ok(None) => {} // removed while listing
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = &e as &dyn std::error::Error, "unreadable agent record");
+                    tracing::debug!(path = %path.display(), error = &e as &dyn std::error::Error, "unreadable agent record (returned to the caller)");
                     out.problems.push(e);
                 }
             }

@@ -216,7 +216,7 @@ impl Workspace {
                 reason: format!(
                     "{} (maos writes the format version there once, whole, at `maos init`, so \
                      the file was damaged); if this workspace was made by this maos, restore it \
-                     with `echo {FORMAT_VERSION} > {}`, then run `maos doctor`",
+                     with `echo {FORMAT_VERSION} > {}`",
                     if text.is_empty() {
                         "it is empty".to_string()
                     } else {

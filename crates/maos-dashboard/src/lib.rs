@@ -63,6 +63,18 @@ mod snapshot;
 mod watch;
 
 pub use error::{Error, Result};
+
+/// Runs blocking store work on tokio's blocking pool: the one way this crate leaves the async
+/// world. A task that panicked or was cancelled is [`Error::Join`] naming `what`.
+pub(crate) async fn asyncify<F, T>(what: &'static str, f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| Error::Join { what, source })
+}
 pub use live::{DEBOUNCE, FALLBACK, Live, NO_EVENTS_INTERVAL, Picture};
 pub use server::{DEFAULT_LISTEN, DEFAULT_PICTURE_TASKS, Options, Server};
 pub use snapshot::{

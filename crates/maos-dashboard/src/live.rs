@@ -16,8 +16,8 @@ use maos_core::{AgentId, Workspace, now_ms};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::Result;
 use crate::snapshot::{Changed, Collector, MergeInputs, MergesView, Snapshot};
-use crate::{Error, Result};
 
 /// How long a burst of file events is gathered before re-reading (one write of a store makes
 /// several events).
@@ -88,7 +88,7 @@ impl Live {
         let (tx, rx) = mpsc::unbounded_channel();
         let ws2 = ws.clone();
         let actor2 = actor.clone();
-        let (collector, first, inputs, git) = tokio::task::spawn_blocking(move || {
+        let (collector, first, inputs, git) = crate::asyncify("the first snapshot", move || {
             let mut c = Collector::new(&ws2, actor2.clone());
             let mut snap = c.refresh(&Changed::all());
             let inputs = c.merge_inputs();
@@ -100,11 +100,7 @@ impl Live {
             let git = git_dirs(&ws2);
             (c, snap, inputs, git)
         })
-        .await
-        .map_err(|source| Error::Join {
-            what: "the first snapshot",
-            source,
-        })?;
+        .await?;
         let watches = crate::watch::start(ws.maos_dir(), git.as_ref(), tx.clone());
         let events = watches.is_some();
         let mut first = first;
@@ -161,18 +157,14 @@ impl Live {
             return Ok(svg.clone());
         }
         let tasks = snap.task_list.clone();
-        let svg = tokio::task::spawn_blocking(move || {
+        let svg = crate::asyncify("a picture", move || {
             let shown = maos_track::critical_window(&tasks, limit);
             Arc::new(match kind {
                 Picture::Graph => maos_track::graph_svg(&shown),
                 Picture::Gantt => maos_track::gantt_svg(&shown, now_ms()),
             })
         })
-        .await
-        .map_err(|source| Error::Join {
-            what: "a picture",
-            source,
-        })?;
+        .await?;
         let mut cache = relock(&self.inner.pictures);
         cache.retain(|_, (v, _)| *v == snap.version);
         cache.insert((kind, limit), (snap.version, svg.clone()));
@@ -273,7 +265,7 @@ async fn run(
         let c = collector.clone();
         let refs = changed.refs;
         let want_inputs = changed.agents || changed.refs;
-        let step = tokio::task::spawn_blocking(move || {
+        let step = crate::asyncify("a refresh", move || {
             let mut c = relock(&c);
             if let Some(m) = merges {
                 c.set_merges(m);
@@ -286,7 +278,10 @@ async fn run(
         let (snap, new_inputs) = match step {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "dashboard: a refresh stopped");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "dashboard: a refresh stopped"
+                );
                 continue;
             }
         };

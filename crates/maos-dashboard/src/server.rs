@@ -451,7 +451,7 @@ async fn act(
     }
     let ws = s.ws.clone();
     let actor = s.actor.clone();
-    let r = tokio::task::spawn_blocking(move || f(&ws, &actor, Some(from.to_string()))).await;
+    let r = crate::asyncify("an action", move || f(&ws, &actor, Some(from.to_string()))).await;
     s.live.hint(Changed::all());
     match r {
         Ok(Ok(rec)) => axum::Json(rec).into_response(),

@@ -614,6 +614,25 @@ mod tests {
         assert_eq!(r.task_breakdown["be"].total, 1);
     }
 
+    /// Issue 13: when the critical path is all done, the remaining estimate comes from another
+    /// chain, and the report names that chain.
+    #[test]
+    fn the_remaining_estimate_names_its_chain() {
+        let h = Duration::from_secs(3600);
+        let mut a = Task::new("Long done").estimate(h * 5);
+        a.status = TaskStatus::Completed;
+        a.started_at = Some(0);
+        a.completed_at = Some(1);
+        let c = Task::new("C").estimate(h);
+        let d = Task::new("D").estimate(h).after(c.id.clone());
+        let r = report(&[a, c, d], 10);
+        assert_eq!(r.critical_path_names, ["Long done"]);
+        assert_eq!(r.remaining_ms, 2 * 3_600_000);
+        assert_eq!(r.remaining_path_names, ["C", "D"]);
+        let text = summary(&r);
+        assert!(text.contains("remaining: 2h00m along C -> D"), "{text}");
+    }
+
     #[test]
     fn gantt_escapes_and_uses_after() {
         let t = tasks();

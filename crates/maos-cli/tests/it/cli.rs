@@ -26,6 +26,23 @@ fn init_creates_an_owner_only_layout_and_status_reports_it() {
     assert_eq!(st["format"], 1);
     assert_eq!(st["agent"], "a");
     assert_eq!(st["discovery"], "explicit");
+    // Issue 13: one `agents` row (it was printed twice), and the disk usage on one line.
+    Maos::new(dir.path())
+        .agent("b")
+        .run(["agents", "register"])
+        .ok();
+    let text = Maos::new(dir.path())
+        .agent("a")
+        .run(["status"])
+        .ok()
+        .stdout();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("agents")).collect();
+    assert_eq!(rows, ["agents     1 registered, 1 alive"], "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("on disk")).count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]
@@ -306,4 +323,61 @@ fn only_init_creates_a_workspace() {
     // `init` does create it, with its parents.
     Maos::uninitialised(&missing).run(["init"]).ok();
     Maos::uninitialised(&missing).run(["status"]).ok();
+}
+
+/// Issue 12: a FIFO in place of any record maos reads gives a clear error naming it (exit 1),
+/// never a hang: each file below is replaced by a FIFO in turn, with no writer on it.
+#[test]
+fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    git(ws, &["init", "-q", "-b", "main"]);
+    git(ws, &["commit", "-q", "--allow-empty", "-m", "init"]);
+    let m = Maos::new(ws).agent("a");
+    m.run(["send", "ch", "--data", "1"]).ok();
+    m.run(["recv", "ch", "--consumer", "w"]).ok();
+    m.run(["task", "add", "T"]).ok();
+    let cases: &[(&str, &[&str])] = &[
+        (".maos/format", &["status"]),
+        (".maos/agents/b.json", &["agents", "list"]),
+        (
+            ".maos/channels/ch/.chan/consumers/w.json",
+            &["recv", "ch", "--consumer", "w"],
+        ),
+        (".maos/tasks/current", &["task", "list"]),
+        (".maos/tasks/log.0.jsonl", &["task", "list"]),
+        (".maos/merge/queue.json", &["merge", "queue", "list"]),
+    ];
+    for (file, args) in cases {
+        let path = ws.join(file);
+        let saved = std::fs::read(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success(), "mkfifo {file}");
+        let mut child = Maos::new(ws)
+            .agent("b")
+            .cmd()
+            .args(*args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("maos {args:?} waits on a FIFO at {file}");
+            }
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        let out = Run::wait(child);
+        out.assert_code(Exit::Error);
+        out.stderr_has(file)
+            .stderr_has("is a FIFO (named pipe), not a regular file");
+        std::fs::remove_file(&path).unwrap();
+        if let Some(bytes) = saved {
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
 }

@@ -388,3 +388,129 @@ fn the_inbox_shows_each_message_addressed_to_me_once() {
         .stdout_has("deploy/**");
     b1.run(["inbox", "--subscriptions", "--json"]).ok();
 }
+
+/// `inbox --follow` delivers what arrives while it follows, each once, and acknowledges it.
+#[test]
+fn inbox_follow_delivers_new_messages_as_they_arrive() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::new(ws)
+        .agent("b")
+        .run(["agents", "register", "--role", "dev"])
+        .ok();
+    let mut follower = Maos::new(ws)
+        .agent("b")
+        .cmd()
+        .args([
+            "--json",
+            "inbox",
+            "--follow",
+            "--count",
+            "2",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    Maos::new(ws)
+        .agent("a")
+        .run(["send", "api", "--to", "b", "--data", r#""direct""#])
+        .ok();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["payload"], "direct", "{first}");
+    // The second arrives after the follower has printed the first: it is woken for it.
+    Maos::new(ws)
+        .agent("a")
+        .run([
+            "send",
+            "other",
+            "--role",
+            "dev",
+            "--data",
+            r#""to the role""#,
+        ])
+        .ok();
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["payload"], "to the role", "{second}");
+    assert!(follower.wait().unwrap().success());
+    let unread = Maos::new(ws)
+        .agent("b")
+        .run(["--json", "inbox", "--unread"])
+        .ok()
+        .json();
+    assert_eq!(unread["total"], 0, "acknowledged as printed: {unread}");
+}
+
+/// Issue 11: a record whose checksum is right but which is not a maos message is never
+/// skipped silently: the reader warns naming its position, a copy is kept aside, and a
+/// durable consumer moves past it (the messages around it are delivered, once).
+#[test]
+fn an_undecodable_record_is_reported_kept_and_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let m = Maos::new(ws).agent("a");
+    m.run(["send", "ch", "--data", r#""first""#]).ok();
+    let chan = ws.join(".maos/channels/ch/.chan");
+    let seg = chan.join("00000000000000000001.jsonl");
+    let msg = br#"{"not":"a maos message"}"#;
+    let line = format!(
+        "{{\"seq\":2,\"len\":{},\"crc\":\"{:08x}\",\"msg\":{}}}\n",
+        msg.len(),
+        crc32fast::hash(msg),
+        String::from_utf8_lossy(msg)
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+    drop(f);
+    m.run(["send", "ch", "--data", r#""third""#]).ok();
+
+    let out = Maos::new(ws)
+        .agent("b")
+        .run(["--json", "recv", "ch", "--consumer", "w"]);
+    out.ok();
+    let payloads: Vec<serde_json::Value> = out
+        .lines()
+        .iter()
+        .filter_map(|l| l.get("payload").cloned())
+        .collect();
+    assert_eq!(payloads, ["first", "third"], "{}", out.stdout());
+    let err = out.stderr();
+    assert!(err.contains("not a maos message"), "{err}");
+    assert_eq!(
+        err.matches("not a maos message").count(),
+        1,
+        "said once: {err}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(ws.join(".maos"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let quarantine = walk(&ws.join(".maos"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("undecodable"))
+        .count();
+    assert!(quarantine >= 1, "no copy kept aside under .maos ({kept:?})");
+    // The consumer moved past it: nothing again.
+    let again = Maos::new(ws)
+        .agent("b")
+        .run(["--json", "recv", "ch", "--consumer", "w"]);
+    again.ok();
+    assert_eq!(again.stdout().trim(), "", "each message once");
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -141,6 +141,16 @@ fn check_workspace(ws: &Path) {
     let held = locks["locks"].as_array().map_or(0, Vec::len);
     assert_eq!(held, 0, "locks left behind: {locks}");
 
+    // Every task notification names the agent that caused it (none is anonymous).
+    let notes = auditor(ws)
+        .run(["recv", "broadcast/tasks", "--everything", "--json"])
+        .ok()
+        .lines();
+    assert!(!notes.is_empty(), "no task notifications");
+    for n in &notes {
+        assert_ne!(n["sender"], "anonymous", "{n}");
+    }
+
     // The deadlock was reported on the deadlock topic.
     let out = auditor(ws).run(["recv", "broadcast/deadlock", "--json"]);
     assert!(
@@ -183,6 +193,23 @@ fn the_demo_coordinates_four_agents_end_to_end() {
     for a in AGENTS {
         assert!(listed.contains(&format!("agent/{a}")), "{agents}");
     }
+}
+
+/// Issue 13: the paced mode (the default on a terminal) takes time a person can follow, one
+/// line per real event, and passes the same checks.
+#[test]
+fn the_paced_demo_is_watchable_and_passes_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, text) = demo(dir.path(), &["--paced"]);
+    let held = text
+        .lines()
+        .find_map(|l| l.strip_prefix("every step held in "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(held.contains("(paced, via library)"), "{held}");
+    let secs: f64 = held.split('s').next().unwrap().parse().unwrap();
+    // Pacing waits simulated work time: a lower bound only (it cannot be faster).
+    assert!(secs >= 5.0, "paced run over in {secs} s: {held}");
+    check_workspace(&ws);
 }
 
 #[test]

@@ -376,3 +376,21 @@ fn the_protocol_python_example_interoperates_with_maos() {
     let doctor = Maos::new(&ws).run(["doctor"]);
     doctor.ok();
 }
+
+/// The README's Rust example is the facade's doctest (compiled and run by `cargo test`), so it
+/// cannot drift from the API.
+#[test]
+fn the_readme_rust_example_is_the_facades_doctest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let first_rust_block = |file: &str| {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let start = text.find("```rust\n").expect("a Rust block") + 8;
+        let len = text[start..].find("\n```").expect("its end");
+        text[start..start + len].to_owned()
+    };
+    assert_eq!(
+        first_rust_block("README.md"),
+        first_rust_block("crates/maos-coordination/README.md"),
+        "README.md's first Rust example differs from the doctest in crates/maos-coordination/README.md"
+    );
+}

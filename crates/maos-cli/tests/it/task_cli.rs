@@ -421,3 +421,36 @@ fn the_claim_recipe_sees_exit_3() {
         "{text}"
     );
 }
+
+/// Issue 13: a refused fencing token is reported once, naming the resource and both tokens.
+#[test]
+fn a_stale_fencing_token_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let m = Maos::new(ws).agent("a");
+    let id = m
+        .run(["task", "add", "Migrate"])
+        .ok()
+        .stdout()
+        .trim()
+        .to_owned();
+    m.run(["task", "start", &id]).ok();
+    m.run(["lock", "acquire", "db/schema.sql"]).ok();
+    let out = m.run([
+        "task",
+        "done",
+        &id,
+        "--fence",
+        "db/schema.sql",
+        "--token",
+        "999",
+    ]);
+    out.assert_code(Exit::Error);
+    let err = out.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("999") && err.contains("db/schema.sql"),
+        "{err}"
+    );
+    assert_eq!(err.matches("stale").count(), 1, "{err}");
+}

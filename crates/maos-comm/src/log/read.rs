@@ -167,7 +167,7 @@ impl Log {
                     cause,
                 };
                 if cause != GapCause::Restart {
-                    tracing::warn!(channel = %self.channel, %gap, "positions missing");
+                    tracing::debug!(channel = %self.channel, %gap, "positions missing (returned to the reader)");
                 }
                 out.gaps.push(gap);
                 cur.position = next - 1;
@@ -283,8 +283,8 @@ impl Log {
                                 line,
                                 line.len() as u64,
                             );
-                            tracing::warn!(channel = %self.channel, path = %path.display(),
-                                offset, %reason, "damaged record skipped");
+                            tracing::debug!(channel = %self.channel, path = %path.display(),
+                                offset, %reason, "damaged record skipped (returned to the reader)");
                             out.problems.push(Problem {
                                 path: path.to_path_buf(),
                                 offset: Some(offset),

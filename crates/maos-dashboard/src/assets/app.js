@@ -223,7 +223,8 @@ function renderAgents(v) {
     el('td', { text: a.role || '–' }),
     el('td', { text: a.liveness }),
     el('td', { class: 'mono', text: a.anchor ? `${a.anchor.kind} pid ${a.anchor.pid}` : '–' }),
-    el('td', null, a.lease_until ? countdown(a.lease_until) : '–'),
+    // A dead agent has no lease left, whatever its record says (its anchor ended).
+    el('td', null, a.liveness !== 'dead' && a.lease_until ? countdown(a.lease_until) : '–'),
     el('td', { class: 'mono', text: a.branch || '–' }),
     el('td', { class: 'mono', text: a.worktree || '–' }),
     el('td', null, a.current_task ? el('span', { title: a.current_task.id }, statusPill(a.current_task.status), ' ', a.current_task.name) : '–'),

@@ -839,3 +839,35 @@ fn waiting_for_a_child_renews_a_short_lease() {
     assert!(!g.is_lost());
     g.release().unwrap();
 }
+
+/// A guard whose lock is taken from it (an operator released it) learns so from its heartbeat:
+/// `on_lost` is called once with the loss, and `is_lost` turns true.
+#[test]
+fn a_heartbeat_that_finds_its_lock_gone_tells_the_holder() {
+    let (_d, ws) = ws();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let tx = std::sync::Mutex::new(tx);
+    let g = FileLock::new(&ws, r("hb"))
+        .agent(agent("a"))
+        .ttl(Duration::from_millis(150))
+        .heartbeat(true)
+        .on_lost(move |e| {
+            let _ = tx.lock().unwrap().send(e.to_string());
+        })
+        .try_acquire("long work")
+        .unwrap()
+        .unwrap();
+    assert!(!g.is_lost());
+    let gone = LockTable::open(&ws)
+        .unwrap()
+        .release(&r("hb"), &agent("a"), Some(g.token()))
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    let why = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("on_lost called by the heartbeat");
+    assert!(why.contains("hb"), "{why}");
+    assert!(g.is_lost());
+    assert!(g.release().is_err(), "releasing a lost lock says so");
+    assert!(rx.try_recv().is_err(), "told once");
+}

@@ -311,19 +311,6 @@ impl Shared {
     pub(crate) fn boot(&self) -> [u8; 16] {
         self.boot
     }
-
-    /// Rebuilds the index with `cause` (tests: a simulated restart).
-    #[cfg(test)]
-    pub(crate) fn rebuild_now(&self, cause: Cause) -> Result<table::RebuildReport> {
-        let mut slot = lock_poisoned(&self.files);
-        let files = self.files_in(&mut slot)?;
-        let _guard = take_guard(
-            &files.guard,
-            FlockMode::Exclusive,
-            fsx::DEFAULT_GUARD_TIMEOUT,
-        )?;
-        Ok(rebuild(files, self.boot, cause)?.1)
-    }
 }
 
 /// Takes the table's guard in `mode`, waiting at most `timeout`. Every operation holds it for
@@ -594,5 +581,22 @@ pub(crate) fn test_dir() -> tempfile::TempDir {
     match tempfile::tempdir_in("/dev/shm") {
         Ok(d) => d,
         Err(_) => tempfile::tempdir().expect("a temporary directory"),
+    }
+}
+
+// Test-only code stays at the end of the file (the tidy tests read what follows the first
+// `#[cfg(test)]` as test code).
+#[cfg(test)]
+impl Shared {
+    /// Rebuilds the index with `cause` (tests: a simulated restart).
+    pub(crate) fn rebuild_now(&self, cause: Cause) -> Result<table::RebuildReport> {
+        let mut slot = lock_poisoned(&self.files);
+        let files = self.files_in(&mut slot)?;
+        let _guard = take_guard(
+            &files.guard,
+            FlockMode::Exclusive,
+            fsx::DEFAULT_GUARD_TIMEOUT,
+        )?;
+        Ok(rebuild(files, self.boot, cause)?.1)
     }
 }

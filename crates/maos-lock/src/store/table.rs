@@ -45,10 +45,6 @@ pub(crate) const DOC_LIMIT: usize = 16 << 20;
 const CELLS_LIMIT: u64 = 1 << 23;
 /// How much a scan reads at once.
 const SCAN_CHUNK: u64 = 1 << 20;
-/// Where `maos doctor` is mentioned in errors.
-pub(crate) const DOCTOR_HINT: &str =
-    "run `maos doctor` for details and `maos doctor --repair` to fix it";
-
 /// The files of one lock table, kept open by a process.
 #[derive(Debug)]
 pub(crate) struct Files {
@@ -103,10 +99,11 @@ fn file_len(f: &DataFile) -> Result<u64> {
     Ok(f.len()?)
 }
 
+/// A damaged table file (the error's message says how `maos doctor` helps).
 fn corrupt(path: PathBuf, what: impl std::fmt::Display) -> Error {
     Error::Corrupt {
         path,
-        reason: format!("{what}; {DOCTOR_HINT}"),
+        reason: what.to_string(),
     }
 }
 

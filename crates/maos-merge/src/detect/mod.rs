@@ -106,10 +106,22 @@ impl ConflictDetector {
             tracing::info_span!("merge_predict", branches = branches.len(), target).entered();
         let repo = self.repository()?;
         let engine = Engine::new(&repo, engine_options(&self.options));
+        let p = self.predict_with(&engine, branches, target)?;
+        tracing::debug!(stats = ?engine.stats(), "merge prediction done");
+        Ok(p)
+    }
+
+    /// [`ConflictDetector::predict`] on a given engine (its caches shared by every pair).
+    fn predict_with(
+        &self,
+        engine: &Engine<'_>,
+        branches: &[String],
+        target: &str,
+    ) -> Result<Prediction> {
         let mut vs_target = Vec::with_capacity(branches.len());
         for b in branches {
             vs_target.push(PairResult::from_check(check_with(
-                &engine,
+                engine,
                 &self.options,
                 b,
                 target,
@@ -119,7 +131,7 @@ impl ConflictDetector {
         for (i, a) in branches.iter().enumerate() {
             for b in &branches[i + 1..] {
                 pairwise.push(PairResult::from_check(check_with(
-                    &engine,
+                    engine,
                     &self.options,
                     b,
                     a,
@@ -256,4 +268,100 @@ pub(crate) fn check_with(
         relation: h.relation,
         conflicts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `merge check --all` shares its work: one engine reads each tree and blob once and
+    /// computes each pair's merge bases once, so a second prediction on it reads nothing, and
+    /// the whole prediction costs less than the same pairs on engines of their own.
+    #[test]
+    fn a_prediction_reads_each_object_once_and_shares_merge_bases() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path();
+        git(repo_dir, &["init", "-q", "-b", "main"]);
+        for i in 0..20 {
+            std::fs::create_dir_all(repo_dir.join(format!("d{i}"))).unwrap();
+            std::fs::write(repo_dir.join(format!("d{i}/f.txt")), format!("{i}\n")).unwrap();
+        }
+        std::fs::write(repo_dir.join("shared.txt"), "a\nb\nc\n").unwrap();
+        git(repo_dir, &["add", "."]);
+        git(repo_dir, &["commit", "-qm", "base"]);
+        let branches: Vec<String> = (0..4).map(|i| format!("b{i}")).collect();
+        for (i, b) in branches.iter().enumerate() {
+            git(repo_dir, &["checkout", "-q", "-b", b, "main"]);
+            std::fs::write(
+                repo_dir.join(format!("d{i}/f.txt")),
+                format!("changed {i}\n"),
+            )
+            .unwrap();
+            std::fs::write(repo_dir.join("shared.txt"), format!("a\n{b}\nc\n")).unwrap();
+            git(repo_dir, &["commit", "-qam", b]);
+        }
+        git(repo_dir, &["checkout", "-q", "main"]);
+        std::fs::write(repo_dir.join("d19/f.txt"), "main moved\n").unwrap();
+        git(repo_dir, &["commit", "-qam", "main"]);
+
+        let det = ConflictDetector::open(repo_dir).unwrap();
+        let repo = det.repository().unwrap();
+        let shared = Engine::new(&repo, engine_options(&det.options));
+        let p = det.predict_with(&shared, &branches, "main").unwrap();
+        assert_eq!(p.vs_target.len(), 4);
+        assert_eq!(p.pairwise.len(), 6);
+        assert!(
+            p.pairwise.iter().all(|r| !r.is_clean()),
+            "shared.txt conflicts pairwise"
+        );
+        let once = shared.stats();
+        // 4 branches against main and 6 pairs: at most one merge-base walk per pair.
+        assert!(once.bases_computed <= 10, "{once:?}");
+        det.predict_with(&shared, &branches, "main").unwrap();
+        assert_eq!(
+            shared.stats(),
+            once,
+            "a second prediction is served from the caches"
+        );
+
+        // The same ten merges, each on an engine of its own, read more.
+        let mut alone = ort::EngineStats::default();
+        let mut run = |src: &str, dst: &str| {
+            let e = Engine::new(&repo, engine_options(&det.options));
+            check_with(&e, &det.options, src, dst).unwrap();
+            let s = e.stats();
+            alone.trees_read += s.trees_read;
+            alone.blobs_read += s.blobs_read;
+            alone.bases_computed += s.bases_computed;
+        };
+        for (i, a) in branches.iter().enumerate() {
+            run(a, "main");
+            for b in &branches[i + 1..] {
+                run(b, a);
+            }
+        }
+        assert!(alone.trees_read > once.trees_read, "{alone:?} vs {once:?}");
+        assert!(alone.blobs_read > once.blobs_read, "{alone:?} vs {once:?}");
+    }
 }

@@ -136,6 +136,20 @@ pub(crate) struct Engine<'r> {
     bases: RefCell<BaseCache>,
     commits: RefCell<HashMap<Oid, Rc<CommitInfo>>>,
     base_trees: RefCell<HashMap<Vec<Oid>, TreeRef>>,
+    stats: std::cell::Cell<EngineStats>,
+}
+
+/// What an engine read from the repository and computed, over its life: with its caches
+/// each tree and blob is read once and each pair's merge bases are computed once, however
+/// many merges share them (`merge check --all`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EngineStats {
+    /// Tree objects read from the object database.
+    pub(crate) trees_read: u64,
+    /// Blobs read from the object database.
+    pub(crate) blobs_read: u64,
+    /// Merge-base computations (pairs of commits).
+    pub(crate) bases_computed: u64,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -169,7 +183,19 @@ impl<'r> Engine<'r> {
             bases: Default::default(),
             commits: Default::default(),
             base_trees: Default::default(),
+            stats: Default::default(),
         }
+    }
+
+    /// What this engine read and computed so far.
+    pub(crate) fn stats(&self) -> EngineStats {
+        self.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut EngineStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
     }
 
     pub(crate) fn repo(&self) -> &'r Repository {
@@ -183,6 +209,7 @@ impl<'r> Engine<'r> {
             return Ok(t.clone());
         }
         let tree = self.repo.find_tree(oid).git("read tree")?;
+        self.count(|s| s.trees_read += 1);
         let list: Rc<[TreeEnt]> = tree
             .iter()
             .map(|e| TreeEnt {
@@ -233,6 +260,7 @@ impl<'r> Engine<'r> {
             return Ok(b.clone());
         }
         let blob = self.repo.find_blob(oid).git("read blob")?;
+        self.count(|s| s.blobs_read += 1);
         let data: Rc<[u8]> = Rc::from(blob.content());
         self.blobs.borrow_mut().insert(oid, data.clone());
         Ok(data)
@@ -276,6 +304,7 @@ impl<'r> Engine<'r> {
             return Ok(v.clone());
         }
         let v: Rc<[Oid]> = self.merge_bases_many(a, &[b])?.into();
+        self.count(|s| s.bases_computed += 1);
         self.bases.borrow_mut().insert(key, v.clone());
         Ok(v)
     }
