@@ -475,3 +475,61 @@ fn concurrent_maos_processes_claim_each_task_once_on_both_backends() {
         assert_eq!(list.json().as_array().unwrap().len(), TASKS, "{name}");
     }
 }
+
+#[test]
+fn the_default_namespace_is_the_repository_identity_and_is_needed() {
+    let url = server::shared_url().unwrap();
+    // No repository: no identity to name the namespace after.
+    let bare = tempfile::tempdir().unwrap();
+    let out = Maos::uninitialised(bare.path()).run(["init", "--backend", &url]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("--namespace");
+    // A repository with a commit: `repo-<root commit>`, the same in every clone.
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "root"]);
+    let root = git(&["rev-list", "--max-parents=0", "HEAD"]);
+    let clone = tempfile::tempdir().unwrap();
+    let cloned = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(repo.path())
+        .arg(clone.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(cloned.status.success());
+    for dir in [repo.path().to_path_buf(), clone.path().join("c")] {
+        let maos = Maos::uninitialised(&dir);
+        maos.run(["init", "--backend", &url]).ok();
+        let st = maos.run(["status", "--json"]);
+        st.ok();
+        assert!(
+            st.json()["location"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("namespace repo-{root}")),
+            "{}",
+            st.json()
+        );
+    }
+    // Both clones see one task graph.
+    let a = Maos::new(repo.path()).agent("a");
+    let b = Maos::new(clone.path().join("c")).agent("b");
+    let id = a.run(["task", "add", "shared"]);
+    id.ok();
+    let id = id.stdout().trim().to_string();
+    b.run(["task", "show", &id]).ok().stdout_has("shared");
+}

@@ -504,7 +504,10 @@ fn an_undecodable_record_is_reported_kept_and_passed() {
 
 fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap().flatten() {
+    for e in std::fs::read_dir(d)
+        .expect("a readable test directory")
+        .flatten()
+    {
         let p = e.path();
         if p.is_dir() {
             out.extend(walk(&p));
