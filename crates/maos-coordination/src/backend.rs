@@ -1,10 +1,9 @@
 //! Choosing a workspace's storage backend, once: the files under `.maos/` (the default) or a
 //! PostgreSQL server (`maos init --backend postgres://user@host/db`, recorded in
 //! `.maos/config.json`; `MAOS_BACKEND` / `MAOS_NAMESPACE` override it). [`open`] returns
-//! [`Backends`]: one implementation of each mechanism's storage trait
-//! ([`ChannelStore`](maos_comm::ChannelStore), [`LockStore`](maos_lock::LockStore),
-//! [`TaskStore`](maos_track::TaskStore), [`AgentStore`](maos_core::AgentStore)), so a
-//! command is written once over the traits.
+//! [`Backends`]: one implementation of each mechanism's storage trait ([`ChannelStore`],
+//! [`LockStore`], [`TaskStore`], [`AgentStore`]), so a command is written once over the
+//! traits.
 //!
 //! The only module of this crate with code: the choice itself, nothing of a mechanism.
 

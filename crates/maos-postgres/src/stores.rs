@@ -541,27 +541,24 @@ impl LockStore for PgLocks {
         agent: &AgentId,
         ttl: Option<Duration>,
     ) -> maos_lock::Result<Vec<maos_lock::LockInfo>> {
-        if let Some(r) = resource {
-            let held = self
-                .snapshot()?
-                .holders
-                .into_iter()
-                .any(|h| &h.owner == agent && &h.resource == r);
-            if !held {
-                return Err(maos_lock::Error::NotOwner {
-                    resource: r.clone(),
-                    agent: agent.clone(),
+        let table = self.table();
+        let renewed = match resource {
+            Some(r) => table.renew(r, agent, ttl),
+            None => table.renew_all(agent, ttl),
+        };
+        Ok(renewed
+            .map_err(|e| match e {
+                Error::NotOwner {
+                    resource, agent, ..
+                } => maos_lock::Error::NotOwner {
+                    resource,
+                    agent,
                     holder: None,
-                });
-            }
-        }
-        // The server renews an agent's locks together (its heartbeat); with a resource,
-        // the locks on it are reported.
-        let all = self.table().renew_all(agent, ttl).map_err(lock_error)?;
-        Ok(all
+                },
+                other => lock_error(other),
+            })?
             .into_iter()
             .map(lock_info)
-            .filter(|h| resource.is_none_or(|r| &h.resource == r))
             .collect())
     }
 

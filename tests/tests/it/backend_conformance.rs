@@ -305,6 +305,28 @@ fn locks_are_exclusive_shared_by_pattern_with_growing_tokens_and_expiring_leases
             .info
             .token;
         assert!(t2 > t1, "{}: tokens only grow ({t1} then {t2})", b.name());
+        // Renewing one resource changes that lock only.
+        let renewed = l
+            .renew(Some(&res("src/a.rs")), &agent("b"), Some(long * 2))
+            .unwrap();
+        assert_eq!(renewed.len(), 1, "{}", b.name());
+        assert_eq!(renewed[0].ttl_ms, 1_200_000, "{}", b.name());
+        let docs = l.snapshot().unwrap();
+        let other = docs
+            .holders
+            .iter()
+            .find(|h| h.owner == agent("b") && h.resource == res("docs/x.md"))
+            .unwrap();
+        assert_eq!(
+            other.ttl_ms,
+            600_000,
+            "{}: another lock's lease kept",
+            b.name()
+        );
+        let e = l
+            .renew(Some(&res("nothing/here")), &agent("b"), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("nothing/here"), "{}: {e}", b.name());
         // A lease that ends frees the resource for a waiter, with a newer token.
         let t3 = l
             .acquire_lease(
