@@ -533,3 +533,81 @@ fn the_default_namespace_is_the_repository_identity_and_is_needed() {
     let id = id.stdout().trim().to_string();
     b.run(["task", "show", &id]).ok().stdout_has("shared");
 }
+
+/// The file workspace and the PostgreSQL workspace of one test, with their names.
+fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
+    [
+        ("file", Maos::new(file.path())),
+        ("postgresql", pg_workspace(pg.path()).0),
+    ]
+}
+
+/// Waiting commands are woken by other processes on both backends: `recv --follow` (also on a
+/// channel that has no message yet), `subscribe --follow` and a `lock acquire` that waits.
+#[test]
+fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
+    use std::process::Stdio;
+    let (f, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (name, maos) in both(&f, &p) {
+        let a = maos.agent("a");
+        let b = maos.agent("b");
+        let follow = |args: &[&str]| {
+            b.cmd()
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // A follower that starts before the channel exists waits for its first message.
+        let recv = follow(&[
+            "--json",
+            "recv",
+            "fresh",
+            "--follow",
+            "--count",
+            "2",
+            "--timeout",
+            "60s",
+        ]);
+        let sub = follow(&[
+            "--json",
+            "subscribe",
+            "ci/*",
+            "--follow",
+            "--count",
+            "1",
+            "--timeout",
+            "60s",
+        ]);
+        a.run(["lock", "acquire", "shared/x", "--ttl", "10m"]).ok();
+        let waiter = b
+            .cmd()
+            .args(["--json", "lock", "acquire", "shared/x", "--wait", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        a.run(["send", "fresh", "--data", "1"]).ok();
+        a.run(["send", "fresh", "--data", "2"]).ok();
+        a.run(["broadcast", "ci/done", "--data", "\"green\""]).ok();
+        // The waiter is queued (lock list shows it) before the holder lets go.
+        let queued = || {
+            a.run(["--json", "lock", "list"]).json()["waiters"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["agent"] == "b"))
+        };
+        server::wait_until(std::time::Duration::from_secs(60), queued);
+        a.run(["lock", "release", "shared/x"]).ok();
+        let got = crate::util::Run::wait(recv);
+        got.ok();
+        let payloads: Vec<_> = got.lines().iter().map(|m| m["payload"].clone()).collect();
+        assert_eq!(payloads, [1, 2], "{name}");
+        let got = crate::util::Run::wait(sub);
+        got.ok();
+        assert_eq!(got.lines()[0]["topic"], "ci/done", "{name}");
+        let got = crate::util::Run::wait(waiter);
+        got.ok();
+        assert_eq!(got.json()["owner"], "b", "{name}: {}", got.stdout());
+    }
+}
