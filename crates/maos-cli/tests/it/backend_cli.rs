@@ -611,3 +611,42 @@ fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
         assert_eq!(got.json()["owner"], "b", "{name}: {}", got.stdout());
     }
 }
+
+/// A command the PostgreSQL backend does not offer yet says so, naming itself, and never
+/// works on the local files instead (nobody else would see them).
+#[test]
+fn file_only_commands_refuse_a_postgresql_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, _, _) = pg_workspace(dir.path());
+    let cases: &[&[&str]] = &[
+        &["inbox"],
+        &["channels"],
+        &["channels", "prune", "api", "--keep", "1"],
+        &["subscribe", "--durable", "ci/*"],
+        &["unsubscribe", "ci/*"],
+        &["task", "edit", "t0000000000", "--name", "x"],
+        &["task", "comment", "t0000000000", "hi"],
+        &["task", "unassign", "t0000000000"],
+        &["task", "watch", "--timeout", "1s"],
+        // (`merge check SOURCE [TARGET]` reads git only: it works on any backend.)
+        &["merge", "check", "--all"],
+        &["merge", "queue", "list"],
+    ];
+    for args in cases {
+        let out = maos.run(*args);
+        out.assert_code(Exit::Error);
+        out.stderr_has("not available on the PostgreSQL backend yet");
+        let words: Vec<&str> = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .copied()
+            .collect();
+        out.stderr_has(&format!("`maos {}", words[0]));
+    }
+    // Nothing was written under .maos/ by them: the stores stay empty.
+    for store in ["channels", "tasks", "inboxes"] {
+        let d = dir.path().join(".maos").join(store);
+        let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} holds files", d.display());
+    }
+}
