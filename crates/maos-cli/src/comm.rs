@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use maos_coordination::comm::Error as CommError;
 use maos_coordination::comm::{
     Delivered, FileChannel, Filter, Gap, GapCause, Inbox, InboxItem, Notice, Problem, Pruned,
-    RawPayload, Retention, Start, TopicMessage, TopicReader, channel_stats,
+    RawPayload, Retention, Start, TopicMessage, TopicReader,
 };
 use maos_coordination::core::{AgentStore, Name, escape_controls, excerpt};
 use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients};
@@ -761,8 +761,7 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn channels(ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let stats = channel_stats(&ws)?;
+    let stats = ctx.backends()?.channels().list()?;
     ctx.emit(&stats, || {
         let mut s = format!(
             "{:<40} {:>10} {:>10} {:>10}\n",

@@ -98,6 +98,8 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug {
         filter: Filter,
         even_empty: bool,
     ) -> Result<Box<dyn ChannelReader>>;
+    /// Every channel with its counts, by name (`maos channels`).
+    fn list(&self) -> Result<Vec<crate::ChannelStats>>;
     /// Publishes `payload` on `topic` as `sender`.
     fn broadcast(
         &self,
@@ -304,6 +306,10 @@ impl ChannelStore for FileComm {
             cursor,
             watch: None,
         }))
+    }
+
+    fn list(&self) -> Result<Vec<crate::ChannelStats>> {
+        crate::channel_stats(&self.ws)
     }
 
     fn broadcast(

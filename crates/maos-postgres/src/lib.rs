@@ -82,7 +82,7 @@
 //!   (the server keeps the operations log, [`track::PgTracker::log_after`]), and the
 //!   ownership check of a task update is a
 //!   read before the write (not in its transaction). The inbox, stored subscriptions,
-//!   channel pruning from the CLI, task edits and comments, the merge commands, the hooks,
+//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the merge commands, the hooks,
 //!   the MCP server, the dashboard and the demo are not available on this backend yet: they
 //!   say so instead of using files.
 

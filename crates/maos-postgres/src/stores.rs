@@ -319,6 +319,27 @@ impl ChannelStore for PgComm {
         }))
     }
 
+    fn list(&self) -> maos_comm::Result<Vec<maos_comm::ChannelStats>> {
+        let names = pc::list_channels(&self.pg).map_err(|e| comm_error("(all)", e))?;
+        names
+            .into_iter()
+            .map(|name| {
+                let st = PgChannel::open(&self.pg, name.clone())
+                    .stats()
+                    .map_err(|e| comm_error(name.as_str(), e))?;
+                // The server keeps no segments; their sizes are its own business.
+                Ok(maos_comm::ChannelStats {
+                    name,
+                    newest: st.newest,
+                    oldest: st.oldest,
+                    count: st.count,
+                    segments: 0,
+                    bytes: 0,
+                })
+            })
+            .collect()
+    }
+
     fn broadcast(
         &self,
         sender: &AgentId,

@@ -219,6 +219,7 @@ fn session(maos: &Maos) -> Vec<Step> {
     run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
     run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
     run(&b, "bob", &["recv", "nosuch"]);
+    run(&b, "bob", &["channels"]);
     run(
         &a,
         "alice",
@@ -345,7 +346,14 @@ fn comparable(step: &Step, ids: &mut Vec<String>) -> String {
     {
         return String::new(); // process anchors, pids and lease times
     }
-    let text = if step.what.contains("task gantt") {
+    let text = if step.what.ends_with("maos channels") {
+        // Bytes on disk are the file backend's own measure.
+        step.out
+            .lines()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else if step.what.contains("task gantt") {
         // How long a finished task took differs by nature.
         step.out
             .split_inclusive([' ', '\n'])
@@ -620,7 +628,6 @@ fn file_only_commands_refuse_a_postgresql_workspace() {
     let (maos, _, _) = pg_workspace(dir.path());
     let cases: &[&[&str]] = &[
         &["inbox"],
-        &["channels"],
         &["channels", "prune", "api", "--keep", "1"],
         &["subscribe", "--durable", "ci/*"],
         &["unsubscribe", "ci/*"],
