@@ -657,3 +657,46 @@ fn file_only_commands_refuse_a_postgresql_workspace() {
         assert_eq!(n, 0, "{} holds files", d.display());
     }
 }
+
+/// `maos lock run` excludes real processes from each other on both backends: a
+/// read-increment-write of a shared counter file loses no update.
+#[test]
+fn lock_run_serialises_real_processes_on_both_backends() {
+    const WORKERS: usize = 4;
+    const EACH: usize = 5;
+    let (f, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (name, maos) in both(&f, &p) {
+        let counter = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(counter.path(), "0").unwrap();
+        let path = counter.path().to_str().unwrap().to_string();
+        // A window between the read and the write that another holder would fall into.
+        let script = format!(
+            "n=$(cat '{path}'); for i in 1 2 3 4 5 6 7 8; do :; done; echo $((n+1)) > '{path}'"
+        );
+        std::thread::scope(|s| {
+            for w in 0..WORKERS {
+                let me = maos.agent(&format!("w{w}"));
+                let script = &script;
+                s.spawn(move || {
+                    for _ in 0..EACH {
+                        me.run([
+                            "lock", "run", "counter", "--wait", "120s", "--", "sh", "-c", script,
+                        ])
+                        .ok();
+                    }
+                });
+            }
+        });
+        let n: usize = std::fs::read_to_string(counter.path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(n, WORKERS * EACH, "{name}: an update was lost");
+        let left = maos.run(["--json", "lock", "list"]);
+        assert!(
+            left.json()["holders"].as_array().unwrap().is_empty(),
+            "{name}"
+        );
+    }
+}
