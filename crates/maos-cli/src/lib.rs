@@ -21,6 +21,10 @@
 //!   this target exposes only what the CLI's own tests need.
 //! - Output goes to the process's stdout and stderr; [`main`] is meant to be called once.
 
+// Standard output goes through `outln!`/`out!` only: a closed pipe is a quiet exit, never a
+// panic (`println!` panics on EPIPE).
+#![warn(clippy::print_stdout)]
+
 /// `println!` that returns an error instead of panicking (see [`ctx::write_stdout`]).
 macro_rules! outln {
     ($($arg:tt)*) => {

@@ -44,6 +44,16 @@ pub fn doctor(ws: &Workspace, repair: bool) -> Result<Vec<Finding>> {
         if !log.exists() {
             continue;
         }
+        // Every directory from `channels/` down to the channel's data is private: a client
+        // in another language that made one with its umask's mode is told (and repaired).
+        let top = ws.channels_dir();
+        let mut d = log.dir.clone();
+        while d.starts_with(&top) && d != top {
+            private_dir(&d, repair, &mut out)?;
+            if !d.pop() {
+                break;
+            }
+        }
         let extra = cursors.remove(name.as_str()).unwrap_or_default();
         check_channel(ws, &log, extra, repair, &mut out)?;
     }
@@ -108,6 +118,31 @@ fn scan_segment(path: &Path, first: u64) -> std::io::Result<SegmentScan> {
         }
     })?;
     Ok(s)
+}
+
+/// A finding (repaired with `repair`) when directory `d` is open to others.
+fn private_dir(d: &Path, repair: bool, out: &mut Vec<Finding>) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(d) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_dir() || mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let f = finding(
+        Severity::Warning,
+        d,
+        format!("a directory open to others (mode {mode:o})"),
+        "make it private (mode 0700)",
+    );
+    out.push(if repair {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(d.display().to_string(), "chmod", d, e))?;
+        f.repaired()
+    } else {
+        f
+    });
+    Ok(())
 }
 
 fn check_channel(
@@ -638,5 +673,68 @@ mod tests {
         assert!(doctor(&ws, true).unwrap()[0].repaired);
         assert!(doctor(&ws, false).unwrap().is_empty());
         assert!(crate::Inbox::open(&ws, AgentId::new("me").unwrap()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use maos_core::{AgentId, Message, Recipients};
+
+    use super::*;
+    use crate::FileChannel;
+
+    /// Directories other users may enter are found and, with `repair`, made private; a
+    /// damaged record is reported; a healthy channel gives no finding.
+    #[test]
+    fn open_directories_and_damaged_records_are_found_and_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(d.path()).unwrap();
+        let ch = FileChannel::open(&ws, ChannelName::new("team/api").unwrap()).unwrap();
+        let a = AgentId::new("a").unwrap();
+        ch.send_blocking(&Message::new(a.clone(), Recipients::All, 1))
+            .unwrap();
+        assert!(
+            doctor(&ws, false).unwrap().is_empty(),
+            "a healthy workspace"
+        );
+
+        let team = ws.channels_dir().join("team");
+        let data = team.join("api").join(crate::CHANNEL_DATA_DIR);
+        for dir in [&team, &data] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let seg = data.join("00000000000000000001.jsonl");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"{\"seq\":2,\"len\":3,\"crc\":\"00000000\",\"msg\":123}\n",
+        )
+        .unwrap();
+        drop(f);
+
+        let found = doctor(&ws, false).unwrap();
+        let open: Vec<_> = found
+            .iter()
+            .filter(|f| f.problem.contains("open to others"))
+            .collect();
+        assert_eq!(open.len(), 2, "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .any(|f| f.path == seg && f.problem.contains("damaged")),
+            "{found:#?}"
+        );
+        doctor(&ws, true).unwrap();
+        for dir in [&team, &data] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        let after = doctor(&ws, false).unwrap();
+        assert!(
+            !after.iter().any(|f| f.problem.contains("open to others")),
+            "{after:#?}"
+        );
     }
 }

@@ -70,7 +70,8 @@
 //!   the conflict at `PATH` (`tests/tests/it/merge_equivalence.rs` counts it).
 //! - Not modelled from git: `.gitattributes` merge drivers, `text`/`binary` attributes and
 //!   CRLF renormalisation (binary means a NUL byte in the first 8,000 bytes, as git's
-//!   default), merge-ort's cache of renames across a rebase's picks, and the
+//!   default; `tests/tests/it/merge_kinds.rs` shows a `merge=union` file and a `binary` one
+//!   against git), merge-ort's cache of renames across a rebase's picks, and the
 //!   `handle_early_known_dir_renames` pruning of the rename matrix; a submodule merges only
 //!   as a fast-forward of one side (as git) and only when its commits are in this
 //!   repository.

@@ -16,6 +16,7 @@ mod merge_crash;
 mod merge_equivalence;
 mod merge_history_parity;
 mod merge_kinds;
+mod merge_power_cut;
 mod merge_review_queue;
 mod merge_review_snapshot;
 mod merge_review_touch;
@@ -27,3 +28,10 @@ mod track_dead_agent;
 mod track_feature;
 mod track_review_kill;
 mod track_stopped_holder;
+
+/// The multi-process tests' helper binary (`tests/src/bin/helper`) in `role`.
+fn helper(role: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_helper"));
+    c.arg(role);
+    c
+}

@@ -388,3 +388,46 @@ fn unrelated_histories_are_checked_against_an_empty_base() {
         .collect();
     assert_eq!(check.conflicted_paths(), git);
 }
+
+/// The documented differences from git (maos-merge's Limitations), each shown against git:
+/// attributes are not read. A `merge=union` driver makes git merge cleanly where maos reports
+/// the content conflict the default driver would; a `binary` attribute makes git refuse a
+/// text merge maos performs cleanly.
+#[test]
+fn gitattributes_are_the_documented_difference_from_git() {
+    // merge=union: both sides add a line at the same place.
+    let r = diverged(
+        |r| {
+            r.write(".gitattributes", "*.log merge=union\n");
+            r.write("changes.log", numbered(5));
+        },
+        |r| r.write("changes.log", numbered_with(5, 3, "main's entry")),
+        |r| r.write("changes.log", numbered_with(5, 3, "source's entry")),
+    );
+    let det = ConflictDetector::open(r.path()).unwrap();
+    let check = det.check("source", "main").unwrap();
+    assert_eq!(git_conflicted_paths(r.path(), "main", "source"), set(&[]));
+    assert_eq!(
+        check.conflicted_paths(),
+        set(&["changes.log"]),
+        "{check:#?}"
+    );
+    assert_eq!(check.conflicts[0].kind, ConflictKind::Content);
+
+    // binary: edits of different lines, which a text merge combines.
+    let r = diverged(
+        |r| {
+            r.write(".gitattributes", "*.dat binary\n");
+            r.write("table.dat", numbered(20));
+        },
+        |r| r.write("table.dat", numbered_with(20, 2, "main")),
+        |r| r.write("table.dat", numbered_with(20, 18, "source")),
+    );
+    let det = ConflictDetector::open(r.path()).unwrap();
+    let check = det.check("source", "main").unwrap();
+    assert_eq!(
+        git_conflicted_paths(r.path(), "main", "source"),
+        set(&["table.dat"])
+    );
+    assert!(check.is_clean(), "{check:#?}");
+}

@@ -505,7 +505,7 @@ fn an_undecodable_record_is_reported_kept_and_passed() {
 fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(d)
-        .expect("a readable test directory")
+        .expect("a readable directory")
         .flatten()
     {
         let p = e.path();

@@ -83,6 +83,12 @@ window.__t = {
     graphCritical: document.querySelectorAll('#graph svg g.task.crit').length,
     messages: [...document.querySelectorAll('#channels .msg')].map(m => m.textContent),
     conn: document.getElementById('conn').textContent,
+    eta: document.getElementById('eta').textContent,
+    ganttShown: !document.getElementById('gantt').hidden,
+    ganttTasks: document.querySelectorAll('#gantt svg g.task').length,
+    queue: [...document.querySelectorAll('#queue-table tbody tr')].map(r => r.textContent),
+    channels: [...document.querySelectorAll('#channels .channel')].map(c => c.dataset.channel),
+    senders: [...document.querySelectorAll('#channels .msg .who')].map(w => w.textContent),
     firstRender: window.maosFirstRender, firstPicture: window.maosFirstPicture,
   }),
   until: (cond, ms) => new Promise((resolve) => {
@@ -368,7 +374,57 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_follows_changes() {
         conflicts.iter().any(|c| c.contains("README.md")),
         "the predicted conflict names the file: {conflicts:?}"
     );
+    assert!(
+        s["eta"].as_str().unwrap().starts_with("ETA "),
+        "the ETA is shown: {}",
+        s["eta"]
+    );
     page.screenshot(&shots.join("dashboard.png")).unwrap();
+
+    // The Gantt tab draws the tasks.
+    page.eval(
+        "document.querySelector('[data-tab=gantt]').click(); true",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    until(&mut page, "s => s.ganttShown && s.ganttTasks > 0", 20_000);
+    // The message filter keeps only what an agent sent or was sent.
+    let set_filter = |page: &mut Chromium, who: &str| {
+        page.eval(
+            &format!(
+                "(() => {{ const f = document.getElementById('msg-agent'); f.value = '{who}'; \
+                 f.dispatchEvent(new Event('change')); return true; }})()"
+            ),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    };
+    let all = s["messages"].as_array().unwrap().len();
+    set_filter(&mut page, "backend-1");
+    let filtered = until(
+        &mut page,
+        &format!("s => s.messages.length > 0 && s.messages.length < {all}"),
+        10_000,
+    );
+    for m in filtered["messages"].as_array().unwrap() {
+        assert!(
+            m.as_str().unwrap().contains("backend-1"),
+            "a message neither from nor to backend-1 shown: {m}"
+        );
+    }
+    set_filter(&mut page, "");
+    until(
+        &mut page,
+        &format!("s => s.messages.length === {all}"),
+        10_000,
+    );
+    // A merge queued through the CLI appears in the queue table.
+    latency(
+        &mut page,
+        "a merge queued",
+        "s => s.queue.some(r => r.includes('agent/alice'))",
+        maos(&ws, "alice").args(["merge", "queue", "add", "agent/alice", "main"]),
+    );
 
     // Changes through the CLI reach the page.
     let mut latencies = Vec::new();
@@ -659,4 +715,114 @@ fn task_pictures_as_svg_and_html() {
     assert!(
         ok(maos(ws, "a").args(["task", "graph", "--format", "mermaid"])).starts_with("flowchart")
     );
+}
+
+/// One raw HTTP/1.1 request to `addr`; returns the status code and the body.
+fn http(addr: &str, req: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Off loopback the dashboard needs --allow-remote (exit 2 without), warns on stderr, and
+/// every request needs the token printed once; with --allow-actions an action sent with the
+/// token succeeds and changes the workspace through the library.
+#[test]
+fn off_loopback_it_warns_needs_the_token_and_actions_work_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    ok(maos(ws, "lead").arg("init"));
+    let refused = maos(ws, "viewer")
+        .args(["dashboard", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--allow-remote"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A failed task to reset.
+    let id = ok(maos(ws, "w").args(["task", "add", "flaky"]))
+        .trim()
+        .to_owned();
+    ok(maos(ws, "w").args(["task", "start", &id]));
+    ok(maos(ws, "w").args(["task", "fail", &id, "--note", "boom"]));
+
+    let mut child = maos(ws, "viewer")
+        .args([
+            "--json",
+            "dashboard",
+            "--listen",
+            "0.0.0.0:0",
+            "--allow-remote",
+            "--allow-actions",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err_line = String::new();
+    // Both pipes stay open until the end: the server may write more.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut err_line).unwrap();
+    assert!(
+        err_line.contains("WARNING") && err_line.contains("and act on it"),
+        "{err_line}"
+    );
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let _server = Kill(child);
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let token = v["token"].as_str().expect("a token").to_owned();
+    let port = v["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    let host = format!("Host: {addr}\r\n");
+
+    let (status, _) = http(
+        &addr,
+        &format!("GET /api/view HTTP/1.1\r\n{host}Connection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 401, "no token, no answer");
+    let (status, body) = http(
+        &addr,
+        &format!(
+            "GET /api/view HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let payload = serde_json::json!({ "id": id }).to_string();
+    let (status, body) = http(
+        &addr,
+        &format!(
+            "POST /api/actions/reset-task HTTP/1.1\r\n{host}Authorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let t = json(maos(ws, "x").args(["--json", "task", "show", &id]));
+    assert_eq!(t["status"], "pending", "{t}");
+    drop((stdout, stderr));
 }

@@ -172,3 +172,54 @@ fn the_exit_code_table_is_the_one_in_the_code() {
         assert!(help.contains(&format!("{} {short}", c as u8)), "{help}");
     }
 }
+
+/// The exit codes restated in prose (README.md, ARCHITECTURE.md) agree with the table in the
+/// code: every code named, each with a word of its meaning.
+#[test]
+fn the_exit_codes_in_prose_match_the_table() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (file, opener) in [
+        ("README.md", "exit codes are "),
+        (
+            "ARCHITECTURE.md",
+            "exit codes mean the same in every command: ",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(file))
+            .expect("the document")
+            .replace('\n', " ");
+        let start = text
+            .find(opener)
+            .unwrap_or_else(|| panic!("{file} names the exit codes after {opener:?}"))
+            + opener.len();
+        let list = text[start..]
+            .split([':', '.'])
+            .next()
+            .expect("a list of codes");
+        let mut seen = Vec::new();
+        for item in list.split(',') {
+            let mut words = item.split_whitespace();
+            let code: u8 = words
+                .next()
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("{file}: {item:?} starts with no code"));
+            let word = words.next().unwrap_or_default();
+            let word = word.split('/').next().unwrap_or_default();
+            let (_, short, meaning) = maos_cli::EXIT_CODES
+                .iter()
+                .find(|(c, _, _)| *c as u8 == code)
+                .unwrap_or_else(|| panic!("{file}: exit code {code} is not in the table"));
+            let known = format!("{short} {meaning} ok").to_lowercase();
+            assert!(
+                known.contains(&word.to_lowercase()),
+                "{file}: exit code {code} called {word:?}, the table says {meaning:?}"
+            );
+            seen.push(code);
+        }
+        let all: Vec<u8> = maos_cli::EXIT_CODES
+            .iter()
+            .map(|(c, _, _)| *c as u8)
+            .collect();
+        assert_eq!(seen, all, "{file} names every exit code, in order");
+    }
+}

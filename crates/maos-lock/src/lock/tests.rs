@@ -871,3 +871,37 @@ fn a_heartbeat_that_finds_its_lock_gone_tells_the_holder() {
     assert!(g.release().is_err(), "releasing a lost lock says so");
     assert!(rx.try_recv().is_err(), "told once");
 }
+
+/// A change found by a scan of every document (releasing an agent's leases) that removes
+/// `a/b` while another agent holds `a` (shared locks: they coexist): the count kept under `a`'s bucket is updated though
+/// `a` itself did not change (its bucket was never looked up by the scan; this panicked).
+#[test]
+fn releasing_an_agents_leases_under_another_agents_prefix_lock() {
+    let (_d, ws) = ws();
+    let take = |who: &str, what: &str| {
+        FileLock::new(&ws, r(what))
+            .agent(agent(who))
+            .shared()
+            .try_acquire("lease")
+            .unwrap()
+            .unwrap()
+            .detach()
+            .unwrap()
+    };
+    take("y", "a");
+    take("x", "a/b");
+    take("x", "a/c/d");
+    let table = LockTable::open(&ws).unwrap();
+    let gone = table.release_agent(&agent("x")).unwrap();
+    assert_eq!(gone.len(), 2);
+    let held: Vec<String> = table
+        .snapshot()
+        .unwrap()
+        .holders
+        .iter()
+        .map(|h| h.resource.to_string())
+        .collect();
+    assert_eq!(held, ["a"]);
+    // The index still finds what is below `a` (nothing now) and lets x lock there again.
+    take("x", "a/b");
+}
