@@ -79,9 +79,7 @@
 //!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
 //!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
-//!   (the server keeps the operations log, [`track::PgTracker::log_after`]), and the
-//!   ownership check of a task update is a
-//!   read before the write (not in its transaction). The inbox, stored subscriptions,
+//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
 //!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the merge commands, the hooks,
 //!   the MCP server, the dashboard and the demo are not available on this backend yet: they
 //!   say so instead of using files.

@@ -101,6 +101,15 @@ fn track_error(e: Error) -> maos_track::Error {
             actual,
         },
         Error::Invalid { what, reason } => maos_track::Error::Invalid { what, reason },
+        Error::NotAssignee {
+            task,
+            assignee,
+            actor,
+        } => maos_track::Error::NotAssignee {
+            task,
+            assignee,
+            actor: Some(actor),
+        },
         other => maos_track::Error::Core(core_error(other)),
     }
 }
@@ -758,15 +767,13 @@ impl LockStore for PgLocks {
 #[derive(Debug, Clone)]
 pub struct PgTasks {
     tracker: PgTracker,
-    agent: AgentId,
 }
 
 impl PgTasks {
     /// The task graph of `pg`'s namespace, acting as `agent`.
     pub fn new(pg: &Pg, agent: AgentId) -> Self {
         Self {
-            tracker: PgTracker::new(pg).agent(agent.clone()),
-            agent,
+            tracker: PgTracker::new(pg).agent(agent),
         }
     }
 }
@@ -843,22 +850,13 @@ impl TaskStore for PgTasks {
     }
 
     fn update(&self, id: &TaskId, update: &Update) -> Result<Task, maos_track::Error> {
-        if update.ownership == Ownership::Respect
-            && let Some(t) = self.get(id)?
-            && let Some(assignee) = t.assigned_to
-            && assignee != self.agent
-        {
-            return Err(maos_track::Error::NotAssignee {
-                task: id.clone(),
-                assignee,
-                actor: Some(self.agent.clone()),
-            });
-        }
         let mut u = pt::Update::status(update.status);
         u.note = update.note.clone();
         u.expected_revision = update.expected_revision;
         u.fence = update.fence.as_ref().map(|(r, t)| (r.clone(), t.0));
-        self.tracker.update(id, &u).map_err(track_error)
+        self.tracker
+            .update_checked(id, &u, update.ownership == Ownership::Respect)
+            .map_err(track_error)
     }
 
     fn release_agent(
