@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use maos_coordination::core::{ProcessIdentity, Registration};
 use maos_coordination::dashboard::{Changed, Collector, Options, Server, ViewQuery};
 use maos_coordination::lock::{FileLock, LockTable};
-use maos_coordination::track::{Options as TrackOptions, Task, TaskStatus, TaskTracker};
+// The bench sets up state as an operator: it moves tasks assigned to agents (`force`).
+use maos_coordination::track::{Options as TrackOptions, Task, TaskStatus, TaskTracker, Update};
 use maos_coordination::{AgentId, AgentRegistry, ResourceName, Workspace};
 use maos_tests::chromium::Chromium;
 
@@ -81,9 +82,9 @@ fn populate(ws: &Workspace) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> 
         .map(|t| t.id.clone())
         .collect();
     for (k, id) in roots.iter().enumerate().take(roots.len() / 10 + 20) {
-        tracker.update_status_blocking(id, TaskStatus::InProgress, None)?;
+        tracker.update_blocking(id, &Update::status(TaskStatus::InProgress).force())?;
         if k >= 20 {
-            tracker.update_status_blocking(id, TaskStatus::Completed, None)?;
+            tracker.update_blocking(id, &Update::status(TaskStatus::Completed).force())?;
         }
     }
     tracker.compact_blocking()?;
@@ -332,7 +333,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     let ready = tracker.ready_blocking()?;
     let mut inc = Vec::new();
     for t in ready.iter().take(10) {
-        tracker.update_status_blocking(&t.id, TaskStatus::InProgress, None)?;
+        tracker.update_blocking(&t.id, &Update::status(TaskStatus::InProgress).force())?;
         let s = Instant::now();
         let snap = collector.refresh(&Changed {
             tasks: true,
@@ -395,7 +396,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     let id = next.first().map(|t| t.id.clone());
     let (first, update) = browser(&ws, || {
         if let Some(id) = id {
-            tracker.update_status_blocking(&id, TaskStatus::InProgress, None)?;
+            tracker.update_blocking(&id, &Update::status(TaskStatus::InProgress).force())?;
         }
         Ok(())
     })?;
