@@ -2,6 +2,7 @@
 //! libgit2 and the workspace instead of one per file). One module per concern; helpers shared
 //! by them live in the `maos-tests` library (`tests/src/lib.rs`).
 
+mod backend_conformance;
 mod comm_multiprocess;
 mod comm_power_cut;
 mod comm_stopped;
