@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use maos_coordination::core::{ProcessIdentity, Registration};
 use maos_coordination::dashboard::{Changed, Collector, Options, Server, ViewQuery};
 use maos_coordination::lock::{FileLock, LockTable};
-use maos_coordination::track::{Options as TrackOptions, Task, TaskStatus, TaskTracker};
+// The bench sets up state as an operator: it moves tasks assigned to agents (`force`).
+use maos_coordination::track::{Options as TrackOptions, Task, TaskStatus, TaskTracker, Update};
 use maos_coordination::{AgentId, AgentRegistry, ResourceName, Workspace};
 use maos_tests::chromium::Chromium;
 
@@ -81,9 +82,9 @@ fn populate(ws: &Workspace) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> 
         .map(|t| t.id.clone())
         .collect();
     for (k, id) in roots.iter().enumerate().take(roots.len() / 10 + 20) {
-        tracker.update_status_blocking(id, TaskStatus::InProgress, None)?;
+        tracker.update_blocking(id, &Update::status(TaskStatus::InProgress).force())?;
         if k >= 20 {
-            tracker.update_status_blocking(id, TaskStatus::Completed, None)?;
+            tracker.update_blocking(id, &Update::status(TaskStatus::Completed).force())?;
         }
     }
     tracker.compact_blocking()?;
@@ -119,84 +120,16 @@ fn lock_resource(i: usize) -> String {
 /// rewrite each, quadratic in the table size (about 17 minutes on the loaded 2-core machine).
 /// The result is checked through `LockTable::snapshot`, so a format change fails loudly here.
 fn seed_locks(ws: &Workspace) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileExt;
-    // One real lock creates the directory, the slots and the boot id.
-    FileLock::new(ws, ResourceName::new("bench/seed")?)
-        .agent(agent(0))
-        .acquire_blocking("seed")?
-        .release()?;
-    let dir = ws.locks_dir();
-    let guard_file = maos_coordination::core::fsx::LockFile::open(&dir.join("guard"))?;
-    let _guard = guard_file.exclusive(Duration::from_secs(10))?;
-    let mut best: Option<(u64, serde_json::Value)> = None;
-    for slot in ["table.0", "table.1"] {
-        let Ok(bytes) = std::fs::read(dir.join(slot)) else {
-            continue;
-        };
-        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&bytes[..nl]).into_owned();
-        let mut parts = head.split(' ');
-        let (Some(crc), Some(len)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let (Ok(crc), Ok(len)) = (u32::from_str_radix(crc, 16), len.parse::<usize>()) else {
-            continue;
-        };
-        let Some(body) = bytes.get(nl + 1..nl + 1 + len) else {
-            continue;
-        };
-        if crc32fast::hash(body) != crc {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_slice(body)?;
-        let g = v["generation"].as_u64().unwrap_or(0);
-        if best.as_ref().is_none_or(|(bg, _)| g > *bg) {
-            best = Some((g, v));
-        }
-    }
-    let (generation, mut table) =
-        best.ok_or_else(|| anyhow::anyhow!("no valid lock table slot"))?;
-    anyhow::ensure!(
-        table["version"] == 1,
-        "lock table version {} (the bench seeds version 1)",
-        table["version"]
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
-    let mut ticket = table["next_ticket"].as_u64().unwrap_or(0);
-    let mut holders = Vec::with_capacity(LOCKS);
+    // Real leases through the library (the table is an index over documents: no shortcut),
+    // held by the agents for an hour, as `maos lock acquire` leaves them.
     for i in 0..LOCKS {
-        ticket += 1;
-        let resource = lock_resource(i);
-        holders.push(serde_json::json!({
-            "id": ticket,
-            "resource": resource,
-            "mode": "exclusive",
-            "owner": agent(i % AGENTS).to_string(),
-            "acquired_at": now,
-            "expires_at": now + 3_600_000,
-            "ttl_ms": 3_600_000,
-            "purpose": format!("bench lock {i}"),
-            "token": 1,
-        }));
-        table["tokens"][resource.as_str()] = serde_json::json!(1);
+        FileLock::new(ws, ResourceName::new(lock_resource(i))?)
+            .agent(agent(i % AGENTS))
+            .ttl(Duration::from_secs(3600))
+            .try_acquire(&format!("bench lock {i}"))?
+            .ok_or_else(|| anyhow::anyhow!("bench lock {i} is busy"))?
+            .detach()?;
     }
-    table["holders"] = serde_json::Value::Array(holders);
-    table["next_ticket"] = serde_json::json!(ticket);
-    table["generation"] = serde_json::json!(generation + 1);
-    let body = serde_json::to_vec(&table)?;
-    let mut bytes = format!("{:08x} {}\n", crc32fast::hash(&body), body.len()).into_bytes();
-    bytes.extend_from_slice(&body);
-    bytes.push(b'\n');
-    let slot = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join(format!("table.{}", (generation + 1) % 2)))?;
-    slot.write_all_at(&bytes, 0)?;
-    slot.set_len(bytes.len() as u64)?;
-    drop(_guard);
     let held = LockTable::open(ws)?.snapshot()?.holders.len();
     anyhow::ensure!(
         held == LOCKS,
@@ -332,7 +265,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     let ready = tracker.ready_blocking()?;
     let mut inc = Vec::new();
     for t in ready.iter().take(10) {
-        tracker.update_status_blocking(&t.id, TaskStatus::InProgress, None)?;
+        tracker.update_blocking(&t.id, &Update::status(TaskStatus::InProgress).force())?;
         let s = Instant::now();
         let snap = collector.refresh(&Changed {
             tasks: true,
@@ -395,7 +328,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     let id = next.first().map(|t| t.id.clone());
     let (first, update) = browser(&ws, || {
         if let Some(id) = id {
-            tracker.update_status_blocking(&id, TaskStatus::InProgress, None)?;
+            tracker.update_blocking(&id, &Update::status(TaskStatus::InProgress).force())?;
         }
         Ok(())
     })?;

@@ -562,6 +562,9 @@ fn one_add_at_a_time(table: &mut Table) -> anyhow::Result<()> {
     const N: usize = 10_000;
     let big = tempfile::tempdir()?;
     let small = tempfile::tempdir()?;
+    // Only `maos init` creates a workspace.
+    Workspace::init(big.path())?;
+    Workspace::init(small.path())?;
     let started = Instant::now();
     let per_add = add_one_at_a_time(&bin, big.path(), N, 0)?;
     let total = started.elapsed();

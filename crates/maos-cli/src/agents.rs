@@ -3,11 +3,8 @@
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use maos_coordination::core::{Anchor, AnchorKind, ProcessIdentity, human_ms, now_ms};
-use maos_coordination::lock::LockTable;
-use maos_coordination::{
-    AgentId, AgentRecord, AgentRegistry, AgentRole, Liveness, Registration, TaskTracker,
-};
+use maos_coordination::core::{AgentView, Anchor, AnchorKind, ProcessIdentity, human_ms, now_ms};
+use maos_coordination::{AgentId, AgentRole, Liveness, Registration};
 use serde::Serialize;
 
 use crate::ctx::Ctx;
@@ -52,11 +49,7 @@ pub(crate) enum AgentsCommand {
 #[derive(Serialize)]
 struct Row {
     #[serde(flatten)]
-    record: AgentRecord,
-    liveness: Liveness,
-    /// The process keeping it alive now, if any.
-    live_anchor: Option<Anchor>,
-    lease_left_ms: u64,
+    view: AgentView,
     /// Resources it holds locks on.
     holds: Vec<String>,
     /// Tasks assigned to it that are not finished (ids).
@@ -64,8 +57,8 @@ struct Row {
 }
 
 pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let reg = AgentRegistry::new(&ws);
+    let backends = ctx.backends()?;
+    let reg = backends.agents();
     match cmd {
         AgentsCommand::Register {
             role,
@@ -125,10 +118,10 @@ pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 Some(id) => AgentId::new(id)?,
                 None => ctx.agent.clone(),
             };
-            let released_locks = LockTable::open(&ws)?.release_agent(&id)?;
-            let tracker = TaskTracker::open(&ws)?;
-            let released_tasks = tracker
-                .release_agent_blocking(&id, &format!("released: agent {id} unregistered"))?;
+            let released_locks = backends.locks().release_agent(&id)?;
+            let released_tasks = backends
+                .tasks(&ctx.agent, None)?
+                .release_agent(&id, &format!("released: agent {id} unregistered"))?;
             let removed = reg.unregister(&id)?;
             ctx.emit(
                 &serde_json::json!({
@@ -152,46 +145,37 @@ pub(crate) fn run(cmd: AgentsCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             )?;
         }
         AgentsCommand::List => {
-            let list = reg.list()?;
-            for p in &list.problems {
+            let (agents, problems) = reg.list()?;
+            for p in &problems {
                 tracing::warn!("{p}");
             }
             let mut holds: BTreeMap<AgentId, Vec<String>> = BTreeMap::new();
-            for h in LockTable::open(&ws)?.snapshot()?.holders {
+            for h in backends.locks().snapshot()?.holders {
                 holds
                     .entry(h.owner)
                     .or_default()
                     .push(h.resource.to_string());
             }
             let mut claims: BTreeMap<AgentId, Vec<String>> = BTreeMap::new();
-            for t in TaskTracker::open(&ws)?.list_blocking()? {
+            for t in backends.tasks(&ctx.agent, None)?.list()? {
                 if let (true, Some(a)) = (t.status.is_active(), t.assigned_to) {
                     claims.entry(a).or_default().push(t.id.to_string());
                 }
             }
-            let now = now_ms();
-            let rows: Vec<Row> = list
-                .agents
+            let rows: Vec<Row> = agents
                 .into_iter()
-                .map(|record| Row {
-                    liveness: record.liveness_at(now),
-                    live_anchor: record.live_anchor(),
-                    lease_left_ms: record.lease_until.saturating_sub(now),
-                    holds: holds.remove(&record.id).unwrap_or_default(),
-                    claims: claims.remove(&record.id).unwrap_or_default(),
-                    record,
+                .map(|view| Row {
+                    holds: holds.remove(&view.record.id).unwrap_or_default(),
+                    claims: claims.remove(&view.record.id).unwrap_or_default(),
+                    view,
                 })
                 .collect();
             ctx.emit(&rows, || render(&rows))?;
-            if !list.problems.is_empty() {
+            if !problems.is_empty() {
                 return Err(anyhow::anyhow!(
                     "{} unreadable agent record(s): {}",
-                    list.problems.len(),
-                    list.problems
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    problems.len(),
+                    problems.join("; ")
                 ));
             }
         }
@@ -208,8 +192,8 @@ fn render(rows: &[Row]) -> String {
         "AGENT", "ROLE", "STATE", "ANCHOR", "LEASE", "BRANCH", "LOCKS", "TASKS", "WORKTREE"
     );
     for r in rows {
-        let rec = &r.record;
-        let anchor = match &r.live_anchor {
+        let rec = &r.view.record;
+        let anchor = match &r.view.live_anchor {
             Some(a) => format!(
                 "pid {} ({})",
                 a.process.pid,
@@ -224,13 +208,13 @@ fn render(rows: &[Row]) -> String {
             "{:<20} {:<10} {:<8} {:<22} {:>7}  {:<18} {:<6} {:<6} {}\n",
             rec.id,
             rec.role.as_ref().map_or("-", |r| r.as_str()),
-            match r.liveness {
+            match r.view.liveness {
                 Liveness::Alive => "alive",
                 Liveness::Leased => "leased",
                 Liveness::Dead => "dead",
             },
             anchor,
-            human_ms(r.lease_left_ms),
+            human_ms(r.view.lease_left_ms),
             rec.branch.as_deref().unwrap_or("-"),
             r.holds.len(),
             r.claims.len(),

@@ -7,14 +7,11 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use maos_coordination::comm::Error as CommError;
 use maos_coordination::comm::{
-    BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter, Gap,
-    GapCause, Inbox, InboxItem, Notice, Problem, Pruned, RawPayload, Retention, Subscription,
-    TopicMessage, channel_stats, feed_options,
+    Delivered, FileChannel, Filter, Gap, GapCause, Inbox, InboxItem, Notice, Problem, Pruned,
+    RawPayload, Retention, Start, TopicMessage, TopicReader,
 };
-use maos_coordination::core::{Name, escape_controls, excerpt};
-use maos_coordination::{
-    AgentId, AgentRegistry, AgentRole, ChannelName, Message, Recipients, Workspace,
-};
+use maos_coordination::core::{AgentStore, Name, escape_controls, excerpt};
+use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients};
 use serde::Serialize;
 
 use crate::ctx::Ctx;
@@ -250,11 +247,10 @@ fn send(a: SendArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         .as_deref()
         .map(|d| parse_json(d, "--data"))
         .transpose()?;
-    let ws = ctx.workspace()?;
-    let ch = FileChannel::open_with(&ws, name, ChannelOptions::default().lock_timeout(a.wait))?;
+    let store = ctx.backends()?.channels();
     let send_one = |payload: RawPayload| -> anyhow::Result<()> {
         let msg = Message::new(ctx.agent.clone(), recipients.clone(), payload);
-        let r = ch.send_blocking(&msg)?;
+        let r = store.send(&name, &msg, a.wait)?;
         let line = SentLine {
             channel: &a.channel,
             position: r.position,
@@ -381,16 +377,6 @@ fn print_notice(ctx: &Ctx, n: &Notice) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_notices(ctx: &Ctx, notices: Vec<Notice>) -> anyhow::Result<()> {
-    notices.iter().try_for_each(|n| print_notice(ctx, n))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn timed_out(what: &str, d: Duration) -> anyhow::Error {
     Failure::error(
         Exit::Busy,
@@ -402,7 +388,7 @@ fn timed_out(what: &str, d: Duration) -> anyhow::Error {
 }
 
 /// Says why messages addressed to a role were not shown to a reader without one.
-fn role_hint(ws: &Workspace, agent: &AgentId, channel: &str, skipped: usize) {
+fn role_hint(agents: &dyn AgentStore, agent: &AgentId, channel: &str, skipped: usize) {
     if skipped == 0 {
         return;
     }
@@ -411,11 +397,15 @@ fn role_hint(ws: &Workspace, agent: &AgentId, channel: &str, skipped: usize) {
          register --role ROLE`)"
             .to_string()
     } else {
-        match AgentRegistry::new(ws).get(agent) {
-            Ok(Some(_)) => format!(
+        let registered = agents
+            .list()
+            .is_ok_and(|(all, _)| all.iter().any(|a| &a.record.id == agent));
+        if registered {
+            format!(
                 "agent {agent} is registered without a role (`maos agents register --role ROLE`)"
-            ),
-            _ => format!("agent {agent} is not registered (`maos agents register --role ROLE`)"),
+            )
+        } else {
+            format!("agent {agent} is not registered (`maos agents register --role ROLE`)")
         }
     };
     eprintln!(
@@ -424,103 +414,108 @@ fn role_hint(ws: &Workspace, agent: &AgentId, channel: &str, skipped: usize) {
     );
 }
 
+/// Prints what a read says besides its messages.
+fn print_read_notices(ctx: &Ctx, notices: &[Notice], warnings: &[String]) -> anyhow::Result<()> {
+    notices.iter().try_for_each(|n| print_notice(ctx, n))?;
+    for w in warnings {
+        eprintln!("maos: warning: {}", escape_controls(w));
+    }
+    Ok(())
+}
+
 fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let name = channel_name(&a.channel)?;
-    let ws = ctx.workspace()?;
-    let ch = match FileChannel::open_existing(&ws, name.clone()) {
+    let backends = ctx.backends()?;
+    let store = backends.channels();
+    let filter = if a.everything {
+        Filter::Everything
+    } else {
+        store.filter_for(ctx.agent.clone())?
+    };
+    let start = match (&a.consumer, a.after) {
+        (Some(n), _) => Start::Consumer(Name::new(n.as_str()).context("--consumer")?),
+        (None, Some(p)) => Start::After(p),
+        (None, None) => Start::After(0),
+    };
+    let durable = a.consumer.is_some();
+    let mut reader = match store.reader(&name, start.clone(), filter.clone(), false) {
         // A follower may start before the channel's first message: it waits for it.
         Err(CommError::NoSuchChannel { .. }) if a.stream.follow => {
             eprintln!(
                 "maos: note: channel {name} has no messages yet; waiting for the first \
                  (`maos channels` lists the existing ones)"
             );
-            FileChannel::open(&ws, name)?
+            store.reader(&name, start, filter, true)?
         }
         other => other?,
-    };
-    let filter = if a.everything {
-        Filter::Everything
-    } else {
-        Filter::for_agent(&ws, ctx.agent.clone())?
-    };
-    let mut consumer = match &a.consumer {
-        Some(n) => Some(ch.consumer(Name::new(n.as_str()).context("--consumer")?, filter.clone())?),
-        None => None,
-    };
-    let mut cursor = match (&consumer, a.after) {
-        (Some(c), _) => c.cursor(),
-        (None, Some(p)) => Cursor::after(p),
-        (None, None) => Cursor::start(),
     };
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut role_skipped = 0usize;
+    let agents = backends.agents();
     // Drain what is there.
     loop {
-        let batch = ch.receive_blocking::<RawPayload>(&cursor, &filter)?;
-        if let Some(p) = &batch.pruned {
-            print_pruned(ctx, p)?;
-        }
-        for g in &batch.gaps {
-            print_gap(ctx, g)?;
-        }
-        if let Some(ahead) = &batch.ahead {
-            print_ahead(ctx, ahead)?;
-        }
-        batch.problems.iter().for_each(print_problem);
+        let batch = reader.read()?;
+        print_read_notices(ctx, &batch.notices, &batch.warnings)?;
         role_skipped += batch.skipped_for_role;
-        let progressed = batch.cursor != cursor;
         for d in &batch.messages {
             if printed >= limit {
                 break;
             }
             print_message(ctx, &a.channel, d)?;
             printed += 1;
-            cursor = Cursor::after(d.position);
-        }
-        if printed >= limit {
-            // Acknowledge through the last message printed, not the rest of the batch.
-            if let Some(c) = consumer.as_mut() {
-                c.ack(cursor)?;
+            if printed >= limit {
+                // Acknowledge through the last message printed, not the rest of the batch.
+                if durable {
+                    reader.ack(d.position)?;
+                }
+                role_hint(agents.as_ref(), &ctx.agent, &a.channel, role_skipped);
+                return Ok(Exit::Ok);
             }
-            role_hint(&ws, &ctx.agent, &a.channel, role_skipped);
-            return Ok(Exit::Ok);
         }
-        cursor = batch.cursor;
         // One acknowledgement per batch, after printing it (at-least-once).
-        if let Some(c) = consumer.as_mut().filter(|_| progressed) {
-            c.ack(cursor)?;
+        if durable && batch.progressed {
+            reader.ack(batch.cursor)?;
         }
-        if !progressed {
+        if !batch.progressed {
             break;
         }
     }
-    role_hint(&ws, &ctx.agent, &a.channel, role_skipped);
+    role_hint(agents.as_ref(), &ctx.agent, &a.channel, role_skipped);
     if !a.stream.follow {
         return Ok(Exit::Ok);
     }
-    let rt = runtime()?;
-    rt.block_on(async {
-        let mut w = ChannelWatcher::from_cursor(ch.clone(), cursor, filter)?;
-        loop {
-            let next = match a.stream.timeout {
-                Some(t) => match w.next_timeout::<RawPayload>(t).await? {
-                    Some(d) => d,
-                    None => return Err(timed_out("message", t)),
-                },
-                None => w.next::<RawPayload>().await?,
-            };
-            print_notices(ctx, w.take_notices())?;
-            print_message(ctx, &a.channel, &next)?;
-            if let Some(c) = consumer.as_mut() {
-                c.ack(Cursor::after(next.position))?;
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        let wait = match a.stream.timeout {
+            Some(t) => {
+                let spent = idle_since.elapsed();
+                if spent >= t {
+                    return Err(timed_out("message", t));
+                }
+                t - spent
+            }
+            None => Duration::from_secs(3600),
+        };
+        let batch = reader.wait(wait)?;
+        print_read_notices(ctx, &batch.notices, &batch.warnings)?;
+        if !batch.messages.is_empty() {
+            idle_since = std::time::Instant::now();
+        }
+        for d in &batch.messages {
+            print_message(ctx, &a.channel, d)?;
+            if durable {
+                reader.ack(d.position)?;
             }
             printed += 1;
             if printed >= limit {
                 return Ok(Exit::Ok);
             }
         }
-    })
+        if durable && batch.progressed && batch.messages.is_empty() {
+            reader.ack(batch.cursor)?;
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -532,13 +527,8 @@ struct BroadcastLine<'a> {
 
 fn broadcast(a: BroadcastArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let payload = parse_json(&a.data, "--data")?;
-    let ws = ctx.workspace()?;
-    let b = BroadcastChannel::with_options(
-        &ws,
-        ctx.agent.clone(),
-        feed_options(&ws).lock_timeout(a.wait),
-    );
-    let r = b.broadcast_blocking(&a.topic, &payload)?;
+    let store = ctx.backends()?.channels();
+    let r = store.broadcast(&ctx.agent, &a.topic, &payload, a.wait)?;
     let line = BroadcastLine {
         topic: &a.topic,
         position: r.position,
@@ -598,61 +588,69 @@ fn print_subscriptions(ctx: &Ctx, inbox: &Inbox) -> anyhow::Result<()> {
 }
 
 fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
     let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
     if a.durable {
+        let ws = ctx.workspace()?;
         let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
         inbox.subscribe(&patterns)?;
         print_subscriptions(ctx, &inbox)?;
         return Ok(Exit::Ok);
     }
+    let store = ctx.backends()?.channels();
     let durable = a.consumer.is_some();
-    let mut sub = match &a.consumer {
-        Some(n) => {
-            Subscription::durable(&ws, &patterns, Name::new(n.as_str()).context("--consumer")?)?
-        }
-        None => Subscription::new(&ws, &patterns, Cursor::start())?,
-    };
+    let consumer = a
+        .consumer
+        .as_deref()
+        .map(|n| Name::new(n).context("--consumer"))
+        .transpose()?;
+    let mut sub = store.topic_reader(&patterns, consumer)?;
     let limit = a.stream.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut handle =
-        |sub: &mut Subscription, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
+        |sub: &mut dyn TopicReader, m: &TopicMessage<RawPayload>| -> anyhow::Result<bool> {
             print_topic(ctx, m)?;
             if durable {
-                sub.ack_through(m.position)?;
+                sub.ack(m.position)?;
             }
             printed += 1;
             Ok(printed >= limit)
         };
-    for m in sub.poll_blocking::<RawPayload>()? {
-        if handle(&mut sub, &m)? {
+    let first = sub.read()?;
+    for m in &first.messages {
+        if handle(sub.as_mut(), m)? {
             return Ok(Exit::Ok);
         }
     }
-    print_notices(ctx, sub.take_notices())?;
+    print_read_notices(ctx, &first.notices, &first.warnings)?;
     if durable {
-        let c = sub.cursor();
-        sub.ack_through(c.position)?;
+        sub.ack(first.cursor)?;
     }
     if !a.stream.follow {
         return Ok(Exit::Ok);
     }
-    let rt = runtime()?;
-    rt.block_on(async {
-        loop {
-            let m = match a.stream.timeout {
-                Some(t) => match sub.next_timeout::<RawPayload>(t).await? {
-                    Some(m) => m,
-                    None => return Err(timed_out("message on the subscribed topics", t)),
-                },
-                None => sub.next::<RawPayload>().await?,
-            };
-            print_notices(ctx, sub.take_notices())?;
-            if handle(&mut sub, &m)? {
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        let wait = match a.stream.timeout {
+            Some(t) => {
+                let spent = idle_since.elapsed();
+                if spent >= t {
+                    return Err(timed_out("message on the subscribed topics", t));
+                }
+                t - spent
+            }
+            None => Duration::from_secs(3600),
+        };
+        let got = sub.wait(wait)?;
+        print_read_notices(ctx, &got.notices, &got.warnings)?;
+        if !got.messages.is_empty() {
+            idle_since = std::time::Instant::now();
+        }
+        for m in &got.messages {
+            if handle(sub.as_mut(), m)? {
                 return Ok(Exit::Ok);
             }
         }
-    })
+    }
 }
 
 fn unsubscribe(a: UnsubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
@@ -763,8 +761,7 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn channels(ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let stats = channel_stats(&ws)?;
+    let stats = ctx.backends()?.channels().list()?;
     ctx.emit(&stats, || {
         let mut s = format!(
             "{:<40} {:>10} {:>10} {:>10}\n",

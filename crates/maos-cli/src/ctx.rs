@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use maos_coordination::core::{Anchor, Discovery, ProcessIdentity};
-use maos_coordination::{AgentId, AgentRegistry, Workspace};
+use maos_coordination::backend::{self, Backends, Choice};
+use maos_coordination::core::{AgentStore, Anchor, Discovery, FileAgents, ProcessIdentity};
+use maos_coordination::{AgentId, Workspace};
 use serde::Serialize;
 
 /// The context of one invocation.
@@ -18,6 +19,8 @@ pub(crate) struct Ctx {
     pub(crate) discovery: Discovery,
     pub(crate) agent: AgentId,
     pub(crate) json: bool,
+    /// The command being run, in words (`lock acquire`), for errors.
+    pub(crate) command: String,
 }
 
 impl Ctx {
@@ -39,12 +42,14 @@ impl Ctx {
             discovery,
             agent,
             json,
+            command: String::new(),
         })
     }
 
     /// The workspace, which must exist: only `maos init` creates one, so a typo in
     /// `--workspace` (or running in the wrong directory) is an error, not a new `.maos/`.
-    pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
+    /// Whatever its backend (`maos init`, `status`, `doctor`).
+    pub(crate) fn open_workspace(&self) -> anyhow::Result<Workspace> {
         let ws = Workspace::open(&self.root).map_err(|e| match e {
             maos_coordination::core::Error::NotInitialized { path } => crate::exit::Failure::error(
                 crate::exit::Exit::Error,
@@ -58,20 +63,52 @@ impl Ctx {
             other => anyhow::Error::new(other)
                 .context(format!("opening workspace {}", self.root.display())),
         })?;
+        Ok(ws)
+    }
+
+    /// The workspace of a command that works on the files only: refused (naming the
+    /// command) when the workspace's backend is PostgreSQL, so that it never silently
+    /// works on files nobody else sees.
+    pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
+        let ws = self.open_workspace()?;
+        if let Choice::Postgres { url, namespace, .. } = backend::choice(&ws)? {
+            return Err(anyhow::Error::new(backend::Error::NotYet {
+                what: format!("`maos {}`", self.command),
+                url: format!("{url} namespace {namespace}"),
+            }));
+        }
         if ws.is_network_filesystem() {
             tracing::warn!(
                 path = %ws.maos_dir().display(),
                 "the workspace is on a network filesystem: the file backend is single-host only"
             );
         }
-        // Every command by a registered agent renews its lease and records the process that
-        // stands for it (the agent's client, found past the shells this command runs under).
-        if let Err(e) = AgentRegistry::new(&ws).touch(&self.agent, || {
+        self.touch(&FileAgents::new(&ws));
+        Ok(ws)
+    }
+
+    /// The workspace's storage, on its backend (files or a PostgreSQL server).
+    pub(crate) fn backends(&self) -> anyhow::Result<Backends> {
+        let ws = self.open_workspace()?;
+        let b = backend::open(&ws)?;
+        if b.is_file() && ws.is_network_filesystem() {
+            tracing::warn!(
+                path = %ws.maos_dir().display(),
+                "the workspace is on a network filesystem: the file backend is single-host only"
+            );
+        }
+        self.touch(b.agents().as_ref());
+        Ok(b)
+    }
+
+    /// Every command by a registered agent renews its lease and records the process that
+    /// stands for it (the agent's client, found past the shells this command runs under).
+    fn touch(&self, agents: &dyn AgentStore) {
+        if let Err(e) = agents.touch(&self.agent, &|| {
             ProcessIdentity::anchor().map(Anchor::ancestor)
         }) {
             tracing::warn!("cannot renew the lease of agent {}: {e}", self.agent);
         }
-        Ok(ws)
     }
 
     /// How the workspace root was found, in words.

@@ -35,11 +35,14 @@ fn checks(ws: &Workspace, repair: bool) -> anyhow::Result<Vec<Finding>> {
 pub(crate) fn run(args: DoctorArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let ws = Workspace::open(&ctx.root)?;
     let findings = checks(&ws, args.repair)?;
+    // Which backend: on PostgreSQL only the local files (config, quarantine) are checked.
+    let (backend, location) = crate::status::backend_words(&ws)?;
     ctx.emit(&findings, || {
+        let mut s = format!("backend {backend} ({location})\n");
         if findings.is_empty() {
-            return format!("{}: no problem found", ws.maos_dir().display());
+            s.push_str(&format!("{}: no problem found", ws.maos_dir().display()));
+            return s;
         }
-        let mut s = String::new();
         for f in &findings {
             let sev = match f.severity {
                 Severity::Error => "error",

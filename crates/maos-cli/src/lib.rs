@@ -21,6 +21,10 @@
 //!   this target exposes only what the CLI's own tests need.
 //! - Output goes to the process's stdout and stderr; [`main`] is meant to be called once.
 
+// Standard output goes through `outln!`/`out!` only: a closed pipe is a quiet exit, never a
+// panic (`println!` panics on EPIPE).
+#![warn(clippy::print_stdout)]
+
 /// `println!` that returns an error instead of panicking (see [`ctx::write_stdout`]).
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -92,8 +96,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the .maos/ layout in the workspace (idempotent).
-    Init,
+    /// Create the .maos/ layout in the workspace (idempotent); --backend chooses where the
+    /// state lives.
+    Init(status::InitArgs),
     /// Register agents and list them with their liveness.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
@@ -170,20 +175,34 @@ pub fn main() -> ExitCode {
     if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
         init_tracing(0, 0, false);
         let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
-            .and_then(|ctx| fast.run(&ctx));
+            .and_then(|mut ctx| {
+                ctx.command = "merge check".into();
+                fast.run(&ctx)
+            });
         return finish(result);
     }
-    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+    let matches = command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // `lock acquire`: the command's words, for errors that name it.
+    let mut words = Vec::new();
+    let mut m = &matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name.to_owned());
+        m = sub;
+    }
     init_tracing(
         cli.verbose,
         cli.quiet,
         matches!(cli.command, Command::Demo(_)),
     );
-    let result = Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json)
-        .and_then(|ctx| run(cli.command, &ctx));
+    let result =
+        Ctx::new(cli.workspace.as_deref(), cli.agent.as_deref(), cli.json).and_then(|mut ctx| {
+            ctx.command = words.join(" ");
+            run(cli.command, &ctx)
+        });
     finish(result)
 }
 
@@ -203,7 +222,7 @@ fn finish(result: anyhow::Result<Exit>) -> ExitCode {
 
 fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
     match command {
-        Command::Init => status::init(ctx),
+        Command::Init(args) => status::init(args, ctx),
         Command::Agents(cmd) => agents::run(cmd, ctx),
         Command::Status(args) if args.watch => watch_view::run(ctx),
         Command::Status(_) => status::status(ctx),

@@ -8,8 +8,8 @@ use clap::Subcommand;
 use maos_coordination::ResourceName;
 use maos_coordination::core::{escape_controls, human_ms, now_ms};
 use maos_coordination::lock::{
-    Deadlock, DeadlockDetector, Error as LockError, FencingToken, FileLock, LockInfo, LockMode,
-    LockTable, VICTIM_RULE, Via,
+    Deadlock, Error as LockError, FencingToken, LockInfo, LockMode, LockRequest, LockStore, Report,
+    VICTIM_RULE, Via,
 };
 use serde::Serialize;
 
@@ -107,12 +107,12 @@ fn resource(ctx: &Ctx, s: &str) -> anyhow::Result<ResourceName> {
 
 fn lock_failure(e: LockError) -> anyhow::Error {
     let code = match &e {
-        e if e.is_timeout() => Exit::Busy,
+        e if e.is_timeout() || maos_coordination::backend::is_timeout(e) => Exit::Busy,
         LockError::AlreadyHeld { .. } => Exit::Busy,
         LockError::Deadlock { .. } => Exit::Deadlock,
         _ => return anyhow::Error::new(e),
     };
-    Failure::error(code, e.to_string())
+    Failure::error(code, format!("{:#}", anyhow::Error::new(e)))
 }
 
 fn describe(h: &LockInfo) -> String {
@@ -145,8 +145,26 @@ fn describe(h: &LockInfo) -> String {
     )
 }
 
+fn request(
+    ctx: &Ctx,
+    res: ResourceName,
+    ttl: Duration,
+    wait: Duration,
+    purpose: &str,
+    shared: bool,
+) -> LockRequest {
+    let mut req = LockRequest::new(ctx.agent.clone(), res, ttl, wait);
+    req.purpose = purpose.to_owned();
+    req.mode = if shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    };
+    req
+}
+
 pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
+    let store = ctx.backends()?.locks();
     match cmd {
         LockCommand::Acquire {
             resource: r,
@@ -156,17 +174,10 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             shared,
         } => {
             let res = resource(ctx, &r)?;
-            let lock = FileLock::new(&ws, res.clone())
-                .agent(ctx.agent.clone())
-                .ttl(ttl)
-                .wait(wait)
-                .mode(if shared {
-                    LockMode::Shared
-                } else {
-                    LockMode::Exclusive
-                })
-                .on_blocked(waiting_note(res));
-            let grant = lock.acquire_lease(&purpose).map_err(lock_failure)?;
+            let req = request(ctx, res.clone(), ttl, wait, &purpose, shared);
+            let grant = store
+                .acquire_lease(&req, waiting_note(res))
+                .map_err(lock_failure)?;
             if grant.reentered {
                 eprintln!(
                     "maos: agent {} already held this lock; its lease was renewed",
@@ -178,7 +189,7 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         LockCommand::Release { resource: r, token } => {
             let res = resource(ctx, &r)?;
-            let done = LockTable::open(&ws)?
+            let done = store
                 .release(&res, &ctx.agent, token.map(FencingToken))
                 .map_err(lock_failure)?;
             ctx.emit(&done, || {
@@ -190,13 +201,10 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         LockCommand::Renew { resource: r, ttl } => {
-            let table = LockTable::open(&ws)?;
-            let done = match r {
-                Some(r) => table
-                    .renew(&resource(ctx, &r)?, &ctx.agent, ttl)
-                    .map_err(lock_failure)?,
-                None => table.renew_all_ttl(&ctx.agent, ttl)?,
-            };
+            let res = r.map(|r| resource(ctx, &r)).transpose()?;
+            let done = store
+                .renew(res.as_ref(), &ctx.agent, ttl)
+                .map_err(lock_failure)?;
             ctx.emit(&done, || {
                 if done.is_empty() {
                     return format!("agent {} holds no locks", ctx.agent);
@@ -206,7 +214,7 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         LockCommand::List => {
-            let snap = LockTable::open(&ws)?.snapshot()?;
+            let snap = store.snapshot()?;
             ctx.emit(&snap, || {
                 let mut s = String::new();
                 if snap.holders.is_empty() {
@@ -245,10 +253,10 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             purpose,
             shared,
             cmd,
-        } => run_command(ctx, &ws, &r, ttl, wait, &purpose, shared, cmd),
+        } => run_command(ctx, store.as_ref(), &r, ttl, wait, &purpose, shared, cmd),
         LockCommand::Check { path } => {
             let res = resource(ctx, &path)?;
-            let holders = LockTable::open(&ws)?.conflicting(&res, LockMode::Exclusive)?;
+            let holders = store.conflicting(&res, LockMode::Exclusive)?;
             let others: Vec<&LockInfo> = holders.iter().filter(|h| h.owner != ctx.agent).collect();
             #[derive(Serialize)]
             struct CheckOut<'a> {
@@ -286,14 +294,14 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 /// Says on stderr whom a wait for `res` waits for, each time that changes.
-fn waiting_note(res: ResourceName) -> impl Fn(&maos_coordination::lock::Blocker) + Send + Sync {
-    move |b| eprintln!("maos: waiting for {res}: {b}")
+fn waiting_note(res: ResourceName) -> Report {
+    std::sync::Arc::new(move |b: &str| eprintln!("maos: waiting for {res}: {b}"))
 }
 
 #[allow(clippy::too_many_arguments)] // one argument per command-line option
 fn run_command(
     ctx: &Ctx,
-    ws: &maos_coordination::Workspace,
+    store: &dyn LockStore,
     r: &str,
     ttl: Duration,
     wait: Duration,
@@ -301,8 +309,6 @@ fn run_command(
     shared: bool,
     cmd: Vec<OsString>,
 ) -> anyhow::Result<Exit> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let res = resource(ctx, r)?;
     let purpose = if purpose.is_empty() {
         cmd.iter()
@@ -312,50 +318,31 @@ fn run_command(
     } else {
         purpose.to_owned()
     };
-    let lost = Arc::new(AtomicBool::new(false));
-    let flag = lost.clone();
-    let mut guard = FileLock::new(ws, res.clone())
-        .agent(ctx.agent.clone())
-        .ttl(ttl)
-        .wait(wait)
-        // The command inherits the lock's own liveness: killing this process does not free
-        // the lock while the command still runs inside the critical section.
-        .inheritable(true)
-        .mode(if shared {
-            LockMode::Shared
-        } else {
-            LockMode::Exclusive
-        })
-        .on_blocked(waiting_note(res.clone()))
-        .on_lost(move |e| {
-            flag.store(true, Ordering::Relaxed);
-            eprintln!("maos: {e}");
-        })
-        .acquire_blocking(&purpose)
-        .map_err(lock_failure)?;
-    guard.share_with_children()?;
     let (prog, args) = cmd.split_first().context("no command given")?;
-    // The lease is renewed while waiting for the command (on this thread).
-    let status = std::process::Command::new(prog)
-        .args(args)
-        .env("MAOS_LOCK_RESOURCE", res.as_str())
-        .env("MAOS_LOCK_TOKEN", guard.token().to_string())
-        .spawn()
-        .with_context(|| format!("cannot run {}", prog.to_string_lossy()))
-        .and_then(|mut child| Ok(guard.wait_child(&mut child)?));
-    let released = guard.release();
-    let status = status?;
-    let mut lost = lost.load(Ordering::Relaxed);
-    if let Err(e) = released {
-        if matches!(e, LockError::LockLost { .. }) {
-            if !lost {
-                eprintln!("maos: {e}");
-            }
-            lost = true;
-        } else {
-            eprintln!("maos: {:#}", anyhow::Error::new(e));
-        }
+    let req = request(ctx, res.clone(), ttl, wait, &purpose, shared);
+    let mut spawn = |token: FencingToken| {
+        std::process::Command::new(prog)
+            .args(args)
+            .env("MAOS_LOCK_RESOURCE", res.as_str())
+            .env("MAOS_LOCK_TOKEN", token.to_string())
+            .spawn()
+    };
+    // The lease is renewed while waiting for the command.
+    let outcome = store
+        .run(
+            &req,
+            &mut spawn,
+            waiting_note(res.clone()),
+            std::sync::Arc::new(|e: &str| eprintln!("maos: {e}")),
+        )
+        .map_err(lock_failure)?;
+    if let Some(e) = outcome.release_error {
+        eprintln!("maos: {:#}", anyhow::Error::new(e));
     }
+    let status = outcome
+        .status
+        .map_err(anyhow::Error::from_boxed)
+        .with_context(|| format!("cannot run {}", prog.to_string_lossy()))?;
     use std::os::unix::process::ExitStatusExt;
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
@@ -364,7 +351,7 @@ fn run_command(
     };
     // A lock lost while the command ran is a failure even if the command succeeded: its
     // work was not protected all along.
-    let code = if lost && code == 0 {
+    let code = if outcome.lost && code == 0 {
         Exit::Error as i32
     } else {
         code
@@ -373,14 +360,10 @@ fn run_command(
 }
 
 pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
+    let store = ctx.backends()?.locks();
     match cmd {
         DeadlockCommand::Check { broadcast, resolve } => {
-            let mut det = DeadlockDetector::new(&ws)
-                .sender(ctx.agent.clone())
-                .broadcast(broadcast)
-                .resolve(resolve);
-            let found = det.check_with_outcome()?;
+            let found = store.deadlocks(&ctx.agent, broadcast, resolve)?;
             #[derive(Serialize)]
             struct Cycle<'a> {
                 #[serde(flatten)]
@@ -510,7 +493,10 @@ mod tests {
         };
         run(renew, &ctx).unwrap();
         let ws = ctx.workspace().unwrap();
-        let snap = LockTable::open(&ws).unwrap().snapshot().unwrap();
+        let snap = maos_coordination::lock::LockTable::open(&ws)
+            .unwrap()
+            .snapshot()
+            .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(snap.holders.len(), 1);
         assert_eq!(

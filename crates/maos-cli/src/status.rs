@@ -1,16 +1,73 @@
 //! `maos init` and `maos status`.
 
-use maos_coordination::{AgentRegistry, Workspace};
+use maos_coordination::Workspace;
+use maos_coordination::backend::{self, Choice};
+use maos_coordination::core::Config;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
 use crate::exit::Exit;
 
-pub(crate) fn init(ctx: &Ctx) -> anyhow::Result<Exit> {
+/// `maos init` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InitArgs {
+    /// Where the workspace's state lives: `file` (the default: files under .maos/) or a
+    /// PostgreSQL server shared by agents on several machines, `postgres://user@host[:port]/db`
+    /// (no password in it: PGPASSWORD or ~/.pgpass). Checked (the server reached, its schema
+    /// created or migrated) and recorded in .maos/config.json; MAOS_BACKEND overrides it.
+    #[arg(long, value_name = "file|URL")]
+    backend: Option<String>,
+    /// The workspace's namespace on the server (default: the repository's identity, so
+    /// clones of one repository on every machine share it); MAOS_NAMESPACE overrides it.
+    #[arg(long, value_name = "NAME", requires = "backend")]
+    namespace: Option<String>,
+}
+
+/// The backend of `ws`, in words, without connecting.
+pub(crate) fn backend_words(ws: &Workspace) -> anyhow::Result<(String, String)> {
+    Ok(match backend::choice(ws)? {
+        Choice::Postgres { url, namespace, .. } => {
+            ("postgresql".into(), format!("{url} namespace {namespace}"))
+        }
+        _ => ("file".into(), ws.maos_dir().display().to_string()),
+    })
+}
+
+pub(crate) fn init(args: InitArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let ws = Workspace::init(&ctx.root)?;
+    if let Some(value) = args.backend.as_deref() {
+        let mut config = Config::load(&ws)?;
+        match backend::parse(value, "--backend")? {
+            None => {
+                config.backend = None;
+                config.namespace = None;
+            }
+            Some(url) => {
+                let ns = backend::namespace_for(ws.root(), &url, args.namespace.as_deref())?;
+                // Reach the server (and create or migrate its schema) before recording it.
+                backend::connect(&url, &ns, "--backend")?;
+                config.backend = Some(url.as_str().to_owned());
+                config.namespace = Some(ns);
+            }
+        }
+        config.save(&ws)?;
+    }
+    let (name, location) = backend_words(&ws)?;
     ctx.emit(
-        &serde_json::json!({ "workspace": ws.root(), "maos_dir": ws.maos_dir(), "format": maos_coordination::core::FORMAT_VERSION }),
-        || format!("initialised maos workspace in {}", ws.maos_dir().display()),
+        &serde_json::json!({
+            "workspace": ws.root(),
+            "maos_dir": ws.maos_dir(),
+            "format": maos_coordination::core::FORMAT_VERSION,
+            "backend": name,
+            "location": location,
+        }),
+        || {
+            let mut s = format!("initialised maos workspace in {}", ws.maos_dir().display());
+            if name != "file" {
+                s.push_str(&format!("\nbackend: {name} {location}"));
+            }
+            s
+        },
     )?;
     Ok(Exit::Ok)
 }
@@ -29,6 +86,10 @@ struct Status {
     workspace: std::path::PathBuf,
     discovery: maos_coordination::core::Discovery,
     agent: maos_coordination::AgentId,
+    /// `file` or `postgresql`.
+    backend: &'static str,
+    /// Where the state lives: `.maos/`, or the server and namespace.
+    location: String,
     format: u32,
     network_filesystem: bool,
     agents: usize,
@@ -65,13 +126,10 @@ fn du(path: &std::path::Path) -> (u64, u64) {
 }
 
 pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let list = AgentRegistry::new(&ws).list()?;
-    let alive = list
-        .agents
-        .iter()
-        .filter(|a| !a.liveness().is_dead())
-        .count();
+    let backends = ctx.backends()?;
+    let ws = backends.workspace().clone();
+    let (agents, _) = backends.agents().list()?;
+    let alive = agents.iter().filter(|a| !a.liveness.is_dead()).count();
     let sections = maos_coordination::core::LAYOUT_DIRS
         .iter()
         .map(|name| {
@@ -83,17 +141,21 @@ pub(crate) fn status(ctx: &Ctx) -> anyhow::Result<Exit> {
         workspace: ws.root().to_path_buf(),
         discovery: ctx.discovery,
         agent: ctx.agent.clone(),
+        backend: backends.name(),
+        location: backends.location(),
         format: maos_coordination::core::FORMAT_VERSION,
-        network_filesystem: ws.is_network_filesystem(),
-        agents: list.agents.len(),
+        network_filesystem: backends.is_file() && ws.is_network_filesystem(),
+        agents: agents.len(),
         agents_alive: alive,
         sections,
     };
     ctx.emit(&st, || {
         let mut s = format!(
-            "workspace  {} ({})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
+            "workspace  {} ({})\nbackend    {} ({})\nagent      {}\nformat     {}{}\nagents     {} registered, {} alive\n",
             st.workspace.display(),
             ctx.discovery_words(),
+            st.backend,
+            st.location,
             st.agent,
             st.format,
             if st.network_filesystem { " (network filesystem: single-host only!)" } else { "" },

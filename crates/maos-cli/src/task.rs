@@ -8,7 +8,7 @@ use clap::{Subcommand, ValueEnum};
 use maos_coordination::core::{escape_controls, human_duration, now_ms};
 use maos_coordination::track::{
     self, Amendment, Edit, Event, EventKind, Ownership, Query, Task, TaskDetails, TaskStatus,
-    TaskTracker, Update,
+    TaskStore, TaskTracker, Update,
 };
 use maos_coordination::{AgentId, Priority, ResourceName, TaskId};
 
@@ -242,6 +242,14 @@ fn parse_status(s: &str) -> Result<TaskStatus, String> {
     s.parse::<TaskStatus>().map_err(|e| e.to_string())
 }
 
+/// The task store of the workspace's backend (files or a server), acting as the agent.
+fn store(ctx: &Ctx, wait: Option<Wait>) -> anyhow::Result<Box<dyn TaskStore>> {
+    ctx.backends()?
+        .tasks(&ctx.agent, wait.map(|w| w.wait))
+        .context("opening the task store")
+}
+
+/// The file task store, for the commands the PostgreSQL backend does not offer yet.
 fn open(ctx: &Ctx, wait: Option<Wait>) -> anyhow::Result<TaskTracker> {
     let ws = ctx.workspace()?;
     let mut opts = track::Options::default().agent(ctx.agent.clone());
@@ -253,14 +261,18 @@ fn open(ctx: &Ctx, wait: Option<Wait>) -> anyhow::Result<TaskTracker> {
 
 /// A tracker error, with exit 3 when the store's lock could not be had in time.
 fn busy(e: track::Error) -> anyhow::Error {
-    if e.is_lock_timeout() {
+    if e.is_lock_timeout() || maos_coordination::backend::is_timeout(&e) {
         let msg = format!("{:#}", anyhow::Error::new(e));
         return exit::Failure::error(Exit::Busy, msg);
     }
     e.into()
 }
 
-fn resolve(t: &TaskTracker, id: &str) -> anyhow::Result<TaskId> {
+fn resolve(t: &dyn TaskStore, id: &str) -> anyhow::Result<TaskId> {
+    Ok(t.resolve(id)?)
+}
+
+fn resolve_file(t: &TaskTracker, id: &str) -> anyhow::Result<TaskId> {
     Ok(t.resolve_blocking(id)?)
 }
 
@@ -464,10 +476,10 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             label,
             wait,
         } => {
-            let tracker = open(ctx, Some(wait))?;
+            let tracker = store(ctx, Some(wait))?;
             let dependencies = after
                 .iter()
-                .map(|a| resolve(&tracker, a))
+                .map(|a| resolve(tracker.as_ref(), a))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let task = Task {
                 name,
@@ -479,9 +491,8 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 labels: label,
                 ..Task::default()
             };
-            let id = tracker.create_task_blocking(&task).map_err(busy)?;
-            let t = tracker.get_blocking(&id)?;
-            ctx.emit(&t, || id.to_string())?;
+            let t = tracker.create(&task).map_err(busy)?;
+            ctx.emit(&t, || t.id.to_string())?;
         }
         TaskCommand::List {
             status,
@@ -491,7 +502,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             limit,
             offset,
         } => {
-            let tracker = open(ctx, None)?;
+            let tracker = store(ctx, None)?;
             let mut q = Query::all();
             q.status = status;
             q.assignee = assignee
@@ -502,11 +513,11 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             q.label = label;
             q.offset = offset;
             q.limit = limit;
-            let page = tracker.list_page_blocking(&q)?;
+            let page = tracker.list_page(&q)?;
             if ctx.json {
                 ctx.emit(&page.tasks, String::new)?;
             } else {
-                let counts = tracker.counts_blocking()?;
+                let counts = tracker.counts()?;
                 let mut text = track::table(&page.tasks);
                 // The table's own summary counts the page; say what the store holds.
                 if let Some(pos) = text.trim_end().rfind('\n') {
@@ -525,21 +536,21 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
         TaskCommand::Show { id } => {
-            let tracker = open(ctx, None)?;
-            let id = resolve(&tracker, &id)?;
+            let tracker = store(ctx, None)?;
+            let id = resolve(tracker.as_ref(), &id)?;
             let d = tracker
-                .show_blocking(&id)?
+                .show(&id)?
                 .with_context(|| format!("task {id} not found"))?;
             ctx.emit(&d, || details(&d, now_ms()))?;
         }
         TaskCommand::Ready { limit, all } => {
-            let tracker = open(ctx, None)?;
+            let tracker = store(ctx, None)?;
             let limit = if all {
                 usize::MAX
             } else {
                 limit.unwrap_or(READY_PAGE)
             };
-            let page = tracker.ready_page_blocking(limit)?;
+            let page = tracker.ready_page(limit)?;
             if ctx.json {
                 ctx.emit(&page.tasks, String::new)?;
             } else {
@@ -560,8 +571,8 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
         TaskCommand::Claim { wait } => {
-            let tracker = open(ctx, Some(wait))?;
-            match tracker.claim_blocking(&ctx.agent).map_err(busy)? {
+            let tracker = store(ctx, Some(wait))?;
+            match tracker.claim(&ctx.agent).map_err(busy)? {
                 Some(t) => ctx.emit(&t, || one_line(&t))?,
                 None => {
                     // Scripts reading JSON get a document either way: `null` means nothing.
@@ -597,7 +608,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             wait,
         } => {
             let tracker = open(ctx, Some(wait))?;
-            let id = resolve(&tracker, &id)?;
+            let id = resolve_file(&tracker, &id)?;
             let mut a = Amendment::new();
             let mut e = Edit::new();
             e.name = name;
@@ -621,11 +632,11 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 .map(Some);
             a.add_dependencies = add_after
                 .iter()
-                .map(|x| resolve(&tracker, x))
+                .map(|x| resolve_file(&tracker, x))
                 .collect::<anyhow::Result<_>>()?;
             a.remove_dependencies = remove_after
                 .iter()
-                .map(|x| resolve(&tracker, x))
+                .map(|x| resolve_file(&tracker, x))
                 .collect::<anyhow::Result<_>>()?;
             a.ownership = ownership(force);
             if a.is_empty() {
@@ -641,7 +652,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         TaskCommand::Comment { id, text, wait } => {
             let tracker = open(ctx, Some(wait))?;
-            let id = resolve(&tracker, &id)?;
+            let id = resolve_file(&tracker, &id)?;
             tracker.comment_blocking(&id, &text).map_err(busy)?;
             let d = tracker
                 .show_blocking(&id)?
@@ -650,23 +661,22 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         TaskCommand::Unassign { id, force, wait } => {
             let tracker = open(ctx, Some(wait))?;
-            let id = resolve(&tracker, &id)?;
+            let id = resolve_file(&tracker, &id)?;
             let t = tracker
                 .assign_blocking(&id, None, ownership(force))
                 .map_err(busy)?;
             ctx.emit(&t, || one_line(&t))?;
         }
         TaskCommand::Report => {
-            let tracker = open(ctx, None)?;
-            let r = track::ProgressVisualizer::new(tracker).generate_progress_report_blocking()?;
+            let r = store(ctx, None)?.report()?;
             ctx.emit(&r, || track::summary(&r))?;
         }
         TaskCommand::Gantt { format } => {
-            let tasks = open(ctx, None)?.list_blocking()?;
+            let tasks = store(ctx, None)?.list()?;
             crate::picture::gantt(&tasks, format)?;
         }
         TaskCommand::Graph { format } => {
-            let tasks = open(ctx, None)?.list_blocking()?;
+            let tasks = store(ctx, None)?.list()?;
             match format {
                 GraphFormat::Dot => out!("{}", track::dot(&tasks))?,
                 GraphFormat::Mermaid => out!("{}", track::mermaid_flowchart(&tasks))?,
@@ -682,18 +692,17 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn transition(ctx: &Ctx, tr: Transition, status: TaskStatus) -> anyhow::Result<()> {
-    let tracker = open(ctx, Some(tr.wait))?;
-    let id = resolve(&tracker, &tr.id)?;
+    let tracker = store(ctx, Some(tr.wait))?;
+    let id = resolve(tracker.as_ref(), &tr.id)?;
     let mut u = Update::status(status);
     u.note = tr.note;
     u.expected_revision = tr.revision;
     u.ownership = ownership(tr.force);
     if let (Some(resource), Some(token)) = (tr.fence, tr.token) {
-        let resource =
-            ResourceName::in_workspace(tracker.workspace().root(), &resource).context("--fence")?;
+        let resource = ResourceName::in_workspace(&ctx.root, &resource).context("--fence")?;
         u = u.fenced(resource, track::FencingToken(token));
     }
-    let t = tracker.update_blocking(&id, &u).map_err(busy)?;
+    let t = tracker.update(&id, &u).map_err(busy)?;
     ctx.emit(&t, || one_line(&t))
 }
 

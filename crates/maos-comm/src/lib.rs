@@ -73,6 +73,7 @@ mod log;
 mod pubsub;
 mod record;
 mod retention;
+mod storage;
 mod watch;
 
 pub use broadcast::{
@@ -91,6 +92,9 @@ pub use inbox::{DEFAULT_INBOX_BATCH, Inbox, InboxBatch, InboxItem, InboxWatcher,
 pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
+pub use storage::{
+    ChannelRead, ChannelReader, ChannelStore, FileComm, Start, TopicRead, TopicReader,
+};
 pub use watch::{ChannelWatcher, Notice};
 
 /// Runs the blocking operation `op` on `channel` on tokio's blocking pool: the one way this

@@ -25,6 +25,14 @@ pub struct Config {
     /// (default [`DEFAULT_AGENT_LEASE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_lease_ms: Option<u64>,
+    /// The storage backend: absent (or `"file"`) for the files under `.maos/`, or a
+    /// `postgres://user@host/db` URL (never with a password). `MAOS_BACKEND` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The namespace of this workspace on a shared backend (default: derived from the
+    /// repository's identity). `MAOS_NAMESPACE` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Claude Code hook settings.
     #[serde(default, skip_serializing_if = "HookConfig::is_default")]
     pub hooks: HookConfig,

@@ -7,6 +7,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A storage backend other than the files (PostgreSQL) failed; the source says how.
+    #[error("{backend}")]
+    Backend {
+        /// The backend's name (`postgresql`).
+        backend: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// An operating-system call on `path` failed.
     #[error("{op} {path}")]
     Io {

@@ -35,6 +35,7 @@
 //!   directory for a link between the check and the use is not defended against (maos agents
 //!   cooperate; the check stops accidents and planted links, not a racing attacker).
 
+mod agent_store;
 mod config;
 pub mod doctor;
 mod error;
@@ -48,6 +49,7 @@ mod text;
 mod time;
 mod workspace;
 
+pub use agent_store::{AgentStore, AgentView, FileAgents};
 pub use config::{Config, DEFAULT_AGENT_LEASE, HookConfig, MAX_AGENT_LEASE};
 pub use error::{Error, Result};
 pub use ids::{MessageId, TaskId};

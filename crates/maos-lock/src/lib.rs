@@ -91,6 +91,7 @@ mod doctor;
 mod error;
 mod lock;
 mod pattern;
+mod storage;
 mod store;
 mod watch;
 
@@ -106,6 +107,7 @@ pub use lock::{
     LockTable, MAX_TTL, check_fencing_token,
 };
 pub use pattern::overlaps;
+pub use storage::{FileLocks, LockRequest, LockStore, Report, RunOutcome};
 pub use store::ops::{Blocker, Snapshot};
 pub use store::records::{Abort, LockInfo, LockMode, WaiterInfo};
 

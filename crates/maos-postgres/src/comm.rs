@@ -570,6 +570,16 @@ impl PgBroadcast {
     /// Publishes `payload` on `topic`; acknowledged when the message and its feed
     /// notification are committed (together).
     pub fn broadcast<T: Serialize>(&self, topic: &str, payload: &T) -> Result<Receipt> {
+        Ok(self.broadcast_with_feed(topic, payload)?.0)
+    }
+
+    /// [`PgBroadcast::broadcast`], also returning the position of its notification in the
+    /// global feed (the position subscribers see, as the file backend's receipt has it).
+    pub fn broadcast_with_feed<T: Serialize>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Result<(Receipt, u64)> {
         let ch = topic_channel(topic)?;
         let msg = Message::new(self.sender.clone(), Recipients::All, payload);
         let topic_ch = PgChannel::open(&self.pg, ch.clone());
@@ -591,14 +601,17 @@ impl PgBroadcast {
                 );
                 notice.id = feed_id;
                 let nb = feed.encode(&notice)?;
-                append_tx(t, ns, GLOBAL_FEED, std::slice::from_ref(&nb))?;
-                Ok(pos)
+                let feed_pos = append_tx(t, ns, GLOBAL_FEED, std::slice::from_ref(&nb))?[0];
+                Ok((pos, feed_pos))
             })
         })?;
-        Ok(Receipt {
-            position: pos,
-            id: msg.id,
-        })
+        Ok((
+            Receipt {
+                position: pos.0,
+                id: msg.id,
+            },
+            pos.1,
+        ))
     }
 }
 

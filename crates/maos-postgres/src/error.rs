@@ -204,6 +204,16 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// An agent acted on a task assigned to another agent without forcing it.
+    #[error("task {task} is assigned to {assignee}, not {actor}: only {assignee} moves it")]
+    NotAssignee {
+        /// The task.
+        task: TaskId,
+        /// Its assignee.
+        assignee: AgentId,
+        /// Who tried.
+        actor: AgentId,
+    },
     /// The task changed since the caller read it.
     #[error("task {task} is at revision {actual}, not {expected}: read it again")]
     RevisionMismatch {

@@ -16,7 +16,10 @@
 //!   leases, fencing tokens), [`lock::PgLockTable`], [`lock::PgDeadlockDetector`];
 //! - [`track::PgTracker`] (the task graph, claims, report, critical path, Gantt);
 //! - [`registry::PgRegistry`] (agents and their liveness);
-//! - [`merge::PgQueue`] (the merge queue).
+//! - [`merge::PgQueue`] (the merge queue);
+//! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
+//!   `AgentStore`) on the types above, which the CLI uses when a workspace's backend is
+//!   `postgres://...`.
 //!
 //! How each semantic is kept, in one line each (docs/protocol.md, section 10, has the exact
 //! rules a client follows):
@@ -72,10 +75,14 @@
 //!   after [`Options::dead_grace`] (10 s), since its process re-anchors it when it reconnects.
 //! - Every machine must reach the server; the server is the single point of failure (use the
 //!   replication PostgreSQL offers).
-//! - In this version the mechanisms' public types (`FileChannel`, `FileLock`, `TaskTracker`)
-//!   do not yet choose this backend by themselves: the types of this crate are used directly.
-
-#![warn(clippy::return_self_not_must_use, clippy::await_holding_invalid_type)]
+//! - A workspace chooses this backend with `maos init --backend postgres://...`
+//!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
+//!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
+//!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
+//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
+//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the merge commands, the hooks,
+//!   the MCP server, the dashboard and the demo are not available on this backend yet: they
+//!   say so instead of using files.
 
 pub mod comm;
 mod config;
@@ -87,6 +94,7 @@ pub mod merge;
 pub mod registry;
 mod schema;
 pub mod server;
+pub mod stores;
 pub mod track;
 
 pub use config::{

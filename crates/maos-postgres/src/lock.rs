@@ -1105,6 +1105,41 @@ impl PgLockTable {
         })
     }
 
+    /// Renews `agent`'s locks on exactly `resource` (setting their lease length to `ttl`
+    /// first when given): `maos lock renew RESOURCE`.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] when the agent holds none there (its lease may have ended).
+    pub fn renew(
+        &self,
+        resource: &ResourceName,
+        agent: &AgentId,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<LockInfo>> {
+        let ns = self.pg.inner.ns;
+        let ttl = ttl.map(|d| millis(d).max(1));
+        let (a, r) = (agent.as_str(), resource.as_str());
+        let rows = self.pg.run(|c| {
+            c.query(
+                "renew an agent's lock",
+                "UPDATE maos.lock_holders SET ttl_ms = COALESCE($3, ttl_ms),
+                     expires_at = maos.now_ms() + COALESCE($3, ttl_ms)
+                 WHERE ns = $1 AND owner = $2 AND resource = $4 AND expires_at > maos.now_ms()
+                   AND (session_key IS NULL OR maos.session_alive(session_key))
+                 RETURNING id, resource, mode, owner, session_key, acquired_at, expires_at, ttl_ms, purpose, metadata, token, true",
+                &[&ns, &a, &ttl, &r],
+            )
+        })?;
+        if rows.is_empty() {
+            return Err(Error::NotOwner {
+                resource: resource.clone(),
+                agent: agent.clone(),
+                holder: None,
+            });
+        }
+        rows.iter().map(|r| holder_of(r).map(|h| h.v)).collect()
+    }
+
     /// Renews every lock `agent` still holds (its heartbeat), setting the lease length to
     /// `ttl` first when given.
     pub fn renew_all(&self, agent: &AgentId, ttl: Option<Duration>) -> Result<Vec<LockInfo>> {

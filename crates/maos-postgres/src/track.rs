@@ -737,11 +737,34 @@ impl PgTracker {
     /// Applies `update` to `id`: revision and fencing token checked, then the transition,
     /// all in one transaction.
     pub fn update(&self, id: &TaskId, update: &Update) -> Result<Task> {
+        self.update_checked(id, update, false)
+    }
+
+    /// [`PgTracker::update`] by the tracker's agent that, with `respect_owner`, refuses a
+    /// task assigned to another agent ([`Error::NotAssignee`]), checked in the same
+    /// transaction as the change (the file store's ownership rule; `--force` skips it).
+    pub fn update_checked(
+        &self,
+        id: &TaskId,
+        update: &Update,
+        respect_owner: bool,
+    ) -> Result<Task> {
         let pg = self.pg.clone();
+        let actor = self.agent.clone();
         self.write(None, |st, _| {
             let t = st.get(id).ok_or_else(|| Error::TaskNotFound {
                 task: id.to_string(),
             })?;
+            if respect_owner
+                && let (Some(assignee), Some(actor)) = (&t.assigned_to, &actor)
+                && assignee != actor
+            {
+                return Err(Error::NotAssignee {
+                    task: id.clone(),
+                    assignee: assignee.clone(),
+                    actor: actor.clone(),
+                });
+            }
             if let Some(expected) = update.expected_revision
                 && expected != t.revision
             {

@@ -90,6 +90,7 @@ mod fence;
 mod graph;
 mod history;
 mod notify;
+mod storage;
 mod store;
 mod svg;
 mod task;
@@ -101,6 +102,7 @@ pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
 pub use history::{Event, EventKind, TaskDetails};
 pub use notify::{Change, FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
+pub use storage::{FileTasks, TaskStore, page_of};
 pub use store::doctor::doctor;
 pub use svg::{CRITICAL_COLOUR, critical_window, gantt_svg, graph_svg, html_page, xml_escape};
 pub use task::{

@@ -47,6 +47,13 @@ impl StatusCounts {
         }
     }
 
+    /// The counts of `tasks`.
+    pub fn of(tasks: &[Task]) -> Self {
+        let mut c = Self::default();
+        tasks.iter().for_each(|t| c.add(t.status));
+        c
+    }
+
     /// Counts from the snapshot's per-status-code array.
     pub(crate) fn from_codes(codes: &[u64; 7]) -> Self {
         let n = |s: TaskStatus| usize::try_from(codes[usize::from(s.code())]).unwrap_or(usize::MAX);

@@ -6,22 +6,23 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use maos_coordination::comm::{Cursor, FileChannel, Filter};
 use maos_coordination::{AgentId, ChannelName, Message, Recipients, Workspace};
 
 const CHANNEL: &str = "load";
 
-fn spawn(bin: &str, args: &[&str]) -> Child {
-    Command::new(bin)
+/// Starts the test helper in `role` with `args`.
+fn spawn(role: &str, args: &[&str]) -> Child {
+    crate::helper(role)
         .args(args)
         .env_remove("MAOS_WORKSPACE")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot start the {role} helper: {e}"))
 }
 
 /// Waits for the first line of a child's stdout and checks it.
@@ -52,7 +53,7 @@ fn coordinate_with_backend_across_two_processes() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().to_str().unwrap();
     Workspace::init(dir.path()).unwrap();
-    let bin = env!("CARGO_BIN_EXE_comm_agent");
+    let bin = "comm_agent";
     let mut backend = spawn(bin, &[ws, "backend"]);
     let br = expect_line(&mut backend, "ready");
     let frontend = spawn(bin, &[ws, "frontend"]);
@@ -104,8 +105,8 @@ fn run_load(kill_one: bool) {
     let dir = tempfile::tempdir().unwrap();
     Workspace::init(dir.path()).unwrap();
     let ws = dir.path().to_str().unwrap();
-    let fbin = env!("CARGO_BIN_EXE_comm_follower");
-    let wbin = env!("CARGO_BIN_EXE_comm_writer");
+    let fbin = "comm_follower";
+    let wbin = "comm_writer";
     let mut followers: Vec<_> = (0..2)
         .map(|_| {
             let mut c = spawn(fbin, &[ws, CHANNEL]);

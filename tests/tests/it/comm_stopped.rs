@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use maos_coordination::comm::{ChannelOptions, FileChannel};
@@ -36,7 +36,7 @@ fn a_stopped_writer_makes_others_time_out_naming_it() {
     let me = AgentId::new("a").unwrap();
     ch.send_blocking(&Message::new(me.clone(), Recipients::All, 1))
         .unwrap();
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_comm_hold"))
+    let mut holder = crate::helper("comm_hold")
         .arg(dir.path())
         .arg("work")
         .stdin(Stdio::piped())

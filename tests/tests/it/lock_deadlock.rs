@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use maos_coordination::comm::{ChannelWatcher, FileChannel, Filter};
@@ -18,7 +18,7 @@ async fn three_agents_in_a_cycle_are_detected_reported_and_resolved() {
     let plan = [("a", "x", "y"), ("b", "y", "z"), ("c", "z", "x")];
     let mut procs = Vec::new();
     for (agent, first, second) in plan {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lock_deadlock"))
+        let mut c = crate::helper("lock_deadlock")
             .args([ws.root().to_str().unwrap(), agent, first, second])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

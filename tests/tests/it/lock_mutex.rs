@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ fn spawn(
     hang: i64,
     tx: &mpsc::Sender<(usize, String)>,
 ) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lock_worker"))
+    let mut child = crate::helper("lock_worker")
         .args([
             ws.to_str().unwrap(),
             data.to_str().unwrap(),

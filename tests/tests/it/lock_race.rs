@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 
 use maos_coordination::lock::{FileLock, LockTable};
 use maos_coordination::{AgentId, ResourceName, Workspace};
@@ -12,7 +12,7 @@ use maos_coordination::{AgentId, ResourceName, Workspace};
 const RACERS: usize = 12;
 
 fn racer(ws: &Path, res: &str, agent: &str, mode: &str) -> (Child, BufReader<ChildStdout>) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lock_racer"))
+    let mut c = crate::helper("lock_racer")
         .args([ws.to_str().unwrap(), res, agent, mode])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

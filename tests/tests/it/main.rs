@@ -2,6 +2,7 @@
 //! libgit2 and the workspace instead of one per file). One module per concern; helpers shared
 //! by them live in the `maos-tests` library (`tests/src/lib.rs`).
 
+mod backend_conformance;
 mod comm_multiprocess;
 mod comm_power_cut;
 mod comm_stopped;
@@ -28,3 +29,10 @@ mod track_dead_agent;
 mod track_feature;
 mod track_review_kill;
 mod track_stopped_holder;
+
+/// The multi-process tests' helper binary (`tests/src/bin/helper`) in `role`.
+fn helper(role: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_helper"));
+    c.arg(role);
+    c
+}

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use maos_coordination::merge::{EntryStatus, MergeCoordinator, MergeQueue};
 use maos_coordination::{AgentId, Workspace};
@@ -40,7 +40,7 @@ fn queue(ws: &Workspace) -> MergeQueue {
 /// Runs the queue in a helper process, kills it once it reports `pause`, after `meanwhile`
 /// ran (the helper sits at that step).
 fn kill_at(ws: &Workspace, pause: &str, meanwhile: impl FnOnce()) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_merge_crash"))
+    let mut child = crate::helper("merge_crash")
         .arg(ws.root())
         .arg(pause)
         .env_remove("RUST_LOG")

@@ -151,7 +151,9 @@ fn the_facade_only_re_exports() {
         {
             continue;
         }
+        // `backend.rs` holds the one choice the facade makes: which storage to open.
         let allowed = code.starts_with("pub use ")
+            || code == "pub mod backend;"
             || !code.contains(['(', '{', '=', ';']) // continuation lines of a `pub use` list
             || code == "};"
             || code.ends_with("::{");

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use maos_coordination::track::{Options, Task, TaskStatus, TaskTracker};
 use maos_coordination::{TaskId, Workspace};
@@ -48,7 +48,7 @@ fn eight_processes_drain_a_random_dag() -> anyhow::Result<()> {
     tracker.create_tasks_blocking(&tasks)?;
 
     // The victim claims the best task (a root) and dies holding it.
-    let mut victim = Command::new(env!("CARGO_BIN_EXE_track_hold"))
+    let mut victim = crate::helper("track_hold")
         .arg(dir.path())
         .arg("victim")
         .stdin(Stdio::piped())
@@ -61,7 +61,7 @@ fn eight_processes_drain_a_random_dag() -> anyhow::Result<()> {
     let events = dir.path().join("events.txt");
     let workers: Vec<_> = (0..8)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_track_worker"))
+            crate::helper("track_worker")
                 .arg(dir.path())
                 .arg(format!("worker-{i}"))
                 .arg(&events)

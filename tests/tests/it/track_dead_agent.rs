@@ -1,7 +1,7 @@
 //! A claim held by an agent whose process was killed (SIGKILL) goes back to the queue.
 
 use std::io::BufRead as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use maos_coordination::track::{Options, Task, TaskStatus, TaskTracker};
 use maos_coordination::{AgentId, TaskId, Workspace};
@@ -13,7 +13,7 @@ fn claims_of_a_killed_agent_are_released() -> anyhow::Result<()> {
     let tracker = TaskTracker::open_with(&ws, Options::default().publish(false))?;
     let only = tracker.create_task_blocking(&Task::new("the only task"))?;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_track_hold"))
+    let mut child = crate::helper("track_hold")
         .arg(dir.path())
         .arg("doomed")
         .stdin(Stdio::piped())

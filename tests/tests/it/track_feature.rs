@@ -3,7 +3,7 @@
 //! agent is its own OS process, and the orchestrator follows the progress report until
 //! everything is completed.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use maos_coordination::track::{ProgressVisualizer, Task, TaskStatus, TaskTracker};
@@ -61,7 +61,7 @@ async fn track_feature_implementation_across_processes() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for agent in ["architect", "backend-engineer", "frontend-engineer"] {
         workers.push(
-            Command::new(env!("CARGO_BIN_EXE_track_worker"))
+            crate::helper("track_worker")
                 .arg(dir.path())
                 .arg(agent)
                 .arg(&events)

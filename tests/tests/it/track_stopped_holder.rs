@@ -3,7 +3,7 @@
 //! with an error that names it and says it is stopped; readers go on.
 
 use std::io::BufRead as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use maos_coordination::track::{Options, Task, TaskTracker};
@@ -23,7 +23,7 @@ fn a_stopped_lock_holder_makes_writers_time_out_naming_it() -> anyhow::Result<()
     )?;
     tracker.create_task_blocking(&Task::new("before"))?;
 
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_track_lock_hold"))
+    let mut holder = crate::helper("track_lock_hold")
         .arg(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -238,10 +238,7 @@ fn start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> 
 fn session_start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
     let name = start(ws, input, ctx)?;
     let mut text = session::briefing(ws, &name)?;
-    let mail = Mail::collect(ws, &name.agent)?;
-    if let Some(m) = &mail {
-        text.push_str(&m.text);
-    }
+    let mail = mail_or_note(ws, &name.agent, &mut text);
     Ok(Answer {
         out: Some(context("SessionStart", text)),
         mail,
@@ -290,13 +287,34 @@ fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Ans
             guard.renew(&file)?;
         }
     }
-    let mail = Mail::collect(ws, &me)?;
+    let mut text = String::new();
+    let mail = mail_or_note(ws, &me, &mut text);
     Ok(Answer {
-        out: mail
-            .as_ref()
-            .map(|m| context("PostToolUse", m.text.clone())),
+        out: (!text.is_empty()).then(|| context("PostToolUse", text)),
         mail,
     })
+}
+
+/// Appends the agent's new messages to `text`; an inbox that cannot be read is said there
+/// instead (the rest of the answer still matters more than the mail).
+fn mail_or_note(ws: &Workspace, agent: &AgentId, text: &mut String) -> Option<Mail> {
+    match Mail::collect(ws, agent) {
+        Ok(Some(m)) => {
+            text.push_str(&m.text);
+            Some(m)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot read the inbox"
+            );
+            text.push_str(&format!(
+                "maos: your inbox could not be read ({e}); run `maos doctor`.\n"
+            ));
+            None
+        }
+    }
 }
 
 fn stop(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {

@@ -2,6 +2,7 @@
 //! harness ([`util`]) they share.
 
 mod agents_cli;
+mod backend_cli;
 mod cli;
 mod cli_conventions;
 mod comm_cli;

@@ -80,6 +80,8 @@ impl Maos {
     pub(crate) fn cmd(&self) -> Command {
         let mut c = Command::new(bin());
         c.env_remove("MAOS_WORKSPACE")
+            .env_remove("MAOS_BACKEND")
+            .env_remove("MAOS_NAMESPACE")
             .env_remove("RUST_LOG")
             .env("MAOS_AGENT_ID", &self.agent);
         if let Some(ws) = &self.workspace {

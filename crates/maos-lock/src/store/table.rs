@@ -658,9 +658,21 @@ impl<'a> Txn<'a> {
             }
         }
         for p in below_delta.keys() {
-            if !self.entries.contains_key(p) && !self.slots.contains_key(p) {
-                let s = self.find_slot(p)?;
-                self.slots.insert(p.clone(), s);
+            match self.entries.get(p) {
+                Some(e) if e.slot.is_some() => {}
+                // Loaded by a scan of every document (pattern checks): its bucket was never
+                // looked up.
+                Some(_) => {
+                    let s = self.find_slot(p)?;
+                    if let Some(e) = self.entries.get_mut(p) {
+                        e.slot = Some(s);
+                    }
+                }
+                None if self.slots.contains_key(p) => {}
+                None => {
+                    let s = self.find_slot(p)?;
+                    self.slots.insert(p.clone(), s);
+                }
             }
         }
         // 3. Allocate the new extents (reads of free-list heads).

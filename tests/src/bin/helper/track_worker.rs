@@ -11,8 +11,8 @@ use std::time::Duration;
 use maos_coordination::track::{Options, TaskStatus, TaskTracker};
 use maos_coordination::{AgentId, AgentRegistry, Registration, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(
         args.len() >= 3,
         "usage: track_worker WORKSPACE AGENT EVENTS [--review]"

@@ -8,8 +8,8 @@ use std::io::{Read as _, Write as _};
 use maos_coordination::track::{Options, TaskTracker};
 use maos_coordination::{AgentId, AgentRegistry, Registration, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(args.len() == 2, "usage: track_hold WORKSPACE AGENT");
     let ws = Workspace::open(&args[0])?;
     let agent = AgentId::new(&args[1])?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use maos_coordination::Workspace;
 use maos_coordination::core::fsx::LockFile;
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(args.len() == 1, "usage: track_lock_hold WORKSPACE");
     let ws = Workspace::open(&args[0])?;
     let lock = LockFile::open(&ws.tasks_dir().join("lock"))?;

@@ -7,8 +7,8 @@ use std::io::Read;
 use maos_coordination::core::fsx::LockFile;
 use maos_coordination::{ChannelName, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().collect();
     let [_, ws, channel] = args.as_slice() else {
         anyhow::bail!("usage: comm_hold WORKSPACE CHANNEL");
     };

@@ -8,8 +8,8 @@ use maos_coordination::comm::{ChannelWatcher, Cursor, FileChannel, Filter};
 use maos_coordination::{ChannelName, Workspace};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+pub(crate) async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().collect();
     let [_, ws, channel] = args.as_slice() else {
         anyhow::bail!("usage: comm_follower WORKSPACE CHANNEL");
     };

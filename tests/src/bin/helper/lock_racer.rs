@@ -12,8 +12,8 @@ use std::io::{BufRead, Write};
 use maos_coordination::lock::FileLock;
 use maos_coordination::{AgentId, ResourceName, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(
         a.len() == 4,
         "usage: lock_racer WS RESOURCE AGENT hold|race"

@@ -90,8 +90,8 @@ async fn backend(ws: &Workspace, me: AgentId) -> anyhow::Result<()> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+pub(crate) async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().collect();
     let [_, ws, role] = args.as_slice() else {
         anyhow::bail!("usage: comm_agent WORKSPACE backend|frontend");
     };

@@ -6,8 +6,8 @@ use std::io::Write;
 use maos_coordination::comm::FileChannel;
 use maos_coordination::{AgentId, ChannelName, Message, Recipients, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().collect();
     let [_, ws, channel, writer, count] = args.as_slice() else {
         anyhow::bail!("usage: comm_writer WORKSPACE CHANNEL WRITER COUNT");
     };

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use maos_coordination::merge::{CoordinatorOptions, MergeCoordinator, MergeQueue, StepHook};
 use maos_coordination::{AgentId, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(args.len() == 2, "usage: merge_crash WORKSPACE PAUSE");
     let ws = Workspace::open(&args[0])?;
     let pause = args[1].clone();

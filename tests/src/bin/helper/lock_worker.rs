@@ -21,8 +21,8 @@ fn append(path: &Path, line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(
         a.len() == 6,
         "usage: lock_worker WS DATA WORKER FROM TO HANG_AT"

@@ -10,8 +10,8 @@ use std::time::Duration;
 use maos_coordination::lock::{Error, FileLock};
 use maos_coordination::{AgentId, ResourceName, Workspace};
 
-fn main() -> anyhow::Result<()> {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+pub(crate) fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = crate::args().skip(1).collect();
     anyhow::ensure!(a.len() == 4, "usage: lock_deadlock WS AGENT FIRST SECOND");
     let ws = Workspace::open(&a[0])?;
     let agent = AgentId::new(&a[1])?;

@@ -1,0 +1,702 @@
+//! Choosing the backend (`maos init --backend`, `MAOS_BACKEND`) and its errors: against the
+//! throwaway PostgreSQL server of this test process.
+
+use maos_coordination::postgres::server;
+
+use crate::util::{Exit, Maos};
+
+/// A workspace initialised on the test server in a namespace of its own.
+pub(crate) fn pg_workspace(dir: &std::path::Path) -> (Maos, String, String) {
+    let url = server::shared_url().expect("a PostgreSQL server for the tests");
+    let ns = server::unique_namespace("cli");
+    let maos = Maos::uninitialised(dir);
+    maos.run(["init", "--backend", &url, "--namespace", &ns])
+        .ok();
+    (maos, url, ns)
+}
+
+#[test]
+fn init_records_the_backend_and_status_and_doctor_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, url, ns) = pg_workspace(dir.path());
+    let config = std::fs::read_to_string(dir.path().join(".maos/config.json")).unwrap();
+    let c: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(c["backend"], url.as_str(), "{config}");
+    assert_eq!(c["namespace"], ns.as_str(), "{config}");
+
+    let st = maos.run(["status", "--json"]);
+    st.ok();
+    let st = st.json();
+    assert_eq!(st["backend"], "postgresql");
+    assert!(st["location"].as_str().unwrap().contains(&ns), "{st}");
+    maos.run(["status"])
+        .ok()
+        .stdout_has("backend    postgresql");
+    maos.run(["doctor"]).ok().stdout_has("backend postgresql");
+
+    // MAOS_BACKEND overrides the recorded backend.
+    let mut cmd = maos.cmd();
+    cmd.env("MAOS_BACKEND", "file").args(["status", "--json"]);
+    let out = crate::util::Run::of(&mut cmd);
+    out.ok();
+    assert_eq!(out.json()["backend"], "file");
+
+    // `init --backend file` goes back to the files; a plain `init` keeps the choice.
+    maos.run(["init"]).ok();
+    assert_eq!(
+        maos.run(["status", "--json"]).json()["backend"],
+        "postgresql"
+    );
+    maos.run(["init", "--backend", "file"]).ok();
+    assert_eq!(maos.run(["status", "--json"]).json()["backend"], "file");
+    let config = std::fs::read_to_string(dir.path().join(".maos/config.json")).unwrap();
+    assert!(!config.contains("postgres"), "{config}");
+}
+
+#[test]
+fn a_password_in_the_url_is_refused_and_never_printed_or_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let maos = Maos::uninitialised(dir.path());
+    let out = maos.run([
+        "init",
+        "--backend",
+        "postgres://u:hunter2@127.0.0.1/db",
+        "--namespace",
+        "x",
+    ]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("PGPASSWORD");
+    assert!(!out.stderr().contains("hunter2"), "{}", out.stderr());
+    let config = std::fs::read_to_string(dir.path().join(".maos/config.json")).unwrap_or_default();
+    assert!(!config.contains("hunter2"), "{config}");
+}
+
+#[test]
+fn an_unreachable_server_or_a_bad_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let maos = Maos::uninitialised(dir.path());
+    // Port 1 on loopback: nothing listens there.
+    let out = maos.run([
+        "init",
+        "--backend",
+        "postgres://maos@127.0.0.1:1/maos",
+        "--namespace",
+        "x",
+    ]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("postgres://maos@127.0.0.1:1/maos");
+    out.stderr_has("check that the server runs");
+    let config = std::fs::read_to_string(dir.path().join(".maos/config.json")).unwrap_or_default();
+    assert!(
+        !config.contains("127.0.0.1"),
+        "recorded although unreachable: {config}"
+    );
+
+    // A backend that is neither `file` nor a URL, from the environment.
+    let mut cmd = maos.cmd();
+    cmd.env("MAOS_BACKEND", "mysql://x").args(["task", "list"]);
+    let out = crate::util::Run::of(&mut cmd);
+    out.assert_code(Exit::Error);
+    out.stderr_has("MAOS_BACKEND");
+    out.stderr_has("postgres://");
+}
+
+#[test]
+fn a_server_schema_newer_than_this_maos_is_refused() {
+    // A database of its own: the schema version is per database.
+    let url = server::shared_url().unwrap();
+    let db = format!(
+        "newer_{}",
+        &server::unique_namespace("s")[5..].replace('-', "_")
+    );
+    let psql = server::find_binaries().unwrap().join("psql");
+    // The same server, another database (the URL ends with `/postgres`).
+    let base = url
+        .strip_suffix("/postgres")
+        .expect("the test server's URL")
+        .to_owned();
+    let sql = |db: &str, q: &str| {
+        let out = std::process::Command::new(&psql)
+            .arg(format!("{base}/{db}"))
+            .args(["-v", "ON_ERROR_STOP=1", "-qc", q])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql("postgres", &format!("CREATE DATABASE {db}"));
+    let db_url = format!("{base}/{db}");
+    let dir = tempfile::tempdir().unwrap();
+    let maos = Maos::uninitialised(dir.path());
+    maos.run(["init", "--backend", &db_url, "--namespace", "n"])
+        .ok();
+    sql(&db, "UPDATE maos.schema_version SET version = version + 1");
+    let out = maos.run(["status"]);
+    out.assert_code(Exit::Error);
+    out.stderr_has(&db_url);
+    out.stderr_has("upgrade maos");
+}
+
+/// One step of the scripted session: who, what, and what it printed.
+struct Step {
+    what: String,
+    code: Option<i32>,
+    out: String,
+}
+
+/// Replaces what differs between two runs by nature (ids, tokens, times) with placeholders
+/// numbered in order of appearance, so two sessions compare line by line.
+fn normalise(text: &str, ids: &mut Vec<String>) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive([' ', '\n', '"', ',', ':', '(', ')', '#', '@', ';']) {
+        let (w, sep) = match word.char_indices().last() {
+            Some((i, c)) if " \n\",:()#@;".contains(c) => (&word[..i], &word[i..]),
+            _ => (word, ""),
+        };
+        let idish = w.len() >= 8
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && (w.chars().any(|c| c.is_ascii_digit())
+                // a task id may happen to hold no digit: `t` and 12 lower-case characters
+                || (w.len() == 13
+                    && w.starts_with('t')
+                    && w.chars().all(|c| c.is_ascii_lowercase())));
+        if idish {
+            let n = ids.iter().position(|x| x == w).unwrap_or_else(|| {
+                ids.push(w.to_string());
+                ids.len() - 1
+            });
+            out.push_str(&format!("<id{n}>"));
+        } else {
+            out.push_str(w);
+        }
+        out.push_str(sep);
+    }
+    out
+}
+
+/// The same session of `maos` commands by two agents, on the workspace of `maos`.
+fn session(maos: &Maos) -> Vec<Step> {
+    let a = maos.agent("alice");
+    let b = maos.agent("bob");
+    let mut steps = Vec::new();
+    let mut run = |who: &Maos, name: &str, args: &[&str]| -> String {
+        let r = who.run(args);
+        let out = r.stdout();
+        steps.push(Step {
+            what: format!("{name}: maos {}", args.join(" ")),
+            code: r.code(),
+            out: out.clone(),
+        });
+        out
+    };
+    run(&a, "alice", &["agents", "register", "--role", "backend"]);
+    run(&b, "bob", &["agents", "register", "--role", "frontend"]);
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "\"hello\"", "--to", "bob"],
+    );
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "{\"k\":1}", "--role", "frontend"],
+    );
+    run(
+        &a,
+        "alice",
+        &["send", "api", "--data", "3", "--to", "carol"],
+    );
+    run(&b, "bob", &["recv", "api"]);
+    run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
+    run(
+        &b,
+        "bob",
+        &["recv", "api", "--consumer", "c1", "--count", "1"],
+    );
+    run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
+    run(&b, "bob", &["recv", "api", "--consumer", "c1"]);
+    run(&b, "bob", &["recv", "nosuch"]);
+    run(&b, "bob", &["channels"]);
+    run(
+        &a,
+        "alice",
+        &["broadcast", "build/done", "--data", "\"green\""],
+    );
+    run(&a, "alice", &["broadcast", "deploy/prod", "--data", "1"]);
+    run(&a, "alice", &["broadcast", "tasks/forged", "--data", "1"]);
+    run(&b, "bob", &["subscribe", "build/*"]);
+    run(
+        &b,
+        "bob",
+        &[
+            "subscribe",
+            "build/*",
+            "deploy/**",
+            "--consumer",
+            "s1",
+            "--count",
+            "1",
+        ],
+    );
+    run(
+        &b,
+        "bob",
+        &["subscribe", "build/*", "deploy/**", "--consumer", "s1"],
+    );
+    run(
+        &a,
+        "alice",
+        &[
+            "lock",
+            "acquire",
+            "src/api.rs",
+            "--ttl",
+            "10m",
+            "--purpose",
+            "refactor",
+        ],
+    );
+    run(
+        &a,
+        "alice",
+        &["lock", "acquire", "src/api.rs", "--ttl", "10m"],
+    );
+    run(&b, "bob", &["lock", "check", "src/api.rs"]);
+    run(&b, "bob", &["lock", "acquire", "src/**", "--wait", "0s"]);
+    run(&b, "bob", &["lock", "acquire", "docs/x.md", "--shared"]);
+    run(&a, "alice", &["lock", "acquire", "docs/x.md", "--shared"]);
+    run(&b, "bob", &["lock", "release", "src/api.rs"]);
+    run(
+        &a,
+        "alice",
+        &["lock", "renew", "src/api.rs", "--ttl", "20m"],
+    );
+    run(&a, "alice", &["lock", "release", "src/api.rs"]);
+    run(&b, "bob", &["lock", "check", "src/api.rs"]);
+    run(
+        &b,
+        "bob",
+        &[
+            "--json",
+            "lock",
+            "run",
+            "src/api.rs",
+            "--",
+            "sh",
+            "-c",
+            "test -n \"$MAOS_LOCK_TOKEN\"",
+        ],
+    );
+    run(&b, "bob", &["deadlock", "check"]);
+    let one = run(&a, "alice", &["task", "add", "schema", "--estimate", "1h"]);
+    let one = one.trim().to_string();
+    let two = run(
+        &a,
+        "alice",
+        &["task", "add", "api", "--after", &one, "--priority", "high"],
+    );
+    let two = two.trim().to_string();
+    run(&a, "alice", &["task", "add", "docs", "--label", "doc"]);
+    run(&a, "alice", &["task", "ready"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&a, "alice", &["task", "done", &one]);
+    run(&b, "bob", &["task", "done", &one, "--note", "schema in"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&b, "bob", &["task", "fail", &two, "--note", "tests red"]);
+    run(&b, "bob", &["task", "start", &two]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&b, "bob", &["task", "claim"]);
+    run(&a, "alice", &["task", "list"]);
+    run(&a, "alice", &["task", "list", "--status", "failed"]);
+    run(&a, "alice", &["task", "ready", "--all"]);
+    run(&a, "alice", &["--json", "task", "report"]);
+    run(&a, "alice", &["task", "gantt"]);
+    run(&a, "alice", &["task", "graph"]);
+    run(&a, "alice", &["agents", "heartbeat"]);
+    run(&a, "alice", &["agents", "unregister", "bob"]);
+    run(&a, "alice", &["agents", "list"]);
+    steps
+}
+
+/// Keeps the parts of a step's output that both backends must agree on.
+fn comparable(step: &Step, ids: &mut Vec<String>) -> String {
+    if step.what.contains("task report") {
+        // Timestamps and durations differ by nature; the counts must not.
+        let v: serde_json::Value = serde_json::from_str(&step.out).unwrap_or_default();
+        return [
+            "total_tasks",
+            "completed_tasks",
+            "failed_tasks",
+            "in_progress_tasks",
+            "pending_tasks",
+            "blocked_tasks",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", v[k]))
+        .collect::<Vec<_>>()
+        .join(" ");
+    }
+    if step.what.contains("lock run")
+        || step.what.contains("agents register")
+        || step.what.contains("agents heartbeat")
+        || step.what.contains("agents list")
+    {
+        return String::new(); // process anchors, pids and lease times
+    }
+    let text = if step.what.ends_with("maos channels") {
+        // Bytes on disk are the file backend's own measure.
+        step.out
+            .lines()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else if step.what.contains("task gantt") {
+        // How long a finished task took differs by nature.
+        step.out
+            .split_inclusive([' ', '\n'])
+            .map(|w| {
+                let t = w.trim_end();
+                match t.strip_suffix("ms") {
+                    Some(n) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+                        w.replace(t, "<ms>")
+                    }
+                    _ => w.to_string(),
+                }
+            })
+            .collect()
+    } else if step.what.contains("lock release")
+        || step.what.contains("lock acquire")
+        || step.what.contains("lock renew")
+        || step.what.contains("lock check")
+    {
+        // Fencing tokens come from different counters; the shape must match.
+        step.out
+            .lines()
+            .map(|l| {
+                l.split(" token ")
+                    .next()
+                    .unwrap_or(l)
+                    .split(", lease")
+                    .next()
+                    .unwrap_or(l)
+                    .to_string()
+            })
+            .map(|l| {
+                if l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty() {
+                    "<token>".into()
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        step.out.clone()
+    };
+    normalise(&text, ids)
+}
+
+#[test]
+fn one_scripted_session_says_the_same_on_both_backends() {
+    let file_dir = tempfile::tempdir().unwrap();
+    let file = Maos::new(file_dir.path());
+    let pg_dir = tempfile::tempdir().unwrap();
+    let (pg, _, _) = pg_workspace(pg_dir.path());
+    let a = session(&file);
+    let b = session(&pg);
+    let (mut ia, mut ib) = (Vec::new(), Vec::new());
+    let mut diffs = Vec::new();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x.what.split(' ').take(4).collect::<Vec<_>>(),
+            y.what.split(' ').take(4).collect::<Vec<_>>()
+        );
+        let (cx, cy) = (comparable(x, &mut ia), comparable(y, &mut ib));
+        if x.code != y.code || cx != cy {
+            diffs.push(format!(
+                "{}\n  file ({:?}): {cx:?}\n  pg   ({:?}): {cy:?}",
+                x.what, x.code, y.code
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "the backends disagree:\n{}",
+        diffs.join("\n")
+    );
+    // The session did real work on the server: a failed, a completed and a claimed task.
+    let report = b.iter().find(|s| s.what.contains("task report")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&report.out).unwrap();
+    assert_eq!(r["total_tasks"], 3, "{r}");
+    assert_eq!(r["completed_tasks"], 1, "{r}");
+}
+
+/// Claims by several real `maos` processes at once: every task is claimed exactly once,
+/// on the files and on the server alike.
+#[test]
+fn concurrent_maos_processes_claim_each_task_once_on_both_backends() {
+    const TASKS: usize = 12;
+    const WORKERS: usize = 4;
+    let file_dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::tempdir().unwrap();
+    let file = Maos::new(file_dir.path());
+    let (pg, _, _) = pg_workspace(pg_dir.path());
+    for (name, maos) in [("file", file), ("postgresql", pg)] {
+        let lead = maos.agent("lead");
+        let mut ids: Vec<String> = (0..TASKS)
+            .map(|i| {
+                let r = lead.run(["task", "add", &format!("t{i}")]);
+                r.ok();
+                r.stdout().trim().to_string()
+            })
+            .collect();
+        let claimed: Vec<(String, String)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..WORKERS)
+                .map(|w| {
+                    let me = maos.agent(&format!("w{w}"));
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let r = me.run(["--json", "task", "claim"]);
+                            if r.code() == Some(Exit::Busy as i32) {
+                                return mine;
+                            }
+                            r.ok();
+                            let t = r.json();
+                            assert_eq!(t["assigned_to"], format!("w{w}"), "{t}");
+                            mine.push((t["id"].as_str().unwrap().to_string(), format!("w{w}")));
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut got: Vec<String> = claimed.iter().map(|(id, _)| id.clone()).collect();
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids, "{name}: every task claimed exactly once");
+        let list = maos.run(["--json", "task", "list", "--status", "in_progress"]);
+        list.ok();
+        assert_eq!(list.json().as_array().unwrap().len(), TASKS, "{name}");
+    }
+}
+
+#[test]
+fn the_default_namespace_is_the_repository_identity_and_is_needed() {
+    let url = server::shared_url().unwrap();
+    // No repository: no identity to name the namespace after.
+    let bare = tempfile::tempdir().unwrap();
+    let out = Maos::uninitialised(bare.path()).run(["init", "--backend", &url]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("--namespace");
+    // A repository with a commit: `repo-<root commit>`, the same in every clone.
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "root"]);
+    let root = git(&["rev-list", "--max-parents=0", "HEAD"]);
+    let clone = tempfile::tempdir().unwrap();
+    let cloned = std::process::Command::new("git")
+        .args(["clone", "-q"])
+        .arg(repo.path())
+        .arg(clone.path().join("c"))
+        .output()
+        .unwrap();
+    assert!(cloned.status.success());
+    for dir in [repo.path().to_path_buf(), clone.path().join("c")] {
+        let maos = Maos::uninitialised(&dir);
+        maos.run(["init", "--backend", &url]).ok();
+        let st = maos.run(["status", "--json"]);
+        st.ok();
+        assert!(
+            st.json()["location"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("namespace repo-{root}")),
+            "{}",
+            st.json()
+        );
+    }
+    // Both clones see one task graph.
+    let a = Maos::new(repo.path()).agent("a");
+    let b = Maos::new(clone.path().join("c")).agent("b");
+    let id = a.run(["task", "add", "shared"]);
+    id.ok();
+    let id = id.stdout().trim().to_string();
+    b.run(["task", "show", &id]).ok().stdout_has("shared");
+}
+
+/// The file workspace and the PostgreSQL workspace of one test, with their names.
+fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
+    [
+        ("file", Maos::new(file.path())),
+        ("postgresql", pg_workspace(pg.path()).0),
+    ]
+}
+
+/// Waiting commands are woken by other processes on both backends: `recv --follow` (also on a
+/// channel that has no message yet), `subscribe --follow` and a `lock acquire` that waits.
+#[test]
+fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
+    use std::process::Stdio;
+    let (f, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (name, maos) in both(&f, &p) {
+        let a = maos.agent("a");
+        let b = maos.agent("b");
+        let follow = |args: &[&str]| {
+            b.cmd()
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // A follower that starts before the channel exists waits for its first message.
+        let recv = follow(&[
+            "--json",
+            "recv",
+            "fresh",
+            "--follow",
+            "--count",
+            "2",
+            "--timeout",
+            "60s",
+        ]);
+        let sub = follow(&[
+            "--json",
+            "subscribe",
+            "ci/*",
+            "--follow",
+            "--count",
+            "1",
+            "--timeout",
+            "60s",
+        ]);
+        a.run(["lock", "acquire", "shared/x", "--ttl", "10m"]).ok();
+        let waiter = b
+            .cmd()
+            .args(["--json", "lock", "acquire", "shared/x", "--wait", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        a.run(["send", "fresh", "--data", "1"]).ok();
+        a.run(["send", "fresh", "--data", "2"]).ok();
+        a.run(["broadcast", "ci/done", "--data", "\"green\""]).ok();
+        // The waiter is queued (lock list shows it) before the holder lets go.
+        let queued = || {
+            a.run(["--json", "lock", "list"]).json()["waiters"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["agent"] == "b"))
+        };
+        server::wait_until(std::time::Duration::from_secs(60), queued);
+        a.run(["lock", "release", "shared/x"]).ok();
+        let got = crate::util::Run::wait(recv);
+        got.ok();
+        let payloads: Vec<_> = got.lines().iter().map(|m| m["payload"].clone()).collect();
+        assert_eq!(payloads, [1, 2], "{name}");
+        let got = crate::util::Run::wait(sub);
+        got.ok();
+        assert_eq!(got.lines()[0]["topic"], "ci/done", "{name}");
+        let got = crate::util::Run::wait(waiter);
+        got.ok();
+        assert_eq!(got.json()["owner"], "b", "{name}: {}", got.stdout());
+    }
+}
+
+/// A command the PostgreSQL backend does not offer yet says so, naming itself, and never
+/// works on the local files instead (nobody else would see them).
+#[test]
+fn file_only_commands_refuse_a_postgresql_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, _, _) = pg_workspace(dir.path());
+    let cases: &[&[&str]] = &[
+        &["inbox"],
+        &["channels", "prune", "api", "--keep", "1"],
+        &["subscribe", "--durable", "ci/*"],
+        &["unsubscribe", "ci/*"],
+        &["task", "edit", "t0000000000", "--name", "x"],
+        &["task", "comment", "t0000000000", "hi"],
+        &["task", "unassign", "t0000000000"],
+        &["task", "watch", "--timeout", "1s"],
+        // (`merge check SOURCE [TARGET]` reads git only: it works on any backend.)
+        &["merge", "check", "--all"],
+        &["merge", "queue", "list"],
+    ];
+    for args in cases {
+        let out = maos.run(*args);
+        out.assert_code(Exit::Error);
+        out.stderr_has("not available on the PostgreSQL backend yet");
+        let words: Vec<&str> = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .copied()
+            .collect();
+        out.stderr_has(&format!("`maos {}", words[0]));
+    }
+    // Nothing was written under .maos/ by them: the stores stay empty.
+    for store in ["channels", "tasks", "inboxes"] {
+        let d = dir.path().join(".maos").join(store);
+        let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} holds files", d.display());
+    }
+}
+
+/// `maos lock run` excludes real processes from each other on both backends: a
+/// read-increment-write of a shared counter file loses no update.
+#[test]
+fn lock_run_serialises_real_processes_on_both_backends() {
+    const WORKERS: usize = 4;
+    const EACH: usize = 5;
+    let (f, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (name, maos) in both(&f, &p) {
+        let counter = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(counter.path(), "0").unwrap();
+        let path = counter.path().to_str().unwrap().to_string();
+        // A window between the read and the write that another holder would fall into.
+        let script = format!(
+            "n=$(cat '{path}'); for i in 1 2 3 4 5 6 7 8; do :; done; echo $((n+1)) > '{path}'"
+        );
+        std::thread::scope(|s| {
+            for w in 0..WORKERS {
+                let me = maos.agent(&format!("w{w}"));
+                let script = &script;
+                s.spawn(move || {
+                    for _ in 0..EACH {
+                        me.run([
+                            "lock", "run", "counter", "--wait", "120s", "--", "sh", "-c", script,
+                        ])
+                        .ok();
+                    }
+                });
+            }
+        });
+        let n: usize = std::fs::read_to_string(counter.path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(n, WORKERS * EACH, "{name}: an update was lost");
+        let left = maos.run(["--json", "lock", "list"]);
+        assert!(
+            left.json()["holders"].as_array().unwrap().is_empty(),
+            "{name}"
+        );
+    }
+}
