@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use maos_coordination::{LockTable, Workspace};
 
@@ -15,7 +15,7 @@ fn records_show_a_killed_holder_until_something_reaps_it() {
     let ws = Workspace::init(dir.path()).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lock_worker"))
+    let mut child = crate::helper("lock_worker")
         .args([
             ws.root().to_str().unwrap(),
             data.to_str().unwrap(),
