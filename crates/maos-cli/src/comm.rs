@@ -485,22 +485,13 @@ fn recv(a: RecvArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     if !a.stream.follow {
         return Ok(Exit::Ok);
     }
-    let mut idle_since = std::time::Instant::now();
+    let mut idle = Idle::new(a.stream.timeout);
     loop {
-        let wait = match a.stream.timeout {
-            Some(t) => {
-                let spent = idle_since.elapsed();
-                if spent >= t {
-                    return Err(timed_out("message", t));
-                }
-                t - spent
-            }
-            None => Duration::from_secs(3600),
-        };
+        let wait = idle.next_wait("message")?;
         let batch = reader.wait(wait)?;
         print_read_notices(ctx, &batch.notices, &batch.warnings)?;
         if !batch.messages.is_empty() {
-            idle_since = std::time::Instant::now();
+            idle.saw_one();
         }
         for d in &batch.messages {
             print_message(ctx, &a.channel, d)?;
@@ -628,22 +619,13 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     if !a.stream.follow {
         return Ok(Exit::Ok);
     }
-    let mut idle_since = std::time::Instant::now();
+    let mut idle = Idle::new(a.stream.timeout);
     loop {
-        let wait = match a.stream.timeout {
-            Some(t) => {
-                let spent = idle_since.elapsed();
-                if spent >= t {
-                    return Err(timed_out("message on the subscribed topics", t));
-                }
-                t - spent
-            }
-            None => Duration::from_secs(3600),
-        };
+        let wait = idle.next_wait("message on the subscribed topics")?;
         let got = sub.wait(wait)?;
         print_read_notices(ctx, &got.notices, &got.warnings)?;
         if !got.messages.is_empty() {
-            idle_since = std::time::Instant::now();
+            idle.saw_one();
         }
         for m in &got.messages {
             if handle(sub.as_mut(), m)? {
@@ -715,7 +697,7 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    let mut idle_since = std::time::Instant::now();
+    let mut idle = Idle::new(a.stream.timeout);
     loop {
         let want = (limit - printed).min(maos_coordination::comm::DEFAULT_INBOX_BATCH as u64);
         let batch = inbox.read(want as usize)?;
@@ -744,18 +726,9 @@ fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             return Ok(Exit::Ok);
         };
         if !batch.items.is_empty() {
-            idle_since = std::time::Instant::now();
+            idle.saw_one();
         }
-        let wait = match a.stream.timeout {
-            Some(t) => {
-                let spent = idle_since.elapsed();
-                if spent >= t {
-                    return Err(timed_out("message in the inbox", t));
-                }
-                t - spent
-            }
-            None => Duration::from_secs(3600),
-        };
+        let wait = idle.next_wait("message in the inbox")?;
         w.wait(wait);
     }
 }
@@ -807,4 +780,38 @@ fn prune(a: PruneArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
     })?;
     Ok(Exit::Ok)
+}
+
+/// A follower's idle time: `--timeout` counts from the last message it printed.
+struct Idle {
+    since: std::time::Instant,
+    limit: Option<Duration>,
+}
+
+impl Idle {
+    fn new(limit: Option<Duration>) -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            limit,
+        }
+    }
+
+    /// How long the next wait may last, or the timeout (exit 3) naming what was awaited.
+    fn next_wait(&self, what: &str) -> anyhow::Result<Duration> {
+        match self.limit {
+            Some(t) => {
+                let spent = self.since.elapsed();
+                if spent >= t {
+                    return Err(timed_out(what, t));
+                }
+                Ok(t - spent)
+            }
+            None => Ok(Duration::from_secs(3600)),
+        }
+    }
+
+    /// A message was printed: the idle time starts again.
+    fn saw_one(&mut self) {
+        self.since = std::time::Instant::now();
+    }
 }

@@ -156,7 +156,7 @@ fn workspace(input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Workspace>> {
     let cwd = input.cwd.clone().unwrap_or_else(|| ctx.root.clone());
     let (root, _) = Workspace::locate(ctx.explicit_workspace.as_deref(), &cwd)?;
     match Workspace::open(&root) {
-        Ok(ws) => Ok(Some(ws)),
+        Ok(ws) => Ok(Some(super::files_only(ws, "Claude Code")?)),
         Err(maos_coordination::core::Error::NotInitialized { .. }) => Ok(None),
         Err(e) => {
             Err(e).with_context(|| format!("opening the maos workspace at {}", root.display()))

@@ -88,7 +88,7 @@ fn same(a: &Path, b: &Path) -> bool {
 
 fn open_workspace(ctx: &Ctx) -> anyhow::Result<Option<Workspace>> {
     match Workspace::open(&ctx.root) {
-        Ok(ws) => Ok(Some(ws)),
+        Ok(ws) => Ok(Some(super::files_only(ws, "git")?)),
         Err(maos_coordination::core::Error::NotInitialized { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
