@@ -907,3 +907,17 @@ fn releasing_an_agents_leases_under_another_agents_prefix_lock() {
     // The index still finds what is below `a` (nothing now) and lets x lock there again.
     take("x", "a/b");
 }
+
+/// "src/f250.rs" and its parent prefix "src" share a home bucket (445 of 1024): a lock that
+/// creates both index entries in one change must not put both in one bucket.
+#[test]
+fn a_key_and_its_prefix_with_one_home_bucket_both_stay_findable() {
+    let (_d, ws) = ws();
+    let l = FileLock::new(&ws, r("src/f250.rs")).agent(agent("a"));
+    let g = l.try_acquire("one").unwrap().unwrap();
+    let other = FileLock::new(&ws, r("src/f250.rs")).agent(agent("b"));
+    assert!(other.try_acquire("two").unwrap().is_none(), "two holders");
+    g.release().unwrap();
+    let g = other.try_acquire("two").unwrap().unwrap();
+    g.release().unwrap();
+}

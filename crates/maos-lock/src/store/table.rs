@@ -13,7 +13,7 @@
 //! beyond it is handed out; every rebuild after a crash restarts the counter above the
 //! reservation, so an id is never handed out twice, whatever a power cut kept.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -274,6 +274,71 @@ impl<'a> Txn<'a> {
         }
         let b = self.window[&i];
         Ok(Bucket::decode(&b))
+    }
+
+    /// Gives every key that gets a bucket in this change a bucket of its own. Each was looked
+    /// up alone before the change, so two new keys whose probes end at the same free bucket
+    /// (a key and its parent prefix with one home bucket, as `src/f250.rs` and `src`) would
+    /// both be written there and one would vanish from the index. A later one moves on along
+    /// its probe to the next free bucket nobody in this change takes; every bucket it passes
+    /// is in use, so lookups still reach it.
+    fn spread_new_buckets(&mut self) -> Result<()> {
+        let mut new: Vec<(bool, String, u64)> = Vec::new();
+        for (k, e) in &self.entries {
+            if let Some(s) = &e.slot
+                && s.dirty
+                && s.at.is_none()
+                && !s.bucket.is_tombstone()
+            {
+                new.push((true, k.clone(), s.insert_at));
+            }
+        }
+        for (k, s) in &self.slots {
+            if s.dirty && s.at.is_none() && !s.bucket.is_tombstone() {
+                new.push((false, k.clone(), s.insert_at));
+            }
+        }
+        if new.len() < 2 {
+            return Ok(());
+        }
+        new.sort_by(|a, b| (a.2, &a.1).cmp(&(b.2, &b.1)));
+        let mask = self.hdr.buckets - 1;
+        let mut taken: HashSet<u64> = HashSet::new();
+        for (in_entries, k, at) in new {
+            let mut i = at;
+            let mut steps = 0;
+            loop {
+                let free = !taken.contains(&i)
+                    && match self.bucket_at(i)? {
+                        BucketRead::Empty => true,
+                        BucketRead::Used(b) => b.is_tombstone(),
+                        BucketRead::Bad => {
+                            return Err(self.needs(
+                                Cause::Reindex,
+                                "a bucket of the index fails its checksum",
+                            ));
+                        }
+                    };
+                if free {
+                    break;
+                }
+                steps += 1;
+                if steps >= self.hdr.buckets {
+                    return Err(self.needs(Cause::Reindex, "the index has no empty bucket"));
+                }
+                i = (i + 1) & mask;
+            }
+            taken.insert(i);
+            let slot = if in_entries {
+                self.entries.get_mut(&k).and_then(|e| e.slot.as_mut())
+            } else {
+                self.slots.get_mut(&k)
+            };
+            if let Some(slot) = slot {
+                slot.insert_at = i;
+            }
+        }
+        Ok(())
     }
 
     /// Finds `key`'s bucket (or where it would go).
@@ -757,6 +822,7 @@ impl<'a> Txn<'a> {
             slot.bucket.below = u32::try_from(v.max(0)).unwrap_or(u32::MAX);
             slot.dirty = true;
         }
+        self.spread_new_buckets()?;
         let mut writes: Vec<(u64, Bucket)> = Vec::new();
         let mut used = self.hdr.used;
         let all_slots = self
