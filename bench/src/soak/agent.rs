@@ -58,7 +58,19 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
     for task in tracker.active_blocking()? {
         if task.assigned_to.as_ref() == Some(&me) {
             journal.line(&format!("resume {}", task.id))?;
-            complete(&tracker, &setup, &journal, id, inc, &task.id, &mut samples)?;
+            let done = complete(&tracker, &journal, &task.id, &mut samples)?;
+            if let Err(e) = done {
+                // Listed (a read without the store's lock) just before another agent's
+                // claim, which had found this agent dead before it registered again,
+                // released and took it: it is no longer ours, and refusing is right.
+                match tracker.get_blocking(&task.id)? {
+                    Some(t) if t.assigned_to.as_ref() == Some(&me) => setup.violation(&format!(
+                        "{id}/{inc}: completing task {} it took over failed: {e}",
+                        task.id
+                    ))?,
+                    _ => {}
+                }
+            }
         }
     }
     let time = |samples: &mut BTreeMap<&'static str, Vec<u64>>, op: &'static str, t: Instant| {
@@ -154,7 +166,12 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
                 other.map(|t| (t.status, t.assigned_to))
             ))?,
         }
-        complete(&tracker, &setup, &journal, id, inc, &task.id, &mut samples)?;
+        if let Err(e) = complete(&tracker, &journal, &task.id, &mut samples)? {
+            setup.violation(&format!(
+                "{id}/{inc}: completing task {} it claimed failed while alive: {e}",
+                task.id
+            ))?;
+        }
     }
     let summary: BTreeMap<&str, Samples> =
         samples.into_iter().map(|(k, v)| (k, Samples(v))).collect();
@@ -164,16 +181,13 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
 
 /// Completes `task`, journaling `completing` before the tracker's write and `done` after it:
 /// a kill between the two leaves a completed task whose `done` line is missing, and the
-/// `completing` line tells the checker so.
+/// `completing` line tells the checker so. The tracker's refusal is returned as a value.
 fn complete(
     tracker: &TaskTracker,
-    setup: &Setup,
     journal: &Journal,
-    id: &str,
-    inc: u32,
     task: &TaskId,
     samples: &mut BTreeMap<&'static str, Vec<u64>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Result<(), maos_coordination::track::Error>> {
     journal.line(&format!("completing {task}"))?;
     let t = Instant::now();
     match tracker.update_blocking(task, &Update::status(TaskStatus::Completed)) {
@@ -183,12 +197,10 @@ fn complete(
                 .or_default()
                 .push(t.elapsed().as_micros() as u64);
             journal.line(&format!("done {task}"))?;
+            Ok(Ok(()))
         }
-        Err(e) => setup.violation(&format!(
-            "{id}/{inc}: completing task {task} it claimed failed while alive: {e}"
-        ))?,
+        Err(e) => Ok(Err(e)),
     }
-    Ok(())
 }
 
 /// One commit on `agent/<id>` changing `files` (created from main when missing).
