@@ -1,6 +1,6 @@
 //! The ready queue: listing it, claiming from it, and releasing the claims of dead agents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use maos_core::{AgentId, AgentRegistry, Liveness, TaskId, Workspace};
 
@@ -42,9 +42,17 @@ impl TaskTracker {
         let _span = tracing::info_span!("claim", agent = %agent).entered();
         let release = self.inner.options.release_dead_claims;
         let ws = self.workspace().clone();
+        // Who looks dead is read before taking the store's lock (the registry's records and
+        // /proc, once per agent): under the lock only those agents are checked again. An
+        // agent that dies meanwhile has its claims released by the next claim.
+        let suspects = if release {
+            dead_agents(&ws)
+        } else {
+            HashSet::new()
+        };
         self.write(Some(agent), false, |tx| {
-            if release {
-                for op in dead_claims(&ws, tx.graph)? {
+            if !suspects.is_empty() {
+                for op in dead_claims(&ws, tx.graph, Some(&suspects))? {
                     tx.push(op)?;
                 }
             }
@@ -68,7 +76,7 @@ impl TaskTracker {
     pub fn release_dead_claims_blocking(&self) -> Result<Vec<TaskId>, Error> {
         let ws = self.workspace().clone();
         self.write(None, false, |tx| {
-            let ops = dead_claims(&ws, tx.graph)?;
+            let ops = dead_claims(&ws, tx.graph, None)?;
             let ids = released_ids(&ops);
             for op in ops {
                 tx.push(op)?;
@@ -113,9 +121,34 @@ fn released_ids(ops: &[Op]) -> Vec<TaskId> {
         .collect()
 }
 
-/// `release` records for the active tasks of agents the registry reports dead. Costs
-/// O(active tasks) plus one registry read per distinct agent.
-fn dead_claims(ws: &Workspace, g: &mut Graph) -> Result<Vec<Op>, Error> {
+/// The agents the registry reports dead now (none when it cannot be read: their claims stay
+/// until a later check can read it).
+fn dead_agents(ws: &Workspace) -> HashSet<AgentId> {
+    match AgentRegistry::new(ws).list() {
+        Ok(list) => list
+            .agents
+            .into_iter()
+            .filter(|rec| rec.liveness() == Liveness::Dead)
+            .map(|rec| rec.id)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "cannot list the agents to release dead agents' claims"
+            );
+            HashSet::new()
+        }
+    }
+}
+
+/// `release` records for the active tasks of agents the registry reports dead (only among
+/// `suspects`, when given). Costs O(active tasks) plus one registry read per distinct agent
+/// checked.
+fn dead_claims(
+    ws: &Workspace,
+    g: &mut Graph,
+    suspects: Option<&HashSet<AgentId>>,
+) -> Result<Vec<Op>, Error> {
     let registry = AgentRegistry::new(ws);
     let mut verdicts: HashMap<AgentId, bool> = HashMap::new();
     let mut ops = Vec::new();
@@ -124,6 +157,9 @@ fn dead_claims(ws: &Workspace, g: &mut Graph) -> Result<Vec<Op>, Error> {
         let Some(agent) = assignee else {
             continue;
         };
+        if suspects.is_some_and(|s| !s.contains(&agent)) {
+            continue;
+        }
         let dead = *verdicts.entry(agent.clone()).or_insert_with(|| {
             matches!(
                 registry.get(&agent),
