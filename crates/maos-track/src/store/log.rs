@@ -181,9 +181,14 @@ impl LogCursor {
 }
 
 /// Appends `records` to the log at `path` (the caller holds the kernel lock and has applied
-/// them) at `offset`, truncating a torn tail first, and makes them durable. Returns the
-/// bytes written.
-pub(crate) fn append(writer: &mut DataFile, offset: u64, records: &[Record]) -> Result<u64, Error> {
+/// them) at `offset`, truncating a torn tail first, and, with `durable`, makes them durable
+/// (else the caller does, after releasing the lock). Returns the bytes written.
+pub(crate) fn append(
+    writer: &mut DataFile,
+    offset: u64,
+    records: &[Record],
+    durable: bool,
+) -> Result<u64, Error> {
     let path = writer.path().to_path_buf();
     let len = writer.len()?;
     if len < offset {
@@ -217,7 +222,9 @@ pub(crate) fn append(writer: &mut DataFile, offset: u64, records: &[Record]) -> 
         bytes.push(b'\n');
     }
     writer.append(&bytes)?;
-    writer.sync_data()?;
+    if durable {
+        writer.sync_data()?;
+    }
     Ok(bytes.len() as u64)
 }
 

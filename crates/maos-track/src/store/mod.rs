@@ -322,13 +322,23 @@ impl State {
         self.cursor.as_ref().map_or(0, |c| c.records)
     }
 
+    /// Makes everything appended to the current log durable (one `fdatasync` covers the
+    /// appends of every process before it).
+    fn sync(&self) -> Result<(), Error> {
+        if let Some(w) = &self.writer {
+            w.sync_data()?;
+        }
+        Ok(())
+    }
+
     fn offset(&self) -> u64 {
         self.cursor.as_ref().map_or(0, |c| c.offset)
     }
 
-    /// Appends `records` (already applied to the graph) and makes them durable; creates the
-    /// store (`log.0.jsonl`, then `current`) on its first write.
-    fn append(&mut self, dir: &Path, records: &[Record]) -> Result<(), Error> {
+    /// Appends `records` (already applied to the graph), durable at once with `durable` (else
+    /// by [`State::sync`] after the lock is released); creates the store (`log.0.jsonl`, then
+    /// `current`) on its first write.
+    fn append(&mut self, dir: &Path, records: &[Record], durable: bool) -> Result<(), Error> {
         let offset = self.offset();
         if self.writer.is_none() {
             self.writer = Some(DataFile::open_append(&log_path(dir, self.generation))?);
@@ -337,7 +347,7 @@ impl State {
             what: "task log",
             reason: "no writer".into(),
         })?;
-        let written = log::append(writer, offset, records)?;
+        let written = log::append(writer, offset, records, durable)?;
         match &mut self.cursor {
             Some(c) => {
                 c.offset += written;
@@ -563,19 +573,35 @@ impl Store {
             r.more = true;
         }
         let seq = records[last].seq;
-        if let Err(e) = st.append(&dir, &records) {
+        if let Err(e) = st.append(&dir, &records, false) {
             self.state = None;
             return Err(e);
         }
-        if st.log_records() >= compact_records
-            && let Err(e) = compact(&dir, st)
-        {
-            // The records are durable; a failed compaction only costs read time.
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "task store compaction failed"
-            );
-            self.state = None;
+        if st.log_records() >= compact_records {
+            // Durable first (under the lock, once per compaction), so that a failed
+            // compaction only costs read time.
+            if let Err(e) = st.sync() {
+                self.state = None;
+                return Err(e);
+            }
+            if let Err(e) = compact(&dir, st) {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "task store compaction failed"
+                );
+                self.state = None;
+            }
+        } else {
+            // Group commit: the lock is released before the `fdatasync`, so the writers
+            // waiting for it append meanwhile and share flushes. Nothing is acknowledged
+            // (returned) before it is durable; a reader may see records that are not yet,
+            // and whatever a writer acknowledges after reading them made them durable too
+            // (they precede its own records in the same file).
+            drop(_guard);
+            if let Err(e) = st.sync() {
+                self.state = None;
+                return Err(e);
+            }
         }
         Ok(Written {
             value,
@@ -640,7 +666,9 @@ fn compact(dir: &Path, st: &mut State) -> Result<(), Error> {
     };
     let mut effects = Vec::new();
     st.graph.apply(&rotate, &mut effects)?;
-    st.append(dir, std::slice::from_ref(&rotate))?;
+    // The commit point of the rotation: durable before `current` names the new generation
+    // (it also makes the writes before it in this log durable).
+    st.append(dir, std::slice::from_ref(&rotate), true)?;
     write_current(dir, next)?;
     for (g, _, path) in generation_files(dir)? {
         if g < st.generation {
