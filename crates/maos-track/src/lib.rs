@@ -16,7 +16,9 @@
 //! [`html_page`] into a self-contained page). [`doctor`] checks (and repairs) the store's files.
 //!
 //! How it works: every write takes one tracker-wide kernel lock (with a timeout), catches up
-//! with the store, validates and applies its records, appends them to a log and fsyncs. A
+//! with the store, validates and applies its records, appends them to a log, releases the
+//! lock and fsyncs (group commit: writers waiting for the lock share flushes; a write is
+//! returned only once durable). A
 //! reader reads a snapshot by position (an indexed file: ids sorted for lookups, the ready
 //! list in claim order, fixed-width entries) and replays the few records since it, so a
 //! command costs what it touches, not what the store holds; a writer compacts every 512
