@@ -391,8 +391,9 @@ mod tests {
         let mut v = Vec::new();
         check_done(&j, &BTreeSet::new(), &tasks, &mut v);
         assert_eq!(v.len(), 2, "{v:?}");
-        assert!(v[0].contains("completed 2 times"), "{v:?}");
-        assert!(v[1].contains("InProgress"), "{v:?}");
+        // (In the order of the tasks' ids, which are random.)
+        assert!(v.iter().any(|x| x.contains("completed 2 times")), "{v:?}");
+        assert!(v.iter().any(|x| x.contains("InProgress")), "{v:?}");
         // No done line: allowed only for a killed incarnation that journaled completing.
         let (_d, j) = journals(&[
             ("a", 0, &format!("completing {id1}")),
