@@ -670,6 +670,10 @@ fn file_only_commands_refuse_a_postgresql_workspace() {
     let git = maos.run(["hook", "git", "pre-commit"]);
     git.assert_code(Exit::Error);
     git.stderr_has("not available on the PostgreSQL backend yet");
+    // Nor are they installed there.
+    let install = maos.run(["hook", "install", "--dry-run"]);
+    install.assert_code(Exit::Error);
+    install.stderr_has("not available on the PostgreSQL backend yet");
     // Nothing was written under .maos/ by them: the stores stay empty.
     for store in ["channels", "tasks", "inboxes"] {
         let d = dir.path().join(".maos").join(store);
