@@ -24,14 +24,12 @@ use maos_lock::{
     Deadlock, FencingToken, LeaseGrant, LockMode, LockRequest, LockStore, Node, Report, RunOutcome,
     Snapshot, Via,
 };
-use maos_track::{
-    Ownership, ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore, Update,
-};
+use maos_track::{ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore, Update};
 
 use crate::comm::{self as pc, PgBroadcast, PgChannel, PgConsumer, PgSubscription};
 use crate::lock::{self as pl, PgDeadlockDetector, PgLock, PgLockTable};
 use crate::registry::PgRegistry;
-use crate::track::{self as pt, PgTracker};
+use crate::track::PgTracker;
 use crate::{Error, Pg};
 
 /// This backend's name in errors and `maos status`.
@@ -850,13 +848,7 @@ impl TaskStore for PgTasks {
     }
 
     fn update(&self, id: &TaskId, update: &Update) -> Result<Task, maos_track::Error> {
-        let mut u = pt::Update::status(update.status);
-        u.note = update.note.clone();
-        u.expected_revision = update.expected_revision;
-        u.fence = update.fence.as_ref().map(|(r, t)| (r.clone(), t.0));
-        self.tracker
-            .update_checked(id, &u, update.ownership == Ownership::Respect)
-            .map_err(track_error)
+        self.tracker.update(id, update).map_err(track_error)
     }
 
     fn release_agent(

@@ -16,8 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use maos_core::{AgentId, Liveness, ResourceName, TaskId};
-use maos_track::{Task, TaskStatus};
+use maos_core::{AgentId, Liveness, TaskId};
+/// A status change with its preconditions: maos-track's own, so both backends take the same.
+pub use maos_track::Update;
+use maos_track::{Ownership, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Exec, Tx};
@@ -397,49 +399,6 @@ fn refuse(from: TaskStatus, to: TaskStatus) -> Option<&'static str> {
     })
 }
 
-/// A status change with optional preconditions.
-#[derive(Debug, Clone)]
-pub struct Update {
-    /// The new status.
-    pub status: TaskStatus,
-    /// A note.
-    pub note: Option<String>,
-    /// Refuse unless the task is at this revision.
-    pub expected_revision: Option<u64>,
-    /// Refuse unless this fencing token is current for the lock on the resource.
-    pub fence: Option<(ResourceName, u64)>,
-}
-
-impl Update {
-    /// A change to `status`.
-    pub fn status(status: TaskStatus) -> Self {
-        Self {
-            status,
-            note: None,
-            expected_revision: None,
-            fence: None,
-        }
-    }
-    /// Adds a note.
-    #[must_use = "returns the changed value; the original is consumed"]
-    pub fn note(mut self, note: impl Into<String>) -> Self {
-        self.note = Some(note.into());
-        self
-    }
-    /// Applies only at `revision`.
-    #[must_use = "returns the changed value; the original is consumed"]
-    pub fn expect_revision(mut self, revision: u64) -> Self {
-        self.expected_revision = Some(revision);
-        self
-    }
-    /// Applies only while `token` is current for `resource`.
-    #[must_use = "returns the changed value; the original is consumed"]
-    pub fn fenced(mut self, resource: ResourceName, token: u64) -> Self {
-        self.fence = Some((resource, token));
-        self
-    }
-}
-
 /// The task graph of a namespace, shared by every machine. Cheap to clone.
 #[derive(Clone)]
 pub struct PgTracker {
@@ -734,21 +693,11 @@ impl PgTracker {
         self.read(|c| u64::try_from(c.seq).unwrap_or(0))
     }
 
-    /// Applies `update` to `id`: revision and fencing token checked, then the transition,
-    /// all in one transaction.
+    /// Applies `update` to `id` in one transaction: the owner (unless the update overrides
+    /// it: [`Error::NotAssignee`] for a task assigned to another agent than the tracker's), the
+    /// revision and the fencing token are checked, then the transition.
     pub fn update(&self, id: &TaskId, update: &Update) -> Result<Task> {
-        self.update_checked(id, update, false)
-    }
-
-    /// [`PgTracker::update`] by the tracker's agent that, with `respect_owner`, refuses a
-    /// task assigned to another agent ([`Error::NotAssignee`]), checked in the same
-    /// transaction as the change (the file store's ownership rule; `--force` skips it).
-    pub fn update_checked(
-        &self,
-        id: &TaskId,
-        update: &Update,
-        respect_owner: bool,
-    ) -> Result<Task> {
+        let respect_owner = update.ownership == Ownership::Respect;
         let pg = self.pg.clone();
         let actor = self.agent.clone();
         self.write(None, |st, _| {
@@ -775,7 +724,7 @@ impl PgTracker {
                 });
             }
             if let Some((resource, token)) = &update.fence {
-                crate::lock::PgLockTable::new(&pg).check_fencing_token(resource, *token)?;
+                crate::lock::PgLockTable::new(&pg).check_fencing_token(resource, token.0)?;
             }
             if let Some(reason) = refuse(t.status, update.status) {
                 return Err(Error::InvalidTransition {
@@ -1102,10 +1051,17 @@ mod tests {
         assert_eq!(first.id, design.id);
         assert_eq!(first.status, TaskStatus::InProgress);
         assert_eq!(first.assigned_to, Some(a("w1")));
+        // The lead moves w1's task only by overriding its owner, as on the files.
+        let err = tr
+            .update(&design.id, &Update::status(TaskStatus::Completed))
+            .unwrap_err();
+        assert!(matches!(err, Error::NotAssignee { .. }), "{err}");
         let err = tr
             .update(
                 &design.id,
-                &Update::status(TaskStatus::Completed).expect_revision(1),
+                &Update::status(TaskStatus::Completed)
+                    .expect_revision(1)
+                    .force(),
             )
             .unwrap_err();
         assert!(matches!(err, Error::RevisionMismatch { .. }), "{err}");
@@ -1113,13 +1069,14 @@ mod tests {
             &design.id,
             &Update::status(TaskStatus::Completed)
                 .expect_revision(first.revision)
-                .note("done"),
+                .note("done")
+                .force(),
         )
         .unwrap();
         let b = tr.get(&backend.id).unwrap().unwrap();
         assert_eq!(b.status, TaskStatus::Pending);
         let err = tr
-            .update_status(&design.id, TaskStatus::InProgress, None)
+            .update(&design.id, &Update::status(TaskStatus::InProgress).force())
             .unwrap_err();
         assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
         // Idempotent completion.
