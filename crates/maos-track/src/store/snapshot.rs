@@ -811,29 +811,21 @@ impl Snapshot {
         if from >= end {
             return Ok(Vec::new());
         }
-        let b = self.read(
+        self.ordinals(
+            "ready",
             self.header.sections.ready[0] + from * 4,
-            ((end - from) * 4) as usize,
-        )?;
-        let out: Vec<u32> = b
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Some(bad) = out.iter().find(|&&d| d >= self.header.count) {
-            return Err(corrupt(
-                &self.path,
-                format!("ready task {bad} is out of range"),
-            ));
-        }
-        Ok(out)
+            end - from,
+        )
     }
 
     /// The active (in progress, review) tasks of the snapshot.
     pub(crate) fn active(&self) -> Result<Vec<u32>, Error> {
-        let b = self.read(
-            self.header.sections.active[0],
-            (self.active_len * 4) as usize,
-        )?;
+        self.ordinals("active", self.header.sections.active[0], self.active_len)
+    }
+
+    /// `n` task ordinals (u32, little-endian) at `offset`, each checked against the count.
+    fn ordinals(&self, what: &str, offset: u64, n: u64) -> Result<Vec<u32>, Error> {
+        let b = self.read(offset, (n * 4) as usize)?;
         let out: Vec<u32> = b
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -841,7 +833,7 @@ impl Snapshot {
         if let Some(bad) = out.iter().find(|&&d| d >= self.header.count) {
             return Err(corrupt(
                 &self.path,
-                format!("active task {bad} is out of range"),
+                format!("{what} task {bad} is out of range"),
             ));
         }
         Ok(out)
