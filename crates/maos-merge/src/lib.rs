@@ -124,3 +124,24 @@ where
         Err(e) => Err(Error::Join(e.to_string())),
     }
 }
+
+/// A git repository with one commit on `main`, and its workspace (for the unit tests).
+#[cfg(test)]
+pub(crate) fn test_repo() -> (tempfile::TempDir, maos_core::Workspace) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.initial_head("main");
+    let repo = git2::Repository::init_opts(dir.path(), &opts).expect("git init");
+    let tree = repo
+        .find_tree(
+            repo.index()
+                .and_then(|mut i| i.write_tree())
+                .expect("an empty tree"),
+        )
+        .expect("the empty tree");
+    let sig = git2::Signature::now("t", "t@t.invalid").expect("a signature");
+    repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
+        .expect("the first commit");
+    let ws = maos_core::Workspace::init(dir.path()).expect("a workspace");
+    (dir, ws)
+}

@@ -387,20 +387,8 @@ mod tests {
 
     use super::*;
 
-    /// A git repository with one commit on `main`, and its workspace.
     fn repo() -> (tempfile::TempDir, Workspace) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut opts = git2::RepositoryInitOptions::new();
-        opts.initial_head("main");
-        let repo = git2::Repository::init_opts(dir.path(), &opts).unwrap();
-        let tree = repo
-            .find_tree(repo.index().unwrap().write_tree().unwrap())
-            .unwrap();
-        let sig = git2::Signature::now("t", "t@t.invalid").unwrap();
-        repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
-            .unwrap();
-        let ws = Workspace::init(dir.path()).unwrap();
-        (dir, ws)
+        crate::test_repo()
     }
 
     /// `flock(1)` takes the kernel lock on `path` and runs a command that stops flock(1)
