@@ -198,11 +198,7 @@ fn deadlock_check_finds_a_two_agent_cycle_and_resolves_it() {
         .spawn()
         .unwrap();
     // Make sure a queued first, so the victim (youngest wait) is b.
-    while json(&Maos::new(ws).agent("m").run(["lock", "list", "--json"]))["waiters"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {}
+    while waiters(ws) < 1 {}
     let wb = Maos::new(ws)
         .agent("b")
         .cmd()
@@ -211,12 +207,7 @@ fn deadlock_check_finds_a_two_agent_cycle_and_resolves_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    while json(&Maos::new(ws).agent("m").run(["lock", "list", "--json"]))["waiters"]
-        .as_array()
-        .unwrap()
-        .len()
-        < 2
-    {}
+    while waiters(ws) < 2 {}
 
     let found = Maos::new(ws)
         .agent("m")
