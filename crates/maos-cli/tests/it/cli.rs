@@ -329,7 +329,7 @@ fn only_init_creates_a_workspace() {
 /// never a hang: each file below is replaced by a FIFO in turn, with no writer on it.
 #[test]
 fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path();
     git(ws, &["init", "-q", "-b", "main"]);
@@ -355,7 +355,7 @@ fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
         let _ = std::fs::remove_file(&path);
         let made = Command::new("mkfifo").arg(&path).status().unwrap();
         assert!(made.success(), "mkfifo {file}");
-        let mut child = Maos::new(ws)
+        let child = Maos::new(ws)
             .agent("b")
             .cmd()
             .args(*args)
@@ -363,15 +363,8 @@ fn a_fifo_in_place_of_a_record_is_named_never_waited_on() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("maos {args:?} waits on a FIFO at {file}");
-            }
-            std::thread::park_timeout(Duration::from_millis(10));
-        }
-        let out = Run::wait(child);
+        let out = Run::within(child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("maos {args:?} waits on a FIFO at {file}"));
         out.assert_code(Exit::Error);
         out.stderr_has(file)
             .stderr_has("is a FIFO (named pipe), not a regular file");

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use maos_tests::git;
 
@@ -223,29 +223,16 @@ impl Session {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let started = Instant::now();
+        let child = cmd.spawn().unwrap();
         let limit = match s.expect {
             Expect::RunsUntilStopped => Duration::from_secs(3),
             _ => Duration::from_secs(120),
         };
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break Some(st);
-            }
-            if started.elapsed() > limit {
-                break None;
-            }
-            std::thread::park_timeout(Duration::from_millis(20));
+        let (out, finished) = match Run::within_or_stopped(child, limit) {
+            Ok(run) => (run.into_output(), true),
+            Err(stopped) => (stopped.into_output(), false),
         };
-        if status.is_none() {
-            // Stop the whole block (bash and what it started).
-            let _ = Command::new("pkill")
-                .args(["-TERM", "-P", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().unwrap();
+        let status = finished.then_some(out.status);
         let report = || {
             format!(
                 "{}:{} ({:?})\n--- block\n{}\n--- stdout\n{}\n--- stderr\n{}",

@@ -168,6 +168,47 @@ impl Run {
         Self { what, out }
     }
 
+    /// Waits for a spawned `child` to end, at most `limit`: `None` when it was still running
+    /// then (it and the processes it started are killed, and their output is dropped). A
+    /// thread collects the output meanwhile, so a chatty child never blocks on a full pipe.
+    #[track_caller]
+    pub(crate) fn within(child: std::process::Child, limit: std::time::Duration) -> Option<Self> {
+        Self::within_or_stopped(child, limit).ok()
+    }
+
+    /// [`Run::within`], keeping what a child that was still running had printed (`Err`).
+    #[track_caller]
+    pub(crate) fn within_or_stopped(
+        child: std::process::Child,
+        limit: std::time::Duration,
+    ) -> Result<Self, Self> {
+        let pid = child.id().to_string();
+        let what = format!("process {pid}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let (out, finished) = match rx.recv_timeout(limit) {
+            Ok(out) => (out, true),
+            Err(_) => {
+                // Its children first (a shell's), then itself.
+                let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                (rx.recv().expect("the waiting thread answers"), false)
+            }
+        };
+        let run = Self {
+            what,
+            out: out.expect("wait for the child"),
+        };
+        if finished { Ok(run) } else { Err(run) }
+    }
+
+    /// The process's output.
+    pub(crate) fn into_output(self) -> Output {
+        self.out
+    }
+
     /// The exit code (None if killed by a signal).
     pub(crate) fn code(&self) -> Option<i32> {
         self.out.status.code()
