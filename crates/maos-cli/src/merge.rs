@@ -146,7 +146,14 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             if let Some(remote) = &fetch {
                 git_fetch(coord.workspace().root(), remote)?;
             }
-            check_all(ctx, &backends, &coord, &target, worktree.is_some(), fetch.as_deref())
+            check_all(
+                ctx,
+                &backends,
+                &coord,
+                &target,
+                worktree.is_some(),
+                fetch.as_deref(),
+            )
         }
         MergeCommand::Check {
             source,

@@ -259,10 +259,7 @@ impl maos_merge::backend::MergeBackend for PgMerge {
         Ok(self.tracker.list()?)
     }
 
-    fn task(
-        &self,
-        id: &maos_core::TaskId,
-    ) -> std::result::Result<Option<maos_track::Task>, Boxed> {
+    fn task(&self, id: &maos_core::TaskId) -> std::result::Result<Option<maos_track::Task>, Boxed> {
         Ok(self.tracker.get(id)?)
     }
 

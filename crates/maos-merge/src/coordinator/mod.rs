@@ -208,7 +208,9 @@ impl MergeCoordinator {
             let rev = match (&rec.worktree, include_worktrees) {
                 (Some(wt), true) => self.detector.snapshot_worktree(wt)?,
                 _ => match remote {
-                    Some(r) => self.remote_ref(r, &branch)?.unwrap_or_else(|| branch.clone()),
+                    Some(r) => self
+                        .remote_ref(r, &branch)?
+                        .unwrap_or_else(|| branch.clone()),
                     None => branch.clone(),
                 },
             };

@@ -115,8 +115,11 @@ impl MergeCoordinator {
                     let payload = serde_json::to_value(&notice).map_err(|e| {
                         self.backend_err(format!("encode the notice to {agent}"), Box::new(e))
                     })?;
-                    let msg =
-                        Message::new(self.agent.clone(), Recipients::Agent(agent.clone()), payload);
+                    let msg = Message::new(
+                        self.agent.clone(),
+                        Recipients::Agent(agent.clone()),
+                        payload,
+                    );
                     b.notify(&agent, &msg)
                         .map_err(|e| self.backend_err(format!("message {agent}"), e))?;
                 }
@@ -356,9 +359,7 @@ impl Tasks<'_> {
     pub(crate) fn list(&self) -> Result<Vec<Task>> {
         match self {
             Tasks::File(t) => t.list_blocking().map_err(Self::track("list".into())),
-            Tasks::Backend(c, b) => b
-                .tasks()
-                .map_err(|e| c.backend_err("list the tasks", e)),
+            Tasks::Backend(c, b) => b.tasks().map_err(|e| c.backend_err("list the tasks", e)),
         }
     }
 
@@ -378,9 +379,7 @@ impl Tasks<'_> {
                 .create_tasks_blocking(tasks)
                 .map(|_| ())
                 .map_err(Self::track(context)),
-            Tasks::Backend(c, b) => b
-                .create_tasks(tasks)
-                .map_err(|e| c.backend_err(context, e)),
+            Tasks::Backend(c, b) => b.create_tasks(tasks).map_err(|e| c.backend_err(context, e)),
         }
     }
 
