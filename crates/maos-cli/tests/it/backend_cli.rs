@@ -869,3 +869,88 @@ fn merge_on_postgresql_across_two_clones() {
         assert!(!clone.join(".maos/merge/queue.json").exists());
     }
 }
+
+/// `maos demo --backend URL`: the whole session (registry, tasks, claims, messages, locks and
+/// the deadlock, the merge queue and its resolution tasks) on the server, git local; its
+/// checks pass, and the state it leaves is on the server, not in the workspace's files.
+#[test]
+fn the_demo_runs_on_postgresql_and_passes_its_checks() {
+    let url = server::shared_url().expect("a PostgreSQL server for the tests");
+    let ns = server::unique_namespace("demo");
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let demo = |extra: &[&str], keep: &std::path::Path| {
+        crate::util::Run::of(
+            std::process::Command::new(crate::util::bin())
+                .env_remove("MAOS_WORKSPACE")
+                .env_remove("MAOS_AGENT_ID")
+                .env_remove("MAOS_BACKEND")
+                .env_remove("MAOS_NAMESPACE")
+                .env_remove("RUST_LOG")
+                .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
+                .args(["--backend", &url, "--namespace", &ns])
+                .args(extra)
+                .arg("--keep")
+                .arg(keep),
+        )
+    };
+    let out = demo(&[], &ws);
+    let text = out.stdout();
+    assert!(
+        out.status.success(),
+        "the demo failed on PostgreSQL:\n{text}\n{}",
+        out.stderr()
+    );
+    assert!(text.contains("every step held"), "{text}");
+    assert!(!text.contains("- [ ]"), "{text}");
+    out.stderr_has("on the postgresql backend");
+    // The agents said they ran on the server.
+    out.stderr_has("library on the postgresql backend");
+
+    // The workspace records the server; what the session did is there.
+    let auditor = Maos::new(&ws).agent("auditor");
+    let st = auditor.run(["status", "--json"]);
+    st.ok();
+    assert_eq!(st.json()["backend"], "postgresql");
+    let tasks = auditor.run(["--json", "task", "list"]);
+    tasks.ok();
+    let tasks = tasks.json();
+    let tasks = tasks.as_array().unwrap();
+    assert!(tasks.len() >= 10, "{tasks:?}");
+    assert!(
+        tasks.iter().all(|t| t["status"] == "completed"),
+        "{tasks:?}"
+    );
+    assert!(
+        tasks.iter().any(|t| t["labels"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l == "merge-conflict"))),
+        "no resolution task on the server: {tasks:?}"
+    );
+    let queue = auditor.run(["--json", "merge", "queue", "list"]);
+    queue.ok();
+    let queue = queue.json();
+    assert!(
+        !queue.as_array().unwrap().is_empty()
+            && queue
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["status"] == "merged"),
+        "{queue}"
+    );
+    // Nothing of it in the files.
+    for store in ["channels", "tasks", "locks", "agents"] {
+        let d = ws.join(".maos").join(store);
+        let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} holds files", d.display());
+    }
+    assert!(!ws.join(".maos/merge/queue.json").exists());
+
+    // Through MCP the agents would edit through the hooks, which refuse PostgreSQL: said at
+    // once, as a usage error, before anything starts.
+    let out = demo(&["--via", "mcp"], &dir.path().join("mcp"));
+    out.assert_code(Exit::Usage);
+    out.stderr_has("--via mcp cannot run on the PostgreSQL backend");
+    out.stderr_has("hooks");
+}
