@@ -741,7 +741,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
 /// Commits `text` as `routes.txt` on a new branch `branch` of the clone `dir` (from main).
 fn branch_with(dir: &std::path::Path, branch: &str, text: &str) {
     git(dir, &["checkout", "-q", "-b", branch, "main"]);
-    std::fs::write(dir.join("routes.txt"), text).unwrap();
+    std::fs::write(dir.join("routes.txt"), text).expect("write routes.txt");
     git(dir, &["commit", "-qam", branch]);
     git(dir, &["checkout", "-q", "main"]);
 }

@@ -27,7 +27,7 @@ use crate::touch::short_branch;
 
 /// The merge lock as held: a file lock guard, or a backend's hold.
 pub(crate) enum MergeLock {
-    File(LockGuard),
+    File(Box<LockGuard>),
     Backend(#[allow(dead_code)] Box<dyn Hold>), // held until dropped
 }
 
@@ -155,7 +155,7 @@ impl MergeCoordinator {
             .agent(self.agent.clone())
             .wait(self.options.lock_wait)
             .acquire_blocking(purpose)
-            .map(MergeLock::File)
+            .map(|g| MergeLock::File(Box::new(g)))
             .map_err(err)
     }
 
