@@ -387,6 +387,12 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
         {
             Exit::Busy
         }
+        // The PostgreSQL backend's merge lock, waited for in vain.
+        MergeError::Backend { source, .. }
+            if maos_coordination::backend::is_timeout(source.as_ref()) =>
+        {
+            Exit::Busy
+        }
         _ => Exit::Error,
     };
     Failure::caused_by(code, what, e)
@@ -702,6 +708,27 @@ impl FastCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_lock_waited_for_in_vain_is_busy_on_every_backend() {
+        let timeout = maos_coordination::postgres::Error::Timeout {
+            resource: maos_coordination::ResourceName::new(".maos/merge/main").unwrap(),
+            waited_ms: 120_000,
+            blocker: None,
+        };
+        let e = MergeError::Backend {
+            context: "take the merge lock .maos/merge/main".into(),
+            backend: "postgresql",
+            source: Box::new(timeout),
+        };
+        assert_eq!(crate::exit::code_of(&fail(e, "merging")), Exit::Busy);
+        let other = MergeError::Backend {
+            context: "read the merge queue".into(),
+            backend: "postgresql",
+            source: Box::new(std::io::Error::other("connection refused")),
+        };
+        assert_eq!(crate::exit::code_of(&fail(other, "merging")), Exit::Error);
+    }
 
     fn parse(args: &[&str]) -> Option<FastCheck> {
         FastCheck::parse(args.iter().map(std::ffi::OsString::from))
