@@ -1,8 +1,7 @@
 //! Agent tools: whoami, agents_list.
 
-use maos_coordination::core::now_ms;
-use maos_coordination::session::{Holdings, NamedFrom};
-use maos_coordination::{AgentRegistry, Liveness};
+use maos_coordination::Liveness;
+use maos_coordination::session::NamedFrom;
 use serde_json::json;
 
 use super::locks::Empty;
@@ -24,8 +23,24 @@ tool_group! {
 async fn whoami(s: &Server, _: Empty) -> ToolResult {
     let me = s.me()?.clone();
     let agent = me.agent.clone();
-    let held = s
-        .blocking(move |s| Ok(Holdings::of(s.ws(), &agent)?))
+    let (locks, tasks) = s
+        .blocking(move |s| {
+            let b = s.backends();
+            let locks: Vec<_> = b
+                .locks()
+                .snapshot()?
+                .holders
+                .into_iter()
+                .filter(|h| h.owner == agent)
+                .collect();
+            let tasks: Vec<_> = b
+                .tasks(&agent, None)?
+                .list()?
+                .into_iter()
+                .filter(|t| t.status.is_active() && t.assigned_to.as_ref() == Some(&agent))
+                .collect();
+            Ok((locks, tasks))
+        })
         .await?;
     let how = match me.named_from {
         NamedFrom::Session => "the agent your session's hooks registered",
@@ -34,11 +49,12 @@ async fn whoami(s: &Server, _: Empty) -> ToolResult {
     let text = format!(
         "you are {} ({how}); {} lock(s), {} active task(s)",
         me.agent,
-        held.locks.len(),
-        held.tasks.len()
+        locks.len(),
+        tasks.len()
     );
     Reply::new(
-        &json!({ "agent": me.agent, "named_from": me.named_from, "locks": held.locks, "tasks": held.tasks }),
+        &json!({ "agent": me.agent, "named_from": me.named_from, "locks": locks, "tasks": tasks,
+                 "backend": s.backends().name() }),
         text,
     )
 }
@@ -75,20 +91,14 @@ async fn register(s: &Server, a: Register) -> ToolResult {
     }
     let rec = s
         .blocking(move |s| {
-            let reg = AgentRegistry::new(s.ws());
-            let old = reg.get(&me)?;
-            let mut r = maos_coordination::Registration::new(me.clone()).anchor(
-                maos_coordination::core::Anchor::session(
-                    maos_coordination::core::ProcessIdentity::current(),
-                )
-                .in_session(format!("mcp-{}", std::process::id())),
-            );
+            let old = s.registered(&me)?.map(|v| v.record);
+            let mut r = s.anchored(maos_coordination::Registration::new(me.clone()));
             r.role = role.or_else(|| old.as_ref().and_then(|o| o.role.clone()));
             r.branch = a
                 .branch
                 .or_else(|| old.as_ref().and_then(|o| o.branch.clone()));
             r.worktree = worktree.or_else(|| old.as_ref().and_then(|o| o.worktree.clone()));
-            Ok(reg.register(r)?)
+            Ok(s.backends().agents().register(r)?)
         })
         .await?;
     let text = format!(
@@ -101,33 +111,26 @@ async fn register(s: &Server, a: Register) -> ToolResult {
 }
 
 async fn list(s: &Server, _: Empty) -> ToolResult {
-    let ws = s.ws().clone();
-    let list = s
-        .blocking(move |_| Ok(AgentRegistry::new(&ws).list()?))
+    let (agents, problems) = s
+        .blocking(move |s| Ok(s.backends().agents().list()?))
         .await?;
-    let now = now_ms();
-    let rows: Vec<_> = list
-        .agents
+    let rows: Vec<_> = agents
         .iter()
         .map(|a| {
             json!({
-                "id": a.id,
-                "role": a.role,
-                "liveness": a.liveness_at(now),
-                "branch": a.branch,
-                "worktree": a.worktree,
-                "lease_left_ms": a.lease_until.saturating_sub(now),
+                "id": a.record.id,
+                "role": a.record.role,
+                "liveness": a.liveness,
+                "branch": a.record.branch,
+                "worktree": a.record.worktree,
+                "lease_left_ms": a.lease_left_ms,
             })
         })
         .collect();
-    let alive = list
-        .agents
+    let alive = agents
         .iter()
-        .filter(|a| a.liveness_at(now) != Liveness::Dead)
+        .filter(|a| a.liveness != Liveness::Dead)
         .count();
     let text = format!("{} agent(s), {alive} alive", rows.len());
-    Reply::new(
-        &json!({ "agents": rows, "problems": list.problems.iter().map(ToString::to_string).collect::<Vec<_>>() }),
-        text,
-    )
+    Reply::new(&json!({ "agents": rows, "problems": problems }), text)
 }

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use maos_coordination::comm::{BroadcastChannel, Inbox, Subscription};
+use maos_coordination::comm::{ChannelStore, Inbox, RawPayload, Start};
 use maos_coordination::core::Name;
-use maos_coordination::{
-    AgentId, AgentRole, ChannelName, FileChannel, Filter, Message, Recipients,
-};
+use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -134,10 +132,39 @@ fn wait(v: Option<f64>) -> Result<Duration, ToolError> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn channel(s: &Server, name: &str) -> Result<FileChannel, ToolError> {
-    let name = ChannelName::new(name).map_err(|e| ToolError::usage(format!("channel: {e}")))?;
-    Ok(FileChannel::open(s.ws(), name)?)
+/// How long a send waits for a channel's lock (the file backend's writers take turns).
+const SEND_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn channel(name: &str) -> Result<ChannelName, ToolError> {
+    ChannelName::new(name).map_err(|e| ToolError::usage(format!("channel: {e}")))
 }
+
+fn store(s: &Server) -> Box<dyn ChannelStore> {
+    s.backends().channels()
+}
+
+fn raw(data: &Value) -> Result<RawPayload, ToolError> {
+    serde_json::value::to_raw_value(data)
+        .map_err(|e| ToolError::usage(format!("data: cannot encode it: {e}")))
+}
+
+/// A delivered payload as JSON (it was valid JSON when sent).
+fn value(p: &RawPayload) -> Value {
+    serde_json::from_str(p.get()).unwrap_or_else(|_| Value::String(p.get().to_owned()))
+}
+
+/// A message with its payload as JSON.
+fn message_json(m: &Message<RawPayload>) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("payload".into(), value(&m.payload));
+    }
+    v
+}
+
+/// The inbox and its stored subscriptions live in files only so far.
+const INBOX_INSTEAD: &str = "read your messages with receive on each channel (`direct/<you>` \
+     for messages to you alone) and broadcasts with read_topics";
 
 async fn send(s: &Server, a: Send) -> ToolResult {
     let me = s.agent()?;
@@ -155,19 +182,21 @@ async fn send(s: &Server, a: Send) -> ToolResult {
         ),
         _ => return Err(ToolError::usage("give at most one of to, role, group")),
     };
-    let ch = channel(s, &a.channel)?;
+    let ch = channel(&a.channel)?;
     let id = |what: &str, v: &str| {
         v.parse::<maos_coordination::MessageId>()
             .map_err(|e| ToolError::usage(format!("{what}: {e}")))
     };
-    let mut msg = Message::new(me, recipients, a.data);
+    let mut msg = Message::new(me, recipients, raw(&a.data)?);
     if let Some(r) = &a.reply_to {
         msg.metadata.reply_to = Some(id("reply_to", r)?);
     }
     if let Some(c) = &a.correlation_id {
         msg.metadata.correlation_id = Some(id("correlation_id", c)?);
     }
-    let receipt = s.blocking(move |_| Ok(ch.send_blocking(&msg)?)).await?;
+    let receipt = s
+        .blocking(move |s| Ok(store(&s).send(&ch, &msg, SEND_LOCK_WAIT)?))
+        .await?;
     Reply::new(
         &json!({ "channel": a.channel, "position": receipt.position, "id": receipt.id }),
         format!("sent to {} at position {}", a.channel, receipt.position),
@@ -177,49 +206,56 @@ async fn send(s: &Server, a: Send) -> ToolResult {
 async fn receive(s: &Server, a: Receive) -> ToolResult {
     let me = s.agent()?;
     let timeout = wait(a.wait_seconds)?;
-    let ch = channel(s, &a.channel)?;
-    let ws = s.ws().clone();
+    let ch = channel(&a.channel)?;
     let source = format!("channel:{}", a.channel);
     // What the previous call returned is acknowledged now: the client had its answer.
     let previous = s.take_pending(&source);
     let (messages, problems, cursor) = s
-        .blocking(move |_| {
-            let filter = Filter::for_agent(&ws, me.clone())?;
-            let consumer_name = Name::new(format!("mcp-{me}"))
-                .map_err(|e| ToolError::usage(format!("consumer name: {e}")))?;
-            let mut consumer = ch.consumer(consumer_name, filter.clone())?;
-            if let Some(PendingAck::Channel(c)) = previous {
-                consumer.ack(c)?;
+        .blocking(move |s| {
+            let store = store(&s);
+            let filter = store.filter_for(me.clone())?;
+            let consumer = || {
+                Name::new(format!("mcp-{me}"))
+                    .map(Start::Consumer)
+                    .map_err(|e| ToolError::usage(format!("consumer name: {e}")))
+            };
+            if let Some(PendingAck::Channel(p)) = previous {
+                store
+                    .reader(&ch, consumer()?, filter.clone(), true)?
+                    .ack(p)?;
             }
-            let mut batch = consumer.receive_blocking::<Value>()?;
+            let mut reader = store.reader(&ch, consumer()?, filter, true)?;
+            let mut batch = reader.read()?;
             if batch.messages.is_empty() && !timeout.is_zero() {
-                batch = ch.wait_blocking::<Value>(&consumer.cursor(), &filter, timeout)?;
+                batch = reader.wait(timeout)?;
             }
             let problems: Vec<String> = batch
-                .problems
+                .notices
                 .iter()
                 .map(|p| p.to_string())
-                .chain(batch.pruned.map(|p| p.to_string()))
+                .chain(batch.warnings.iter().cloned())
                 .collect();
             let messages: Vec<Value> = batch
                 .messages
-                .into_iter()
-                .map(|d| json!({ "position": d.position, "message": d.message }))
+                .iter()
+                .map(|d| json!({ "position": d.position, "message": message_json(&d.message) }))
                 .collect();
-            Ok((messages, problems, batch.cursor))
+            Ok((messages, problems, batch.progressed.then_some(batch.cursor)))
         })
         .await?;
-    s.set_pending(&source, PendingAck::Channel(cursor));
+    if let Some(c) = cursor {
+        s.set_pending(&source, PendingAck::Channel(c));
+    }
     let text = format!("{} new message(s) on {}", messages.len(), a.channel);
     Reply::new(&json!({ "messages": messages, "problems": problems }), text)
 }
 
 async fn broadcast(s: &Server, a: Broadcast) -> ToolResult {
     let me = s.agent()?;
-    let ws = s.ws().clone();
     let topic = a.topic.clone();
+    let payload = raw(&a.data)?;
     let receipt = s
-        .blocking(move |_| Ok(BroadcastChannel::new(&ws, me).broadcast_blocking(&topic, &a.data)?))
+        .blocking(move |s| Ok(store(&s).broadcast(&me, &topic, &payload, SEND_LOCK_WAIT)?))
         .await?;
     Reply::new(
         &json!({ "topic": a.topic, "position": receipt.position, "id": receipt.id }),
@@ -244,32 +280,43 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
         });
     let consumer = Name::new(format!("mcp-{me}-{key:016x}"))
         .map_err(|e| ToolError::usage(format!("subscription name: {e}")))?;
-    let patterns: Vec<&str> = a.patterns.iter().map(String::as_str).collect();
     let source = format!("topics:{consumer}");
-    let mut sub = Subscription::durable(s.ws(), &patterns, consumer)?;
     // What the previous call returned is acknowledged now: the client had its answer.
-    if let Some(PendingAck::Feed(p)) = s.take_pending(&source) {
-        sub.ack_through(p)?;
-    }
-    let mut found = sub.poll_blocking::<Value>()?;
-    if found.is_empty() && !timeout.is_zero() {
-        if let Some(m) = sub.next_timeout::<Value>(timeout).await? {
-            found.push(m);
-        }
-        found.extend(sub.poll_blocking::<Value>()?);
-    }
+    let previous = s.take_pending(&source);
+    let patterns = a.patterns.clone();
+    let found = s
+        .blocking(move |s| {
+            let store = store(&s);
+            let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+            if let Some(PendingAck::Feed(p)) = previous {
+                store
+                    .topic_reader(&patterns, Some(consumer.clone()))?
+                    .ack(p)?;
+            }
+            let mut sub = store.topic_reader(&patterns, Some(consumer))?;
+            let mut found = sub.read()?.messages;
+            if found.is_empty() && !timeout.is_zero() {
+                found.extend(sub.wait(timeout)?.messages);
+                if !found.is_empty() {
+                    found.extend(sub.read()?.messages);
+                }
+            }
+            Ok(found)
+        })
+        .await?;
     if let Some(last) = found.last() {
         s.set_pending(&source, PendingAck::Feed(last.position));
     }
     let messages: Vec<Value> = found
         .iter()
-        .map(|m| json!({ "topic": m.topic, "position": m.position, "message": m.message }))
+        .map(|m| json!({ "topic": m.topic, "position": m.position, "message": message_json(&m.message) }))
         .collect();
     let text = format!("{} new topic message(s)", messages.len());
     Reply::new(&json!({ "messages": messages }), text)
 }
 
 async fn inbox(s: &Server, a: InboxArgs) -> ToolResult {
+    s.file_only("inbox", INBOX_INSTEAD)?;
     let me = s.agent()?;
     let max = match a.max {
         None => 20,
@@ -348,6 +395,7 @@ async fn subscribe(s: &Server, a: SubscribeArgs) -> ToolResult {
     if a.patterns.is_empty() {
         return Err(ToolError::usage("give at least one pattern"));
     }
+    s.file_only("subscribe", INBOX_INSTEAD)?;
     let me = s.agent()?;
     let stored = s
         .blocking(move |s| {

@@ -1,15 +1,22 @@
 //! Lock tools: acquire (held by this server until released or the session ends), release,
 //! renew, list, check, deadlock check.
+//!
+//! A lock taken here is held by this server's process on the files (a kernel lock, freed
+//! when the process ends) and by its database session on PostgreSQL (freed when the session
+//! ends: the process killed, the connection lost); everything else goes through the
+//! backend's [`LockStore`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use maos_coordination::lock::{DeadlockDetector, Snapshot, VICTIM_RULE};
-use maos_coordination::{FileLock, LockMode, LockTable, ResourceName};
+use maos_coordination::lock::{LockInfo, LockStore, Snapshot, VICTIM_RULE};
+use maos_coordination::postgres::lock::{PgGuard, PgLock};
+use maos_coordination::{FileLock, LockGuard, LockMode, ResourceName};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{Reply, Server, ToolError, ToolResult};
+use crate::exit::Exit;
 
 tool_group! {
     "lock_acquire" => acquire(Acquire):
@@ -91,6 +98,102 @@ struct Deadlock {
     resolve: bool,
 }
 
+/// A lock this server holds for its agent, on either backend.
+pub(crate) enum Held {
+    /// A kernel-backed lock of this process, renewed by its own heartbeat.
+    File(LockGuard),
+    /// A lock of this process's database session, renewed by [`renew_held`].
+    Pg {
+        guard: PgGuard,
+        /// The lease length (renewed every third of it).
+        ttl: Duration,
+        /// When the next renewal is due.
+        next: Instant,
+    },
+}
+
+impl Held {
+    fn pg(guard: PgGuard, ttl: Duration) -> Self {
+        Self::Pg {
+            guard,
+            ttl,
+            next: Instant::now() + ttl / 3,
+        }
+    }
+
+    /// The lock record, as the lock table shows it.
+    pub(crate) fn info(&self) -> LockInfo {
+        match self {
+            Self::File(g) => g.info().clone(),
+            Self::Pg { guard, .. } => maos_coordination::postgres::stores::lock_info(guard.info().clone()),
+        }
+    }
+
+    /// Releases it (blocking: a PostgreSQL lock is released on the server).
+    pub(crate) fn release(self) -> Result<(), ToolError> {
+        match self {
+            Self::File(g) => Ok(g.release()?),
+            Self::Pg { guard, .. } => Ok(guard.release()?),
+        }
+    }
+
+    /// Extends its lease (blocking).
+    fn renew(&mut self) -> Result<(), ToolError> {
+        match self {
+            Self::File(g) => Ok(g.renew()?),
+            Self::Pg { guard, ttl, next } => {
+                guard.renew()?;
+                *next = Instant::now() + *ttl / 3;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Renews the PostgreSQL locks this server holds, each every third of its lease, for as long
+/// as the server runs (the file backend's guards renew themselves). A lock found lost (its
+/// session ended, the connection lost) stays in the table: lock_release and lock_renew say
+/// so.
+pub(crate) async fn renew_held(s: Server) {
+    loop {
+        let now = Instant::now();
+        let due = s
+            .locks()
+            .values()
+            .filter_map(|h| match h {
+                Held::Pg { guard, next, .. } if !guard.is_lost() => Some(*next),
+                _ => None,
+            })
+            .min();
+        let sleep = due.map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(now).min(Duration::from_secs(1))
+        });
+        tokio::time::sleep(sleep).await;
+        let r = s
+            .blocking(|s| {
+                let now = Instant::now();
+                for (r, h) in s.locks().iter_mut() {
+                    if let Held::Pg { guard, next, .. } = h
+                        && *next <= now
+                        && !guard.is_lost()
+                        && let Err(e) = h.renew()
+                    {
+                        tracing::warn!(resource = %r, "cannot renew a lock: {}", e.message);
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("lock renewal: {}", e.message);
+        }
+    }
+}
+
+fn store(s: &Server) -> Box<dyn LockStore> {
+    s.backends().locks()
+}
+
 fn resource(s: &Server, r: &str) -> Result<ResourceName, ToolError> {
     ResourceName::in_workspace(s.ws().root(), r)
         .map_err(|e| ToolError::usage(format!("resource {r:?}: {e}")))
@@ -113,6 +216,48 @@ fn seconds(what: &str, v: f64, max: f64) -> Result<Duration, ToolError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The busy error of a lock someone else holds: names the holder.
+fn busy(res: &ResourceName, holders: &[LockInfo]) -> ToolError {
+    let who = holders
+        .first()
+        .map(|h| {
+            format!(
+                "held by agent {} (purpose \"{}\", token {})",
+                h.owner, h.purpose, h.token
+            )
+        })
+        .unwrap_or_else(|| "busy".into());
+    ToolError::new(
+        Exit::Busy,
+        format!("{res} is {who}; wait for it with wait_seconds, or message the holder"),
+    )
+}
+
+/// A PostgreSQL wait that ended without the lock: busy (naming the holder) or a deadlock, as
+/// with the files.
+fn pg_wait_error(res: &ResourceName, e: maos_coordination::postgres::Error) -> ToolError {
+    use maos_coordination::postgres::Error as PgError;
+    match e {
+        PgError::Timeout {
+            waited_ms, blocker, ..
+        } => ToolError::new(
+            Exit::Busy,
+            format!(
+                "{res} is still {} after waiting {} ms; wait longer, or message the holder",
+                blocker.map_or_else(
+                    || "busy".to_owned(),
+                    |b| format!("held by agent {} (purpose \"{}\")", b.owner, b.purpose)
+                ),
+                waited_ms
+            ),
+        ),
+        e @ PgError::Deadlock { .. } => {
+            ToolError::new(Exit::Deadlock, format!("{:#}", anyhow::Error::new(e)))
+        }
+        other => other.into(),
+    }
+}
+
 async fn acquire(s: &Server, a: Acquire) -> ToolResult {
     let me = s.agent()?;
     let res = resource(s, &a.resource)?;
@@ -123,52 +268,66 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
     )?;
     let wait = seconds("wait_seconds", a.wait_seconds.unwrap_or(0.0), 3600.0)?;
     if let Some(g) = s.locks().get(res.as_str()) {
-        let info = g.info().clone();
+        let info = g.info();
         return Reply::new(
             &info,
             format!("you already hold {res} (token {})", info.token),
         );
     }
-    let lock = FileLock::new(s.ws(), res.clone())
-        .agent(me)
-        .mode(mode(a.shared))
-        .ttl(ttl)
-        .wait(wait)
-        .heartbeat(true);
-    // No wait: one look, without joining the queue (a queued instant could be taken for a
-    // deadlock).
-    let guard = if wait.is_zero() {
-        let l = lock.clone();
-        let purpose = a.purpose.clone();
-        let got = s.blocking(move |_| Ok(l.try_acquire(&purpose)?)).await?;
-        match got {
-            Some(g) => g,
-            None => {
-                let ws = s.ws().clone();
-                let r = res.clone();
-                let holders = s
-                    .blocking(move |_| Ok(LockTable::open(&ws)?.conflicting(&r, mode(a.shared))?))
-                    .await?;
-                let who = holders
-                    .first()
-                    .map(|h| {
-                        format!(
-                            "held by agent {} (purpose \"{}\", token {})",
-                            h.owner, h.purpose, h.token
-                        )
-                    })
-                    .unwrap_or_else(|| "busy".into());
-                return Err(ToolError::new(
-                    crate::exit::Exit::Busy,
-                    format!("{res} is {who}; wait for it with wait_seconds, or message the holder"),
-                ));
+    let m = mode(a.shared);
+    let held = match s.backends().postgres() {
+        None => {
+            let lock = FileLock::new(s.ws(), res.clone())
+                .agent(me)
+                .mode(m)
+                .ttl(ttl)
+                .wait(wait)
+                .heartbeat(true);
+            // No wait: one look, without joining the queue (a queued instant could be taken
+            // for a deadlock).
+            if wait.is_zero() {
+                let purpose = a.purpose.clone();
+                let got = s.blocking(move |_| Ok(lock.try_acquire(&purpose)?)).await?;
+                match got {
+                    Some(g) => Held::File(g),
+                    None => {
+                        let r = res.clone();
+                        let holders = s
+                            .blocking(move |s| Ok(store(&s).conflicting(&r, m)?))
+                            .await?;
+                        return Err(busy(&res, &holders));
+                    }
+                }
+            } else {
+                Held::File(lock.acquire(&a.purpose).await?)
             }
         }
-    } else {
-        lock.acquire(&a.purpose).await?
+        Some(pg) => {
+            let lock = PgLock::new(pg, res.clone())
+                .agent(me)
+                .mode(m)
+                .ttl(ttl)
+                .wait(wait);
+            let r = res.clone();
+            let purpose = a.purpose.clone();
+            s.blocking(move |s| {
+                if wait.is_zero() {
+                    match lock.try_acquire(&purpose) {
+                        Ok(Some(g)) => Ok(Held::pg(g, ttl)),
+                        Ok(None) => Err(busy(&r, &store(&s).conflicting(&r, m)?)),
+                        Err(e) => Err(pg_wait_error(&r, e)),
+                    }
+                } else {
+                    lock.acquire(&purpose)
+                        .map(|g| Held::pg(g, ttl))
+                        .map_err(|e| pg_wait_error(&r, e))
+                }
+            })
+            .await?
+        }
     };
-    let info = guard.info().clone();
-    s.locks().insert(res.as_str().to_owned(), guard);
+    let info = held.info();
+    s.locks().insert(res.as_str().to_owned(), held);
     Reply::new(
         &info,
         format!(
@@ -184,14 +343,13 @@ async fn release(s: &Server, a: Release) -> ToolResult {
     let held = s.locks().remove(res.as_str());
     match held {
         Some(g) => {
-            let info = g.info().clone();
-            g.release()?;
+            let info = g.info();
+            s.blocking(move |_| g.release()).await?;
             Reply::new(&json!({ "released": [info] }), format!("released {res}"))
         }
         None => {
-            let ws = s.ws().clone();
             let released = s
-                .blocking(move |_| Ok(LockTable::open(&ws)?.release(&res, &me, None)?))
+                .blocking(move |s| Ok(store(&s).release(&res, &me, None)?))
                 .await?;
             Reply::new(
                 &json!({ "released": released }),
@@ -203,35 +361,33 @@ async fn release(s: &Server, a: Release) -> ToolResult {
 
 async fn renew(s: &Server, a: Renew) -> ToolResult {
     let me = s.agent()?;
-    let mut renewed = Vec::new();
-    {
-        let mut held = s.locks();
-        for (r, g) in held.iter_mut() {
-            if a.resource.as_deref().is_none_or(|x| x == r) {
-                g.renew()?;
-                renewed.push(g.info().clone());
-            }
-        }
-    }
-    let ws = s.ws().clone();
     let target = a.resource.as_deref().map(|r| resource(s, r)).transpose()?;
-    let leases = s
-        .blocking(move |_| {
-            let t = LockTable::open(&ws)?;
-            Ok(match target {
-                Some(r) => match t.renew(&r, &me, None) {
-                    Ok(v) => v,
-                    Err(maos_coordination::lock::Error::NotOwner { .. }) => Vec::new(),
-                    Err(e) => return Err(e.into()),
-                },
-                None => t.renew_all(&me)?,
-            })
+    let renewed = s
+        .blocking(move |s| {
+            let mut renewed = Vec::new();
+            {
+                let mut held = s.locks();
+                for (r, g) in held.iter_mut() {
+                    if target.as_ref().is_none_or(|x| x.as_str() == r) {
+                        g.renew()?;
+                        renewed.push(g.info());
+                    }
+                }
+            }
+            // Leases taken elsewhere (`maos lock acquire`).
+            let leases = match store(&s).renew(target.as_ref(), &me, None) {
+                Ok(v) => v,
+                Err(maos_coordination::lock::Error::NotOwner { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let mine: Vec<_> = renewed.iter().map(|r| r.token).collect();
+            renewed.extend(leases.into_iter().filter(|l| !mine.contains(&l.token)));
+            Ok(renewed)
         })
         .await?;
-    renewed.extend(leases);
     if renewed.is_empty() {
         return Err(ToolError::new(
-            crate::exit::Exit::Error,
+            Exit::Error,
             "you hold no lock to renew".to_owned(),
         ));
     }
@@ -243,10 +399,7 @@ async fn renew(s: &Server, a: Renew) -> ToolResult {
 }
 
 async fn list(s: &Server, _: Empty) -> ToolResult {
-    let ws = s.ws().clone();
-    let snap: Snapshot = s
-        .blocking(move |_| Ok(LockTable::open(&ws)?.snapshot()?))
-        .await?;
+    let snap: Snapshot = s.blocking(move |s| Ok(store(&s).snapshot()?)).await?;
     let text = format!(
         "{} lock(s) held, {} waiter(s)",
         snap.holders.len(),
@@ -257,11 +410,10 @@ async fn list(s: &Server, _: Empty) -> ToolResult {
 
 async fn check(s: &Server, a: Check) -> ToolResult {
     let res = resource(s, &a.resource)?;
-    let ws = s.ws().clone();
     let m = mode(a.shared);
     let r2 = res.clone();
     let holders = s
-        .blocking(move |_| Ok(LockTable::open(&ws)?.conflicting(&r2, m)?))
+        .blocking(move |s| Ok(store(&s).conflicting(&r2, m)?))
         .await?;
     let text = match holders.first() {
         None => format!("{res} is free"),
@@ -275,14 +427,8 @@ async fn check(s: &Server, a: Check) -> ToolResult {
 
 async fn deadlock(s: &Server, a: Deadlock) -> ToolResult {
     let me = s.agent()?;
-    let ws = s.ws().clone();
     let found = s
-        .blocking(move |_| {
-            Ok(DeadlockDetector::new(&ws)
-                .sender(me)
-                .resolve(a.resolve)
-                .check()?)
-        })
+        .blocking(move |s| Ok(store(&s).deadlocks(&me, false, a.resolve)?))
         .await?;
     let text = if found.is_empty() {
         "no deadlock".to_owned()
@@ -290,12 +436,13 @@ async fn deadlock(s: &Server, a: Deadlock) -> ToolResult {
         format!("{} deadlock(s) found", found.len())
     };
     let code = if found.is_empty() {
-        crate::exit::Exit::Ok
+        Exit::Ok
     } else {
-        crate::exit::Exit::Deadlock
+        Exit::Deadlock
     };
+    let cycles: Vec<_> = found.into_iter().map(|(d, _)| d).collect();
     Ok(Reply::new(
-        &json!({ "deadlock": !found.is_empty(), "cycles": found, "victim_rule": VICTIM_RULE }),
+        &json!({ "deadlock": !cycles.is_empty(), "cycles": cycles, "victim_rule": VICTIM_RULE }),
         text,
     )?
     .with_code(code))

@@ -38,8 +38,15 @@ struct All {
     target: String,
 }
 
+/// The coordinator: git in this clone; on PostgreSQL its shared state (merge lock, queue,
+/// resolution tasks, notices, registry) on the server, as `maos merge`.
 fn coordinator(s: &Server) -> Result<MergeCoordinator, super::ToolError> {
-    Ok(MergeCoordinator::new(s.ws(), s.agent()?)?)
+    let me = s.agent()?;
+    let mut c = MergeCoordinator::new(s.ws(), me.clone())?;
+    if let Some(shared) = s.backends().merge(&me) {
+        c = c.with_backend(shared);
+    }
+    Ok(c)
 }
 
 async fn check(s: &Server, a: Check) -> ToolResult {

@@ -42,9 +42,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::{Args, ValueEnum};
-use maos_coordination::core::{AGENT_ENV, ProcessIdentity};
+use maos_coordination::backend::Backends;
+use maos_coordination::core::{AGENT_ENV, AgentView, ProcessIdentity};
 use maos_coordination::session::{AgentName, NamedFrom, name_agent};
-use maos_coordination::{AgentId, AgentRegistry, LockGuard, Registration, Workspace, core::Anchor};
+use maos_coordination::{AgentId, Registration, Workspace, core::Anchor};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -83,23 +84,35 @@ pub(crate) fn run(args: McpArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
         out!("{}", config_snippet(client)?)?;
         return Ok(Exit::Ok);
     }
-    let ws = ctx.workspace()?;
-    let server = Server::new(ws, ctx);
+    // Files or a PostgreSQL server: every tool works through the backend's storage traits.
+    // On PostgreSQL this process's database session is the agent's liveness anchor (its
+    // advisory lock), as the process itself is on the files.
+    let backends = ctx.backends()?;
+    let server = Server::new(backends, ctx);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let running = server
+    let serving = server.clone();
+    let served = rt.block_on(async move {
+        if !serving.backends().is_file() {
+            tokio::spawn(locks::renew_held(serving.clone()));
+        }
+        let running = serving
             .clone()
             .serve(rmcp::transport::stdio())
             .await
             .map_err(|e| anyhow::anyhow!("starting the MCP session: {e}"))?;
         let reason = running.waiting().await;
         tracing::info!(?reason, "MCP session over");
-        server.shutdown();
         anyhow::Ok(())
-    })?;
+    });
+    // A tool still waiting on the blocking pool (a lock wait) is not waited for: the process
+    // ends, and with it what it holds.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Outside the runtime: the PostgreSQL client blocks on a runtime of its own.
+    server.shutdown();
+    served?;
     Ok(Exit::Ok)
 }
 
@@ -213,19 +226,20 @@ pub(crate) fn parse<A: DeserializeOwned>(tool: &str, args: JsonObject) -> Result
     })
 }
 
-/// The state of one server: the workspace, the agent it acts for, the locks it holds.
+/// The state of one server: the workspace and its backend, the agent it acts for, the locks
+/// it holds.
 #[derive(Clone)]
 pub(crate) struct Server {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    ws: Workspace,
+    backends: Backends,
     explicit_agent: Option<String>,
     cwd: std::path::PathBuf,
     me: OnceLock<AgentName>,
     /// Locks held by this process for the agent, by resource.
-    locks: Mutex<HashMap<String, LockGuard>>,
+    locks: Mutex<HashMap<String, locks::Held>>,
     /// What the last `receive` / `read_topics` of each source returned, acknowledged when the
     /// next call comes (the client had the answer then): a call whose answer is lost
     /// (cancelled, timed out, the server killed) gives the same messages again.
@@ -235,8 +249,8 @@ struct Inner {
 /// An acknowledgement held back until the next call on the same source.
 #[derive(Debug, Clone)]
 pub(crate) enum PendingAck {
-    /// A channel consumer's cursor.
-    Channel(maos_coordination::Cursor),
+    /// A channel consumer's position.
+    Channel(u64),
     /// A durable subscription's feed position.
     Feed(u64),
     /// The inbox batch last returned.
@@ -244,10 +258,10 @@ pub(crate) enum PendingAck {
 }
 
 impl Server {
-    fn new(ws: Workspace, ctx: &Ctx) -> Self {
+    fn new(backends: Backends, ctx: &Ctx) -> Self {
         Self {
             inner: Arc::new(Inner {
-                ws,
+                backends,
                 explicit_agent: ctx
                     .explicit_agent
                     .clone()
@@ -261,7 +275,35 @@ impl Server {
     }
 
     pub(crate) fn ws(&self) -> &Workspace {
-        &self.inner.ws
+        self.inner.backends.workspace()
+    }
+
+    /// The workspace's storage (files or a PostgreSQL server).
+    pub(crate) fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    /// Refuses a tool whose mechanism has no implementation on this workspace's backend,
+    /// naming the tool, the backend and what to use instead (never the files instead).
+    pub(crate) fn file_only(&self, tool: &str, instead: &str) -> Result<(), ToolError> {
+        let b = self.backends();
+        if b.is_file() {
+            return Ok(());
+        }
+        Err(ToolError::new(
+            Exit::Error,
+            format!(
+                "the {tool} tool is not available on the PostgreSQL backend yet (this \
+                 workspace uses {}); {instead}",
+                b.location()
+            ),
+        ))
+    }
+
+    /// The registered agent `id`, if any.
+    pub(crate) fn registered(&self, id: &AgentId) -> Result<Option<AgentView>, ToolError> {
+        let (list, _) = self.backends().agents().list()?;
+        Ok(list.into_iter().find(|a| &a.record.id == id))
     }
 
     /// The agent this server acts for, named and registered on first use (the client's
@@ -273,29 +315,34 @@ impl Server {
         if let Some(n) = self.inner.me.get() {
             return Ok(n);
         }
-        let name = self.name()?;
-        let reg = AgentRegistry::new(self.ws());
-        let anchor = Anchor::session(ProcessIdentity::current())
-            .in_session(format!("mcp-{}", std::process::id()));
-        match reg.get(&name.agent)? {
+        // The registry may be a server: called where blocking is allowed.
+        let name = blocking_here(|| {
+            let name = self.name()?;
             // Keep role, branch, worktree; add this server as an anchor.
-            Some(old) => {
-                let mut r = Registration::new(name.agent.clone()).anchor(anchor);
-                r.role = role_from_env()?.or(old.role);
-                r.branch = old.branch;
-                r.worktree = old.worktree;
-                reg.register(r)?;
-            }
-            None => {
-                let mut r = Registration::new(name.agent.clone()).anchor(anchor);
-                if let Some(role) = role_from_env()? {
-                    r = r.role(role);
-                }
-                reg.register(r)?;
-            }
-        }
-        tracing::info!(agent = %name.agent, "MCP server acting for agent");
+            let old = self.registered(&name.agent)?.map(|v| v.record);
+            let mut r = self.anchored(Registration::new(name.agent.clone()));
+            r.role = role_from_env()?.or(old.as_ref().and_then(|o| o.role.clone()));
+            r.branch = old.as_ref().and_then(|o| o.branch.clone());
+            r.worktree = old.and_then(|o| o.worktree);
+            self.backends().agents().register(r)?;
+            Ok::<_, ToolError>(name)
+        })?;
+        tracing::info!(agent = %name.agent, backend = self.backends().name(), "MCP server acting for agent");
         Ok(self.inner.me.get_or_init(|| name))
+    }
+
+    /// `r` anchored on this server: its process on the files; on PostgreSQL its database
+    /// session (a registration without an anchor is anchored there), which ends with the
+    /// process, killed or not, and for every machine.
+    pub(crate) fn anchored(&self, r: Registration) -> Registration {
+        if self.backends().is_file() {
+            r.anchor(
+                Anchor::session(ProcessIdentity::current())
+                    .in_session(format!("mcp-{}", std::process::id())),
+            )
+        } else {
+            r
+        }
     }
 
     fn name(&self) -> Result<AgentName, ToolError> {
@@ -306,10 +353,10 @@ impl Server {
             // The agent its client's hooks registered: anchored on the same client process.
             // Several sessions can share one client process: then the one whose worktree holds
             // this server's directory, and no guess when that does not decide.
-            let list = AgentRegistry::new(&inner.ws).list()?;
+            let (list, _) = self.backends().agents().list()?;
             let mut candidates: Vec<_> = list
-                .agents
                 .into_iter()
+                .map(|v| v.record)
                 .filter(|a| a.anchor_list().iter().any(|x| x.process == client))
                 .collect();
             if candidates.len() > 1 {
@@ -338,7 +385,7 @@ impl Server {
         Ok(self.me()?.agent.clone())
     }
 
-    pub(crate) fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, LockGuard>> {
+    pub(crate) fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, locks::Held>> {
         self.inner.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -360,12 +407,12 @@ impl Server {
             .insert(source.to_owned(), ack);
     }
 
-    /// Releases what this server holds (the session is over).
+    /// Releases what this server holds (the session is over). Called outside the runtime.
     fn shutdown(&self) {
-        let held: Vec<LockGuard> = self.locks().drain().map(|(_, g)| g).collect();
+        let held: Vec<locks::Held> = self.locks().drain().map(|(_, g)| g).collect();
         for g in held {
             if let Err(e) = g.release() {
-                tracing::warn!("releasing a lock at shutdown: {e}");
+                tracing::warn!("releasing a lock at shutdown: {}", e.message);
             }
         }
     }
@@ -400,6 +447,18 @@ impl Server {
         Err(ToolError::usage(format!(
             "unknown tool {name:?}; tools/list names them all"
         )))
+    }
+}
+
+/// Runs `f`, which may block (a call to the PostgreSQL server), from wherever this server
+/// is: on a runtime worker it moves the worker's other tasks away first; on the blocking
+/// pool or outside the runtime it just runs.
+pub(crate) fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

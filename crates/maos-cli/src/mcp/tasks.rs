@@ -2,8 +2,8 @@
 //! report, gantt.
 
 use maos_coordination::core::Priority;
-use maos_coordination::track::{self, Options, ProgressVisualizer, Update};
-use maos_coordination::{AgentId, Task, TaskStatus, TaskTracker};
+use maos_coordination::track::{self, TaskStore, Update};
+use maos_coordination::{AgentId, Task, TaskStatus};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -113,11 +113,9 @@ struct Ready {
     limit: Option<usize>,
 }
 
-fn tracker(s: &Server) -> Result<TaskTracker, ToolError> {
-    Ok(TaskTracker::open_with(
-        s.ws(),
-        Options::default().agent(s.agent()?),
-    )?)
+/// The task store of the workspace's backend, acting as this server's agent.
+fn tracker(s: &Server) -> Result<Box<dyn TaskStore>, ToolError> {
+    Ok(s.backends().tasks(&s.agent()?, None)?)
 }
 
 /// Parses an enum spelled as in the JSON of tasks (`in_progress`, `high`).
@@ -151,7 +149,7 @@ async fn add(s: &Server, a: Add) -> ToolResult {
             let dependencies = a
                 .after
                 .iter()
-                .map(|d| tr.resolve_blocking(d))
+                .map(|d| tr.resolve(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let assigned_to = a
                 .assign
@@ -170,9 +168,7 @@ async fn add(s: &Server, a: Add) -> ToolResult {
                 labels: a.labels,
                 ..Task::default()
             };
-            let id = tr.create_task_blocking(&task)?;
-            tr.get_blocking(&id)?
-                .ok_or_else(|| ToolError::new(Exit::Error, format!("task {id} vanished")))
+            Ok(tr.create(&task)?)
         })
         .await?;
     let text = format!("added {}", one_line(&t));
@@ -182,7 +178,7 @@ async fn add(s: &Server, a: Add) -> ToolResult {
 async fn claim(s: &Server, _: Empty) -> ToolResult {
     let tr = tracker(s)?;
     let me = s.agent()?;
-    let t = s.blocking(move |_| Ok(tr.claim_blocking(&me)?)).await?;
+    let t = s.blocking(move |_| Ok(tr.claim(&me)?)).await?;
     match t {
         Some(t) => {
             let text = format!("claimed {}", one_line(&t));
@@ -201,10 +197,10 @@ async fn transition(
     let tr = tracker(s)?;
     let t = s
         .blocking(move |_| {
-            let id = tr.resolve_blocking(&id)?;
+            let id = tr.resolve(&id)?;
             let mut u = Update::status(status);
             u.note = note;
-            Ok(tr.update_blocking(&id, &u)?)
+            Ok(tr.update(&id, &u)?)
         })
         .await?;
     let text = one_line(&t);
@@ -234,7 +230,7 @@ async fn list(s: &Server, a: List) -> ToolResult {
         .as_deref()
         .map(|v| named("status", v))
         .transpose()?;
-    let tasks = s.blocking(move |_| Ok(tr.list_blocking()?)).await?;
+    let tasks = s.blocking(move |_| Ok(tr.list()?)).await?;
     let tasks: Vec<Task> = tasks
         .into_iter()
         .filter(|t| status.is_none_or(|st| t.status == st))
@@ -250,9 +246,9 @@ async fn list(s: &Server, a: List) -> ToolResult {
 
 async fn ready(s: &Server, a: Ready) -> ToolResult {
     let tr = tracker(s)?;
-    let mut tasks = s.blocking(move |_| Ok(tr.ready_blocking()?)).await?;
-    let total = tasks.len();
-    tasks.truncate(a.limit.unwrap_or(20));
+    let limit = a.limit.unwrap_or(20);
+    let page = s.blocking(move |_| Ok(tr.ready_page(limit)?)).await?;
+    let (total, tasks) = (page.total, page.tasks);
     let text = format!("{total} ready task(s)");
     Reply::new(&json!({ "total": total, "tasks": tasks }), text)
 }
@@ -261,8 +257,8 @@ async fn show(s: &Server, a: Id) -> ToolResult {
     let tr = tracker(s)?;
     let t = s
         .blocking(move |_| {
-            let id = tr.resolve_blocking(&a.id)?;
-            tr.get_blocking(&id)?
+            let id = tr.resolve(&a.id)?;
+            tr.get(&id)?
                 .ok_or_else(|| ToolError::new(Exit::Error, format!("task {id} not found")))
         })
         .await?;
@@ -273,7 +269,7 @@ async fn show(s: &Server, a: Id) -> ToolResult {
 async fn report(s: &Server, _: Empty) -> ToolResult {
     let tr = tracker(s)?;
     let r = s
-        .blocking(move |_| Ok(ProgressVisualizer::new(tr).generate_progress_report_blocking()?))
+        .blocking(move |_| Ok(tr.report()?))
         .await?;
     let text = track::summary(&r);
     Reply::new(&r, text)
@@ -281,7 +277,7 @@ async fn report(s: &Server, _: Empty) -> ToolResult {
 
 async fn gantt(s: &Server, _: Empty) -> ToolResult {
     let tr = tracker(s)?;
-    let tasks = s.blocking(move |_| Ok(tr.list_blocking()?)).await?;
+    let tasks = s.blocking(move |_| Ok(tr.list()?)).await?;
     let chart = track::gantt(&tasks, maos_coordination::core::now_ms());
     Reply::new(&json!({ "mermaid": chart }), chart.clone())
 }
