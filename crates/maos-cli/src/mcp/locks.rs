@@ -125,7 +125,9 @@ impl Held {
     pub(crate) fn info(&self) -> LockInfo {
         match self {
             Self::File(g) => g.info().clone(),
-            Self::Pg { guard, .. } => maos_coordination::postgres::stores::lock_info(guard.info().clone()),
+            Self::Pg { guard, .. } => {
+                maos_coordination::postgres::stores::lock_info(guard.info().clone())
+            }
         }
     }
 

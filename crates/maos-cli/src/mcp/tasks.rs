@@ -268,9 +268,7 @@ async fn show(s: &Server, a: Id) -> ToolResult {
 
 async fn report(s: &Server, _: Empty) -> ToolResult {
     let tr = tracker(s)?;
-    let r = s
-        .blocking(move |_| Ok(tr.report()?))
-        .await?;
+    let r = s.blocking(move |_| Ok(tr.report()?)).await?;
     let text = track::summary(&r);
     Reply::new(&r, text)
 }

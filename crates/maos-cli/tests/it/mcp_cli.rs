@@ -1,5 +1,6 @@
 //! `maos mcp` through a real MCP client (the official Rust SDK, rmcp, speaking JSON-RPC over the
-//! child's stdio) against two servers, one per agent.
+//! child's stdio) against two servers, one per agent: on the files and on the PostgreSQL
+//! server of this test process (the same test body).
 
 // Helpers outside #[test] functions: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -25,6 +26,8 @@ async fn server(repo: &Path, agent: &str) -> (Client, u32) {
         .current_dir(repo)
         .env("MAOS_AGENT_ID", agent)
         .env_remove("MAOS_WORKSPACE")
+        .env_remove("MAOS_BACKEND")
+        .env_remove("MAOS_NAMESPACE")
         .env_remove("RUST_LOG");
     let transport = TokioChildProcess::new(cmd).unwrap();
     let pid = transport.id().unwrap();
@@ -65,8 +68,27 @@ fn text(r: &CallToolResult) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once() {
+    every_tool_by_two_agents(Backend::File).await;
+}
+
+/// The same on PostgreSQL: the servers act through the database (nothing under `.maos/`), a
+/// lock is held by a server's database session, and SIGKILL of that server frees it for the
+/// other once the session ends. A missing PostgreSQL server fails the test (never skips it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_use_every_tool_on_postgresql_and_a_killed_server_frees_its_locks() {
+    every_tool_by_two_agents(Backend::Postgres).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    File,
+    Postgres,
+}
+
+async fn every_tool_by_two_agents(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path();
+    let pg = backend == Backend::Postgres;
     git(repo, &["init", "-q", "-b", "main"]);
     std::fs::write(repo.join("shared.rs"), "one\ntwo\nthree\n").unwrap();
     git(repo, &["add", "."]);
@@ -80,9 +102,13 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
         git(repo, &["commit", "-qam", branch]);
     }
     git(repo, &["checkout", "-q", "main"]);
-    for (agent, branch) in [("alpha", "agent/alpha"), ("beta", "agent/beta")] {
+    let maos = if pg {
+        crate::backend_cli::pg_workspace(repo).0
+    } else {
         Maos::new(repo)
-            .agent(agent)
+    };
+    for (agent, branch) in [("alpha", "agent/alpha"), ("beta", "agent/beta")] {
+        maos.agent(agent)
             .run(["agents", "register", "--role", "dev", "--branch", branch])
             .ok();
     }
@@ -118,6 +144,11 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
     // Agents.
     let me = calls.ok(&a, "whoami", json!({})).await;
     assert_eq!(me["agent"], "alpha");
+    assert_eq!(
+        me["backend"],
+        if pg { "postgresql" } else { "file" },
+        "{me}"
+    );
     let reg = calls
         .ok(
             &b,
@@ -175,44 +206,64 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
         .await;
     assert_eq!(topics["messages"][0]["topic"], "build/linux", "{topics}");
 
-    // The inbox: everything addressed to beta, plus its stored topic subscriptions.
-    let subs = calls
-        .ok(&b, "subscribe", json!({ "patterns": ["deploy/**", "x/*"] }))
-        .await;
-    assert_eq!(subs["subscriptions"], json!(["deploy/**", "x/*"]), "{subs}");
-    let subs = calls
-        .ok(
-            &b,
-            "subscribe",
-            json!({ "patterns": ["x/*"], "unsubscribe": true }),
-        )
-        .await;
-    assert_eq!(subs["subscriptions"], json!(["deploy/**"]), "{subs}");
-    calls
-        .ok(
-            &a,
-            "broadcast",
-            json!({ "topic": "deploy/prod/eu", "data": { "status": "live" } }),
-        )
-        .await;
-    let unread = calls.ok(&b, "inbox", json!({})).await;
-    assert_eq!(unread["total"], 3, "two on dev, one broadcast: {unread}");
-    assert_eq!(unread["channels"]["dev"], 2, "{unread}");
-    let read = calls.ok(&b, "inbox", json!({ "read": true })).await;
-    let items = read["messages"].as_array().unwrap();
-    assert_eq!(items.len(), 3, "{read}");
-    assert!(
-        items.iter().any(|m| m["topic"] == "deploy/prod/eu"),
-        "{read}"
-    );
-    let again = calls
-        .ok(&b, "inbox", json!({ "read": true, "wait_seconds": 0.2 }))
-        .await;
-    assert_eq!(again["messages"], json!([]), "each once: {again}");
-    let bad = calls
-        .call(&b, "inbox", json!({ "read": true, "max": 0 }))
-        .await;
-    assert_eq!(bad.is_error, Some(true));
+    if pg {
+        // The inbox and its stored subscriptions live in files only so far: refused, naming
+        // the tool, the backend and what to use instead (never the local files).
+        for (tool, args) in [
+            ("subscribe", json!({ "patterns": ["deploy/**"] })),
+            ("inbox", json!({ "read": true })),
+        ] {
+            let r = calls.call(&b, tool, args).await;
+            assert_eq!(r.is_error, Some(true), "{tool}");
+            let s = r.structured_content.unwrap();
+            let e = s["error"].as_str().unwrap();
+            assert!(
+                e.contains(&format!("the {tool} tool"))
+                    && e.contains("PostgreSQL")
+                    && e.contains("receive"),
+                "{s}"
+            );
+        }
+    } else {
+        // The inbox: everything addressed to beta, plus its stored topic subscriptions.
+        let subs = calls
+            .ok(&b, "subscribe", json!({ "patterns": ["deploy/**", "x/*"] }))
+            .await;
+        assert_eq!(subs["subscriptions"], json!(["deploy/**", "x/*"]), "{subs}");
+        let subs = calls
+            .ok(
+                &b,
+                "subscribe",
+                json!({ "patterns": ["x/*"], "unsubscribe": true }),
+            )
+            .await;
+        assert_eq!(subs["subscriptions"], json!(["deploy/**"]), "{subs}");
+        calls
+            .ok(
+                &a,
+                "broadcast",
+                json!({ "topic": "deploy/prod/eu", "data": { "status": "live" } }),
+            )
+            .await;
+        let unread = calls.ok(&b, "inbox", json!({})).await;
+        assert_eq!(unread["total"], 3, "two on dev, one broadcast: {unread}");
+        assert_eq!(unread["channels"]["dev"], 2, "{unread}");
+        let read = calls.ok(&b, "inbox", json!({ "read": true })).await;
+        let items = read["messages"].as_array().unwrap();
+        assert_eq!(items.len(), 3, "{read}");
+        assert!(
+            items.iter().any(|m| m["topic"] == "deploy/prod/eu"),
+            "{read}"
+        );
+        let again = calls
+            .ok(&b, "inbox", json!({ "read": true, "wait_seconds": 0.2 }))
+            .await;
+        assert_eq!(again["messages"], json!([]), "each once: {again}");
+        let bad = calls
+            .call(&b, "inbox", json!({ "read": true, "max": 0 }))
+            .await;
+        assert_eq!(bad.is_error, Some(true));
+    }
 
     // Tasks.
     let design = calls
@@ -335,6 +386,16 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
         .await;
     let list = calls.ok(&b, "lock_list", json!({})).await;
     assert_eq!(list["holders"][0]["owner"], "alpha");
+    // The lock is the server's, seen by every process (the CLI here), held through its
+    // process on the files and through its database session on PostgreSQL.
+    let cli = maos.run(["lock", "list", "--json"]);
+    cli.ok();
+    let live = cli.json()["holders"][0]["live"].clone();
+    assert!(
+        live.as_str()
+            .is_some_and(|l| l.starts_with("session ") == pg),
+        "{live}"
+    );
     let dl = calls.ok(&b, "deadlock_check", json!({})).await;
     assert_eq!(dl["deadlock"], false);
     calls
@@ -413,4 +474,15 @@ async fn two_agents_use_every_tool_and_a_killed_server_frees_its_locks_at_once()
         "every listed tool is called by this test"
     );
     b.cancel().await.unwrap();
+    if pg {
+        // What the servers did is on the server: the CLI sees it, and nothing went to files.
+        let tasks = maos.run(["task", "list", "--json"]);
+        tasks.ok();
+        assert!(tasks.stdout().contains("Design"), "{}", tasks.stdout());
+        for store in ["channels", "tasks", "inboxes", "locks", "agents"] {
+            let d = repo.join(".maos").join(store);
+            let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+            assert_eq!(n, 0, "{} holds files", d.display());
+        }
+    }
 }
