@@ -6,10 +6,12 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use maos_core::{AgentId, ResourceName, Workspace, escape_controls, fsx, human_ms, now_ms};
-use maos_lock::{FileLock, LockInfo, LockMode, LockTable};
+use std::sync::Arc;
+
+use maos_lock::{FileLock, LockInfo, LockMode, LockRequest, LockStore};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, resource_for};
+use crate::{Error, Result, Stores, resource_for};
 
 /// Files larger than this are identified by size and modification time instead of content.
 const HASH_LIMIT: u64 = 16 << 20;
@@ -49,6 +51,10 @@ struct Seen {
 #[derive(Debug, Clone)]
 pub struct EditGuard {
     ws: Workspace,
+    /// The lock table (the workspace's files, or another backend's).
+    locks: Arc<dyn LockStore>,
+    /// True when `locks` is the workspace's files.
+    files: bool,
     agent: AgentId,
     session: Option<String>,
     auto_lock: bool,
@@ -59,9 +65,18 @@ impl EditGuard {
     /// Checks for `agent` in client session `session` (the stale-read check needs a session;
     /// without one only locks are checked). Auto-locking follows the workspace config.
     pub fn new(ws: &Workspace, agent: AgentId, session: Option<&str>) -> Result<Self> {
+        Self::in_stores(&Stores::files(ws), agent, session)
+    }
+
+    /// The same, checking the lock table of `stores` (what the session saw stays in the
+    /// workspace's files).
+    pub fn in_stores(stores: &Stores, agent: AgentId, session: Option<&str>) -> Result<Self> {
+        let ws = stores.workspace();
         let config = maos_core::Config::load(ws)?;
         Ok(Self {
             ws: ws.clone(),
+            locks: stores.locks.clone(),
+            files: stores.is_files(),
             agent,
             session: session.map(str::to_owned),
             auto_lock: config.hooks.auto_lock,
@@ -81,8 +96,7 @@ impl EditGuard {
                 note: None,
             });
         };
-        let table = LockTable::open(&self.ws)?;
-        let holders = table.conflicting(&resource, LockMode::Exclusive)?;
+        let holders = self.locks.conflicting(&resource, LockMode::Exclusive)?;
         let (mine, others): (Vec<LockInfo>, Vec<LockInfo>) =
             holders.into_iter().partition(|h| h.owner == self.agent);
         if let Some(h) = others.first() {
@@ -95,7 +109,7 @@ impl EditGuard {
         }
         let mut note = None;
         if self.auto_lock {
-            match self.auto_lock(&table, &resource, &mine)? {
+            match self.auto_lock(&resource, &mine)? {
                 AutoLock::Held(n) => note = n,
                 AutoLock::Busy(h) => {
                     return Ok(EditDecision::Deny {
@@ -111,24 +125,49 @@ impl EditGuard {
     }
 
     /// Takes or renews the agent's exclusive lease on `resource`.
-    fn auto_lock(
-        &self,
-        table: &LockTable,
-        resource: &ResourceName,
-        mine: &[LockInfo],
-    ) -> Result<AutoLock> {
+    fn auto_lock(&self, resource: &ResourceName, mine: &[LockInfo]) -> Result<AutoLock> {
         let held = mine
             .iter()
             .any(|h| &h.resource == resource && h.mode == LockMode::Exclusive && h.live.is_none());
         if held {
-            table.renew(resource, &self.agent, None)?;
+            self.locks.renew(Some(resource), &self.agent, None)?;
             return Ok(AutoLock::Held(None));
         }
-        let lock = FileLock::new(&self.ws, resource.clone())
-            .agent(self.agent.clone())
-            .ttl(self.auto_lock_ttl);
-        if let Some(guard) = lock.try_acquire("edit (maos auto-lock)")? {
-            let info = guard.detach()?;
+        let purpose = "edit (maos auto-lock)";
+        let taken = if self.files {
+            let lock = FileLock::new(&self.ws, resource.clone())
+                .agent(self.agent.clone())
+                .ttl(self.auto_lock_ttl);
+            match lock.try_acquire(purpose)? {
+                Some(guard) => Some(guard.detach()?),
+                None => None,
+            }
+        } else {
+            // One look (no wait) at the backend's table; a lease of the agent alone.
+            let mut req = LockRequest::new(
+                self.agent.clone(),
+                resource.clone(),
+                self.auto_lock_ttl,
+                std::time::Duration::ZERO,
+            );
+            req.purpose = purpose.to_owned();
+            match self.locks.acquire_lease(&req, Arc::new(|_: &str| {})) {
+                Ok(grant) => Some(grant.info),
+                Err(e) => {
+                    // Busy: said below, naming the holder; anything else is an error.
+                    let others = self
+                        .locks
+                        .conflicting(resource, LockMode::Exclusive)?
+                        .into_iter()
+                        .any(|h| h.owner != self.agent);
+                    if !others {
+                        return Err(e.into());
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(info) = taken {
             return Ok(AutoLock::Held(Some(format!(
                 "maos locked {resource} for you (token {}, lease {}, renewed by each edit); it is \
                  released when your session ends, or run `maos lock release {resource}`",
@@ -137,7 +176,8 @@ impl EditGuard {
             ))));
         }
         // Someone took it between the check and the acquire.
-        let holder = table
+        let holder = self
+            .locks
             .conflicting(resource, LockMode::Exclusive)?
             .into_iter()
             .find(|h| h.owner != self.agent);
@@ -206,7 +246,7 @@ impl EditGuard {
         let Some(resource) = resource_for(&self.ws, file)? else {
             return Ok(());
         };
-        match LockTable::open(&self.ws)?.renew(&resource, &self.agent, None) {
+        match self.locks.renew(Some(&resource), &self.agent, None) {
             Ok(_) | Err(maos_lock::Error::NotOwner { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }

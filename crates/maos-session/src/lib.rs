@@ -10,6 +10,9 @@
 //! - [`start`], [`briefing`], [`Holdings`], [`end`]: a client session's life.
 //! - [`Mail`]: new messages for the agent, put into its context once (at least once: they
 //!   are acknowledged only after the answer carrying them was written).
+//! - [`Stores`]: where the shared state lives (the workspace's files, or another backend
+//!   through the mechanisms' storage traits): [`start_in`], [`briefing_in`], [`end_in`],
+//!   [`Holdings::in_stores`] and [`EditGuard::in_stores`] work on either.
 //!
 //! # Example
 //! ```
@@ -40,6 +43,10 @@
 //!   and modification time.
 //! - The records of what a session saw are not fsynced (losing one after a power cut costs at
 //!   most one refused edit).
+//! - On a backend other than the files, what concerns one client session (its binding to an
+//!   agent, what it last read) stays in the local workspace's files: a second session of the
+//!   same agent on another machine is not seen when one ends (the agent's locks and claims
+//!   are released then). [`Mail`] reads the file inbox only.
 //! - Naming from a worktree reads git's own files (`.git`, `HEAD`); exotic layouts (a
 //!   `GIT_DIR` elsewhere) fall back to the session id.
 
@@ -48,9 +55,14 @@ mod error;
 mod identity;
 mod mail;
 mod session;
+mod stores;
 
 pub use edit::{EditDecision, EditGuard};
 pub use error::{Error, Result};
 pub use identity::{AgentName, GitPlace, NamedFrom, name_agent, resource_for};
 pub use mail::{MAIL_BATCH, Mail};
-pub use session::{Ended, Holdings, Started, agent_of_session, briefing, end, start};
+pub use session::{
+    Ended, Holdings, Started, agent_of_session, briefing, briefing_in, end, end_in, start,
+    start_in,
+};
+pub use stores::Stores;

@@ -8,11 +8,11 @@ use maos_core::{
     AgentId, AgentRecord, AgentRegistry, AgentRole, Anchor, AnchorKind, Name, ProcessIdentity,
     Registration, SessionRecord, TaskId, Workspace, escape_controls, fsx, human_ms, now_ms,
 };
-use maos_lock::{LockInfo, LockTable};
-use maos_track::{Task, TaskTracker};
+use maos_lock::LockInfo;
+use maos_track::Task;
 use serde::Serialize;
 
-use crate::{AgentName, Result};
+use crate::{AgentName, Result, Stores};
 
 /// The directory of a session's own small state (`.maos/sessions/<session>.files/`).
 pub(crate) fn session_dir(ws: &Workspace, session: &str) -> Result<PathBuf> {
@@ -50,16 +50,23 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    /// What `agent` holds now.
+    /// What `agent` holds now (the file backend).
     pub fn of(ws: &Workspace, agent: &AgentId) -> Result<Self> {
-        let locks = LockTable::open(ws)?
+        Self::in_stores(&Stores::files(ws), agent)
+    }
+
+    /// What `agent` holds now in `stores`.
+    pub fn in_stores(stores: &Stores, agent: &AgentId) -> Result<Self> {
+        let locks = stores
+            .locks()
             .snapshot()?
             .holders
             .into_iter()
             .filter(|h| &h.owner == agent)
             .collect();
-        let tasks = TaskTracker::open(ws)?
-            .list_blocking()?
+        let tasks = stores
+            .tasks(agent)?
+            .list()?
             .into_iter()
             .filter(|t| t.status.is_active() && t.assigned_to.as_ref() == Some(agent))
             .collect();
@@ -128,9 +135,22 @@ pub fn start(
     cwd: &Path,
     anchor: Option<ProcessIdentity>,
 ) -> Result<Started> {
-    let reg = AgentRegistry::new(ws);
+    start_in(&Stores::files(ws), session, name, role, cwd, anchor)
+}
+
+/// [`start`] with the agent registered in `stores` (the session binding stays in the
+/// workspace's files: it concerns this machine's client).
+pub fn start_in(
+    stores: &Stores,
+    session: &str,
+    name: AgentName,
+    role: Option<AgentRole>,
+    cwd: &Path,
+    anchor: Option<ProcessIdentity>,
+) -> Result<Started> {
+    let reg = AgentRegistry::new(stores.workspace());
     let resumed = reg.session(session)?.is_some();
-    let old = reg.get(&name.agent)?;
+    let old = stores.agent(&name.agent)?;
     let mut r = Registration::new(name.agent.clone());
     if let Some(role) = role.or_else(|| old.as_ref().and_then(|o| o.role.clone())) {
         r = r.role(role);
@@ -148,7 +168,9 @@ pub fn start(
         r = r.worktree(place.root);
     }
     let process = anchor.unwrap_or_else(ProcessIdentity::current);
-    let record = reg.register(r.anchor(Anchor::session(process).in_session(session)))?;
+    let record = stores
+        .agents()
+        .register(r.anchor(Anchor::session(process).in_session(session)))?;
     reg.bind_session(&SessionRecord {
         session: session.to_owned(),
         agent: name.agent.clone(),
@@ -166,20 +188,26 @@ pub fn start(
 
 /// What a session should be told when it starts: who it is, what it holds, what others hold.
 pub fn briefing(ws: &Workspace, name: &AgentName) -> Result<String> {
+    briefing_in(&Stores::files(ws), name)
+}
+
+/// [`briefing`] from `stores`.
+pub fn briefing_in(stores: &Stores, name: &AgentName) -> Result<String> {
     let me = &name.agent;
     let mut s = format!(
         "You are maos agent `{me}` (named {}). Other agents work in this repository at the same \
          time; maos coordinates you: messages, file locks, a shared task list.\n",
         name.named_from.describe()
     );
-    let mine = Holdings::of(ws, me)?;
+    let mine = Holdings::in_stores(stores, me)?;
     if mine.is_empty() {
         s.push_str("You hold no locks and have no claimed task (`maos task claim` takes the next ready one).\n");
     } else {
         s.push_str("You hold:\n");
         s.push_str(&mine.describe());
     }
-    let others: Vec<LockInfo> = LockTable::open(ws)?
+    let others: Vec<LockInfo> = stores
+        .locks()
         .snapshot()?
         .holders
         .into_iter()
@@ -228,6 +256,12 @@ pub struct Ended {
 /// Ends client session `session`: when no other session of its agent runs, releases the
 /// agent's leases and claims and unregisters it; otherwise only forgets this session.
 pub fn end(ws: &Workspace, session: &str) -> Result<Ended> {
+    end_in(&Stores::files(ws), session)
+}
+
+/// [`end`] in `stores` (the session binding is in the workspace's files).
+pub fn end_in(stores: &Stores, session: &str) -> Result<Ended> {
+    let ws = stores.workspace();
     let reg = AgentRegistry::new(ws);
     let Some(bound) = reg.session(session)? else {
         return Ok(Ended::default());
@@ -236,7 +270,7 @@ pub fn end(ws: &Workspace, session: &str) -> Result<Ended> {
     // Another client session of the agent goes on when an anchor of another bound session
     // (`sessions/<id>.json` naming this agent) still runs. An MCP server's anchor is not a
     // client session: it serves this session and ends with it.
-    let others_run = reg.get(&agent)?.is_some_and(|r| {
+    let others_run = stores.agent(&agent)?.is_some_and(|r| {
         r.anchor_list().iter().any(|a| {
             a.kind == AnchorKind::Session
                 && a.session.as_deref().is_some_and(|s| {
@@ -255,12 +289,15 @@ pub fn end(ws: &Workspace, session: &str) -> Result<Ended> {
         ..Ended::default()
     };
     if others_run {
-        reg.remove_session(&agent, session)?;
+        if stores.is_files() {
+            reg.remove_session(&agent, session)?;
+        }
     } else {
-        ended.locks = LockTable::open(ws)?.release_agent(&agent)?;
-        ended.tasks = TaskTracker::open(ws)?
-            .release_agent_blocking(&agent, &format!("released: session of {agent} ended"))?;
-        ended.unregistered = reg.unregister(&agent)?;
+        ended.locks = stores.locks().release_agent(&agent)?;
+        ended.tasks = stores
+            .tasks(&agent)?
+            .release_agent(&agent, &format!("released: session of {agent} ended"))?;
+        ended.unregistered = stores.agents().unregister(&agent)?;
     }
     reg.unbind_session(session)?;
     let dir = session_dir(ws, session)?;

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use maos_coordination::core::{ProcessIdentity, excerpt};
-use maos_coordination::session::{self, AgentName, EditDecision, EditGuard, Mail, name_agent};
+use maos_coordination::session::{
+    self, AgentName, EditDecision, EditGuard, Mail, Stores, name_agent,
+};
 use maos_coordination::{AgentId, Workspace};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -150,18 +152,25 @@ fn context(event: &str, text: String) -> Value {
     })
 }
 
-/// The workspace for the session's directory; `None` when maos was never initialised there
-/// (nothing to coordinate).
-fn workspace(input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Workspace>> {
+/// The stores of the workspace for the session's directory, on its backend (the files, or a
+/// PostgreSQL server); `None` when maos was never initialised there (nothing to coordinate).
+fn workspace(input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Stores>> {
     let cwd = input.cwd.clone().unwrap_or_else(|| ctx.root.clone());
     let (root, _) = Workspace::locate(ctx.explicit_workspace.as_deref(), &cwd)?;
-    match Workspace::open(&root) {
-        Ok(ws) => Ok(Some(super::files_only(ws, "Claude Code")?)),
-        Err(maos_coordination::core::Error::NotInitialized { .. }) => Ok(None),
+    let ws = match Workspace::open(&root) {
+        Ok(ws) => ws,
+        Err(maos_coordination::core::Error::NotInitialized { .. }) => return Ok(None),
         Err(e) => {
-            Err(e).with_context(|| format!("opening the maos workspace at {}", root.display()))
+            return Err(e)
+                .with_context(|| format!("opening the maos workspace at {}", root.display()));
         }
+    };
+    let b = maos_coordination::backend::open(&ws)?;
+    if b.is_file() {
+        return Ok(Some(Stores::files(&ws)));
     }
+    let (agents, locks) = (b.agents(), b.locks());
+    Ok(Some(Stores::on(&ws, agents, locks, move |a| b.tasks(a, None))))
 }
 
 /// How a session's agent is named when it is not bound yet: `--agent` / `MAOS_AGENT_ID`, else
@@ -176,7 +185,8 @@ fn naming(input: &Input, ctx: &Ctx) -> session::Result<AgentName> {
     )
 }
 
-fn agent(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentId> {
+fn agent(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentId> {
+    let ws = ws.workspace();
     Ok(match &input.session_id {
         Some(s) => session::agent_of_session(ws, s, || naming(input, ctx))?.0,
         None => naming(input, ctx)?.agent,
@@ -212,9 +222,9 @@ fn session_id(input: &Input) -> anyhow::Result<&str> {
         .context("the hook input has no session_id")
 }
 
-fn start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> {
+fn start(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> {
     let sid = session_id(input)?;
-    let bound = maos_coordination::AgentRegistry::new(ws).session(sid)?;
+    let bound = maos_coordination::AgentRegistry::new(ws.workspace()).session(sid)?;
     let name = match bound {
         Some(b) => AgentName {
             agent: b.agent,
@@ -231,13 +241,21 @@ fn start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<AgentName> 
         ),
         _ => None,
     };
-    let started = session::start(ws, sid, name, role, &cwd, ProcessIdentity::anchor())?;
+    let started = session::start_in(ws, sid, name, role, &cwd, ProcessIdentity::anchor())?;
     Ok(started.name)
 }
 
-fn session_start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
+fn session_start(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
     let name = start(ws, input, ctx)?;
-    let mut text = session::briefing(ws, &name)?;
+    let mut text = session::briefing_in(ws, &name)?;
+    if !ws.is_files() {
+        text.push_str(
+            "This workspace coordinates through a PostgreSQL server shared by agents on several \
+             machines. Your inbox is not delivered here: read your messages with `maos recv \
+             CHANNEL` (`direct/<you>` for those to you alone) or the MCP tool `receive`, and \
+             broadcasts with `maos subscribe TOPIC` or `read_topics`.\n",
+        );
+    }
     let mail = mail_or_note(ws, &name.agent, &mut text);
     Ok(Answer {
         out: Some(context("SessionStart", text)),
@@ -245,7 +263,7 @@ fn session_start(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Ans
     })
 }
 
-fn pre_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
+fn pre_tool_use(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
     let tool = input.tool_name.as_deref().unwrap_or_default();
     if !EDIT_TOOLS.contains(&tool) {
         return Ok(None);
@@ -254,7 +272,7 @@ fn pre_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Opti
         anyhow::bail!("{tool} input has no file_path");
     };
     let me = agent(ws, input, ctx)?;
-    let guard = EditGuard::new(ws, me, input.session_id.as_deref())?;
+    let guard = EditGuard::in_stores(ws, me, input.session_id.as_deref())?;
     Ok(match guard.check(&file)? {
         EditDecision::Deny { reason } => Some(deny(reason)),
         EditDecision::Allow { note: Some(n), .. } => Some(context("PreToolUse", n)),
@@ -263,8 +281,8 @@ fn pre_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Opti
 }
 
 /// Records what the session saw, renews the agent's leases and delivers its new messages.
-fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
-    let reg = maos_coordination::AgentRegistry::new(ws);
+fn post_tool_use(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer> {
+    let reg = maos_coordination::AgentRegistry::new(ws.workspace());
     let me = match input
         .session_id
         .as_deref()
@@ -276,12 +294,12 @@ fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Ans
         Some(None) => start(ws, input, ctx)?.agent,
         None => naming(input, ctx)?.agent,
     };
-    reg.touch(&me, || None)?;
+    ws.agents().touch(&me, &|| None)?;
     let tool = input.tool_name.as_deref().unwrap_or_default();
     if SEEN_TOOLS.contains(&tool)
         && let Some(file) = input.file()
     {
-        let guard = EditGuard::new(ws, me.clone(), input.session_id.as_deref())?;
+        let guard = EditGuard::in_stores(ws, me.clone(), input.session_id.as_deref())?;
         guard.record(&file)?;
         if EDIT_TOOLS.contains(&tool) {
             guard.renew(&file)?;
@@ -296,9 +314,14 @@ fn post_tool_use(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Ans
 }
 
 /// Appends the agent's new messages to `text`; an inbox that cannot be read is said there
-/// instead (the rest of the answer still matters more than the mail).
-fn mail_or_note(ws: &Workspace, agent: &AgentId, text: &mut String) -> Option<Mail> {
-    match Mail::collect(ws, agent) {
+/// instead (the rest of the answer still matters more than the mail). The inbox is in files
+/// only so far: on another backend nothing is collected (the SessionStart briefing says how
+/// to read messages there).
+fn mail_or_note(ws: &Stores, agent: &AgentId, text: &mut String) -> Option<Mail> {
+    if !ws.is_files() {
+        return None;
+    }
+    match Mail::collect(ws.workspace(), agent) {
         Ok(Some(m)) => {
             text.push_str(&m.text);
             Some(m)
@@ -317,9 +340,9 @@ fn mail_or_note(ws: &Workspace, agent: &AgentId, text: &mut String) -> Option<Ma
     }
 }
 
-fn stop(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
+fn stop(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value>> {
     let me = agent(ws, input, ctx)?;
-    let held = session::Holdings::of(ws, &me)?;
+    let held = session::Holdings::in_stores(ws, &me)?;
     if held.is_empty() {
         return Ok(None);
     }
@@ -332,8 +355,8 @@ fn stop(ws: &Workspace, input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Value
     })))
 }
 
-fn session_end(ws: &Workspace, input: &Input) -> anyhow::Result<Option<Value>> {
-    let ended = session::end(ws, session_id(input)?)?;
+fn session_end(ws: &Stores, input: &Input) -> anyhow::Result<Option<Value>> {
+    let ended = session::end_in(ws, session_id(input)?)?;
     tracing::info!(
         agent = ?ended.agent,
         locks = ended.locks.len(),

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use maos_coordination::lock::LockTable;
+use maos_coordination::backend::Backends;
 use maos_coordination::session::{GitPlace, resource_for};
-use maos_coordination::{AgentId, AgentRegistry, LockMode, Workspace};
+use maos_coordination::{AgentId, LockMode, Workspace};
 
 use crate::ctx::Ctx;
 use crate::exit::{Exit, Failure};
@@ -64,19 +64,18 @@ fn git(args: &[&str]) -> anyhow::Result<Vec<u8>> {
 
 /// The committing agent: `--agent` / `MAOS_AGENT_ID`, else the registered agent whose worktree
 /// or branch this is.
-fn committer(ws: &Workspace, ctx: &Ctx, top: &Path) -> anyhow::Result<Option<AgentId>> {
+fn committer(b: &Backends, ctx: &Ctx, top: &Path) -> anyhow::Result<Option<AgentId>> {
     if ctx.explicit_agent.is_some() {
         return Ok(Some(ctx.agent.clone()));
     }
     let branch = GitPlace::find(top).and_then(|p| p.branch());
-    let list = AgentRegistry::new(ws).list()?;
+    let (list, _) = b.agents().list()?;
+    let list: Vec<_> = list.into_iter().map(|v| v.record).collect();
     let by_worktree = list
-        .agents
         .iter()
         .find(|a| a.worktree.as_deref().is_some_and(|w| same(w, top)));
     let by_branch = || {
-        list.agents
-            .iter()
+        list.iter()
             .find(|a| branch.is_some() && a.branch == branch)
     };
     Ok(by_worktree.or_else(by_branch).map(|a| a.id.clone()))
@@ -86,26 +85,28 @@ fn same(a: &Path, b: &Path) -> bool {
     a == b || (std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok())
 }
 
-fn open_workspace(ctx: &Ctx) -> anyhow::Result<Option<Workspace>> {
+/// The workspace and its backend (the files, or a PostgreSQL server).
+fn open_workspace(ctx: &Ctx) -> anyhow::Result<Option<Backends>> {
     match Workspace::open(&ctx.root) {
-        Ok(ws) => Ok(Some(super::files_only(ws, "git")?)),
+        Ok(ws) => Ok(Some(maos_coordination::backend::open(&ws)?)),
         Err(maos_coordination::core::Error::NotInitialized { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 fn pre_commit(ctx: &Ctx) -> anyhow::Result<()> {
-    let Some(ws) = open_workspace(ctx)? else {
+    let Some(b) = open_workspace(ctx)? else {
         return Ok(());
     };
+    let ws = b.workspace();
     let top = PathBuf::from(String::from_utf8(git(&["rev-parse", "--show-toplevel"])?)?.trim());
-    let me = committer(&ws, ctx, &top)?;
+    let me = committer(&b, ctx, &top)?;
     let staged = git(&["diff", "--cached", "--name-only", "-z", "--no-renames"])?;
-    let table = LockTable::open(&ws)?;
+    let table = b.locks();
     let mut refused = Vec::new();
     for name in staged.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let rel = String::from_utf8_lossy(name);
-        let Some(res) = resource_for(&ws, &top.join(rel.as_ref()))? else {
+        let Some(res) = resource_for(ws, &top.join(rel.as_ref()))? else {
             continue;
         };
         for h in table.conflicting(&res, LockMode::Exclusive)? {
@@ -142,11 +143,11 @@ fn pre_commit(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn prepare_commit_msg(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
-    let Some(ws) = open_workspace(ctx)? else {
+    let Some(b) = open_workspace(ctx)? else {
         return Ok(());
     };
     let top = PathBuf::from(String::from_utf8(git(&["rev-parse", "--show-toplevel"])?)?.trim());
-    let Some(me) = committer(&ws, ctx, &top)? else {
+    let Some(me) = committer(&b, ctx, &top)? else {
         return Ok(());
     };
     let text = maos_coordination::core::fsx::read_bounded(file, 16 << 20)?;

@@ -67,13 +67,8 @@ struct Change {
 pub(crate) fn run(args: InstallArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let all = !(args.claude || args.git || args.mcp);
     let root = ctx.root.clone();
-    // The hooks, the MCP server and the git guard work on the file backend only: installing
-    // them on a PostgreSQL workspace would deny every edit (they fail closed there).
-    if !args.uninstall
-        && let Ok(ws) = maos_coordination::Workspace::open(&root)
-    {
-        super::files_only(ws, "Claude Code, MCP and git")?;
-    }
+    // The hooks, the MCP server and the git guard work on both backends (the files, or a
+    // PostgreSQL server through the storage traits).
     let maos = match &args.command {
         Some(c) => c.clone(),
         None => maos_command()?,

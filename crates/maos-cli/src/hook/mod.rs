@@ -41,22 +41,3 @@ pub(crate) fn run(cmd: HookCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         HookCommand::Install(args) => install::run(args, ctx),
     }
 }
-
-/// Refuses a workspace whose backend is PostgreSQL: the hooks check and record through the
-/// files, which nobody else on that backend sees (a clear error, never a silent file check).
-pub(crate) fn files_only(
-    ws: maos_coordination::Workspace,
-    hook: &str,
-) -> anyhow::Result<maos_coordination::Workspace> {
-    if let maos_coordination::backend::Choice::Postgres { url, namespace, .. } =
-        maos_coordination::backend::choice(&ws)?
-    {
-        return Err(anyhow::Error::new(
-            maos_coordination::backend::Error::NotYet {
-                what: format!("the {hook} hooks"),
-                url: format!("{url} namespace {namespace}"),
-            },
-        ));
-    }
-    Ok(ws)
-}
