@@ -62,7 +62,6 @@ pub use error::{Error, Result};
 pub use identity::{AgentName, GitPlace, NamedFrom, name_agent, resource_for};
 pub use mail::{MAIL_BATCH, Mail};
 pub use session::{
-    Ended, Holdings, Started, agent_of_session, briefing, briefing_in, end, end_in, start,
-    start_in,
+    Ended, Holdings, Started, agent_of_session, briefing, briefing_in, end, end_in, start, start_in,
 };
 pub use stores::Stores;

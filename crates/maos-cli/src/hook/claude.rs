@@ -170,7 +170,9 @@ fn workspace(input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Stores>> {
         return Ok(Some(Stores::files(&ws)));
     }
     let (agents, locks) = (b.agents(), b.locks());
-    Ok(Some(Stores::on(&ws, agents, locks, move |a| b.tasks(a, None))))
+    Ok(Some(Stores::on(&ws, agents, locks, move |a| {
+        b.tasks(a, None)
+    })))
 }
 
 /// How a session's agent is named when it is not bound yet: `--agent` / `MAOS_AGENT_ID`, else

@@ -74,10 +74,7 @@ fn committer(b: &Backends, ctx: &Ctx, top: &Path) -> anyhow::Result<Option<Agent
     let by_worktree = list
         .iter()
         .find(|a| a.worktree.as_deref().is_some_and(|w| same(w, top)));
-    let by_branch = || {
-        list.iter()
-            .find(|a| branch.is_some() && a.branch == branch)
-    };
+    let by_branch = || list.iter().find(|a| branch.is_some() && a.branch == branch);
     Ok(by_worktree.or_else(by_branch).map(|a| a.id.clone()))
 }
 

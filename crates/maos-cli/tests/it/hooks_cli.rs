@@ -1,6 +1,7 @@
 //! Claude Code hooks and git hooks through the real binary: hook payloads shaped as Claude
 //! Code sends them (session_id, cwd, hook_event_name, tool_name, tool_input), replayed for two
-//! agents in two worktrees of one repository.
+//! agents in two worktrees of one repository, on the files and on the PostgreSQL server of
+//! this test process.
 
 #![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
 
@@ -21,6 +22,8 @@ fn hook(cwd: &Path, event: &str, payload: &Value) -> (Output, Option<Value>) {
         .current_dir(cwd)
         .env_remove("MAOS_AGENT_ID")
         .env_remove("MAOS_WORKSPACE")
+        .env_remove("MAOS_BACKEND")
+        .env_remove("MAOS_NAMESPACE")
         .env_remove("RUST_LOG")
         .env_remove("MAOS_HOOK_FAIL_OPEN")
         .stdin(Stdio::piped())
@@ -65,6 +68,12 @@ struct Repo {
 }
 
 fn repo() -> Repo {
+    repo_on(false)
+}
+
+/// The repository with its workspace on the files, or (`pg`) on the test PostgreSQL server
+/// in a namespace of its own.
+fn repo_on(pg: bool) -> Repo {
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("repo");
     std::fs::create_dir(&main).unwrap();
@@ -98,8 +107,12 @@ fn repo() -> Repo {
             wt_b.to_str().unwrap(),
         ],
     );
-    let out = Run::of(Maos::new(&main).agent("lead").cmd().arg("init"));
-    out.ok();
+    if pg {
+        crate::backend_cli::pg_workspace(&main);
+    } else {
+        let out = Run::of(Maos::new(&main).agent("lead").cmd().arg("init"));
+        out.ok();
+    }
     Repo {
         _dir: dir,
         main,
@@ -132,7 +145,18 @@ fn read(session: &str, cwd: &Path, file: &Path) -> Value {
 
 #[test]
 fn two_agents_in_two_worktrees_edit_through_the_hooks() {
-    let r = repo();
+    two_agents_edit_through_the_hooks(false);
+}
+
+/// The same on PostgreSQL: the hooks register, deny with the holder from the server's lock
+/// table, report and release there (nothing of it under `.maos/`).
+#[test]
+fn two_agents_edit_through_the_hooks_on_postgresql() {
+    two_agents_edit_through_the_hooks(true);
+}
+
+fn two_agents_edit_through_the_hooks(pg: bool) {
+    let r = repo_on(pg);
     let start = |s: &str, cwd: &Path| json!({ "session_id": s, "cwd": cwd, "source": "startup" });
     let (_, a_ctx) = hook(&r.wt_a, "SessionStart", &start("sess-a", &r.wt_a));
     let text = a_ctx.unwrap()["hookSpecificOutput"]["additionalContext"]
@@ -241,6 +265,15 @@ fn two_agents_in_two_worktrees_edit_through_the_hooks() {
             .run(["--json", "agents", "list"]),
     );
     assert!(!list.contains("\"alpha\""), "A is unregistered: {list}");
+    assert!(list.contains("\"beta\""), "B goes on: {list}");
+    if pg {
+        // The state was on the server: nothing shared went to the files.
+        for store in ["channels", "tasks", "inboxes", "locks", "agents"] {
+            let d = r.main.join(".maos").join(store);
+            let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+            assert_eq!(n, 0, "{} holds files", d.display());
+        }
+    }
 }
 
 #[test]
@@ -320,7 +353,17 @@ fn a_corrupt_workspace_denies_edits_with_a_clear_reason() {
 
 #[test]
 fn install_merges_once_and_the_git_guard_refuses_a_locked_file() {
-    let r = repo();
+    install_and_git_guard(false);
+}
+
+/// The same on PostgreSQL: installed there too, and the git guard reads the server's locks.
+#[test]
+fn install_and_the_git_guard_work_on_postgresql() {
+    install_and_git_guard(true);
+}
+
+fn install_and_git_guard(pg: bool) {
+    let r = repo_on(pg);
     // An existing settings file and pre-commit hook are kept.
     std::fs::create_dir_all(r.main.join(".claude")).unwrap();
     std::fs::write(
