@@ -82,9 +82,10 @@
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
 //!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
 //!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
-//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the hooks,
-//!   the MCP server and the dashboard are not available on this backend yet: they say so
-//!   instead of using files. The demo runs here with its agents on the library (`maos demo
+//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments
+//!   and the dashboard are not available on this backend yet: they say so instead of using
+//!   files (so are the MCP server's `inbox` and `subscribe` tools; its other tools and the
+//!   hooks work here). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
 //! - The synchronous client blocks on a runtime of its own: from async code, call it where
 //!   blocking is allowed (`tokio::task::block_in_place`, `spawn_blocking`), and drop the last
