@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{PendingAck, Reply, Server, ToolError, ToolResult};
+use crate::exit::Exit;
 
 tool_group! {
     "send" => send(Send):
@@ -148,18 +149,10 @@ fn raw(data: &Value) -> Result<RawPayload, ToolError> {
         .map_err(|e| ToolError::usage(format!("data: cannot encode it: {e}")))
 }
 
-/// A delivered payload as JSON (it was valid JSON when sent).
-fn value(p: &RawPayload) -> Value {
-    serde_json::from_str(p.get()).unwrap_or_else(|_| Value::String(p.get().to_owned()))
-}
-
-/// A message with its payload as JSON.
-fn message_json(m: &Message<RawPayload>) -> Value {
-    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-    if let Value::Object(o) = &mut v {
-        o.insert("payload".into(), value(&m.payload));
-    }
-    v
+/// A message as JSON (its payload as the JSON value it was sent as).
+fn message_json(m: &Message<RawPayload>) -> Result<Value, ToolError> {
+    serde_json::to_value(m)
+        .map_err(|e| ToolError::new(Exit::Error, format!("cannot encode message {}: {e}", m.id)))
 }
 
 /// The inbox and its stored subscriptions live in files only so far.
@@ -238,8 +231,10 @@ async fn receive(s: &Server, a: Receive) -> ToolResult {
             let messages: Vec<Value> = batch
                 .messages
                 .iter()
-                .map(|d| json!({ "position": d.position, "message": message_json(&d.message) }))
-                .collect();
+                .map(|d| {
+                    Ok(json!({ "position": d.position, "message": message_json(&d.message)? }))
+                })
+                .collect::<Result<_, ToolError>>()?;
             Ok((messages, problems, batch.progressed.then_some(batch.cursor)))
         })
         .await?;
@@ -309,8 +304,10 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
     }
     let messages: Vec<Value> = found
         .iter()
-        .map(|m| json!({ "topic": m.topic, "position": m.position, "message": message_json(&m.message) }))
-        .collect();
+        .map(|m| {
+            Ok(json!({ "topic": m.topic, "position": m.position, "message": message_json(&m.message)? }))
+        })
+        .collect::<Result<_, ToolError>>()?;
     let text = format!("{} new topic message(s)", messages.len());
     Reply::new(&json!({ "messages": messages }), text)
 }
