@@ -486,3 +486,96 @@ async fn every_tool_by_two_agents(backend: Backend) {
         }
     }
 }
+
+/// On PostgreSQL too, a server started without `MAOS_AGENT_ID` acts for the agent its
+/// client's SessionStart hook registered (anchored on the same client process, found in the
+/// server's registry), and adds its database session as that agent's anchor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_the_server_acts_for_the_agent_its_hooks_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a.rs"), "a\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "init"]);
+    let wt = dir.path().join("wt-gamma");
+    git(
+        &repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "agent/gamma",
+            wt.to_str().unwrap(),
+        ],
+    );
+    let (maos, _, _) = crate::backend_cli::pg_workspace(&repo);
+    // SessionStart, as Claude Code runs it (no MAOS_AGENT_ID: named from the branch).
+    let mut hook = std::process::Command::new(bin());
+    hook.args(["hook", "claude", "SessionStart"])
+        .current_dir(&wt)
+        .env_remove("MAOS_AGENT_ID")
+        .env_remove("MAOS_WORKSPACE")
+        .env_remove("MAOS_BACKEND")
+        .env_remove("MAOS_NAMESPACE")
+        .env_remove("RUST_LOG");
+    let payload = json!({
+        "session_id": "sess-g", "cwd": wt, "hook_event_name": "SessionStart", "source": "startup",
+    });
+    let mut child = hook
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(payload.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let brief = answer["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        brief.contains("`gamma`") && brief.contains("PostgreSQL"),
+        "{brief}"
+    );
+
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("mcp")
+        .current_dir(&wt)
+        .env_remove("MAOS_AGENT_ID")
+        .env_remove("MAOS_WORKSPACE")
+        .env_remove("MAOS_BACKEND")
+        .env_remove("MAOS_NAMESPACE")
+        .env_remove("RUST_LOG");
+    let c: Client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let mut calls = Calls {
+        seen: BTreeSet::new(),
+    };
+    let me = calls.ok(&c, "whoami", json!({})).await;
+    assert_eq!(
+        (me["agent"].as_str(), me["named_from"].as_str()),
+        (Some("gamma"), Some("session")),
+        "{me}"
+    );
+    assert_eq!(me["backend"], "postgresql");
+    let agents = maos.run(["agents", "list", "--json"]);
+    agents.ok();
+    let list = agents.json();
+    let gamma = list
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["id"] == "gamma"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(gamma["liveness"], "alive", "{gamma}");
+    c.cancel().await.unwrap();
+}
