@@ -269,12 +269,15 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
         30.0 * 86_400.0,
     )?;
     let wait = seconds("wait_seconds", a.wait_seconds.unwrap_or(0.0), 3600.0)?;
-    if let Some(g) = s.locks().get(res.as_str()) {
-        let info = g.info();
-        return Reply::new(
-            &info,
-            format!("you already hold {res} (token {})", info.token),
-        );
+    if s.locks().contains_key(res.as_str()) {
+        let r = res.clone();
+        let still = s.blocking(move |s| s.still_held(&r)).await?;
+        if let Some(info) = still {
+            return Reply::new(
+                &info,
+                format!("you already hold {res} (token {})", info.token),
+            );
+        }
     }
     let m = mode(a.shared);
     let held = match s.backends().postgres() {
@@ -312,24 +315,46 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
                 .wait(wait);
             let r = res.clone();
             let purpose = a.purpose.clone();
+            let (patience, pause) = (pg.options().reconnect_for, pg.options().heartbeat);
             s.blocking(move |s| {
-                if wait.is_zero() {
-                    match lock.try_acquire(&purpose) {
-                        Ok(Some(g)) => Ok(Held::pg(g, ttl)),
-                        Ok(None) => Err(busy(&r, &store(&s).conflicting(&r, m)?)),
-                        Err(e) => Err(pg_wait_error(&r, e)),
+                let until = Instant::now() + patience;
+                loop {
+                    let g = if wait.is_zero() {
+                        match lock.try_acquire(&purpose) {
+                            Ok(Some(g)) => g,
+                            Ok(None) => return Err(busy(&r, &store(&s).conflicting(&r, m)?)),
+                            Err(e) => return Err(pg_wait_error(&r, e)),
+                        }
+                    } else {
+                        lock.acquire(&purpose).map_err(|e| pg_wait_error(&r, e))?
+                    };
+                    // A grant under a liveness session that has just ended (terminated, the
+                    // network cut) before this process noticed is no lock at all: verified,
+                    // and taken again once the session is back.
+                    match g.check() {
+                        Ok(()) => return Ok(Held::pg(g, ttl)),
+                        Err(maos_coordination::postgres::Error::StaleToken { .. })
+                            if Instant::now() < until =>
+                        {
+                            tracing::warn!(resource = %r, "granted under a lost session; taking it again");
+                            if let Err(e) = g.release() {
+                                tracing::debug!("releasing a lock granted under a lost session: {e}");
+                            }
+                            std::thread::sleep(pause);
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                } else {
-                    lock.acquire(&purpose)
-                        .map(|g| Held::pg(g, ttl))
-                        .map_err(|e| pg_wait_error(&r, e))
                 }
             })
             .await?
         }
     };
     let info = held.info();
-    s.locks().insert(res.as_str().to_owned(), held);
+    let replaced = s.locks().insert(res.as_str().to_owned(), held);
+    if let Some(old) = replaced {
+        // Two calls for the same resource at once: the later one is kept.
+        forget(s, old).await;
+    }
     Reply::new(
         &info,
         format!(
@@ -337,6 +362,49 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
             info.token
         ),
     )
+}
+
+impl Server {
+    /// The lock this server holds on `res`, if it still holds it (blocking: on PostgreSQL the
+    /// server is asked). A lock found lost (its session ended, its lease ran out, a renewal
+    /// failed) is forgotten, so that it is taken anew.
+    fn still_held(&self, res: &ResourceName) -> Result<Option<LockInfo>, ToolError> {
+        let mut held = self.locks();
+        let Some(g) = held.get(res.as_str()) else {
+            return Ok(None);
+        };
+        let lost = match g {
+            Held::File(g) => g.is_lost(),
+            Held::Pg { guard, .. } => {
+                guard.is_lost()
+                    || match guard.check() {
+                        Ok(()) => false,
+                        Err(maos_coordination::postgres::Error::StaleToken { .. }) => true,
+                        Err(e) => return Err(e.into()),
+                    }
+            }
+        };
+        if !lost {
+            return Ok(Some(g.info()));
+        }
+        tracing::warn!(resource = %res, "a lock this server held was lost; taking it again");
+        if let Some(g) = held.remove(res.as_str()) {
+            drop(held);
+            if let Err(e) = g.release() {
+                tracing::debug!("releasing a lost lock: {}", e.message);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Releases a lock this server no longer keeps, on the blocking pool (a PostgreSQL lock is
+/// released on the server, which must not be called from async code); a failure is logged.
+async fn forget(s: &Server, g: Held) {
+    let r = s.blocking(move |_| g.release()).await;
+    if let Err(e) = r {
+        tracing::debug!("releasing a lock no longer kept: {}", e.message);
+    }
 }
 
 async fn release(s: &Server, a: Release) -> ToolResult {

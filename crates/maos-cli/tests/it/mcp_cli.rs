@@ -579,3 +579,105 @@ async fn on_postgresql_the_server_acts_for_the_agent_its_hooks_registered() {
     assert_eq!(gamma["liveness"], "alive", "{gamma}");
     c.cancel().await.unwrap();
 }
+
+/// On PostgreSQL a lock taken through a server is held by that server's database session: when
+/// the session is terminated (an administrator, a network cut), another agent's waiting acquire
+/// gets the lock, the server learns that its lock is gone (asking for it again waits in line,
+/// naming the new holder, instead of answering "you already hold"), and it works on through a
+/// new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_terminated_server_session_frees_its_lock_and_the_server_learns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, url, _) = crate::backend_cli::pg_workspace(dir.path());
+    let (a, _) = server(dir.path(), "alpha").await;
+    let (b, _) = server(dir.path(), "beta").await;
+    let mut calls = Calls {
+        seen: BTreeSet::new(),
+    };
+    let held = calls
+        .ok(
+            &a,
+            "lock_acquire",
+            json!({ "resource": "f.rs", "purpose": "edit", "ttl_seconds": 600 }),
+        )
+        .await;
+    let token = held["token"].as_u64().unwrap();
+    let list = maos.run(["lock", "list", "--json"]);
+    list.ok();
+    let live = list.json()["holders"][0]["live"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key: i64 = live.strip_prefix("session ").unwrap().parse().unwrap();
+
+    let psql = maos_coordination::postgres::server::find_binaries()
+        .unwrap()
+        .join("psql");
+    let out = std::process::Command::new(psql)
+        .arg(&url)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qtAc",
+            &format!(
+                "SELECT pg_terminate_backend(backend_pid) FROM maos.sessions WHERE key = {key}"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "t",
+        "{out:?}"
+    );
+
+    // B's wait is granted once A's session is gone, long before the 600 s lease.
+    let got = calls
+        .ok(
+            &b,
+            "lock_acquire",
+            json!({ "resource": "f.rs", "purpose": "after alpha", "wait_seconds": 60 }),
+        )
+        .await;
+    assert_eq!(got["owner"], "beta", "{got}");
+    assert!(
+        got["token"].as_u64().unwrap() > token,
+        "fencing tokens only grow: {got}"
+    );
+    // A does not believe it still holds the lock: busy, naming B.
+    let again = calls
+        .call(
+            &a,
+            "lock_acquire",
+            json!({ "resource": "f.rs", "purpose": "edit" }),
+        )
+        .await;
+    assert_eq!(again.is_error, Some(true), "{}", text(&again));
+    let s = again.structured_content.unwrap();
+    assert_eq!(s["kind"], "busy", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("beta"), "{s}");
+    // A works on through a new session.
+    calls
+        .ok(
+            &a,
+            "lock_acquire",
+            json!({ "resource": "g.rs", "purpose": "other" }),
+        )
+        .await;
+    let list = maos.run(["lock", "list", "--json"]);
+    list.ok();
+    let holders = list.json()["holders"].clone();
+    let g = holders
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["resource"] == "g.rs")
+        .unwrap_or_else(|| panic!("{holders}"));
+    assert_eq!(g["owner"], "alpha");
+    assert_ne!(
+        g["live"].as_str(),
+        Some(live.as_str()),
+        "a new session: {g}"
+    );
+    a.cancel().await.unwrap();
+    b.cancel().await.unwrap();
+}
