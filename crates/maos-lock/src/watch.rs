@@ -62,6 +62,9 @@ struct Counters {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Events read from the kernel (tests: a watch must not be told about what it does not
+    /// wait on).
+    events: std::sync::atomic::AtomicU64,
     counters: Mutex<Counters>,
     cv: Condvar,
     wake_notify: tokio::sync::Notify,
@@ -201,6 +204,7 @@ fn read_events(
         {
             let mut r = relock(&routes);
             for ev in events {
+                inner.events.fetch_add(1, Ordering::Relaxed);
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
                     (wake, change) = (true, true);
                     continue;
@@ -468,5 +472,82 @@ impl Drop for DirWatch {
         if let Some(k) = &self.kernel {
             let _ = relock(&k.watches).remove(k.anchor.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileLock;
+    use maos_core::{AgentId, ResourceName, Workspace};
+
+    /// A watch with nothing registered reads no event while other waiters of the same table
+    /// lock, queue, get woken and release (the directory watches it replaced read every
+    /// table write, probe and wake-up of every process); a registered wake file still wakes
+    /// it.
+    #[test]
+    fn a_watch_hears_only_the_files_it_waits_on() {
+        let d = crate::store::test_dir();
+        let ws = Workspace::init(d.path()).unwrap();
+        let res = ResourceName::new("busy.rs").unwrap();
+        // Creates the lock directory and the table.
+        drop(
+            FileLock::new(&ws, res.clone())
+                .try_acquire("first")
+                .unwrap(),
+        );
+        let idle = DirWatch::new(&ws.locks_dir());
+        assert!(idle.active(), "inotify is available here");
+        for round in 0..20 {
+            let holder = FileLock::new(&ws, res.clone())
+                .agent(AgentId::new("holder").unwrap())
+                .try_acquire("hold")
+                .unwrap()
+                .unwrap();
+            std::thread::scope(|s| {
+                let waiter = s.spawn(|| {
+                    FileLock::new(&ws, res.clone())
+                        .agent(AgentId::new("waiter").unwrap())
+                        .wait(Duration::from_secs(30))
+                        .acquire_blocking("wait")
+                        .map(|g| g.token())
+                });
+                // Released once the waiter is queued (its entry is in the table).
+                while crate::LockTable::open(&ws)
+                    .unwrap()
+                    .records()
+                    .unwrap()
+                    .waiters
+                    .is_empty()
+                {
+                    std::thread::yield_now();
+                }
+                holder.release().unwrap();
+                let token = waiter.join().unwrap().unwrap();
+                assert!(token.0 > 0, "round {round}");
+            });
+        }
+        // Events are read in order: once this wake-up is read, every earlier one was.
+        let ticket = u64::MAX - 1;
+        let path = ws.locks_dir().join(WAKE_DIR).join(ticket.to_string());
+        std::fs::write(&path, b"").unwrap();
+        idle.register(ticket);
+        let seen = idle.generation(Signal::Wake);
+        crate::store::live::signal(&ws.locks_dir(), ticket);
+        let until = Instant::now() + Duration::from_secs(30);
+        while idle.generation(Signal::Wake) == seen && Instant::now() < until {
+            idle.wait_blocking(Signal::Wake, seen, until);
+        }
+        assert_ne!(
+            idle.generation(Signal::Wake),
+            seen,
+            "the registered wake file woke it"
+        );
+        assert_eq!(
+            idle.inner.events.load(Ordering::Relaxed),
+            1,
+            "only its own wake-up was read"
+        );
+        idle.unregister(ticket);
     }
 }
