@@ -23,10 +23,12 @@ impl TaskTracker {
     pub fn ready_page_blocking(&self, limit: usize) -> Result<ReadyPage, Error> {
         self.read(|g| {
             let ords = g.ready_page(0, limit, |_, _| true)?;
-            let tasks = ords
-                .into_iter()
-                .map(|o| g.task(o))
-                .collect::<Result<Vec<_>, _>>()?;
+            // Sized up front (collecting `Result`s grows the vector by doubling, moving every
+            // task cloned so far each time), each task cloned into place.
+            let mut tasks = Vec::with_capacity(ords.len());
+            for o in ords {
+                g.push_task(o, &mut tasks)?;
+            }
             Ok(ReadyPage {
                 tasks,
                 total: g.ready_len(),
