@@ -37,6 +37,11 @@ pub(crate) enum MergeCommand {
         /// The target for --all.
         #[arg(long = "target", value_name = "BRANCH", requires = "all")]
         all_target: Option<String>,
+        /// With --all: first `git fetch REMOTE`, then read each agent's branch from REMOTE's
+        /// remote-tracking ref (`REMOTE/BRANCH`) where there is one: agents on other
+        /// machines push their branches there.
+        #[arg(long, value_name = "REMOTE", requires = "all")]
+        fetch: Option<String>,
     },
     /// Prepare merging SOURCE into TARGET under the merge lock: conflicts with line ranges,
     /// affected files, who changed what, and the suggested strategy and resolvers.
@@ -63,7 +68,7 @@ pub(crate) enum MergeCommand {
         /// The branch to merge into.
         target: String,
     },
-    /// The merge queue (`.maos/merge/queue.json`).
+    /// The merge queue (`.maos/merge/queue.json`, or the PostgreSQL backend's table).
     #[command(subcommand)]
     Queue(QueueCommand),
 }
@@ -81,7 +86,12 @@ pub(crate) enum QueueCommand {
     List,
     /// Merge every queued entry in order; conflicting ones become resolution tasks and are
     /// retried on later runs. Exit 0 all merged, 4 some blocked, 3 another run in progress.
-    Run,
+    Run {
+        /// First `git fetch REMOTE`, so that entries naming `REMOTE/BRANCH` (branches pushed
+        /// from other machines) merge what was pushed last.
+        #[arg(long, value_name = "REMOTE")]
+        fetch: Option<String>,
+    },
     /// Remove an entry.
     Remove {
         /// The entry id.
@@ -103,9 +113,14 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             ConflictDetector::open(&ctx.root).map_err(|e| fail(e, "opening the git repository"))?;
         return check_one(ctx, &det, source, target, worktree);
     }
-    let ws = ctx.workspace()?;
-    let coord = MergeCoordinator::new(&ws, ctx.agent.clone())
+    // The workspace's backend keeps the merge lock, the queue, the resolution tasks and the
+    // registry (the files, or a server shared by several machines); git is this clone's.
+    let backends = ctx.backends()?;
+    let mut coord = MergeCoordinator::new(backends.workspace(), ctx.agent.clone())
         .map_err(|e| fail(e, "opening the git repository"))?;
+    if let Some(shared) = backends.merge(&ctx.agent) {
+        coord = coord.with_backend(shared);
+    }
     match cmd {
         MergeCommand::Check {
             source,
@@ -113,6 +128,7 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             all: true,
             worktree,
             all_target,
+            fetch,
         } => {
             let target = match all_target.or(target).or(source) {
                 Some(t) => t,
@@ -127,7 +143,17 @@ pub(crate) fn run(cmd: MergeCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                     "with --all, --worktree takes no DIR: each agent's registered worktree is used",
                 ));
             }
-            check_all(ctx, &coord, &target, worktree.is_some())
+            if let Some(remote) = &fetch {
+                git_fetch(coord.workspace().root(), remote)?;
+            }
+            check_all(
+                ctx,
+                &backends,
+                &coord,
+                &target,
+                worktree.is_some(),
+                fetch.as_deref(),
+            )
         }
         MergeCommand::Check {
             source,
@@ -289,7 +315,10 @@ fn queue(
             })?;
             Ok(Exit::Ok)
         }
-        QueueCommand::Run => {
+        QueueCommand::Run { fetch } => {
+            if let Some(remote) = &fetch {
+                git_fetch(&repo_root(repo), remote)?;
+            }
             let run = queue
                 .run_blocking()
                 .map_err(|e| fail(e, "running the merge queue"))?;
@@ -358,6 +387,12 @@ fn fail(e: MergeError, what: &str) -> anyhow::Error {
         {
             Exit::Busy
         }
+        // The PostgreSQL backend's merge lock, waited for in vain.
+        MergeError::Backend { source, .. }
+            if maos_coordination::backend::is_timeout(source.as_ref()) =>
+        {
+            Exit::Busy
+        }
         _ => Exit::Error,
     };
     Failure::caused_by(code, what, e)
@@ -406,18 +441,56 @@ fn default_target(det: &ConflictDetector) -> anyhow::Result<String> {
         .unwrap_or_else(|| "main".into()))
 }
 
+/// The directory git commands run in: the repository's worktree (or its git directory).
+fn repo_root(repo: &git2::Repository) -> PathBuf {
+    repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf()
+}
+
+/// `git fetch --prune REMOTE` in `dir`, with git's own transports and credentials; its
+/// error output is part of the error.
+fn git_fetch(dir: &std::path::Path, remote: &str) -> anyhow::Result<()> {
+    if remote.is_empty() || remote.starts_with('-') {
+        return Err(Failure::error(
+            Exit::Usage,
+            format!("--fetch {remote:?}: give the name or URL of a git remote"),
+        ));
+    }
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["fetch", "--prune", "--quiet", "--", remote])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running `git fetch` (is git installed?)")?;
+    if !out.status.success() {
+        return Err(Failure::error(
+            Exit::Error,
+            format!(
+                "`git fetch {remote}` in {} failed ({}): {}; check the remote (`git remote -v`) \
+                 and that it is reachable from here",
+                dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_all(
     ctx: &Ctx,
+    backends: &maos_coordination::backend::Backends,
     coord: &MergeCoordinator,
     target: &str,
     worktrees: bool,
+    remote: Option<&str>,
 ) -> anyhow::Result<Exit> {
     if worktrees {
         // Say which agents have no worktree to compare: their committed branch stands in.
-        let list = maos_coordination::AgentRegistry::new(&ctx.workspace()?).list()?;
+        let (list, _) = backends.agents().list()?;
         let without: Vec<String> = list
-            .agents
             .iter()
+            .map(|v| &v.record)
             .filter(|a| a.branch.is_some() && a.worktree.is_none())
             .map(|a| a.id.to_string())
             .collect();
@@ -430,7 +503,7 @@ fn check_all(
         }
     }
     let p = coord
-        .predict_agents(target, worktrees)
+        .predict_agents_from(target, worktrees, remote)
         .map_err(|e| fail(e, "checking the agent branches"))?;
     ctx.emit(&p, || matrix_text(&p))?;
     Ok(if p.is_clean() {
@@ -635,6 +708,27 @@ impl FastCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_lock_waited_for_in_vain_is_busy_on_every_backend() {
+        let timeout = maos_coordination::postgres::Error::Timeout {
+            resource: maos_coordination::ResourceName::new(".maos/merge/main").unwrap(),
+            waited_ms: 120_000,
+            blocker: None,
+        };
+        let e = MergeError::Backend {
+            context: "take the merge lock .maos/merge/main".into(),
+            backend: "postgresql",
+            source: Box::new(timeout),
+        };
+        assert_eq!(crate::exit::code_of(&fail(e, "merging")), Exit::Busy);
+        let other = MergeError::Backend {
+            context: "read the merge queue".into(),
+            backend: "postgresql",
+            source: Box::new(std::io::Error::other("connection refused")),
+        };
+        assert_eq!(crate::exit::code_of(&fail(other, "merging")), Exit::Error);
+    }
 
     fn parse(args: &[&str]) -> Option<FastCheck> {
         FastCheck::parse(args.iter().map(std::ffi::OsString::from))

@@ -7,11 +7,14 @@
 //!
 //! The only module of this crate with code: the choice itself, nothing of a mechanism.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use maos_comm::{ChannelStore, FileComm};
 use maos_core::{AgentId, AgentStore, Config, FileAgents, Workspace};
 use maos_lock::{FileLocks, LockStore};
+use maos_merge::backend::MergeBackend;
+use maos_postgres::merge::PgMerge;
 use maos_postgres::stores::{PgAgents, PgComm, PgLocks, PgTasks};
 use maos_postgres::{BACKEND_ENV, BackendUrl, NAMESPACE_ENV, Pg};
 use maos_track::{FileTasks, TaskStore, TaskTracker};
@@ -298,6 +301,17 @@ impl Backends {
                 )?)))
             }
             Kind::Pg(pg) => Ok(Box::new(PgTasks::new(pg, agent.clone()))),
+        }
+    }
+
+    /// The merge coordinator's shared state (merge lock, resolution tasks, notices, registry,
+    /// queue) acting as `agent`: `None` on the file backend, whose coordinator uses the
+    /// workspace's files ([`maos_merge::MergeCoordinator::with_backend`] otherwise). Git stays
+    /// local to each clone either way.
+    pub fn merge(&self, agent: &AgentId) -> Option<Arc<dyn MergeBackend>> {
+        match &self.kind {
+            Kind::File => None,
+            Kind::Pg(pg) => Some(Arc::new(PgMerge::new(pg, agent.clone()))),
         }
     }
 

@@ -147,6 +147,18 @@ pub enum Error {
     #[error("the merge queue is being run by another process")]
     QueueBusy,
 
+    /// The shared state's backend (a server) failed.
+    #[error("{context} on the {backend} backend")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// The backend's name.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: crate::backend::BackendError,
+    },
+
     /// A blocking worker thread panicked or was cancelled.
     #[error("background task failed: {0}")]
     Join(String),

@@ -85,8 +85,11 @@
 //!   file edited while a merge was interrupted keeps the edit and its index entry the
 //!   pre-merge version (shown by `git status`). Worktree files are compared and written raw
 //!   (no clean/smudge filters, no CRLF conversion); submodule paths are left to the user.
-//! - The merge lock and queue are files in `.maos/`: single host, like the rest of maos.
+//! - Without a [`backend::MergeBackend`] the merge lock, the queue, the resolution tasks and
+//!   notices are files in `.maos/`: single host, like the rest of maos; with one (the
+//!   PostgreSQL backend) they are shared, and git stays local to each clone.
 
+pub mod backend;
 mod coordinator;
 mod detect;
 mod doctor;

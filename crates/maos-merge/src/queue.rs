@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use maos_core::{AgentId, fsx, now_ms};
-use maos_track::TaskStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::coordinator::{MergeCoordinator, MergeOutcome, Resolution};
@@ -171,6 +170,11 @@ impl MergeQueue {
         let span = tracing::info_span!("queue_add", source, target);
         let _enter = span.enter();
         let agent = self.coord.agent().clone();
+        if let Some(b) = self.coord.backend() {
+            return b
+                .queue_add(source, target, &agent)
+                .map_err(|e| self.coord.backend_err("add to the merge queue", e));
+        }
         let path = self.file();
         self.with_state(|st| {
             if let Some(e) = st
@@ -209,11 +213,22 @@ impl MergeQueue {
 
     /// Every entry, in queue order.
     pub fn list(&self) -> Result<Vec<QueueEntry>> {
+        if let Some(b) = self.coord.backend() {
+            return b
+                .queue_list()
+                .map_err(|e| self.coord.backend_err("read the merge queue", e));
+        }
         self.with_state(|st| Ok((st.entries.clone(), false)))
     }
 
     /// Removes an entry.
     pub fn remove(&self, id: u64) -> Result<QueueEntry> {
+        if let Some(b) = self.coord.backend() {
+            return b
+                .queue_remove(id)
+                .map_err(|e| self.coord.backend_err("remove from the merge queue", e))?
+                .ok_or(Error::NoQueueEntry { id });
+        }
         self.with_state(|st| {
             let i = st
                 .entries
@@ -225,6 +240,11 @@ impl MergeQueue {
     }
 
     fn update(&self, entry: &QueueEntry) -> Result<()> {
+        if let Some(b) = self.coord.backend() {
+            return b
+                .queue_update(entry)
+                .map_err(|e| self.coord.backend_err("update the merge queue", e));
+        }
         self.with_state(|st| {
             if let Some(e) = st.entries.iter_mut().find(|e| e.id == entry.id) {
                 *e = entry.clone();
@@ -246,15 +266,34 @@ impl MergeQueue {
     pub fn run_blocking(&self) -> Result<QueueRun> {
         let span = tracing::info_span!("queue_run");
         let _enter = span.enter();
-        fsx::create_dir_private(&self.dir).core(|| format!("create {}", self.dir.display()))?;
-        let run_path = self.dir.join(QUEUE_RUN_LOCK_FILE);
-        let run_lock =
-            fsx::LockFile::open(&run_path).core(|| format!("open {}", run_path.display()))?;
-        let Some(run_guard) = run_lock
-            .try_exclusive()
-            .core(|| "lock the merge queue runner".to_owned())?
-        else {
-            return Err(Error::QueueBusy);
+        // One runner at a time: the backend's runner hold, or the runner file's kernel lock.
+        let backend_hold = match self.coord.backend() {
+            Some(b) => Some(
+                b.queue_try_run()
+                    .map_err(|e| self.coord.backend_err("take the merge queue runner", e))?
+                    .ok_or(Error::QueueBusy)?,
+            ),
+            None => None,
+        };
+        let run_lock = match backend_hold {
+            Some(_) => None,
+            None => {
+                fsx::create_dir_private(&self.dir)
+                    .core(|| format!("create {}", self.dir.display()))?;
+                let run_path = self.dir.join(QUEUE_RUN_LOCK_FILE);
+                Some(
+                    fsx::LockFile::open(&run_path)
+                        .core(|| format!("open {}", run_path.display()))?,
+                )
+            }
+        };
+        let run_guard = match &run_lock {
+            Some(lock) => Some(
+                lock.try_exclusive()
+                    .core(|| "lock the merge queue runner".to_owned())?
+                    .ok_or(Error::QueueBusy)?,
+            ),
+            None => None,
         };
         let active: Vec<u64> = self
             .list()?
@@ -282,6 +321,7 @@ impl MergeQueue {
             report.entries.push(entry);
         }
         drop(run_guard);
+        drop(backend_hold);
         tracing::info!(
             merged = report.merged.len(),
             blocked = report.blocked.len(),
@@ -369,9 +409,7 @@ impl MergeQueue {
             return;
         };
         let note = "superseded: the merge still conflicts; new resolution tasks were created";
-        if let Err(e) =
-            tracker.update_status_blocking(&res.merge_task, TaskStatus::Failed, Some(note))
-        {
+        if let Err(e) = tracker.fail(&res.merge_task, note) {
             tracing::debug!(task = %res.merge_task, error = %e, "cannot retire the old merge task");
         }
     }

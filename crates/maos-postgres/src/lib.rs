@@ -16,7 +16,9 @@
 //!   leases, fencing tokens), [`lock::PgLockTable`], [`lock::PgDeadlockDetector`];
 //! - [`track::PgTracker`] (the task graph, claims, report, critical path, Gantt);
 //! - [`registry::PgRegistry`] (agents and their liveness);
-//! - [`merge::PgQueue`] (the merge queue);
+//! - [`merge::PgQueue`] (the merge queue) and [`merge::PgMerge`] (maos-merge's
+//!   `MergeBackend`: merge lock, queue, resolution tasks and notices on the server; git stays
+//!   in each clone);
 //! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
 //!   `AgentStore`) on the types above, which the CLI uses when a workspace's backend is
 //!   `postgres://...`.
@@ -80,9 +82,13 @@
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
 //!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
 //!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
-//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the merge commands, the hooks,
-//!   the MCP server, the dashboard and the demo are not available on this backend yet: they
-//!   say so instead of using files.
+//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments, the hooks,
+//!   the MCP server and the dashboard are not available on this backend yet: they say so
+//!   instead of using files. The demo runs here with its agents on the library (`maos demo
+//!   --backend URL`), not through MCP and the hooks.
+//! - The synchronous client blocks on a runtime of its own: from async code, call it where
+//!   blocking is allowed (`tokio::task::block_in_place`, `spawn_blocking`), and drop the last
+//!   handle of a [`Pg`] outside the runtime's threads.
 
 pub mod comm;
 mod config;

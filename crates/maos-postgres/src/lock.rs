@@ -352,6 +352,23 @@ enum Step {
 }
 
 fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Result<Step> {
+    // An aborted wait (a deadlock's victim) comes out of the transaction as `Err(agents)`, so
+    // that the removal of its queue entry commits; then it is the error.
+    match step_tx(pg, r, ticket, wait)? {
+        Ok(s) => Ok(s),
+        Err(agents) => Err(Error::Deadlock {
+            resource: r.lock.resource.clone(),
+            agents,
+        }),
+    }
+}
+
+fn step_tx(
+    pg: &Pg,
+    r: &Request<'_>,
+    ticket: &mut Option<u64>,
+    wait: bool,
+) -> Result<std::result::Result<Step, Vec<AgentId>>> {
     let ns = pg.inner.ns;
     let l = r.lock;
     pg.run(|c| {
@@ -361,7 +378,7 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
             // A grant or a queueing whose commit we did not hear about (a retry after a lost
             // connection), found by the request id.
             if let Some(h) = st.holders.iter().find(|h| h.req == Some(r.req)) {
-                return Ok(Step::Granted(h.v.clone()));
+                return Ok(Ok(Step::Granted(h.v.clone())));
             }
             if ticket.is_none()
                 && let Some(w) = st.waiters.iter().find(|w| w.req == Some(r.req))
@@ -380,10 +397,7 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                 *ticket = None;
                 st.waiters.remove(i);
                 signal(t, ns, &st)?;
-                return Err(Error::Deadlock {
-                    resource: l.resource.clone(),
-                    agents,
-                });
+                return Ok(Err(agents));
             }
             if ticket.is_some() && mine.is_none() {
                 *ticket = None; // withdrawn by someone (a reap of a dead session): queue again
@@ -516,7 +530,7 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
                     signal(t, ns, &st)?;
                 }
                 *ticket = None;
-                return Ok(Step::Granted(info));
+                return Ok(Ok(Step::Granted(info)));
             }
             if wait && my_ticket.is_none() {
                 let Some(key) = r.session_key else {
@@ -555,11 +569,11 @@ fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Resul
             if removed {
                 signal(t, ns, &st)?;
             }
-            Ok(Step::Blocked {
+            Ok(Ok(Step::Blocked {
                 blocker,
                 until,
                 now: st.now,
-            })
+            }))
         })
     })
 }
@@ -1577,9 +1591,20 @@ mod tests {
         assert!(resolved[0].applied);
         let err = t2.join().unwrap().unwrap_err();
         assert!(matches!(err, Error::Deadlock { .. }), "{err}");
+        // The victim's wait left the queue (it would block every later request for x,
+        // the victim's own retry included); alice's wait is still there.
+        let waiters = table.snapshot().unwrap().waiters;
+        assert_eq!(waiters.len(), 1, "{waiters:?}");
+        assert_eq!(waiters[0].agent, a("alice"));
         drop(gx); // bob gave up; alice still waits for y
         drop(gy);
         t1.join().unwrap().unwrap();
+        // Bob retries x, now free: nothing of his aborted wait stands in the way.
+        let again = PgLock::new(&pg, r("x"))
+            .agent(a("bob"))
+            .try_acquire("x again")
+            .unwrap();
+        assert!(again.is_some(), "bob's retry is blocked");
         let notes = sub.poll::<Deadlock>().unwrap();
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].message.payload.victim.waiter, a("bob"));

@@ -211,6 +211,124 @@ impl PgQueue {
     }
 }
 
+/// maos-merge's shared state on the server: the merge lock ([`crate::lock::PgLock`], held
+/// by this process's session), the resolution tasks ([`crate::track::PgTracker`]), the
+/// notices (the agents' inboxes), the agent registry and the queue ([`PgQueue`]). Git stays
+/// in the clone that merges.
+#[derive(Debug, Clone)]
+pub struct PgMerge {
+    pg: Pg,
+    tracker: crate::track::PgTracker,
+    queue: PgQueue,
+}
+
+impl PgMerge {
+    /// The merge state of `pg`'s namespace, acting as `agent` (tasks created, completed and
+    /// failed, notices sent).
+    pub fn new(pg: &Pg, agent: AgentId) -> Self {
+        Self {
+            pg: pg.clone(),
+            tracker: crate::track::PgTracker::new(pg).agent(agent),
+            queue: PgQueue::new(pg),
+        }
+    }
+}
+
+type Boxed = maos_merge::backend::BackendError;
+
+impl maos_merge::backend::MergeBackend for PgMerge {
+    fn name(&self) -> &'static str {
+        crate::stores::BACKEND_NAME
+    }
+
+    fn lock(
+        &self,
+        resource: &maos_core::ResourceName,
+        agent: &AgentId,
+        wait: std::time::Duration,
+        purpose: &str,
+    ) -> std::result::Result<Box<dyn maos_merge::backend::Hold>, Boxed> {
+        let guard = crate::lock::PgLock::new(&self.pg, resource.clone())
+            .agent(agent.clone())
+            .wait(wait)
+            .acquire(purpose)?;
+        Ok(Box::new(guard))
+    }
+
+    fn tasks(&self) -> std::result::Result<Vec<maos_track::Task>, Boxed> {
+        Ok(self.tracker.list()?)
+    }
+
+    fn task(&self, id: &maos_core::TaskId) -> std::result::Result<Option<maos_track::Task>, Boxed> {
+        Ok(self.tracker.get(id)?)
+    }
+
+    fn create_tasks(&self, tasks: &[maos_track::Task]) -> std::result::Result<(), Boxed> {
+        self.tracker.create_tasks(tasks)?;
+        Ok(())
+    }
+
+    fn complete_task(&self, id: &maos_core::TaskId, note: &str) -> std::result::Result<(), Boxed> {
+        self.tracker.complete(id, Some(note))?;
+        Ok(())
+    }
+
+    fn fail_task(&self, id: &maos_core::TaskId, note: &str) -> std::result::Result<(), Boxed> {
+        self.tracker
+            .update_status(id, maos_track::TaskStatus::Failed, Some(note))?;
+        Ok(())
+    }
+
+    fn notify(
+        &self,
+        agent: &AgentId,
+        msg: &maos_core::Message<serde_json::Value>,
+    ) -> std::result::Result<(), Boxed> {
+        crate::comm::PgChannel::inbox(&self.pg, agent)?.send(msg)?;
+        Ok(())
+    }
+
+    fn agents(&self) -> std::result::Result<Vec<maos_core::AgentRecord>, Boxed> {
+        use maos_core::AgentStore as _;
+        let (views, _) = crate::stores::PgAgents::new(&self.pg).list()?;
+        Ok(views.into_iter().map(|v| v.record).collect())
+    }
+
+    fn queue_add(
+        &self,
+        source: &str,
+        target: &str,
+        agent: &AgentId,
+    ) -> std::result::Result<QueueEntry, Boxed> {
+        Ok(self.queue.add(source, target, agent)?)
+    }
+
+    fn queue_list(&self) -> std::result::Result<Vec<QueueEntry>, Boxed> {
+        Ok(self.queue.list()?)
+    }
+
+    fn queue_update(&self, entry: &QueueEntry) -> std::result::Result<(), Boxed> {
+        Ok(self.queue.update(entry)?)
+    }
+
+    fn queue_remove(&self, id: u64) -> std::result::Result<Option<QueueEntry>, Boxed> {
+        match self.queue.remove(id) {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::Invalid { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn queue_try_run(
+        &self,
+    ) -> std::result::Result<Option<Box<dyn maos_merge::backend::Hold>>, Boxed> {
+        Ok(self
+            .queue
+            .try_run()?
+            .map(|g| Box::new(g) as Box<dyn maos_merge::backend::Hold>))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

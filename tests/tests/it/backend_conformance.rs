@@ -627,3 +627,163 @@ fn lock_run_holds_and_renews_the_lock_while_the_command_runs() {
         );
     }
 }
+
+/// `git ARGS` in `dir` as a fixed author (the merge tests' repositories).
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A branch `name` from main whose `f.txt` is `text`.
+fn branch(dir: &std::path::Path, name: &str, text: &str) {
+    git(dir, &["checkout", "-q", "-b", name, "main"]);
+    std::fs::write(dir.join("f.txt"), text).unwrap();
+    git(dir, &["commit", "-qam", name]);
+    git(dir, &["checkout", "-q", "main"]);
+}
+
+/// The merge coordinator and queue over each backend's shared state (git local): the agent
+/// prediction reads the registry, the queue keeps one active entry per pair, merges in order,
+/// turns a conflict into resolution tasks for the source's agent and a notice in its inbox,
+/// and merges the entry once it is resolved, completing the pair's tasks; the same on both.
+#[test]
+fn the_merge_queue_and_its_resolution_tasks_behave_the_same() {
+    use maos_coordination::merge::{EntryStatus, MergeCoordinator, MergeQueue};
+    let mut seen = Vec::new();
+    for (dir, b) in both() {
+        let d = dir.path();
+        git(d, &["init", "-q", "-b", "main"]);
+        std::fs::write(d.join(".gitignore"), ".maos/\n").unwrap();
+        std::fs::write(d.join("f.txt"), "one\ntwo\nthree\nfour\nfive\n").unwrap();
+        git(d, &["add", "."]);
+        git(d, &["commit", "-qm", "base"]);
+        branch(d, "feat-1", "ONE\ntwo\nthree\nfour\nfive\n");
+        branch(d, "feat-2", "uno\ntwo\nthree\nfour\nfive\n");
+        branch(d, "feat-3", "one\ntwo\nthree\nfour\nFIVE\n");
+        for (a, br) in [("a1", "feat-1"), ("a2", "feat-2"), ("a3", "feat-3")] {
+            b.agents()
+                .register(Registration::new(agent(a)).branch(br))
+                .unwrap();
+        }
+        let mut coord = MergeCoordinator::new(b.workspace(), agent("lead")).unwrap();
+        if let Some(shared) = b.merge(&agent("lead")) {
+            coord = coord.with_backend(shared);
+        }
+        let p = coord.predict_agents("main", false).unwrap();
+        assert!(p.vs_target.iter().all(|r| r.is_clean()), "{}", b.name());
+        let clashes: Vec<(String, String)> = p
+            .pairwise
+            .iter()
+            .filter(|r| !r.is_clean())
+            .map(|r| (r.target.clone(), r.source.clone()))
+            .collect();
+        assert_eq!(
+            clashes,
+            [("feat-1 (a1)".to_owned(), "feat-2 (a2)".to_owned())],
+            "{}",
+            b.name()
+        );
+
+        let queue = MergeQueue::new(coord.clone());
+        let e1 = queue.add("feat-1", "main").unwrap();
+        let e2 = queue.add("feat-2", "main").unwrap();
+        let e3 = queue.add("feat-3", "main").unwrap();
+        assert_eq!(
+            queue.add("feat-1", "main").unwrap().id,
+            e1.id,
+            "{}",
+            b.name()
+        );
+        let run = queue.run_blocking().unwrap();
+        assert_eq!(run.merged, [e1.id, e3.id], "{}", b.name());
+        assert_eq!(run.blocked, [e2.id], "{}", b.name());
+        let blocked = run.entries.iter().find(|e| e.id == e2.id).unwrap();
+        assert_eq!(blocked.conflicted_paths, ["f.txt"], "{}", b.name());
+        let res = blocked.resolution.clone().unwrap();
+        assert_eq!(res.conflict_tasks.len(), 1, "{}", b.name());
+        assert_eq!(res.conflict_tasks[0].assigned_to, Some(agent("a2")));
+        // The resolver's inbox has the notice.
+        let store = b.channels();
+        let mut inbox = store
+            .reader(
+                &ChannelName::new("direct/a2").unwrap(),
+                Start::After(0),
+                Filter::Everything,
+                false,
+            )
+            .unwrap();
+        let notices = drain(inbox.as_mut());
+        assert_eq!(notices.len(), 1, "{}", b.name());
+        assert!(notices[0].1.contains("merge_conflicts"), "{notices:?}");
+        // A second run while the resolution is open keeps the entry blocked, same tasks.
+        let again = queue.run_blocking().unwrap();
+        assert_eq!(again.blocked, [e2.id], "{}", b.name());
+        assert_eq!(
+            again.entries[0].resolution.as_ref().unwrap().merge_task,
+            res.merge_task
+        );
+
+        // a2 resolves on its branch (merges main, keeps both lines) and completes its task.
+        git(d, &["checkout", "-q", "feat-2"]);
+        let _ = std::process::Command::new("git")
+            .current_dir(d)
+            .args(["merge", "-q", "main"])
+            .output()
+            .unwrap();
+        std::fs::write(d.join("f.txt"), "ONE uno\ntwo\nthree\nfour\nFIVE\n").unwrap();
+        git(d, &["commit", "-qam", "resolve"]);
+        git(d, &["checkout", "-q", "main"]);
+        let a2 = b.tasks(&agent("a2"), None).unwrap();
+        let task = &res.conflict_tasks[0].task;
+        a2.update(task, &Update::status(TaskStatus::InProgress))
+            .unwrap();
+        a2.update(task, &Update::status(TaskStatus::Completed))
+            .unwrap();
+        let last = queue.run_blocking().unwrap();
+        assert_eq!(last.merged, [e2.id], "{}", b.name());
+        let list = queue.list().unwrap();
+        assert!(
+            list.iter().all(|e| e.status == EntryStatus::Merged),
+            "{}: {list:?}",
+            b.name()
+        );
+        // The merge closed the pair's merge task; every resolution task is completed.
+        let tasks = b.tasks(&agent("lead"), None).unwrap().list().unwrap();
+        assert_eq!(tasks.len(), 2, "{}", b.name());
+        assert!(
+            tasks.iter().all(|t| t.status == TaskStatus::Completed),
+            "{}: {tasks:?}",
+            b.name()
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("f.txt")).unwrap(),
+            "ONE uno\ntwo\nthree\nfour\nFIVE\n"
+        );
+        // The file backend's queue is its file; the server's leaves no file behind.
+        assert_eq!(
+            d.join(".maos/merge/queue.json").exists(),
+            b.is_file(),
+            "{}",
+            b.name()
+        );
+        seen.push((
+            run.merged.len(),
+            run.blocked.len(),
+            last.merged.len(),
+            tasks.len(),
+        ));
+    }
+    assert_eq!(seen[0], seen[1], "the backends differ");
+}

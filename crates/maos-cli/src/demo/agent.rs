@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::coord::{Coord, Finish, Held, LockFailure, Messenger, Start, To, Via, reply_to};
 use super::repo::{self, Worktree};
+use super::shared::Keep;
 use super::{API_CHANNEL, AgentEvent, EventKind, SYNC_CHANNEL};
 use crate::ctx::Ctx;
 use crate::exit::Exit;
@@ -72,12 +73,18 @@ struct Agent {
     root: std::path::PathBuf,
 }
 
-pub(crate) async fn run(ctx: &Ctx, role: &str, via: Via, pace: Pace) -> anyhow::Result<Exit> {
+pub(crate) async fn run(
+    ctx: &Ctx,
+    role: &str,
+    via: Via,
+    pace: Pace,
+    keep: &Keep,
+) -> anyhow::Result<Exit> {
     let me = ctx.agent.clone();
     let branch = format!("agent/{me}");
     // Through MCP the agent opens nothing of maos itself: the workspace is its directory.
     let ws = match via {
-        Via::Library => ctx.workspace()?,
+        Via::Library => ctx.open_workspace()?,
         Via::Mcp => maos_coordination::Workspace::open(&ctx.root)
             .with_context(|| format!("no maos workspace at {}", ctx.root.display()))?,
     };
@@ -87,7 +94,7 @@ pub(crate) async fn run(ctx: &Ctx, role: &str, via: Via, pace: Pace) -> anyhow::
         branch: branch.clone(),
         worktree: worktree.clone(),
     };
-    let (coord, who) = Coord::start(&ws, &me, via, &start).await?;
+    let (coord, who) = Coord::start(&ws, &me, via, &start, keep).await?;
     let wt = Worktree::open(&worktree, &branch)?;
     emit(&me, EventKind::Ready, None, who);
     // The backend answers API requests as they come, while it works on its tasks.

@@ -12,20 +12,23 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use maos_coordination::comm::{Cursor, FileChannel, Filter};
+use maos_coordination::backend::Backends;
+use maos_coordination::comm::{ChannelReader, Start as ReadFrom};
 use maos_coordination::core::ProcessIdentity;
-use maos_coordination::lock::{FileLock, LockMode, LockTable};
+use maos_coordination::lock::{FileLock, LockMode};
 use maos_coordination::merge::MergeCoordinator;
-use maos_coordination::track::{Options, TaskTracker};
+use maos_coordination::postgres::lock::PgLock;
 use maos_coordination::{
-    AgentId, AgentRegistry, AgentRole, ChannelName, LockGuard, MergeOutcome, Message, Recipients,
-    Registration, ResourceName, Task, TaskId, TaskStatus, Workspace,
+    AgentId, AgentRole, ChannelName, MergeOutcome, Message, Recipients, Registration, ResourceName,
+    Task, TaskId, TaskStatus, Workspace,
 };
 use rmcp::ServiceExt as _;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{Peer, RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
+
+use super::shared::{Guard, Keep, Tasks, Watch, sync};
 
 /// Which way the agents reach maos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,7 +59,7 @@ pub(crate) enum To {
 /// A lock the agent holds: a guard in its process (library), or a lock its MCP server holds.
 pub(crate) struct Held {
     pub(crate) resource: String,
-    guard: Option<LockGuard>,
+    guard: Option<Guard>,
 }
 
 /// Why a lock was not had.
@@ -105,8 +108,9 @@ enum Kind {
 }
 
 struct Library {
-    tracker: TaskTracker,
-    watch: maos_coordination::track::TaskWatch,
+    backends: Backends,
+    tasks: Tasks,
+    watch: Watch,
 }
 
 struct Mcp {
@@ -132,25 +136,41 @@ impl Coord {
         me: &AgentId,
         via: Via,
         start: &Start,
+        keep: &Keep,
     ) -> anyhow::Result<(Self, String)> {
         match via {
             Via::Library => {
-                AgentRegistry::new(ws).register(
-                    Registration::new(me.clone())
-                        .role(start.role.clone())
-                        .branch(start.branch.clone())
-                        .worktree(start.worktree.clone())
-                        .process(ProcessIdentity::current()),
-                )?;
-                let tracker = TaskTracker::open_with(ws, Options::default().agent(me.clone()))?;
-                let watch = tracker.watch()?;
+                // Every mechanism on the workspace's backend (files or PostgreSQL).
+                let (backends, tasks, watch) = sync(|| -> anyhow::Result<_> {
+                    let backends = maos_coordination::backend::open(ws)?;
+                    keep.hold(&backends);
+                    backends.agents().register(
+                        Registration::new(me.clone())
+                            .role(start.role.clone())
+                            .branch(start.branch.clone())
+                            .worktree(start.worktree.clone())
+                            .process(ProcessIdentity::current()),
+                    )?;
+                    let tasks = Tasks::open(&backends, me)?;
+                    let watch = tasks.watch()?;
+                    Ok((backends, tasks, watch))
+                })?;
+                let said = format!(
+                    "library on the {} backend, role {}",
+                    backends.name(),
+                    start.role
+                );
                 let coord = Self {
                     me: me.clone(),
                     ws: ws.clone(),
-                    kind: Kind::Library(Box::new(Library { tracker, watch })),
+                    kind: Kind::Library(Box::new(Library {
+                        backends,
+                        tasks,
+                        watch,
+                    })),
                     stats: Stats::default(),
                 };
-                Ok((coord, format!("library, role {}", start.role)))
+                Ok((coord, said))
             }
             Via::Mcp => {
                 let mut hooks = Hooks::new(&start.worktree, me)?;
@@ -214,10 +234,10 @@ impl Coord {
     /// backend answers API requests while it works).
     pub(crate) fn messenger(&self) -> Messenger {
         match &self.kind {
-            Kind::Library(_) => Messenger::Library {
-                ws: self.ws.clone(),
+            Kind::Library(l) => Messenger::Library {
+                backends: l.backends.clone(),
                 me: self.me.clone(),
-                channels: HashMap::new(),
+                channels: Readers::default(),
             },
             Kind::Mcp(m) => Messenger::Mcp {
                 peer: m.client.peer().clone(),
@@ -240,7 +260,7 @@ impl Coord {
     /// The best ready task, claimed and started (`task_claim`); `None` when nothing is ready.
     pub(crate) async fn claim(&mut self) -> anyhow::Result<Option<Task>> {
         match &mut self.kind {
-            Kind::Library(l) => Ok(l.tracker.claim_blocking(&self.me)?),
+            Kind::Library(l) => sync(|| l.tasks.claim(&self.me)),
             Kind::Mcp(_) => match self.tool("task_claim", json!({})).await {
                 Ok(t) => Ok(Some(task(t)?)),
                 Err(e) if kind_of(&e) == Some("busy") => Ok(None),
@@ -251,17 +271,16 @@ impl Coord {
 
     pub(crate) async fn get(&mut self, id: &TaskId) -> anyhow::Result<Task> {
         match &mut self.kind {
-            Kind::Library(l) => l
-                .tracker
-                .get_blocking(id)?
-                .with_context(|| format!("task {id} vanished")),
+            Kind::Library(l) => {
+                sync(|| l.tasks.get(id))?.with_context(|| format!("task {id} vanished"))
+            }
             Kind::Mcp(_) => task(self.tool("task_show", json!({ "id": id })).await?),
         }
     }
 
     pub(crate) async fn list(&mut self) -> anyhow::Result<Vec<Task>> {
         match &mut self.kind {
-            Kind::Library(l) => Ok(l.tracker.list_blocking()?),
+            Kind::Library(l) => sync(|| l.tasks.list()),
             Kind::Mcp(_) => Ok(serde_json::from_value(
                 self.tool("task_list", json!({})).await?,
             )?),
@@ -274,8 +293,11 @@ impl Coord {
     pub(crate) async fn complete(&mut self, id: &TaskId, note: &str) -> anyhow::Result<Finish> {
         match &mut self.kind {
             Kind::Library(l) => {
-                let before = l.tracker.get_blocking(id)?.map(|t| t.status);
-                l.tracker.complete_blocking(id, Some(note))?;
+                let before = sync(|| -> anyhow::Result<_> {
+                    let before = l.tasks.get(id)?.map(|t| t.status);
+                    l.tasks.complete(id, note)?;
+                    Ok(before)
+                })?;
                 Ok(if before == Some(TaskStatus::Completed) {
                     Finish::AlreadyCompleted
                 } else {
@@ -311,8 +333,7 @@ impl Coord {
     pub(crate) async fn fail(&mut self, id: &TaskId, reason: &str) -> anyhow::Result<()> {
         match &mut self.kind {
             Kind::Library(l) => {
-                l.tracker
-                    .update_status_blocking(id, TaskStatus::Failed, Some(reason))?;
+                sync(|| l.tasks.update_status(id, TaskStatus::Failed, Some(reason)))?;
             }
             Kind::Mcp(_) => {
                 self.tool("task_fail", json!({ "id": id, "reason": reason }))
@@ -352,39 +373,10 @@ impl Coord {
         on_busy: impl FnOnce(&str),
     ) -> Result<Held, LockFailure> {
         match &mut self.kind {
-            Kind::Library(_) => {
+            Kind::Library(l) => {
                 let res = ResourceName::new(path).map_err(anyhow::Error::from)?;
-                let lock = FileLock::new(&self.ws, res.clone())
-                    .agent(self.me.clone())
-                    .wait(wait);
-                let tried = match lock.try_acquire(purpose) {
-                    Ok(g) => g,
-                    Err(e @ maos_coordination::lock::Error::Deadlock { .. }) => {
-                        return Err(LockFailure::Deadlock(e.to_string()));
-                    }
-                    Err(e) => return Err(LockFailure::Error(e.into())),
-                };
-                let guard = match tried {
-                    Some(g) => g,
-                    None => {
-                        let table = LockTable::open(&self.ws).map_err(anyhow::Error::from)?;
-                        let holders = table
-                            .conflicting(&res, LockMode::Exclusive)
-                            .map_err(anyhow::Error::from)?;
-                        match holders.first() {
-                            Some(h) => on_busy(&format!("held by {}", h.owner)),
-                            // Released meanwhile, and an earlier waiter has the next turn.
-                            None => on_busy("queued behind an earlier waiter"),
-                        }
-                        match lock.acquire_blocking(purpose) {
-                            Ok(g) => g,
-                            Err(e @ maos_coordination::lock::Error::Deadlock { .. }) => {
-                                return Err(LockFailure::Deadlock(e.to_string()));
-                            }
-                            Err(e) => return Err(LockFailure::Error(e.into())),
-                        }
-                    }
-                };
+                let (me, ws) = (&self.me, &self.ws);
+                let guard = sync(|| lock_library(l, ws, me, &res, purpose, wait, on_busy))?;
                 Ok(Held {
                     resource: path.to_owned(),
                     guard: Some(guard),
@@ -425,7 +417,7 @@ impl Coord {
 
     pub(crate) async fn unlock(&mut self, held: Held) -> anyhow::Result<()> {
         match held.guard {
-            Some(g) => g.release()?,
+            Some(g) => sync(|| g.release())?,
             None => {
                 self.tool("lock_release", json!({ "resource": held.resource }))
                     .await?;
@@ -446,9 +438,12 @@ impl Coord {
         target: &str,
     ) -> anyhow::Result<(String, bool)> {
         match &mut self.kind {
-            Kind::Library(_) => {
-                let coord = MergeCoordinator::new(&self.ws, self.me.clone())?;
-                let outcome = coord.merge_blocking(source, target)?;
+            Kind::Library(l) => {
+                let mut coord = MergeCoordinator::new(&self.ws, self.me.clone())?;
+                if let Some(shared) = l.backends.merge(&self.me) {
+                    coord = coord.with_backend(shared);
+                }
+                let outcome = sync(|| coord.merge_blocking(source, target))?;
                 Ok(match outcome {
                     MergeOutcome::FastForward { to, .. } => (
                         format!("fast-forwarded {target} to {source} ({})", short(&to)),
@@ -568,9 +563,10 @@ impl Coord {
 /// Sending and receiving messages, usable from a second task of the agent.
 pub(crate) enum Messenger {
     Library {
-        ws: Workspace,
+        backends: Backends,
         me: AgentId,
-        channels: HashMap<String, (FileChannel, Cursor)>,
+        /// A reader per channel, positioned after what was read.
+        channels: Readers,
     },
     Mcp {
         peer: Peer<RoleClient>,
@@ -600,8 +596,8 @@ impl Messenger {
             o.insert("in_reply_to".into(), json!(r));
         }
         match self {
-            Messenger::Library { ws, me, .. } => {
-                let ch = FileChannel::open(ws, ChannelName::new(channel)?)?;
+            Messenger::Library { backends, me, .. } => {
+                let name = ChannelName::new(channel)?;
                 let recipients = match to {
                     To::All => Recipients::All,
                     To::Agent(a) => Recipients::Agent(a),
@@ -613,8 +609,18 @@ impl Messenger {
                     msg.metadata.reply_to = id;
                     msg.metadata.correlation_id = id;
                 }
-                ch.send_blocking(&msg)?;
-                Ok(msg.id.to_string())
+                let id = msg.id;
+                let msg = msg.map(|p| serde_json::value::to_raw_value(&p));
+                let msg = Message {
+                    payload: msg.payload?,
+                    id: msg.id,
+                    timestamp: msg.timestamp,
+                    sender: msg.sender,
+                    recipients: msg.recipients,
+                    metadata: msg.metadata,
+                };
+                sync(|| backends.channels().send(&name, &msg, SEND_WAIT))?;
+                Ok(id.to_string())
             }
             Messenger::Mcp { peer, calls } => {
                 let mut args = json!({ "channel": channel, "data": payload });
@@ -639,22 +645,46 @@ impl Messenger {
         wait: Duration,
     ) -> anyhow::Result<Vec<Message<Value>>> {
         match self {
-            Messenger::Library { ws, me, channels } => {
-                if !channels.contains_key(channel) {
-                    let ch = FileChannel::open(ws, ChannelName::new(channel)?)?;
-                    channels.insert(channel.to_owned(), (ch, Cursor::start()));
-                }
-                let Some((ch, cursor)) = channels.get_mut(channel) else {
-                    bail!("channel {channel} vanished");
+            Messenger::Library {
+                backends,
+                me,
+                channels,
+            } => {
+                let mut reader = match channels.0.remove(channel) {
+                    Some(r) => r,
+                    None => sync(|| -> anyhow::Result<_> {
+                        let store = backends.channels();
+                        // What is addressed to this agent (by id, role or everyone).
+                        let filter = store.filter_for(me.clone())?;
+                        Ok(store.reader(
+                            &ChannelName::new(channel)?,
+                            ReadFrom::After(0),
+                            filter,
+                            true,
+                        )?)
+                    })?,
                 };
-                let filter = Filter::for_agent(ws, me.clone())?;
-                let (ch2, at) = (ch.clone(), *cursor);
-                let batch = tokio::task::spawn_blocking(move || {
-                    ch2.wait_blocking::<Value>(&at, &filter, wait)
+                let (reader, read) = tokio::task::spawn_blocking(move || {
+                    let read = reader.wait(wait);
+                    (reader, read)
                 })
-                .await??;
-                *cursor = batch.cursor;
-                Ok(batch.messages.into_iter().map(|d| d.message).collect())
+                .await?;
+                channels.0.insert(channel.to_owned(), reader);
+                let mut out = Vec::new();
+                for d in read?.messages {
+                    let m = d.message;
+                    let payload: Value = serde_json::from_str(m.payload.get())
+                        .with_context(|| format!("a message on {channel} is not JSON"))?;
+                    out.push(Message {
+                        payload,
+                        id: m.id,
+                        timestamp: m.timestamp,
+                        sender: m.sender,
+                        recipients: m.recipients,
+                        metadata: m.metadata,
+                    });
+                }
+                Ok(out)
             }
             Messenger::Mcp { peer, calls } => {
                 *calls += 1;
@@ -679,6 +709,86 @@ impl Messenger {
 }
 
 /// The reply's correlation: the envelope's `reply_to`, else the payload's `in_reply_to`.
+/// The channel readers of a messenger. A reader may own a runtime of its own (the file
+/// backend's waits) or a server connection: dropped where blocking is allowed.
+#[derive(Default)]
+pub(crate) struct Readers(HashMap<String, Box<dyn ChannelReader>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        let readers = std::mem::take(&mut self.0);
+        sync(|| drop(readers));
+    }
+}
+
+/// How long a send waits for the channel's lock (the file backend).
+const SEND_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the lock on `res` for `me` on the workspace's backend, held by this process (a
+/// guard), telling `on_busy` whom it waits for when it is taken; a deadlock victim's wait
+/// ends in [`LockFailure::Deadlock`].
+fn lock_library(
+    l: &Library,
+    ws: &Workspace,
+    me: &AgentId,
+    res: &ResourceName,
+    purpose: &str,
+    wait: Duration,
+    on_busy: impl FnOnce(&str),
+) -> Result<Guard, LockFailure> {
+    let busy = |on_busy: &dyn Fn(&str)| -> Result<(), LockFailure> {
+        let holders = l
+            .backends
+            .locks()
+            .conflicting(res, LockMode::Exclusive)
+            .map_err(anyhow::Error::from)?;
+        match holders.first() {
+            Some(h) => on_busy(&format!("held by {}", h.owner)),
+            // Released meanwhile, and an earlier waiter has the next turn.
+            None => on_busy("queued behind an earlier waiter"),
+        }
+        Ok(())
+    };
+    let once = std::cell::Cell::new(Some(on_busy));
+    let tell = |what: &str| {
+        if let Some(f) = once.take() {
+            f(what);
+        }
+    };
+    match l.backends.postgres() {
+        None => {
+            let lock = FileLock::new(ws, res.clone()).agent(me.clone()).wait(wait);
+            let file = |e: maos_coordination::lock::Error| match e {
+                e @ maos_coordination::lock::Error::Deadlock { .. } => {
+                    LockFailure::Deadlock(e.to_string())
+                }
+                e => LockFailure::Error(e.into()),
+            };
+            if let Some(g) = lock.try_acquire(purpose).map_err(file)? {
+                return Ok(Guard::File(g));
+            }
+            busy(&tell)?;
+            lock.acquire_blocking(purpose)
+                .map(Guard::File)
+                .map_err(file)
+        }
+        Some(pg) => {
+            let lock = PgLock::new(pg, res.clone()).agent(me.clone()).wait(wait);
+            let server = |e: maos_coordination::postgres::Error| match e {
+                e @ maos_coordination::postgres::Error::Deadlock { .. } => {
+                    LockFailure::Deadlock(e.to_string())
+                }
+                e => LockFailure::Error(e.into()),
+            };
+            if let Some(g) = lock.try_acquire(purpose).map_err(server)? {
+                return Ok(Guard::Pg(g));
+            }
+            busy(&tell)?;
+            lock.acquire(purpose).map(Guard::Pg).map_err(server)
+        }
+    }
+}
+
 pub(crate) fn reply_to(m: &Message<Value>) -> Option<String> {
     m.metadata
         .reply_to

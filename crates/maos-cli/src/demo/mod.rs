@@ -20,6 +20,7 @@ mod coord;
 mod log;
 mod orchestrator;
 mod repo;
+mod shared;
 mod view;
 
 use std::io::IsTerminal as _;
@@ -71,6 +72,15 @@ pub(crate) struct DemoArgs {
     /// `mcp` (only through their own `maos mcp` server and Claude Code hooks).
     #[arg(long, value_enum, default_value = "library", value_name = "HOW")]
     via: coord::Via,
+    /// Where the session's coordination lives: `file` (the workspace's `.maos/`, the default)
+    /// or a PostgreSQL server, `postgres://user@host[:port]/database` (recorded in the demo
+    /// workspace as `maos init --backend` does; git stays local). Not with `--via mcp`.
+    #[arg(long, value_name = "URL")]
+    backend: Option<String>,
+    /// The namespace on the PostgreSQL server (default: the demo repository's identity, new
+    /// for every run).
+    #[arg(long, value_name = "NAME", requires = "backend")]
+    namespace: Option<String>,
     /// Internal: run as one agent of a demo with this role.
     #[arg(long, hide = true, value_name = "ROLE")]
     as_agent: Option<String>,
@@ -150,14 +160,25 @@ pub(crate) fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             let pace = agent::Pace {
                 per_hour: Duration::from_millis(args.pace_ms),
             };
-            rt.block_on(agent::run(ctx, &role, args.via, pace))
+            let keep = shared::Keep::default();
+            let exit = rt.block_on(agent::run(ctx, &role, args.via, pace, &keep));
+            drop(rt);
+            drop(keep);
+            exit
         }
         None => {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Multi-threaded (one worker) so that blocking backend calls can step aside
+            // (`block_in_place`): the PostgreSQL client blocks on a runtime of its own.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()?;
             let paced = args.paced();
-            rt.block_on(orchestrator::run(args, paced))
+            let keep = shared::Keep::default();
+            let exit = rt.block_on(orchestrator::run(args, paced, &keep));
+            drop(rt);
+            drop(keep);
+            exit
         }
     }
 }

@@ -10,17 +10,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use maos_coordination::comm::{Cursor, FileChannel, Filter, topic_channel};
-use maos_coordination::core::{Anchor, ProcessIdentity};
-use maos_coordination::lock::{DeadlockDetector, LockTable};
+use maos_coordination::backend::{self, Backends};
+use maos_coordination::comm::{Cursor, FileChannel, Filter, TopicReader, topic_channel};
+use maos_coordination::core::{Anchor, Config, ProcessIdentity};
+use maos_coordination::lock::DeadlockDetector;
 use maos_coordination::merge::{ConflictDetector, EntryStatus, MergeCoordinator, MergeQueue};
-use maos_coordination::track::{Options, ProgressVisualizer, Task, TaskStatus, TaskTracker};
-use maos_coordination::{
-    AgentId, AgentRegistry, AgentRole, MergeOutcome, Registration, TaskId, Workspace,
-};
+use maos_coordination::postgres::lock::PgDeadlockDetector;
+use maos_coordination::track::{Task, TaskStatus};
+use maos_coordination::{AgentId, AgentRole, MergeOutcome, Registration, TaskId, Workspace};
 
 use super::agent::demo_meta;
 use super::coord::{Stats, Via};
+use super::shared::{Keep, Tasks, sync};
 use super::view::View;
 use super::{AgentEvent, DemoArgs, EventKind, ORCHESTRATOR, PACED_WORK, ROLES, repo};
 use crate::exit::Exit;
@@ -38,7 +39,7 @@ struct Check {
     ok: bool,
 }
 
-pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
+pub(crate) async fn run(args: DemoArgs, paced: bool, keep: &Keep) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let tmp;
     let root: PathBuf = match &args.keep {
@@ -58,17 +59,23 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     };
     let git = repo::init(&root)?;
     let ws = Workspace::init(&root)?;
+    let backends = sync(|| choose_backend(&ws, &args))?;
+    keep.hold(&backends);
     let me = AgentId::new(ORCHESTRATOR)?;
-    let registry = AgentRegistry::new(&ws);
-    registry.register(
-        Registration::new(me.clone())
-            .role(AgentRole::orchestrator())
-            .process(ProcessIdentity::current()),
-    )?;
+    let registry = backends.agents();
+    sync(|| {
+        registry.register(
+            Registration::new(me.clone())
+                .role(AgentRole::orchestrator())
+                .process(ProcessIdentity::current()),
+        )
+    })?;
     let mode = if paced { "paced" } else { "fast" };
     eprintln!(
-        "maos demo: workspace {} ({} agents via {}, {} extra tasks, seed {}, {mode})",
+        "maos demo: workspace {} on the {} backend ({}; {} agents via {}, {} extra tasks, seed {}, {mode})",
         root.display(),
+        backends.name(),
+        backends.location(),
         args.agents,
         args.via.name(),
         args.tasks,
@@ -89,17 +96,16 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
             // Neither MCP nor the hooks let an agent state its role: the lead registers the
             // team up front (as `maos agents register --role R --branch B` would), anchored
             // on itself as an ancestor, so a session's end still ends the agent.
-            registry.register(
-                Registration::new(AgentId::new(id)?)
-                    .role(AgentRole::new(*role)?)
-                    .branch(branch)
-                    .worktree(wt)
-                    .anchor(Anchor::ancestor(ProcessIdentity::current())),
-            )?;
+            let reg = Registration::new(AgentId::new(id)?)
+                .role(AgentRole::new(*role)?)
+                .branch(branch)
+                .worktree(wt)
+                .anchor(Anchor::ancestor(ProcessIdentity::current()));
+            sync(|| registry.register(reg))?;
         }
     }
-    let tracker = TaskTracker::open_with(&ws, Options::default().agent(me.clone()))?;
-    let (graph, planned) = build_graph(&tracker, &args).await?;
+    let tracker = sync(|| Tasks::open(&backends, &me))?;
+    let (graph, planned) = sync(|| build_graph(&tracker, &args))?;
     let pace = if paced {
         pace_for(&planned, agents.len())
     } else {
@@ -108,12 +114,8 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
 
     // The deadlock monitor: detects cycles in the on-disk wait-for graph, broadcasts them
     // on the `deadlock` topic and ends the victim's wait.
-    let monitor = DeadlockDetector::new(&ws)
-        .resolve(true)
-        .sender(me.clone())
-        .spawn_monitor(Duration::from_secs(1))?;
-    let deadlocks = FileChannel::open(&ws, topic_channel("deadlock")?)?;
-    let mut deadlock_cursor = Cursor::start();
+    let monitor = sync(|| Monitor::start(&backends, &me))?;
+    let mut deadlocks = sync(|| Deadlocks::open(&backends))?;
 
     let exe = std::env::current_exe().context("locating the maos binary")?;
     let (tx, rx) = mpsc::channel::<FromAgent>();
@@ -176,7 +178,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         args.via.name()
     );
     let mut view = View::new(
-        &ws,
+        backends.locks(),
         header,
         agents.iter().map(|(a, _)| a.clone()).collect(),
         &planned,
@@ -184,7 +186,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     super::log::catch();
     let mut events: Vec<AgentEvent> = Vec::new();
     let mut logged: Vec<String> = Vec::new();
-    let mut watch = tracker.watch()?;
+    let mut watch = sync(|| tracker.watch())?;
     let mut merge_phase: Option<MergePhase> = None;
     let deadline = Instant::now() + args.timeout;
     let mut stopped: Option<String> = None;
@@ -194,27 +196,30 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         Duration::from_millis(100)
     };
     loop {
-        let tasks = tracker.list_blocking()?;
+        let tasks = sync(|| tracker.list())?;
         view.learn(&tasks);
         let incoming: Vec<FromAgent> = rx.try_iter().collect();
         open -= incoming
             .iter()
             .filter(|m| matches!(m, FromAgent::Closed))
             .count();
-        intake(
-            &mut view,
-            &mut events,
-            &mut logged,
-            incoming,
-            &deadlocks,
-            &mut deadlock_cursor,
-        )?;
-        view.render(&tasks)?;
+        sync(|| {
+            intake(
+                &mut view,
+                &mut events,
+                &mut logged,
+                incoming,
+                &mut deadlocks,
+            )
+        })?;
+        sync(|| view.render(&tasks))?;
         let status = |id: &TaskId| tasks.iter().find(|t| t.id == *id).map(|t| t.status);
         // The merge task: when its dependencies are done, merge every agent branch.
         if merge_phase.is_none() && status(&graph.merge) == Some(TaskStatus::Pending) {
-            tracker.update_status_blocking(&graph.merge, TaskStatus::InProgress, None)?;
-            let mut phase = MergePhase::start(&ws, &me, &agents)?;
+            let mut phase = sync(|| -> anyhow::Result<_> {
+                tracker.update_status(&graph.merge, TaskStatus::InProgress, None)?;
+                MergePhase::start(&backends, &me, &agents)
+            })?;
             for line in phase.take_notes() {
                 view.note(line);
             }
@@ -223,26 +228,30 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         if let Some(phase) = &mut merge_phase
             && !phase.done
         {
-            let done = phase.advance(&tracker)?;
+            let done = sync(|| phase.advance(&tracker))?;
             for line in phase.take_notes() {
                 view.note(line);
             }
             if done {
-                tracker.update_status_blocking(
-                    &graph.merge,
-                    TaskStatus::Completed,
-                    Some("every agent branch is merged into main"),
-                )?;
+                sync(|| {
+                    tracker.update_status(
+                        &graph.merge,
+                        TaskStatus::Completed,
+                        Some("every agent branch is merged into main"),
+                    )
+                })?;
                 view.note("every agent branch is merged into main".into());
             }
         }
         if status(&graph.feature) == Some(TaskStatus::Pending) {
-            tracker.update_status_blocking(&graph.feature, TaskStatus::InProgress, None)?;
-            tracker.update_status_blocking(
-                &graph.feature,
-                TaskStatus::Completed,
-                Some("feature done: merged and reviewed"),
-            )?;
+            sync(|| -> anyhow::Result<()> {
+                tracker.update_status(&graph.feature, TaskStatus::InProgress, None)?;
+                tracker.update_status(
+                    &graph.feature,
+                    TaskStatus::Completed,
+                    Some("feature done: merged and reviewed"),
+                )
+            })?;
         }
         let all_done = tasks.iter().all(|t| t.status == TaskStatus::Completed);
         match children_state(&mut children)? {
@@ -290,37 +299,32 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
         }
     }
     last.extend(rx.try_iter());
-    intake(
-        &mut view,
-        &mut events,
-        &mut logged,
-        last,
-        &deadlocks,
-        &mut deadlock_cursor,
-    )?;
+    sync(|| intake(&mut view, &mut events, &mut logged, last, &mut deadlocks))?;
     drop(monitor);
     for line in super::log::release() {
         view.note(format!("log: {line}"));
         logged.push(line);
     }
-    let tasks = tracker.list_blocking()?;
-    view.finish(&tasks)?;
+    let tasks = sync(|| tracker.list())?;
+    sync(|| view.finish(&tasks))?;
     let elapsed = view.elapsed();
 
     // The verdict.
-    let checks = verify(&Session {
-        ws: &ws,
-        git: &git,
-        tasks: &tasks,
-        graph: &graph,
-        events: &events,
-        merge: merge_phase.as_ref(),
-        stopped: stopped.as_deref(),
-        agents: &agents,
-        via: args.via,
+    let checks = sync(|| {
+        verify(&Session {
+            ws: &ws,
+            backends: &backends,
+            git: &git,
+            tasks: &tasks,
+            graph: &graph,
+            events: &events,
+            merge: merge_phase.as_ref(),
+            stopped: stopped.as_deref(),
+            agents: &agents,
+            via: args.via,
+        })
     })?;
-    let visual = ProgressVisualizer::new(tracker.clone());
-    let report = visual.generate_progress_report_blocking()?;
+    let report = sync(|| tracker.report())?;
     outln!(
         "\n## Report\n\n{}",
         maos_coordination::track::summary(&report)
@@ -330,7 +334,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     let maos_coordination::track::CriticalPath {
         tasks: path,
         total: length,
-    } = tracker.critical_path_blocking()?;
+    } = sync(|| tracker.critical_path())?;
     for t in &path {
         outln!(
             "- {} ({})",
@@ -341,7 +345,7 @@ pub(crate) async fn run(args: DemoArgs, paced: bool) -> anyhow::Result<Exit> {
     outln!("total estimate: {}\n", crate::duration::format(length))?;
     outln!(
         "## Gantt (Mermaid)\n\n```mermaid\n{}```\n",
-        visual.generate_gantt_chart_blocking()?
+        sync(|| tracker.gantt())?
     )?;
     if !logged.is_empty() {
         outln!("## Log lines\n")?;
@@ -404,8 +408,7 @@ fn intake(
     events: &mut Vec<AgentEvent>,
     logged: &mut Vec<String>,
     incoming: impl IntoIterator<Item = FromAgent>,
-    deadlocks: &FileChannel,
-    cursor: &mut Cursor,
+    deadlocks: &mut Deadlocks,
 ) -> anyhow::Result<()> {
     enum Item {
         Event(AgentEvent),
@@ -413,13 +416,9 @@ fn intake(
     }
     let now = maos_coordination::core::now_ms();
     let mut items: Vec<(u64, Item)> = Vec::new();
-    let batch = deadlocks.receive_blocking::<serde_json::Value>(cursor, &Filter::Everything)?;
-    *cursor = batch.cursor;
-    for d in batch.messages {
-        let at = d.message.payload["detected_at"]
-            .as_u64()
-            .unwrap_or(d.message.timestamp);
-        items.push((at, Item::Note(describe_deadlock(&d.message.payload))));
+    for (timestamp, payload) in deadlocks.read()? {
+        let at = payload["detected_at"].as_u64().unwrap_or(timestamp);
+        items.push((at, Item::Note(describe_deadlock(&payload))));
     }
     for m in incoming {
         match m {
@@ -465,12 +464,17 @@ fn describe_deadlock(v: &serde_json::Value) -> String {
             )
         })
         .collect();
+    // The file backend's report names the victim in `suggested_resolution`; the server's
+    // report has its wait as `victim`.
     let r = &v["suggested_resolution"];
+    let victim = r["victim"]
+        .as_str()
+        .or_else(|| v["victim"]["waiter"].as_str())
+        .unwrap_or("?");
     format!(
-        "DEADLOCK: {}; victim {}{}",
+        "DEADLOCK: {}; victim {victim}{}",
         waits.join(", "),
-        r["victim"].as_str().unwrap_or("?"),
-        if r["applied"] == true {
+        if r["applied"] == true || v["applied"] == true {
             " (its wait is aborted)"
         } else {
             ""
@@ -503,7 +507,7 @@ fn children_state(children: &mut [(String, Child)]) -> anyhow::Result<Children> 
 /// The feature's task graph: the design's `track_feature_implementation`, plus the work
 /// that makes the demo's coordination real (API request, overlapping edits, a lock-order
 /// deadlock, merging, review) and `--tasks` extra module tasks with random dependencies.
-async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<(Graph, Vec<Task>)> {
+fn build_graph(tracker: &Tasks, args: &DemoArgs) -> anyhow::Result<(Graph, Vec<Task>)> {
     let agent = |s: &str| AgentId::new(s);
     let mut tasks: Vec<Task> = Vec::new();
     let mut mk = |name: &str,
@@ -624,7 +628,7 @@ async fn build_graph(tracker: &TaskTracker, args: &DemoArgs) -> anyhow::Result<(
         BTreeMap::new(),
     )?;
     let all = tasks.iter().map(|t| t.id.clone()).collect();
-    tracker.create_tasks(tasks.clone()).await?;
+    tracker.create_all(&tasks)?;
     Ok((
         Graph {
             feature,
@@ -649,7 +653,8 @@ pub(crate) struct MergePhase {
 }
 
 impl MergePhase {
-    fn start(ws: &Workspace, me: &AgentId, agents: &[(String, &str)]) -> anyhow::Result<Self> {
+    fn start(backends: &Backends, me: &AgentId, agents: &[(String, &str)]) -> anyhow::Result<Self> {
+        let ws = backends.workspace();
         let git = git2::Repository::open(ws.root())?;
         let main = repo::tip(&git, "main")?.context("main has no commits")?;
         // The branches with work on them.
@@ -690,7 +695,12 @@ impl MergePhase {
                     .join("; ")
             }
         )];
-        let queue = MergeQueue::new(MergeCoordinator::new(ws, me.clone())?);
+        // The queue, the merge lock and the resolution tasks on the workspace's backend.
+        let mut coord = MergeCoordinator::new(ws, me.clone())?;
+        if let Some(shared) = backends.merge(me) {
+            coord = coord.with_backend(shared);
+        }
+        let queue = MergeQueue::new(coord);
         for b in &branches {
             queue.add(b, "main")?;
         }
@@ -770,7 +780,7 @@ impl MergePhase {
 
     /// Re-runs the queue once every resolution task of a blocked entry is completed; true
     /// once every entry is merged.
-    fn advance(&mut self, tracker: &TaskTracker) -> anyhow::Result<bool> {
+    fn advance(&mut self, tracker: &Tasks) -> anyhow::Result<bool> {
         let entries = self.queue.list()?;
         if entries.iter().all(|e| e.status == EntryStatus::Merged) {
             self.done = true;
@@ -781,7 +791,7 @@ impl MergePhase {
             let Some(res) = &e.resolution else { continue };
             let mut all_done = true;
             for t in &res.conflict_tasks {
-                let status = tracker.get_blocking(&t.task)?.map(|t| t.status);
+                let status = tracker.get(&t.task)?.map(|t| t.status);
                 all_done &= status == Some(TaskStatus::Completed);
             }
             if all_done {
@@ -799,6 +809,7 @@ impl MergePhase {
 /// What the verdict looks at.
 struct Session<'a> {
     ws: &'a Workspace,
+    backends: &'a Backends,
     git: &'a git2::Repository,
     tasks: &'a [Task],
     graph: &'a Graph,
@@ -812,6 +823,7 @@ struct Session<'a> {
 fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
     let Session {
         ws,
+        backends,
         git,
         tasks,
         graph,
@@ -937,7 +949,7 @@ fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
     );
 
     // No lock left behind.
-    let snapshot = LockTable::open(ws)?.snapshot()?;
+    let snapshot = backends.locks().snapshot()?;
     check(
         format!(
             "no lock left behind ({} held, {} waiting)",
@@ -948,9 +960,7 @@ fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
     );
 
     // The deadlock was reported on the `deadlock` topic and its victim backed off.
-    let topic = FileChannel::open(ws, topic_channel("deadlock")?)?;
-    let reports =
-        topic.receive_blocking::<serde_json::Value>(&Cursor::start(), &Filter::Everything)?;
+    let reports = Deadlocks::open(backends)?.read()?;
     let victims = events
         .iter()
         .filter(|e| e.event == EventKind::DeadlockVictim)
@@ -958,9 +968,9 @@ fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
     check(
         format!(
             "the deadlock was detected, reported on the deadlock topic ({} report(s)) and resolved ({victims} victim(s))",
-            reports.messages.len()
+            reports.len()
         ),
-        !reports.messages.is_empty() && victims >= 1,
+        !reports.is_empty() && victims >= 1,
     );
 
     // Each agent worked in its own worktree and left it clean at its branch's tip.
@@ -1013,11 +1023,12 @@ fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
             ),
             missing.is_empty() && total.edits_allowed > 0 && total.edits_denied == 0,
         );
-        let registered: Vec<String> = AgentRegistry::new(ws)
+        let registered: Vec<String> = backends
+            .agents()
             .list()?
-            .agents
+            .0
             .into_iter()
-            .map(|a| a.id.to_string())
+            .map(|a| a.record.id.to_string())
             .filter(|a| agents.iter().any(|(x, _)| x == a))
             .collect();
         check(
@@ -1029,4 +1040,135 @@ fn verify(session: &Session<'_>) -> anyhow::Result<Vec<Check>> {
         );
     }
     Ok(checks)
+}
+
+/// The workspace's backend: `--backend URL [--namespace N]` recorded in its config first (as
+/// `maos init --backend` does, reaching the server before recording it), then opened as
+/// every maos command opens it (`MAOS_BACKEND` still overrides). `--via mcp` needs the
+/// Claude Code hooks, which work on the files only: refused on PostgreSQL.
+fn choose_backend(ws: &Workspace, args: &DemoArgs) -> anyhow::Result<Backends> {
+    if let Some(value) = args.backend.as_deref()
+        && let Some(url) = backend::parse(value, "--backend")?
+    {
+        let ns = backend::namespace_for(ws.root(), &url, args.namespace.as_deref())?;
+        backend::connect(&url, &ns, "--backend")?;
+        let mut config = Config::load(ws)?;
+        config.backend = Some(url.as_str().to_owned());
+        config.namespace = Some(ns);
+        config.save(ws)?;
+    }
+    let backends = backend::open(ws)?;
+    if args.via == Via::Mcp && !backends.is_file() {
+        return Err(crate::exit::Failure::error(
+            Exit::Usage,
+            format!(
+                "maos demo --via mcp cannot run on the PostgreSQL backend ({}): its agents \
+                 edit through the Claude Code hooks, which refuse PostgreSQL workspaces (they \
+                 check and record edits in the workspace's files); use --via library (the \
+                 default) with --backend, or --via mcp on the file backend",
+                backends.location()
+            ),
+        ));
+    }
+    Ok(backends)
+}
+
+/// The deadlock monitor: finds cycles in the wait-for graph, broadcasts them on the
+/// `deadlock` topic and ends the victim's wait. The file backend's watches the lock table's
+/// files; the server's asks every quarter second on a thread of its own.
+enum Monitor {
+    File(#[allow(dead_code)] maos_coordination::lock::Monitor), // stops when dropped
+    Pg {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Monitor {
+    fn start(backends: &Backends, me: &AgentId) -> anyhow::Result<Self> {
+        let Some(pg) = backends.postgres() else {
+            return Ok(Monitor::File(
+                DeadlockDetector::new(backends.workspace())
+                    .resolve(true)
+                    .sender(me.clone())
+                    .spawn_monitor(Duration::from_secs(1))?,
+            ));
+        };
+        let detector = PgDeadlockDetector::new(pg)
+            .resolve(true)
+            .broadcast(me.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("deadlock-monitor".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = detector.check() {
+                        tracing::warn!("deadlock check failed: {e}");
+                    }
+                    std::thread::park_timeout(Duration::from_millis(250));
+                }
+            })?;
+        Ok(Monitor::Pg {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Monitor::Pg { stop, thread } = self {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = thread.take() {
+                t.thread().unpark();
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The reports on the `deadlock` topic, read forward: the topic's channel on the files, the
+/// broadcast feed on a server.
+enum Deadlocks {
+    File(FileChannel, Cursor),
+    Store(Box<dyn TopicReader>),
+}
+
+impl Deadlocks {
+    fn open(backends: &Backends) -> anyhow::Result<Self> {
+        Ok(if backends.is_file() {
+            Deadlocks::File(
+                FileChannel::open(backends.workspace(), topic_channel("deadlock")?)?,
+                Cursor::start(),
+            )
+        } else {
+            Deadlocks::Store(backends.channels().topic_reader(&["deadlock"], None)?)
+        })
+    }
+
+    /// The reports since the last read: (sent at, payload).
+    fn read(&mut self) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
+        match self {
+            Deadlocks::File(ch, cursor) => {
+                let batch =
+                    ch.receive_blocking::<serde_json::Value>(cursor, &Filter::Everything)?;
+                *cursor = batch.cursor;
+                Ok(batch
+                    .messages
+                    .into_iter()
+                    .map(|d| (d.message.timestamp, d.message.payload))
+                    .collect())
+            }
+            Deadlocks::Store(r) => {
+                let mut out = Vec::new();
+                for m in r.read()?.messages {
+                    let payload = serde_json::from_str(m.message.payload.get())
+                        .context("a deadlock report is not JSON")?;
+                    out.push((m.message.timestamp, payload));
+                }
+                Ok(out)
+            }
+        }
+    }
 }

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
-use maos_coordination::Workspace;
-use maos_coordination::lock::{LockTable, Snapshot};
+use maos_coordination::lock::{LockStore, Snapshot};
 use maos_coordination::track::{Task, TaskStatus};
 
 use super::{AgentEvent, EventKind};
@@ -29,7 +28,7 @@ pub(crate) struct View {
     told: HashSet<String>,
     /// The event log: (ms since the Unix epoch, line).
     log: Vec<(u64, String)>,
-    locks: Option<LockTable>,
+    locks: Box<dyn LockStore>,
     drawn_lines: usize,
     last_progress: String,
 }
@@ -107,7 +106,7 @@ impl Progress {
 
 impl View {
     pub(crate) fn new(
-        ws: &Workspace,
+        locks: Box<dyn LockStore>,
         header: String,
         agents: Vec<String>,
         planned: &[Task],
@@ -129,7 +128,7 @@ impl View {
             order: agents,
             told: HashSet::new(),
             log: Vec::new(),
-            locks: LockTable::open(ws).ok(),
+            locks,
             drawn_lines: 0,
             last_progress: String::new(),
         }
@@ -264,7 +263,7 @@ impl View {
             }
             return Ok(());
         }
-        let snapshot = self.locks.as_ref().and_then(|t| t.snapshot().ok());
+        let snapshot = self.locks.snapshot().ok();
         let (cols, rows) = terminal_size();
         let frame = self.frame(&progress, snapshot.as_ref(), cols, rows);
         let mut err = std::io::stderr().lock();
@@ -403,6 +402,7 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use maos_coordination::Workspace;
     use maos_coordination::track::Task;
 
     fn task(name: &str, status: TaskStatus) -> Task {
@@ -443,7 +443,7 @@ mod tests {
         let ws = Workspace::init(dir.path()).unwrap();
         let tasks = vec![task("Implement backend", TaskStatus::InProgress)];
         let mut v = View::new(
-            &ws,
+            Box::new(maos_coordination::lock::FileLocks::new(&ws)),
             "maos demo".into(),
             vec!["backend-1".into(), "frontend-1".into()],
             &tasks,

@@ -635,9 +635,7 @@ fn file_only_commands_refuse_a_postgresql_workspace() {
         &["task", "comment", "t0000000000", "hi"],
         &["task", "unassign", "t0000000000"],
         &["task", "watch", "--timeout", "1s"],
-        // (`merge check SOURCE [TARGET]` reads git only: it works on any backend.)
-        &["merge", "check", "--all"],
-        &["merge", "queue", "list"],
+        // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
     ];
     for args in cases {
         let out = maos.run(*args);
@@ -723,4 +721,236 @@ fn lock_run_serialises_real_processes_on_both_backends() {
             "{name}"
         );
     }
+}
+
+/// `git ARGS` in `dir` as a fixed author; its stdout.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    crate::util::Run::of(
+        std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .args(args),
+    )
+    .ok()
+    .stdout()
+}
+
+/// Commits `text` as `routes.txt` on a new branch `branch` of the clone `dir` (from main).
+fn branch_with(dir: &std::path::Path, branch: &str, text: &str) {
+    git(dir, &["checkout", "-q", "-b", branch, "main"]);
+    std::fs::write(dir.join("routes.txt"), text).expect("write routes.txt");
+    git(dir, &["commit", "-qam", branch]);
+    git(dir, &["checkout", "-q", "main"]);
+}
+
+/// Agents on two machines: two clones of one repository sharing a bare remote (their git)
+/// and a PostgreSQL namespace (their maos). Each pushes its branch; the coordinator's
+/// `merge check --all --fetch origin` sees both agents' pushed branches and their conflict;
+/// the queue is one for both clones, and its runner (`queue run --fetch origin`) merges what
+/// was pushed, turning the conflicting entry into resolution tasks that the other clone sees.
+#[test]
+fn merge_on_postgresql_across_two_clones() {
+    let top = tempfile::tempdir().unwrap();
+    let (remote, a, b) = (
+        top.path().join("remote.git"),
+        top.path().join("a"),
+        top.path().join("b"),
+    );
+    git(
+        top.path(),
+        &["init", "-q", "--bare", "-b", "main", "remote.git"],
+    );
+    std::fs::create_dir(&a).unwrap();
+    git(&a, &["init", "-q", "-b", "main"]);
+    std::fs::write(a.join("routes.txt"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(a.join(".gitignore"), ".maos/\n").unwrap();
+    git(&a, &["add", "."]);
+    git(&a, &["commit", "-qm", "base"]);
+    git(&a, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    git(&a, &["push", "-q", "origin", "main"]);
+    git(top.path(), &["clone", "-q", remote.to_str().unwrap(), "b"]);
+
+    // One namespace on the server for both clones.
+    let (ma, url, ns) = pg_workspace(&a);
+    let mb = Maos::uninitialised(&b);
+    mb.run(["init", "--backend", &url, "--namespace", &ns]).ok();
+    let (alice, bob) = (ma.agent("alice"), mb.agent("bob"));
+    alice.run(["agents", "register", "--branch", "feat-a"]).ok();
+    bob.run(["agents", "register", "--branch", "feat-b"]).ok();
+
+    // Both change line two: a conflict between the two machines' branches.
+    branch_with(&a, "feat-a", "one\nTWO from a\nthree\n");
+    branch_with(&b, "feat-b", "one\ntwo from b\nthree\n");
+    git(&b, &["push", "-q", "origin", "feat-b"]);
+
+    // Without fetching, the coordinator has no feat-b: an error naming it.
+    let out = alice.run(["merge", "check", "--all", "--target", "main"]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("feat-b");
+    // Fetching, it reads origin/feat-b: both clean against main, conflicting with each other.
+    let out = alice.run([
+        "--json", "merge", "check", "--all", "--target", "main", "--fetch", "origin",
+    ]);
+    out.assert_code(Exit::Conflicts);
+    let p = out.json();
+    assert_eq!(p["vs_target"].as_array().unwrap().len(), 2, "{p}");
+    let pairs = p["pairwise"].as_array().unwrap();
+    assert_eq!(pairs.len(), 1, "{p}");
+    assert_eq!(pairs[0]["conflicts"][0]["path"], "routes.txt", "{p}");
+    // A remote that does not exist: git's reason, exit 1.
+    let out = alice.run(["merge", "check", "--all", "--fetch", "nowhere"]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("git fetch nowhere");
+
+    // Bob queues his pushed branch from his clone; the queue is the namespace's.
+    let e = bob.run(["--json", "merge", "queue", "add", "origin/feat-b", "main"]);
+    e.ok();
+    let id = e.json()["id"].as_u64().unwrap();
+    let listed = alice.run(["--json", "merge", "queue", "list"]);
+    assert_eq!(
+        listed.json()[0]["requested_by"],
+        "bob",
+        "{}",
+        listed.stdout()
+    );
+    // Alice runs the queue (she is the coordinator): it merges what bob pushed.
+    let run = alice.run(["--json", "merge", "queue", "run", "--fetch", "origin"]);
+    run.ok();
+    assert_eq!(
+        run.json()["merged"],
+        serde_json::json!([id]),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("routes.txt")).unwrap(),
+        "one\ntwo from b\nthree\n"
+    );
+    // Her own branch now conflicts with main: blocked, with resolution tasks on the server
+    // that bob's clone lists.
+    alice.run(["merge", "queue", "add", "feat-a", "main"]).ok();
+    let run = alice.run(["--json", "merge", "queue", "run"]);
+    run.assert_code(Exit::Conflicts);
+    let tasks = bob.run(["--json", "task", "list"]);
+    tasks.ok();
+    let names: Vec<String> = tasks
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("routes.txt")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "Merge feat-a into main"),
+        "{names:?}"
+    );
+    // A second runner while one holds the queue is refused (exit 3): hold it from this test.
+    let pg = maos_coordination::postgres::Pg::connect(
+        &maos_coordination::postgres::BackendUrl::parse(&url).unwrap(),
+        &ns,
+    )
+    .unwrap();
+    let held = maos_coordination::postgres::merge::PgQueue::new(&pg)
+        .try_run()
+        .unwrap()
+        .expect("the queue is free");
+    bob.run(["merge", "queue", "run"]).assert_code(Exit::Busy);
+    drop(held);
+    // Removing is shared too; nothing was written to either clone's queue file.
+    bob.run(["merge", "queue", "remove", &id.to_string()]).ok();
+    alice
+        .run(["merge", "queue", "remove", &id.to_string()])
+        .assert_code(Exit::Error);
+    for clone in [&a, &b] {
+        assert!(!clone.join(".maos/merge/queue.json").exists());
+    }
+}
+
+/// `maos demo --backend URL`: the whole session (registry, tasks, claims, messages, locks and
+/// the deadlock, the merge queue and its resolution tasks) on the server, git local; its
+/// checks pass, and the state it leaves is on the server, not in the workspace's files.
+#[test]
+fn the_demo_runs_on_postgresql_and_passes_its_checks() {
+    let url = server::shared_url().expect("a PostgreSQL server for the tests");
+    let ns = server::unique_namespace("demo");
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let demo = |extra: &[&str], keep: &std::path::Path| {
+        crate::util::Run::of(
+            std::process::Command::new(crate::util::bin())
+                .env_remove("MAOS_WORKSPACE")
+                .env_remove("MAOS_AGENT_ID")
+                .env_remove("MAOS_BACKEND")
+                .env_remove("MAOS_NAMESPACE")
+                .env_remove("RUST_LOG")
+                .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
+                .args(["--backend", &url, "--namespace", &ns])
+                .args(extra)
+                .arg("--keep")
+                .arg(keep),
+        )
+    };
+    let out = demo(&[], &ws);
+    let text = out.stdout();
+    assert!(
+        out.status.success(),
+        "the demo failed on PostgreSQL:\n{text}\n{}",
+        out.stderr()
+    );
+    assert!(text.contains("every step held"), "{text}");
+    assert!(!text.contains("- [ ]"), "{text}");
+    out.stderr_has("on the postgresql backend");
+    // The agents said they ran on the server.
+    out.stderr_has("library on the postgresql backend");
+
+    // The workspace records the server; what the session did is there.
+    let auditor = Maos::new(&ws).agent("auditor");
+    let st = auditor.run(["status", "--json"]);
+    st.ok();
+    assert_eq!(st.json()["backend"], "postgresql");
+    let tasks = auditor.run(["--json", "task", "list"]);
+    tasks.ok();
+    let tasks = tasks.json();
+    let tasks = tasks.as_array().unwrap();
+    assert!(tasks.len() >= 10, "{tasks:?}");
+    assert!(
+        tasks.iter().all(|t| t["status"] == "completed"),
+        "{tasks:?}"
+    );
+    assert!(
+        tasks.iter().any(|t| t["labels"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l == "merge-conflict"))),
+        "no resolution task on the server: {tasks:?}"
+    );
+    let queue = auditor.run(["--json", "merge", "queue", "list"]);
+    queue.ok();
+    let queue = queue.json();
+    assert!(
+        !queue.as_array().unwrap().is_empty()
+            && queue
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["status"] == "merged"),
+        "{queue}"
+    );
+    // Nothing of it in the files.
+    for store in ["channels", "tasks", "locks", "agents"] {
+        let d = ws.join(".maos").join(store);
+        let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} holds files", d.display());
+    }
+    assert!(!ws.join(".maos/merge/queue.json").exists());
+
+    // Through MCP the agents would edit through the hooks, which refuse PostgreSQL: said at
+    // once, as a usage error, before anything starts.
+    let out = demo(&["--via", "mcp"], &dir.path().join("mcp"));
+    out.assert_code(Exit::Usage);
+    out.stderr_has("--via mcp cannot run on the PostgreSQL backend");
+    out.stderr_has("hooks");
 }

@@ -132,7 +132,7 @@ impl MergeCoordinator {
             Ok(MergeOutcome::Conflicts(_)) | Err(_) => return,
         };
         let Ok(tracker) = self.tracker() else { return };
-        let Ok(tasks) = tracker.list_blocking() else {
+        let Ok(tasks) = tracker.list() else {
             return;
         };
         for (task, e) in complete_pair_tasks(&tracker, &tasks, source, target, &note) {

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::detect::{ConflictKind, DetectOptions, Engine, Relation, check_with, engine_options};
 use crate::error::{GitContext as _, Result};
-use crate::touch::{Actor, blame, branch_agents, short_branch, touches};
+use crate::touch::{Actor, blame, short_branch, touches};
 
 impl MergeCoordinator {
     /// Predicts the merge of `source` into `target` under the merge lock, with who touched
@@ -37,7 +37,7 @@ impl MergeCoordinator {
         let options = DetectOptions::default();
         let engine = Engine::new(&repo, engine_options(&options));
         let check = check_with(&engine, &options, source, target)?;
-        let agents = branch_agents(&self.ws);
+        let agents = self.branch_agents();
         let source_agent = agents.get(short_branch(source));
         let target_agent = agents.get(short_branch(target));
         let s_oid = Oid::from_str(&check.source_commit).git("parse oid")?;

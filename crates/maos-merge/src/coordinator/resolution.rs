@@ -65,12 +65,7 @@ impl MergeCoordinator {
         merge.metadata = meta(prep, None);
         let merge_task = merge.id.clone();
         tasks.push(merge);
-        tracker
-            .create_tasks_blocking(&tasks)
-            .map_err(|source| Error::Track {
-                context: format!("create resolution tasks for {}", prep.source),
-                source: Box::new(source),
-            })?;
+        tracker.create_all(&tasks, &prep.source)?;
         // One message per affected agent: the suggested resolvers and every agent behind a
         // side of a conflict.
         let mut per_agent: BTreeMap<AgentId, Vec<NoticeFile>> = BTreeMap::new();
@@ -115,9 +110,26 @@ impl MergeCoordinator {
                 recipient: agent.to_string(),
                 source: Box::new(source),
             };
-            let inbox = FileChannel::inbox(&self.ws, &agent).map_err(err)?;
-            let msg = Message::new(self.agent.clone(), Recipients::Agent(agent.clone()), notice);
-            inbox.send_blocking(&msg).map_err(err)?;
+            match &self.backend {
+                Some(b) => {
+                    let payload = serde_json::to_value(&notice).map_err(|e| {
+                        self.backend_err(format!("encode the notice to {agent}"), Box::new(e))
+                    })?;
+                    let msg = Message::new(
+                        self.agent.clone(),
+                        Recipients::Agent(agent.clone()),
+                        payload,
+                    );
+                    b.notify(&agent, &msg)
+                        .map_err(|e| self.backend_err(format!("message {agent}"), e))?;
+                }
+                None => {
+                    let inbox = FileChannel::inbox(&self.ws, &agent).map_err(err)?;
+                    let msg =
+                        Message::new(self.agent.clone(), Recipients::Agent(agent.clone()), notice);
+                    inbox.send_blocking(&msg).map_err(err)?;
+                }
+            }
             tracing::debug!(%agent, "conflict notice sent");
             notified.push(agent);
         }
@@ -137,25 +149,24 @@ impl MergeCoordinator {
 
     /// The task tracker, acting as this coordinator's agent (changes and notifications carry
     /// it).
-    pub(crate) fn tracker(&self) -> Result<TaskTracker> {
+    pub(crate) fn tracker(&self) -> Result<Tasks<'_>> {
+        if let Some(b) = &self.backend {
+            return Ok(Tasks::Backend(self, b.as_ref()));
+        }
         let options = maos_track::Options::default().agent(self.agent.clone());
-        TaskTracker::open_with(&self.ws, options).map_err(|source| Error::Track {
-            context: "open tracker".into(),
-            source: Box::new(source),
-        })
+        TaskTracker::open_with(&self.ws, options)
+            .map(Tasks::File)
+            .map_err(|source| Error::Track {
+                context: "open tracker".into(),
+                source: Box::new(source),
+            })
     }
 
     /// How far the resolution tasks have come.
     pub fn resolution_progress(&self, res: &Resolution) -> Result<ResolutionProgress> {
         let tracker = self.tracker()?;
         let status = |id: &TaskId| -> Result<TaskStatus> {
-            Ok(tracker
-                .get_blocking(id)
-                .map_err(|source| Error::Track {
-                    context: id.to_string(),
-                    source: Box::new(source),
-                })?
-                .map_or(TaskStatus::Failed, |t| t.status))
+            Ok(tracker.get(id)?.map_or(TaskStatus::Failed, |t| t.status))
         };
         let mut p = ResolutionProgress {
             resolved: 0,
@@ -193,10 +204,14 @@ impl MergeCoordinator {
         timeout: Duration,
     ) -> Result<ResolutionProgress> {
         let tracker = self.tracker()?;
-        let mut watch = tracker.watch().map_err(|source| Error::Track {
-            context: "watch".into(),
-            source: Box::new(source),
-        })?;
+        // The files wake on each change; a backend is asked again every quarter second.
+        let mut watch = match &tracker {
+            Tasks::File(t) => Some(t.watch().map_err(|source| Error::Track {
+                context: "watch".into(),
+                source: Box::new(source),
+            })?),
+            Tasks::Backend(..) => None,
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let p = self.resolution_progress(res)?;
@@ -207,10 +222,15 @@ impl MergeCoordinator {
             if left.is_zero() {
                 return Ok(p);
             }
-            watch.changed(left).await.map_err(|source| Error::Track {
-                context: "watch".into(),
-                source: Box::new(source),
-            })?;
+            match &mut watch {
+                Some(w) => {
+                    w.changed(left).await.map_err(|source| Error::Track {
+                        context: "watch".into(),
+                        source: Box::new(source),
+                    })?;
+                }
+                None => tokio::time::sleep(left.min(Duration::from_millis(250))).await,
+            }
         }
     }
 
@@ -218,11 +238,7 @@ impl MergeCoordinator {
     /// (label `merge`, `merge.source` / `merge.target` metadata, no `merge.path`) that is
     /// neither completed nor failed, with its conflict tasks. `notified` is left empty.
     pub fn open_resolution(&self, source: &str, target: &str) -> Result<Option<Resolution>> {
-        let tracker = self.tracker()?;
-        let tasks = tracker.list_blocking().map_err(|source| Error::Track {
-            context: "list".into(),
-            source: Box::new(source),
-        })?;
+        let tasks = self.tracker()?.list()?;
         let of_pair = |t: &&Task| {
             t.labels.iter().any(|l| l == TASK_LABEL)
                 && t.metadata.get("merge.source").map(String::as_str) == Some(source)
@@ -298,13 +314,13 @@ fn meta(prep: &MergePreparation, c: Option<&PreparedConflict>) -> BTreeMap<Strin
 /// change; a strict `update_status(Completed)` reports that the task is completed already.
 /// Only a task that genuinely cannot complete (blocked by a failed conflict task, failed,
 /// deleted) is reported.
-pub(super) fn complete_pair_tasks(
-    tracker: &TaskTracker,
+pub(crate) fn complete_pair_tasks(
+    tracker: &Tasks<'_>,
     tasks: &[Task],
     source: &str,
     target: &str,
     note: &str,
-) -> Vec<(TaskId, maos_track::Error)> {
+) -> Vec<(TaskId, Error)> {
     let open: Vec<&Task> = tasks
         .iter()
         .filter(|t| t.labels.iter().any(|l| l == TASK_LABEL))
@@ -319,11 +335,77 @@ pub(super) fn complete_pair_tasks(
         .partition(|t| t.metadata.contains_key("merge.path"));
     let mut failed = Vec::new();
     for t in conflicts.into_iter().chain(merges) {
-        if let Err(e) = tracker.complete_blocking(&t.id, Some(note)) {
+        if let Err(e) = tracker.complete(&t.id, note) {
             failed.push((t.id.clone(), e));
         }
     }
     failed
+}
+
+/// The task graph of the coordinator: the workspace's files, or its backend.
+pub(crate) enum Tasks<'a> {
+    File(TaskTracker),
+    Backend(&'a MergeCoordinator, &'a dyn crate::backend::MergeBackend),
+}
+
+impl Tasks<'_> {
+    fn track(context: String) -> impl FnOnce(maos_track::Error) -> Error {
+        move |source| Error::Track {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn list(&self) -> Result<Vec<Task>> {
+        match self {
+            Tasks::File(t) => t.list_blocking().map_err(Self::track("list".into())),
+            Tasks::Backend(c, b) => b.tasks().map_err(|e| c.backend_err("list the tasks", e)),
+        }
+    }
+
+    pub(crate) fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        match self {
+            Tasks::File(t) => t.get_blocking(id).map_err(Self::track(id.to_string())),
+            Tasks::Backend(c, b) => b
+                .task(id)
+                .map_err(|e| c.backend_err(format!("read task {id}"), e)),
+        }
+    }
+
+    fn create_all(&self, tasks: &[Task], source: &str) -> Result<()> {
+        let context = format!("create resolution tasks for {source}");
+        match self {
+            Tasks::File(t) => t
+                .create_tasks_blocking(tasks)
+                .map(|_| ())
+                .map_err(Self::track(context)),
+            Tasks::Backend(c, b) => b.create_tasks(tasks).map_err(|e| c.backend_err(context, e)),
+        }
+    }
+
+    pub(crate) fn complete(&self, id: &TaskId, note: &str) -> Result<()> {
+        match self {
+            Tasks::File(t) => t
+                .complete_blocking(id, Some(note))
+                .map(|_| ())
+                .map_err(Self::track(id.to_string())),
+            Tasks::Backend(c, b) => b
+                .complete_task(id, note)
+                .map_err(|e| c.backend_err(format!("complete task {id}"), e)),
+        }
+    }
+
+    pub(crate) fn fail(&self, id: &TaskId, note: &str) -> Result<()> {
+        match self {
+            Tasks::File(t) => t
+                .update_status_blocking(id, TaskStatus::Failed, Some(note))
+                .map(|_| ())
+                .map_err(Self::track(id.to_string())),
+            Tasks::Backend(c, b) => b
+                .fail_task(id, note)
+                .map_err(|e| c.backend_err(format!("fail task {id}"), e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,7 +451,13 @@ mod tests {
         tracker
             .update_status_blocking(&c2, TaskStatus::Completed, Some("by alice"))
             .unwrap();
-        let failed = complete_pair_tasks(&tracker, &stale, "feat", "main", "merged");
+        let failed = complete_pair_tasks(
+            &Tasks::File(tracker.clone()),
+            &stale,
+            "feat",
+            "main",
+            "merged",
+        );
         assert!(failed.is_empty(), "{failed:?}");
         for id in [&c1, &c2, &m] {
             let t = tracker.get_blocking(id).unwrap().unwrap();
@@ -380,7 +468,13 @@ mod tests {
             Some("by alice")
         );
         // A second run over the same stale list is quiet too.
-        let failed = complete_pair_tasks(&tracker, &stale, "feat", "main", "merged");
+        let failed = complete_pair_tasks(
+            &Tasks::File(tracker.clone()),
+            &stale,
+            "feat",
+            "main",
+            "merged",
+        );
         assert!(failed.is_empty(), "{failed:?}");
     }
 }
