@@ -67,7 +67,10 @@ fn a_dead_agents_claim_is_released_when_a_look_is_due_or_nothing_else_is_ready()
 
     // A look is not due, but nothing else is ready: the claim looks anyway.
     swept_ago(&t, Duration::ZERO);
-    assert_eq!(t.claim_blocking(&agent("ghost2")).unwrap().unwrap().id, last);
+    assert_eq!(
+        t.claim_blocking(&agent("ghost2")).unwrap().unwrap().id,
+        last
+    );
     dead(&t, "ghost2");
     swept_ago(&t, Duration::ZERO);
     assert_eq!(t.claim_blocking(&agent("w3")).unwrap().unwrap().id, last);

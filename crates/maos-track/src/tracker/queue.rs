@@ -155,7 +155,10 @@ fn sweep_due(dir: &Path) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(dir.join(SWEEP_FILE)) else {
         return true;
     };
-    match meta.modified().map(|m| std::time::SystemTime::now().duration_since(m)) {
+    match meta
+        .modified()
+        .map(|m| std::time::SystemTime::now().duration_since(m))
+    {
         Ok(Ok(age)) => age >= SWEEP_INTERVAL,
         _ => true,
     }
@@ -165,14 +168,16 @@ fn sweep_due(dir: &Path) -> bool {
 /// one more look).
 fn mark_swept(dir: &Path) {
     let path = dir.join(SWEEP_FILE);
-    let r = fsx::DataFile::open_rw(&path)
-        .and_then(|f| {
-            f.file()
-                .set_modified(std::time::SystemTime::now())
-                .map_err(|e| maos_core::Error::io("set the modification time of", &path, e))
-        });
+    let r = fsx::DataFile::open_rw(&path).and_then(|f| {
+        f.file()
+            .set_modified(std::time::SystemTime::now())
+            .map_err(|e| maos_core::Error::io("set the modification time of", &path, e))
+    });
     if let Err(e) = r {
-        tracing::debug!(error = &e as &dyn std::error::Error, "cannot record the sweep for dead agents");
+        tracing::debug!(
+            error = &e as &dyn std::error::Error,
+            "cannot record the sweep for dead agents"
+        );
     }
 }
 
