@@ -714,6 +714,7 @@ mod tests {
         let timeout = maos_coordination::postgres::Error::Timeout {
             resource: maos_coordination::ResourceName::new(".maos/merge/main").unwrap(),
             waited_ms: 120_000,
+            allowed_ms: 120_000,
             blocker: None,
         };
         let e = MergeError::Backend {

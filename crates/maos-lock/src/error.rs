@@ -78,6 +78,19 @@ impl std::fmt::Display for WaiterSummary {
     }
 }
 
+/// "timed out after 2s waiting for the lock on R", or, when the caller did not wait at all,
+/// "R is taken (not waiting: the wait is 0)".
+fn timeout_words(resource: &ResourceName, waited: Duration, allowed: Duration) -> String {
+    if allowed.is_zero() {
+        format!("{resource} is taken (not waiting: the wait is 0)")
+    } else {
+        format!(
+            "timed out after {} waiting for the lock on {resource}",
+            human_duration(waited)
+        )
+    }
+}
+
 fn blocked_by(holder: &Option<Box<HolderSummary>>, ahead: &Option<Box<WaiterSummary>>) -> String {
     match (holder, ahead) {
         (Some(h), _) => h.to_string(),
@@ -119,13 +132,16 @@ pub enum Error {
         reason: String,
     },
 
-    /// Waiting for a lock took longer than the caller allowed.
-    #[error("timed out after {} waiting for the lock on {resource}: {}", human_duration(*waited), blocked_by(holder, ahead))]
+    /// Waiting for a lock took longer than the caller allowed (with no wait allowed: the
+    /// lock was taken).
+    #[error("{}: {}", timeout_words(resource, *waited, *allowed), blocked_by(holder, ahead))]
     Timeout {
         /// The resource asked for.
         resource: ResourceName,
         /// How long the caller waited.
         waited: Duration,
+        /// How long the caller allowed (zero: it asked not to wait).
+        allowed: Duration,
         /// The holder that blocked it last (None when only queued waiters were ahead).
         holder: Option<Box<HolderSummary>>,
         /// The first waiter ahead, when no holder blocked it.

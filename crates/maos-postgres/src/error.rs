@@ -95,13 +95,15 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
-    /// A lock could not be had in time.
-    #[error("timed out after {waited_ms} ms waiting for {resource}{}", blocker.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
+    /// A lock could not be had in time (with no wait allowed: it was taken).
+    #[error("{}{}", if *allowed_ms == 0 { format!("{resource} is taken (not waiting: the wait is 0)") } else { format!("timed out after {waited_ms} ms waiting for {resource}") }, blocker.as_ref().map(|h| format!(": {h}")).unwrap_or_default())]
     Timeout {
         /// The resource.
         resource: ResourceName,
         /// How long it waited.
         waited_ms: u64,
+        /// How long the caller allowed (zero: it asked not to wait).
+        allowed_ms: u64,
         /// Who blocked it last.
         blocker: Option<Box<Holder>>,
     },

@@ -729,6 +729,7 @@ impl PgLock {
                 return Err(Error::Timeout {
                     resource: self.resource.clone(),
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    allowed_ms: u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX),
                     blocker: blocker.map(Box::new),
                 });
             }

@@ -281,7 +281,7 @@ fn lock_run_holds_past_its_lease_while_its_command_runs_after_maos_is_killed() {
         .agent("B")
         .run(["lock", "acquire", "res", "--wait", "0"]);
     busy.assert_code(Exit::Busy);
-    busy.stderr_has("agent A");
+    busy.stderr_has("res is taken (not waiting: the wait is 0): agent A");
     let listed = Maos::new(ws).agent("m").run(["lock", "list"]);
     listed.stdout_has("held while its command runs");
     // The command ends: the lock with it.

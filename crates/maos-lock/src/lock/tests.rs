@@ -112,6 +112,27 @@ fn an_expired_holder_is_told_and_deletes_nothing() {
 }
 
 #[test]
+fn no_wait_on_a_taken_lock_says_taken_not_timed_out() {
+    let (_d, ws) = ws();
+    let _g = FileLock::new(&ws, r("busy"))
+        .agent(agent("holder"))
+        .try_acquire("long migration")
+        .unwrap()
+        .unwrap();
+    let err = FileLock::new(&ws, r("busy"))
+        .wait(Duration::ZERO)
+        .acquire_blocking("me")
+        .unwrap_err();
+    let s = err.to_string();
+    assert!(matches!(err, Error::Timeout { .. }), "{s}");
+    assert!(
+        s.starts_with("busy is taken (not waiting: the wait is 0): agent holder"),
+        "{s}"
+    );
+    assert!(!s.contains("timed out"), "{s}");
+}
+
+#[test]
 fn timeout_names_the_holder_purpose_and_lease() {
     let (_d, ws) = ws();
     let _g = FileLock::new(&ws, r("busy"))

@@ -220,6 +220,7 @@ impl Waiting {
         Error::Timeout {
             resource: self.lock.resource.clone(),
             waited: self.started.elapsed(),
+            allowed: self.lock.wait,
             holder: holder.or_else(|| {
                 if ahead.is_none() {
                     self.last_holder.clone().map(Box::new)
