@@ -23,8 +23,8 @@ fn main() -> anyhow::Result<()> {
         return lock::child(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "--soak-agent") {
-        let [root, id, inc, deadline, seed] = &args[1..] else {
-            anyhow::bail!("--soak-agent ROOT ID INC DEADLINE SEED");
+        let [root, id, inc, deadline, seed, think] = &args[1..] else {
+            anyhow::bail!("--soak-agent ROOT ID INC DEADLINE SEED THINK_MS");
         };
         return soak::agent::run(
             std::path::Path::new(root),
@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             inc.parse()?,
             deadline.parse()?,
             seed.parse()?,
+            std::time::Duration::from_millis(think.parse()?),
         );
     }
     if args.first().is_some_and(|a| a == "--soak") {

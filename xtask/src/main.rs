@@ -17,7 +17,7 @@ commands:
                   --slow also runs the heavy multi-process and crash variants
   bench [NAME..]  run the benchmarks (release build) and print one markdown table;
                   --write-docs also stores it in docs/benchmarks.md
-  soak [--agents N].. [--minutes M] [--write-docs]
+  soak [--agents N].. [--minutes M] [--think MS] [--flat-out] [--write-docs]
                   N agent processes (default 10 then 100) doing a realistic mix of work for M
                   minutes (default 1), some killed and restarted, while a checker verifies the
                   invariants; prints throughput and latency per operation (release build);

@@ -1,7 +1,8 @@
 //! One soak agent: a separate process doing what an agent does, in a loop, until its deadline:
-//! claim a task, lock 1-3 files, check that it alone holds them, commit on its branch, message a
-//! role, broadcast its status, now and then predict conflicts, release, complete the task. It
-//! records the latency of each operation and any violation of an invariant it can see.
+//! claim a task, lock 1-3 files, check that it alone holds them, work on them (think time,
+//! holding the locks), commit on its branch, message a role, broadcast its status, now and then
+//! predict conflicts, release, complete the task, think before the next one. It records the
+//! latency of each operation (think time excluded) and any violation of an invariant it can see.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -18,10 +19,29 @@ use maos_coordination::{
 };
 use serde_json::json;
 
-use super::{FILES, Rng, Samples, Setup};
+use super::{FILES, Rng, Setup};
 
-/// Runs agent `id` (incarnation `inc`) until `deadline` (ms since the epoch).
-pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> anyhow::Result<()> {
+/// Pauses for a random time in `0..2 * think` (a model turn: the agent reads, edits, thinks),
+/// ending no later than `deadline` (ms since the epoch).
+fn think(rng: &mut Rng, think: Duration, deadline: u64) {
+    let ms = u64::try_from(think.as_millis()).unwrap_or(u64::MAX / 2);
+    if ms == 0 {
+        return;
+    }
+    let pause = rng.below(2 * ms).min(deadline.saturating_sub(now_ms()));
+    std::thread::sleep(Duration::from_millis(pause));
+}
+
+/// Runs agent `id` (incarnation `inc`) until `deadline` (ms since the epoch), pausing a random
+/// `0..2 * pace` twice per round (`Duration::ZERO`: flat out).
+pub(crate) fn run(
+    root: &Path,
+    id: &str,
+    inc: u32,
+    deadline: u64,
+    seed: u64,
+    pace: Duration,
+) -> anyhow::Result<()> {
     let ws = Workspace::open(root)?;
     let me = AgentId::new(id)?;
     AgentRegistry::new(&ws).register(
@@ -79,6 +99,7 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
             .or_default()
             .push(t.elapsed().as_micros() as u64);
     };
+    let mut saved = Instant::now();
     while now_ms() < deadline {
         round += 1;
         let t = Instant::now();
@@ -128,7 +149,8 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
             setup.enter(*f, id, inc, g.token().0)?;
             guards.push((*f, g));
         }
-        // Work on the files: one commit on this agent's branch.
+        // Work on the files (holding their locks), then one commit on this agent's branch.
+        think(&mut rng, pace, deadline);
         let t = Instant::now();
         commit(&repo, id, &files, round)?;
         time(&mut samples, "commit", t);
@@ -172,10 +194,16 @@ pub(crate) fn run(root: &Path, id: &str, inc: u32, deadline: u64, seed: u64) -> 
                 task.id
             ))?;
         }
+        // The samples so far, now and then: a killed incarnation's samples count too (only
+        // the last second's are lost), or the runs with the most kills would report least.
+        if saved.elapsed() >= Duration::from_secs(1) {
+            setup.results(id, inc, &samples)?;
+            saved = Instant::now();
+        }
+        // Report, read, plan: the next model turn.
+        think(&mut rng, pace, deadline);
     }
-    let summary: BTreeMap<&str, Samples> =
-        samples.into_iter().map(|(k, v)| (k, Samples(v))).collect();
-    setup.results(id, inc, &summary)?;
+    setup.results(id, inc, &samples)?;
     Ok(())
 }
 

@@ -1,9 +1,14 @@
-//! `cargo xtask soak --agents N --minutes M`: N agent processes doing a realistic mix of work
-//! in one repository for M minutes (some killed and restarted), while a checker verifies the
-//! invariants: a lock never has two holders and its tokens only grow, a task claimed by a live
-//! agent stays its own and every task is completed once, every acknowledged message is delivered
-//! once and in order, and nothing of the dead is left behind. Prints throughput and p50/p99/max
-//! latency per operation; exits non-zero on any violation.
+//! `cargo xtask soak --agents N --minutes M [--think MS] [--flat-out]`: N agent processes doing
+//! a realistic mix of work in one repository for M minutes (some killed and restarted), while a
+//! checker verifies the invariants: a lock never has two holders and its tokens only grow, a
+//! task claimed by a live agent stays its own and every task is completed once, every
+//! acknowledged message is delivered once and in order, and nothing of the dead is left behind.
+//! Prints throughput and p50/p99/max latency per operation; exits non-zero on any violation.
+//!
+//! Pace: an agent pauses a random `0..2 * MS` (default [`DEFAULT_THINK_MS`]) while it holds its
+//! locks (editing) and again after each task (its next model turn), as an AI agent spends
+//! seconds between tool calls. `--think 0` runs the agents flat out; `--flat-out` adds a flat-out
+//! run per agent count, reported as the machine's capacity and not held to the thresholds.
 
 pub(crate) mod agent;
 mod check;
@@ -21,6 +26,12 @@ use serde::{Deserialize, Serialize};
 
 /// Files agents lock (a pool large enough that most acquires are uncontended).
 pub(crate) const FILES: usize = 400;
+
+/// Default think time (ms): each agent pauses `0..2x` this twice per task, so it finishes a
+/// task (claim, 1-3 locks, commit, send, broadcast, releases, complete) about every 2 s. A
+/// Claude Code session spends seconds per tool call and minutes per task: this is far busier
+/// than real agents, yet leaves the machine headroom (`--flat-out` measures it).
+pub(crate) const DEFAULT_THINK_MS: u64 = 1000;
 
 /// Raw latency samples of one operation, in microseconds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -147,16 +158,18 @@ impl Setup {
         Ok(())
     }
 
+    /// Saves an incarnation's latency samples so far (replacing what it saved before: a
+    /// temporary file renamed over it, so a kill never leaves half a file).
     pub(crate) fn results(
         &self,
         id: &str,
         inc: u32,
-        s: &BTreeMap<&str, Samples>,
+        s: &BTreeMap<&str, Vec<u64>>,
     ) -> anyhow::Result<()> {
-        std::fs::write(
-            self.dir.join("results").join(format!("{id}.{inc}.json")),
-            serde_json::to_vec(s)?,
-        )?;
+        let dir = self.dir.join("results");
+        let tmp = dir.join(format!(".{id}.{inc}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(s)?)?;
+        std::fs::rename(&tmp, dir.join(format!("{id}.{inc}.json")))?;
         Ok(())
     }
 }
@@ -183,6 +196,8 @@ fn read_grant(path: &Path) -> Option<(u64, u64)> {
 /// What a soak run measured.
 pub(crate) struct Report {
     pub(crate) agents: usize,
+    /// The agents' think time (zero: flat out).
+    pub(crate) think: Duration,
     pub(crate) seconds: f64,
     pub(crate) kills: usize,
     /// Kills after which the agent stayed dead for [`DEAD_FOR`].
@@ -213,6 +228,7 @@ fn spawn(
     inc: u32,
     deadline: u64,
     seed: u64,
+    think: Duration,
 ) -> anyhow::Result<Child> {
     Ok(Command::new(bin)
         .args([
@@ -222,6 +238,7 @@ fn spawn(
             &inc.to_string(),
             &deadline.to_string(),
             &seed.to_string(),
+            &think.as_millis().to_string(),
         ])
         .env_remove("RUST_LOG")
         .env_remove("MAOS_AGENT_ID")
@@ -242,8 +259,14 @@ struct Slot {
 /// that the other agents must release its claims (`check::SLACK_MS` is shorter).
 const DEAD_FOR: Duration = Duration::from_secs(8);
 
-/// Runs a soak of `agents` agents for `duration` in a fresh repository.
-pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Result<Report> {
+/// Runs a soak of `agents` agents for `duration` in a fresh repository, each agent thinking
+/// `0..2 * think` twice per task.
+pub(crate) fn soak(
+    agents: usize,
+    duration: Duration,
+    think: Duration,
+    seed: u64,
+) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().to_path_buf();
     init_repo(&root)?;
@@ -264,7 +287,7 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
     let mut incarnations: HashMap<u32, check::Incarnation> = HashMap::new();
     let mut slots: Vec<Slot> = Vec::new();
     let launch = |id: &str, inc: u32, s: u64, incs: &mut HashMap<u32, check::Incarnation>| {
-        let child = spawn(&bin, &root, id, inc, deadline, s)?;
+        let child = spawn(&bin, &root, id, inc, deadline, s, think)?;
         incs.insert(
             child.id(),
             check::Incarnation {
@@ -475,7 +498,11 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
     // Latencies.
     let mut ops: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in std::fs::read_dir(setup.dir.join("results"))? {
-        let s: BTreeMap<String, Samples> = serde_json::from_slice(&std::fs::read(e?.path())?)?;
+        let path = e?.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue; // a temporary file of a killed incarnation
+        }
+        let s: BTreeMap<String, Samples> = serde_json::from_slice(&std::fs::read(&path)?)?;
         for (k, v) in s {
             ops.entry(k).or_default().extend(v.0);
         }
@@ -491,6 +518,7 @@ pub(crate) fn soak(agents: usize, duration: Duration, seed: u64) -> anyhow::Resu
         .collect();
     Ok(Report {
         agents,
+        think,
         seconds,
         kills: kills as usize,
         left_dead,
@@ -591,16 +619,26 @@ pub(crate) fn markdown(reports: &[Report]) -> String {
     s
 }
 
+/// How an agent paced itself, in words.
+fn pace(think: Duration) -> String {
+    if think.is_zero() {
+        "flat out (no think time)".to_owned()
+    } else {
+        format!("thinking 0-{} ms twice per task", 2 * think.as_millis())
+    }
+}
+
 /// What each run checked, one line per agent count.
 fn checked(reports: &[Report]) -> String {
     let mut s = String::new();
     for r in reports {
         s.push_str(&format!(
-            "- {} agents, {:.0} s: {} kills ({} left dead for {} s before the restart), {} checker \
+            "- {} agents, {}, {:.0} s: {} kills ({} left dead for {} s before the restart), {} checker \
              passes, {} sightings of a killed incarnation's lock record, {} tasks completed ({} by an \
              incarnation killed between the commit and its journal line), {} claims taken over \
              by a restarted incarnation; {} violation(s)\n",
             r.agents,
+            pace(r.think),
             r.seconds,
             r.kills,
             r.left_dead,
@@ -672,20 +710,42 @@ pub(crate) const DOCS_BEGIN: &str = "<!-- soak:begin (cargo xtask soak --write-d
 pub(crate) const DOCS_END: &str = "<!-- soak:end -->";
 
 /// The swarm section, markers included.
-fn docs_section(reports: &[Report], minutes: f64, failed: &[String]) -> String {
+fn docs_section(
+    reports: &[Report],
+    flat: &[Report],
+    minutes: f64,
+    think: Duration,
+    failed: &[String],
+) -> String {
     let counts: Vec<String> = reports.iter().map(|r| r.agents.to_string()).collect();
     let verdict = if failed.is_empty() {
         "every threshold met".to_owned()
     } else {
         format!("thresholds failed: {}", failed.join("; "))
     };
+    let capacity = if flat.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n### Flat out (the machine's capacity)\n\nThe same agents with no think time: every \
+             agent runs its next operation at once, so with more agents than cores the machine is \
+             saturated and latency is mostly waiting for a CPU. Throughput here is what this \
+             machine can do; these runs are not held to the thresholds.\n\n{}\n{}",
+            markdown(flat),
+            checked(flat),
+        )
+    };
     format!(
-        "{DOCS_BEGIN}\n## Swarm (cargo xtask soak)\n\n`cargo xtask soak --agents {} --minutes {minutes}`: \
-         agent processes claiming tasks, locking 1-3 files, committing, messaging and \
-         broadcasting, some SIGKILLed and restarted, while a checker verifies the invariants. \
-         Thresholds: p99 of claim, send and lock acquire (free) at most 50 ms, no median \
-         growing more than 10x from the smallest to the largest agent count: {verdict}.\n\n{}\n{}{DOCS_END}\n",
+        "{DOCS_BEGIN}\n## Swarm (cargo xtask soak)\n\n`cargo xtask soak --agents {} --minutes {minutes} \
+         --think {}{}`: agent processes claiming tasks, locking 1-3 files, committing, messaging \
+         and broadcasting, some SIGKILLed and restarted, while a checker verifies the invariants. \
+         Each agent {} (its model turns: editing while it holds its locks, then planning the next \
+         task). Thresholds: p99 of claim, send and lock acquire (free) at most 50 ms, no median \
+         growing more than 10x from the smallest to the largest agent count: {verdict}.\n\n{}\n{}{capacity}{DOCS_END}\n",
         counts.join(" --agents "),
+        think.as_millis(),
+        if flat.is_empty() { "" } else { " --flat-out" },
+        pace(think),
         markdown(reports),
         checked(reports),
     )
@@ -737,11 +797,14 @@ fn write_docs(section: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `maos-bench --soak [--agents N]... [--minutes M] [--write-docs]`: runs one soak per agent
-/// count and prints the table; fails on any violation or failed threshold.
+/// `maos-bench --soak [--agents N]... [--minutes M] [--think MS] [--flat-out] [--write-docs]`:
+/// runs one soak per agent count (and with `--flat-out` one more without think time) and
+/// prints the tables; fails on any violation or failed threshold.
 pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     let mut counts = Vec::new();
     let mut minutes = 1.0f64;
+    let mut think = Duration::from_millis(DEFAULT_THINK_MS);
+    let mut flat_out = false;
     let mut docs = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -757,6 +820,14 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--minutes M"))?
                     .parse()?
             }
+            "--think" => {
+                think = Duration::from_millis(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--think MS"))?
+                        .parse()?,
+                )
+            }
+            "--flat-out" => flat_out = true,
             "--write-docs" => docs = true,
             other => anyhow::bail!("unknown soak argument {other:?}"),
         }
@@ -764,22 +835,43 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     if counts.is_empty() {
         counts = vec![10, 100];
     }
-    let mut reports = Vec::new();
-    for n in counts {
-        eprintln!("[soak] {n} agents for {minutes} minute(s)...");
-        let r = soak(n, Duration::from_secs_f64(minutes * 60.0), 42)?;
+    let run = |n: usize, think: Duration| -> anyhow::Result<Report> {
+        eprintln!(
+            "[soak] {n} agents for {minutes} minute(s), {}...",
+            pace(think)
+        );
+        let r = soak(n, Duration::from_secs_f64(minutes * 60.0), think, 42)?;
         eprintln!(
             "[soak] {n} agents: {:.1} s, {} kills, {} violation(s)",
             r.seconds,
             r.kills,
             r.violations.len()
         );
-        reports.push(r);
+        Ok(r)
+    };
+    let mut reports = Vec::new();
+    for &n in &counts {
+        reports.push(run(n, think)?);
+    }
+    let mut flat = Vec::new();
+    if flat_out {
+        for &n in &counts {
+            flat.push(run(n, Duration::ZERO)?);
+        }
     }
     println!("{}", markdown(&reports));
     print!("{}", checked(&reports));
+    if flat_out {
+        println!("\nFlat out (capacity, not held to the thresholds):\n");
+        println!("{}", markdown(&flat));
+        print!("{}", checked(&flat));
+    }
     let failed = thresholds(&reports);
-    let violations: Vec<&String> = reports.iter().flat_map(|r| &r.violations).collect();
+    let violations: Vec<&String> = reports
+        .iter()
+        .chain(&flat)
+        .flat_map(|r| &r.violations)
+        .collect();
     for v in &violations {
         eprintln!("VIOLATION: {v}");
     }
@@ -787,7 +879,7 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
         eprintln!("THRESHOLD FAILED: {f}");
     }
     if docs {
-        write_docs(&docs_section(&reports, minutes, &failed))?;
+        write_docs(&docs_section(&reports, &flat, minutes, think, &failed))?;
     }
     anyhow::ensure!(
         violations.is_empty(),
@@ -825,6 +917,7 @@ mod tests {
     fn report(agents: usize, ops: &[(&str, u64, u64)]) -> Report {
         Report {
             agents,
+            think: Duration::from_millis(DEFAULT_THINK_MS),
             seconds: 1.0,
             kills: 0,
             left_dead: 0,

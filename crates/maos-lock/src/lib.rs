@@ -70,6 +70,9 @@
 //! # Limitations
 //! - Single host: liveness uses kernel locks and waiting uses inotify, neither of which works
 //!   across NFS; a holder on another host is only ended by its lease.
+//! - Each waiting process uses one inotify instance (the kernel's default limit is 128 per
+//!   user, `fs.inotify.max_user_instances`); a process that cannot get one logs a warning and
+//!   its waiters re-check on a timer (5 ms doubling to 250 ms) instead of being woken.
 //! - Only leases (and the id reservation) are fsynced; locks held by processes are not: after
 //!   a power cut every process is gone anyway, and the table's index is rebuilt from the
 //!   documents on the first operation after a restart. A lease whose document a power cut

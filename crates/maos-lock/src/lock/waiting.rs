@@ -140,10 +140,11 @@ impl Waiting {
         }
     }
 
-    /// After a blocked step: makes sure the watch exists and routes this waiter's ticket and
-    /// its blockers' liveness files to it. Returns true when something changed, so the
-    /// caller must look again before sleeping (a signal sent before the routing would
-    /// otherwise be missed).
+    /// After a blocked step: makes sure the watch exists, creates the wake-up file of a new
+    /// ticket (outside the guard: a signal sent before it existed is lost, and the look
+    /// again below sees what it announced) and routes it and its blockers' liveness files to
+    /// the watch. Returns true when something changed, so the caller must look again before
+    /// sleeping (a signal sent before the routing would otherwise be missed).
     pub(crate) fn prepare_watch(&mut self) -> bool {
         let mut changed = false;
         if self.watch.is_none() {
@@ -156,6 +157,7 @@ impl Waiting {
                 wt.unregister(old);
             }
             if let Some(t) = self.ticket {
+                crate::store::live::create_wake(&self.shared.dir, t);
                 wt.register(t);
             }
             self.registered = self.ticket;

@@ -74,6 +74,11 @@ impl LiveFile {
     }
 }
 
+/// Whether `name` can be a liveness file's name (one plain component, not hidden).
+pub(crate) fn valid_name(name: &str) -> bool {
+    !(name.is_empty() || name.contains('/') || name.starts_with('.'))
+}
+
 /// The verdict of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Probe {
@@ -84,7 +89,7 @@ pub(crate) enum Probe {
 /// Probes `live/<name>`: gone when the file is missing or nobody holds its lock. With
 /// `remove`, a gone file is deleted (only under the exclusive guard).
 pub(crate) fn probe(dir: &Path, name: &str, remove: bool) -> Probe {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    if !valid_name(name) {
         return Probe::Gone;
     }
     let path = dir.join(LIVE_DIR).join(name);

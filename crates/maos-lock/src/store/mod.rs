@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use maos_core::process::{boot_id, hostname};
-use std::time::Instant;
 
 use maos_core::fsx::{FlockGuard, FlockMode, LockFile};
 use maos_core::{AgentId, ProcessIdentity, ResourceName, Workspace, fsx, now_ms};
@@ -313,60 +312,14 @@ impl Shared {
     }
 }
 
-/// Takes the table's guard in `mode`, waiting at most `timeout`. Every operation holds it for
-/// microseconds, so a waiter first yields a few times, then sleeps in short steps (10 us
-/// doubling to 500 us): it gets the guard soon after it is free, without spinning. At the
-/// deadline the error names the processes holding it and says when one is stopped
-/// (`/proc/locks`, `/proc/<pid>/stat`).
+/// Takes the table's guard in `mode`, waiting at most `timeout`. The wait is in the kernel
+/// ([`LockFile::lock`]: a helper thread blocks in `flock(2)`): a waiter takes no CPU until the
+/// guard is free, so on a loaded machine a hundred waiters do not take the CPU from the
+/// process holding it (waiters polling with short sleeps did: the holder, preempted, kept the
+/// guard for milliseconds). At the deadline the error names the processes holding it and
+/// says when one is stopped (`/proc/locks`, `/proc/<pid>/stat`).
 fn take_guard(lock: &LockFile, mode: FlockMode, timeout: Duration) -> Result<FlockGuard<'_>> {
-    fn attempt(lock: &LockFile, mode: FlockMode) -> maos_core::Result<Option<FlockGuard<'_>>> {
-        match mode {
-            FlockMode::Exclusive => lock.try_exclusive(),
-            FlockMode::Shared => lock.try_shared(),
-        }
-    }
-    if let Some(g) = attempt(lock, mode)? {
-        return Ok(g);
-    }
-    let start = Instant::now();
-    let deadline = maos_core::deadline_after(start, timeout);
-    let mut pause = Duration::from_micros(10);
-    let mut tries = 0u32;
-    let mut reported = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(Error::Core(maos_core::Error::LockTimeout {
-                path: lock.path().to_path_buf(),
-                waited: now - start,
-                holders: fsx::holders_of(lock.file()),
-            }));
-        }
-        if !reported && now - start >= Duration::from_secs(1) {
-            reported = true;
-            let holders: Vec<String> = fsx::holders_of(lock.file())
-                .iter()
-                .map(|h| {
-                    format!(
-                        "pid {}{}",
-                        h.pid,
-                        if h.is_stopped() { " (stopped)" } else { "" }
-                    )
-                })
-                .collect();
-            tracing::warn!(path = %lock.path().display(), holders = ?holders, "waiting for the lock table's guard");
-        }
-        if tries < 8 {
-            tries += 1;
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_micros(500));
-        }
-        if let Some(g) = attempt(lock, mode)? {
-            return Ok(g);
-        }
-    }
+    Ok(lock.lock(mode, timeout)?)
 }
 
 /// The boot bytes a table header records for `boot`.

@@ -288,7 +288,8 @@ fn take_in(
     }
     op.txn.commit()?;
     if let Some(t) = queued {
-        live::create_wake(&dir, t);
+        // Its wake-up file is created by the waiter after the guard is released (creating a
+        // file can take long on a busy file system): see `Waiting::prepare_watch`.
         *ticket = Some(t);
         tracing::debug!(resource = %req.resource, ticket = t, "queued");
     }
