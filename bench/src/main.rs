@@ -41,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     if args.first().is_some_and(|a| a == "--claim-child") {
         return postgres::child(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == "--track-claim-child") {
+        return track::claim_child(&args[1..]);
+    }
     if args.first().is_some_and(|a| a == "--comm-child") {
         return comm::child(&args[1..]);
     }

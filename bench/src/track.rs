@@ -1,5 +1,6 @@
 //! maos-track: the ready queue, the `maos task ready` command end to end, the critical path,
-//! the cost of completing a task in a small and a large graph, and how every task command
+//! the cost of completing a task in a small and a large graph, claims by 8 and 32 processes
+//! at once among 100 registered agents, and how every task command
 //! scales from 1,000 to 100,000 tasks (library and CLI, same run), creating 10,000 tasks one
 //! `maos task add` at a time, and the size of the task notifications beside the store.
 
@@ -292,6 +293,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
         target: "proportional to dependents: within 2x of 1,000".into(),
         met: large <= 2.0 * small,
     });
+    claims(table)?;
     scaling(table)?;
     one_add_at_a_time(table)?;
     Ok(())
@@ -622,5 +624,120 @@ fn one_add_at_a_time(table: &mut Table) -> anyhow::Result<()> {
         target: "not quadratic: within 2x (the issue: 107 s for 10,000)".into(),
         met: b <= 2.0 * s,
     });
+    Ok(())
+}
+
+/// The child of the contended claim benchmark, `--track-claim-child WS ID N`: registers as
+/// agent ID (this process), says `ready`, waits for a line on stdin, then claims and completes
+/// up to N tasks and prints each claim's latency in microseconds, one per line.
+pub(crate) fn claim_child(args: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let [ws, id, n] = args else {
+        anyhow::bail!("usage: --track-claim-child WS ID N");
+    };
+    let n: usize = n.parse()?;
+    let ws = Workspace::open(ws)?;
+    let me = AgentId::new(id.as_str())?;
+    maos_coordination::AgentRegistry::new(&ws)
+        .register(maos_coordination::Registration::new(me.clone()))?;
+    let t = TaskTracker::open_with(&ws, Options::default().agent(me.clone()).publish(false))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let mut lat = Vec::with_capacity(n);
+    while lat.len() < n {
+        let s = Instant::now();
+        let Some(task) = t.claim_blocking(&me)? else {
+            break;
+        };
+        lat.push(s.elapsed().as_micros());
+        t.update_status_blocking(&task.id, TaskStatus::Completed, None)?;
+    }
+    let mut out = std::io::stdout().lock();
+    for l in lat {
+        writeln!(out, "{l}")?;
+    }
+    Ok(())
+}
+
+/// Claim latencies of `procs` processes claiming and completing `per` tasks each at once,
+/// with `agents` agents registered in all (the claimers among them).
+fn contended_claims(procs: usize, agents: usize, per: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir()?;
+    let ws = Workspace::init(dir.path())?;
+    let tasks: Vec<Task> = (0..procs * per)
+        .map(|i| Task::new(format!("t{i}")))
+        .collect();
+    tracker(dir.path())?.create_tasks_blocking(&tasks)?;
+    // Idle agents (alive: this process), as in a swarm where most agents are busy elsewhere.
+    let reg = maos_coordination::AgentRegistry::new(&ws);
+    for i in procs..agents {
+        reg.register(maos_coordination::Registration::new(AgentId::new(
+            format!("idle{i}"),
+        )?))?;
+    }
+    let exe = std::env::current_exe()?;
+    let mut kids = Vec::new();
+    for i in 0..procs {
+        let mut c = Command::new(&exe)
+            .arg("--track-claim-child")
+            .arg(dir.path())
+            .arg(format!("c{i}"))
+            .arg(per.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut r = BufReader::new(c.stdout.take().expect("piped"));
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "claim child said {line:?}");
+        kids.push((c, r));
+    }
+    for (c, _) in &mut kids {
+        writeln!(c.stdin.as_mut().expect("piped"))?;
+    }
+    let mut lat = Vec::new();
+    for (mut c, r) in kids {
+        for line in r.lines() {
+            lat.push(Duration::from_micros(line?.trim().parse()?));
+        }
+        anyhow::ensure!(c.wait()?.success(), "a claim child failed");
+    }
+    anyhow::ensure!(
+        lat.len() == procs * per,
+        "{} claims for {} tasks",
+        lat.len(),
+        procs * per
+    );
+    Ok(lat)
+}
+
+/// Contended claims: p50 and p99 of a claim with 8 and 32 processes claiming at once among
+/// 100 registered agents, beside one process alone.
+fn claims(table: &mut Table) -> anyhow::Result<()> {
+    use crate::table::percentile_us;
+    let mut alone = contended_claims(1, 100, 200)?;
+    let a99 = percentile_us(&mut alone, 99.0) / 1000.0;
+    for procs in [8, 32] {
+        let mut lat = contended_claims(procs, 100, 40)?;
+        let p50 = percentile_us(&mut lat, 50.0) / 1000.0;
+        let p99 = percentile_us(&mut lat, 99.0) / 1000.0;
+        table.push(Row {
+            group: "track",
+            name: format!(
+                "claim, {procs} processes claiming + completing at once, 100 agents registered \
+                 (p99; p50 {p50:.2} ms)"
+            ),
+            value: p99,
+            baseline_name: "1 process, same store and agents (p99)".into(),
+            baseline: a99,
+            unit: "ms",
+            higher_is_better: false,
+            target: "p99 <= 50 ms".into(),
+            met: p99 <= 50.0,
+        });
+    }
     Ok(())
 }

@@ -81,6 +81,9 @@
 //! - Claims of dead agents are released only for agents registered in the agent registry
 //!   with a process on this host (liveness [`Dead`](maos_core::Liveness::Dead)); an agent
 //!   that never registered keeps its claims until its owner or a forcing agent resets them.
+//!   Claims look for dead agents at most once a second across all processes (each look reads
+//!   every agent's record), and always when nothing else is ready: a dead agent's task may
+//!   wait up to that second (or the next claim) while other tasks are handed out.
 //! - Ownership is checked against the agent a process says it is: agents of the same user
 //!   are trusted (an agent can claim another's name); the log records who acted.
 //! - Publishing on the `tasks` topic is best effort and happens after the write, outside the

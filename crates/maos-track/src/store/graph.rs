@@ -260,6 +260,22 @@ impl Graph {
         base.task(ord, &e)
     }
 
+    /// Appends task `ord` to `out`, cloned straight from where it is held (a listing of
+    /// thousands of tasks would otherwise move each one through every return on its way).
+    pub(crate) fn push_task(&self, ord: u32, out: &mut Vec<Task>) -> Result<(), Error> {
+        if let Some(n) = self.nodes.get(&ord) {
+            out.push(n.task.clone());
+            return Ok(());
+        }
+        if let Some(base) = &self.base
+            && base.with_cached_task(ord, |t| out.push(t.clone()))
+        {
+            return Ok(());
+        }
+        out.push(self.task(ord)?);
+        Ok(())
+    }
+
     /// Task `ord` with its history.
     pub(crate) fn details(&self, ord: u32) -> Result<(Task, Vec<Event>), Error> {
         if let Some(n) = self.nodes.get(&ord) {
@@ -306,7 +322,7 @@ impl Graph {
         limit: usize,
         mut accept: impl FnMut(u32, Option<&AgentId>) -> bool,
     ) -> Result<Vec<u32>, Error> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(usize::try_from(self.ready_len()).unwrap_or(0)));
         let mut skipped = 0;
         let mut overlay = self.ready.iter().copied().peekable();
         let mut k = 0u64;

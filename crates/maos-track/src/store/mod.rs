@@ -528,6 +528,20 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, Error>,
     ) -> Result<Written<R>, Error> {
         let dir = self.dir.clone();
+        // Catch up before taking the lock, as a reader does (the log is read without it):
+        // under the lock only the records appended meanwhile are left to read and apply.
+        // With many writers, the records of all the others since this process's last write
+        // would otherwise be parsed and applied while every other writer waits. A failure
+        // here only drops the state: the locked catch-up below loads it again and reports.
+        let caught_up = match &mut self.state {
+            Some(st) => st.refresh(&dir),
+            none => State::load(&dir).map(|st| {
+                none.replace(st);
+            }),
+        };
+        if caught_up.is_err() {
+            self.state = None;
+        }
         let _guard = self.lock.exclusive(self.options.lock_timeout)?;
         let compact_records = self.options.compact_records;
         let st = match &mut self.state {

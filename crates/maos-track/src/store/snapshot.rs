@@ -636,6 +636,17 @@ impl Snapshot {
         self.parsed.borrow().get(&ord).cloned()
     }
 
+    /// Calls `f` on task `ord` in place if it was parsed before; returns whether it was.
+    pub(crate) fn with_cached_task(&self, ord: u32, f: impl FnOnce(&Task)) -> bool {
+        match self.parsed.borrow().get(&ord) {
+            Some(t) => {
+                f(t);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Ready-list position `k` decoded: its key and assignee code (`None` past the end).
     pub(crate) fn ready_key(&self, k: u64) -> Result<Option<(ReadyKey, u32)>, Error> {
         const CHUNK: u64 = 256;

@@ -473,6 +473,7 @@ mod doctor;
 mod ownership;
 mod power;
 mod replay;
+mod sweep;
 
 /// Helpers for tests that forge or damage the store's files.
 pub(crate) mod forge {

@@ -35,7 +35,8 @@ pub struct Options {
     /// Publish status changes on the `tasks` broadcast topic (default true).
     pub publish: bool,
     /// Release claims of agents the registry reports dead (no live anchor, and their session
-    /// ended or their lease ran out) before each claim (default true).
+    /// ended or their lease ran out) before a claim (default true): at most once a second
+    /// across all processes, and whenever a claim finds nothing else to take.
     pub release_dead_claims: bool,
     /// How long a write waits for the store's kernel lock before it fails naming the
     /// holder (default [`fsx::DEFAULT_GUARD_TIMEOUT`]).

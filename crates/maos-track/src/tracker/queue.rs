@@ -1,8 +1,10 @@
 //! The ready queue: listing it, claiming from it, and releasing the claims of dead agents.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
 
-use maos_core::{AgentId, AgentRegistry, Liveness, TaskId, Workspace};
+use maos_core::{AgentId, AgentRegistry, Liveness, TaskId, Workspace, fsx};
 
 use super::TaskTracker;
 use super::query::ReadyPage;
@@ -23,10 +25,12 @@ impl TaskTracker {
     pub fn ready_page_blocking(&self, limit: usize) -> Result<ReadyPage, Error> {
         self.read(|g| {
             let ords = g.ready_page(0, limit, |_, _| true)?;
-            let tasks = ords
-                .into_iter()
-                .map(|o| g.task(o))
-                .collect::<Result<Vec<_>, _>>()?;
+            // Sized up front (collecting `Result`s grows the vector by doubling, moving every
+            // task cloned so far each time), each task cloned into place.
+            let mut tasks = Vec::with_capacity(ords.len());
+            for o in ords {
+                g.push_task(o, &mut tasks)?;
+            }
             Ok(ReadyPage {
                 tasks,
                 total: g.ready_len(),
@@ -36,17 +40,34 @@ impl TaskTracker {
 
     /// Atomically assigns the next ready task to `agent` and starts it (blocking): the best
     /// ready task that is unassigned or assigned to `agent`. Claims of agents the registry
-    /// reports dead are released to the queue first (in the same write). `None` when nothing
-    /// is ready.
+    /// reports dead are released to the queue first (in the same write): looking for them
+    /// reads every agent's record, so the claims of all processes together look at most once
+    /// a second (the store's `sweep` file records when), and a claim that finds nothing to
+    /// take always looks. `None` when nothing is ready.
     pub fn claim_blocking(&self, agent: &AgentId) -> Result<Option<Task>, Error> {
         let _span = tracing::info_span!("claim", agent = %agent).entered();
         let release = self.inner.options.release_dead_claims;
+        let swept = release && sweep_due(self.dir());
+        if let Some(task) = self.claim_once(agent, swept)? {
+            return Ok(Some(task));
+        }
+        if release && !swept {
+            // Nothing to take: a dead agent may hold what is left.
+            return self.claim_once(agent, true);
+        }
+        Ok(None)
+    }
+
+    /// One claim; with `sweep`, releasing the claims of the agents that look dead first.
+    fn claim_once(&self, agent: &AgentId, sweep: bool) -> Result<Option<Task>, Error> {
         let ws = self.workspace().clone();
         // Who looks dead is read before taking the store's lock (the registry's records and
         // /proc, once per agent): under the lock only those agents are checked again. An
-        // agent that dies meanwhile has its claims released by the next claim.
-        let suspects = if release {
-            dead_agents(&ws)
+        // agent that dies meanwhile has its claims released by a later sweep.
+        let suspects = if sweep {
+            let dead = dead_agents(&ws);
+            mark_swept(self.dir());
+            dead
         } else {
             HashSet::new()
         };
@@ -119,6 +140,45 @@ fn released_ids(ops: &[Op]) -> Vec<TaskId> {
             _ => None,
         })
         .collect()
+}
+
+/// How often, at most, the claims of all processes together look for dead agents' claims
+/// (each look reads every agent's record and its processes in /proc).
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The file whose modification time is when a claim last looked for dead agents.
+const SWEEP_FILE: &str = "sweep";
+
+/// Whether no claim looked for dead agents within [`SWEEP_INTERVAL`] (also when the file is
+/// missing or unreadable, or its time is ahead of the clock).
+fn sweep_due(dir: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(dir.join(SWEEP_FILE)) else {
+        return true;
+    };
+    match meta
+        .modified()
+        .map(|m| std::time::SystemTime::now().duration_since(m))
+    {
+        Ok(Ok(age)) => age >= SWEEP_INTERVAL,
+        _ => true,
+    }
+}
+
+/// Records that a claim looked for dead agents now (a hint, never synced: losing it costs
+/// one more look).
+fn mark_swept(dir: &Path) {
+    let path = dir.join(SWEEP_FILE);
+    let r = fsx::DataFile::open_rw(&path).and_then(|f| {
+        f.file()
+            .set_modified(std::time::SystemTime::now())
+            .map_err(|e| maos_core::Error::io("set the modification time of", &path, e))
+    });
+    if let Err(e) = r {
+        tracing::debug!(
+            error = &e as &dyn std::error::Error,
+            "cannot record the sweep for dead agents"
+        );
+    }
 }
 
 /// The agents the registry reports dead now (none when it cannot be read: their claims stay
