@@ -1058,18 +1058,6 @@ fn choose_backend(ws: &Workspace, args: &DemoArgs) -> anyhow::Result<Backends> {
         config.save(ws)?;
     }
     let backends = backend::open(ws)?;
-    if args.via == Via::Mcp && !backends.is_file() {
-        return Err(crate::exit::Failure::error(
-            Exit::Usage,
-            format!(
-                "maos demo --via mcp cannot run on the PostgreSQL backend ({}): its agents \
-                 edit through the Claude Code hooks, which refuse PostgreSQL workspaces (they \
-                 check and record edits in the workspace's files); use --via library (the \
-                 default) with --backend, or --via mcp on the file backend",
-                backends.location()
-            ),
-        ));
-    }
     Ok(backends)
 }
 

@@ -924,10 +924,27 @@ fn the_demo_runs_on_postgresql_and_passes_its_checks() {
     }
     assert!(!ws.join(".maos/merge/queue.json").exists());
 
-    // Through MCP the agents would edit through the hooks, which refuse PostgreSQL: said at
-    // once, as a usage error, before anything starts.
-    let out = demo(&["--via", "mcp"], &dir.path().join("mcp"));
-    out.assert_code(Exit::Usage);
-    out.stderr_has("--via mcp cannot run on the PostgreSQL backend");
-    out.stderr_has("hooks");
+    // Through MCP: the agents' `maos mcp` servers and Claude Code hooks on the same server
+    // (a namespace of its own), the same checks.
+    let mcp_ns = server::unique_namespace("demo-mcp");
+    let out = crate::util::Run::of(
+        std::process::Command::new(crate::util::bin())
+            .env_remove("MAOS_WORKSPACE")
+            .env_remove("MAOS_AGENT_ID")
+            .env_remove("MAOS_BACKEND")
+            .env_remove("MAOS_NAMESPACE")
+            .env_remove("RUST_LOG")
+            .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
+            .args(["--backend", &url, "--namespace", &mcp_ns, "--via", "mcp"])
+            .arg("--keep")
+            .arg(dir.path().join("mcp")),
+    );
+    let text = out.stdout();
+    assert!(
+        out.status.success(),
+        "the demo through MCP failed on PostgreSQL:\n{text}\n{}",
+        out.stderr()
+    );
+    assert!(text.contains("every step held"), "{text}");
+    assert!(!text.contains("- [ ]"), "{text}");
 }
