@@ -856,7 +856,7 @@ fn the_demo_runs_on_postgresql_and_passes_its_checks() {
     let ns = server::unique_namespace("demo");
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
-    let demo = |extra: &[&str], keep: &std::path::Path| {
+    let demo = |ns: &str, extra: &[&str], keep: &std::path::Path| {
         crate::util::Run::of(
             std::process::Command::new(crate::util::bin())
                 .env_remove("MAOS_WORKSPACE")
@@ -865,13 +865,13 @@ fn the_demo_runs_on_postgresql_and_passes_its_checks() {
                 .env_remove("MAOS_NAMESPACE")
                 .env_remove("RUST_LOG")
                 .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
-                .args(["--backend", &url, "--namespace", &ns])
+                .args(["--backend", &url, "--namespace", ns])
                 .args(extra)
                 .arg("--keep")
                 .arg(keep),
         )
     };
-    let out = demo(&[], &ws);
+    let out = demo(&ns, &[], &ws);
     let text = out.stdout();
     assert!(
         out.status.success(),
@@ -927,18 +927,7 @@ fn the_demo_runs_on_postgresql_and_passes_its_checks() {
     // Through MCP: the agents' `maos mcp` servers and Claude Code hooks on the same server
     // (a namespace of its own), the same checks.
     let mcp_ns = server::unique_namespace("demo-mcp");
-    let out = crate::util::Run::of(
-        std::process::Command::new(crate::util::bin())
-            .env_remove("MAOS_WORKSPACE")
-            .env_remove("MAOS_AGENT_ID")
-            .env_remove("MAOS_BACKEND")
-            .env_remove("MAOS_NAMESPACE")
-            .env_remove("RUST_LOG")
-            .args(["demo", "--agents", "4", "--tasks", "3", "--seed", "11"])
-            .args(["--backend", &url, "--namespace", &mcp_ns, "--via", "mcp"])
-            .arg("--keep")
-            .arg(dir.path().join("mcp")),
-    );
+    let out = demo(&mcp_ns, &["--via", "mcp"], &dir.path().join("mcp"));
     let text = out.stdout();
     assert!(
         out.status.success(),
