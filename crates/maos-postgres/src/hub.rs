@@ -1,5 +1,5 @@
-//! One LISTEN connection per process for every wait: the channels' and the lock waiters'
-//! notifications of the namespace arrive on it and wake the threads waiting for them.
+//! One LISTEN connection per process for every wait: the channels', the lock waiters' and
+//! the task writers' notifications of the namespace arrive on it and wake the threads waiting for them.
 //! Notifications are hints: a waiter takes [`Hub::seen`] before it reads, so nothing that
 //! commits after its read can slip by, and it looks again on its fallback timer anyway.
 
@@ -39,9 +39,10 @@ fn listen(pg: &Pg) -> Result<Conn> {
     let ns = pg.inner.ns;
     c.client()
         .batch_execute(&format!(
-            "LISTEN \"{}\"; LISTEN \"{}\"",
+            "LISTEN \"{}\"; LISTEN \"{}\"; LISTEN \"{}\"",
             crate::comm::notify_channel(ns),
-            crate::lock::notify_channel(ns)
+            crate::lock::notify_channel(ns),
+            crate::track::notify_channel(ns)
         ))
         .map_err(|e| Error::pg("listen", e))?;
     Ok(c)

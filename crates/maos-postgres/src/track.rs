@@ -25,6 +25,15 @@ use serde::{Deserialize, Serialize};
 use crate::conn::{Exec, Tx};
 use crate::{Error, Pg, Result};
 
+/// How often [`PgTracker::wait_changed`] looks again without a notification (one lost to a
+/// connection reset).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The NOTIFY channel of a namespace's task writes.
+pub(crate) fn notify_channel(ns: i64) -> String {
+    format!("maos_t{ns}")
+}
+
 /// One record of the task log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -591,6 +600,8 @@ impl PgTracker {
                             &assigned, &docs,
                         ],
                     )?;
+                    // Wakes `wait_changed` in every process, at commit.
+                    t.notify(&notify_channel(ns), "")?;
                     Ok(ops)
                 })
             })
@@ -691,6 +702,24 @@ impl PgTracker {
     /// The sequence number of the latest change.
     pub fn version(&self) -> Result<u64> {
         self.read(|c| u64::try_from(c.seq).unwrap_or(0))
+    }
+
+    /// Waits up to `timeout` for the task graph to move past version `seen`, woken by the
+    /// writers' notifications (hints: it also looks again every [`RECHECK`]); returns the
+    /// version then.
+    pub fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64> {
+        let hub = self.pg.hub()?;
+        let chan = notify_channel(self.pg.inner.ns);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let g = hub.seen();
+            let now = self.version()?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if now != seen || left.is_zero() {
+                return Ok(now);
+            }
+            hub.wait(g, left.min(RECHECK), |ch, _| ch == chan);
+        }
     }
 
     /// Applies `update` to `id` in one transaction: the owner (unless the update overrides
@@ -1097,6 +1126,33 @@ mod tests {
             other.log_after(0).unwrap().len() as u64,
             other.version().unwrap()
         );
+    }
+
+    #[test]
+    fn a_waiter_wakes_on_another_connections_write_and_times_out_without_one() {
+        let pg = test_backend("track-wait").unwrap();
+        let tr = PgTracker::new(&pg).agent(a("lead"));
+        let seen = tr.version().unwrap();
+        // Nothing written: the wait ends at its timeout with the same version.
+        assert_eq!(
+            tr.wait_changed(seen, Duration::from_millis(50)).unwrap(),
+            seen
+        );
+        // Written by another process's connection: the wait returns the new version.
+        let other =
+            PgTracker::new(&Pg::connect(&pg.inner.url, pg.namespace()).unwrap()).agent(a("other"));
+        let waiter = {
+            let tr = tr.clone();
+            std::thread::spawn(move || tr.wait_changed(seen, Duration::from_secs(60)))
+        };
+        let hub = pg.hub().unwrap();
+        let before = hub.seen();
+        other.create_tasks(&[Task::new("news")]).unwrap();
+        let now = waiter.join().unwrap().unwrap();
+        assert!(now > seen, "{now} after {seen}");
+        // It was the write's notification (not the re-check) that reached this process.
+        let chan = notify_channel(pg.inner.ns);
+        assert!(hub.wait(before, Duration::from_secs(60), |ch, _| ch == chan));
     }
 
     #[test]

@@ -17,9 +17,6 @@ use maos_coordination::track::{
 };
 use maos_coordination::{AgentId, Task, TaskId, TaskStatus};
 
-/// How often a backend without change events (PostgreSQL) is asked again for task changes.
-const POLL: Duration = Duration::from_millis(100);
-
 /// The task graph on the workspace's backend, acting as one agent.
 #[derive(Debug, Clone)]
 pub(crate) enum Tasks {
@@ -132,7 +129,7 @@ impl Tasks {
     pub(crate) fn watch(&self) -> anyhow::Result<Watch> {
         Ok(match self {
             Tasks::File(t) => Watch::File(Box::new(t.watch()?)),
-            Tasks::Pg(t) => Watch::Poll {
+            Tasks::Pg(t) => Watch::Pg {
                 tracker: t.clone(),
                 seen: t.version()?,
             },
@@ -140,10 +137,10 @@ impl Tasks {
     }
 }
 
-/// Waking on task changes: the files' change events, or asking the server for its version.
+/// Waking on task changes: the files' change events, or the server's notifications.
 pub(crate) enum Watch {
     File(Box<TaskWatch>),
-    Poll { tracker: PgTracker, seen: u64 },
+    Pg { tracker: PgTracker, seen: u64 },
 }
 
 impl Watch {
@@ -153,18 +150,10 @@ impl Watch {
             Watch::File(w) => {
                 w.changed(timeout).await?;
             }
-            Watch::Poll { tracker, seen } => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                loop {
-                    let t = tracker.clone();
-                    let now = tokio::task::spawn_blocking(move || t.version()).await??;
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if now != *seen || left.is_zero() {
-                        *seen = now;
-                        return Ok(());
-                    }
-                    tokio::time::sleep(left.min(POLL)).await;
-                }
+            Watch::Pg { tracker, seen } => {
+                let (t, before) = (tracker.clone(), *seen);
+                *seen =
+                    tokio::task::spawn_blocking(move || t.wait_changed(before, timeout)).await??;
             }
         }
         Ok(())
