@@ -20,7 +20,7 @@ pub(crate) mod table;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use maos_core::process::{boot_id, hostname};
 
@@ -312,38 +312,15 @@ impl Shared {
     }
 }
 
-/// Takes the table's guard in `mode`, waiting at most `timeout`. The wait is in the kernel
-/// ([`LockFile::lock`]: a helper thread blocks in `flock(2)`): a waiter takes no CPU until the
+/// Takes the table's guard in `mode`, waiting at most `timeout`. After a few quick retries
+/// the wait is in the kernel ([`LockFile::lock`]: a helper thread blocks in `flock(2)`): a
+/// waiter takes no CPU until the
 /// guard is free, so on a loaded machine a hundred waiters do not take the CPU from the
 /// process holding it (waiters polling with short sleeps did: the holder, preempted, kept the
 /// guard for milliseconds). At the deadline the error names the processes holding it and
 /// says when one is stopped (`/proc/locks`, `/proc/<pid>/stat`).
 fn take_guard(lock: &LockFile, mode: FlockMode, timeout: Duration) -> Result<FlockGuard<'_>> {
-    // The guard is held for microseconds, so a few quick retries (yielding, then sleeping
-    // 10 us doubling to 80 us: about 0.2 ms in all) usually get it soon after it is free,
-    // without the kernel wait's helper thread and second open; past them the wait is in the
-    // kernel, so a hundred waiters do not burn the CPU the holder needs.
-    let start = Instant::now();
-    let attempt = || match mode {
-        FlockMode::Exclusive => lock.try_exclusive(),
-        FlockMode::Shared => lock.try_shared(),
-    };
-    let mut pause = Duration::from_micros(10);
-    for i in 0..12 {
-        if let Some(g) = attempt()? {
-            return Ok(g);
-        }
-        if start.elapsed() >= timeout {
-            break;
-        }
-        if i < 8 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(pause);
-            pause *= 2;
-        }
-    }
-    Ok(lock.lock(mode, timeout.saturating_sub(start.elapsed()))?)
+    Ok(lock.lock(mode, timeout)?)
 }
 
 /// The boot bytes a table header records for `boot`.
