@@ -705,7 +705,7 @@ impl PgTracker {
     }
 
     /// Waits up to `timeout` for the task graph to move past version `seen`, woken by the
-    /// writers' notifications (hints: it also looks again every [`RECHECK`]); returns the
+    /// writers' notifications (hints: it also looks again every second); returns the
     /// version then.
     pub fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64> {
         let hub = self.pg.hub()?;
