@@ -60,6 +60,7 @@ mod error;
 mod live;
 mod server;
 mod snapshot;
+mod stores;
 mod watch;
 
 pub use error::{Error, Result};
@@ -81,5 +82,6 @@ pub use snapshot::{
     AgentView, AnchorView, Changed, ChannelKind, ChannelSet, ChannelView, Collector, DeadlockView,
     LockView, LocksPage, LocksView, MAX_PAIRWISE_BRANCHES, MergeInputs, MergesView, MessageView,
     Page, Problem, QueueView, RECENT_MESSAGES, Snapshot, TaskRef, TaskRow, TasksPage, TasksView,
-    View, ViewQuery, WaiterView, predict,
+    View, ViewQuery, WaiterView, predict, predict_with,
 };
+pub use stores::{REMOTE_POLL, Remote, Stores, SystemBroadcast, Wakes};

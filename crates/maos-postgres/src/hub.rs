@@ -120,6 +120,40 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Waits up to `timeout` for notifications after `seen` and takes every one of them:
+    /// returns the generation reached and the (channel, payload) pairs, an empty channel
+    /// standing for "the connection was reset, or notifications were dropped: look at
+    /// everything" (the dashboard's wake-ups, crate::hints).
+    pub(crate) fn take(&self, seen: u64, timeout: Duration) -> (u64, Vec<(String, String)>) {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.state);
+        loop {
+            if st.generation > seen {
+                let mut out = Vec::new();
+                if st.events.front().is_some_and(|(g, _, _)| *g > seen + 1) {
+                    out.push((String::new(), String::new()));
+                }
+                out.extend(
+                    st.events
+                        .iter()
+                        .filter(|(g, _, _)| *g > seen)
+                        .map(|(_, c, p)| (c.clone(), p.clone())),
+                );
+                return (st.generation, out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (st.generation, Vec::new());
+            }
+            st = match self.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
 fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
     loop {
         if pg.strong_count() == 0 {

@@ -95,6 +95,7 @@ pub mod comm;
 mod config;
 mod conn;
 mod error;
+pub mod hints;
 mod hub;
 pub mod lock;
 pub mod merge;
