@@ -68,6 +68,10 @@ impl Wakes for PgWakes {
             ..Changed::default()
         }
     }
+
+    fn problem(&self) -> Option<String> {
+        self.0.lost()
+    }
 }
 
 /// The stores of a workspace on PostgreSQL as the dashboard reads them, acting as `agent`.

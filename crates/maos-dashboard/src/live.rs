@@ -51,6 +51,8 @@ struct Inner {
     hints: mpsc::UnboundedSender<Changed>,
     pictures: Mutex<PictureCache>,
     _watches: Option<crate::watch::Watches>,
+    /// Why the connection to the backend is down, while it is (shown as a problem).
+    connection: Mutex<Option<String>>,
 }
 
 /// The live snapshot of one workspace. Cheap to clone; the background refresh stops when the
@@ -133,14 +135,13 @@ impl Live {
             (c, snap, inputs, git)
         })
         .await?;
-        let (watches, events) = match wakes {
+        let (watches, events) = match &wakes {
             None => {
                 let w = crate::watch::start(Some(ws.maos_dir()), git.as_ref(), tx.clone());
                 let events = w.is_some();
                 (w, events)
             }
-            Some((wakes, poll)) => {
-                follow(wakes, poll, tx.clone())?;
+            Some(_) => {
                 // The state is not in files: only the repository's refs are watched.
                 (crate::watch::start(None, git.as_ref(), tx.clone()), true)
             }
@@ -157,7 +158,11 @@ impl Live {
             hints: tx,
             pictures: Mutex::new(HashMap::new()),
             _watches: watches,
+            connection: Mutex::new(None),
         });
+        if let Some((wakes, poll)) = wakes {
+            follow(wakes, poll, inner.hints.clone(), Arc::downgrade(&inner))?;
+        }
         let collector = Arc::new(Mutex::new(collector));
         tokio::spawn(run(
             Arc::downgrade(&inner),
@@ -223,6 +228,16 @@ impl Live {
 
 /// Publishes `snap` as the next version unless it shows the same as the current one.
 fn publish(inner: &Inner, mut snap: Snapshot) {
+    snap.problems.retain(|p| p.section != CONNECTION);
+    if let Some(why) = relock(&inner.connection).clone() {
+        snap.problems.insert(
+            0,
+            crate::snapshot::Problem {
+                section: CONNECTION.into(),
+                message: why,
+            },
+        );
+    }
     let mut cur = relock(&inner.current);
     if cur.same_content(&snap) {
         return;
@@ -240,21 +255,37 @@ fn publish(inner: &Inner, mut snap: Snapshot) {
     tracing::debug!(version = v, "dashboard: new snapshot");
 }
 
+/// The section of the problem a lost connection to the backend shows as.
+const CONNECTION: &str = "connection";
+
 /// Follows `wakes` on a thread of its own (the notifications are waited for by blocking),
 /// sending what they name, and every `poll` what sends no notification (agents, locks,
-/// the merge queue). Ends when the dashboard is gone.
+/// the merge queue); a connection that goes down or comes back is published at once. Ends
+/// when the dashboard is gone.
 fn follow(
     mut wakes: Box<dyn Wakes>,
     poll: Duration,
     tx: mpsc::UnboundedSender<Changed>,
+    weak: Weak<Inner>,
 ) -> Result<()> {
     let spawned = std::thread::Builder::new()
         .name("maos-dashboard-wakes".into())
         .spawn(move || {
             let mut polled = std::time::Instant::now();
+            let mut down: Option<String> = None;
             loop {
                 let left = poll.saturating_sub(polled.elapsed());
                 let mut c = wakes.wait(left);
+                let now_down = wakes.problem().map(|why| {
+                    format!("the connection to the server is lost ({why}); reconnecting: what is shown may be out of date")
+                });
+                if now_down != down {
+                    down = now_down;
+                    let Some(inner) = weak.upgrade() else { return };
+                    *relock(&inner.connection) = down.clone();
+                    let snap = (*relock(&inner.current).as_ref()).clone();
+                    publish(&inner, snap);
+                }
                 if polled.elapsed() >= poll {
                     polled = std::time::Instant::now();
                     c.merge(Changed {

@@ -110,6 +110,12 @@ pub trait Wakes: Send + 'static {
     /// Blocks up to `timeout` for the next notifications; returns what they say changed
     /// (empty at the timeout).
     fn wait(&mut self, timeout: Duration) -> Changed;
+
+    /// Why the connection to the backend is down, while it is: shown on the page as a
+    /// problem of the `connection` section until it comes back.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A dashboard's source on a backend other than the files: its stores, what wakes it, and

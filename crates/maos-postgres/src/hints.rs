@@ -71,6 +71,12 @@ impl Hints {
         })
     }
 
+    /// Why the connection to the server is down, while it is (notifications are lost
+    /// meanwhile: after it comes back, [`Changes::everything`] says to look at everything).
+    pub fn lost(&self) -> Option<String> {
+        self.hub.lost()
+    }
+
     /// Blocks up to `timeout` for notifications; returns what they name (empty at the
     /// timeout).
     pub fn wait(&mut self, timeout: Duration) -> Changes {

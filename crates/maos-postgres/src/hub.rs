@@ -20,6 +20,8 @@ struct State {
     generation: u64,
     /// (generation, channel, payload); an empty channel means "connection was reset: look".
     events: VecDeque<(u64, String, String)>,
+    /// Why the notification connection is down, while it is (it is being reopened).
+    lost: Option<String>,
 }
 
 pub(crate) struct Hub {
@@ -121,6 +123,16 @@ impl Hub {
 }
 
 impl Hub {
+    /// Why the notification connection is down, while it is (it is being reopened).
+    pub(crate) fn lost(&self) -> Option<String> {
+        lock(&self.state).lost.clone()
+    }
+
+    fn set_lost(&self, why: Option<String>) {
+        lock(&self.state).lost = why;
+        self.changed.notify_all();
+    }
+
     /// Waits up to `timeout` for notifications after `seen` and takes every one of them:
     /// returns the generation reached and the (channel, payload) pairs, an empty channel
     /// standing for "the connection was reset, or notifications were dropped: look at
@@ -185,6 +197,7 @@ fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "notification connection lost; reconnecting");
+                h.set_lost(Some(e.to_string()));
                 let mut delay = Duration::from_millis(50);
                 loop {
                     let Some(inner) = pg.upgrade() else { return };
@@ -200,6 +213,7 @@ fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
                     }
                 }
                 // Whatever was notified meanwhile is lost: everyone looks.
+                h.set_lost(None);
                 h.push(String::new(), String::new());
             }
         }

@@ -1149,3 +1149,49 @@ fn dashboard_on_postgresql_shows_follows_and_acts() {
     );
     drop(bob_pid);
 }
+
+/// A dashboard whose PostgreSQL server goes away shows the lost connection as a problem,
+/// and recovers when the server is back: the problem goes, and writes show again.
+#[test]
+fn dashboard_on_postgresql_shows_a_lost_connection_and_recovers() {
+    use maos_coordination::postgres::server::{TestServer, unique_namespace};
+    // A server of its own: this test stops it.
+    let server = TestServer::start().expect("a PostgreSQL server for the tests");
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::uninitialised(ws)
+        .run([
+            "init",
+            "--backend",
+            &server.url(),
+            "--namespace",
+            &unique_namespace("dash-lost"),
+        ])
+        .ok();
+    ok(maos(ws, "alice").args(["send", "team", "--data", "\"before\""]));
+    let (_dash, url) = dashboard(ws, "127.0.0.1:0");
+    let events = versions(&url);
+    until_snapshot(&url, &events, "the first message", |s| {
+        summaries(s, "team") == ["before"] && s["problems"] == serde_json::json!([])
+    });
+
+    server.stop().unwrap();
+    let snap = until_snapshot(&url, &events, "the lost connection", |s| {
+        s["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["section"] == "connection")
+    });
+    // What was read stays on the page meanwhile.
+    assert_eq!(summaries(&snap, "team"), ["before"]);
+
+    server.restart().unwrap();
+    until_snapshot(&url, &events, "the connection back", |s| {
+        s["problems"] == serde_json::json!([])
+    });
+    ok(maos(ws, "alice").args(["send", "team", "--data", "\"after\""]));
+    until_snapshot(&url, &events, "a message sent after the restart", |s| {
+        summaries(s, "team") == ["before", "after"]
+    });
+}
