@@ -19,6 +19,8 @@
 //! - [`merge::PgQueue`] (the merge queue) and [`merge::PgMerge`] (maos-merge's
 //!   `MergeBackend`: merge lock, queue, resolution tasks and notices on the server; git stays
 //!   in each clone);
+//! - [`hints::Hints`]: what the namespace's notifications say changed (the dashboard's
+//!   wake-ups);
 //! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
 //!   `AgentStore`) on the types above, which the CLI uses when a workspace's backend is
 //!   `postgres://...`.
@@ -83,7 +85,7 @@
 //!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
 //!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
 //!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments
-//!   and the dashboard are not available on this backend yet: they say so instead of using
+//!   are not available on this backend yet: they say so instead of using
 //!   files (so are the MCP server's `inbox` and `subscribe` tools; its other tools and the
 //!   hooks work here). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
