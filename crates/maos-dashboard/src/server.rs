@@ -456,9 +456,7 @@ struct ResetTask {
 async fn act(
     s: &AppState,
     from: SocketAddr,
-    f: impl FnOnce(&Stores, &AgentId, Option<String>) -> Result<actions::ActionRecord>
-    + Send
-    + 'static,
+    f: impl FnOnce(&Stores, &AgentId, Option<String>) -> Result<actions::ActionRecord> + Send + 'static,
 ) -> Response {
     if !s.allow_actions {
         return error(

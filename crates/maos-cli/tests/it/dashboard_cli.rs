@@ -971,7 +971,10 @@ fn dashboard_on_postgresql_shows_follows_and_acts() {
     git(ws, &["add", "README.md"]);
     git(ws, &["commit", "-q", "-m", "start"]);
     for (who, title) in [("alice", "# Alice's title"), ("bob", "# Bob's title")] {
-        git(ws, &["checkout", "-q", "-b", &format!("agent/{who}"), "main"]);
+        git(
+            ws,
+            &["checkout", "-q", "-b", &format!("agent/{who}"), "main"],
+        );
         std::fs::write(ws.join("README.md"), format!("{title}\nbody\n")).unwrap();
         git(ws, &["commit", "-q", "-am", &format!("{who} retitles")]);
         git(ws, &["checkout", "-q", "main"]);
@@ -1119,7 +1122,10 @@ fn dashboard_on_postgresql_shows_follows_and_acts() {
         &serde_json::json!({ "resource": "src/api.rs", "owner": "alice", "token": token }),
     );
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("released 1 lock(s) of dead agent alice"), "{body}");
+    assert!(
+        body.contains("released 1 lock(s) of dead agent alice"),
+        "{body}"
+    );
     let snap = until_snapshot(&url, &events, "the release and both records", |s| {
         !holders(s).iter().any(|(_, o)| o == "alice")
             && summaries(s, "broadcast/dashboard/actions").len() == 2
@@ -1140,7 +1146,11 @@ fn dashboard_on_postgresql_shows_follows_and_acts() {
          && s.messages.some(m => m.includes('second message'))",
         30_000,
     );
-    assert_eq!(shown["conn"].as_str().map(|c| c.contains("live")), Some(true), "{shown:#}");
+    assert_eq!(
+        shown["conn"].as_str().map(|c| c.contains("live")),
+        Some(true),
+        "{shown:#}"
+    );
     latency(
         &mut page,
         "a lock on PostgreSQL",

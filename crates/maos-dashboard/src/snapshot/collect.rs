@@ -643,10 +643,7 @@ impl Collector {
                 if let Some(p) = problems.first() {
                     self.problems.insert(
                         "agents",
-                        format!(
-                            "{} unreadable agent record(s), first: {p}",
-                            problems.len()
-                        ),
+                        format!("{} unreadable agent record(s), first: {p}", problems.len()),
                     );
                 }
                 self.agents = agents
@@ -709,9 +706,9 @@ impl Collector {
         let names: Vec<(String, Option<u64>)> = match which {
             ChannelSet::None => return,
             ChannelSet::Some(set)
-                if set
-                    .iter()
-                    .all(|n| n == maos_comm::GLOBAL_FEED || self.store_channels.contains_key(n)) =>
+                if set.iter().all(|n| {
+                    n == maos_comm::GLOBAL_FEED || self.store_channels.contains_key(n)
+                }) =>
             {
                 set.iter().map(|n| (n.clone(), None)).collect()
             }
