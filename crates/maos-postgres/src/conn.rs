@@ -258,7 +258,9 @@ pub(crate) struct Session {
     state: Mutex<SessionState>,
     changed: Condvar,
     callbacks: Mutex<Vec<LostCallback>>,
-    _stop: Mutex<mpsc::Sender<()>>,
+    /// To the session thread: a message asks it to check its connection now; dropping the
+    /// sender (with the session) stops it.
+    wake: Mutex<mpsc::Sender<()>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -281,6 +283,29 @@ impl Session {
                 return Err(Error::Invalid {
                     what: "session",
                     reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
+                });
+            }
+            st = match self.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        Ok((st.key, st.epoch))
+    }
+
+    /// The session after `epoch`: asks the session thread to check its connection now
+    /// (the caller saw the session `key` of `epoch` dead on the server, which the thread
+    /// notices only at its next heartbeat) and waits up to `wait` for the new session.
+    pub(crate) fn after(&self, epoch: u64, wait: Duration) -> Result<(i64, u64)> {
+        let _ = lock(&self.wake).send(());
+        let deadline = Instant::now() + wait;
+        let mut st = lock(&self.state);
+        while st.epoch <= epoch || !st.up {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Invalid {
+                    what: "session",
+                    reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
                 });
             }
             st = match self.changed.wait_timeout(st, left) {
@@ -607,7 +632,7 @@ fn start_session(pg: &Pg) -> Result<Arc<Session>> {
         }),
         changed: Condvar::new(),
         callbacks: Mutex::new(Vec::new()),
-        _stop: Mutex::new(stop_tx),
+        wake: Mutex::new(stop_tx),
     });
     let weak = Arc::downgrade(&session);
     // The thread holds only a weak reference to the backend's state, so dropping the last
@@ -634,8 +659,9 @@ fn session_thread(
     let stopping = AtomicBool::new(false);
     loop {
         match stop.recv_timeout(every) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return, // the backend is gone: closing the connection ends the session
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {} // asked to check now, or time
+            // The backend is gone: closing the connection ends the session.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if conn
             .client
@@ -681,8 +707,8 @@ fn session_thread(
                 Err(e) => {
                     tracing::debug!(error = %e, "session reconnect failed");
                     match stop.recv_timeout(delay) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => {
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
                             stopping.store(true, Ordering::Relaxed);
                             return;
                         }
