@@ -159,6 +159,20 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A message that receivers could not decode (nested deeper than serde_json's limit,
+    /// an invalid escape): refused before anything is written, as on the files.
+    #[error(
+        "channel {channel}: message {id} would not be readable by receivers ({reason}); nothing \
+         was written"
+    )]
+    Unreadable {
+        /// The channel.
+        channel: String,
+        /// The refused message.
+        id: maos_core::MessageId,
+        /// What a receiver would fail on.
+        reason: String,
+    },
     /// A message does not serialise or decode.
     #[error("message on {channel} does not (de)serialise")]
     Json {

@@ -209,6 +209,12 @@ fn session(maos: &Maos) -> Vec<Step> {
         "alice",
         &["send", "api", "--data", "3", "--to", "carol"],
     );
+    // What no reader could decode is refused on both (nothing written, exit 1).
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    run(&a, "alice", &["send", "api", "--data", &deep]);
+    run(&a, "alice", &["send", "api", "--data", r#""\ud800""#]);
+    run(&a, "alice", &["send", "api", "--data", "[1e400]"]);
+    run(&a, "alice", &["broadcast", "build/deep", "--data", &deep]);
     run(&b, "bob", &["recv", "api"]);
     run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
     run(
