@@ -99,6 +99,19 @@ fn an_unreachable_server_or_a_bad_backend_is_a_clear_error() {
     out.assert_code(Exit::Error);
     out.stderr_has("MAOS_BACKEND");
     out.stderr_has("postgres://");
+
+    // A hostile namespace: refused before any connection, naming the rule and the way out.
+    let out = maos.run([
+        "init",
+        "--backend",
+        "postgres://maos@127.0.0.1:1/maos",
+        "--namespace",
+        "a'; DROP TABLE x; --",
+    ]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("the namespace given for the PostgreSQL backend");
+    out.stderr_has("only letters, digits");
+    out.stderr_has("--namespace NAME");
 }
 
 #[test]
