@@ -677,6 +677,16 @@ impl PgLock {
         self
     }
 
+    /// The limits every backend applies to a lock record (purpose, metadata).
+    fn check_text(&self, purpose: &str) -> Result<()> {
+        maos_lock::check_record_text(&self.resource, purpose, &self.metadata).map_err(|e| {
+            Error::Invalid {
+                what: "lock",
+                reason: e.to_string(),
+            }
+        })
+    }
+
     fn agent_id(&self) -> Result<AgentId> {
         match &self.agent {
             Some(a) => Ok(a.clone()),
@@ -687,6 +697,7 @@ impl PgLock {
     /// Takes the lock if it is free and nobody is queued for an overlapping resource;
     /// `Ok(None)` otherwise.
     pub fn try_acquire(&self, purpose: &str) -> Result<Option<PgGuard>> {
+        self.check_text(purpose)?;
         let agent = self.agent_id()?;
         let session = self.pg.session()?;
         let reconnect = self.pg.inner.options.reconnect_for;
@@ -724,6 +735,7 @@ impl PgLock {
     /// [`Error::Timeout`] naming the blocker; [`Error::Deadlock`] when deadlock resolution
     /// chose this wait.
     pub fn acquire(&self, purpose: &str) -> Result<PgGuard> {
+        self.check_text(purpose)?;
         let agent = self.agent_id()?;
         let session = self.pg.session()?;
         let started = Instant::now();

@@ -228,6 +228,13 @@ fn session(maos: &Maos) -> Vec<Step> {
     run(&a, "alice", &["send", "api", "--data", r#""\ud800""#]);
     run(&a, "alice", &["send", "api", "--data", "[1e400]"]);
     run(&a, "alice", &["broadcast", "build/deep", "--data", &deep]);
+    // The same size limits on both: a purpose over 64 KiB is refused.
+    let purpose = "p".repeat(100_000);
+    run(
+        &a,
+        "alice",
+        &["lock", "acquire", "big", "--purpose", &purpose],
+    );
     run(&b, "bob", &["recv", "api"]);
     run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
     run(
