@@ -351,7 +351,7 @@ pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(x) = e {
         if matches!(
             x.downcast_ref::<maos_postgres::Error>(),
-            Some(maos_postgres::Error::Timeout { .. })
+            Some(maos_postgres::Error::Timeout { .. } | maos_postgres::Error::Busy { .. })
         ) {
             return true;
         }

@@ -36,6 +36,11 @@ pub struct Options {
     /// as dead (default 10 s): a server restart or a network blip, after which the agent's
     /// process reconnects and re-anchors it, is not a death.
     pub dead_grace: Duration,
+    /// How long one of this process's sessions may sit idle inside a transaction before the
+    /// server ends it (default [`crate::IDLE_IN_TRANSACTION`], 10 s): the longest a process
+    /// stopped in the middle of a change (SIGSTOP, a suspended laptop) holds rows that
+    /// everyone else needs. Its next statement then finds the connection gone and retries.
+    pub stuck_after: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +51,7 @@ impl Default for Options {
             lock_fallback: Duration::from_millis(500),
             channel_fallback: Duration::from_secs(2),
             dead_grace: Duration::from_secs(10),
+            stuck_after: crate::config::IDLE_IN_TRANSACTION,
         }
     }
 }
@@ -61,6 +67,12 @@ impl Options {
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d.max(Duration::from_millis(10));
+        self
+    }
+    /// Sets [`Options::stuck_after`] (at least 100 ms).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn stuck_after(mut self, d: Duration) -> Self {
+        self.stuck_after = d.max(Duration::from_millis(100));
         self
     }
     /// Sets [`Options::dead_grace`].
@@ -216,6 +228,16 @@ impl Tx<'_> {
     pub(crate) fn relaxed(&mut self) -> Result<()> {
         self.t
             .batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(|e| Error::pg("relax the commit", e))
+    }
+
+    /// [`Tx::relaxed`], and statements of this transaction wait at most `wait_ms` for a row
+    /// another session holds (`lock_timeout`; then [`Error::Busy`]): one round trip.
+    pub(crate) fn relaxed_within(&mut self, wait_ms: u64) -> Result<()> {
+        self.t
+            .batch_execute(&format!(
+                "SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = {wait_ms}"
+            ))
             .map_err(|e| Error::pg("relax the commit", e))
     }
 
@@ -385,7 +407,8 @@ impl Pg {
     /// [`Pg::connect`] with `options`.
     pub fn connect_with(url: &BackendUrl, namespace: &str, options: Options) -> Result<Self> {
         crate::config::check_namespace(namespace)?;
-        let config = url.client_config();
+        let mut config = url.client_config();
+        config.options(&crate::config::session_options(options.stuck_after));
         let mut conn = open(&config, url)?;
         schema::migrate(&mut conn)?;
         let ns = schema::namespace(&mut conn, namespace)?;
@@ -447,6 +470,7 @@ impl Pg {
         let deadline = Instant::now() + self.inner.options.reconnect_for;
         let mut delay = Duration::from_millis(20);
         loop {
+            let started = Instant::now();
             let res = self.checkout().and_then(|mut c| {
                 // A connection idle for a while may have been cut without our noticing:
                 // check it before relying on it (cheap, and only after idle time).
@@ -464,6 +488,11 @@ impl Pg {
                 r
             });
             match res {
+                Err(Error::Query { what, source })
+                    if source.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    return Err(self.busy(what, started.elapsed()));
+                }
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "connection lost; retrying on a new one");
                     std::thread::sleep(delay);
@@ -477,6 +506,51 @@ impl Pg {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The error of an operation that gave up waiting for rows another session holds,
+    /// naming the sessions that sit idle in a transaction (the stopped processes).
+    fn busy(&self, what: &'static str, waited: Duration) -> Error {
+        let suspects = self
+            .checkout()
+            .and_then(|mut c| {
+                let rows = c.query(
+                    "find sessions idle in a transaction",
+                    "SELECT pid, application_name, coalesce(host(client_addr), 'local socket'),
+                            extract(epoch FROM clock_timestamp() - state_change)::bigint
+                       FROM pg_catalog.pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()
+                        AND state LIKE 'idle in transaction%'
+                      ORDER BY state_change LIMIT 5",
+                    &[],
+                )?;
+                self.checkin(c);
+                Ok(rows)
+            })
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "server pid {} ({}, from {}) idle in a transaction for {} s",
+                            r.get::<_, i32>(0),
+                            maos_core::excerpt(&r.get::<_, String>(1), 63),
+                            r.get::<_, String>(2),
+                            r.get::<_, i64>(3)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Error::Busy {
+            what,
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            suspects: if suspects.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", suspects.join("; "))
+            },
+            idle_s: self.inner.options.stuck_after.as_secs(),
         }
     }
 
@@ -516,6 +590,13 @@ impl Pg {
         let h = crate::hub::Hub::start(self)?;
         *slot = Some(h.clone());
         Ok(h)
+    }
+
+    /// The client configuration this backend's connections use (URL, password, application
+    /// name, session options, keepalives): for a tool that must look like one of them to the
+    /// server (a diagnostic, a fault test).
+    pub fn client_config(&self) -> postgres::Config {
+        self.inner.config.clone()
     }
 
     /// The key of this process's liveness session (starting it if needed): whoever wants to

@@ -188,21 +188,30 @@ fn holder_of(r: &postgres::Row) -> Result<Row2<LockInfo>> {
 
 /// Takes the guard and reads the table.
 fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
-    load_as(t, ns, None)
+    load_as(t, ns, None, true)
 }
 
-/// [`load`], also telling whether the liveness session `me` is alive right now
-/// ([`State::me_alive`]; true without one).
-fn load_as(t: &mut Tx<'_>, ns: i64, me: Option<i64>) -> Result<State> {
+/// The table as one statement sees it, without the guard: for readers, which never wait
+/// for a writer (nor for a process stopped in the middle of a change).
+fn read(t: &mut Tx<'_>, ns: i64) -> Result<State> {
+    load_as(t, ns, None, false)
+}
+
+/// [`load`] (or [`read`], without `guard`), also telling whether the liveness session `me`
+/// is alive right now ([`State::me_alive`]; true without one).
+fn load_as(t: &mut Tx<'_>, ns: i64, me: Option<i64>, guard: bool) -> Result<State> {
     // The guard first, in a statement of its own: the next statement's snapshot is taken
     // after the lock was granted, so it sees every change of the previous guard holder.
-    let counter: i64 = t
-        .one(
+    let counter: i64 = if guard {
+        t.one(
             "take the lock guard",
             "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'locks' FOR UPDATE",
             &[&ns],
         )?
-        .get(0);
+        .get(0)
+    } else {
+        0 // only writers use it
+    };
     // Then the clock, the holders and the waiters in one round trip.
     let rows = t.query(
         "read the lock table",
@@ -369,10 +378,23 @@ enum Step {
     SessionGone,
 }
 
-fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Result<Step> {
+/// The longest a step waits for the table's guard row when its caller allows less: the
+/// guard is not the lock (it is held for a statement or two), as `maos_lock::GUARD_FLOOR`.
+const GUARD_FLOOR: Duration = Duration::from_millis(100);
+
+/// One look at the table: grant, queue or report the blocker. `guard_wait` bounds the wait
+/// for the guard row (at least [`GUARD_FLOOR`]): a process stopped while holding it makes
+/// the step fail with [`Error::Busy`] instead of hanging.
+fn step(
+    pg: &Pg,
+    r: &Request<'_>,
+    ticket: &mut Option<u64>,
+    wait: bool,
+    guard_wait: Duration,
+) -> Result<Step> {
     // An aborted wait (a deadlock's victim) comes out of the transaction as `Err(agents)`, so
     // that the removal of its queue entry commits; then it is the error.
-    match step_tx(pg, r, ticket, wait)? {
+    match step_tx(pg, r, ticket, wait, guard_wait)? {
         Ok(s) => Ok(s),
         Err(agents) => Err(Error::Deadlock {
             resource: r.lock.resource.clone(),
@@ -386,13 +408,16 @@ fn step_tx(
     r: &Request<'_>,
     ticket: &mut Option<u64>,
     wait: bool,
+    guard_wait: Duration,
 ) -> Result<std::result::Result<Step, Vec<AgentId>>> {
     let ns = pg.inner.ns;
     let l = r.lock;
+    let guard_ms = u64::try_from(guard_wait.clamp(GUARD_FLOOR, crate::ROW_WAIT).as_millis())
+        .unwrap_or(u64::MAX);
     pg.run(|c| {
         c.tx("take a lock", |t| {
-            t.relaxed()?;
-            let mut st = load_as(t, ns, r.session_key)?;
+            t.relaxed_within(guard_ms)?;
+            let mut st = load_as(t, ns, r.session_key, true)?;
             if !st.me_alive {
                 // Checked first: even a grant of this request found below would be under the
                 // dead session. Our own queue entry, if any, is as dead as the session:
@@ -712,7 +737,7 @@ impl PgLock {
                 lease: false,
             };
             let mut ticket = None;
-            match step(&self.pg, &r, &mut ticket, false)? {
+            match step(&self.pg, &r, &mut ticket, false, GUARD_FLOOR)? {
                 Step::Granted(info) => {
                     return Ok(Some(PgGuard::new(&self.pg, session, epoch, info)));
                 }
@@ -759,7 +784,8 @@ impl PgLock {
         };
         loop {
             let seen = hub.seen();
-            let s = step(&self.pg, &r, &mut w.ticket, true)?;
+            let guard_wait = deadline.saturating_duration_since(Instant::now());
+            let s = step(&self.pg, &r, &mut w.ticket, true, guard_wait)?;
             let (blocker, until, server_now) = match s {
                 Step::Granted(info) => {
                     w.ticket = None;
@@ -1032,7 +1058,7 @@ impl PgLockTable {
         let ns = self.pg.inner.ns;
         self.pg.run(|c| {
             c.tx("list locks", |t| {
-                let st = load(t, ns)?;
+                let st = read(t, ns)?;
                 Ok(Snapshot {
                     holders: st
                         .holders
@@ -1298,7 +1324,8 @@ impl PgDeadlockDetector {
         let resolve = self.resolve;
         let found = self.pg.run(|c| {
             c.tx("detect deadlocks", |t| {
-                let st = load(t, ns)?;
+                // Resolving writes (under the guard); only looking does not wait for it.
+                let st = if resolve { load(t, ns)? } else { read(t, ns)? };
                 let mut found = cycles(&st);
                 if resolve {
                     for d in &mut found {
