@@ -93,7 +93,8 @@ pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
 pub use storage::{
-    ChannelRead, ChannelReader, ChannelStore, FileComm, Start, TopicRead, TopicReader,
+    AgentInbox, ChannelRead, ChannelReader, ChannelStore, FileComm, FileInboxes, InboxStore,
+    InboxWait, Start, TopicRead, TopicReader,
 };
 pub use watch::{ChannelWatcher, Notice};
 

@@ -96,6 +96,7 @@ mod config;
 mod conn;
 mod error;
 mod hub;
+pub mod inbox;
 pub mod lock;
 pub mod merge;
 pub mod registry;

@@ -415,6 +415,14 @@ impl ChannelStore for PgComm {
             consumer,
         }))
     }
+
+    fn prune(
+        &self,
+        channel: &ChannelName,
+        retention: maos_comm::Retention,
+    ) -> maos_comm::Result<maos_comm::PruneReport> {
+        crate::inbox::prune(&self.pg, channel, retention)
+    }
 }
 
 /// The lock table on the server.
