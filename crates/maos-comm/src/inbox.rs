@@ -116,7 +116,9 @@ impl InboxBatch {
 
     /// Per channel, the position acknowledging this batch moves its cursor to.
     pub fn advances(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.advance.iter().map(|(c, cur)| (c.as_str(), cur.position))
+        self.advance
+            .iter()
+            .map(|(c, cur)| (c.as_str(), cur.position))
     }
 }
 

@@ -158,7 +158,7 @@ fn prune_topics(t: &mut Tx<'_>, ns: i64, bodies: &[postgres::Row]) -> Result<()>
         )?;
         t.exec(
             "move a topic's oldest position",
-            "UPDATE maos.channels SET oldest = GREATEST(oldest, $3 + 1) WHERE ns = $1 AND name = $2",
+            "UPDATE maos.channels SET oldest = GREATEST(oldest, $3::bigint + 1) WHERE ns = $1 AND name = $2",
             &[&ns, ch, pos],
         )?;
     }
@@ -503,7 +503,7 @@ impl PgChannel {
                 } else {
                     t.one(
                         "find the oldest message to keep",
-                        "SELECT COALESCE(min(pos), $3 + 1) FROM maos.messages
+                        "SELECT COALESCE(min(pos), $3::bigint + 1) FROM maos.messages
                          WHERE ns = $1 AND channel = $2
                            AND sent_at > clock_timestamp() - $4::float8 * interval '1 millisecond'",
                         &[&ns, &name, &last, &(age_ms as f64)],

@@ -190,8 +190,12 @@ impl PgInbox {
 
     fn problem(&self, channel: &str, position: u64, reason: String) -> Notice {
         Notice::Problem(Problem {
-            path: format!("{} namespace {} channel {channel}", self.pg.target(), self.pg.namespace())
-                .into(),
+            path: format!(
+                "{} namespace {} channel {channel}",
+                self.pg.target(),
+                self.pg.namespace()
+            )
+            .into(),
             offset: None,
             position: Some(position),
             reason,
@@ -250,7 +254,11 @@ impl PgInbox {
                 )),
                 Err(e) => notices.push((
                     name.clone(),
-                    self.problem(chan, pos, format!("the message does not decode ({e}); skipped")),
+                    self.problem(
+                        chan,
+                        pos,
+                        format!("the message does not decode ({e}); skipped"),
+                    ),
                 )),
             }
             prev = pos;
@@ -332,24 +340,25 @@ impl PgInbox {
                     .ok()
                     .and_then(|c| bodies.get(&(c.clone(), n.position)));
                 let item = match (channel, got) {
-                    (Ok(c), Some(body)) => match serde_json::from_str::<Message<RawPayload>>(body)
-                    {
-                        Ok(m) if m.id == n.id => Ok(InboxItem {
-                            channel: channel_name(&c)?,
-                            position: pos,
-                            topic: Some(n.topic.clone()),
-                            message: m,
-                        }),
-                        Ok(m) => Err(format!(
-                            "the broadcast on topic {} is message {} at {c}#{}, which holds {} \
+                    (Ok(c), Some(body)) => {
+                        match serde_json::from_str::<Message<RawPayload>>(body) {
+                            Ok(m) if m.id == n.id => Ok(InboxItem {
+                                channel: channel_name(&c)?,
+                                position: pos,
+                                topic: Some(n.topic.clone()),
+                                message: m,
+                            }),
+                            Ok(m) => Err(format!(
+                                "the broadcast on topic {} is message {} at {c}#{}, which holds {} \
                              instead; skipped",
-                            n.topic, n.id, n.position, m.id
-                        )),
-                        Err(e) => Err(format!(
-                            "the broadcast on topic {} ({c}#{}) does not decode ({e}); skipped",
-                            n.topic, n.position
-                        )),
-                    },
+                                n.topic, n.id, n.position, m.id
+                            )),
+                            Err(e) => Err(format!(
+                                "the broadcast on topic {} ({c}#{}) does not decode ({e}); skipped",
+                                n.topic, n.position
+                            )),
+                        }
+                    }
                     (Ok(c), None) => Err(format!(
                         "the broadcast on topic {} ({c}#{}) is gone (pruned); skipped",
                         n.topic, n.position
@@ -367,7 +376,9 @@ impl PgInbox {
                             return Ok(p);
                         }
                     }
-                    Err(reason) => notices.push((feed.clone(), self.problem(GLOBAL_FEED, pos, reason))),
+                    Err(reason) => {
+                        notices.push((feed.clone(), self.problem(GLOBAL_FEED, pos, reason)))
+                    }
                 }
                 prev = pos;
             }
@@ -380,7 +391,10 @@ impl PgInbox {
     }
 
     /// The bodies of broadcasts named by feed notices, by (topic channel, position).
-    fn topic_messages(&self, wanted: &[(u64, FeedNotice)]) -> Result<BTreeMap<(String, u64), String>> {
+    fn topic_messages(
+        &self,
+        wanted: &[(u64, FeedNotice)],
+    ) -> Result<BTreeMap<(String, u64), String>> {
         if wanted.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -725,15 +739,18 @@ impl AgentInbox for PgInbox {
     }
 
     fn read(&mut self, max: usize) -> maos_comm::Result<InboxBatch> {
-        self.read_batch(max).map_err(|e| comm_error(&self.label(), e))
+        self.read_batch(max)
+            .map_err(|e| comm_error(&self.label(), e))
     }
 
     fn ack(&mut self, batch: &InboxBatch) -> maos_comm::Result<()> {
-        self.ack_batch(batch).map_err(|e| comm_error(&self.label(), e))
+        self.ack_batch(batch)
+            .map_err(|e| comm_error(&self.label(), e))
     }
 
     fn unread(&mut self) -> maos_comm::Result<Unread> {
-        self.count_unread().map_err(|e| comm_error(&self.label(), e))
+        self.count_unread()
+            .map_err(|e| comm_error(&self.label(), e))
     }
 
     fn watcher(&self) -> maos_comm::Result<Box<dyn InboxWait>> {
@@ -791,7 +808,9 @@ pub(crate) fn prune(
                 name,
                 Error::Invalid {
                     what: "retention",
-                    reason: format!("{other:?} is not offered on the server (use Keep or OlderThan)"),
+                    reason: format!(
+                        "{other:?} is not offered on the server (use Keep or OlderThan)"
+                    ),
                 },
             ));
         }

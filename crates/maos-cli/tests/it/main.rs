@@ -11,6 +11,7 @@ mod dashboard_cli;
 mod demo_e2e;
 mod docs;
 mod hooks_cli;
+mod inbox_cli;
 mod lock_cli;
 mod mcp_cli;
 mod merge_cli;

@@ -206,26 +206,9 @@ async fn every_tool_by_two_agents(backend: Backend) {
         .await;
     assert_eq!(topics["messages"][0]["topic"], "build/linux", "{topics}");
 
-    if pg {
-        // The inbox and its stored subscriptions live in files only so far: refused, naming
-        // the tool, the backend and what to use instead (never the local files).
-        for (tool, args) in [
-            ("subscribe", json!({ "patterns": ["deploy/**"] })),
-            ("inbox", json!({ "read": true })),
-        ] {
-            let r = calls.call(&b, tool, args).await;
-            assert_eq!(r.is_error, Some(true), "{tool}");
-            let s = r.structured_content.unwrap();
-            let e = s["error"].as_str().unwrap();
-            assert!(
-                e.contains(&format!("the {tool} tool"))
-                    && e.contains("PostgreSQL")
-                    && e.contains("receive"),
-                "{s}"
-            );
-        }
-    } else {
-        // The inbox: everything addressed to beta, plus its stored topic subscriptions.
+    {
+        // The inbox (on both backends): everything addressed to beta, plus its stored topic
+        // subscriptions.
         let subs = calls
             .ok(&b, "subscribe", json!({ "patterns": ["deploy/**", "x/*"] }))
             .await;
