@@ -832,3 +832,371 @@ pub(crate) fn prune(
         newest: o.newest,
     })
 }
+
+/// The same test bodies on both backends: the file backend's stores on a fresh workspace and
+/// this crate's on the test server, each in a namespace of its own.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use maos_comm::{ChannelStore, FileComm, FileInboxes};
+    use maos_core::{AgentStore, FileAgents, Name, Recipients, Registration, Workspace};
+
+    use super::*;
+    use crate::server::test_backend;
+    use crate::stores::{PgAgents, PgComm};
+
+    struct Backend {
+        name: &'static str,
+        chan: Box<dyn ChannelStore>,
+        inboxes: Box<dyn InboxStore>,
+        agents: Box<dyn AgentStore>,
+        pg: Option<Pg>,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    fn both(prefix: &str) -> Vec<Backend> {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::init(dir.path()).unwrap();
+        let pg = test_backend(prefix).unwrap();
+        vec![
+            Backend {
+                name: "file",
+                chan: Box::new(FileComm::new(&ws)),
+                inboxes: Box::new(FileInboxes::new(&ws)),
+                agents: Box::new(FileAgents::new(&ws)),
+                pg: None,
+                _dir: Some(dir),
+            },
+            Backend {
+                name: "postgresql",
+                chan: Box::new(PgComm::new(&pg)),
+                inboxes: Box::new(PgInboxes::new(&pg)),
+                agents: Box::new(PgAgents::new(&pg)),
+                pg: Some(pg),
+                _dir: None,
+            },
+        ]
+    }
+
+    fn a(s: &str) -> AgentId {
+        AgentId::new(s).unwrap()
+    }
+
+    fn raw(text: &str) -> RawPayload {
+        serde_json::value::to_raw_value(text).unwrap()
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn send(b: &Backend, ch: &str, from: &str, to: Recipients, text: &str) -> u64 {
+        b.chan
+            .send(
+                &ChannelName::new(ch).unwrap(),
+                &Message::new(a(from), to, raw(text)),
+                WAIT,
+            )
+            .unwrap()
+            .position
+    }
+
+    fn broadcast(b: &Backend, from: &str, topic: &str, text: &str) {
+        b.chan.broadcast(&a(from), topic, &raw(text), WAIT).unwrap();
+    }
+
+    fn texts(batch: &InboxBatch) -> Vec<String> {
+        batch
+            .items
+            .iter()
+            .map(|i| serde_json::from_str::<String>(i.message.payload.get()).unwrap())
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_inbox_gathers_what_is_addressed_to_the_agent_on_both_backends() {
+        for b in both("inbox-addr") {
+            let n = b.name;
+            b.agents
+                .register(Registration::new(a("b1")).role(AgentRole::backend()))
+                .unwrap();
+            send(&b, "direct/b1", "f1", Recipients::All, "direct to me");
+            send(&b, "direct/b2", "f1", Recipients::All, "b2's");
+            send(
+                &b,
+                "direct/b2",
+                "f1",
+                Recipients::Agent(a("b1")),
+                "cc me on b2's",
+            );
+            send(
+                &b,
+                "api",
+                "f1",
+                Recipients::Role(AgentRole::backend()),
+                "to my role",
+            );
+            send(
+                &b,
+                "api",
+                "f1",
+                Recipients::Role(AgentRole::frontend()),
+                "to frontend",
+            );
+            send(
+                &b,
+                "api",
+                "f1",
+                Recipients::Group(vec![a("x"), a("b1")]),
+                "to my group",
+            );
+            send(&b, "api", "b1", Recipients::All, "my own");
+            send(&b, "team/chat", "f2", Recipients::All, "to all");
+            let mut inbox = b.inboxes.open(a("b1")).unwrap();
+            let unread = inbox.unread().unwrap();
+            assert_eq!(unread.total, 5, "{n}: {unread:?}");
+            assert_eq!(unread.channels.get("api"), Some(&2), "{n}");
+            let batch = inbox.read(100).unwrap();
+            assert_eq!(
+                sorted(texts(&batch)),
+                [
+                    "cc me on b2's",
+                    "direct to me",
+                    "to all",
+                    "to my group",
+                    "to my role"
+                ],
+                "{n}"
+            );
+            assert!(!batch.more, "{n}");
+            // Not acknowledged: the same items again.
+            assert_eq!(texts(&inbox.read(100).unwrap()), texts(&batch), "{n}");
+            inbox.ack(&batch).unwrap();
+            assert_eq!(inbox.unread().unwrap().total, 0, "{n}");
+            // A new handle (another process) agrees: delivered once.
+            let mut again = b.inboxes.open(a("b1")).unwrap();
+            assert!(again.read(100).unwrap().items.is_empty(), "{n}");
+            send(&b, "api", "f1", Recipients::Agent(a("b1")), "later");
+            assert_eq!(again.unread().unwrap().channels.get("api"), Some(&1), "{n}");
+            assert_eq!(texts(&again.read(100).unwrap()), ["later"], "{n}");
+            // Another agent's inbox is its own: `all` on b2's direct channel is b2's.
+            let mut b2 = b.inboxes.open(a("b2")).unwrap();
+            assert_eq!(
+                sorted(texts(&b2.read(100).unwrap())),
+                ["b2's", "my own", "to all"],
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn stored_subscriptions_bring_matching_broadcasts_from_then_on_on_both_backends() {
+        for b in both("inbox-subs") {
+            let n = b.name;
+            broadcast(&b, "ci", "build/done", "before");
+            let mut inbox = b.inboxes.open(a("b1")).unwrap();
+            assert_eq!(inbox.subscribe(&["build/*"]).unwrap(), ["build/*"], "{n}");
+            assert!(inbox.subscribe(&["build/*"]).unwrap().is_empty(), "{n}");
+            let err = inbox.subscribe(&["bad//pattern"]).unwrap_err();
+            assert!(
+                matches!(err, maos_comm::Error::InvalidTopic { .. }),
+                "{n}: {err}"
+            );
+            broadcast(&b, "ci", "build/done", "after");
+            broadcast(&b, "ci", "test/ran", "other topic");
+            broadcast(&b, "b1", "build/x", "mine");
+            let mut reopened = b.inboxes.open(a("b1")).unwrap();
+            assert_eq!(reopened.subscriptions(), ["build/*"], "{n}");
+            assert_eq!(reopened.unread().unwrap().total, 1, "{n}");
+            let batch = reopened.read(10).unwrap();
+            assert_eq!(texts(&batch), ["after"], "{n}");
+            assert_eq!(batch.items[0].topic.as_deref(), Some("build/done"), "{n}");
+            assert_eq!(
+                batch.items[0].channel.as_str(),
+                "broadcast/build/done",
+                "{n}"
+            );
+            reopened.ack(&batch).unwrap();
+            assert_eq!(
+                reopened.unsubscribe(&["build/*", "nope"]).unwrap(),
+                ["build/*"],
+                "{n}"
+            );
+            assert!(reopened.subscriptions().is_empty(), "{n}");
+            broadcast(&b, "ci", "build/done", "unsubscribed");
+            assert_eq!(reopened.unread().unwrap().total, 0, "{n}");
+            assert!(reopened.read(10).unwrap().items.is_empty(), "{n}");
+        }
+    }
+
+    #[test]
+    fn bounded_reads_deliver_everything_once_in_each_channels_order_on_both_backends() {
+        for b in both("inbox-bounded") {
+            let n = b.name;
+            for i in 0..30 {
+                let ch = ["c1", "c2", "direct/me"][i % 3];
+                send(&b, ch, "s", Recipients::All, &format!("{ch} {i}"));
+            }
+            let mut inbox = b.inboxes.open(a("me")).unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let batch = inbox.read(4).unwrap();
+                assert!(batch.items.len() <= 4, "{n}");
+                if batch.items.is_empty() {
+                    assert!(!batch.more, "{n}");
+                    break;
+                }
+                seen.extend(texts(&batch));
+                assert_eq!(texts(&inbox.read(4).unwrap()), texts(&batch), "{n}");
+                inbox.ack(&batch).unwrap();
+            }
+            assert_eq!(seen.len(), 30, "{n}: {seen:?}");
+            for ch in ["c1", "c2", "direct/me"] {
+                let mine: Vec<usize> = seen
+                    .iter()
+                    .filter(|t| t.starts_with(&format!("{ch} ")))
+                    .map(|t| t.rsplit(' ').next().unwrap().parse().unwrap())
+                    .collect();
+                assert_eq!(mine.len(), 10, "{n}");
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "{n} {ch}: {mine:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_handles_acknowledging_never_move_a_cursor_back_on_both_backends() {
+        for b in both("inbox-twohandles") {
+            let n = b.name;
+            for i in 0..6 {
+                send(&b, "c", "s", Recipients::All, &i.to_string());
+            }
+            let mut one = b.inboxes.open(a("me")).unwrap();
+            let mut two = b.inboxes.open(a("me")).unwrap();
+            let small = one.read(2).unwrap();
+            let all = two.read(100).unwrap();
+            two.ack(&all).unwrap();
+            one.ack(&small).unwrap();
+            let fresh = b.inboxes.open(a("me")).unwrap().read(100).unwrap();
+            assert!(fresh.items.is_empty(), "{n}: {:?}", texts(&fresh));
+            // Subscriptions made by one handle survive the other's acknowledgement.
+            one.subscribe(&["x/**"]).unwrap();
+            send(&b, "c", "s", Recipients::All, "7");
+            let batch = two.read(100).unwrap();
+            two.ack(&batch).unwrap();
+            assert_eq!(
+                b.inboxes.open(a("me")).unwrap().subscriptions(),
+                ["x/**"],
+                "{n}"
+            );
+        }
+    }
+
+    /// Pruned history is reported, never silently passed; the items after it come.
+    #[test]
+    fn pruned_history_is_reported_to_the_inbox_on_both_backends() {
+        for b in both("inbox-pruned") {
+            let n = b.name;
+            for i in 0..5 {
+                send(&b, "log", "s", Recipients::All, &i.to_string());
+            }
+            let ch = ChannelName::new("log").unwrap();
+            b.chan.prune(&ch, maos_comm::Retention::Keep(0)).unwrap();
+            send(&b, "log", "s", Recipients::All, "after");
+            let mut inbox = b.inboxes.open(a("me")).unwrap();
+            let batch = inbox.read(100).unwrap();
+            assert_eq!(texts(&batch), ["after"], "{n}");
+            assert!(
+                batch.notices.iter().any(|(c, no)| c.as_str() == "log"
+                    && matches!(no, Notice::Pruned(p) if p.from == 1 && p.to == 5)),
+                "{n}: {:?}",
+                batch.notices
+            );
+            inbox.ack(&batch).unwrap();
+            assert!(inbox.read(100).unwrap().is_empty(), "{n}");
+            // Consumers do not hold pruning back, on either backend.
+            let mut r = b
+                .chan
+                .reader(
+                    &ch,
+                    maos_comm::Start::Consumer(Name::new("c").unwrap()),
+                    maos_comm::Filter::Everything,
+                    false,
+                )
+                .unwrap();
+            r.read().unwrap();
+            let rep = b.chan.prune(&ch, maos_comm::Retention::Keep(0)).unwrap();
+            assert_eq!(rep.pruned_through, 6, "{n}: {rep:?}");
+        }
+    }
+
+    /// A broadcast comes for a pattern only if it was published after that pattern was
+    /// stored (each pattern keeps the feed position of its subscription).
+    #[test]
+    fn each_pattern_starts_from_its_own_subscription() {
+        let pg = test_backend("inbox-since").unwrap();
+        let chan = PgComm::new(&pg);
+        let bc = |topic: &str, text: &str| {
+            chan.broadcast(&a("ci"), topic, &raw(text), WAIT).unwrap();
+        };
+        let mut inbox = PgInbox::open(&pg, a("me")).unwrap();
+        inbox.subscribe_patterns(&["a/*"]).unwrap();
+        bc("a/1", "a1");
+        bc("b/0", "before b was subscribed");
+        inbox.subscribe_patterns(&["b/*"]).unwrap();
+        bc("b/1", "b1");
+        let batch = inbox.read_batch(100).unwrap();
+        assert_eq!(texts(&batch), ["a1", "b1"]);
+        assert_eq!(inbox.count_unread().unwrap().total, 2);
+    }
+
+    /// A message that does not decode is reported naming its position, and passed: the
+    /// messages around it come, once, in a new process too.
+    #[test]
+    fn an_undecodable_message_is_reported_and_passed() {
+        let pg = test_backend("inbox-bad").unwrap();
+        let b = Backend {
+            name: "postgresql",
+            chan: Box::new(PgComm::new(&pg)),
+            inboxes: Box::new(PgInboxes::new(&pg)),
+            agents: Box::new(PgAgents::new(&pg)),
+            pg: Some(pg.clone()),
+            _dir: None,
+        };
+        send(&b, "ch", "s", Recipients::All, "first");
+        send(&b, "ch", "s", Recipients::All, "to be damaged");
+        send(&b, "ch", "s", Recipients::All, "third");
+        let ns = pg.inner.ns;
+        pg.run(|c| {
+            c.exec(
+                "damage",
+                "UPDATE maos.messages SET body = '{\"not\":\"a maos message\"}'
+                 WHERE ns = $1 AND channel = 'ch' AND pos = 2",
+                &[&ns],
+            )
+        })
+        .unwrap();
+        let mut inbox = b.inboxes.open(a("me")).unwrap();
+        let batch = inbox.read(100).unwrap();
+        assert_eq!(texts(&batch), ["first", "third"]);
+        let problem = batch
+            .notices
+            .iter()
+            .find_map(|(c, n)| match n {
+                Notice::Problem(p) if c.as_str() == "ch" => Some(p),
+                _ => None,
+            })
+            .expect("the damaged message is reported");
+        assert_eq!(problem.position, Some(2));
+        assert!(problem.to_string().contains("channel ch"), "{problem}");
+        inbox.ack(&batch).unwrap();
+        let url = crate::BackendUrl::parse(&crate::server::shared_url().unwrap()).unwrap();
+        let other = crate::Pg::connect(&url, pg.namespace()).unwrap();
+        let mut later = PgInboxes::new(&other).open(a("me")).unwrap();
+        assert!(later.read(100).unwrap().is_empty());
+        let _ = (b.name, &b.agents, &b.pg);
+    }
+}
