@@ -9,7 +9,9 @@
 //! fallback timer). [`BroadcastChannel`] publishes to topics, [`Subscription`] listens to topic
 //! patterns such as `build/*`. [`Consumer`] keeps a named, durable cursor (at-least-once
 //! delivery). [`Inbox`] gathers everything addressed to one agent from every channel and its
-//! stored topic subscriptions. [`doctor()`] checks and repairs the files.
+//! stored topic subscriptions. [`doctor()`] checks and repairs the files. [`ChannelStore`] and
+//! [`InboxStore`] are the storage seams the commands use, implemented here on the files
+//! ([`FileComm`], [`FileInboxes`]) and by `maos-postgres` on a server.
 //!
 //! On disk a channel is a segmented append-only log of JSON Lines (`docs/protocol.md`,
 //! section 6): writers take the channel's kernel lock, repair a torn tail left by a killed

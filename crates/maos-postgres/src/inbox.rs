@@ -89,6 +89,8 @@ struct Pending {
     items: Vec<(InboxItem, u64)>,
     /// The position read through.
     end: u64,
+    /// True when the read stopped at its bound (more may follow `end`).
+    truncated: bool,
 }
 
 /// The inbox of one agent on the server.
@@ -237,6 +239,7 @@ impl PgInbox {
             channel: h.channel.clone(),
             items: Vec::with_capacity(rows.len()),
             end: h.last,
+            truncated: full,
         };
         let mut prev = h.acked;
         for row in rows {
@@ -283,6 +286,7 @@ impl PgInbox {
             channel: GLOBAL_FEED.to_string(),
             items: Vec::new(),
             end: h.acked,
+            truncated: false,
         };
         let mut prev = h.acked;
         loop {
@@ -334,7 +338,7 @@ impl PgInbox {
             }
             let bodies = self.topic_messages(&wanted)?;
             for (pos, n) in wanted {
-                let channel = topic_channel(&n.topic).and_then(|c| Ok(c.to_string()));
+                let channel = topic_channel(&n.topic).map(|c| c.to_string());
                 let got = channel
                     .as_ref()
                     .ok()
@@ -373,6 +377,7 @@ impl PgInbox {
                         p.items.push((it, prev));
                         if p.items.len() >= max {
                             p.end = pos;
+                            p.truncated = true;
                             return Ok(p);
                         }
                     }
@@ -711,7 +716,7 @@ fn merge(
         if to > acked.get(&p.channel).copied().unwrap_or(0) {
             advance.insert(p.channel.clone(), to);
         }
-        more |= p.items.len() >= max;
+        more |= p.truncated;
     }
     InboxBatch::from_parts(items, notices, more, advance)
 }
