@@ -134,6 +134,10 @@ struct State {
     now: i64,
     /// The server started since the last token epoch: tokens must jump first.
     restarted: bool,
+    /// The requester's liveness session is alive (checked in the same snapshot as the
+    /// holders): a grant under a session that is already gone would be a lock that others
+    /// see as free at once.
+    me_alive: bool,
     counter: i64,
     holders: Vec<Row2<LockInfo>>,
     waiters: Vec<Row2<WaiterInfo>>,
@@ -184,15 +188,30 @@ fn holder_of(r: &postgres::Row) -> Result<Row2<LockInfo>> {
 
 /// Takes the guard and reads the table.
 fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
+    load_as(t, ns, None, true)
+}
+
+/// The table as one statement sees it, without the guard: for readers, which never wait
+/// for a writer (nor for a process stopped in the middle of a change).
+fn read(t: &mut Tx<'_>, ns: i64) -> Result<State> {
+    load_as(t, ns, None, false)
+}
+
+/// [`load`] (or [`read`], without `guard`), also telling whether the liveness session `me`
+/// is alive right now ([`State::me_alive`]; true without one).
+fn load_as(t: &mut Tx<'_>, ns: i64, me: Option<i64>, guard: bool) -> Result<State> {
     // The guard first, in a statement of its own: the next statement's snapshot is taken
     // after the lock was granted, so it sees every change of the previous guard holder.
-    let counter: i64 = t
-        .one(
+    let counter: i64 = if guard {
+        t.one(
             "take the lock guard",
             "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'locks' FOR UPDATE",
             &[&ns],
         )?
-        .get(0);
+        .get(0)
+    } else {
+        0 // only writers use it
+    };
     // Then the clock, the holders and the waiters in one round trip.
     let rows = t.query(
         "read the lock table",
@@ -205,15 +224,17 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
                 session_key IN (SELECT key FROM maos.live_sessions), aborted, req
            FROM maos.lock_waiters WHERE ns = $1
          UNION ALL
-         SELECT 2, maos.now_ms(), '', '', '', NULL, 0, 0, 0, '', '{}'::jsonb, 0,
+         SELECT 2, maos.now_ms(), '', '', '', ($2::bigint IN (SELECT key FROM maos.live_sessions))::int::bigint,
+                0, 0, 0, '', '{}'::jsonb, 0,
                 pg_postmaster_start_time() IS DISTINCT FROM (SELECT started FROM maos.token_epoch),
                 NULL, NULL
          ORDER BY 1, 2",
-        &[&ns],
+        &[&ns, &me],
     )?;
     let mut st = State {
         now: 0,
         restarted: false,
+        me_alive: true,
         counter,
         holders: Vec::new(),
         waiters: Vec::new(),
@@ -265,6 +286,8 @@ fn load(t: &mut Tx<'_>, ns: i64) -> Result<State> {
             _ => {
                 st.now = r.get(1);
                 st.restarted = r.get(12);
+                // NULL without `me`; 0 when its session is gone.
+                st.me_alive = r.get::<_, Option<i64>>(5) != Some(0);
             }
         }
     }
@@ -349,12 +372,29 @@ enum Step {
         until: Option<i64>,
         now: i64,
     },
+    /// The requester's liveness session ended (terminated, or its connection cut) before
+    /// this process noticed: nothing was granted or queued; wait for the new session and
+    /// ask again under its key.
+    SessionGone,
 }
 
-fn step(pg: &Pg, r: &Request<'_>, ticket: &mut Option<u64>, wait: bool) -> Result<Step> {
+/// The longest a step waits for the table's guard row when its caller allows less: the
+/// guard is not the lock (it is held for a statement or two), as `maos_lock::GUARD_FLOOR`.
+const GUARD_FLOOR: Duration = Duration::from_millis(100);
+
+/// One look at the table: grant, queue or report the blocker. `guard_wait` bounds the wait
+/// for the guard row (at least [`GUARD_FLOOR`]): a process stopped while holding it makes
+/// the step fail with [`Error::Busy`] instead of hanging.
+fn step(
+    pg: &Pg,
+    r: &Request<'_>,
+    ticket: &mut Option<u64>,
+    wait: bool,
+    guard_wait: Duration,
+) -> Result<Step> {
     // An aborted wait (a deadlock's victim) comes out of the transaction as `Err(agents)`, so
     // that the removal of its queue entry commits; then it is the error.
-    match step_tx(pg, r, ticket, wait)? {
+    match step_tx(pg, r, ticket, wait, guard_wait)? {
         Ok(s) => Ok(s),
         Err(agents) => Err(Error::Deadlock {
             resource: r.lock.resource.clone(),
@@ -368,13 +408,27 @@ fn step_tx(
     r: &Request<'_>,
     ticket: &mut Option<u64>,
     wait: bool,
+    guard_wait: Duration,
 ) -> Result<std::result::Result<Step, Vec<AgentId>>> {
     let ns = pg.inner.ns;
     let l = r.lock;
+    let guard_ms = u64::try_from(guard_wait.clamp(GUARD_FLOOR, crate::ROW_WAIT).as_millis())
+        .unwrap_or(u64::MAX);
     pg.run(|c| {
         c.tx("take a lock", |t| {
-            t.relaxed()?;
-            let mut st = load(t, ns)?;
+            t.relaxed_within(guard_ms)?;
+            let mut st = load_as(t, ns, r.session_key, true)?;
+            if !st.me_alive {
+                // Checked first: even a grant of this request found below would be under the
+                // dead session. Our own queue entry, if any, is as dead as the session:
+                // withdraw it (the retry asks again, as a new request, under the new session).
+                if let Some(tk) = ticket.take() {
+                    remove_waiters(t, ns, &[i64::try_from(tk).unwrap_or(i64::MAX)])?;
+                    st.waiters.retain(|w| w.v.ticket != tk);
+                    signal(t, ns, &st)?;
+                }
+                return Ok(Ok(Step::SessionGone));
+            }
             // A grant or a queueing whose commit we did not hear about (a retry after a lost
             // connection), found by the request id.
             if let Some(h) = st.holders.iter().find(|h| h.req == Some(r.req)) {
@@ -648,6 +702,16 @@ impl PgLock {
         self
     }
 
+    /// The limits every backend applies to a lock record (purpose, metadata).
+    fn check_text(&self, purpose: &str) -> Result<()> {
+        maos_lock::check_record_text(&self.resource, purpose, &self.metadata).map_err(|e| {
+            Error::Invalid {
+                what: "lock",
+                reason: e.to_string(),
+            }
+        })
+    }
+
     fn agent_id(&self) -> Result<AgentId> {
         match &self.agent {
             Some(a) => Ok(a.clone()),
@@ -658,21 +722,28 @@ impl PgLock {
     /// Takes the lock if it is free and nobody is queued for an overlapping resource;
     /// `Ok(None)` otherwise.
     pub fn try_acquire(&self, purpose: &str) -> Result<Option<PgGuard>> {
+        self.check_text(purpose)?;
         let agent = self.agent_id()?;
         let session = self.pg.session()?;
-        let (key, epoch) = session.current(self.pg.inner.options.reconnect_for)?;
-        let r = Request {
-            lock: self,
-            agent: &agent,
-            purpose,
-            req: uuid::Uuid::new_v4(),
-            session_key: Some(key),
-            lease: false,
-        };
-        let mut ticket = None;
-        match step(&self.pg, &r, &mut ticket, false)? {
-            Step::Granted(info) => Ok(Some(PgGuard::new(&self.pg, session, epoch, info))),
-            Step::Blocked { .. } => Ok(None),
+        let reconnect = self.pg.inner.options.reconnect_for;
+        let (mut key, mut epoch) = session.current(reconnect)?;
+        loop {
+            let r = Request {
+                lock: self,
+                agent: &agent,
+                purpose,
+                req: uuid::Uuid::new_v4(),
+                session_key: Some(key),
+                lease: false,
+            };
+            let mut ticket = None;
+            match step(&self.pg, &r, &mut ticket, false, GUARD_FLOOR)? {
+                Step::Granted(info) => {
+                    return Ok(Some(PgGuard::new(&self.pg, session, epoch, info)));
+                }
+                Step::Blocked { .. } => return Ok(None),
+                Step::SessionGone => (key, epoch) = session.after(epoch, reconnect)?,
+            }
         }
     }
 
@@ -689,17 +760,18 @@ impl PgLock {
     /// [`Error::Timeout`] naming the blocker; [`Error::Deadlock`] when deadlock resolution
     /// chose this wait.
     pub fn acquire(&self, purpose: &str) -> Result<PgGuard> {
+        self.check_text(purpose)?;
         let agent = self.agent_id()?;
         let session = self.pg.session()?;
         let started = Instant::now();
         let deadline = started + self.wait;
-        let (key, epoch) = session.current(self.pg.inner.options.reconnect_for)?;
-        let req = uuid::Uuid::new_v4();
-        let r = Request {
+        let reconnect = self.pg.inner.options.reconnect_for;
+        let (key, mut epoch) = session.current(reconnect)?;
+        let mut r = Request {
             lock: self,
             agent: &agent,
             purpose,
-            req,
+            req: uuid::Uuid::new_v4(),
             session_key: Some(key),
             lease: false,
         };
@@ -712,7 +784,8 @@ impl PgLock {
         };
         loop {
             let seen = hub.seen();
-            let s = step(&self.pg, &r, &mut w.ticket, true)?;
+            let guard_wait = deadline.saturating_duration_since(Instant::now());
+            let s = step(&self.pg, &r, &mut w.ticket, true, guard_wait)?;
             let (blocker, until, server_now) = match s {
                 Step::Granted(info) => {
                     w.ticket = None;
@@ -723,6 +796,15 @@ impl PgLock {
                     until,
                     now,
                 } => (blocker, until, now),
+                Step::SessionGone => {
+                    // Our place in the queue went with the session: ask again as a new
+                    // request under the new one (the wait's deadline stands).
+                    let (key, e) = session.after(epoch, reconnect)?;
+                    epoch = e;
+                    r.session_key = Some(key);
+                    r.req = uuid::Uuid::new_v4();
+                    continue;
+                }
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -976,7 +1058,7 @@ impl PgLockTable {
         let ns = self.pg.inner.ns;
         self.pg.run(|c| {
             c.tx("list locks", |t| {
-                let st = load(t, ns)?;
+                let st = read(t, ns)?;
                 Ok(Snapshot {
                     holders: st
                         .holders
@@ -1242,7 +1324,8 @@ impl PgDeadlockDetector {
         let resolve = self.resolve;
         let found = self.pg.run(|c| {
             c.tx("detect deadlocks", |t| {
-                let st = load(t, ns)?;
+                // Resolving writes (under the guard); only looking does not wait for it.
+                let st = if resolve { load(t, ns)? } else { read(t, ns)? };
                 let mut found = cycles(&st);
                 if resolve {
                     for d in &mut found {
@@ -1411,6 +1494,84 @@ mod tests {
         assert_eq!(table.snapshot().unwrap().holders.len(), 2);
         drop((s1, s2));
         assert!(table.snapshot().unwrap().holders.is_empty());
+    }
+
+    /// A lock asked for after this process's session was terminated on the server, but
+    /// before the session thread noticed (its heartbeat is a minute here): granted under
+    /// the dead session it would look free to everyone else at once. It must be granted
+    /// under the new session instead, and only there.
+    #[test]
+    fn a_grant_is_never_made_under_a_session_that_already_ended() {
+        let raw = crate::server::shared_url().unwrap();
+        let url = crate::BackendUrl::parse(&raw).unwrap();
+        let ns = crate::server::unique_namespace("lock-dead-session");
+        let slow = crate::Options::default().heartbeat(Duration::from_secs(60));
+        let pg = Pg::connect_with(&url, &ns, slow).unwrap();
+        let other = Pg::connect(&url, &ns).unwrap();
+        let mut admin = postgres::Client::connect(&raw, postgres::NoTls).unwrap();
+        let terminate = |admin: &mut postgres::Client, key: i64| {
+            let done: bool = admin
+                .query_one(
+                    "SELECT pg_terminate_backend(backend_pid) FROM maos.sessions WHERE key = $1",
+                    &[&key],
+                )
+                .unwrap()
+                .get(0);
+            assert!(done);
+            crate::server::wait_until(Duration::from_secs(30), || {
+                !other.session_alive(key).unwrap()
+            });
+        };
+        for (n, waiting) in [(0, false), (1, true)] {
+            let old = pg.session_key().unwrap();
+            terminate(&mut admin, old);
+            let res = r(&format!("f{n}"));
+            let lock = PgLock::new(&pg, res.clone())
+                .agent(a("x"))
+                .wait(Duration::from_secs(30));
+            let g = if waiting {
+                lock.acquire("edit").unwrap()
+            } else {
+                lock.try_acquire("edit").unwrap().unwrap()
+            };
+            let key = g.info().session_key.unwrap();
+            assert_ne!(key, old, "granted under the session that ended");
+            assert!(other.session_alive(key).unwrap());
+            assert!(!g.is_lost());
+            // One holder: the other process sees it held.
+            assert!(
+                PgLock::new(&other, res)
+                    .agent(a("y"))
+                    .try_acquire("edit")
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // A waiter whose session ends while it waits queues again under the new one and
+        // gets the lock when the holder lets go.
+        let held = PgLock::new(&other, r("w"))
+            .agent(a("y"))
+            .try_acquire("hold")
+            .unwrap()
+            .unwrap();
+        let waiter = {
+            let pg = pg.clone();
+            std::thread::spawn(move || {
+                PgLock::new(&pg, r("w"))
+                    .agent(a("x"))
+                    .wait(Duration::from_secs(60))
+                    .acquire("after y")
+                    .map(|g| g.info().session_key)
+            })
+        };
+        let table = PgLockTable::new(&other);
+        crate::server::wait_until(Duration::from_secs(30), || {
+            !table.snapshot().unwrap().waiters.is_empty()
+        });
+        terminate(&mut admin, pg.session_key().unwrap());
+        drop(held);
+        let key = waiter.join().unwrap().unwrap().unwrap();
+        assert!(other.session_alive(key).unwrap());
     }
 
     #[test]
