@@ -1617,6 +1617,90 @@ mod tests {
     }
 
     #[test]
+    fn amendments_ownership_comments_and_a_paged_history() {
+        let pg = test_backend("track-amend").unwrap();
+        let tr = PgTracker::new(&pg).agent(a("lead"));
+        let x = Task::new("x");
+        let y = Task::new("y").after(x.id.clone());
+        tr.create_tasks(&[x.clone(), y.clone()]).unwrap();
+        // A cycle through an added dependency is refused, naming it; nothing is written.
+        let v = tr.version().unwrap();
+        let mut am = Amendment::new();
+        am.edit = Edit::new().name("renamed");
+        am.add_dependencies = vec![y.id.clone()];
+        let err = tr.amend(&x.id, &am).unwrap_err();
+        assert!(
+            matches!(&err, Error::Cycle { cycle } if *cycle == [x.id.clone(), y.id.clone(), x.id.clone()]),
+            "{err}"
+        );
+        assert_eq!(tr.version().unwrap(), v);
+        assert_eq!(tr.get(&x.id).unwrap().unwrap().name, "x");
+        let err = tr.amend(&x.id, &Amendment::new()).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        // Removing the only dependency unblocks; a field over its limit is refused.
+        let mut am = Amendment::new();
+        am.remove_dependencies = vec![x.id.clone()];
+        am.edit = Edit::new().priority(maos_core::Priority::High);
+        let t = tr.amend(&y.id, &am).unwrap();
+        assert_eq!(t.status, TaskStatus::Pending);
+        assert_eq!(t.revision, 3, "one revision per record");
+        let long = "n".repeat(maos_track::MAX_NAME_BYTES + 1);
+        let err = tr.edit(&y.id, &Edit::new().name(long)).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        // Ownership: another agent's task moves only when forced, and the history says so.
+        tr.assign(&x.id, Some(&a("w")), Ownership::Respect).unwrap();
+        let err = tr.assign(&x.id, None, Ownership::Respect).unwrap_err();
+        assert!(matches!(err, Error::NotAssignee { .. }), "{err}");
+        let t = tr.assign(&x.id, None, Ownership::Override).unwrap();
+        assert_eq!(t.assigned_to, None);
+        let d = tr.show(&x.id, 100).unwrap().unwrap();
+        let last = d.history.last().unwrap();
+        assert!(last.forced, "{last:?}");
+        assert_eq!(last.by, Some(a("lead")));
+        // Cancelling (refused before) tells a blocked dependent why.
+        let z = Task::new("z").after(x.id.clone());
+        tr.create_task(&z).unwrap();
+        tr.update(
+            &x.id,
+            &Update::status(TaskStatus::Cancelled).note("dropped"),
+        )
+        .unwrap();
+        assert_eq!(
+            tr.get(&z.id).unwrap().unwrap().blocked_reason.as_deref(),
+            Some(format!("dependency {} was cancelled: dropped", x.id).as_str())
+        );
+        // Comments change no revision; a history longer than the limit is paged: the
+        // latest events, and how many earlier ones are left out.
+        let rev = tr.get(&y.id).unwrap().unwrap().revision;
+        for i in 0..15 {
+            tr.comment(&y.id, &format!("c{i}")).unwrap();
+        }
+        let err = tr.comment(&y.id, " ").unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        assert_eq!(tr.get(&y.id).unwrap().unwrap().revision, rev);
+        let d = tr.show(&y.id, 10).unwrap().unwrap();
+        assert_eq!(d.history.len(), 10);
+        // created, dependency removed, edited, 15 comments: 18 events.
+        assert_eq!(d.omitted, 8);
+        assert_eq!(
+            d.history.first().map(|e| e.what.clone()),
+            Some(EventKind::Comment { text: "c5".into() })
+        );
+        assert_eq!(
+            d.history.last().map(|e| e.what.clone()),
+            Some(EventKind::Comment { text: "c14".into() })
+        );
+        let full = tr.show(&y.id, 1000).unwrap().unwrap();
+        assert_eq!((full.history.len(), full.omitted), (18, 0));
+        assert!(full.history.windows(2).all(|w| w[0].seq <= w[1].seq));
+        // Another machine reads the same history.
+        assert_eq!(
+            PgTracker::new(&pg).show(&y.id, 1000).unwrap().unwrap(),
+            full
+        );
+    }
+
+    #[test]
     fn a_waiter_wakes_on_another_connections_write_and_times_out_without_one() {
         let pg = test_backend("track-wait").unwrap();
         let tr = PgTracker::new(&pg).agent(a("lead"));

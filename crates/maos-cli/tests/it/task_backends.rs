@@ -300,3 +300,63 @@ fn concurrent_edits_and_comments_lose_nothing_on_both_backends() {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name}: {seqs:?}");
     }
 }
+
+/// A failed or cancelled dependency keeps its dependents blocked with the same reason, a reset
+/// clears it, and every status change is in the histories: the same on both backends.
+#[test]
+fn given_up_dependencies_and_their_histories_are_the_same_on_both_backends() {
+    let (f, p) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut seen = Vec::new();
+    for (name, maos) in both(&f, &p) {
+        let lead = maos.agent("lead");
+        let a = add(&lead, &["a"]);
+        let b = add(&lead, &["b"]);
+        let c = add(&lead, &["c", "--after", &a, "--after", &b]);
+        lead.run(["task", "cancel", &a, "--note", "not needed"])
+            .ok();
+        let t = show(&lead, &c);
+        assert_eq!(t["status"], "blocked", "{name}");
+        assert_eq!(
+            t["blocked_reason"],
+            format!("dependency {a} was cancelled: not needed"),
+            "{name}: {t}"
+        );
+        lead.run(["task", "start", &b]).ok();
+        lead.run(["task", "fail", &b, "--note", "red"]).ok();
+        // The first reason stays; reopening `a` hands over to `b`'s.
+        lead.run(["task", "reset", &a]).ok();
+        lead.run(["task", "edit", &c, "--remove-after", &a]).ok();
+        let t = show(&lead, &c);
+        assert_eq!(
+            t["blocked_reason"],
+            format!("dependency {b} failed: red"),
+            "{name}: {t}"
+        );
+        lead.run(["task", "reset", &b]).ok();
+        lead.run(["task", "start", &b]).ok();
+        lead.run(["task", "done", &b]).ok();
+        let t = show(&lead, &c);
+        assert_eq!(t["status"], "pending", "{name}: {t}");
+        assert!(t.get("blocked_reason").is_none(), "{name}: {t}");
+        let events = |id: &str| -> Vec<String> {
+            show(&lead, id)["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    let o = e.as_object_mut().unwrap();
+                    for k in ["seq", "at", "dependency", "task"] {
+                        o.remove(k);
+                    }
+                    e.to_string().replace(&a, "<a>").replace(&b, "<b>")
+                })
+                .collect()
+        };
+        seen.push([events(&a), events(&b), events(&c)]);
+        let text = lead.run(["task", "show", &c]);
+        text.ok();
+        text.stdout_has("ready: ");
+    }
+    assert_eq!(seen[0], seen[1], "the histories differ");
+}
