@@ -1,6 +1,8 @@
 //! `maos task edit`, `comment`, `unassign`, `show` (history) and `watch`: the same test
 //! bodies on the files and on the throwaway PostgreSQL server of this test process.
 
+#![allow(clippy::unwrap_used)] // test code: a panic with its message is the failure report
+
 use std::io::BufRead as _;
 use std::process::Stdio;
 
