@@ -54,6 +54,17 @@ pub enum Error {
         #[source]
         source: Box<maos_postgres::Error>,
     },
+    /// The namespace given (`--namespace`, MAOS_NAMESPACE or the config) is not a valid name.
+    #[error(
+        "the namespace given for the PostgreSQL backend {url} cannot be used: name another with `maos init --backend URL --namespace NAME` or {NAMESPACE_ENV}"
+    )]
+    BadNamespace {
+        /// The URL (no password).
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<maos_postgres::Error>,
+    },
     /// The server could not be used.
     #[error(
         "cannot use the PostgreSQL backend {url} (namespace {namespace}, named by {origin}): check that the server runs and is reachable from here and that the user may connect (its password in PGPASSWORD or ~/.pgpass), or go back to the files with `maos init --backend file`"
@@ -128,14 +139,18 @@ pub fn namespace_for(
     url: &BackendUrl,
     given: Option<&str>,
 ) -> Result<String, Error> {
-    let ns = match given {
-        Some(n) => maos_postgres::check_namespace(n).map(|()| n.to_string()),
-        None => maos_postgres::default_namespace(root),
-    };
-    ns.map_err(|source| Error::Namespace {
-        url: url.to_string(),
-        source: Box::new(source),
-    })
+    match given {
+        Some(n) => maos_postgres::check_namespace(n)
+            .map(|()| n.to_string())
+            .map_err(|source| Error::BadNamespace {
+                url: url.to_string(),
+                source: Box::new(source),
+            }),
+        None => maos_postgres::default_namespace(root).map_err(|source| Error::Namespace {
+            url: url.to_string(),
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// The backend `ws` is configured for (`MAOS_BACKEND` / `MAOS_NAMESPACE` first).
@@ -336,7 +351,7 @@ pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(x) = e {
         if matches!(
             x.downcast_ref::<maos_postgres::Error>(),
-            Some(maos_postgres::Error::Timeout { .. })
+            Some(maos_postgres::Error::Timeout { .. } | maos_postgres::Error::Busy { .. })
         ) {
             return true;
         }

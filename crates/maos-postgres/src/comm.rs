@@ -247,6 +247,15 @@ impl PgChannel {
                 limit: self.max_message,
             });
         }
+        // Decode it as the most demanding reader does (every value materialised, with
+        // serde_json's nesting limit): what is acknowledged is readable by everyone.
+        if let Err(e) = serde_json::from_str::<Message<serde_json::Value>>(&body) {
+            return Err(Error::Unreadable {
+                channel: self.name.to_string(),
+                id: msg.id,
+                reason: e.to_string(),
+            });
+        }
         let recipients = serde_json::to_value(&msg.recipients).map_err(|source| Error::Json {
             channel: self.name.to_string(),
             source,

@@ -106,8 +106,8 @@ pub mod stores;
 pub mod track;
 
 pub use config::{
-    BACKEND_ENV, BackendUrl, MAX_NAMESPACE_LEN, NAMESPACE_ENV, check_namespace, default_namespace,
-    redact,
+    BACKEND_ENV, BackendUrl, IDLE_IN_TRANSACTION, MAX_NAMESPACE_LEN, NAMESPACE_ENV, ROW_WAIT,
+    check_namespace, default_namespace, redact,
 };
 pub use conn::{KEY_TAG, Options, Pg};
 pub use error::{Error, Holder, Result};

@@ -50,9 +50,20 @@ pub fn core_error(e: Error) -> maos_core::Error {
 }
 
 fn comm_error(channel: &str, e: Error) -> maos_comm::Error {
-    maos_comm::Error::Core {
-        channel: channel.to_string(),
-        source: core_error(e),
+    match e {
+        Error::Unreadable {
+            channel,
+            id,
+            reason,
+        } => maos_comm::Error::Unreadable {
+            channel,
+            id,
+            reason,
+        },
+        other => maos_comm::Error::Core {
+            channel: channel.to_string(),
+            source: core_error(other),
+        },
     }
 }
 

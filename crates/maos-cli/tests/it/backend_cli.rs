@@ -99,6 +99,19 @@ fn an_unreachable_server_or_a_bad_backend_is_a_clear_error() {
     out.assert_code(Exit::Error);
     out.stderr_has("MAOS_BACKEND");
     out.stderr_has("postgres://");
+
+    // A hostile namespace: refused before any connection, naming the rule and the way out.
+    let out = maos.run([
+        "init",
+        "--backend",
+        "postgres://maos@127.0.0.1:1/maos",
+        "--namespace",
+        "a'; DROP TABLE x; --",
+    ]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("the namespace given for the PostgreSQL backend");
+    out.stderr_has("only letters, digits");
+    out.stderr_has("--namespace NAME");
 }
 
 #[test]
@@ -208,6 +221,19 @@ fn session(maos: &Maos) -> Vec<Step> {
         &a,
         "alice",
         &["send", "api", "--data", "3", "--to", "carol"],
+    );
+    // What no reader could decode is refused on both (nothing written, exit 1).
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    run(&a, "alice", &["send", "api", "--data", &deep]);
+    run(&a, "alice", &["send", "api", "--data", r#""\ud800""#]);
+    run(&a, "alice", &["send", "api", "--data", "[1e400]"]);
+    run(&a, "alice", &["broadcast", "build/deep", "--data", &deep]);
+    // The same size limits on both: a purpose over 64 KiB is refused.
+    let purpose = "p".repeat(100_000);
+    run(
+        &a,
+        "alice",
+        &["lock", "acquire", "big", "--purpose", &purpose],
     );
     run(&b, "bob", &["recv", "api"]);
     run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
