@@ -80,9 +80,10 @@
 //! - A workspace chooses this backend with `maos init --backend postgres://...`
 //!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
-//!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
-//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
-//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments
+//!   `TaskTracker`) stay file-only. A task's history is paged on the server (the latest
+//!   [`maos_track::MAX_HISTORY`] events of `task show`, with the count of earlier ones), and
+//!   records written before schema version 3 have no history events. The inbox, stored subscriptions,
+//!   channel pruning from the CLI (`maos channels` lists without byte counts)
 //!   and the dashboard are not available on this backend yet: they say so instead of using
 //!   files (so are the MCP server's `inbox` and `subscribe` tools; its other tools and the
 //!   hooks work here). The demo runs here with its agents on the library (`maos demo
