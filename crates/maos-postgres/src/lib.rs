@@ -81,13 +81,14 @@
 //! - A workspace chooses this backend with `maos init --backend postgres://...`
 //!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
-//!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
-//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). Task edits and
-//!   comments and the dashboard are not available on this backend yet: they say so instead of
-//!   using files (`maos channels` lists without byte counts). The inbox ([`inbox::PgInboxes`]),
-//!   its stored subscriptions, channel pruning, the MCP server's tools and the hooks work here.
-//!   A stored subscription brings the broadcasts published after that pattern was stored (the
-//!   file inbox starts its one feed cursor at the first subscription). The demo runs here with its agents on the library (`maos demo
+//!   `TaskTracker`) stay file-only. A task's history is paged on the server (the latest
+//!   [`maos_track::MAX_HISTORY`] events of `task show`, with the count of earlier ones), and
+//!   records written before schema version 3 have no history events. The dashboard is not
+//!   available on this backend yet: it says so instead of using files (`maos channels` lists
+//!   without byte counts). The inbox ([`inbox::PgInboxes`]), its stored subscriptions, channel
+//!   pruning, the MCP server's tools and the hooks work here. A stored subscription brings the
+//!   broadcasts published after that pattern was stored (the file inbox starts its one feed
+//!   cursor at the first subscription). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
 //! - The synchronous client blocks on a runtime of its own: from async code, call it where
 //!   blocking is allowed (`tokio::task::block_in_place`, `spawn_blocking`), and drop the last

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_inbox.sql",
         include_str!("../migrations/0002_inbox.sql"),
     ),
+    (
+        3,
+        "0003_task_history.sql",
+        include_str!("../migrations/0003_task_history.sql"),
+    ),
 ];
 
 /// The schema version this binary creates and understands.

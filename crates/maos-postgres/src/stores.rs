@@ -24,7 +24,10 @@ use maos_lock::{
     Deadlock, FencingToken, LeaseGrant, LockMode, LockRequest, LockStore, Node, Report, RunOutcome,
     Snapshot, Via,
 };
-use maos_track::{ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore, Update};
+use maos_track::{
+    Amendment, Ownership, ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore,
+    Update,
+};
 
 use crate::comm::{self as pc, PgBroadcast, PgChannel, PgConsumer, PgSubscription};
 use crate::lock::{self as pl, PgDeadlockDetector, PgLock, PgLockTable};
@@ -836,11 +839,9 @@ impl TaskStore for PgTasks {
     }
 
     fn show(&self, id: &TaskId) -> Result<Option<TaskDetails>, maos_track::Error> {
-        // The server keeps the operations, not the per-task history of the file store.
-        Ok(self.get(id)?.map(|task| TaskDetails {
-            task,
-            history: Vec::new(),
-        }))
+        self.tracker
+            .show(id, maos_track::MAX_HISTORY)
+            .map_err(track_error)
     }
 
     fn list(&self) -> Result<Vec<Task>, maos_track::Error> {
@@ -882,6 +883,35 @@ impl TaskStore for PgTasks {
 
     fn report(&self) -> Result<ProgressReport, maos_track::Error> {
         self.tracker.report().map_err(track_error)
+    }
+
+    fn amend(&self, id: &TaskId, amendment: &Amendment) -> Result<Task, maos_track::Error> {
+        self.tracker.amend(id, amendment).map_err(track_error)
+    }
+
+    fn comment(&self, id: &TaskId, text: &str) -> Result<(), maos_track::Error> {
+        self.tracker.comment(id, text).map_err(track_error)
+    }
+
+    fn assign(
+        &self,
+        id: &TaskId,
+        agent: Option<&AgentId>,
+        ownership: Ownership,
+    ) -> Result<Task, maos_track::Error> {
+        self.tracker
+            .assign(id, agent, ownership)
+            .map_err(track_error)
+    }
+
+    fn version(&self) -> Result<u64, maos_track::Error> {
+        self.tracker.version().map_err(track_error)
+    }
+
+    fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64, maos_track::Error> {
+        self.tracker
+            .wait_changed(seen, timeout)
+            .map_err(track_error)
     }
 }
 

@@ -654,10 +654,8 @@ fn file_only_commands_refuse_a_postgresql_workspace() {
     let (maos, _, _) = pg_workspace(dir.path());
     // (The inbox, stored subscriptions and pruning work on PostgreSQL: inbox_cli.rs.)
     let cases: &[&[&str]] = &[
-        &["task", "edit", "t0000000000", "--name", "x"],
-        &["task", "comment", "t0000000000", "hi"],
-        &["task", "unassign", "t0000000000"],
-        &["task", "watch", "--timeout", "1s"],
+        &["dashboard"],
+        // (`task edit`, `comment`, `unassign` and `watch` work on PostgreSQL: task_backends.rs.)
         // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
     ];
     for args in cases {
@@ -721,6 +719,69 @@ fn lock_run_serialises_real_processes_on_both_backends() {
             "{name}"
         );
     }
+}
+
+/// Issue 11.1 on PostgreSQL: the lock lives in `maos`'s database session, which no child can
+/// inherit. When `maos` is SIGKILLed during `lock run`, its command and every process the
+/// command started are killed (the lock went with the session), so no command ever runs on
+/// without its lock; the lock is then free for the others. The command's status and its lock
+/// token still reach it as on the files.
+#[test]
+fn lock_run_on_postgresql_never_leaves_its_command_running_without_the_lock() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, _, _) = pg_workspace(dir.path());
+    let a = maos.agent("A");
+    let done = a.run([
+        "lock",
+        "run",
+        "res",
+        "--",
+        "sh",
+        "-c",
+        "test -n \"$MAOS_LOCK_TOKEN\" && exit 7",
+    ]);
+    assert_eq!(
+        done.code(),
+        Some(7),
+        "the command's status, with its token set"
+    );
+    let mut cli = a
+        .cmd()
+        .args(["lock", "run", "--ttl", "2s", "res", "--"])
+        .args(["sh", "-c", "sleep 600 & echo $$ $!; wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(cli.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let procs: Vec<_> = pids
+        .iter()
+        .map(|p| maos_coordination::core::ProcessIdentity::of(*p).unwrap())
+        .collect();
+    cli.kill().unwrap(); // SIGKILL: maos only
+    cli.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for p in &procs {
+        while p.state() == maos_coordination::core::ProcessState::Running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {} still runs without the lock",
+                p.pid
+            );
+            std::thread::yield_now();
+        }
+    }
+    maos.agent("B")
+        .run(["lock", "acquire", "res", "--wait", "1m"])
+        .ok();
 }
 
 /// `git ARGS` in `dir` as a fixed author; its stdout.

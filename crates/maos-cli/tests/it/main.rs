@@ -16,5 +16,6 @@ mod lock_cli;
 mod mcp_cli;
 mod merge_cli;
 mod snippets;
+mod task_backends;
 mod task_cli;
 mod util;
