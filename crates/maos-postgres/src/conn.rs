@@ -241,6 +241,17 @@ impl Tx<'_> {
             .map_err(|e| Error::pg("relax the commit", e))
     }
 
+    /// Statements of this transaction wait at most `wait` for a row another session holds
+    /// (`lock_timeout`; then [`Error::Busy`]).
+    pub(crate) fn wait_at_most(&mut self, wait: Duration) -> Result<()> {
+        self.t
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                wait.as_millis().max(1)
+            ))
+            .map_err(|e| Error::pg("bound the wait for rows", e))
+    }
+
     /// Sends `NOTIFY channel, payload` (delivered when the transaction commits).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
         self.exec("notify", "SELECT pg_notify($1, $2)", &[&channel, &payload])
