@@ -308,22 +308,10 @@ struct SessionState {
 impl Session {
     /// The current key and epoch, waiting up to `wait` for a lost session to come back.
     pub(crate) fn current(&self, wait: Duration) -> Result<(i64, u64)> {
-        let deadline = Instant::now() + wait;
-        let mut st = lock(&self.state);
-        while !st.up {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Invalid {
-                    what: "session",
-                    reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
-                });
-            }
-            st = match self.changed.wait_timeout(st, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        Ok((st.key, st.epoch))
+        self.wait_until(wait, |_| true).map_err(|()| Error::Invalid {
+            what: "session",
+            reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
+        })
     }
 
     /// The session after `epoch`: asks the session thread to check its connection now
@@ -331,15 +319,25 @@ impl Session {
     /// notices only at its next heartbeat) and waits up to `wait` for the new session.
     pub(crate) fn after(&self, epoch: u64, wait: Duration) -> Result<(i64, u64)> {
         let _ = lock(&self.wake).send(());
+        self.wait_until(wait, |st| st.epoch > epoch)
+            .map_err(|()| Error::Invalid {
+                what: "session",
+                reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
+            })
+    }
+
+    /// Waits up to `wait` until the session is up and `ok` holds; its key and epoch then.
+    fn wait_until(
+        &self,
+        wait: Duration,
+        ok: impl Fn(&SessionState) -> bool,
+    ) -> std::result::Result<(i64, u64), ()> {
         let deadline = Instant::now() + wait;
         let mut st = lock(&self.state);
-        while st.epoch <= epoch || !st.up {
+        while !st.up || !ok(&st) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Invalid {
-                    what: "session",
-                    reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
-                });
+                return Err(());
             }
             st = match self.changed.wait_timeout(st, left) {
                 Ok((g, _)) => g,
