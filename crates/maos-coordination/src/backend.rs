@@ -304,8 +304,8 @@ impl Backends {
         }
     }
 
-    /// The task graph, acting as `agent`; `lock_wait` bounds the wait for the file store's
-    /// lock.
+    /// The task graph, acting as `agent`; `lock_wait` bounds the wait for the store's lock
+    /// (the file store's kernel lock, the server's tasks guard row).
     ///
     /// # Errors
     /// The file store cannot be opened.
@@ -324,7 +324,13 @@ impl Backends {
                     &self.ws, opts,
                 )?)))
             }
-            Kind::Pg(pg) => Ok(Box::new(PgTasks::new(pg, agent.clone()))),
+            Kind::Pg(pg) => {
+                let mut t = PgTasks::new(pg, agent.clone());
+                if let Some(w) = lock_wait {
+                    t = t.lock_wait(w);
+                }
+                Ok(Box::new(t))
+            }
         }
     }
 

@@ -796,6 +796,13 @@ impl PgTasks {
             tracker: PgTracker::new(pg).agent(agent),
         }
     }
+
+    /// Writes wait at most `wait` for the tasks guard ([`PgTracker::lock_wait`]).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.tracker = self.tracker.lock_wait(wait);
+        self
+    }
 }
 
 fn ready_after_claims(t: &Task) -> bool {

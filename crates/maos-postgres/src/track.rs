@@ -772,6 +772,9 @@ pub struct PgTracker {
     pg: Pg,
     agent: Option<AgentId>,
     release_dead_claims: bool,
+    /// The longest a write waits for the tasks guard (`None`: the connection's
+    /// `lock_timeout`, [`crate::ROW_WAIT`]).
+    lock_wait: Option<Duration>,
     cache: Arc<Mutex<Cache>>,
 }
 
@@ -850,8 +853,18 @@ impl PgTracker {
             pg: pg.clone(),
             agent: AgentId::current().ok(),
             release_dead_claims: true,
+            lock_wait: None,
             cache: Arc::new(Mutex::new(Cache::default())),
         }
+    }
+
+    /// Bounds the wait of every write for the tasks guard (at least 100 ms): a process
+    /// stopped in the middle of a write then makes it fail with [`Error::Busy`] in time
+    /// (`--wait` of the task commands), as the file store's lock timeout does.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait.clamp(Duration::from_millis(100), crate::ROW_WAIT));
+        self
     }
 
     /// Acts as `agent`.
@@ -888,6 +901,9 @@ impl PgTracker {
         self.pg
             .run(|c| {
                 c.tx("write tasks", |t| {
+                    if let Some(w) = self.lock_wait {
+                        t.wait_at_most(w)?;
+                    }
                     t.exec(
                         "take the tasks guard",
                         "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'tasks' FOR UPDATE",
