@@ -68,6 +68,9 @@ pub struct Batch<T> {
     pub skipped: usize,
     /// Messages that did not decode as the requested type (position, reason).
     pub problems: Vec<(u64, String)>,
+    /// The channel's newest position, when the cursor read from is beyond it (a hand-made
+    /// `--after`): positions up to the cursor, when sent, are never shown to this reader.
+    pub ahead_of: Option<u64>,
 }
 
 impl<T> Batch<T> {
@@ -354,21 +357,21 @@ impl PgChannel {
         let ns = self.pg.inner.ns;
         let name = self.name.as_str();
         let after = i(cursor);
-        let (oldest, rows) = self.pg.run(|c| {
-            let oldest = c
+        let (bounds, rows) = self.pg.run(|c| {
+            let bounds = c
                 .opt(
                     "read the channel bounds",
-                    "SELECT oldest FROM maos.channels WHERE ns = $1 AND name = $2",
+                    "SELECT oldest, last FROM maos.channels WHERE ns = $1 AND name = $2",
                     &[&ns, &name],
                 )?
-                .map(|r| r.get::<_, i64>(0));
+                .map(|r| (u(r.get::<_, i64>(0)), u(r.get::<_, i64>(1))));
             let rows = c.query(
                 "read messages",
                 "SELECT pos, body FROM maos.messages WHERE ns = $1 AND channel = $2 AND pos > $3
                  ORDER BY pos LIMIT $4",
                 &[&ns, &name, &after, &DEFAULT_MAX_BATCH],
             )?;
-            Ok((oldest, rows))
+            Ok((bounds, rows))
         })?;
         let mut batch = Batch {
             messages: Vec::with_capacity(rows.len()),
@@ -376,14 +379,18 @@ impl PgChannel {
             pruned: None,
             skipped: 0,
             problems: Vec::new(),
+            ahead_of: None,
         };
-        if let Some(oldest) = oldest.map(u)
-            && oldest > cursor + 1
-        {
-            batch.pruned = Some(Pruned {
-                from: cursor + 1,
-                to: oldest - 1,
-            });
+        if let Some((oldest, last)) = bounds {
+            if oldest > cursor.saturating_add(1) {
+                batch.pruned = Some(Pruned {
+                    from: cursor + 1,
+                    to: oldest - 1,
+                });
+            }
+            if cursor > last {
+                batch.ahead_of = Some(last);
+            }
         }
         for row in rows {
             let pos = u(row.get(0));
@@ -605,6 +612,10 @@ impl PgConsumer {
 
     /// Acknowledges everything up to `position`; never moves the stored position backwards
     /// (another handle of the same consumer may be ahead).
+    ///
+    /// # Errors
+    /// [`Error::AheadOfLog`] for a position the channel does not hold yet: acknowledged, it
+    /// would hide the messages sent there later.
     pub fn ack(&mut self, position: u64) -> Result<()> {
         let ns = self.channel.pg.inner.ns;
         let ch = self.channel.name.as_str();
@@ -617,6 +628,20 @@ impl PgConsumer {
                     "INSERT INTO maos.channels (ns, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&ns, &ch],
                 )?;
+                let newest: i64 = t
+                    .one(
+                        "read the channel's newest position",
+                        "SELECT last FROM maos.channels WHERE ns = $1 AND name = $2",
+                        &[&ns, &ch],
+                    )?
+                    .get(0);
+                if p > newest {
+                    return Err(Error::AheadOfLog {
+                        channel: ch.to_string(),
+                        position,
+                        newest: u(newest),
+                    });
+                }
                 Ok(u(t
                     .one(
                         "store a consumer position",

@@ -60,6 +60,15 @@ fn comm_error(channel: &str, e: Error) -> maos_comm::Error {
             id,
             reason,
         },
+        Error::AheadOfLog {
+            channel,
+            position,
+            newest,
+        } => maos_comm::Error::AheadOfLog {
+            channel,
+            position,
+            newest,
+        },
         other => maos_comm::Error::Core {
             channel: channel.to_string(),
             source: core_error(other),
@@ -149,7 +158,14 @@ impl PgComm {
     }
 }
 
-fn read_of(channel: &str, b: pc::Batch<RawPayload>, before: u64) -> ChannelRead {
+/// `b` as the mechanism's read; `ahead_told` remembers that a cursor ahead of the channel
+/// was reported already (once per reader, as on the files).
+fn read_of(
+    channel: &str,
+    b: pc::Batch<RawPayload>,
+    before: u64,
+    ahead_told: &mut bool,
+) -> ChannelRead {
     let mut r = ChannelRead::default();
     r.progressed = b.cursor != before;
     r.cursor = b.cursor;
@@ -164,6 +180,14 @@ fn read_of(channel: &str, b: pc::Batch<RawPayload>, before: u64) -> ChannelRead 
             .into_iter()
             .map(|(pos, why)| format!("message {pos} on {channel} is unreadable: {why}")),
     );
+    let ahead = b.ahead_of.filter(|_| !std::mem::replace(ahead_told, true));
+    r.warnings.extend(ahead.map(|newest| {
+        format!(
+            "the cursor (position {before}) is ahead of {channel}'s newest message ({newest}): \
+             messages sent there up to position {before} will not be shown to this reader; \
+             read from an earlier position (--after {newest})"
+        )
+    }));
     r.messages = b
         .messages
         .into_iter()
@@ -180,6 +204,7 @@ struct PgReader {
     filter: pc::Filter,
     consumer: Option<PgConsumer>,
     cursor: u64,
+    ahead_told: bool,
 }
 
 impl PgReader {
@@ -196,7 +221,7 @@ impl ChannelReader for PgReader {
             .map_err(|e| comm_error(&self.name(), e))?;
         let before = self.cursor;
         self.cursor = b.cursor;
-        Ok(read_of(&self.name(), b, before))
+        Ok(read_of(&self.name(), b, before, &mut self.ahead_told))
     }
 
     fn wait(&mut self, timeout: Duration) -> maos_comm::Result<ChannelRead> {
@@ -206,7 +231,7 @@ impl ChannelReader for PgReader {
             .map_err(|e| comm_error(&self.name(), e))?;
         let before = self.cursor;
         self.cursor = b.cursor;
-        Ok(read_of(&self.name(), b, before))
+        Ok(read_of(&self.name(), b, before, &mut self.ahead_told))
     }
 
     fn ack(&mut self, position: u64) -> maos_comm::Result<()> {
@@ -337,6 +362,7 @@ impl ChannelStore for PgComm {
             filter,
             consumer,
             cursor,
+            ahead_told: false,
         }))
     }
 

@@ -232,6 +232,64 @@ fn recipients_consumers_waits_and_topics_behave_the_same() {
     }
 }
 
+/// A cursor beyond the channel's newest position is reported (once per reader), never
+/// passed over in silence; a consumer cannot acknowledge a position its channel does not
+/// hold (it would hide the messages sent there later).
+#[test]
+fn a_cursor_ahead_of_the_channel_is_reported_and_never_acknowledged() {
+    for (_dir, b) in both() {
+        let store = b.channels();
+        let ch = ChannelName::new("conf-ahead").unwrap();
+        for p in ["1", "2"] {
+            store
+                .send(
+                    &ch,
+                    &Message::new(agent("a"), Recipients::All, raw(p)),
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+        }
+        let said = |x: &maos_coordination::comm::ChannelRead| {
+            x.notices
+                .iter()
+                .map(ToString::to_string)
+                .chain(x.warnings.iter().cloned())
+                .any(|t| t.contains("ahead of"))
+        };
+        let mut r = store
+            .reader(&ch, Start::After(u64::MAX), Filter::Everything, false)
+            .unwrap();
+        let first = r.read().unwrap();
+        assert!(first.messages.is_empty(), "{}", b.name());
+        assert!(said(&first), "{}: {first:?}", b.name());
+        assert!(!said(&r.read().unwrap()), "{}: said once", b.name());
+
+        let c = maos_coordination::core::Name::new("conf-ahead-c").unwrap();
+        let mut r = store
+            .reader(&ch, Start::Consumer(c.clone()), Filter::Everything, false)
+            .unwrap();
+        let err = r.ack(10).unwrap_err();
+        assert!(
+            matches!(err, maos_coordination::comm::Error::AheadOfLog { .. }),
+            "{}: {err}",
+            b.name()
+        );
+        r.ack(2).unwrap();
+        drop(r);
+        store
+            .send(
+                &ch,
+                &Message::new(agent("a"), Recipients::All, raw("3")),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let mut r = store
+            .reader(&ch, Start::Consumer(c), Filter::Everything, false)
+            .unwrap();
+        assert_eq!(drain(r.as_mut()), [(3, "3".to_string())], "{}", b.name());
+    }
+}
+
 /// The payloads of an inbox batch, sorted (the order across channels follows the senders'
 /// clocks).
 fn inbox_texts(b: &maos_coordination::comm::InboxBatch) -> Vec<String> {
