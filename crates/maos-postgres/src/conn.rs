@@ -241,6 +241,17 @@ impl Tx<'_> {
             .map_err(|e| Error::pg("relax the commit", e))
     }
 
+    /// Statements of this transaction wait at most `wait` for a row another session holds
+    /// (`lock_timeout`; then [`Error::Busy`]).
+    pub(crate) fn wait_at_most(&mut self, wait: Duration) -> Result<()> {
+        self.t
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                wait.as_millis().max(1)
+            ))
+            .map_err(|e| Error::pg("bound the wait for rows", e))
+    }
+
     /// Sends `NOTIFY channel, payload` (delivered when the transaction commits).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
         self.exec("notify", "SELECT pg_notify($1, $2)", &[&channel, &payload])
@@ -297,22 +308,10 @@ struct SessionState {
 impl Session {
     /// The current key and epoch, waiting up to `wait` for a lost session to come back.
     pub(crate) fn current(&self, wait: Duration) -> Result<(i64, u64)> {
-        let deadline = Instant::now() + wait;
-        let mut st = lock(&self.state);
-        while !st.up {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Invalid {
-                    what: "session",
-                    reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
-                });
-            }
-            st = match self.changed.wait_timeout(st, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        Ok((st.key, st.epoch))
+        self.wait_until(wait, |_| true).map_err(|()| Error::Invalid {
+            what: "session",
+            reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
+        })
     }
 
     /// The session after `epoch`: asks the session thread to check its connection now
@@ -320,15 +319,25 @@ impl Session {
     /// notices only at its next heartbeat) and waits up to `wait` for the new session.
     pub(crate) fn after(&self, epoch: u64, wait: Duration) -> Result<(i64, u64)> {
         let _ = lock(&self.wake).send(());
+        self.wait_until(wait, |st| st.epoch > epoch)
+            .map_err(|()| Error::Invalid {
+                what: "session",
+                reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
+            })
+    }
+
+    /// Waits up to `wait` until the session is up and `ok` holds; its key and epoch then.
+    fn wait_until(
+        &self,
+        wait: Duration,
+        ok: impl Fn(&SessionState) -> bool,
+    ) -> std::result::Result<(i64, u64), ()> {
         let deadline = Instant::now() + wait;
         let mut st = lock(&self.state);
-        while st.epoch <= epoch || !st.up {
+        while !st.up || !ok(&st) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Invalid {
-                    what: "session",
-                    reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
-                });
+                return Err(());
             }
             st = match self.changed.wait_timeout(st, left) {
                 Ok((g, _)) => g,

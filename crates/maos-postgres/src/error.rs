@@ -189,6 +189,18 @@ pub enum Error {
         /// What a receiver would fail on.
         reason: String,
     },
+    /// A consumer acknowledging a position its channel does not hold yet.
+    #[error(
+        "channel {channel}: cannot acknowledge position {position}, the newest message is at {newest}"
+    )]
+    AheadOfLog {
+        /// The channel.
+        channel: String,
+        /// The position to acknowledge.
+        position: u64,
+        /// The channel's newest position.
+        newest: u64,
+    },
     /// A message does not serialise or decode.
     #[error("message on {channel} does not (de)serialise")]
     Json {

@@ -12,6 +12,7 @@
 //!
 //! - [`comm::PgChannel`] (send, receive from a position, wait, consumers, pruning),
 //!   [`comm::PgBroadcast`] and [`comm::PgSubscription`] (topics and the global feed);
+//!   [`inbox::PgInbox`] (everything addressed to one agent, its stored subscriptions);
 //! - [`lock::PgLock`] / [`lock::PgGuard`] (exclusive, shared and pattern locks, FIFO waiting,
 //!   leases, fencing tokens), [`lock::PgLockTable`], [`lock::PgDeadlockDetector`];
 //! - [`track::PgTracker`] (the task graph, claims, report, critical path, Gantt);
@@ -22,8 +23,8 @@
 //! - [`hints::Hints`]: what the namespace's notifications say changed (the dashboard's
 //!   wake-ups);
 //! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
-//!   `AgentStore`) on the types above, which the CLI uses when a workspace's backend is
-//!   `postgres://...`.
+//!   `AgentStore`; `InboxStore` in [`inbox`]) on the types above, which the CLI uses when a
+//!   workspace's backend is `postgres://...`.
 //!
 //! How each semantic is kept, in one line each (docs/protocol.md, section 10, has the exact
 //! rules a client follows):
@@ -82,12 +83,14 @@
 //! - A workspace chooses this backend with `maos init --backend postgres://...`
 //!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
-//!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
-//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
-//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments
-//!   are not available on this backend yet: they say so instead of using
-//!   files (so are the MCP server's `inbox` and `subscribe` tools; its other tools and the
-//!   hooks work here). The demo runs here with its agents on the library (`maos demo
+//!   `TaskTracker`) stay file-only. A task's history is paged on the server (the latest
+//!   [`maos_track::MAX_HISTORY`] events of `task show`, with the count of earlier ones), and
+//!   records written before schema version 3 have no history events (`maos channels` lists
+//!   without byte counts). The inbox ([`inbox::PgInboxes`]), its stored subscriptions, channel
+//!   pruning, the MCP server's tools, the hooks and the dashboard ([`hints::Hints`] wakes it)
+//!   work here. A stored subscription brings the
+//!   broadcasts published after that pattern was stored (the file inbox starts its one feed
+//!   cursor at the first subscription). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
 //! - The synchronous client blocks on a runtime of its own: from async code, call it where
 //!   blocking is allowed (`tokio::task::block_in_place`, `spawn_blocking`), and drop the last
@@ -99,6 +102,7 @@ mod conn;
 mod error;
 pub mod hints;
 mod hub;
+pub mod inbox;
 pub mod lock;
 pub mod merge;
 pub mod registry;

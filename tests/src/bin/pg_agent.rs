@@ -17,9 +17,9 @@
 //! - `create N`: creates N tasks; `claim`: claims until nothing is ready, completing each
 //!   and printing `claimed ID` (then `ok claimed N`); `hold-claim`: claims one and keeps it.
 //! - `detect`: runs the deadlock detector with resolution; `ok CYCLES`.
-//! - `hold-guard`: on a connection configured as maos's own, begins a transaction that takes
-//!   the namespace's lock-table guard row and leaves it open (as a process stopped in the
-//!   middle of a change would); `ok holding`.
+//! - `hold-guard WHAT`: on a connection configured as maos's own, begins a transaction that
+//!   takes the namespace's guard row of WHAT (`locks`, `tasks`) and leaves it open (as a
+//!   process stopped in the middle of a change would); `ok holding`.
 //!
 //! `PG_AGENT_STUCK_AFTER_MS` sets the backend's `Options::stuck_after`.
 //! When its liveness session is lost it prints `lost EPOCH`.
@@ -186,10 +186,10 @@ fn main() -> anyhow::Result<()> {
                     .check()?;
                 Ok(serde_json::to_string(&found)?)
             }
-            ["hold-guard"] => {
+            ["hold-guard", what @ ("locks" | "tasks")] => {
                 let mut c = pg.client_config().connect(postgres::NoTls)?;
                 c.batch_execute(&format!(
-                    "BEGIN; SELECT counter FROM maos.guards WHERE what = 'locks' AND ns =
+                    "BEGIN; SELECT counter FROM maos.guards WHERE what = '{what}' AND ns =
                          (SELECT id FROM maos.namespaces WHERE name = '{}') FOR UPDATE",
                     a[1].replace('\'', "''")
                 ))?;

@@ -217,7 +217,7 @@ fn a_process_stopped_mid_change_blocks_nobody_beyond_their_wait() {
         &ns,
         "x",
     );
-    assert_eq!(x.cmd("hold-guard"), "holding");
+    assert_eq!(x.cmd("hold-guard locks"), "holding");
     x.signal("STOP");
     let me = AgentId::new("other").unwrap();
     let f = ResourceName::new("f").unwrap();
@@ -253,6 +253,24 @@ fn a_process_stopped_mid_change_blocks_nobody_beyond_their_wait() {
     x.signal("CONT");
     let token = x.cmd("try g");
     assert!(token.parse::<u64>().is_ok(), "{token}");
+
+    // The same for the task store: a write honours its wait, a read does not wait.
+    assert_eq!(x.cmd("hold-guard tasks"), "holding");
+    x.signal("STOP");
+    let tracker = PgTracker::new(&pg)
+        .agent(me.clone())
+        .lock_wait(Duration::from_millis(300));
+    let err = tracker
+        .create_task(&maos_coordination::Task::new("t"))
+        .unwrap_err();
+    assert!(matches!(err, maos_postgres::Error::Busy { .. }), "{err}");
+    assert!(tracker.list().unwrap().is_empty());
+    wait_until(Duration::from_secs(60), || {
+        tracker
+            .create_task(&maos_coordination::Task::new("t"))
+            .is_ok()
+    });
+    x.signal("CONT");
 }
 
 #[test]

@@ -569,7 +569,7 @@ fn the_default_namespace_is_the_repository_identity_and_is_needed() {
 }
 
 /// The file workspace and the PostgreSQL workspace of one test, with their names.
-fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
+pub(crate) fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
     [
         ("file", Maos::new(file.path())),
         ("postgresql", pg_workspace(pg.path()).0),
@@ -646,34 +646,41 @@ fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
     }
 }
 
-/// A command the PostgreSQL backend does not offer yet says so, naming itself, and never
-/// works on the local files instead (nobody else would see them).
+/// Every command works on the server of a PostgreSQL workspace, never on the local files
+/// (nobody else would see them): the last one that refused, `maos dashboard`, now serves the
+/// server's state, and nothing is written under .maos/ by it.
 #[test]
 fn file_only_commands_refuse_a_postgresql_workspace() {
     let dir = tempfile::tempdir().unwrap();
     let (maos, _, _) = pg_workspace(dir.path());
-    let cases: &[&[&str]] = &[
-        &["inbox"],
-        &["channels", "prune", "api", "--keep", "1"],
-        &["subscribe", "--durable", "ci/*"],
-        &["unsubscribe", "ci/*"],
-        &["task", "edit", "t0000000000", "--name", "x"],
-        &["task", "comment", "t0000000000", "hi"],
-        &["task", "unassign", "t0000000000"],
-        &["task", "watch", "--timeout", "1s"],
-        // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
-    ];
-    for args in cases {
-        let out = maos.run(*args);
-        out.assert_code(Exit::Error);
-        out.stderr_has("not available on the PostgreSQL backend yet");
-        let words: Vec<&str> = args
-            .iter()
-            .take_while(|a| !a.starts_with('-'))
-            .copied()
-            .collect();
-        out.stderr_has(&format!("`maos {}", words[0]));
-    }
+    // (The inbox, stored subscriptions and pruning work on PostgreSQL: inbox_cli.rs.)
+    // (`task edit`, `comment`, `unassign` and `watch` work on PostgreSQL: task_backends.rs.)
+    // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
+    // (`maos dashboard` and `status --watch` on PostgreSQL: dashboard_cli.rs.)
+    maos.run(["send", "api", "--data", "1"]).ok();
+    maos.run(["task", "add", "t"]).ok();
+    let mut child = maos
+        .cmd()
+        .args(["--json", "dashboard", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "dashboard did not start ({e}): {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["backend"], "postgresql", "{v}");
     // (The hooks and `maos mcp` work on PostgreSQL: hooks_cli.rs and mcp_cli.rs.)
     // Nothing was written under .maos/ by them: the stores stay empty.
     for store in ["channels", "tasks", "inboxes"] {
@@ -724,6 +731,69 @@ fn lock_run_serialises_real_processes_on_both_backends() {
             "{name}"
         );
     }
+}
+
+/// Issue 11.1 on PostgreSQL: the lock lives in `maos`'s database session, which no child can
+/// inherit. When `maos` is SIGKILLed during `lock run`, its command and every process the
+/// command started are killed (the lock went with the session), so no command ever runs on
+/// without its lock; the lock is then free for the others. The command's status and its lock
+/// token still reach it as on the files.
+#[test]
+fn lock_run_on_postgresql_never_leaves_its_command_running_without_the_lock() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, _, _) = pg_workspace(dir.path());
+    let a = maos.agent("A");
+    let done = a.run([
+        "lock",
+        "run",
+        "res",
+        "--",
+        "sh",
+        "-c",
+        "test -n \"$MAOS_LOCK_TOKEN\" && exit 7",
+    ]);
+    assert_eq!(
+        done.code(),
+        Some(7),
+        "the command's status, with its token set"
+    );
+    let mut cli = a
+        .cmd()
+        .args(["lock", "run", "--ttl", "2s", "res", "--"])
+        .args(["sh", "-c", "sleep 600 & echo $$ $!; wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(cli.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let procs: Vec<_> = pids
+        .iter()
+        .map(|p| maos_coordination::core::ProcessIdentity::of(*p).unwrap())
+        .collect();
+    cli.kill().unwrap(); // SIGKILL: maos only
+    cli.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for p in &procs {
+        while p.state() == maos_coordination::core::ProcessState::Running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {} still runs without the lock",
+                p.pid
+            );
+            std::thread::yield_now();
+        }
+    }
+    maos.agent("B")
+        .run(["lock", "acquire", "res", "--wait", "1m"])
+        .ok();
 }
 
 /// `git ARGS` in `dir` as a fixed author; its stdout.

@@ -94,6 +94,14 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// `(id, token)` as the table's columns: what identifies this holding.
+    fn row_key(&self) -> (i64, i64) {
+        (
+            i64::try_from(self.id).unwrap_or(i64::MAX),
+            i64::try_from(self.token).unwrap_or(i64::MAX),
+        )
+    }
+
     fn holder(&self) -> Holder {
         Holder {
             owner: self.owner.clone(),
@@ -421,10 +429,7 @@ impl PgGuard {
     /// [`Error::LockLost`] when the lock is gone (lease ended, session ended, broken).
     pub fn renew(&mut self) -> Result<()> {
         let ns = self.pg.inner.ns;
-        let (id, token) = (
-            i64::try_from(self.info.id).unwrap_or(i64::MAX),
-            i64::try_from(self.info.token).unwrap_or(i64::MAX),
-        );
+        let (id, token) = self.info.row_key();
         let row = self.pg.run(|c| {
             c.opt(
                 "renew a lock",
@@ -476,10 +481,7 @@ impl PgGuard {
     pub fn detach(mut self) -> Result<LockInfo> {
         self.active = false;
         let ns = self.pg.inner.ns;
-        let (id, token) = (
-            i64::try_from(self.info.id).unwrap_or(i64::MAX),
-            i64::try_from(self.info.token).unwrap_or(i64::MAX),
-        );
+        let (id, token) = self.info.row_key();
         let n = self.pg.run(|c| {
             c.exec(
                 "detach a lock",
@@ -500,10 +502,7 @@ fn release_record(pg: &Pg, info: &LockInfo) -> Result<()> {
     // One statement, no guard: it only removes this holding, and tells the waiters of
     // overlapping resources to look again (each re-steps under the guard, in ticket order).
     let ns = pg.inner.ns;
-    let (id, token) = (
-        i64::try_from(info.id).unwrap_or(i64::MAX),
-        i64::try_from(info.token).unwrap_or(i64::MAX),
-    );
+    let (id, token) = info.row_key();
     let chan = notify_channel(ns);
     let rows = pg.run(|c| {
         c.tx("release a lock", |t| {
