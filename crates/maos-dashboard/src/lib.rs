@@ -49,8 +49,8 @@
 //! - On the files, single host like the file backend: file events (inotify) drive updates;
 //!   without them (a network filesystem) the snapshot is re-read every
 //!   [`NO_EVENTS_INTERVAL`].
-//! - On a server, what sends no notification (an uncontended lock grant, the agent
-//!   registry, the merge queue) shows at the next read, every [`REMOTE_POLL`]; a read while
+//! - On a server, what sends no notification (the agent registry, the merge queue) shows
+//!   at the next read, every [`REMOTE_POLL`]; a read while
 //!   the server is away waits for the backend's own reconnection (30 s on PostgreSQL) before
 //!   the section shows as failed (the lost connection itself shows at once, through
 //!   [`Wakes::problem`]). The prediction checks the branches the server's registry names in

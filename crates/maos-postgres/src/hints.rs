@@ -1,8 +1,8 @@
 //! [`Hints`]: what the namespace's notifications say changed, for a reader that follows
-//! everything at once (the dashboard). Messages, task writes and lock releases NOTIFY (see
-//! docs/protocol.md, section 10); an uncontended lock grant, the agent registry and the merge
-//! queue do not, so a follower also looks on a timer of its own. Notifications are hints:
-//! after one, read the stores again.
+//! everything at once (the dashboard). Messages, task writes, lock grants and lock releases
+//! NOTIFY (see docs/protocol.md, section 10); the agent registry and the merge queue do not,
+//! so a follower also looks on a timer of its own. Notifications are hints: after one, read
+//! the stores again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -425,8 +425,9 @@ pub(super) fn step_tx(
                          INSERT INTO maos.lock_tokens (ns, resource, token) SELECT $1, $3, token FROM h
                          ON CONFLICT (ns, resource) DO UPDATE SET token = GREATEST(maos.lock_tokens.token, EXCLUDED.token)),
                      w AS (DELETE FROM maos.lock_waiters WHERE ns = $1 AND ticket = $13),
-                     g AS (UPDATE maos.guards SET counter = $14 WHERE ns = $1 AND what = 'locks')
-                     SELECT token FROM h",
+                     g AS (UPDATE maos.guards SET counter = $14 WHERE ns = $1 AND what = 'locks'),
+                     n AS (SELECT pg_notify($15, 'g:' || $3))
+                     SELECT token FROM h, n",
                     &[
                         &ns,
                         &id,
@@ -442,6 +443,7 @@ pub(super) fn step_tx(
                         &r.req,
                         &mine,
                         &st.counter,
+                        &notify_channel(ns),
                     ],
                 )?;
                 let token: i64 = row.get(0);
