@@ -650,7 +650,7 @@ fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
 /// (nobody else would see them): the last one that refused, `maos dashboard`, now serves the
 /// server's state, and nothing is written under .maos/ by it.
 #[test]
-fn file_only_commands_refuse_a_postgresql_workspace() {
+fn a_postgresql_workspace_keeps_its_state_on_the_server_only() {
     let dir = tempfile::tempdir().unwrap();
     let (maos, _, _) = pg_workspace(dir.path());
     // (The inbox, stored subscriptions and pruning work on PostgreSQL: inbox_cli.rs.)
