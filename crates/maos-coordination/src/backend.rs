@@ -81,16 +81,6 @@ pub enum Error {
         #[source]
         source: Box<maos_postgres::Error>,
     },
-    /// A command the PostgreSQL backend does not offer yet.
-    #[error(
-        "not available on the PostgreSQL backend yet: {what} (this workspace uses {url}; the file backend has it)"
-    )]
-    NotYet {
-        /// The command or option.
-        what: String,
-        /// The backend URL.
-        url: String,
-    },
 }
 
 /// The backend a workspace is configured for.
@@ -264,20 +254,6 @@ impl Backends {
     /// The workspace.
     pub fn workspace(&self) -> &Workspace {
         &self.ws
-    }
-
-    /// Refuses `what` on a backend that does not offer it yet.
-    ///
-    /// # Errors
-    /// [`Error::NotYet`] on the PostgreSQL backend.
-    pub fn file_only(&self, what: &str) -> Result<(), Error> {
-        match &self.kind {
-            Kind::File => Ok(()),
-            Kind::Pg(pg) => Err(Error::NotYet {
-                what: what.to_string(),
-                url: format!("{} namespace {}", pg.target(), pg.namespace()),
-            }),
-        }
     }
 
     /// Channels and broadcasts.
