@@ -505,6 +505,8 @@ fn live_and_wake(shared: &Shared, dir: &Path, repair: bool, out: &mut Vec<Findin
         let mut dead = 0;
         for e in rd.flatten() {
             if let Some(n) = e.file_name().to_str()
+                // Spares are kept for reuse on purpose.
+                && !live::is_spare(n)
                 && live::probe(dir, n, false) == Probe::Gone
             {
                 dead += 1;
