@@ -36,11 +36,11 @@ pub(crate) const WAKE_DIR: &str = "wake";
 static LIVE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Spare liveness files kept for reuse: `live/.spare.0` .. `live/.spare.<SPARES - 1>`.
-pub(crate) const SPARES: u32 = 32;
+/// Adopting looks at them in order, retiring from a random one on (a failed look is an
+/// `open` or a `rename` refused, about 2 us).
+pub(crate) const SPARES: u32 = 16;
 /// Prefix of a spare's name (hidden: no record can name it, [`valid_name`]).
 pub(crate) const SPARE_PREFIX: &str = ".spare.";
-/// How many spare names one adoption or retirement looks at.
-const SPARE_TRIES: u32 = 4;
 
 /// Whether `name` is a spare liveness file's name.
 pub(crate) fn is_spare(name: &str) -> bool {
@@ -51,7 +51,7 @@ fn spare_path(dir: &Path, k: u32) -> PathBuf {
     dir.join(LIVE_DIR).join(format!("{SPARE_PREFIX}{k}"))
 }
 
-/// Where to start looking among the spares (spreads processes over them).
+/// Where a retirement starts looking for a free spare name (spreads processes over them).
 fn spare_start() -> u32 {
     let n = LIVE_COUNTER.load(Ordering::Relaxed);
     let mix = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n;
@@ -74,7 +74,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// deletes it when every spare name is taken (or the rename fails).
 fn to_spare(dir: &Path, path: &Path) {
     let start = spare_start();
-    for i in 0..SPARE_TRIES {
+    for i in 0..SPARES {
         let k = (start + i) % SPARES;
         match rename_noreplace(path, &spare_path(dir, k)) {
             Ok(()) => return,
@@ -148,9 +148,8 @@ impl LiveFile {
 /// Adopts a spare: opens it, takes its exclusive kernel lock without waiting (it fails while
 /// anyone still holds the descriptor) and renames it to `path`.
 fn adopt_spare(dir: &Path, path: &Path) -> Option<File> {
-    let start = spare_start();
-    for i in 0..SPARE_TRIES {
-        let spare = spare_path(dir, (start + i) % SPARES);
+    for k in 0..SPARES {
+        let spare = spare_path(dir, k);
         let Ok(f) = OpenOptions::new()
             .read(true)
             .write(true)
