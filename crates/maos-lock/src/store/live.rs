@@ -347,7 +347,11 @@ mod tests {
         let held = spares(d.path());
         assert_eq!(held.len(), 1);
         let b = LiveFile::create(d.path(), 1).unwrap();
-        assert_ne!(b.file.metadata().unwrap().ino(), held[0].1, "adopted a held spare");
+        assert_ne!(
+            b.file.metadata().unwrap().ino(),
+            held[0].1,
+            "adopted a held spare"
+        );
         assert_eq!(spares(d.path()), held, "the held spare stays");
         child.kill().unwrap();
         child.wait().unwrap();
