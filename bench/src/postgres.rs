@@ -7,11 +7,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use maos_coordination::comm::{Cursor, FileChannel, Filter as FileFilter};
+use maos_coordination::comm::{AgentInbox, Cursor, FileChannel, Filter as FileFilter, Inbox};
 use maos_coordination::lock::FileLock;
 use maos_coordination::track::{Task, TaskTracker};
 use maos_coordination::{AgentId, ChannelName, Message, Recipients, ResourceName, Workspace};
 use maos_postgres::comm::{Filter, PgChannel};
+use maos_postgres::inbox::PgInbox;
 use maos_postgres::lock::PgLock;
 use maos_postgres::server::{TestServer, unique_namespace};
 use maos_postgres::track::PgTracker;
@@ -58,6 +59,7 @@ pub(crate) fn run(table: &mut Table) -> anyhow::Result<()> {
     wake(table, &url)?;
     locks(table, &url)?;
     claims(table, &url)?;
+    inbox(table, &url)?;
     drop(server);
     Ok(())
 }
@@ -358,6 +360,81 @@ fn claims(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
         "tasks/s",
         true,
         5.0,
+    ));
+    Ok(())
+}
+
+/// An agent's inbox as its hooks use it on every tool call: a fresh handle, one new message
+/// among 50 channels of history addressed to others; read and acknowledged (the mail check),
+/// or counted.
+fn inbox(table: &mut Table, url: &BackendUrl) -> anyhow::Result<()> {
+    const CHANNELS: usize = 50;
+    const ROUNDS: usize = 100;
+    let other = AgentId::new("other")?;
+    let me = AgentId::new("bench")?;
+    let reader = AgentId::new("reader")?;
+    let pg = pg(url, "bench-inbox")?;
+    let dir = tempfile::tempdir()?;
+    let ws = Workspace::init(dir.path())?;
+    let mut pchans = Vec::new();
+    let mut fchans = Vec::new();
+    for c in 0..CHANNELS {
+        let name = ChannelName::new(format!("team/c{c}"))?;
+        let p = PgChannel::open(&pg, name.clone());
+        let f = FileChannel::open(&ws, name)?;
+        let history: Vec<_> = (0..20)
+            .map(|i| Message::new(me.clone(), Recipients::Agent(other.clone()), i))
+            .collect();
+        p.send_many(&history)?;
+        f.send_many_blocking(&history)?;
+        pchans.push(p);
+        fchans.push(f);
+    }
+    let check = |inbox: &mut dyn AgentInbox| -> anyhow::Result<()> {
+        let b = inbox.read(20)?;
+        anyhow::ensure!(b.items.len() == 1, "{} items", b.items.len());
+        inbox.ack(&b)?;
+        Ok(())
+    };
+    // The first reads pass the history once (both backends start the same way).
+    PgInbox::open(&pg, reader.clone())?.read_batch(20)?;
+    Inbox::open(&ws, reader.clone())?.read(20)?;
+    let (mut pm, mut fm, mut pu, mut fu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for j in 0..ROUNDS {
+        let m = Message::new(me.clone(), Recipients::Agent(reader.clone()), j);
+        pchans[j % CHANNELS].send(&m)?;
+        fchans[j % CHANNELS].send_blocking(&m)?;
+        let t = Instant::now();
+        let n = PgInbox::open(&pg, reader.clone())?.count_unread()?.total;
+        pu.push(t.elapsed());
+        let t = Instant::now();
+        let fnum = Inbox::open(&ws, reader.clone())?.unread()?.total;
+        fu.push(t.elapsed());
+        anyhow::ensure!(n == 1 && fnum == 1, "unread {n} / {fnum}");
+        let t = Instant::now();
+        check(&mut PgInbox::open(&pg, reader.clone())?)?;
+        pm.push(t.elapsed());
+        let t = Instant::now();
+        check(&mut Inbox::open(&ws, reader.clone())?)?;
+        fm.push(t.elapsed());
+    }
+    table.push(row(
+        &format!(
+            "inbox mail check: open, read and acknowledge 1 new message, {CHANNELS} channels (p50)"
+        ),
+        percentile_us(&mut pm, 50.0),
+        percentile_us(&mut fm, 50.0),
+        "us",
+        false,
+        10.0,
+    ));
+    table.push(row(
+        &format!("inbox unread count after 1 new message, {CHANNELS} channels (p50)"),
+        percentile_us(&mut pu, 50.0),
+        percentile_us(&mut fu, 50.0),
+        "us",
+        false,
+        10.0,
     ));
     Ok(())
 }

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use maos_coordination::comm::Error as CommError;
 use maos_coordination::comm::{
-    Delivered, FileChannel, Filter, Gap, GapCause, Inbox, InboxItem, Notice, Problem, Pruned,
-    RawPayload, Retention, Start, TopicMessage, TopicReader,
+    AgentInbox, Delivered, Filter, Gap, GapCause, InboxItem, Notice, Problem, Pruned, RawPayload,
+    Retention, Start, TopicMessage, TopicReader,
 };
 use maos_coordination::core::{AgentStore, Name, escape_controls, excerpt};
 use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients};
@@ -560,7 +560,7 @@ struct SubscriptionsLine<'a> {
     subscriptions: &'a [String],
 }
 
-fn print_subscriptions(ctx: &Ctx, inbox: &Inbox) -> anyhow::Result<()> {
+fn print_subscriptions(ctx: &Ctx, inbox: &dyn AgentInbox) -> anyhow::Result<()> {
     let line = SubscriptionsLine {
         agent: ctx.agent.as_str(),
         subscriptions: inbox.subscriptions(),
@@ -581,10 +581,9 @@ fn print_subscriptions(ctx: &Ctx, inbox: &Inbox) -> anyhow::Result<()> {
 fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
     if a.durable {
-        let ws = ctx.workspace()?;
-        let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+        let mut inbox = ctx.backends()?.inboxes().open(ctx.agent.clone())?;
         inbox.subscribe(&patterns)?;
-        print_subscriptions(ctx, &inbox)?;
+        print_subscriptions(ctx, inbox.as_ref())?;
         return Ok(Exit::Ok);
     }
     let store = ctx.backends()?.channels();
@@ -636,8 +635,7 @@ fn subscribe(a: SubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
 }
 
 fn unsubscribe(a: UnsubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+    let mut inbox = ctx.backends()?.inboxes().open(ctx.agent.clone())?;
     let patterns: Vec<&str> = a.topics.iter().map(String::as_str).collect();
     let removed = inbox.unsubscribe(&patterns)?;
     for p in patterns.iter().filter(|p| !removed.iter().any(|r| r == *p)) {
@@ -646,7 +644,7 @@ fn unsubscribe(a: UnsubscribeArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             escape_controls(p)
         );
     }
-    print_subscriptions(ctx, &inbox)?;
+    print_subscriptions(ctx, inbox.as_ref())?;
     Ok(Exit::Ok)
 }
 
@@ -667,10 +665,9 @@ fn print_item(ctx: &Ctx, item: &InboxItem) -> anyhow::Result<()> {
 }
 
 fn inbox(a: InboxArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
-    let mut inbox = Inbox::open(&ws, ctx.agent.clone())?;
+    let mut inbox = ctx.backends()?.inboxes().open(ctx.agent.clone())?;
     if a.subscriptions {
-        print_subscriptions(ctx, &inbox)?;
+        print_subscriptions(ctx, inbox.as_ref())?;
         return Ok(Exit::Ok);
     }
     if a.unread {
@@ -756,14 +753,20 @@ fn channels(ctx: &Ctx) -> anyhow::Result<Exit> {
 
 fn prune(a: PruneArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
     let name = channel_name(&a.channel)?;
-    let ws = ctx.workspace()?;
-    let ch = FileChannel::open_existing(&ws, name)?;
+    let backends = ctx.backends()?;
+    // The files remove whole segments; the server removes messages one by one.
+    let unit = if backends.is_file() {
+        "segment(s)"
+    } else {
+        "message(s)"
+    };
+    let store = backends.channels();
     let retention = match (a.keep, a.older_than) {
         (Some(n), _) => Retention::Keep(n),
         (None, Some(d)) => Retention::OlderThan(d),
         (None, None) => anyhow::bail!("give --keep N or --older-than D"),
     };
-    let rep = ch.prune_blocking(retention)?;
+    let rep = store.prune(&name, retention)?;
     ctx.emit(&rep, || {
         let kept = if rep.oldest > rep.newest {
             "no message kept".to_string()
@@ -774,7 +777,7 @@ fn prune(a: PruneArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             format!("{}: nothing to prune ({kept})", a.channel)
         } else {
             format!(
-                "{}: removed {} segment(s), positions up to {} pruned; {kept}",
+                "{}: removed {} {unit}, positions up to {} pruned; {kept}",
                 a.channel, rep.segments_removed, rep.pruned_through
             )
         }

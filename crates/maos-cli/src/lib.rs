@@ -54,6 +54,7 @@ mod merge;
 mod picture;
 mod status;
 mod task;
+mod tied;
 mod watch_view;
 
 use std::path::PathBuf;
@@ -171,6 +172,10 @@ pub fn command() -> clap::Command {
 
 /// Runs `maos` with the process's arguments; the binary's `main`.
 pub fn main() -> ExitCode {
+    // `lock run`'s supervisor (tied.rs): not a command anyone types.
+    if std::env::args_os().nth(1).is_some_and(|a| a == tied::ENTRY) {
+        return tied::main(std::env::args_os().skip(2).collect());
+    }
     // `merge check SOURCE [TARGET]` skips building the clap tree (merge::FastCheck).
     if let Some(fast) = merge::FastCheck::parse(std::env::args_os().skip(1)) {
         init_tracing(0, 0, false);

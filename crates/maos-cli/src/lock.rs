@@ -320,10 +320,19 @@ fn run_command(
     };
     let (prog, args) = cmd.split_first().context("no command given")?;
     let req = request(ctx, res.clone(), ttl, wait, &purpose, shared);
+    // Where the lock lives in this process's database session, the command runs under a
+    // supervisor that ends it if this process ends first (tied.rs); on the files the command
+    // inherits the lock itself.
+    let tied = !ctx.backends()?.is_file();
     let mut spawn = |token: FencingToken| {
-        std::process::Command::new(prog)
-            .args(args)
-            .env("MAOS_LOCK_RESOURCE", res.as_str())
+        let mut c = if tied {
+            crate::tied::command(prog, args)?
+        } else {
+            let mut c = std::process::Command::new(prog);
+            c.args(args);
+            c
+        };
+        c.env("MAOS_LOCK_RESOURCE", res.as_str())
             .env("MAOS_LOCK_TOKEN", token.to_string())
             .spawn()
     };
@@ -343,12 +352,7 @@ fn run_command(
         .status
         .map_err(anyhow::Error::from_boxed)
         .with_context(|| format!("cannot run {}", prog.to_string_lossy()))?;
-    use std::os::unix::process::ExitStatusExt;
-    let code = match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(sig)) => 128 + sig,
-        _ => 1,
-    };
+    let code = crate::tied::status_code(status);
     // A lock lost while the command ran is a failure even if the command succeeded: its
     // work was not protected all along.
     let code = if outcome.lost && code == 0 {

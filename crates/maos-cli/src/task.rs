@@ -8,7 +8,7 @@ use clap::{Subcommand, ValueEnum};
 use maos_coordination::core::{escape_controls, human_duration, now_ms};
 use maos_coordination::track::{
     self, Amendment, Edit, Event, EventKind, Ownership, Query, Task, TaskDetails, TaskStatus,
-    TaskStore, TaskTracker, Update,
+    TaskStore, Update,
 };
 use maos_coordination::{AgentId, Priority, ResourceName, TaskId};
 
@@ -249,16 +249,6 @@ fn store(ctx: &Ctx, wait: Option<Wait>) -> anyhow::Result<Box<dyn TaskStore>> {
         .context("opening the task store")
 }
 
-/// The file task store, for the commands the PostgreSQL backend does not offer yet.
-fn open(ctx: &Ctx, wait: Option<Wait>) -> anyhow::Result<TaskTracker> {
-    let ws = ctx.workspace()?;
-    let mut opts = track::Options::default().agent(ctx.agent.clone());
-    if let Some(w) = wait {
-        opts = opts.lock_timeout(w.wait);
-    }
-    TaskTracker::open_with(&ws, opts).context("opening the task store")
-}
-
 /// A tracker error, with exit 3 when the store's lock could not be had in time.
 fn busy(e: track::Error) -> anyhow::Error {
     if e.is_lock_timeout() || maos_coordination::backend::is_timeout(&e) {
@@ -270,10 +260,6 @@ fn busy(e: track::Error) -> anyhow::Error {
 
 fn resolve(t: &dyn TaskStore, id: &str) -> anyhow::Result<TaskId> {
     Ok(t.resolve(id)?)
-}
-
-fn resolve_file(t: &TaskTracker, id: &str) -> anyhow::Result<TaskId> {
-    Ok(t.resolve_blocking(id)?)
 }
 
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
@@ -440,7 +426,16 @@ fn details(d: &TaskDetails, now: u64) -> String {
         line(&format!("{}:", esc(k)), &esc(v));
     }
     if !d.history.is_empty() {
-        s.push_str("history:\n");
+        if d.omitted > 0 {
+            let _ = writeln!(
+                s,
+                "history (the latest {}; {} earlier not shown):",
+                d.history.len(),
+                d.omitted
+            );
+        } else {
+            s.push_str("history:\n");
+        }
         for e in &d.history {
             let by = e.by.as_ref().map_or("-", |a| a.as_str());
             let forced = if e.forced { " (forced)" } else { "" };
@@ -607,8 +602,8 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             force,
             wait,
         } => {
-            let tracker = open(ctx, Some(wait))?;
-            let id = resolve_file(&tracker, &id)?;
+            let tracker = store(ctx, Some(wait))?;
+            let id = resolve(tracker.as_ref(), &id)?;
             let mut a = Amendment::new();
             let mut e = Edit::new();
             e.name = name;
@@ -632,11 +627,11 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                 .map(Some);
             a.add_dependencies = add_after
                 .iter()
-                .map(|x| resolve_file(&tracker, x))
+                .map(|x| resolve(tracker.as_ref(), x))
                 .collect::<anyhow::Result<_>>()?;
             a.remove_dependencies = remove_after
                 .iter()
-                .map(|x| resolve_file(&tracker, x))
+                .map(|x| resolve(tracker.as_ref(), x))
                 .collect::<anyhow::Result<_>>()?;
             a.ownership = ownership(force);
             if a.is_empty() {
@@ -647,24 +642,22 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
                      or --remove-after)",
                 ));
             }
-            let t = tracker.amend_blocking(&id, &a).map_err(busy)?;
+            let t = tracker.amend(&id, &a).map_err(busy)?;
             ctx.emit(&t, || one_line(&t))?;
         }
         TaskCommand::Comment { id, text, wait } => {
-            let tracker = open(ctx, Some(wait))?;
-            let id = resolve_file(&tracker, &id)?;
-            tracker.comment_blocking(&id, &text).map_err(busy)?;
+            let tracker = store(ctx, Some(wait))?;
+            let id = resolve(tracker.as_ref(), &id)?;
+            tracker.comment(&id, &text).map_err(busy)?;
             let d = tracker
-                .show_blocking(&id)?
+                .show(&id)?
                 .with_context(|| format!("task {id} not found"))?;
             ctx.emit(&d, || format!("{}  commented", d.task.id))?;
         }
         TaskCommand::Unassign { id, force, wait } => {
-            let tracker = open(ctx, Some(wait))?;
-            let id = resolve_file(&tracker, &id)?;
-            let t = tracker
-                .assign_blocking(&id, None, ownership(force))
-                .map_err(busy)?;
+            let tracker = store(ctx, Some(wait))?;
+            let id = resolve(tracker.as_ref(), &id)?;
+            let t = tracker.assign(&id, None, ownership(force)).map_err(busy)?;
             ctx.emit(&t, || one_line(&t))?;
         }
         TaskCommand::Report => {
@@ -686,7 +679,7 @@ pub(crate) fn run(cmd: TaskCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
         TaskCommand::Watch {
             until_done,
             timeout,
-        } => return watch(ctx, open(ctx, None)?, until_done, timeout),
+        } => return watch(ctx, store(ctx, None)?.as_ref(), until_done, timeout),
     }
     Ok(Exit::Ok)
 }
@@ -706,67 +699,59 @@ fn transition(ctx: &Ctx, tr: Transition, status: TaskStatus) -> anyhow::Result<(
     ctx.emit(&t, || one_line(&t))
 }
 
+/// The live view: a report (and, on a terminal, the table) after every change, woken by the
+/// backend's change events (file events, or the server's notifications).
 fn watch(
     ctx: &Ctx,
-    tracker: TaskTracker,
+    tracker: &dyn TaskStore,
     until_done: bool,
     timeout: Option<Duration>,
 ) -> anyhow::Result<Exit> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let vis = track::ProgressVisualizer::new(tracker.clone());
-        let mut w = tracker.watch()?;
-        let tty = !ctx.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
-        loop {
-            let r = vis.generate_progress_report().await?;
-            let tasks = if tty {
-                tracker.list().await?
-            } else {
-                Vec::new()
-            };
-            ctx.emit_line(&r, || {
-                let clear = if tty { "\x1b[2J\x1b[H" } else { "" };
-                format!(
-                    "{clear}{}\n{}",
-                    track::summary(&r).trim_end(),
-                    if tty {
-                        track::table(&tasks)
-                    } else {
-                        String::new()
-                    }
-                )
-            })?;
-            let left = r.pending_tasks + r.blocked_tasks + r.in_progress_tasks + r.review_tasks;
-            if until_done && left == 0 {
-                return Ok(Exit::Ok);
-            }
-            // Wait for the next change; a timeout ends the watch (exit 3) without another,
-            // unchanged refresh.
-            let seen = w.seen();
-            loop {
-                let wait = match deadline {
-                    Some(d) => {
-                        let now = tokio::time::Instant::now();
-                        if now >= d {
-                            return Err(exit::Failure::error(
-                                Exit::Busy,
-                                format!(
-                                    "watch timed out after {} with {left} task(s) not completed",
-                                    duration::format(timeout.unwrap_or_default())
-                                ),
-                            ));
-                        }
-                        d - now
-                    }
-                    None => Duration::from_secs(3600),
-                };
-                if w.changed(wait).await? != seen {
-                    break;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let tty = !ctx.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        // The version before the report: a change while reporting is not missed.
+        let seen = tracker.version()?;
+        let r = tracker.report()?;
+        let tasks = if tty { tracker.list()? } else { Vec::new() };
+        ctx.emit_line(&r, || {
+            let clear = if tty { "\x1b[2J\x1b[H" } else { "" };
+            format!(
+                "{clear}{}\n{}",
+                track::summary(&r).trim_end(),
+                if tty {
+                    track::table(&tasks)
+                } else {
+                    String::new()
                 }
+            )
+        })?;
+        let left = r.pending_tasks + r.blocked_tasks + r.in_progress_tasks + r.review_tasks;
+        if until_done && left == 0 {
+            return Ok(Exit::Ok);
+        }
+        // Wait for the next change; a timeout ends the watch (exit 3) without another,
+        // unchanged refresh.
+        loop {
+            let wait = match deadline {
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return Err(exit::Failure::error(
+                            Exit::Busy,
+                            format!(
+                                "watch timed out after {} with {left} task(s) not completed",
+                                duration::format(timeout.unwrap_or_default())
+                            ),
+                        ));
+                    }
+                    d - now
+                }
+                None => Duration::from_secs(3600),
+            };
+            if tracker.wait_changed(seen, wait).map_err(busy)? != seen {
+                break;
             }
         }
-    })
+    }
 }

@@ -94,6 +94,32 @@ impl InboxBatch {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty() && self.notices.is_empty()
     }
+
+    /// A batch read by another storage backend ([`crate::InboxStore`]): `advance` says, per
+    /// channel, the position its acknowledged cursor moves to when the batch is acknowledged.
+    pub fn from_parts(
+        items: Vec<InboxItem>,
+        notices: Vec<(ChannelName, Notice)>,
+        more: bool,
+        advance: BTreeMap<String, u64>,
+    ) -> Self {
+        Self {
+            items,
+            notices,
+            more,
+            advance: advance
+                .into_iter()
+                .map(|(c, p)| (c, Cursor::after(p)))
+                .collect(),
+        }
+    }
+
+    /// Per channel, the position acknowledging this batch moves its cursor to.
+    pub fn advances(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.advance
+            .iter()
+            .map(|(c, cur)| (c.as_str(), cur.position))
+    }
 }
 
 /// How many items are unread, per channel.

@@ -9,7 +9,9 @@
 //! fallback timer). [`BroadcastChannel`] publishes to topics, [`Subscription`] listens to topic
 //! patterns such as `build/*`. [`Consumer`] keeps a named, durable cursor (at-least-once
 //! delivery). [`Inbox`] gathers everything addressed to one agent from every channel and its
-//! stored topic subscriptions. [`doctor()`] checks and repairs the files.
+//! stored topic subscriptions. [`doctor()`] checks and repairs the files. [`ChannelStore`] and
+//! [`InboxStore`] are the storage seams the commands use, implemented here on the files
+//! ([`FileComm`], [`FileInboxes`]) and by `maos-postgres` on a server.
 //!
 //! On disk a channel is a segmented append-only log of JSON Lines (`docs/protocol.md`,
 //! section 6): writers take the channel's kernel lock, repair a torn tail left by a killed
@@ -93,7 +95,8 @@ pub use log::{Ahead, Cursor, Gap, GapCause, MAX_MESSAGE_LIMIT, Problem};
 pub use pubsub::{Subscription, TopicMessage, TopicPattern};
 pub use retention::{PruneReport, Retention, channel_stats, list_channels};
 pub use storage::{
-    ChannelRead, ChannelReader, ChannelStore, FileComm, Start, TopicRead, TopicReader,
+    AgentInbox, ChannelRead, ChannelReader, ChannelStore, FileComm, FileInboxes, InboxStore,
+    InboxWait, Start, TopicRead, TopicReader,
 };
 pub use watch::{ChannelWatcher, Notice};
 

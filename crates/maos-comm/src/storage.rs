@@ -1,6 +1,7 @@
 //! The storage seam of the comm commands: what `maos send`, `recv`, `broadcast` and
-//! `subscribe` need, implemented here on the files ([`FileComm`]) and by `maos-postgres` on a
-//! server. The backend is chosen once, by whoever opens the workspace
+//! `subscribe` need ([`ChannelStore`]) and what `maos inbox`, `subscribe --durable` and the
+//! hooks' mail need ([`InboxStore`]), implemented here on the files ([`FileComm`],
+//! [`FileInboxes`]) and by `maos-postgres` on a server. The backend is chosen once, by whoever opens the workspace
 //! (`maos_coordination::backend::open`); a command is written once, over [`ChannelStore`].
 
 use std::time::Duration;
@@ -9,7 +10,8 @@ use maos_core::{AgentId, ChannelName, Message, Name, Workspace};
 
 use crate::{
     BroadcastChannel, ChannelOptions, ChannelWatcher, Cursor, Delivered, FileChannel, Filter,
-    Notice, RawPayload, Receipt, Result, Subscription, TopicMessage, feed_options,
+    Inbox, InboxBatch, InboxWatcher, Notice, PruneReport, RawPayload, Receipt, Result, Retention,
+    Subscription, TopicMessage, Unread, feed_options,
 };
 
 /// Where a channel reader starts.
@@ -115,6 +117,110 @@ pub trait ChannelStore: Send + Sync + std::fmt::Debug {
         patterns: &[&str],
         consumer: Option<Name>,
     ) -> Result<Box<dyn TopicReader>>;
+    /// Removes old messages of an existing channel (`maos channels prune`): the newest `n`
+    /// are kept with [`Retention::Keep`] (at least `n`: the files remove whole segments),
+    /// those older than a duration go with [`Retention::OlderThan`]. Readers whose cursor
+    /// pointed into the removed history are told ([`crate::Pruned`]); a durable consumer's
+    /// cursor does not hold pruning back. Topic views are refused ([`crate::Error::Reserved`]):
+    /// prune the broadcast feed instead.
+    fn prune(&self, channel: &ChannelName, retention: Retention) -> Result<PruneReport>;
+}
+
+/// Agents' inboxes ([`crate::Inbox`]'s semantics: see its module docs for what is addressed
+/// to an agent), on whichever backend the workspace uses.
+pub trait InboxStore: Send + Sync + std::fmt::Debug {
+    /// The inbox of `agent` (its role from the agent registry).
+    fn open(&self, agent: AgentId) -> Result<Box<dyn AgentInbox>>;
+}
+
+/// One agent's inbox: everything addressed to it, read forward from durable per-channel
+/// cursors, and its stored topic subscriptions.
+pub trait AgentInbox: Send + std::fmt::Debug {
+    /// The agent.
+    fn agent(&self) -> &AgentId;
+    /// The stored topic subscriptions (as of the last call that read or changed them).
+    fn subscriptions(&self) -> &[String];
+    /// Stores topic subscriptions: broadcasts on matching topics published from now on come
+    /// to this inbox. Returns the patterns that were new.
+    fn subscribe(&mut self, patterns: &[&str]) -> Result<Vec<String>>;
+    /// Removes stored subscriptions; returns the ones that were there.
+    fn unsubscribe(&mut self, patterns: &[&str]) -> Result<Vec<String>>;
+    /// The unread items, at most `max`, without acknowledging them.
+    fn read(&mut self, max: usize) -> Result<InboxBatch>;
+    /// Acknowledges a batch this inbox returned: its items never come again. Cursors only
+    /// move forward, whoever else acknowledged meanwhile.
+    fn ack(&mut self, batch: &InboxBatch) -> Result<()>;
+    /// How many items are unread, per channel.
+    fn unread(&mut self) -> Result<Unread>;
+    /// A wake-up for a reader waiting for new items: make it before reading, so nothing that
+    /// arrives between the read and the wait is missed.
+    fn watcher(&self) -> Result<Box<dyn InboxWait>>;
+}
+
+/// Wakes an inbox reader when something may have arrived (a hint: read again after it).
+pub trait InboxWait: Send {
+    /// Blocks until a change may have happened since the last wait (or the watcher was made),
+    /// or `timeout` passes (or a backend's fallback interval, whichever is shorter).
+    fn wait(&self, timeout: Duration);
+}
+
+/// The file backend's inboxes: [`crate::Inbox`], state under `.maos/inbox/`.
+#[derive(Debug, Clone)]
+pub struct FileInboxes {
+    ws: Workspace,
+}
+
+impl FileInboxes {
+    /// The inboxes of `ws`.
+    pub fn new(ws: &Workspace) -> Self {
+        Self { ws: ws.clone() }
+    }
+}
+
+impl InboxStore for FileInboxes {
+    fn open(&self, agent: AgentId) -> Result<Box<dyn AgentInbox>> {
+        Ok(Box::new(Inbox::open(&self.ws, agent)?))
+    }
+}
+
+impl AgentInbox for Inbox {
+    fn agent(&self) -> &AgentId {
+        Inbox::agent(self)
+    }
+
+    fn subscriptions(&self) -> &[String] {
+        Inbox::subscriptions(self)
+    }
+
+    fn subscribe(&mut self, patterns: &[&str]) -> Result<Vec<String>> {
+        Inbox::subscribe(self, patterns)
+    }
+
+    fn unsubscribe(&mut self, patterns: &[&str]) -> Result<Vec<String>> {
+        Inbox::unsubscribe(self, patterns)
+    }
+
+    fn read(&mut self, max: usize) -> Result<InboxBatch> {
+        Inbox::read(self, max)
+    }
+
+    fn ack(&mut self, batch: &InboxBatch) -> Result<()> {
+        Inbox::ack(self, batch)
+    }
+
+    fn unread(&mut self) -> Result<Unread> {
+        Inbox::unread(self)
+    }
+
+    fn watcher(&self) -> Result<Box<dyn InboxWait>> {
+        Ok(Box::new(Inbox::watcher(self)?))
+    }
+}
+
+impl InboxWait for InboxWatcher {
+    fn wait(&self, timeout: Duration) {
+        InboxWatcher::wait(self, timeout);
+    }
 }
 
 /// The file backend: channels under `.maos/channels/`.
@@ -342,5 +448,9 @@ impl ChannelStore for FileComm {
             durable,
             rt: None,
         }))
+    }
+
+    fn prune(&self, channel: &ChannelName, retention: Retention) -> Result<PruneReport> {
+        FileChannel::open_existing(&self.ws, channel.clone())?.prune_blocking(retention)
     }
 }

@@ -2,7 +2,7 @@
 //! PostgreSQL server (`maos init --backend postgres://user@host/db`, recorded in
 //! `.maos/config.json`; `MAOS_BACKEND` / `MAOS_NAMESPACE` override it). [`open`] returns
 //! [`Backends`]: one implementation of each mechanism's storage trait ([`ChannelStore`],
-//! [`LockStore`], [`TaskStore`], [`AgentStore`]), so a command is written once over the
+//! [`InboxStore`], [`LockStore`], [`TaskStore`], [`AgentStore`]), so a command is written once over the
 //! traits.
 //!
 //! The only module of this crate with code: the choice itself, nothing of a mechanism.
@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use maos_comm::{ChannelStore, FileComm};
+use maos_comm::{ChannelStore, FileComm, FileInboxes, InboxStore};
 use maos_core::{AgentId, AgentStore, Config, FileAgents, Workspace};
 use maos_lock::{FileLocks, LockStore};
 use maos_merge::backend::MergeBackend;
+use maos_postgres::inbox::PgInboxes;
 use maos_postgres::merge::PgMerge;
 use maos_postgres::stores::{PgAgents, PgComm, PgLocks, PgTasks};
 use maos_postgres::{BACKEND_ENV, BackendUrl, NAMESPACE_ENV, Pg};
@@ -48,6 +49,17 @@ pub enum Error {
         "no namespace for the PostgreSQL backend {url}: give one with `maos init --backend URL --namespace NAME` or {NAMESPACE_ENV}"
     )]
     Namespace {
+        /// The URL (no password).
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<maos_postgres::Error>,
+    },
+    /// The namespace given (`--namespace`, MAOS_NAMESPACE or the config) is not a valid name.
+    #[error(
+        "the namespace given for the PostgreSQL backend {url} cannot be used: name another with `maos init --backend URL --namespace NAME` or {NAMESPACE_ENV}"
+    )]
+    BadNamespace {
         /// The URL (no password).
         url: String,
         /// Why.
@@ -128,14 +140,18 @@ pub fn namespace_for(
     url: &BackendUrl,
     given: Option<&str>,
 ) -> Result<String, Error> {
-    let ns = match given {
-        Some(n) => maos_postgres::check_namespace(n).map(|()| n.to_string()),
-        None => maos_postgres::default_namespace(root),
-    };
-    ns.map_err(|source| Error::Namespace {
-        url: url.to_string(),
-        source: Box::new(source),
-    })
+    match given {
+        Some(n) => maos_postgres::check_namespace(n)
+            .map(|()| n.to_string())
+            .map_err(|source| Error::BadNamespace {
+                url: url.to_string(),
+                source: Box::new(source),
+            }),
+        None => maos_postgres::default_namespace(root).map_err(|source| Error::Namespace {
+            url: url.to_string(),
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// The backend `ws` is configured for (`MAOS_BACKEND` / `MAOS_NAMESPACE` first).
@@ -272,6 +288,14 @@ impl Backends {
         }
     }
 
+    /// Agents' inboxes and their stored topic subscriptions.
+    pub fn inboxes(&self) -> Box<dyn InboxStore> {
+        match &self.kind {
+            Kind::File => Box::new(FileInboxes::new(&self.ws)),
+            Kind::Pg(pg) => Box::new(PgInboxes::new(pg)),
+        }
+    }
+
     /// The lock table.
     pub fn locks(&self) -> Box<dyn LockStore> {
         match &self.kind {
@@ -280,8 +304,8 @@ impl Backends {
         }
     }
 
-    /// The task graph, acting as `agent`; `lock_wait` bounds the wait for the file store's
-    /// lock.
+    /// The task graph, acting as `agent`; `lock_wait` bounds the wait for the store's lock
+    /// (the file store's kernel lock, the server's tasks guard row).
     ///
     /// # Errors
     /// The file store cannot be opened.
@@ -300,7 +324,13 @@ impl Backends {
                     &self.ws, opts,
                 )?)))
             }
-            Kind::Pg(pg) => Ok(Box::new(PgTasks::new(pg, agent.clone()))),
+            Kind::Pg(pg) => {
+                let mut t = PgTasks::new(pg, agent.clone());
+                if let Some(w) = lock_wait {
+                    t = t.lock_wait(w);
+                }
+                Ok(Box::new(t))
+            }
         }
     }
 
@@ -336,7 +366,7 @@ pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(x) = e {
         if matches!(
             x.downcast_ref::<maos_postgres::Error>(),
-            Some(maos_postgres::Error::Timeout { .. })
+            Some(maos_postgres::Error::Timeout { .. } | maos_postgres::Error::Busy { .. })
         ) {
             return true;
         }

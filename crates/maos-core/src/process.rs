@@ -111,6 +111,66 @@ impl ProcessIdentity {
     }
 }
 
+/// Ends `root` and every process descended from it with SIGKILL, stopping them all first
+/// (SIGSTOP, scanning again until no new descendant shows up) so that none can fork a child
+/// that escapes between the scan and the kill. `root` should be a child of the caller not yet
+/// waited for (so that its pid cannot have been reused). A descendant whose parent had
+/// already exited (reparented to init) is no longer found: that is the limit of a walk over
+/// parent pids.
+pub fn kill_tree(root: u32) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = |pid: u32, sig: Signal| {
+        if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            // A process that is gone already is what we want anyway.
+            let _ = kill_process(p, sig);
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stopped = Vec::new();
+    // Bounded: each round only stops processes not seen before.
+    for _ in 0..32 {
+        let new: Vec<u32> = tree_of(root)
+            .into_iter()
+            .filter(|p| seen.insert(*p))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for &p in &new {
+            signal(p, Signal::STOP);
+        }
+        stopped.extend(new);
+    }
+    for p in stopped {
+        signal(p, Signal::KILL);
+    }
+}
+
+/// `root` and its descendants now, by a scan of `/proc` (parent pids).
+fn tree_of(root: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        // Bounded: at most the kernel's pid limit of entries (4 million).
+        for e in dir.flatten().take(1 << 22) {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((_, ppid, _)) = read_stat(pid).as_deref().and_then(parse_stat) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(c) = children.get(&out[i]) {
+            out.extend(c.iter().copied().filter(|p| *p != root));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// This host's name.
 pub fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
@@ -217,6 +277,49 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell whose child sleeps: both are ended, and neither lingers (not even as a
+    /// running orphan of init).
+    #[test]
+    fn kill_tree_ends_a_process_and_its_descendants() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let mut sh = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 300 & echo $! > {0}.tmp; mv {0}.tmp {0}; wait",
+                pids.display()
+            ))
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let grandchild: u32 = loop {
+            if let Ok(s) = std::fs::read_to_string(&pids) {
+                break s.trim().parse().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell did not start"
+            );
+            std::thread::yield_now();
+        };
+        let g = ProcessIdentity::of(grandchild).unwrap();
+        assert_eq!(g.state(), ProcessState::Running);
+        kill_tree(sh.id());
+        let status = sh.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // The grandchild was killed too (gone, or a zombie until init reaps it).
+        while g.state() == ProcessState::Running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild survived"
+            );
+            std::thread::yield_now();
+        }
+    }
 
     #[test]
     fn start_time_survives_odd_command_names() {

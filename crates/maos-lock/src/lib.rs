@@ -113,6 +113,7 @@ pub use pattern::overlaps;
 pub use storage::{FileLocks, LockRequest, LockStore, Report, RunOutcome};
 pub use store::ops::{Blocker, Snapshot};
 pub use store::records::{Abort, LockInfo, LockMode, WaiterInfo};
+pub use store::{RECORD_TEXT_LIMIT, check_record_text};
 
 /// Runs the blocking step `op` on tokio's blocking pool: the one way this crate's async
 /// methods call their blocking parts, and the one place where a background task that panicked

@@ -68,6 +68,9 @@ pub struct Batch<T> {
     pub skipped: usize,
     /// Messages that did not decode as the requested type (position, reason).
     pub problems: Vec<(u64, String)>,
+    /// The channel's newest position, when the cursor read from is beyond it (a hand-made
+    /// `--after`): positions up to the cursor, when sent, are never shown to this reader.
+    pub ahead_of: Option<u64>,
 }
 
 impl<T> Batch<T> {
@@ -112,6 +115,57 @@ pub struct ChannelStats {
     pub oldest: u64,
     /// Messages kept.
     pub count: u64,
+}
+
+/// What [`PgChannel::prune_by`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Prune {
+    /// All but the newest `n` messages.
+    Keep(u64),
+    /// The messages sent longer ago than this (by the server's clock).
+    OlderThan(Duration),
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneOutcome {
+    /// Messages removed.
+    pub removed: u64,
+    /// Positions `..=pruned_through` are gone (0: nothing was removed).
+    pub pruned_through: u64,
+    /// The oldest position kept (`newest + 1` when none is).
+    pub oldest: u64,
+    /// The newest position.
+    pub newest: u64,
+}
+
+/// Removes from their topic channels the broadcasts named by removed feed entries (`bodies`).
+fn prune_topics(t: &mut Tx<'_>, ns: i64, bodies: &[postgres::Row]) -> Result<()> {
+    let mut through: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for row in bodies {
+        let body: String = row.get(0);
+        // An entry that does not decode names nothing we could remove.
+        if let Ok(m) = serde_json::from_str::<Message<FeedNotice>>(&body)
+            && let Ok(ch) = topic_channel(&m.payload.topic)
+        {
+            let e = through.entry(ch.to_string()).or_insert(0);
+            *e = (*e).max(i(m.payload.position));
+        }
+    }
+    for (ch, pos) in &through {
+        t.exec(
+            "remove pruned broadcasts",
+            "DELETE FROM maos.messages WHERE ns = $1 AND channel = $2 AND pos <= $3",
+            &[&ns, ch, pos],
+        )?;
+        t.exec(
+            "move a topic's oldest position",
+            "UPDATE maos.channels SET oldest = GREATEST(oldest, $3::bigint + 1) WHERE ns = $1 AND name = $2",
+            &[&ns, ch, pos],
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -247,6 +301,15 @@ impl PgChannel {
                 limit: self.max_message,
             });
         }
+        // Decode it as the most demanding reader does (every value materialised, with
+        // serde_json's nesting limit): what is acknowledged is readable by everyone.
+        if let Err(e) = serde_json::from_str::<Message<serde_json::Value>>(&body) {
+            return Err(Error::Unreadable {
+                channel: self.name.to_string(),
+                id: msg.id,
+                reason: e.to_string(),
+            });
+        }
         let recipients = serde_json::to_value(&msg.recipients).map_err(|source| Error::Json {
             channel: self.name.to_string(),
             source,
@@ -294,21 +357,21 @@ impl PgChannel {
         let ns = self.pg.inner.ns;
         let name = self.name.as_str();
         let after = i(cursor);
-        let (oldest, rows) = self.pg.run(|c| {
-            let oldest = c
+        let (bounds, rows) = self.pg.run(|c| {
+            let bounds = c
                 .opt(
                     "read the channel bounds",
-                    "SELECT oldest FROM maos.channels WHERE ns = $1 AND name = $2",
+                    "SELECT oldest, last FROM maos.channels WHERE ns = $1 AND name = $2",
                     &[&ns, &name],
                 )?
-                .map(|r| r.get::<_, i64>(0));
+                .map(|r| (u(r.get::<_, i64>(0)), u(r.get::<_, i64>(1))));
             let rows = c.query(
                 "read messages",
                 "SELECT pos, body FROM maos.messages WHERE ns = $1 AND channel = $2 AND pos > $3
                  ORDER BY pos LIMIT $4",
                 &[&ns, &name, &after, &DEFAULT_MAX_BATCH],
             )?;
-            Ok((oldest, rows))
+            Ok((bounds, rows))
         })?;
         let mut batch = Batch {
             messages: Vec::with_capacity(rows.len()),
@@ -316,14 +379,18 @@ impl PgChannel {
             pruned: None,
             skipped: 0,
             problems: Vec::new(),
+            ahead_of: None,
         };
-        if let Some(oldest) = oldest.map(u)
-            && oldest > cursor + 1
-        {
-            batch.pruned = Some(Pruned {
-                from: cursor + 1,
-                to: oldest - 1,
-            });
+        if let Some((oldest, last)) = bounds {
+            if oldest > cursor.saturating_add(1) {
+                batch.pruned = Some(Pruned {
+                    from: cursor + 1,
+                    to: oldest - 1,
+                });
+            }
+            if cursor > last {
+                batch.ahead_of = Some(last);
+            }
         }
         for row in rows {
             let pos = u(row.get(0));
@@ -407,32 +474,79 @@ impl PgChannel {
     /// Removes all but the newest `keep` messages; positions continue after the newest.
     /// Returns how many were removed.
     pub fn prune(&self, keep: u64) -> Result<u64> {
+        Ok(self.prune_by(Prune::Keep(keep))?.removed)
+    }
+
+    /// Removes old messages: all but the newest `n` ([`Prune::Keep`]) or those sent longer
+    /// ago than a duration on the server's clock ([`Prune::OlderThan`]). Positions continue
+    /// after the newest; readers whose cursor is in the removed range are told
+    /// ([`Batch::pruned`]). Pruning the global feed also removes the broadcasts its removed
+    /// entries name from their topic channels, in the same transaction. Consumers do not
+    /// hold pruning back (as with the files).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a topic channel (prune the global feed instead); server errors.
+    pub fn prune_by(&self, how: Prune) -> Result<PruneOutcome> {
         let ns = self.pg.inner.ns;
         let name = self.name.as_str();
-        let keep = i(keep);
+        if name.starts_with(TOPIC_PREFIX) && name != GLOBAL_FEED {
+            return Err(Error::Invalid {
+                what: "channel to prune",
+                reason: format!(
+                    "{name} shows the broadcasts on a topic; prune {GLOBAL_FEED} instead"
+                ),
+            });
+        }
+        let feed = name == GLOBAL_FEED;
+        let (keep, age_ms) = match how {
+            Prune::Keep(n) => (i(n), -1i64),
+            Prune::OlderThan(d) => (-1i64, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        };
         self.pg.run(|c| {
             c.tx("prune", |t| {
                 let Some(row) = t.opt(
                     "lock the channel",
-                    "SELECT last FROM maos.channels WHERE ns = $1 AND name = $2 FOR UPDATE",
+                    "SELECT last, oldest FROM maos.channels WHERE ns = $1 AND name = $2 FOR UPDATE",
                     &[&ns, &name],
                 )?
                 else {
-                    return Ok(0);
+                    return Ok(PruneOutcome::default());
                 };
                 let last: i64 = row.get(0);
-                let first_kept = (last - keep + 1).max(1);
-                let n = t.exec(
+                let oldest: i64 = row.get(1);
+                let first_kept: i64 = if keep >= 0 {
+                    (last - keep + 1).max(1)
+                } else {
+                    t.one(
+                        "find the oldest message to keep",
+                        "SELECT COALESCE(min(pos), $3::bigint + 1) FROM maos.messages
+                         WHERE ns = $1 AND channel = $2
+                           AND sent_at > clock_timestamp() - $4::float8 * interval '1 millisecond'",
+                        &[&ns, &name, &last, &(age_ms as f64)],
+                    )?
+                    .get(0)
+                };
+                let gone = t.query(
                     "remove old messages",
-                    "DELETE FROM maos.messages WHERE ns = $1 AND channel = $2 AND pos < $3",
+                    "DELETE FROM maos.messages WHERE ns = $1 AND channel = $2 AND pos < $3
+                     RETURNING body",
                     &[&ns, &name, &first_kept],
                 )?;
+                if feed {
+                    prune_topics(t, ns, &gone)?;
+                }
                 t.exec(
                     "move the oldest position",
                     "UPDATE maos.channels SET oldest = GREATEST(oldest, $3) WHERE ns = $1 AND name = $2",
                     &[&ns, &name, &first_kept],
                 )?;
-                Ok(n)
+                let now_oldest = oldest.max(first_kept);
+                Ok(PruneOutcome {
+                    removed: gone.len() as u64,
+                    pruned_through: if gone.is_empty() { 0 } else { u(now_oldest - 1) },
+                    oldest: u(now_oldest.min(last + 1)),
+                    newest: u(last),
+                })
             })
         })
     }
@@ -498,6 +612,10 @@ impl PgConsumer {
 
     /// Acknowledges everything up to `position`; never moves the stored position backwards
     /// (another handle of the same consumer may be ahead).
+    ///
+    /// # Errors
+    /// [`Error::AheadOfLog`] for a position the channel does not hold yet: acknowledged, it
+    /// would hide the messages sent there later.
     pub fn ack(&mut self, position: u64) -> Result<()> {
         let ns = self.channel.pg.inner.ns;
         let ch = self.channel.name.as_str();
@@ -510,6 +628,20 @@ impl PgConsumer {
                     "INSERT INTO maos.channels (ns, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&ns, &ch],
                 )?;
+                let newest: i64 = t
+                    .one(
+                        "read the channel's newest position",
+                        "SELECT last FROM maos.channels WHERE ns = $1 AND name = $2",
+                        &[&ns, &ch],
+                    )?
+                    .get(0);
+                if p > newest {
+                    return Err(Error::AheadOfLog {
+                        channel: ch.to_string(),
+                        position,
+                        newest: u(newest),
+                    });
+                }
                 Ok(u(t
                     .one(
                         "store a consumer position",

@@ -57,8 +57,10 @@ impl BackendUrl {
     }
 
     /// A client configuration with the password filled in (from `PGPASSWORD`, else the
-    /// pgpass file), maos's application name, timeouts and TCP keepalives.
-    pub(crate) fn client_config(&self) -> postgres::Config {
+    /// pgpass file), maos's application name (`maos pid <pid> on <host>`), timeouts (the
+    /// session options: [`ROW_WAIT`], [`IDLE_IN_TRANSACTION`]) and TCP keepalives: what
+    /// maos's own connections use, for tools that must look like one to the server.
+    pub fn client_config(&self) -> postgres::Config {
         let mut c = self.config.clone();
         if c.get_user().is_none() {
             c.user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".to_string()));
@@ -69,7 +71,8 @@ impl BackendUrl {
         if let Some(pw) = password_for(&c) {
             c.password(pw);
         }
-        c.application_name("maos")
+        c.application_name(&application_name())
+            .options(&session_options(IDLE_IN_TRANSACTION))
             .connect_timeout(Duration::from_secs(10))
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
@@ -95,6 +98,42 @@ impl std::fmt::Display for BackendUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.url)
     }
+}
+
+/// How long one of maos's sessions may sit idle inside a transaction before the server ends
+/// it (`idle_in_transaction_session_timeout`; the default of [`crate::Options::stuck_after`]):
+/// maos's transactions never wait on anything but the server between statements, so one
+/// idle this long belongs to a process that was stopped (SIGSTOP, Ctrl-Z, a suspended
+/// laptop) while it held rows everyone else needs.
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+
+/// The startup options of maos's sessions: [`ROW_WAIT`], and `stuck_after` (see
+/// [`IDLE_IN_TRANSACTION`]).
+pub(crate) fn session_options(stuck_after: Duration) -> String {
+    format!(
+        "-c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+        stuck_after.as_millis().max(1),
+        ROW_WAIT.as_millis()
+    )
+}
+
+/// The longest any statement waits for a row another session holds (`lock_timeout`), unless
+/// the operation sets a shorter one from its own wait.
+pub const ROW_WAIT: Duration = Duration::from_secs(30);
+
+/// `maos pid <pid> on <host>` (at most 63 bytes, the server's limit): what
+/// `pg_stat_activity` shows, so that a session holding rows can be traced to its process.
+pub(crate) fn application_name() -> String {
+    let id = maos_core::ProcessIdentity::current();
+    let mut name = format!("maos pid {} on {}", id.pid, id.host);
+    if name.len() > 63 {
+        let mut end = 63;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 /// `url` with any password replaced by `***`.

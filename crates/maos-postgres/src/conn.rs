@@ -36,6 +36,11 @@ pub struct Options {
     /// as dead (default 10 s): a server restart or a network blip, after which the agent's
     /// process reconnects and re-anchors it, is not a death.
     pub dead_grace: Duration,
+    /// How long one of this process's sessions may sit idle inside a transaction before the
+    /// server ends it (default [`crate::IDLE_IN_TRANSACTION`], 10 s): the longest a process
+    /// stopped in the middle of a change (SIGSTOP, a suspended laptop) holds rows that
+    /// everyone else needs. Its next statement then finds the connection gone and retries.
+    pub stuck_after: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +51,7 @@ impl Default for Options {
             lock_fallback: Duration::from_millis(500),
             channel_fallback: Duration::from_secs(2),
             dead_grace: Duration::from_secs(10),
+            stuck_after: crate::config::IDLE_IN_TRANSACTION,
         }
     }
 }
@@ -61,6 +67,12 @@ impl Options {
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn heartbeat(mut self, d: Duration) -> Self {
         self.heartbeat = d.max(Duration::from_millis(10));
+        self
+    }
+    /// Sets [`Options::stuck_after`] (at least 100 ms).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn stuck_after(mut self, d: Duration) -> Self {
+        self.stuck_after = d.max(Duration::from_millis(100));
         self
     }
     /// Sets [`Options::dead_grace`].
@@ -219,6 +231,27 @@ impl Tx<'_> {
             .map_err(|e| Error::pg("relax the commit", e))
     }
 
+    /// [`Tx::relaxed`], and statements of this transaction wait at most `wait_ms` for a row
+    /// another session holds (`lock_timeout`; then [`Error::Busy`]): one round trip.
+    pub(crate) fn relaxed_within(&mut self, wait_ms: u64) -> Result<()> {
+        self.t
+            .batch_execute(&format!(
+                "SET LOCAL synchronous_commit = off; SET LOCAL lock_timeout = {wait_ms}"
+            ))
+            .map_err(|e| Error::pg("relax the commit", e))
+    }
+
+    /// Statements of this transaction wait at most `wait` for a row another session holds
+    /// (`lock_timeout`; then [`Error::Busy`]).
+    pub(crate) fn wait_at_most(&mut self, wait: Duration) -> Result<()> {
+        self.t
+            .batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                wait.as_millis().max(1)
+            ))
+            .map_err(|e| Error::pg("bound the wait for rows", e))
+    }
+
     /// Sends `NOTIFY channel, payload` (delivered when the transaction commits).
     pub(crate) fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
         self.exec("notify", "SELECT pg_notify($1, $2)", &[&channel, &payload])
@@ -258,7 +291,9 @@ pub(crate) struct Session {
     state: Mutex<SessionState>,
     changed: Condvar,
     callbacks: Mutex<Vec<LostCallback>>,
-    _stop: Mutex<mpsc::Sender<()>>,
+    /// To the session thread: a message asks it to check its connection now; dropping the
+    /// sender (with the session) stops it.
+    wake: Mutex<mpsc::Sender<()>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,15 +308,36 @@ struct SessionState {
 impl Session {
     /// The current key and epoch, waiting up to `wait` for a lost session to come back.
     pub(crate) fn current(&self, wait: Duration) -> Result<(i64, u64)> {
+        self.wait_until(wait, |_| true).map_err(|()| Error::Invalid {
+            what: "session",
+            reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
+        })
+    }
+
+    /// The session after `epoch`: asks the session thread to check its connection now
+    /// (the caller saw the session `key` of `epoch` dead on the server, which the thread
+    /// notices only at its next heartbeat) and waits up to `wait` for the new session.
+    pub(crate) fn after(&self, epoch: u64, wait: Duration) -> Result<(i64, u64)> {
+        let _ = lock(&self.wake).send(());
+        self.wait_until(wait, |st| st.epoch > epoch)
+            .map_err(|()| Error::Invalid {
+                what: "session",
+                reason: "the liveness session to the maos server ended and no new one started in time: check the server and the network".into(),
+            })
+    }
+
+    /// Waits up to `wait` until the session is up and `ok` holds; its key and epoch then.
+    fn wait_until(
+        &self,
+        wait: Duration,
+        ok: impl Fn(&SessionState) -> bool,
+    ) -> std::result::Result<(i64, u64), ()> {
         let deadline = Instant::now() + wait;
         let mut st = lock(&self.state);
-        while !st.up {
+        while !st.up || !ok(&st) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Invalid {
-                    what: "session",
-                    reason: "the liveness session to the maos server is down and did not come back: check the server and the network".into(),
-                });
+                return Err(());
             }
             st = match self.changed.wait_timeout(st, left) {
                 Ok((g, _)) => g,
@@ -360,7 +416,8 @@ impl Pg {
     /// [`Pg::connect`] with `options`.
     pub fn connect_with(url: &BackendUrl, namespace: &str, options: Options) -> Result<Self> {
         crate::config::check_namespace(namespace)?;
-        let config = url.client_config();
+        let mut config = url.client_config();
+        config.options(&crate::config::session_options(options.stuck_after));
         let mut conn = open(&config, url)?;
         schema::migrate(&mut conn)?;
         let ns = schema::namespace(&mut conn, namespace)?;
@@ -422,6 +479,7 @@ impl Pg {
         let deadline = Instant::now() + self.inner.options.reconnect_for;
         let mut delay = Duration::from_millis(20);
         loop {
+            let started = Instant::now();
             let res = self.checkout().and_then(|mut c| {
                 // A connection idle for a while may have been cut without our noticing:
                 // check it before relying on it (cheap, and only after idle time).
@@ -439,6 +497,11 @@ impl Pg {
                 r
             });
             match res {
+                Err(Error::Query { what, source })
+                    if source.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    return Err(self.busy(what, started.elapsed()));
+                }
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "connection lost; retrying on a new one");
                     std::thread::sleep(delay);
@@ -452,6 +515,51 @@ impl Pg {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// The error of an operation that gave up waiting for rows another session holds,
+    /// naming the sessions that sit idle in a transaction (the stopped processes).
+    fn busy(&self, what: &'static str, waited: Duration) -> Error {
+        let suspects = self
+            .checkout()
+            .and_then(|mut c| {
+                let rows = c.query(
+                    "find sessions idle in a transaction",
+                    "SELECT pid, application_name, coalesce(host(client_addr), 'local socket'),
+                            extract(epoch FROM clock_timestamp() - state_change)::bigint
+                       FROM pg_catalog.pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()
+                        AND state LIKE 'idle in transaction%'
+                      ORDER BY state_change LIMIT 5",
+                    &[],
+                )?;
+                self.checkin(c);
+                Ok(rows)
+            })
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "server pid {} ({}, from {}) idle in a transaction for {} s",
+                            r.get::<_, i32>(0),
+                            maos_core::excerpt(&r.get::<_, String>(1), 63),
+                            r.get::<_, String>(2),
+                            r.get::<_, i64>(3)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Error::Busy {
+            what,
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            suspects: if suspects.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", suspects.join("; "))
+            },
+            idle_s: self.inner.options.stuck_after.as_secs(),
         }
     }
 
@@ -491,6 +599,13 @@ impl Pg {
         let h = crate::hub::Hub::start(self)?;
         *slot = Some(h.clone());
         Ok(h)
+    }
+
+    /// The client configuration this backend's connections use (URL, password, application
+    /// name, session options, keepalives): for a tool that must look like one of them to the
+    /// server (a diagnostic, a fault test).
+    pub fn client_config(&self) -> postgres::Config {
+        self.inner.config.clone()
     }
 
     /// The key of this process's liveness session (starting it if needed): whoever wants to
@@ -607,7 +722,7 @@ fn start_session(pg: &Pg) -> Result<Arc<Session>> {
         }),
         changed: Condvar::new(),
         callbacks: Mutex::new(Vec::new()),
-        _stop: Mutex::new(stop_tx),
+        wake: Mutex::new(stop_tx),
     });
     let weak = Arc::downgrade(&session);
     // The thread holds only a weak reference to the backend's state, so dropping the last
@@ -634,8 +749,9 @@ fn session_thread(
     let stopping = AtomicBool::new(false);
     loop {
         match stop.recv_timeout(every) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return, // the backend is gone: closing the connection ends the session
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {} // asked to check now, or time
+            // The backend is gone: closing the connection ends the session.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if conn
             .client
@@ -681,8 +797,8 @@ fn session_thread(
                 Err(e) => {
                     tracing::debug!(error = %e, "session reconnect failed");
                     match stop.recv_timeout(delay) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => {
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
                             stopping.store(true, Ordering::Relaxed);
                             return;
                         }

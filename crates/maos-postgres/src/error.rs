@@ -107,6 +107,22 @@ pub enum Error {
         /// Who blocked it last.
         blocker: Option<Box<Holder>>,
     },
+    /// Another session held the rows this operation needs longer than it may wait: a
+    /// process stopped in the middle of a change (SIGSTOP, Ctrl-Z, a suspended laptop) holds
+    /// them until it resumes or the server ends its transaction.
+    #[error(
+        "{what}: gave up after {waited_ms} ms waiting for rows another session holds{suspects}; a process stopped in the middle of a change (SIGSTOP, Ctrl-Z, a suspended laptop) keeps them until it resumes or the server ends its transaction ({idle_s} s idle): resume or end that process, or retry"
+    )]
+    Busy {
+        /// The operation.
+        what: &'static str,
+        /// How long it waited.
+        waited_ms: u64,
+        /// The sessions idle in a transaction now, in words (empty when none was found).
+        suspects: String,
+        /// After how many seconds idle in a transaction the server ends one of maos's.
+        idle_s: u64,
+    },
     /// Deadlock resolution ended this wait.
     #[error("deadlock: the wait for {resource} was chosen as the victim of a cycle between {}", agents.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Deadlock {
@@ -158,6 +174,32 @@ pub enum Error {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// A message that receivers could not decode (nested deeper than serde_json's limit,
+    /// an invalid escape): refused before anything is written, as on the files.
+    #[error(
+        "channel {channel}: message {id} would not be readable by receivers ({reason}); nothing \
+         was written"
+    )]
+    Unreadable {
+        /// The channel.
+        channel: String,
+        /// The refused message.
+        id: maos_core::MessageId,
+        /// What a receiver would fail on.
+        reason: String,
+    },
+    /// A consumer acknowledging a position its channel does not hold yet.
+    #[error(
+        "channel {channel}: cannot acknowledge position {position}, the newest message is at {newest}"
+    )]
+    AheadOfLog {
+        /// The channel.
+        channel: String,
+        /// The position to acknowledge.
+        position: u64,
+        /// The channel's newest position.
+        newest: u64,
     },
     /// A message does not serialise or decode.
     #[error("message on {channel} does not (de)serialise")]

@@ -12,6 +12,7 @@
 //!
 //! - [`comm::PgChannel`] (send, receive from a position, wait, consumers, pruning),
 //!   [`comm::PgBroadcast`] and [`comm::PgSubscription`] (topics and the global feed);
+//!   [`inbox::PgInbox`] (everything addressed to one agent, its stored subscriptions);
 //! - [`lock::PgLock`] / [`lock::PgGuard`] (exclusive, shared and pattern locks, FIFO waiting,
 //!   leases, fencing tokens), [`lock::PgLockTable`], [`lock::PgDeadlockDetector`];
 //! - [`track::PgTracker`] (the task graph, claims, report, critical path, Gantt);
@@ -20,8 +21,8 @@
 //!   `MergeBackend`: merge lock, queue, resolution tasks and notices on the server; git stays
 //!   in each clone);
 //! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
-//!   `AgentStore`) on the types above, which the CLI uses when a workspace's backend is
-//!   `postgres://...`.
+//!   `AgentStore`; `InboxStore` in [`inbox`]) on the types above, which the CLI uses when a
+//!   workspace's backend is `postgres://...`.
 //!
 //! How each semantic is kept, in one line each (docs/protocol.md, section 10, has the exact
 //! rules a client follows):
@@ -80,12 +81,14 @@
 //! - A workspace chooses this backend with `maos init --backend postgres://...`
 //!   (`maos_coordination::backend::open` then hands out [`stores`]' implementations of the
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
-//!   `TaskTracker`) stay file-only. Through the traits, `task show` has no per-task history
-//!   (the server keeps the operations log, [`track::PgTracker::log_after`]). The inbox, stored subscriptions,
-//!   channel pruning from the CLI (`maos channels` lists without byte counts), task edits and comments
-//!   and the dashboard are not available on this backend yet: they say so instead of using
-//!   files (so are the MCP server's `inbox` and `subscribe` tools; its other tools and the
-//!   hooks work here). The demo runs here with its agents on the library (`maos demo
+//!   `TaskTracker`) stay file-only. A task's history is paged on the server (the latest
+//!   [`maos_track::MAX_HISTORY`] events of `task show`, with the count of earlier ones), and
+//!   records written before schema version 3 have no history events. The dashboard is not
+//!   available on this backend yet: it says so instead of using files (`maos channels` lists
+//!   without byte counts). The inbox ([`inbox::PgInboxes`]), its stored subscriptions, channel
+//!   pruning, the MCP server's tools and the hooks work here. A stored subscription brings the
+//!   broadcasts published after that pattern was stored (the file inbox starts its one feed
+//!   cursor at the first subscription). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
 //! - The synchronous client blocks on a runtime of its own: from async code, call it where
 //!   blocking is allowed (`tokio::task::block_in_place`, `spawn_blocking`), and drop the last
@@ -96,6 +99,7 @@ mod config;
 mod conn;
 mod error;
 mod hub;
+pub mod inbox;
 pub mod lock;
 pub mod merge;
 pub mod registry;
@@ -105,8 +109,8 @@ pub mod stores;
 pub mod track;
 
 pub use config::{
-    BACKEND_ENV, BackendUrl, MAX_NAMESPACE_LEN, NAMESPACE_ENV, check_namespace, default_namespace,
-    redact,
+    BACKEND_ENV, BackendUrl, IDLE_IN_TRANSACTION, MAX_NAMESPACE_LEN, NAMESPACE_ENV, ROW_WAIT,
+    check_namespace, default_namespace, redact,
 };
 pub use conn::{KEY_TAG, Options, Pg};
 pub use error::{Error, Holder, Result};

@@ -84,10 +84,17 @@ impl PgRegistry {
     /// Registers `reg`. Without an explicit anchor the agent is anchored on this process's
     /// database session: it is dead for every machine once that session ends.
     pub fn register(&self, reg: Registration) -> Result<AgentRecord> {
-        let ns = self.pg.inner.ns;
         let on_session = reg.anchor.is_none();
-        let key = if on_session {
-            let k = self.pg.session_key()?;
+        let session = if on_session {
+            Some(self.pg.session()?)
+        } else {
+            None
+        };
+        let mut current = match &session {
+            Some(s) => Some(s.current(self.pg.inner.options.reconnect_for)?),
+            None => None,
+        };
+        if on_session {
             let mut anchored = match self.pg.inner.anchored.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -95,10 +102,25 @@ impl PgRegistry {
             if !anchored.iter().any(|a| a == reg.id.as_str()) {
                 anchored.push(reg.id.to_string());
             }
-            Some(k)
-        } else {
-            None
-        };
+        }
+        loop {
+            match self.write(&reg, current.map(|c| c.0))? {
+                Some(rec) => return Ok(rec),
+                // The session ended before this process noticed: an agent anchored on it
+                // would count as dead. Anchor it on the new session instead.
+                None => {
+                    if let (Some(s), Some((_, epoch))) = (&session, current) {
+                        current = Some(s.after(epoch, self.pg.inner.options.reconnect_for)?);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One registration under the session `key` (none for an explicit anchor); `None`
+    /// when that session is no longer alive on the server.
+    fn write(&self, reg: &Registration, key: Option<i64>) -> Result<Option<AgentRecord>> {
+        let ns = self.pg.inner.ns;
         let lease = millis(reg.lease.unwrap_or(self.lease));
         let anchor = reg
             .anchor
@@ -111,7 +133,15 @@ impl PgRegistry {
                     "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'agents' FOR UPDATE",
                     &[&ns],
                 )?;
-                let now: i64 = t.one("read the server clock", "SELECT maos.now_ms()", &[])?.get(0);
+                let row = t.one(
+                    "read the server clock",
+                    "SELECT maos.now_ms(), $1::bigint IS NULL OR maos.session_alive($1)",
+                    &[&key],
+                )?;
+                if !row.get::<_, bool>(1) {
+                    return Ok(None);
+                }
+                let now: i64 = row.get(0);
                 let now_u = u64::try_from(now).unwrap_or(0);
                 let old = t
                     .opt(
@@ -159,7 +189,7 @@ impl PgRegistry {
                          lease_until = EXCLUDED.lease_until, record = EXCLUDED.record, dead_since = NULL",
                     &[&ns, &rec.id.as_str(), &role, &key, &until, &json],
                 )?;
-                Ok(rec)
+                Ok(Some(rec))
             })
         })
     }
@@ -281,6 +311,48 @@ pub fn is_session(a: &Anchor) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Registered after this process's session was terminated on the server but before
+    /// the session thread noticed (a one-minute heartbeat here): anchored on the dead key,
+    /// the agent would count as dead for everyone. It is anchored on the new session.
+    #[test]
+    fn an_agent_is_never_anchored_on_a_session_that_already_ended() {
+        let raw = crate::server::shared_url().unwrap();
+        let url = crate::BackendUrl::parse(&raw).unwrap();
+        let ns = crate::server::unique_namespace("registry-dead-session");
+        let worker = Pg::connect_with(
+            &url,
+            &ns,
+            crate::Options::default().heartbeat(std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
+        let watcher = Pg::connect_with(
+            &url,
+            &ns,
+            crate::Options::default().dead_grace(std::time::Duration::ZERO),
+        )
+        .unwrap();
+        let old = worker.session_key().unwrap();
+        let mut admin = postgres::Client::connect(&raw, postgres::NoTls).unwrap();
+        let done: bool = admin
+            .query_one(
+                "SELECT pg_terminate_backend(backend_pid) FROM maos.sessions WHERE key = $1",
+                &[&old],
+            )
+            .unwrap()
+            .get(0);
+        assert!(done);
+        crate::server::wait_until(std::time::Duration::from_secs(30), || {
+            !watcher.session_alive(old).unwrap()
+        });
+        let id = AgentId::new("w").unwrap();
+        PgRegistry::new(&worker)
+            .register(Registration::new(id.clone()))
+            .unwrap();
+        let seen = PgRegistry::new(&watcher).get(&id).unwrap().unwrap();
+        assert_ne!(seen.session_key, Some(old), "anchored on the ended session");
+        assert_eq!(seen.liveness(), Liveness::Alive);
+    }
 
     #[test]
     fn agents_anchored_on_a_session_die_with_it_everywhere() {

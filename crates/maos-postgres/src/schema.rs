@@ -5,11 +5,23 @@ use crate::conn::{Conn, Exec};
 use crate::{Error, Result};
 
 /// The migrations, in order: `(version, name, sql)`. Version `n` is `migrations/000n_*.sql`.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_inbox.sql",
+        include_str!("../migrations/0002_inbox.sql"),
+    ),
+    (
+        3,
+        "0003_task_history.sql",
+        include_str!("../migrations/0003_task_history.sql"),
+    ),
+];
 
 /// The schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

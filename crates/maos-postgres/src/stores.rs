@@ -24,7 +24,10 @@ use maos_lock::{
     Deadlock, FencingToken, LeaseGrant, LockMode, LockRequest, LockStore, Node, Report, RunOutcome,
     Snapshot, Via,
 };
-use maos_track::{ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore, Update};
+use maos_track::{
+    Amendment, Ownership, ProgressReport, ReadyPage, Task, TaskDetails, TaskStatus, TaskStore,
+    Update,
+};
 
 use crate::comm::{self as pc, PgBroadcast, PgChannel, PgConsumer, PgSubscription};
 use crate::lock::{self as pl, PgDeadlockDetector, PgLock, PgLockTable};
@@ -47,9 +50,29 @@ pub fn core_error(e: Error) -> maos_core::Error {
 }
 
 fn comm_error(channel: &str, e: Error) -> maos_comm::Error {
-    maos_comm::Error::Core {
-        channel: channel.to_string(),
-        source: core_error(e),
+    match e {
+        Error::Unreadable {
+            channel,
+            id,
+            reason,
+        } => maos_comm::Error::Unreadable {
+            channel,
+            id,
+            reason,
+        },
+        Error::AheadOfLog {
+            channel,
+            position,
+            newest,
+        } => maos_comm::Error::AheadOfLog {
+            channel,
+            position,
+            newest,
+        },
+        other => maos_comm::Error::Core {
+            channel: channel.to_string(),
+            source: core_error(other),
+        },
     }
 }
 
@@ -135,7 +158,14 @@ impl PgComm {
     }
 }
 
-fn read_of(channel: &str, b: pc::Batch<RawPayload>, before: u64) -> ChannelRead {
+/// `b` as the mechanism's read; `ahead_told` remembers that a cursor ahead of the channel
+/// was reported already (once per reader, as on the files).
+fn read_of(
+    channel: &str,
+    b: pc::Batch<RawPayload>,
+    before: u64,
+    ahead_told: &mut bool,
+) -> ChannelRead {
     let mut r = ChannelRead::default();
     r.progressed = b.cursor != before;
     r.cursor = b.cursor;
@@ -150,6 +180,14 @@ fn read_of(channel: &str, b: pc::Batch<RawPayload>, before: u64) -> ChannelRead 
             .into_iter()
             .map(|(pos, why)| format!("message {pos} on {channel} is unreadable: {why}")),
     );
+    let ahead = b.ahead_of.filter(|_| !std::mem::replace(ahead_told, true));
+    r.warnings.extend(ahead.map(|newest| {
+        format!(
+            "the cursor (position {before}) is ahead of {channel}'s newest message ({newest}): \
+             messages sent there up to position {before} will not be shown to this reader; \
+             read from an earlier position (--after {newest})"
+        )
+    }));
     r.messages = b
         .messages
         .into_iter()
@@ -166,6 +204,7 @@ struct PgReader {
     filter: pc::Filter,
     consumer: Option<PgConsumer>,
     cursor: u64,
+    ahead_told: bool,
 }
 
 impl PgReader {
@@ -182,7 +221,7 @@ impl ChannelReader for PgReader {
             .map_err(|e| comm_error(&self.name(), e))?;
         let before = self.cursor;
         self.cursor = b.cursor;
-        Ok(read_of(&self.name(), b, before))
+        Ok(read_of(&self.name(), b, before, &mut self.ahead_told))
     }
 
     fn wait(&mut self, timeout: Duration) -> maos_comm::Result<ChannelRead> {
@@ -192,7 +231,7 @@ impl ChannelReader for PgReader {
             .map_err(|e| comm_error(&self.name(), e))?;
         let before = self.cursor;
         self.cursor = b.cursor;
-        Ok(read_of(&self.name(), b, before))
+        Ok(read_of(&self.name(), b, before, &mut self.ahead_told))
     }
 
     fn ack(&mut self, position: u64) -> maos_comm::Result<()> {
@@ -323,6 +362,7 @@ impl ChannelStore for PgComm {
             filter,
             consumer,
             cursor,
+            ahead_told: false,
         }))
     }
 
@@ -414,6 +454,14 @@ impl ChannelStore for PgComm {
             sub,
             consumer,
         }))
+    }
+
+    fn prune(
+        &self,
+        channel: &ChannelName,
+        retention: maos_comm::Retention,
+    ) -> maos_comm::Result<maos_comm::PruneReport> {
+        crate::inbox::prune(&self.pg, channel, retention)
     }
 }
 
@@ -774,6 +822,13 @@ impl PgTasks {
             tracker: PgTracker::new(pg).agent(agent),
         }
     }
+
+    /// Writes wait at most `wait` for the tasks guard ([`PgTracker::lock_wait`]).
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.tracker = self.tracker.lock_wait(wait);
+        self
+    }
 }
 
 fn ready_after_claims(t: &Task) -> bool {
@@ -817,11 +872,9 @@ impl TaskStore for PgTasks {
     }
 
     fn show(&self, id: &TaskId) -> Result<Option<TaskDetails>, maos_track::Error> {
-        // The server keeps the operations, not the per-task history of the file store.
-        Ok(self.get(id)?.map(|task| TaskDetails {
-            task,
-            history: Vec::new(),
-        }))
+        self.tracker
+            .show(id, maos_track::MAX_HISTORY)
+            .map_err(track_error)
     }
 
     fn list(&self) -> Result<Vec<Task>, maos_track::Error> {
@@ -863,6 +916,35 @@ impl TaskStore for PgTasks {
 
     fn report(&self) -> Result<ProgressReport, maos_track::Error> {
         self.tracker.report().map_err(track_error)
+    }
+
+    fn amend(&self, id: &TaskId, amendment: &Amendment) -> Result<Task, maos_track::Error> {
+        self.tracker.amend(id, amendment).map_err(track_error)
+    }
+
+    fn comment(&self, id: &TaskId, text: &str) -> Result<(), maos_track::Error> {
+        self.tracker.comment(id, text).map_err(track_error)
+    }
+
+    fn assign(
+        &self,
+        id: &TaskId,
+        agent: Option<&AgentId>,
+        ownership: Ownership,
+    ) -> Result<Task, maos_track::Error> {
+        self.tracker
+            .assign(id, agent, ownership)
+            .map_err(track_error)
+    }
+
+    fn version(&self) -> Result<u64, maos_track::Error> {
+        self.tracker.version().map_err(track_error)
+    }
+
+    fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64, maos_track::Error> {
+        self.tracker
+            .wait_changed(seen, timeout)
+            .map_err(track_error)
     }
 }
 

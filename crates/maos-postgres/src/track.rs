@@ -19,7 +19,7 @@ use std::time::Duration;
 use maos_core::{AgentId, Liveness, TaskId};
 /// A status change with its preconditions: maos-track's own, so both backends take the same.
 pub use maos_track::Update;
-use maos_track::{Ownership, Task, TaskStatus};
+use maos_track::{Amendment, Edit, Event, EventKind, Ownership, Task, TaskDetails, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{Exec, Tx};
@@ -75,11 +75,32 @@ pub enum Op {
         /// The agent, or none.
         agent: Option<AgentId>,
     },
+    /// Descriptive fields changed.
+    Edit {
+        /// The task.
+        task: TaskId,
+        /// The new values.
+        set: Edit,
+    },
+    /// A comment (history only).
+    Comment {
+        /// The task.
+        task: TaskId,
+        /// The text.
+        text: String,
+    },
     /// A new dependency.
     AddDependency {
         /// The task.
         task: TaskId,
         /// What it now depends on.
+        dependency: TaskId,
+    },
+    /// A dependency removed.
+    RemoveDependency {
+        /// The task.
+        task: TaskId,
+        /// What it no longer depends on.
         dependency: TaskId,
     },
 }
@@ -144,103 +165,265 @@ impl Cache {
         })
     }
 
-    fn failed_dep(&self, t: &Task) -> Option<String> {
-        t.dependencies.iter().find_map(|d| {
-            let d = self.get(d)?;
-            (d.status == TaskStatus::Failed).then(|| match &d.note {
-                Some(n) => format!("dependency {} failed: {n}", d.id),
-                None => format!("dependency {} failed", d.id),
-            })
+    fn need(&self, id: &TaskId) -> Result<&Task> {
+        self.get(id).ok_or_else(|| Error::TaskNotFound {
+            task: id.to_string(),
         })
     }
 
-    /// Applies one validated record (the protocol's rules, section 8); returns the tasks
-    /// it changed.
-    fn apply(&mut self, op: &Op, at: u64, by: Option<&AgentId>) -> Vec<TaskId> {
+    /// Only the assignee acts on an assigned task, unless forced (as on the files).
+    fn permit(&self, id: &TaskId, ctx: &Ctx<'_>) -> Result<()> {
+        let t = self.need(id)?;
+        match (&t.assigned_to, ctx.by) {
+            (None, _) => Ok(()),
+            (Some(a), Some(b)) if a == b => Ok(()),
+            _ if ctx.force => Ok(()),
+            (Some(a), Some(b)) => Err(Error::NotAssignee {
+                task: id.clone(),
+                assignee: a.clone(),
+                actor: b.clone(),
+            }),
+            (Some(a), None) => Err(Error::Invalid {
+                what: "actor",
+                reason: format!(
+                    "task {id} is assigned to {a} and this writer names no agent: set \
+                     MAOS_AGENT_ID or force it"
+                ),
+            }),
+        }
+    }
+
+    /// Validates one record against the graph, exactly as the file store's replay does
+    /// (`docs/protocol.md`, section 8), and applies it; the history events it causes are
+    /// pushed on `events`. Returns the tasks whose documents changed. On error the cache
+    /// may be partly changed: the caller discards it.
+    fn apply(
+        &mut self,
+        op: &Op,
+        ctx: &Ctx<'_>,
+        events: &mut Vec<(TaskId, Event)>,
+    ) -> Result<Vec<TaskId>> {
         match op {
-            Op::Create { task } => {
-                let mut t = (**task).clone();
-                t.revision = 1;
-                t.created_at = at;
-                t.updated_at = at;
-                t.status = if self.deps_done(&t) {
-                    TaskStatus::Pending
-                } else {
-                    TaskStatus::Blocked
-                };
-                t.blocked_reason = self.failed_dep(&t);
-                for d in &t.dependencies {
-                    self.dependents
-                        .entry(d.clone())
-                        .or_default()
-                        .push(t.id.clone());
+            Op::Create { task } => self.create(task, ctx, events),
+            Op::Status { task, to, note } => {
+                let t = self.need(task)?;
+                if let Some(reason) = t.status.refuse(*to) {
+                    return Err(Error::InvalidTransition {
+                        task: task.clone(),
+                        from: t.status,
+                        to: *to,
+                        reason: reason.to_string(),
+                    });
                 }
-                self.index.insert(t.id.clone(), self.tasks.len());
-                self.created.push(self.seq);
-                let id = t.id.clone();
-                self.tasks.push(t);
-                vec![id]
+                let from = t.status;
+                self.permit(task, ctx)?;
+                if let Some(n) = note {
+                    maos_track::check_text("task note", n).map_err(invalid)?;
+                }
+                let ev = EventKind::Status {
+                    from,
+                    to: *to,
+                    note: note.clone(),
+                };
+                Ok(self.set_status(task, *to, note.clone(), ctx, ev, events))
             }
-            Op::Status { task, to, note } => self.set_status(task, *to, note.clone(), at, by),
             Op::Claim { task, agent } => {
+                let t = self.need(task)?;
+                if t.status != TaskStatus::Pending {
+                    return Err(Error::InvalidTransition {
+                        task: task.clone(),
+                        from: t.status,
+                        to: TaskStatus::InProgress,
+                        reason: "only a pending task can be claimed".into(),
+                    });
+                }
+                if let Some(a) = &t.assigned_to
+                    && a != agent
+                {
+                    return Err(Error::NotAssignee {
+                        task: task.clone(),
+                        assignee: a.clone(),
+                        actor: agent.clone(),
+                    });
+                }
                 if let Some(t) = self.get_mut(task) {
                     t.assigned_to = Some(agent.clone());
                 }
-                self.set_status(task, TaskStatus::InProgress, None, at, Some(agent))
+                let ev = EventKind::Claimed {
+                    agent: agent.clone(),
+                };
+                Ok(self.set_status(task, TaskStatus::InProgress, None, ctx, ev, events))
             }
             Op::Release { task, reason } => {
+                let t = self.need(task)?;
+                if !t.status.is_active() {
+                    return Err(Error::InvalidTransition {
+                        task: task.clone(),
+                        from: t.status,
+                        to: TaskStatus::Pending,
+                        reason: "only an active task can be released".into(),
+                    });
+                }
+                maos_track::check_text("release reason", reason).map_err(invalid)?;
                 if let Some(t) = self.get_mut(task) {
                     t.assigned_to = None;
                 }
-                self.set_status(task, TaskStatus::Pending, Some(reason.clone()), at, by)
+                let ev = EventKind::Released {
+                    reason: reason.clone(),
+                };
+                Ok(self.set_status(
+                    task,
+                    TaskStatus::Pending,
+                    Some(reason.clone()),
+                    ctx,
+                    ev,
+                    events,
+                ))
             }
             Op::Assign { task, agent } => {
-                if let Some(t) = self.get_mut(task) {
-                    t.assigned_to = agent.clone();
-                    t.revision += 1;
-                    t.updated_at = at;
+                self.permit(task, ctx)?;
+                let t = self.get_mut(task).ok_or_else(|| Error::TaskNotFound {
+                    task: task.to_string(),
+                })?;
+                let from = t.status;
+                t.assigned_to = agent.clone();
+                t.updated_at = ctx.at;
+                t.revision += 1;
+                // An active task nobody works on any more goes back to the queue (an active
+                // task's dependencies are all completed: it is pending again).
+                let requeued = (agent.is_none() && from.is_active()).then(|| {
+                    t.status = TaskStatus::Pending;
+                    t.status
+                });
+                events.push(ctx.event(
+                    task,
+                    EventKind::Assigned {
+                        agent: agent.clone(),
+                        requeued,
+                    },
+                ));
+                Ok(vec![task.clone()])
+            }
+            Op::Edit { task, set } => {
+                set.check().map_err(invalid)?;
+                let t = self.get_mut(task).ok_or_else(|| Error::TaskNotFound {
+                    task: task.to_string(),
+                })?;
+                set.apply_to(t);
+                t.updated_at = ctx.at;
+                t.revision += 1;
+                events.push(ctx.event(task, EventKind::Edited { set: set.clone() }));
+                Ok(vec![task.clone()])
+            }
+            Op::Comment { task, text } => {
+                self.need(task)?;
+                if text.trim().is_empty() {
+                    return Err(Error::Invalid {
+                        what: "comment",
+                        reason: "it is empty".into(),
+                    });
                 }
-                vec![task.clone()]
+                maos_track::check_text("comment", text).map_err(invalid)?;
+                events.push(ctx.event(task, EventKind::Comment { text: text.clone() }));
+                // History only: the task's document does not change.
+                Ok(Vec::new())
             }
             Op::AddDependency { task, dependency } => {
-                let done = self
-                    .get(dependency)
-                    .is_some_and(|d| d.status == TaskStatus::Completed);
-                if let Some(t) = self.get_mut(task) {
-                    t.dependencies.push(dependency.clone());
-                    if !done && t.status == TaskStatus::Pending {
-                        t.status = TaskStatus::Blocked;
-                    }
-                    t.revision += 1;
-                    t.updated_at = at;
-                }
-                self.dependents
-                    .entry(dependency.clone())
-                    .or_default()
-                    .push(task.clone());
-                vec![task.clone()]
+                self.add_dependency(task, dependency, ctx, events)
+            }
+            Op::RemoveDependency { task, dependency } => {
+                self.remove_dependency(task, dependency, ctx, events)
             }
         }
     }
 
+    fn create(
+        &mut self,
+        task: &Task,
+        ctx: &Ctx<'_>,
+        events: &mut Vec<(TaskId, Event)>,
+    ) -> Result<Vec<TaskId>> {
+        task.check().map_err(invalid)?;
+        if self.get(&task.id).is_some() {
+            return Err(Error::DuplicateTask {
+                task: task.id.clone(),
+            });
+        }
+        let mut remaining = 0;
+        let mut reason = None;
+        for (k, d) in task.dependencies.iter().enumerate() {
+            if *d == task.id {
+                return Err(Error::Cycle {
+                    cycle: vec![task.id.clone(), task.id.clone()],
+                });
+            }
+            if task.dependencies[..k].contains(d) {
+                return Err(Error::Invalid {
+                    what: "dependencies",
+                    reason: format!("task {} names {d} twice", task.id),
+                });
+            }
+            let dep = self.get(d).ok_or_else(|| Error::UnknownDependency {
+                task: task.id.clone(),
+                dependency: d.clone(),
+            })?;
+            if dep.status != TaskStatus::Completed {
+                remaining += 1;
+            }
+            if reason.is_none() && dep.status.is_given_up() {
+                reason = Some(gave_up_reason(dep));
+            }
+        }
+        let mut t = task.clone();
+        t.status = if remaining > 0 {
+            TaskStatus::Blocked
+        } else {
+            TaskStatus::Pending
+        };
+        t.blocked_reason = if remaining > 0 { reason } else { None };
+        t.created_at = ctx.at;
+        t.updated_at = ctx.at;
+        t.revision = 1;
+        t.started_at = None;
+        t.completed_at = None;
+        t.attempts = 0;
+        for d in &t.dependencies {
+            self.dependents
+                .entry(d.clone())
+                .or_default()
+                .push(t.id.clone());
+        }
+        self.index.insert(t.id.clone(), self.tasks.len());
+        self.created.push(self.seq);
+        events.push(ctx.event(&t.id, EventKind::Created));
+        let id = t.id.clone();
+        self.tasks.push(t);
+        Ok(vec![id])
+    }
+
+    /// Sets the status of `id` (validated by the caller) and derives the effects on its
+    /// dependents, as the file store does.
     fn set_status(
         &mut self,
         id: &TaskId,
         to: TaskStatus,
         note: Option<String>,
-        at: u64,
-        by: Option<&AgentId>,
+        ctx: &Ctx<'_>,
+        ev: EventKind,
+        events: &mut Vec<(TaskId, Event)>,
     ) -> Vec<TaskId> {
         let Some(t) = self.get(id) else {
             return Vec::new();
         };
         let from = t.status;
+        // Back to the queue with dependencies outstanding is Blocked.
         let to = if to == TaskStatus::Pending && !self.deps_done(t) {
             TaskStatus::Blocked
         } else {
             to
         };
-        let mut changed = vec![id.clone()];
+        let at = ctx.at;
+        let mut gave_up = None;
         if let Some(t) = self.get_mut(id) {
             t.status = to;
             t.updated_at = at;
@@ -248,55 +431,204 @@ impl Cache {
             if note.is_some() {
                 t.note = note;
             }
-            if to == TaskStatus::InProgress && from != TaskStatus::Review {
-                t.started_at = Some(at);
-                t.attempts += 1;
-                if t.assigned_to.is_none() {
-                    t.assigned_to = by.cloned();
+            match to {
+                TaskStatus::InProgress if from != TaskStatus::Review => {
+                    t.started_at = Some(at);
+                    t.attempts = t.attempts.saturating_add(1);
+                    if t.assigned_to.is_none() {
+                        t.assigned_to = ctx.by.cloned();
+                    }
                 }
+                TaskStatus::Completed => t.completed_at = Some(at),
+                _ => {}
             }
-            if to == TaskStatus::Completed {
-                t.completed_at = Some(at);
-            }
+            gave_up = to.is_given_up().then(|| gave_up_reason(t));
         }
+        events.push(ctx.event(id, ev));
+        let mut changed = vec![id.clone()];
         let dependents = self.dependents.get(id).cloned().unwrap_or_default();
+        let prefix = gave_up_prefix(id);
         for d in dependents {
             let Some(dt) = self.get(&d) else { continue };
-            let (status, done, reason) = (dt.status, self.deps_done(dt), dt.blocked_reason.clone());
-            let mut touch = false;
-            let mut new_status = status;
-            let mut new_reason = reason.clone();
-            if to == TaskStatus::Completed && status == TaskStatus::Blocked && done {
-                new_status = TaskStatus::Pending;
-                new_reason = None;
-                touch = true;
-            }
-            if to == TaskStatus::Failed && status == TaskStatus::Blocked {
-                let n = self.get(id).and_then(|t| t.note.clone());
-                new_reason = Some(match n {
-                    Some(n) => format!("dependency {id} failed: {n}"),
-                    None => format!("dependency {id} failed"),
-                });
-                touch = true;
-            }
-            if from == TaskStatus::Failed
-                && to != TaskStatus::Failed
-                && reason
+            let done = self.deps_done(dt);
+            let what = if to == TaskStatus::Completed {
+                (dt.status == TaskStatus::Blocked && done).then(|| EventKind::Unblocked {
+                    dependency: id.clone(),
+                })
+            } else if let Some(reason) = &gave_up {
+                (dt.status == TaskStatus::Blocked).then(|| EventKind::DependencyGaveUp {
+                    dependency: id.clone(),
+                    reason: reason.clone(),
+                })
+            } else if from.is_given_up() {
+                dt.blocked_reason
                     .as_deref()
-                    .is_some_and(|r| r.starts_with(&format!("dependency {id} failed")))
-            {
-                new_reason = None;
-                touch = true;
-            }
-            if touch && let Some(dt) = self.get_mut(&d) {
-                dt.status = new_status;
-                dt.blocked_reason = new_reason;
-                dt.revision += 1;
+                    .is_some_and(|r| r.starts_with(&prefix))
+                    .then(|| EventKind::DependencyReopened {
+                        dependency: id.clone(),
+                    })
+            } else {
+                None
+            };
+            let Some(what) = what else { continue };
+            if let Some(dt) = self.get_mut(&d) {
+                match &what {
+                    EventKind::Unblocked { .. } => {
+                        dt.status = TaskStatus::Pending;
+                        dt.blocked_reason = None;
+                    }
+                    EventKind::DependencyGaveUp { reason, .. } => {
+                        dt.blocked_reason = Some(reason.clone());
+                    }
+                    _ => dt.blocked_reason = None,
+                }
                 dt.updated_at = at;
-                changed.push(d);
+                dt.revision += 1;
             }
+            events.push(ctx.event(&d, what));
+            changed.push(d);
         }
         changed
+    }
+
+    fn add_dependency(
+        &mut self,
+        task: &TaskId,
+        dependency: &TaskId,
+        ctx: &Ctx<'_>,
+        events: &mut Vec<(TaskId, Event)>,
+    ) -> Result<Vec<TaskId>> {
+        let t = self.need(task)?;
+        let dep = self
+            .get(dependency)
+            .ok_or_else(|| Error::UnknownDependency {
+                task: task.clone(),
+                dependency: dependency.clone(),
+            })?;
+        if task == dependency {
+            return Err(Error::Cycle {
+                cycle: vec![task.clone(), task.clone()],
+            });
+        }
+        if !matches!(t.status, TaskStatus::Pending | TaskStatus::Blocked) {
+            return Err(Error::Invalid {
+                what: "dependency",
+                reason: format!("task {task} is {} already", t.status),
+            });
+        }
+        if t.dependencies.contains(dependency) {
+            return Err(Error::Invalid {
+                what: "dependency",
+                reason: format!("task {task} depends on {dependency} already"),
+            });
+        }
+        if t.dependencies.len() >= maos_track::MAX_DEPENDENCIES {
+            return Err(Error::Invalid {
+                what: "dependencies",
+                reason: format!(
+                    "task {task} has {} dependencies, the limit",
+                    maos_track::MAX_DEPENDENCIES
+                ),
+            });
+        }
+        if let Some(mut path) = self.depends_on(dependency, task) {
+            path.insert(0, task.clone());
+            return Err(Error::Cycle { cycle: path });
+        }
+        let (dep_status, reason) = (
+            dep.status,
+            dep.status.is_given_up().then(|| gave_up_reason(dep)),
+        );
+        let Some(t) = self.get_mut(task) else {
+            return Ok(Vec::new());
+        };
+        t.dependencies.push(dependency.clone());
+        t.updated_at = ctx.at;
+        t.revision += 1;
+        if dep_status != TaskStatus::Completed {
+            if t.blocked_reason.is_none() {
+                t.blocked_reason = reason;
+            }
+            if t.status == TaskStatus::Pending {
+                t.status = TaskStatus::Blocked;
+            }
+        }
+        self.dependents
+            .entry(dependency.clone())
+            .or_default()
+            .push(task.clone());
+        events.push(ctx.event(
+            task,
+            EventKind::DependencyAdded {
+                task: dependency.clone(),
+            },
+        ));
+        Ok(vec![task.clone()])
+    }
+
+    fn remove_dependency(
+        &mut self,
+        task: &TaskId,
+        dependency: &TaskId,
+        ctx: &Ctx<'_>,
+        events: &mut Vec<(TaskId, Event)>,
+    ) -> Result<Vec<TaskId>> {
+        if !self.need(task)?.dependencies.contains(dependency) {
+            return Err(Error::Invalid {
+                what: "dependency",
+                reason: format!("task {task} does not depend on {dependency}"),
+            });
+        }
+        if self.get(dependency).is_none() {
+            return Err(Error::UnknownDependency {
+                task: task.clone(),
+                dependency: dependency.clone(),
+            });
+        }
+        if let Some(ds) = self.dependents.get_mut(dependency) {
+            ds.retain(|d| d != task);
+        }
+        let prefix = gave_up_prefix(dependency);
+        let Some(t) = self.get_mut(task) else {
+            return Ok(Vec::new());
+        };
+        t.dependencies.retain(|d| d != dependency);
+        t.updated_at = ctx.at;
+        t.revision += 1;
+        let cleared = t
+            .blocked_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&prefix));
+        if cleared {
+            t.blocked_reason = None;
+        }
+        let t = self.need(task)?;
+        let unblocked = t.status == TaskStatus::Blocked && self.deps_done(t);
+        // Another dependency may still have given up: its reason takes over.
+        let next_reason = (cleared && !unblocked)
+            .then(|| {
+                t.dependencies.iter().find_map(|d| {
+                    self.get(d)
+                        .filter(|d| d.status.is_given_up())
+                        .map(gave_up_reason)
+                })
+            })
+            .flatten();
+        if let Some(t) = self.get_mut(task) {
+            if unblocked {
+                t.status = TaskStatus::Pending;
+                t.blocked_reason = None;
+            } else if next_reason.is_some() {
+                t.blocked_reason = next_reason;
+            }
+        }
+        events.push(ctx.event(
+            task,
+            EventKind::DependencyRemoved {
+                task: dependency.clone(),
+            },
+        ));
+        Ok(vec![task.clone()])
     }
 
     /// Length of the heaviest chain of work starting at each task (its estimate plus the
@@ -382,30 +714,56 @@ fn weight(t: &Task) -> u64 {
     .unwrap_or(u64::MAX)
 }
 
-fn refuse(from: TaskStatus, to: TaskStatus) -> Option<&'static str> {
-    use TaskStatus as S;
-    let ok = matches!(
-        (from, to),
-        (S::Pending, S::InProgress | S::Failed)
-            | (S::Blocked, S::Failed)
-            | (
-                S::InProgress,
-                S::Review | S::Completed | S::Failed | S::Pending
-            )
-            | (
-                S::Review,
-                S::Completed | S::Failed | S::InProgress | S::Pending
-            )
-            | (S::Failed, S::Pending)
-    );
-    if ok {
-        return None;
+fn gave_up_prefix(id: &TaskId) -> String {
+    format!("dependency {id} ")
+}
+
+/// The reason a given-up (failed or cancelled) task gives its blocked dependents, worded
+/// as on the files.
+fn gave_up_reason(t: &Task) -> String {
+    let what = if t.status == TaskStatus::Cancelled {
+        "was cancelled"
+    } else {
+        "failed"
+    };
+    match &t.note {
+        Some(n) => format!("{}{what}: {n}", gave_up_prefix(&t.id)),
+        None => format!("{}{what}", gave_up_prefix(&t.id)),
     }
-    Some(match from {
-        S::Completed => "a completed task is final",
-        S::Blocked => "its dependencies are not completed",
-        _ => "not a valid transition",
-    })
+}
+
+/// maos-track's refusal of a field (its limits are the same on every backend).
+fn invalid(e: maos_track::Error) -> Error {
+    match e {
+        maos_track::Error::Invalid { what, reason } => Error::Invalid { what, reason },
+        other => Error::Invalid {
+            what: "task",
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Who caused a record, and when: what its history events carry.
+struct Ctx<'a> {
+    seq: u64,
+    at: u64,
+    by: Option<&'a AgentId>,
+    force: bool,
+}
+
+impl Ctx<'_> {
+    fn event(&self, task: &TaskId, what: EventKind) -> (TaskId, Event) {
+        (
+            task.clone(),
+            Event {
+                seq: self.seq,
+                at: self.at,
+                by: self.by.cloned(),
+                forced: self.force,
+                what,
+            },
+        )
+    }
 }
 
 /// The task graph of a namespace, shared by every machine. Cheap to clone.
@@ -414,6 +772,9 @@ pub struct PgTracker {
     pg: Pg,
     agent: Option<AgentId>,
     release_dead_claims: bool,
+    /// The longest a write waits for the tasks guard (`None`: the connection's
+    /// `lock_timeout`, [`crate::ROW_WAIT`]).
+    lock_wait: Option<Duration>,
     cache: Arc<Mutex<Cache>>,
 }
 
@@ -492,8 +853,18 @@ impl PgTracker {
             pg: pg.clone(),
             agent: AgentId::current().ok(),
             release_dead_claims: true,
+            lock_wait: None,
             cache: Arc::new(Mutex::new(Cache::default())),
         }
+    }
+
+    /// Bounds the wait of every write for the tasks guard (at least 100 ms): a process
+    /// stopped in the middle of a write then makes it fail with [`Error::Busy`] in time
+    /// (`--wait` of the task commands), as the file store's lock timeout does.
+    #[must_use = "returns the changed value; the original is consumed"]
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait.clamp(Duration::from_millis(100), crate::ROW_WAIT));
+        self
     }
 
     /// Acts as `agent`.
@@ -512,10 +883,16 @@ impl PgTracker {
 
     /// Under the tasks guard on a caught-up cache: `prepare` returns the records to append;
     /// they are applied and written in the same transaction. Returns the records written.
+    ///
+    /// Each record is validated against the graph as it is applied (the file store's rules:
+    /// transitions, ownership, cycles, limits), so a record that would be refused is never
+    /// written. `force` is the write's override of ownership (`--force`), recorded in the
+    /// history; `prepare` may set it (an idempotent completion of another agent's task).
     fn write(
         &self,
         by: Option<&AgentId>,
-        mut prepare: impl FnMut(&Cache, &mut Tx<'_>) -> Result<Vec<Op>>,
+        force: bool,
+        mut prepare: impl FnMut(&Cache, &mut Tx<'_>, &mut bool) -> Result<Vec<Op>>,
     ) -> Result<Vec<Op>> {
         let ns = self.pg.inner.ns;
         let req = uuid::Uuid::new_v4();
@@ -524,6 +901,9 @@ impl PgTracker {
         self.pg
             .run(|c| {
                 c.tx("write tasks", |t| {
+                    if let Some(w) = self.lock_wait {
+                        t.wait_at_most(w)?;
+                    }
                     t.exec(
                         "take the tasks guard",
                         "SELECT counter FROM maos.guards WHERE ns = $1 AND what = 'tasks' FOR UPDATE",
@@ -547,7 +927,8 @@ impl PgTracker {
                             })
                             .collect();
                     }
-                    let ops = prepare(&cache, t)?;
+                    let mut forced = force;
+                    let ops = prepare(&cache, t, &mut forced)?;
                     if ops.is_empty() {
                         return Ok(ops);
                     }
@@ -557,9 +938,16 @@ impl PgTracker {
                     let mut changed: Vec<TaskId> = Vec::new();
                     let mut seqs = Vec::with_capacity(ops.len());
                     let mut recs = Vec::with_capacity(ops.len());
+                    let mut events = Vec::new();
                     for op in &ops {
                         cache.seq += 1;
-                        changed.extend(cache.apply(op, at_u, by_id.as_ref()));
+                        let ctx = Ctx {
+                            seq: u64::try_from(cache.seq).unwrap_or(0),
+                            at: at_u,
+                            by: by_id.as_ref(),
+                            force: forced,
+                        };
+                        changed.extend(cache.apply(op, &ctx, &mut events)?);
                         seqs.push(cache.seq);
                         recs.push(serde_json::to_value(op).map_err(|e| Error::Corrupt {
                             what: "task log record".into(),
@@ -582,12 +970,27 @@ impl PgTracker {
                             reason: e.to_string(),
                         })?);
                     }
-                    // The records, the changed tasks and the counter in one statement.
+                    let (mut ev_tasks, mut ev_seqs, mut ev_docs) = (Vec::new(), Vec::new(), Vec::new());
+                    for (task, ev) in &events {
+                        ev_tasks.push(task.to_string());
+                        ev_seqs.push(i64::try_from(ev.seq).unwrap_or(i64::MAX));
+                        ev_docs.push(serde_json::to_value(ev).map_err(|e| Error::Corrupt {
+                            what: "task history event".into(),
+                            reason: e.to_string(),
+                        })?);
+                    }
+                    let ev_n: Vec<i32> = (0..i32::try_from(events.len()).unwrap_or(i32::MAX)).collect();
+                    // The records, the history, the changed tasks and the counter in one
+                    // statement.
                     t.exec(
                         "write tasks",
                         "WITH l AS (
                              INSERT INTO maos.task_log (ns, seq, at, by, record, req)
                              SELECT $1, s, $3, $4, r, $5 FROM unnest($2::bigint[], $6::jsonb[]) AS x(s, r)),
+                         e AS (
+                             INSERT INTO maos.task_events (ns, task, seq, n, event)
+                             SELECT $1, et, es, en, ed
+                             FROM unnest($13::text[], $14::bigint[], $15::int[], $16::jsonb[]) AS z(et, es, en, ed)),
                          t AS (
                              INSERT INTO maos.tasks (ns, id, created_seq, seq, status, assigned_to, doc)
                              SELECT $1, i, c, $7, st, a, d
@@ -597,7 +1000,7 @@ impl PgTracker {
                          UPDATE maos.guards SET counter = $7 WHERE ns = $1 AND what = 'tasks'",
                         &[
                             &ns, &seqs, &at, &by, &req, &recs, &cache.seq, &ids, &created, &statuses,
-                            &assigned, &docs,
+                            &assigned, &docs, &ev_tasks, &ev_seqs, &ev_n, &ev_docs,
                         ],
                     )?;
                     // Wakes `wait_changed` in every process, at commit.
@@ -649,31 +1052,13 @@ impl PgTracker {
                 return Err(Error::Cycle { cycle });
             }
         }
-        self.write(None, |st, _| {
+        self.write(None, false, |st, _, _| {
             let mut ops = Vec::new();
             let mut seen = HashSet::new();
             for t in &ordered {
-                if t.name.trim().is_empty() {
-                    return Err(Error::Invalid {
-                        what: "task",
-                        reason: "a task needs a name".into(),
-                    });
-                }
+                // The rest (limits, dependencies) is checked as each record is applied.
                 if st.get(&t.id).is_some() || !seen.insert(&t.id) {
                     return Err(Error::DuplicateTask { task: t.id.clone() });
-                }
-                for d in &t.dependencies {
-                    if d == &t.id {
-                        return Err(Error::Cycle {
-                            cycle: vec![t.id.clone(), t.id.clone()],
-                        });
-                    }
-                    if st.get(d).is_none() && !ids.contains(d) {
-                        return Err(Error::UnknownDependency {
-                            task: t.id.clone(),
-                            dependency: d.clone(),
-                        });
-                    }
                 }
                 ops.push(Op::Create {
                     task: Box::new((*t).clone()),
@@ -722,27 +1107,14 @@ impl PgTracker {
         }
     }
 
-    /// Applies `update` to `id` in one transaction: the owner (unless the update overrides
-    /// it: [`Error::NotAssignee`] for a task assigned to another agent than the tracker's), the
-    /// revision and the fencing token are checked, then the transition.
+    /// Applies `update` to `id` in one transaction: the revision and the fencing token are
+    /// checked, then the transition and the owner ([`Error::NotAssignee`] for a task
+    /// assigned to another agent than the tracker's, unless the update overrides it).
     pub fn update(&self, id: &TaskId, update: &Update) -> Result<Task> {
-        let respect_owner = update.ownership == Ownership::Respect;
         let pg = self.pg.clone();
-        let actor = self.agent.clone();
-        self.write(None, |st, _| {
-            let t = st.get(id).ok_or_else(|| Error::TaskNotFound {
-                task: id.to_string(),
-            })?;
-            if respect_owner
-                && let (Some(assignee), Some(actor)) = (&t.assigned_to, &actor)
-                && assignee != actor
-            {
-                return Err(Error::NotAssignee {
-                    task: id.clone(),
-                    assignee: assignee.clone(),
-                    actor: actor.clone(),
-                });
-            }
+        let force = update.ownership == Ownership::Override;
+        self.write(None, force, |st, _, _| {
+            let t = st.need(id)?;
             if let Some(expected) = update.expected_revision
                 && expected != t.revision
             {
@@ -754,14 +1126,6 @@ impl PgTracker {
             }
             if let Some((resource, token)) = &update.fence {
                 crate::lock::PgLockTable::new(&pg).check_fencing_token(resource, token.0)?;
-            }
-            if let Some(reason) = refuse(t.status, update.status) {
-                return Err(Error::InvalidTransition {
-                    task: id.clone(),
-                    from: t.status,
-                    to: update.status,
-                    reason: reason.to_string(),
-                });
             }
             Ok(vec![Op::Status {
                 task: id.clone(),
@@ -786,11 +1150,15 @@ impl PgTracker {
 
     /// Marks `id` completed, idempotently (nothing is written for a completed task; a
     /// pending one is started and completed in one transaction).
+    /// When the task is assigned to another agent, the completion overrides its ownership
+    /// and is recorded as forced (as on the files).
     pub fn complete(&self, id: &TaskId, note: Option<&str>) -> Result<Task> {
-        self.write(None, |st, _| {
-            let t = st.get(id).ok_or_else(|| Error::TaskNotFound {
-                task: id.to_string(),
-            })?;
+        let me = self.agent.clone();
+        self.write(None, false, |st, _, force| {
+            let t = st.need(id)?;
+            if t.assigned_to.is_some() && t.assigned_to != me {
+                *force = true;
+            }
             let done = Op::Status {
                 task: id.clone(),
                 to: TaskStatus::Completed,
@@ -811,7 +1179,8 @@ impl PgTracker {
                     task: id.clone(),
                     from,
                     to: TaskStatus::Completed,
-                    reason: refuse(from, TaskStatus::Completed)
+                    reason: from
+                        .refuse(TaskStatus::Completed)
                         .unwrap_or("not a valid transition")
                         .to_string(),
                 }),
@@ -820,13 +1189,22 @@ impl PgTracker {
         self.cached(id)
     }
 
-    /// Sets or clears the assignee of `id`.
-    pub fn assign(&self, id: &TaskId, agent: Option<&AgentId>) -> Result<Task> {
-        self.write(None, |st, _| {
-            if st.get(id).is_none() {
-                return Err(Error::TaskNotFound {
-                    task: id.to_string(),
-                });
+    /// Sets (`Some`) or clears (`None`) the assignee of `id`: an active task that loses its
+    /// assignee goes back to the queue. Nothing is written when the assignee is already the
+    /// one asked for.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`]; [`Error::NotAssignee`] when the task is assigned to another
+    /// agent than the tracker's and `ownership` respects it.
+    pub fn assign(
+        &self,
+        id: &TaskId,
+        agent: Option<&AgentId>,
+        ownership: Ownership,
+    ) -> Result<Task> {
+        self.write(None, ownership == Ownership::Override, |st, _, _| {
+            if st.need(id)?.assigned_to.as_ref() == agent {
+                return Ok(Vec::new());
             }
             Ok(vec![Op::Assign {
                 task: id.clone(),
@@ -836,30 +1214,16 @@ impl PgTracker {
         self.cached(id)
     }
 
-    /// Makes `task` also depend on `dependency` (only while it has not started).
+    /// Makes `task` also depend on `dependency` (only while it has not started; nothing is
+    /// written when it does already).
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`], [`Error::UnknownDependency`], [`Error::Cycle`] naming the
+    /// cycle the edge would close, [`Error::Invalid`] when `task` started already.
     pub fn add_dependency(&self, task: &TaskId, dependency: &TaskId) -> Result<Task> {
-        self.write(None, |st, _| {
-            let t = st.get(task).ok_or_else(|| Error::TaskNotFound {
-                task: task.to_string(),
-            })?;
-            if st.get(dependency).is_none() {
-                return Err(Error::UnknownDependency {
-                    task: task.clone(),
-                    dependency: dependency.clone(),
-                });
-            }
-            if !matches!(t.status, TaskStatus::Pending | TaskStatus::Blocked) {
-                return Err(Error::Invalid {
-                    what: "dependency",
-                    reason: format!("task {task} is {} already", t.status),
-                });
-            }
-            if t.dependencies.contains(dependency) {
+        self.write(None, false, |st, _, _| {
+            if st.need(task)?.dependencies.contains(dependency) {
                 return Ok(Vec::new());
-            }
-            if let Some(mut path) = st.depends_on(dependency, task) {
-                path.insert(0, task.clone());
-                return Err(Error::Cycle { cycle: path });
             }
             Ok(vec![Op::AddDependency {
                 task: task.clone(),
@@ -867,6 +1231,146 @@ impl PgTracker {
             }])
         })?;
         self.cached(task)
+    }
+
+    /// Makes `task` no longer depend on `dependency`; a blocked task whose last outstanding
+    /// dependency this was becomes pending.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`], [`Error::Invalid`] when `task` does not depend on it.
+    pub fn remove_dependency(&self, task: &TaskId, dependency: &TaskId) -> Result<Task> {
+        self.write(None, false, |_, _, _| {
+            Ok(vec![Op::RemoveDependency {
+                task: task.clone(),
+                dependency: dependency.clone(),
+            }])
+        })?;
+        self.cached(task)
+    }
+
+    /// Changes descriptive fields of `id` (anyone may; the history records who).
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`], [`Error::Invalid`] (an empty edit, a field over its limit).
+    pub fn edit(&self, id: &TaskId, edit: &Edit) -> Result<Task> {
+        self.write(None, false, |_, _, _| {
+            Ok(vec![Op::Edit {
+                task: id.clone(),
+                set: edit.clone(),
+            }])
+        })?;
+        self.cached(id)
+    }
+
+    /// Applies `amendment` to `id` in one transaction, all or none (what `maos task edit`
+    /// does): descriptive fields, then the assignee (subject to `amendment.ownership`), then
+    /// the dependencies removed, then those added; the same records as on the files.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an empty amendment, and the errors of [`edit`](Self::edit),
+    /// [`assign`](Self::assign), [`add_dependency`](Self::add_dependency) and
+    /// [`remove_dependency`](Self::remove_dependency).
+    pub fn amend(&self, id: &TaskId, amendment: &Amendment) -> Result<Task> {
+        if amendment.is_empty() {
+            return Err(Error::Invalid {
+                what: "edit",
+                reason: "it changes nothing".into(),
+            });
+        }
+        let force = amendment.ownership == Ownership::Override;
+        self.write(None, force, |st, _, _| {
+            let t = st.need(id)?;
+            let mut ops = Vec::new();
+            if !amendment.edit.is_empty() {
+                ops.push(Op::Edit {
+                    task: id.clone(),
+                    set: amendment.edit.clone(),
+                });
+            }
+            if let Some(agent) = &amendment.assignee
+                && t.assigned_to != *agent
+            {
+                ops.push(Op::Assign {
+                    task: id.clone(),
+                    agent: agent.clone(),
+                });
+            }
+            // The dependencies as they will be when each record applies.
+            let mut deps = t.dependencies.clone();
+            for d in &amendment.remove_dependencies {
+                ops.push(Op::RemoveDependency {
+                    task: id.clone(),
+                    dependency: d.clone(),
+                });
+                deps.retain(|x| x != d);
+            }
+            for d in &amendment.add_dependencies {
+                if !deps.contains(d) {
+                    ops.push(Op::AddDependency {
+                        task: id.clone(),
+                        dependency: d.clone(),
+                    });
+                    deps.push(d.clone());
+                }
+            }
+            Ok(ops)
+        })?;
+        self.cached(id)
+    }
+
+    /// Adds a comment to the history of `id` (anyone may). The task itself (status,
+    /// revision) does not change.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`], [`Error::Invalid`] (empty, or over
+    /// [`MAX_TEXT_BYTES`](maos_track::MAX_TEXT_BYTES)).
+    pub fn comment(&self, id: &TaskId, text: &str) -> Result<()> {
+        self.write(None, false, |_, _, _| {
+            Ok(vec![Op::Comment {
+                task: id.clone(),
+                text: text.to_owned(),
+            }])
+        })?;
+        Ok(())
+    }
+
+    /// The task `id` with its history: the latest `limit` events, oldest first, and how
+    /// many earlier ones are left out. The events are written with the records that cause
+    /// them (`maos.task_events`), so this reads one task's rows, never the whole log.
+    pub fn show(&self, id: &TaskId, limit: usize) -> Result<Option<TaskDetails>> {
+        let Some(task) = self.get(id)? else {
+            return Ok(None);
+        };
+        let ns = self.pg.inner.ns;
+        let key = id.to_string();
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.pg.run(|c| {
+            c.query(
+                "read a task's history",
+                "SELECT event, count(*) OVER () FROM maos.task_events
+                 WHERE ns = $1 AND task = $2 ORDER BY seq DESC, n DESC LIMIT $3",
+                &[&ns, &key, &lim],
+            )
+        })?;
+        let total = rows
+            .first()
+            .map_or(0, |r| u64::try_from(r.get::<_, i64>(1)).unwrap_or(0));
+        let mut history = rows
+            .into_iter()
+            .map(|r| {
+                serde_json::from_value::<Event>(r.get(0)).map_err(|e| Error::Corrupt {
+                    what: format!("history event of task {id}"),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        history.reverse();
+        let omitted = total.saturating_sub(history.len() as u64);
+        Ok(Some(TaskDetails {
+            task,
+            history,
+            omitted,
+        }))
     }
 
     /// Ready tasks in claim order.
@@ -920,7 +1424,7 @@ impl PgTracker {
     /// is ready.
     pub fn claim(&self, agent: &AgentId) -> Result<Option<Task>> {
         let release = self.release_dead_claims;
-        let ops = self.write(Some(agent), |st, t| {
+        let ops = self.write(Some(agent), false, |st, t, _| {
             let mut ops = if release {
                 self.dead_claims(st, t)?
             } else {
@@ -965,13 +1469,13 @@ impl PgTracker {
 
     /// Releases every active claim of agents the registry reports dead.
     pub fn release_dead_claims(&self) -> Result<Vec<TaskId>> {
-        let ops = self.write(None, |st, t| self.dead_claims(st, t))?;
+        let ops = self.write(None, false, |st, t, _| self.dead_claims(st, t))?;
         Ok(released(&ops))
     }
 
     /// Releases every active task assigned to `agent` (what unregistering does).
     pub fn release_agent(&self, agent: &AgentId, reason: &str) -> Result<Vec<TaskId>> {
-        let ops = self.write(None, |st, _| {
+        let ops = self.write(None, false, |st, _, _| {
             Ok(st
                 .tasks
                 .iter()
@@ -1125,6 +1629,90 @@ mod tests {
         assert_eq!(
             other.log_after(0).unwrap().len() as u64,
             other.version().unwrap()
+        );
+    }
+
+    #[test]
+    fn amendments_ownership_comments_and_a_paged_history() {
+        let pg = test_backend("track-amend").unwrap();
+        let tr = PgTracker::new(&pg).agent(a("lead"));
+        let x = Task::new("x");
+        let y = Task::new("y").after(x.id.clone());
+        tr.create_tasks(&[x.clone(), y.clone()]).unwrap();
+        // A cycle through an added dependency is refused, naming it; nothing is written.
+        let v = tr.version().unwrap();
+        let mut am = Amendment::new();
+        am.edit = Edit::new().name("renamed");
+        am.add_dependencies = vec![y.id.clone()];
+        let err = tr.amend(&x.id, &am).unwrap_err();
+        assert!(
+            matches!(&err, Error::Cycle { cycle } if *cycle == [x.id.clone(), y.id.clone(), x.id.clone()]),
+            "{err}"
+        );
+        assert_eq!(tr.version().unwrap(), v);
+        assert_eq!(tr.get(&x.id).unwrap().unwrap().name, "x");
+        let err = tr.amend(&x.id, &Amendment::new()).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        // Removing the only dependency unblocks; a field over its limit is refused.
+        let mut am = Amendment::new();
+        am.remove_dependencies = vec![x.id.clone()];
+        am.edit = Edit::new().priority(maos_core::Priority::High);
+        let t = tr.amend(&y.id, &am).unwrap();
+        assert_eq!(t.status, TaskStatus::Pending);
+        assert_eq!(t.revision, 3, "one revision per record");
+        let long = "n".repeat(maos_track::MAX_NAME_BYTES + 1);
+        let err = tr.edit(&y.id, &Edit::new().name(long)).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        // Ownership: another agent's task moves only when forced, and the history says so.
+        tr.assign(&x.id, Some(&a("w")), Ownership::Respect).unwrap();
+        let err = tr.assign(&x.id, None, Ownership::Respect).unwrap_err();
+        assert!(matches!(err, Error::NotAssignee { .. }), "{err}");
+        let t = tr.assign(&x.id, None, Ownership::Override).unwrap();
+        assert_eq!(t.assigned_to, None);
+        let d = tr.show(&x.id, 100).unwrap().unwrap();
+        let last = d.history.last().unwrap();
+        assert!(last.forced, "{last:?}");
+        assert_eq!(last.by, Some(a("lead")));
+        // Cancelling (refused before) tells a blocked dependent why.
+        let z = Task::new("z").after(x.id.clone());
+        tr.create_task(&z).unwrap();
+        tr.update(
+            &x.id,
+            &Update::status(TaskStatus::Cancelled).note("dropped"),
+        )
+        .unwrap();
+        assert_eq!(
+            tr.get(&z.id).unwrap().unwrap().blocked_reason.as_deref(),
+            Some(format!("dependency {} was cancelled: dropped", x.id).as_str())
+        );
+        // Comments change no revision; a history longer than the limit is paged: the
+        // latest events, and how many earlier ones are left out.
+        let rev = tr.get(&y.id).unwrap().unwrap().revision;
+        for i in 0..15 {
+            tr.comment(&y.id, &format!("c{i}")).unwrap();
+        }
+        let err = tr.comment(&y.id, " ").unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        assert_eq!(tr.get(&y.id).unwrap().unwrap().revision, rev);
+        let d = tr.show(&y.id, 10).unwrap().unwrap();
+        assert_eq!(d.history.len(), 10);
+        // created, dependency removed, edited, 15 comments: 18 events.
+        assert_eq!(d.omitted, 8);
+        assert_eq!(
+            d.history.first().map(|e| e.what.clone()),
+            Some(EventKind::Comment { text: "c5".into() })
+        );
+        assert_eq!(
+            d.history.last().map(|e| e.what.clone()),
+            Some(EventKind::Comment { text: "c14".into() })
+        );
+        let full = tr.show(&y.id, 1000).unwrap().unwrap();
+        assert_eq!((full.history.len(), full.omitted), (18, 0));
+        assert!(full.history.windows(2).all(|w| w[0].seq <= w[1].seq));
+        // Another machine reads the same history.
+        assert_eq!(
+            PgTracker::new(&pg).show(&y.id, 1000).unwrap().unwrap(),
+            full
         );
     }
 

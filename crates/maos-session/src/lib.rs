@@ -46,7 +46,7 @@
 //! - On a backend other than the files, what concerns one client session (its binding to an
 //!   agent, what it last read) stays in the local workspace's files: a second session of the
 //!   same agent on another machine is not seen when one ends (the agent's locks and claims
-//!   are released then). [`Mail`] reads the file inbox only.
+//!   are released then). [`Mail::collect_in`] reads the inbox on the workspace's backend.
 //! - Naming from a worktree reads git's own files (`.git`, `HEAD`); exotic layouts (a
 //!   `GIT_DIR` elsewhere) fall back to the session id.
 

@@ -6,10 +6,10 @@
 
 use std::fmt::Write as _;
 
-use maos_comm::{Inbox, InboxBatch, InboxItem};
+use maos_comm::{AgentInbox, Inbox, InboxBatch, InboxItem};
 use maos_core::{AgentId, Workspace, excerpt, human_ms, now_ms};
 
-use crate::Result;
+use crate::{Result, Stores};
 
 /// Most messages put into one answer (the rest wait for the next one).
 pub const MAIL_BATCH: usize = 20;
@@ -20,7 +20,7 @@ const PAYLOAD_CHARS: usize = 1_000;
 #[derive(Debug)]
 #[must_use = "call `delivered` once the text reached the agent, or the messages come again"]
 pub struct Mail {
-    inbox: Inbox,
+    inbox: Box<dyn AgentInbox>,
     batch: InboxBatch,
     /// The messages (and any notice about lost history), rendered for a model.
     pub text: String,
@@ -29,13 +29,26 @@ pub struct Mail {
 }
 
 impl Mail {
-    /// Reads up to [`MAIL_BATCH`] unacknowledged messages for `agent`; `None` when there is
-    /// nothing new.
+    /// Reads up to [`MAIL_BATCH`] unacknowledged messages for `agent` from the file inbox
+    /// of `ws`; `None` when there is nothing new.
     ///
     /// # Errors
     /// When the inbox's state or a channel cannot be read.
     pub fn collect(ws: &Workspace, agent: &AgentId) -> Result<Option<Self>> {
-        let mut inbox = Inbox::open(ws, agent.clone())?;
+        Self::collect_from(Box::new(Inbox::open(ws, agent.clone())?))
+    }
+
+    /// [`Mail::collect`] from the inbox of `agent` on the workspace's backend (the files, or
+    /// a PostgreSQL server).
+    ///
+    /// # Errors
+    /// When the inbox's state or a channel cannot be read.
+    pub fn collect_in(stores: &Stores, agent: &AgentId) -> Result<Option<Self>> {
+        Self::collect_from(stores.inboxes().open(agent.clone())?)
+    }
+
+    fn collect_from(mut inbox: Box<dyn AgentInbox>) -> Result<Option<Self>> {
+        let agent = inbox.agent().clone();
         let batch = inbox.read(MAIL_BATCH)?;
         if batch.is_empty() {
             return Ok(None);

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use maos_comm::{FileInboxes, InboxStore};
 use maos_core::{AgentId, AgentRecord, AgentRegistry, AgentStore, FileAgents, Workspace};
 use maos_lock::{FileLocks, LockStore};
 use maos_track::{FileTasks, TaskStore, TaskTracker};
@@ -14,13 +15,14 @@ use crate::Result;
 /// Opens the task store acting as an agent.
 type TaskOpener = dyn Fn(&AgentId) -> Result<Box<dyn TaskStore>, maos_track::Error> + Send + Sync;
 
-/// The stores of one workspace a session works with: its agent registry, lock table and task
-/// store on the workspace's backend.
+/// The stores of one workspace a session works with: its agent registry, lock table, inboxes
+/// and task store on the workspace's backend.
 #[derive(Clone)]
 pub struct Stores {
     pub(crate) ws: Workspace,
     pub(crate) agents: Arc<dyn AgentStore>,
     pub(crate) locks: Arc<dyn LockStore>,
+    inboxes: Arc<dyn InboxStore>,
     tasks: Arc<TaskOpener>,
     files: bool,
 }
@@ -31,6 +33,7 @@ impl std::fmt::Debug for Stores {
             .field("ws", &self.ws.root())
             .field("agents", &self.agents)
             .field("locks", &self.locks)
+            .field("inboxes", &self.inboxes)
             .field("files", &self.files)
             .finish()
     }
@@ -44,6 +47,7 @@ impl Stores {
             ws: ws.clone(),
             agents: Arc::new(FileAgents::new(ws)),
             locks: Arc::new(FileLocks::new(ws)),
+            inboxes: Arc::new(FileInboxes::new(ws)),
             tasks: Arc::new(move |agent: &AgentId| {
                 let t = TaskTracker::open_with(
                     &w,
@@ -61,6 +65,7 @@ impl Stores {
         ws: &Workspace,
         agents: Box<dyn AgentStore>,
         locks: Box<dyn LockStore>,
+        inboxes: Box<dyn InboxStore>,
         tasks: impl Fn(&AgentId) -> Result<Box<dyn TaskStore>, maos_track::Error>
         + Send
         + Sync
@@ -70,13 +75,14 @@ impl Stores {
             ws: ws.clone(),
             agents: Arc::from(agents),
             locks: Arc::from(locks),
+            inboxes: Arc::from(inboxes),
             tasks: Arc::new(tasks),
             files: false,
         }
     }
 
-    /// True when the shared state is the workspace's files (the inbox, file locks and the
-    /// registry's session anchors are available then).
+    /// True when the shared state is the workspace's files (file locks and the registry's
+    /// session anchors are available then).
     pub fn is_files(&self) -> bool {
         self.files
     }
@@ -94,6 +100,11 @@ impl Stores {
     /// The lock table.
     pub fn locks(&self) -> &dyn LockStore {
         self.locks.as_ref()
+    }
+
+    /// The agents' inboxes.
+    pub fn inboxes(&self) -> &dyn InboxStore {
+        self.inboxes.as_ref()
     }
 
     /// The task store, acting as `agent`.

@@ -108,6 +108,15 @@ pub struct TaskDetails {
     /// The task.
     #[serde(flatten)]
     pub task: Task,
-    /// Everything that happened to it, oldest first.
+    /// Everything that happened to it, oldest first (on PostgreSQL the latest
+    /// [`MAX_HISTORY`](crate::MAX_HISTORY) events: see `omitted`).
     pub history: Vec<Event>,
+    /// How many earlier events `history` leaves out (0, and absent from the JSON, when it
+    /// is complete).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -107,12 +107,12 @@ pub use fence::FencingToken;
 pub use graph::{DEFAULT_ESTIMATE, critical_path_of};
 pub use history::{Event, EventKind, TaskDetails};
 pub use notify::{Change, FALLBACK_INTERVAL, TOPIC, TaskEvent, TaskWatch};
-pub use storage::{FileTasks, TaskStore, page_of};
+pub use storage::{FileTasks, MAX_HISTORY, TaskStore, page_of};
 pub use store::doctor::doctor;
 pub use svg::{CRITICAL_COLOUR, critical_window, gantt_svg, graph_svg, html_page, xml_escape};
 pub use task::{
     Edit, MAX_DEPENDENCIES, MAX_LABEL_BYTES, MAX_LABELS, MAX_METADATA, MAX_METADATA_VALUE_BYTES,
-    MAX_NAME_BYTES, MAX_TEXT_BYTES, Task, TaskStatus,
+    MAX_NAME_BYTES, MAX_TEXT_BYTES, Task, TaskStatus, check_text,
 };
 pub use tracker::{
     Amendment, CriticalPath, Options, Ownership, Page, Query, ReadyPage, TaskTracker, Update,

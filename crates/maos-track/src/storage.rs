@@ -3,12 +3,19 @@
 //! by whoever opens the workspace (`maos_coordination::backend::open`); a command is written
 //! once, over [`TaskStore`].
 
+use std::time::{Duration, Instant};
+
 use maos_core::{AgentId, TaskId};
 
 use crate::{
-    Error, Page, ProgressReport, ProgressVisualizer, Query, ReadyPage, StatusCounts, Task,
-    TaskDetails, TaskTracker, Update,
+    Amendment, Error, Ownership, Page, ProgressReport, ProgressVisualizer, Query, ReadyPage,
+    StatusCounts, Task, TaskDetails, TaskTracker, Update,
 };
+
+/// The most events [`TaskStore::show`] returns for one task on a backend that pages its
+/// history (PostgreSQL: the latest ones; [`TaskDetails::omitted`] counts the rest). The file
+/// store keeps a task's history in its snapshot and returns all of it.
+pub const MAX_HISTORY: usize = 1000;
 
 /// The task graph of one workspace, on whichever backend it lives, acting for one agent
 /// (the one whose ownership updates are checked against).
@@ -43,6 +50,27 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     fn report(&self) -> Result<ProgressReport, Error> {
         Ok(crate::report(&self.list()?, maos_core::now_ms()))
     }
+    /// Applies `amendment` to `id` in one write, all or none (`maos task edit`): descriptive
+    /// fields, then the assignee (subject to its ownership), then dependencies removed and
+    /// added (cycles, unknown ids and started tasks refused).
+    fn amend(&self, id: &TaskId, amendment: &Amendment) -> Result<Task, Error>;
+    /// Adds a comment to the history of `id` (anyone may; the task does not change).
+    fn comment(&self, id: &TaskId, text: &str) -> Result<(), Error>;
+    /// Sets (`Some`) or clears (`None`) the assignee of `id`; an active task that loses its
+    /// assignee goes back to the queue. Refused for a task assigned to another agent unless
+    /// `ownership` overrides it.
+    fn assign(
+        &self,
+        id: &TaskId,
+        agent: Option<&AgentId>,
+        ownership: Ownership,
+    ) -> Result<Task, Error>;
+    /// The version of the graph: it changes whenever a task changes.
+    fn version(&self) -> Result<u64, Error>;
+    /// Waits up to `timeout` for the version to move past `seen` (woken by the backend's
+    /// change events, which are hints: it also looks again on a fallback timer); returns the
+    /// version then (`seen` when the time ran out).
+    fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64, Error>;
 }
 
 /// The page of `tasks` (in creation order) that `q` asks for.
@@ -127,5 +155,74 @@ impl TaskStore for FileTasks {
 
     fn report(&self) -> Result<ProgressReport, Error> {
         ProgressVisualizer::new(self.tracker.clone()).generate_progress_report_blocking()
+    }
+
+    fn amend(&self, id: &TaskId, amendment: &Amendment) -> Result<Task, Error> {
+        self.tracker.amend_blocking(id, amendment)
+    }
+
+    fn comment(&self, id: &TaskId, text: &str) -> Result<(), Error> {
+        self.tracker.comment_blocking(id, text)
+    }
+
+    fn assign(
+        &self,
+        id: &TaskId,
+        agent: Option<&AgentId>,
+        ownership: Ownership,
+    ) -> Result<Task, Error> {
+        self.tracker.assign_blocking(id, agent, ownership)
+    }
+
+    fn version(&self) -> Result<u64, Error> {
+        self.tracker.version_blocking()
+    }
+
+    fn wait_changed(&self, seen: u64, timeout: Duration) -> Result<u64, Error> {
+        wait_on_files(&self.tracker, seen, timeout)
+    }
+}
+
+/// [`TaskStore::wait_changed`] on the files: a directory watch on `.maos/tasks/` (every event
+/// a hint, the version re-read) plus the [`FALLBACK_INTERVAL`](crate::FALLBACK_INTERVAL)
+/// timer, without a runtime.
+fn wait_on_files(tracker: &TaskTracker, seen: u64, timeout: Duration) -> Result<u64, Error> {
+    use notify::Watcher as _;
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Watch first, then read: a write between the two is seen by the read.
+    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .and_then(|mut w| {
+        w.watch(tracker.dir(), notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "no file events for the task store: polling every {:?}",
+                crate::FALLBACK_INTERVAL
+            );
+            None
+        }
+    };
+    loop {
+        let v = tracker.version_blocking()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if v != seen || left.is_zero() {
+            return Ok(v);
+        }
+        match rx.recv_timeout(left.min(crate::FALLBACK_INTERVAL)) {
+            // Drain the burst of events one write causes.
+            Ok(()) => while rx.try_recv().is_ok() {},
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // No watcher (it failed): the fallback timer alone.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(left.min(crate::FALLBACK_INTERVAL));
+            }
+        }
     }
 }

@@ -193,8 +193,12 @@ pub(crate) fn check_name(name: &str) -> Result<(), crate::Error> {
     Ok(())
 }
 
-/// Checks a free text (description, note, comment): at most [`MAX_TEXT_BYTES`].
-pub(crate) fn check_text(what: &'static str, text: &str) -> Result<(), crate::Error> {
+/// Checks a free text (description, note, comment): at most [`MAX_TEXT_BYTES`]; `what`
+/// names it in the error ([`Error::Invalid`](crate::Error::Invalid)).
+///
+/// # Errors
+/// [`Error::Invalid`](crate::Error::Invalid) when it is over the limit.
+pub fn check_text(what: &'static str, text: &str) -> Result<(), crate::Error> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(invalid(
             what,
@@ -229,8 +233,11 @@ pub(crate) fn check_labels(labels: &[String]) -> Result<(), crate::Error> {
 impl Task {
     /// Checks the caller-supplied fields against the limits above (names, texts, labels,
     /// dependency and metadata counts). Writers call it before a task is created; replay
-    /// refuses a `create` record that fails it.
-    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+    /// refuses a `create` record that fails it (and so does every other backend).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the field and its limit.
+    pub fn check(&self) -> Result<(), crate::Error> {
         check_name(&self.name)?;
         check_text("task description", &self.description)?;
         if let Some(n) = &self.note {
@@ -371,7 +378,11 @@ impl Edit {
         f
     }
 
-    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+    /// Checks the edit: not empty, each field within its limit.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the field.
+    pub fn check(&self) -> Result<(), crate::Error> {
         if self.is_empty() {
             return Err(invalid("edit", "it changes nothing".into()));
         }
@@ -388,7 +399,7 @@ impl Edit {
     }
 
     /// Applies the edit to `t`.
-    pub(crate) fn apply_to(&self, t: &mut Task) {
+    pub fn apply_to(&self, t: &mut Task) {
         if let Some(n) = &self.name {
             t.name.clone_from(n);
         }
@@ -528,8 +539,9 @@ impl TaskStatus {
     }
 
     /// Why `self -> to` is not allowed, or `None` when it is (for a task whose dependencies
-    /// are all completed; the tracker checks dependencies separately).
-    pub(crate) fn refuse(self, to: TaskStatus) -> Option<&'static str> {
+    /// are all completed; the tracker checks dependencies separately). Every backend uses
+    /// this one state machine.
+    pub fn refuse(self, to: TaskStatus) -> Option<&'static str> {
         use TaskStatus::*;
         match (self, to) {
             (Completed, _) => Some("a completed task is final"),

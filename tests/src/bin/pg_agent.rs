@@ -17,7 +17,11 @@
 //! - `create N`: creates N tasks; `claim`: claims until nothing is ready, completing each
 //!   and printing `claimed ID` (then `ok claimed N`); `hold-claim`: claims one and keeps it.
 //! - `detect`: runs the deadlock detector with resolution; `ok CYCLES`.
+//! - `hold-guard WHAT`: on a connection configured as maos's own, begins a transaction that
+//!   takes the namespace's guard row of WHAT (`locks`, `tasks`) and leaves it open (as a
+//!   process stopped in the middle of a change would); `ok holding`.
 //!
+//! `PG_AGENT_STUCK_AFTER_MS` sets the backend's `Options::stuck_after`.
 //! When its liveness session is lost it prints `lost EPOCH`.
 
 use std::collections::HashMap;
@@ -42,9 +46,12 @@ fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(a.len() == 3, "usage: pg_agent URL NAMESPACE AGENT");
     let url = BackendUrl::parse(&a[0])?;
-    let options = maos_postgres::Options::default()
+    let mut options = maos_postgres::Options::default()
         .heartbeat(Duration::from_millis(200))
         .reconnect_for(Duration::from_secs(120));
+    if let Ok(ms) = std::env::var("PG_AGENT_STUCK_AFTER_MS") {
+        options = options.stuck_after(Duration::from_millis(ms.parse()?));
+    }
     let pg = Pg::connect_with(&url, &a[1], options)?;
     let me = AgentId::new(&a[2])?;
     PgRegistry::new(&pg).register(Registration::new(me.clone()))?;
@@ -52,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     say(&format!("ready {}", pg.session_key()?));
     let guards: Arc<Mutex<HashMap<String, PgGuard>>> = Arc::default();
     let tracker = PgTracker::new(&pg).agent(me.clone());
+    let mut stuck: Option<postgres::Client> = None;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let parts: Vec<&str> = line.split_whitespace().collect();
@@ -177,6 +185,16 @@ fn main() -> anyhow::Result<()> {
                     .broadcast(me.clone())
                     .check()?;
                 Ok(serde_json::to_string(&found)?)
+            }
+            ["hold-guard", what @ ("locks" | "tasks")] => {
+                let mut c = pg.client_config().connect(postgres::NoTls)?;
+                c.batch_execute(&format!(
+                    "BEGIN; SELECT counter FROM maos.guards WHERE what = '{what}' AND ns =
+                         (SELECT id FROM maos.namespaces WHERE name = '{}') FOR UPDATE",
+                    a[1].replace('\'', "''")
+                ))?;
+                stuck = Some(c);
+                Ok("holding".into())
             }
             _ => anyhow::bail!("unknown command {line:?}"),
         })();

@@ -1,5 +1,5 @@
-//! One conformance suite over the storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
-//! `AgentStore`): every test body is written once and runs against both backends, the files
+//! One conformance suite over the storage traits (`ChannelStore`, `InboxStore`, `LockStore`,
+//! `TaskStore`, `AgentStore`): every test body is written once and runs against both backends, the files
 //! of a temporary workspace and the throwaway PostgreSQL server
 //! (`maos_postgres::server`), each through `maos_coordination::backend::open`, the one
 //! place where the CLI chooses. The CLI-level half (real `maos` processes claiming tasks, a
@@ -229,6 +229,136 @@ fn recipients_consumers_waits_and_topics_behave_the_same() {
         drop(d);
         let mut d = store.topic_reader(&["**"], Some(name)).unwrap();
         assert_eq!(d.read().unwrap().messages.len(), 2, "{}", b.name());
+    }
+}
+
+/// A cursor beyond the channel's newest position is reported (once per reader), never
+/// passed over in silence; a consumer cannot acknowledge a position its channel does not
+/// hold (it would hide the messages sent there later).
+#[test]
+fn a_cursor_ahead_of_the_channel_is_reported_and_never_acknowledged() {
+    for (_dir, b) in both() {
+        let store = b.channels();
+        let ch = ChannelName::new("conf-ahead").unwrap();
+        for p in ["1", "2"] {
+            store
+                .send(
+                    &ch,
+                    &Message::new(agent("a"), Recipients::All, raw(p)),
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+        }
+        let said = |x: &maos_coordination::comm::ChannelRead| {
+            x.notices
+                .iter()
+                .map(ToString::to_string)
+                .chain(x.warnings.iter().cloned())
+                .any(|t| t.contains("ahead of"))
+        };
+        let mut r = store
+            .reader(&ch, Start::After(u64::MAX), Filter::Everything, false)
+            .unwrap();
+        let first = r.read().unwrap();
+        assert!(first.messages.is_empty(), "{}", b.name());
+        assert!(said(&first), "{}: {first:?}", b.name());
+        assert!(!said(&r.read().unwrap()), "{}: said once", b.name());
+
+        let c = maos_coordination::core::Name::new("conf-ahead-c").unwrap();
+        let mut r = store
+            .reader(&ch, Start::Consumer(c.clone()), Filter::Everything, false)
+            .unwrap();
+        let err = r.ack(10).unwrap_err();
+        assert!(
+            matches!(err, maos_coordination::comm::Error::AheadOfLog { .. }),
+            "{}: {err}",
+            b.name()
+        );
+        r.ack(2).unwrap();
+        drop(r);
+        store
+            .send(
+                &ch,
+                &Message::new(agent("a"), Recipients::All, raw("3")),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let mut r = store
+            .reader(&ch, Start::Consumer(c), Filter::Everything, false)
+            .unwrap();
+        assert_eq!(drain(r.as_mut()), [(3, "3".to_string())], "{}", b.name());
+    }
+}
+
+/// The payloads of an inbox batch, sorted (the order across channels follows the senders'
+/// clocks).
+fn inbox_texts(b: &maos_coordination::comm::InboxBatch) -> Vec<String> {
+    let mut v: Vec<String> = b
+        .items
+        .iter()
+        .map(|i| i.message.payload.get().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn inboxes_address_subscribe_acknowledge_and_wake_the_same() {
+    for (dir, b) in both() {
+        let n = b.name();
+        let store = b.channels();
+        let wait = Duration::from_secs(10);
+        let send = |ch: &str, from: &str, to: Recipients, p: &str| {
+            let ch = ChannelName::new(ch).unwrap();
+            store
+                .send(&ch, &Message::new(agent(from), to, raw(p)), wait)
+                .unwrap();
+        };
+        b.agents()
+            .register(Registration::new(agent("rev")).role(AgentRole::new("reviewer").unwrap()))
+            .unwrap();
+        send("direct/rev", "lead", Recipients::All, "1");
+        send("direct/dev", "lead", Recipients::All, "2");
+        send("direct/dev", "lead", Recipients::Agent(agent("rev")), "3");
+        send(
+            "review",
+            "lead",
+            Recipients::Role(AgentRole::new("reviewer").unwrap()),
+            "4",
+        );
+        send("review", "rev", Recipients::All, "5");
+        send("review", "lead", Recipients::Group(vec![agent("rev")]), "6");
+        store
+            .broadcast(&agent("ci"), "build/a", &raw("7"), wait)
+            .unwrap();
+        let mut inbox = b.inboxes().open(agent("rev")).unwrap();
+        assert!(inbox.subscribe(&["build/*"]).unwrap() == ["build/*"], "{n}");
+        store
+            .broadcast(&agent("ci"), "build/b", &raw("8"), wait)
+            .unwrap();
+        assert_eq!(inbox.unread().unwrap().total, 5, "{n}");
+        let batch = inbox.read(100).unwrap();
+        assert_eq!(inbox_texts(&batch), ["1", "3", "4", "6", "8"], "{n}");
+        inbox.ack(&batch).unwrap();
+        // Another process (a new connection, new handles) finds it acknowledged.
+        let ws = Workspace::open(dir.path()).unwrap();
+        let again = backend::open(&ws).unwrap();
+        let mut inbox = again.inboxes().open(agent("rev")).unwrap();
+        assert!(inbox.read(100).unwrap().is_empty(), "{n}");
+        assert_eq!(inbox.subscriptions(), ["build/*"], "{n}");
+        // A reader waiting on its watcher is woken for a send from another thread.
+        let watcher = inbox.watcher().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| send("review", "lead", Recipients::Agent(agent("rev")), "9"));
+            let mut got = Vec::new();
+            while got.is_empty() {
+                got = inbox_texts(&inbox.read(100).unwrap());
+                if got.is_empty() {
+                    watcher.wait(Duration::from_secs(60));
+                }
+            }
+            assert_eq!(got, ["9"], "{n}");
+        });
     }
 }
 

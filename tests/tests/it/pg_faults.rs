@@ -200,6 +200,79 @@ fn a_terminated_session_frees_the_agents_locks_and_claims_and_it_learns_so() {
     assert_eq!(x.cmd("try g").parse::<u64>().map(|t| t > token), Ok(true));
 }
 
+/// Issue 11.6 on PostgreSQL: a process stopped (SIGSTOP) in the middle of a change holds the
+/// lock table's guard row. Everyone else's wait is honoured (a clear busy error naming the
+/// stopped session, counted as a timeout: exit 3), readers do not wait at all, and the
+/// server ends the stopped transaction after `stuck_after`, after which locks are granted
+/// again; the stopped process, resumed, reconnects and works on.
+#[test]
+fn a_process_stopped_mid_change_blocks_nobody_beyond_their_wait() {
+    let url = server::shared_url().unwrap();
+    let ns = server::unique_namespace("faults-stopped");
+    let pg = Pg::connect(&BackendUrl::parse(&url).unwrap(), &ns).unwrap();
+    let mut x = PgAgent::start(
+        BIN,
+        &["env", "PG_AGENT_STUCK_AFTER_MS=3000"],
+        &url,
+        &ns,
+        "x",
+    );
+    assert_eq!(x.cmd("hold-guard locks"), "holding");
+    x.signal("STOP");
+    let me = AgentId::new("other").unwrap();
+    let f = ResourceName::new("f").unwrap();
+    let err = PgLock::new(&pg, f.clone())
+        .agent(me.clone())
+        .wait(Duration::from_millis(300))
+        .acquire("edit")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, maos_postgres::Error::Busy { .. }), "{text}");
+    assert!(maos_coordination::backend::is_timeout(&err), "{text}");
+    assert!(
+        text.contains(&format!("maos pid {}", x.pid())) && text.contains("idle in a transaction"),
+        "the stopped process is named: {text}"
+    );
+    // A try does not hang either; a reader does not wait at all.
+    assert!(matches!(
+        PgLock::new(&pg, f.clone())
+            .agent(me.clone())
+            .try_acquire("edit"),
+        Err(maos_postgres::Error::Busy { .. })
+    ));
+    assert!(PgLockTable::new(&pg).snapshot().unwrap().holders.is_empty());
+    // The server ends the stopped transaction: the guard is free again.
+    wait_until(Duration::from_secs(60), || {
+        matches!(
+            PgLock::new(&pg, f.clone())
+                .agent(me.clone())
+                .try_acquire("edit"),
+            Ok(Some(_))
+        )
+    });
+    x.signal("CONT");
+    let token = x.cmd("try g");
+    assert!(token.parse::<u64>().is_ok(), "{token}");
+
+    // The same for the task store: a write honours its wait, a read does not wait.
+    assert_eq!(x.cmd("hold-guard tasks"), "holding");
+    x.signal("STOP");
+    let tracker = PgTracker::new(&pg)
+        .agent(me.clone())
+        .lock_wait(Duration::from_millis(300));
+    let err = tracker
+        .create_task(&maos_coordination::Task::new("t"))
+        .unwrap_err();
+    assert!(matches!(err, maos_postgres::Error::Busy { .. }), "{err}");
+    assert!(tracker.list().unwrap().is_empty());
+    wait_until(Duration::from_secs(60), || {
+        tracker
+            .create_task(&maos_coordination::Task::new("t"))
+            .is_ok()
+    });
+    x.signal("CONT");
+}
+
 #[test]
 fn a_server_restart_mid_run_loses_nothing_acknowledged() {
     let server = TestServer::start().unwrap();

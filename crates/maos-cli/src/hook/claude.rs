@@ -169,8 +169,8 @@ fn workspace(input: &Input, ctx: &Ctx) -> anyhow::Result<Option<Stores>> {
     if b.is_file() {
         return Ok(Some(Stores::files(&ws)));
     }
-    let (agents, locks) = (b.agents(), b.locks());
-    Ok(Some(Stores::on(&ws, agents, locks, move |a| {
+    let (agents, locks, inboxes) = (b.agents(), b.locks(), b.inboxes());
+    Ok(Some(Stores::on(&ws, agents, locks, inboxes, move |a| {
         b.tasks(a, None)
     })))
 }
@@ -253,9 +253,7 @@ fn session_start(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer
     if !ws.is_files() {
         text.push_str(
             "This workspace coordinates through a PostgreSQL server shared by agents on several \
-             machines. Your inbox is not delivered here: read your messages with `maos recv \
-             CHANNEL` (`direct/<you>` for those to you alone) or the MCP tool `receive`, and \
-             broadcasts with `maos subscribe TOPIC` or `read_topics`.\n",
+             machines.\n",
         );
     }
     let mail = mail_or_note(ws, &name.agent, &mut text);
@@ -315,15 +313,11 @@ fn post_tool_use(ws: &Stores, input: &Input, ctx: &Ctx) -> anyhow::Result<Answer
     })
 }
 
-/// Appends the agent's new messages to `text`; an inbox that cannot be read is said there
-/// instead (the rest of the answer still matters more than the mail). The inbox is in files
-/// only so far: on another backend nothing is collected (the SessionStart briefing says how
-/// to read messages there).
+/// Appends the agent's new messages (from its inbox on the workspace's backend) to `text`; an
+/// inbox that cannot be read is said there instead (the rest of the answer still matters more
+/// than the mail).
 fn mail_or_note(ws: &Stores, agent: &AgentId, text: &mut String) -> Option<Mail> {
-    if !ws.is_files() {
-        return None;
-    }
-    match Mail::collect(ws.workspace(), agent) {
+    match Mail::collect_in(ws, agent) {
         Ok(Some(m)) => {
             text.push_str(&m.text);
             Some(m)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use maos_coordination::comm::{ChannelStore, Inbox, RawPayload, Start};
+use maos_coordination::comm::{ChannelStore, RawPayload, Start};
 use maos_coordination::core::Name;
 use maos_coordination::{AgentId, AgentRole, ChannelName, Message, Recipients};
 use schemars::JsonSchema;
@@ -154,10 +154,6 @@ fn message_json(m: &Message<RawPayload>) -> Result<Value, ToolError> {
     serde_json::to_value(m)
         .map_err(|e| ToolError::new(Exit::Error, format!("cannot encode message {}: {e}", m.id)))
 }
-
-/// The inbox and its stored subscriptions live in files only so far.
-const INBOX_INSTEAD: &str = "read your messages with receive on each channel (`direct/<you>` \
-     for messages to you alone) and broadcasts with read_topics";
 
 async fn send(s: &Server, a: Send) -> ToolResult {
     let me = s.agent()?;
@@ -313,7 +309,6 @@ async fn read_topics(s: &Server, a: Topics) -> ToolResult {
 }
 
 async fn inbox(s: &Server, a: InboxArgs) -> ToolResult {
-    s.file_only("inbox", INBOX_INSTEAD)?;
     let me = s.agent()?;
     let max = match a.max {
         None => 20,
@@ -330,7 +325,7 @@ async fn inbox(s: &Server, a: InboxArgs) -> ToolResult {
             return Err(ToolError::usage("wait_seconds needs read: true"));
         }
         let unread = s
-            .blocking(move |s| Ok(Inbox::open(s.ws(), me)?.unread()?))
+            .blocking(move |s| Ok(s.backends().inboxes().open(me)?.unread()?))
             .await?;
         let text = format!("{} unread message(s)", unread.total);
         return Reply::new(&json!(unread), text);
@@ -339,7 +334,7 @@ async fn inbox(s: &Server, a: InboxArgs) -> ToolResult {
     let previous = s.take_pending(INBOX_SOURCE);
     let batch = s
         .blocking(move |s| {
-            let mut inbox = Inbox::open(s.ws(), me)?;
+            let mut inbox = s.backends().inboxes().open(me)?;
             if let Some(PendingAck::Inbox(b)) = previous {
                 inbox.ack(&b)?;
             }
@@ -392,11 +387,10 @@ async fn subscribe(s: &Server, a: SubscribeArgs) -> ToolResult {
     if a.patterns.is_empty() {
         return Err(ToolError::usage("give at least one pattern"));
     }
-    s.file_only("subscribe", INBOX_INSTEAD)?;
     let me = s.agent()?;
     let stored = s
         .blocking(move |s| {
-            let mut inbox = Inbox::open(s.ws(), me)?;
+            let mut inbox = s.backends().inboxes().open(me)?;
             let patterns: Vec<&str> = a.patterns.iter().map(String::as_str).collect();
             if a.unsubscribe {
                 inbox.unsubscribe(&patterns)?;

@@ -315,36 +315,19 @@ async fn acquire(s: &Server, a: Acquire) -> ToolResult {
                 .wait(wait);
             let r = res.clone();
             let purpose = a.purpose.clone();
-            let (patience, pause) = (pg.options().reconnect_for, pg.options().heartbeat);
+            // The library grants only under a liveness session that is alive at the grant
+            // (one that ended unnoticed is replaced first), so the guard is the lock.
             s.blocking(move |s| {
-                let until = Instant::now() + patience;
-                loop {
-                    let g = if wait.is_zero() {
-                        match lock.try_acquire(&purpose) {
-                            Ok(Some(g)) => g,
-                            Ok(None) => return Err(busy(&r, &store(&s).conflicting(&r, m)?)),
-                            Err(e) => return Err(pg_wait_error(&r, e)),
-                        }
-                    } else {
-                        lock.acquire(&purpose).map_err(|e| pg_wait_error(&r, e))?
-                    };
-                    // A grant under a liveness session that has just ended (terminated, the
-                    // network cut) before this process noticed is no lock at all: verified,
-                    // and taken again once the session is back.
-                    match g.check() {
-                        Ok(()) => return Ok(Held::pg(g, ttl)),
-                        Err(maos_coordination::postgres::Error::StaleToken { .. })
-                            if Instant::now() < until =>
-                        {
-                            tracing::warn!(resource = %r, "granted under a lost session; taking it again");
-                            if let Err(e) = g.release() {
-                                tracing::debug!("releasing a lock granted under a lost session: {e}");
-                            }
-                            std::thread::sleep(pause);
-                        }
-                        Err(e) => return Err(e.into()),
+                let g = if wait.is_zero() {
+                    match lock.try_acquire(&purpose) {
+                        Ok(Some(g)) => g,
+                        Ok(None) => return Err(busy(&r, &store(&s).conflicting(&r, m)?)),
+                        Err(e) => return Err(pg_wait_error(&r, e)),
                     }
-                }
+                } else {
+                    lock.acquire(&purpose).map_err(|e| pg_wait_error(&r, e))?
+                };
+                Ok(Held::pg(g, ttl))
             })
             .await?
         }

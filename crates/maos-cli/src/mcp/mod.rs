@@ -283,23 +283,6 @@ impl Server {
         &self.inner.backends
     }
 
-    /// Refuses a tool whose mechanism has no implementation on this workspace's backend,
-    /// naming the tool, the backend and what to use instead (never the files instead).
-    pub(crate) fn file_only(&self, tool: &str, instead: &str) -> Result<(), ToolError> {
-        let b = self.backends();
-        if b.is_file() {
-            return Ok(());
-        }
-        Err(ToolError::new(
-            Exit::Error,
-            format!(
-                "the {tool} tool is not available on the PostgreSQL backend yet (this \
-                 workspace uses {}); {instead}",
-                b.location()
-            ),
-        ))
-    }
-
     /// The registered agent `id`, if any.
     pub(crate) fn registered(&self, id: &AgentId) -> Result<Option<AgentView>, ToolError> {
         let (list, _) = self.backends().agents().list()?;

@@ -1,8 +1,8 @@
 //! Task tools: add (with dependencies), claim, start, review, done, fail, list, ready, show,
-//! report, gantt.
+//! edit, comment, unassign, report, gantt.
 
 use maos_coordination::core::Priority;
-use maos_coordination::track::{self, TaskStore, Update};
+use maos_coordination::track::{self, Ownership, TaskStore, Update};
 use maos_coordination::{AgentId, Task, TaskStatus};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -35,7 +35,20 @@ tool_group! {
     "task_ready" => ready(Ready):
         "List the tasks ready to be claimed, best first.",
     "task_show" => show(Id):
-        "Show one task: status, assignee, dependencies, estimate, history.",
+        "Show one task: status, assignee, dependencies, estimate, and its history (who did \
+         what, when: created, claimed, status changes with notes, comments, edits).",
+    "task_edit" => edit(EditArgs):
+        "Change a task in one atomic step (all or nothing): name, description, estimate, \
+         priority, labels (replaced), dependencies (`add_after`, `remove_after`: a dependency \
+         that would close a cycle is refused) and assignee (handing it over is the \
+         assignee's call, or `force`). Give at least one change.",
+    "task_comment" => comment(Comment):
+        "Add a comment to a task's history (anyone may; the task itself does not change): \
+         findings, decisions, hand-over notes for the next agent.",
+    "task_unassign" => unassign(Unassign):
+        "Give a task up: clear its assignee. A task in progress or in review goes back to the \
+         queue for someone else to claim. Only the assignee may, unless `force` is true \
+         (recorded in the history).",
     "task_report" => report(Empty):
         "Progress report: counts per status, per agent, the critical path and the estimated \
          time left.",
@@ -73,6 +86,62 @@ struct Add {
 struct Id {
     /// The task id (or a unique prefix of it).
     id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EditArgs {
+    /// The task id (or a unique prefix of it).
+    id: String,
+    /// A new name.
+    #[serde(default)]
+    name: Option<String>,
+    /// A new description.
+    #[serde(default)]
+    description: Option<String>,
+    /// A new estimate in minutes.
+    #[serde(default)]
+    estimate_minutes: Option<u64>,
+    /// Remove the estimate.
+    #[serde(default)]
+    no_estimate: bool,
+    /// low, normal, high or critical.
+    #[serde(default)]
+    priority: Option<String>,
+    /// New labels, replacing the old ones (an empty list removes them).
+    #[serde(default)]
+    labels: Option<Vec<String>>,
+    /// Hand the task to this agent.
+    #[serde(default)]
+    assignee: Option<String>,
+    /// Ids (or unique prefixes) of tasks it should also wait for.
+    #[serde(default)]
+    add_after: Vec<String>,
+    /// Ids (or unique prefixes) of tasks it should no longer wait for.
+    #[serde(default)]
+    remove_after: Vec<String>,
+    /// Act on a task assigned to another agent (recorded with your name).
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Comment {
+    /// The task id (or a unique prefix of it).
+    id: String,
+    /// The comment.
+    text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Unassign {
+    /// The task id (or a unique prefix of it).
+    id: String,
+    /// Act on a task assigned to another agent (recorded with your name).
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -255,14 +324,104 @@ async fn ready(s: &Server, a: Ready) -> ToolResult {
 
 async fn show(s: &Server, a: Id) -> ToolResult {
     let tr = tracker(s)?;
-    let t = s
+    let d = s
         .blocking(move |_| {
             let id = tr.resolve(&a.id)?;
-            tr.get(&id)?
+            tr.show(&id)?
                 .ok_or_else(|| ToolError::new(Exit::Error, format!("task {id} not found")))
         })
         .await?;
-    let text = one_line(&t);
+    let text = format!(
+        "{} ({} event(s) in its history)",
+        one_line(&d.task),
+        d.history.len()
+    );
+    Reply::new(&d, text)
+}
+
+async fn edit(s: &Server, a: EditArgs) -> ToolResult {
+    let tr = tracker(s)?;
+    let mut e = track::Edit::new();
+    e.name = a.name;
+    e.description = a.description;
+    if a.no_estimate {
+        e.estimate = Some(None);
+    } else if let Some(m) = a.estimate_minutes {
+        e.estimate = Some(Some(std::time::Duration::from_secs(m.saturating_mul(60))));
+    }
+    e.priority = a
+        .priority
+        .as_deref()
+        .map(|p| named::<Priority>("priority", p))
+        .transpose()?;
+    e.labels = a.labels;
+    let assignee = a
+        .assignee
+        .map(AgentId::new)
+        .transpose()
+        .map_err(|e| ToolError::usage(format!("assignee: {e}")))?;
+    let t = s
+        .blocking(move |_| {
+            let id = tr.resolve(&a.id)?;
+            let mut am = track::Amendment::new();
+            am.edit = e;
+            am.assignee = assignee.map(Some);
+            am.add_dependencies = a
+                .add_after
+                .iter()
+                .map(|d| tr.resolve(d))
+                .collect::<Result<_, _>>()?;
+            am.remove_dependencies = a
+                .remove_after
+                .iter()
+                .map(|d| tr.resolve(d))
+                .collect::<Result<_, _>>()?;
+            am.ownership = if a.force {
+                Ownership::Override
+            } else {
+                Ownership::Respect
+            };
+            if am.is_empty() {
+                return Err(ToolError::usage(
+                    "nothing to change: give name, description, estimate_minutes, \
+                     no_estimate, priority, labels, assignee, add_after or remove_after",
+                ));
+            }
+            Ok(tr.amend(&id, &am)?)
+        })
+        .await?;
+    let text = format!("edited {}", one_line(&t));
+    Reply::new(&t, text)
+}
+
+async fn comment(s: &Server, a: Comment) -> ToolResult {
+    let tr = tracker(s)?;
+    let d = s
+        .blocking(move |_| {
+            let id = tr.resolve(&a.id)?;
+            tr.comment(&id, &a.text)?;
+            tr.show(&id)?
+                .ok_or_else(|| ToolError::new(Exit::Error, format!("task {id} not found")))
+        })
+        .await?;
+    let text = format!("commented on {}", one_line(&d.task));
+    Reply::new(&d, text)
+}
+
+async fn unassign(s: &Server, a: Unassign) -> ToolResult {
+    let tr = tracker(s)?;
+    let ownership = if a.force {
+        Ownership::Override
+    } else {
+        Ownership::Respect
+    };
+    let t = s
+        .blocking(move |_| {
+            let id = tr.resolve(&a.id)?;
+            Ok(tr.assign(&id, None, ownership)?)
+        })
+        .await?;
+    let text = format!("unassigned {}", one_line(&t));
     Reply::new(&t, text)
 }
 

@@ -99,6 +99,19 @@ fn an_unreachable_server_or_a_bad_backend_is_a_clear_error() {
     out.assert_code(Exit::Error);
     out.stderr_has("MAOS_BACKEND");
     out.stderr_has("postgres://");
+
+    // A hostile namespace: refused before any connection, naming the rule and the way out.
+    let out = maos.run([
+        "init",
+        "--backend",
+        "postgres://maos@127.0.0.1:1/maos",
+        "--namespace",
+        "a'; DROP TABLE x; --",
+    ]);
+    out.assert_code(Exit::Error);
+    out.stderr_has("the namespace given for the PostgreSQL backend");
+    out.stderr_has("only letters, digits");
+    out.stderr_has("--namespace NAME");
 }
 
 #[test]
@@ -208,6 +221,19 @@ fn session(maos: &Maos) -> Vec<Step> {
         &a,
         "alice",
         &["send", "api", "--data", "3", "--to", "carol"],
+    );
+    // What no reader could decode is refused on both (nothing written, exit 1).
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    run(&a, "alice", &["send", "api", "--data", &deep]);
+    run(&a, "alice", &["send", "api", "--data", r#""\ud800""#]);
+    run(&a, "alice", &["send", "api", "--data", "[1e400]"]);
+    run(&a, "alice", &["broadcast", "build/deep", "--data", &deep]);
+    // The same size limits on both: a purpose over 64 KiB is refused.
+    let purpose = "p".repeat(100_000);
+    run(
+        &a,
+        "alice",
+        &["lock", "acquire", "big", "--purpose", &purpose],
     );
     run(&b, "bob", &["recv", "api"]);
     run(&b, "bob", &["recv", "api", "--everything", "--after", "1"]);
@@ -543,7 +569,7 @@ fn the_default_namespace_is_the_repository_identity_and_is_needed() {
 }
 
 /// The file workspace and the PostgreSQL workspace of one test, with their names.
-fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
+pub(crate) fn both(file: &tempfile::TempDir, pg: &tempfile::TempDir) -> [(&'static str, Maos); 2] {
     [
         ("file", Maos::new(file.path())),
         ("postgresql", pg_workspace(pg.path()).0),
@@ -626,15 +652,10 @@ fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
 fn file_only_commands_refuse_a_postgresql_workspace() {
     let dir = tempfile::tempdir().unwrap();
     let (maos, _, _) = pg_workspace(dir.path());
+    // (The inbox, stored subscriptions and pruning work on PostgreSQL: inbox_cli.rs.)
     let cases: &[&[&str]] = &[
-        &["inbox"],
-        &["channels", "prune", "api", "--keep", "1"],
-        &["subscribe", "--durable", "ci/*"],
-        &["unsubscribe", "ci/*"],
-        &["task", "edit", "t0000000000", "--name", "x"],
-        &["task", "comment", "t0000000000", "hi"],
-        &["task", "unassign", "t0000000000"],
-        &["task", "watch", "--timeout", "1s"],
+        &["dashboard"],
+        // (`task edit`, `comment`, `unassign` and `watch` work on PostgreSQL: task_backends.rs.)
         // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
     ];
     for args in cases {
@@ -698,6 +719,69 @@ fn lock_run_serialises_real_processes_on_both_backends() {
             "{name}"
         );
     }
+}
+
+/// Issue 11.1 on PostgreSQL: the lock lives in `maos`'s database session, which no child can
+/// inherit. When `maos` is SIGKILLed during `lock run`, its command and every process the
+/// command started are killed (the lock went with the session), so no command ever runs on
+/// without its lock; the lock is then free for the others. The command's status and its lock
+/// token still reach it as on the files.
+#[test]
+fn lock_run_on_postgresql_never_leaves_its_command_running_without_the_lock() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (maos, _, _) = pg_workspace(dir.path());
+    let a = maos.agent("A");
+    let done = a.run([
+        "lock",
+        "run",
+        "res",
+        "--",
+        "sh",
+        "-c",
+        "test -n \"$MAOS_LOCK_TOKEN\" && exit 7",
+    ]);
+    assert_eq!(
+        done.code(),
+        Some(7),
+        "the command's status, with its token set"
+    );
+    let mut cli = a
+        .cmd()
+        .args(["lock", "run", "--ttl", "2s", "res", "--"])
+        .args(["sh", "-c", "sleep 600 & echo $$ $!; wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(cli.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let procs: Vec<_> = pids
+        .iter()
+        .map(|p| maos_coordination::core::ProcessIdentity::of(*p).unwrap())
+        .collect();
+    cli.kill().unwrap(); // SIGKILL: maos only
+    cli.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for p in &procs {
+        while p.state() == maos_coordination::core::ProcessState::Running {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {} still runs without the lock",
+                p.pid
+            );
+            std::thread::yield_now();
+        }
+    }
+    maos.agent("B")
+        .run(["lock", "acquire", "res", "--wait", "1m"])
+        .ok();
 }
 
 /// `git ARGS` in `dir` as a fixed author; its stdout.

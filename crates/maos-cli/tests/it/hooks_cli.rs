@@ -496,7 +496,17 @@ fn context_of(v: &Option<Value>) -> Option<String> {
 /// SessionStart in the briefing, later ones with the next tool call of any kind.
 #[test]
 fn messages_reach_the_agent_through_its_hooks_exactly_once() {
-    let r = repo();
+    messages_reach_the_agent_through_its_hooks(false);
+}
+
+/// The same on PostgreSQL: the hooks deliver the inbox kept on the server.
+#[test]
+fn messages_reach_the_agent_through_its_hooks_exactly_once_on_postgresql() {
+    messages_reach_the_agent_through_its_hooks(true);
+}
+
+fn messages_reach_the_agent_through_its_hooks(pg: bool) {
+    let r = repo_on(pg);
     let send = |to: &[&str], text: &str| {
         let mut args = vec!["send", "api"];
         args.extend_from_slice(to);
@@ -545,4 +555,27 @@ fn messages_reach_the_agent_through_its_hooks_exactly_once() {
         .run(["--json", "inbox", "--unread"]);
     let unread: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(unread["total"], 0, "{unread}");
+    // A broadcast on a topic beta subscribed to comes with its next tool call.
+    Maos::new(&r.main)
+        .agent("beta")
+        .run(["subscribe", "--durable", "build/*"])
+        .ok();
+    Maos::new(&r.main)
+        .agent("alpha")
+        .run(["broadcast", "build/linux", "--data", "\"green\""])
+        .ok();
+    let (_, p) = hook(&r.wt_b, "PostToolUse", &bash);
+    let text = context_of(&p).expect("the broadcast");
+    assert!(
+        text.contains("(topic build/linux)") && text.contains("green"),
+        "{text}"
+    );
+    if pg {
+        assert!(!text.contains("not delivered"), "{text}");
+        for store in ["channels", "inboxes"] {
+            let d = r.main.join(".maos").join(store);
+            let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+            assert_eq!(n, 0, "{} holds files", d.display());
+        }
+    }
 }

@@ -206,26 +206,9 @@ async fn every_tool_by_two_agents(backend: Backend) {
         .await;
     assert_eq!(topics["messages"][0]["topic"], "build/linux", "{topics}");
 
-    if pg {
-        // The inbox and its stored subscriptions live in files only so far: refused, naming
-        // the tool, the backend and what to use instead (never the local files).
-        for (tool, args) in [
-            ("subscribe", json!({ "patterns": ["deploy/**"] })),
-            ("inbox", json!({ "read": true })),
-        ] {
-            let r = calls.call(&b, tool, args).await;
-            assert_eq!(r.is_error, Some(true), "{tool}");
-            let s = r.structured_content.unwrap();
-            let e = s["error"].as_str().unwrap();
-            assert!(
-                e.contains(&format!("the {tool} tool"))
-                    && e.contains("PostgreSQL")
-                    && e.contains("receive"),
-                "{s}"
-            );
-        }
-    } else {
-        // The inbox: everything addressed to beta, plus its stored topic subscriptions.
+    {
+        // The inbox (on both backends): everything addressed to beta, plus its stored topic
+        // subscriptions.
         let subs = calls
             .ok(&b, "subscribe", json!({ "patterns": ["deploy/**", "x/*"] }))
             .await;
@@ -319,6 +302,70 @@ async fn every_tool_by_two_agents(backend: Backend) {
     let none = calls.call(&a, "task_claim", json!({})).await;
     assert_eq!(none.is_error, Some(true));
     assert_eq!(none.structured_content.unwrap()["kind"], "busy");
+    // The history: created, unblocked by the design's completion, claimed, failed.
+    let events: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["created", "unblocked", "claimed", "status"],
+        "{shown}"
+    );
+    let commented = calls
+        .ok(
+            &a,
+            "task_comment",
+            json!({ "id": build_id, "text": "flaky runner?" }),
+        )
+        .await;
+    assert_eq!(commented["history"][4]["text"], "flaky runner?");
+    // Editing: a completed task takes no new dependency; fields and dependencies change in
+    // one step.
+    let refused_dep = calls
+        .call(
+            &a,
+            "task_edit",
+            json!({ "id": design_id, "add_after": [build_id.clone()] }),
+        )
+        .await;
+    assert_eq!(refused_dep.is_error, Some(true));
+    assert!(
+        text(&refused_dep).contains("already"),
+        "{}",
+        text(&refused_dep)
+    );
+    let edited = calls
+        .ok(
+            &b,
+            "task_edit",
+            json!({ "id": build_id, "name": "Build v2", "priority": "high",
+                    "labels": ["ci"], "remove_after": [design_id.clone()] }),
+        )
+        .await;
+    assert_eq!(edited["name"], "Build v2");
+    assert_eq!(edited["priority"], "high");
+    assert!(edited.get("dependencies").is_none(), "{edited}");
+    // Alpha's docs task: beta gives it up only by forcing it.
+    let refused = calls
+        .call(&b, "task_unassign", json!({ "id": docs_id }))
+        .await;
+    assert_eq!(refused.is_error, Some(true));
+    let freed = calls
+        .ok(&b, "task_unassign", json!({ "id": docs_id, "force": true }))
+        .await;
+    assert!(freed["assigned_to"].is_null(), "{freed}");
+    assert_eq!(freed["status"], "pending");
+    let back = calls
+        .ok(
+            &b,
+            "task_edit",
+            json!({ "id": docs_id, "assignee": "alpha" }),
+        )
+        .await;
+    assert_eq!(back["assigned_to"], "alpha");
 
     // Merge.
     let check = calls

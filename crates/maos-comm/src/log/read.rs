@@ -197,9 +197,9 @@ impl Log {
     /// Returns false when there is nothing to read.
     fn locate(&self, cur: &mut Cursor, out: &mut RawBatch) -> Result<bool> {
         let listing = self.list(&mut out.problems)?;
-        let Some(want) = cur.position.checked_add(1) else {
-            return Ok(false); // nothing can come after the largest position
-        };
+        // Nothing can come after the largest position: look for it in the newest segment,
+        // whose end then tells that the cursor is ahead of the log.
+        let want = cur.position.saturating_add(1);
         match listing.holding(want) {
             Some(s) => {
                 cur.segment = s;

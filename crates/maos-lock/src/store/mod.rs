@@ -37,10 +37,14 @@ use crate::watch::DirWatch;
 use crate::{Error, Result};
 
 /// Largest purpose, and largest metadata (keys and values together), of one record.
-pub(crate) const RECORD_TEXT_LIMIT: usize = 64 << 10;
+pub const RECORD_TEXT_LIMIT: usize = 64 << 10;
 
-/// Refuses a record whose purpose or metadata exceeds [`RECORD_TEXT_LIMIT`].
-pub(crate) fn check_record_text(
+/// Refuses a record whose purpose or metadata exceeds [`RECORD_TEXT_LIMIT`] (every
+/// backend applies it, so that a lock taken on one is representable on the other).
+///
+/// # Errors
+/// [`Error::TooLarge`] naming the resource and the field.
+pub fn check_record_text(
     resource: &ResourceName,
     purpose: &str,
     metadata: &BTreeMap<String, String>,

@@ -116,7 +116,11 @@ impl TaskTracker {
         self.read(|g| match g.lookup(id)? {
             Some(o) => {
                 let (task, history) = g.details(o)?;
-                Ok(Some(TaskDetails { task, history }))
+                Ok(Some(TaskDetails {
+                    task,
+                    history,
+                    omitted: 0,
+                }))
             }
             None => Ok(None),
         })
