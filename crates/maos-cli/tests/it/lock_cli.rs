@@ -186,7 +186,9 @@ fn concurrent_lock_run_commands_do_not_lose_increments() {
 
 /// The files of `.maos/locks/live/`: (name, inode) of those a record can name, and of the
 /// spares kept for reuse.
-fn live_files(ws: &std::path::Path) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+type Files = Vec<(String, u64)>;
+
+fn live_files(ws: &std::path::Path) -> (Files, Files) {
     use std::os::unix::fs::MetadataExt;
     let mut named = Vec::new();
     let mut spares = Vec::new();
