@@ -713,6 +713,28 @@ mod tests {
         drop(t);
     }
 
+    /// Spare liveness files are kept on purpose: not reported as dead, not removed.
+    #[test]
+    fn spare_liveness_files_are_left_alone() {
+        let d = crate::store::test_dir();
+        let ws = Workspace::init(d.path()).unwrap();
+        lease(&ws, "a", "x");
+        let dir = ws.locks_dir();
+        live::LiveFile::create(&dir, 1).unwrap().retire();
+        let spare = std::fs::read_dir(dir.join(LIVE_DIR))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| live::is_spare(&p.file_name().unwrap().to_string_lossy()))
+            .expect("a spare");
+        let f = doctor(&ws, true).unwrap();
+        assert!(
+            !f.iter().any(|f| f.path.ends_with(LIVE_DIR)),
+            "spares reported: {f:#?}"
+        );
+        assert!(spare.exists());
+    }
+
     #[test]
     fn stray_files_are_named_and_repair_puts_them_away() {
         let d = crate::store::test_dir();
