@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use maos_coordination::backend::{self, Backends, Choice};
-use maos_coordination::core::{AgentStore, Anchor, Discovery, FileAgents, ProcessIdentity};
+use maos_coordination::backend::{self, Backends};
+use maos_coordination::core::{AgentStore, Anchor, Discovery, ProcessIdentity};
 use maos_coordination::{AgentId, Workspace};
 use serde::Serialize;
 
@@ -63,27 +63,6 @@ impl Ctx {
             other => anyhow::Error::new(other)
                 .context(format!("opening workspace {}", self.root.display())),
         })?;
-        Ok(ws)
-    }
-
-    /// The workspace of a command that works on the files only: refused (naming the
-    /// command) when the workspace's backend is PostgreSQL, so that it never silently
-    /// works on files nobody else sees.
-    pub(crate) fn workspace(&self) -> anyhow::Result<Workspace> {
-        let ws = self.open_workspace()?;
-        if let Choice::Postgres { url, namespace, .. } = backend::choice(&ws)? {
-            return Err(anyhow::Error::new(backend::Error::NotYet {
-                what: format!("`maos {}`", self.command),
-                url: format!("{url} namespace {namespace}"),
-            }));
-        }
-        if ws.is_network_filesystem() {
-            tracing::warn!(
-                path = %ws.maos_dir().display(),
-                "the workspace is on a network filesystem: the file backend is single-host only"
-            );
-        }
-        self.touch(&FileAgents::new(&ws));
         Ok(ws)
     }
 

@@ -1,8 +1,15 @@
 //! `maos dashboard`: the live web page of the workspace (maos-dashboard's server).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use maos_coordination::dashboard::{self, Error as DashError, Options, Server};
+use maos_coordination::backend::Backends;
+use maos_coordination::dashboard::{
+    self, Changed, ChannelSet, Error as DashError, Options, Remote, Server, Stores, Wakes,
+};
+use maos_coordination::postgres::hints::Hints;
+use maos_coordination::postgres::{Pg, comm::PgBroadcast};
 
 use crate::ctx::Ctx;
 use crate::exit::{Exit, Failure};
@@ -41,8 +48,74 @@ async fn stop_signal() {
     }
 }
 
+/// The server's notifications as the dashboard's wake-ups.
+struct PgWakes(Hints);
+
+impl Wakes for PgWakes {
+    fn wait(&mut self, timeout: Duration) -> Changed {
+        let c = self.0.wait(timeout);
+        if c.everything {
+            return Changed::all();
+        }
+        Changed {
+            tasks: c.tasks,
+            locks: c.locks,
+            channels: if c.channels.is_empty() {
+                ChannelSet::None
+            } else {
+                ChannelSet::Some(c.channels)
+            },
+            ..Changed::default()
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.0.lost()
+    }
+}
+
+/// The stores of a workspace on PostgreSQL as the dashboard reads them, acting as `agent`.
+fn remote(b: &Backends, pg: &Pg, agent: &maos_coordination::AgentId) -> anyhow::Result<Remote> {
+    let pg2 = pg.clone();
+    // Actions are recorded on a topic maos itself publishes on: past the check ordinary
+    // broadcasts make.
+    let system: dashboard::SystemBroadcast = Arc::new(move |sender, topic, payload| {
+        PgBroadcast::new(&pg2, sender.clone())
+            .broadcast(topic, payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let mut stores = Stores::new(
+        b.name(),
+        Arc::from(b.channels()),
+        Arc::from(b.locks()),
+        Arc::from(b.tasks(agent, None)?),
+        Arc::from(b.agents()),
+        system,
+    );
+    if let Some(m) = b.merge(agent) {
+        stores = stores.merge(m);
+    }
+    Ok(Remote::new(stores, Box::new(PgWakes(Hints::new(pg)?))))
+}
+
+/// What `maos dashboard` and `maos status --watch` read: the workspace's backends and, on
+/// PostgreSQL, the stores and notifications the dashboard follows. Keep the [`Backends`]
+/// until the tokio runtime is gone: the last handle of the server connection must be
+/// dropped outside it.
+pub(crate) fn source(ctx: &Ctx) -> anyhow::Result<(Backends, Option<Remote>)> {
+    let b = ctx.backends()?;
+    let r = match b.postgres() {
+        Some(pg) => Some(remote(&b, pg, &ctx.agent)?),
+        None => None,
+    };
+    Ok((b, r))
+}
+
 pub(crate) fn run(args: DashboardArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let ws = ctx.workspace()?;
+    // Declared before the runtime: dropped after it.
+    let (backends, remote) = source(ctx)?;
+    let ws = backends.workspace().clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,7 +127,11 @@ pub(crate) fn run(args: DashboardArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
             allow_actions: args.allow_actions,
             actor: ctx.agent.clone(),
         };
-        let server = match Server::bind(&ws, opts).await {
+        let bound = match remote {
+            Some(r) => Server::bind_remote(&ws, opts, r).await,
+            None => Server::bind(&ws, opts).await,
+        };
+        let server = match bound {
             Ok(s) => s,
             Err(e @ DashError::NotLoopback { .. }) => {
                 return Err(Failure::error(Exit::Usage, e.to_string()));
@@ -81,6 +158,7 @@ pub(crate) fn run(args: DashboardArgs, ctx: &Ctx) -> anyhow::Result<Exit> {
                 "token": server.token(),
                 "actions": args.allow_actions,
                 "workspace": ws.root(),
+                "backend": backends.name(),
             }),
             || {
                 format!(

@@ -496,7 +496,7 @@ mod tests {
             ttl: Some(Duration::from_secs(3600)),
         };
         run(renew, &ctx).unwrap();
-        let ws = ctx.workspace().unwrap();
+        let ws = ctx.open_workspace().unwrap();
         let snap = maos_coordination::lock::LockTable::open(&ws)
             .unwrap()
             .snapshot()

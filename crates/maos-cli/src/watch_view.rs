@@ -76,12 +76,17 @@ pub(crate) fn run(ctx: &Ctx) -> anyhow::Result<Exit> {
              `maos task watch` or `maos dashboard`",
         ));
     }
-    let ws = ctx.workspace()?;
+    // Declared before the runtime: dropped after it (the server connection's last handle).
+    let (backends, remote) = crate::dashboard::source(ctx)?;
+    let ws = backends.workspace().clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let live = rt.block_on(Live::start(&ws, ctx.agent.clone()))?;
+    let live = match remote {
+        Some(r) => rt.block_on(Live::start_remote(&ws, ctx.agent.clone(), r))?,
+        None => rt.block_on(Live::start(&ws, ctx.agent.clone()))?,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
     // Terminal input: blocking reads on their own thread (left behind at exit).
     std::thread::spawn(move || {

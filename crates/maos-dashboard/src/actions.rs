@@ -1,19 +1,25 @@
-//! The dashboard's actions (only with `allow_actions`): each is the same library call the CLI
-//! makes, refused unless the state allows it, and recorded with the actor on the
+//! The dashboard's actions (only with `allow_actions`): each is the same storage-trait call
+//! the CLI makes, on whichever backend the workspace uses ([`Stores`]: the files, or a
+//! server), refused unless the state allows it, and recorded with the actor on the
 //! [`ACTIONS_TOPIC`] broadcast topic (and in the log).
 //!
-//! - release a dead agent's lock: [`LockTable::release`] with the lock's fencing token, only
-//!   when the registry says the owner is dead (`maos lock release` as that agent);
-//! - reset a failed task: [`TaskTracker::update_blocking`] to pending (`maos task reset`);
-//! - resolve a deadlock: [`DeadlockDetector::check`] with resolution on (`maos deadlock check
-//!   --resolve --broadcast`): the youngest wait of each cycle ends with a deadlock error.
+//! - release a dead agent's lock: [`LockStore::release`](maos_lock::LockStore::release) with
+//!   the lock's fencing token, only when the registry says the owner is dead (`maos lock
+//!   release` as that agent);
+//! - reset a failed task: [`TaskStore::update`](maos_track::TaskStore::update) to pending
+//!   (`maos task reset`);
+//! - resolve a deadlock: [`LockStore::deadlocks`](maos_lock::LockStore::deadlocks) with
+//!   resolution on (`maos deadlock check --resolve --broadcast`): the youngest wait of each
+//!   cycle ends with a deadlock error.
+//!
+//! The functions taking a [`Workspace`] act on its files; the `_in` ones on any [`Stores`].
 
-use maos_comm::BroadcastChannel;
-use maos_core::{AgentId, AgentRegistry, Liveness, ResourceName, Workspace, now_ms};
-use maos_lock::{DeadlockDetector, FencingToken, LockTable};
-use maos_track::{TaskStatus, TaskTracker, Update};
+use maos_core::{AgentId, Liveness, ResourceName, Workspace, now_ms};
+use maos_lock::FencingToken;
+use maos_track::{TaskStatus, Update};
 use serde::{Deserialize, Serialize};
 
+use crate::stores::Stores;
 use crate::{Error, Result};
 
 /// The broadcast topic every action is recorded on.
@@ -35,9 +41,22 @@ pub struct ActionRecord {
 }
 
 /// Releases `owner`'s lock on `resource` granted with `token`, if `owner` is a registered
-/// agent the registry reports dead.
+/// agent the registry reports dead (the workspace's files).
 pub fn release_lock(
     ws: &Workspace,
+    actor: &AgentId,
+    resource: &str,
+    owner: &str,
+    token: u64,
+    requested_from: Option<String>,
+) -> Result<ActionRecord> {
+    let stores = Stores::files(ws, actor)?;
+    release_lock_in(&stores, actor, resource, owner, token, requested_from)
+}
+
+/// [`release_lock`] on `stores`.
+pub fn release_lock_in(
+    stores: &Stores,
     actor: &AgentId,
     resource: &str,
     owner: &str,
@@ -51,7 +70,12 @@ pub fn release_lock(
     };
     let owner = AgentId::new(owner).map_err(|e| refuse(e.to_string()))?;
     let resource = ResourceName::new(resource).map_err(|e| refuse(e.to_string()))?;
-    match AgentRegistry::new(ws).liveness_of(&owner)? {
+    let (agents, _) = stores.agents.list()?;
+    let liveness = agents
+        .iter()
+        .find(|a| a.record.id == owner)
+        .map(|a| a.liveness);
+    match liveness {
         Some(Liveness::Dead) => {}
         Some(l) => {
             return Err(refuse(format!(
@@ -70,9 +94,11 @@ pub fn release_lock(
             )));
         }
     }
-    let gone = LockTable::open(ws)?.release(&resource, &owner, Some(FencingToken(token)))?;
+    let gone = stores
+        .locks
+        .release(&resource, &owner, Some(FencingToken(token)))?;
     record(
-        ws,
+        stores,
         actor,
         ACTION,
         requested_from,
@@ -83,17 +109,27 @@ pub fn release_lock(
     )
 }
 
-/// Puts the failed task `id` back in the queue.
+/// Puts the failed task `id` back in the queue (the workspace's files).
 pub fn reset_task(
     ws: &Workspace,
     actor: &AgentId,
     id: &str,
     requested_from: Option<String>,
 ) -> Result<ActionRecord> {
+    reset_task_in(&Stores::files(ws, actor)?, actor, id, requested_from)
+}
+
+/// [`reset_task`] on `stores` (whose task store acts as `actor`).
+pub fn reset_task_in(
+    stores: &Stores,
+    actor: &AgentId,
+    id: &str,
+    requested_from: Option<String>,
+) -> Result<ActionRecord> {
     const ACTION: &str = "reset_task";
-    let tracker = TaskTracker::open_with(ws, maos_track::Options::default().agent(actor.clone()))?;
-    let id = tracker.resolve_blocking(id)?;
-    let task = tracker.get_blocking(&id)?.ok_or_else(|| Error::Refused {
+    let tracker = &stores.tasks;
+    let id = tracker.resolve(id)?;
+    let task = tracker.get(&id)?.ok_or_else(|| Error::Refused {
         action: ACTION,
         reason: format!("task {id} does not exist"),
     })?;
@@ -112,9 +148,9 @@ pub fn reset_task(
         .note(format!("reset from the dashboard by {actor}"))
         .expect_revision(task.revision)
         .force();
-    let t = tracker.update_blocking(&id, &u)?;
+    let t = tracker.update(&id, &u)?;
     record(
-        ws,
+        stores,
         actor,
         ACTION,
         requested_from,
@@ -123,18 +159,28 @@ pub fn reset_task(
 }
 
 /// Resolves every current deadlock: the youngest wait of each cycle is aborted, and the
-/// cycle is broadcast on the `deadlock` topic.
+/// cycle is broadcast on the `deadlock` topic (the workspace's files).
 pub fn resolve_deadlock(
     ws: &Workspace,
     actor: &AgentId,
     requested_from: Option<String>,
 ) -> Result<ActionRecord> {
+    resolve_deadlock_in(&Stores::files(ws, actor)?, actor, requested_from)
+}
+
+/// [`resolve_deadlock`] on `stores`.
+pub fn resolve_deadlock_in(
+    stores: &Stores,
+    actor: &AgentId,
+    requested_from: Option<String>,
+) -> Result<ActionRecord> {
     const ACTION: &str = "resolve_deadlock";
-    let found = DeadlockDetector::new(ws)
-        .sender(actor.clone())
-        .broadcast(true)
-        .resolve(true)
-        .check()?;
+    let found: Vec<maos_lock::Deadlock> = stores
+        .locks
+        .deadlocks(actor, true, true)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
     if found.is_empty() {
         return Err(Error::Refused {
             action: ACTION,
@@ -146,7 +192,7 @@ pub fn resolve_deadlock(
         .map(|d| format!("{} on {}", d.victim, d.victim_resource))
         .collect();
     record(
-        ws,
+        stores,
         actor,
         ACTION,
         requested_from,
@@ -159,7 +205,7 @@ pub fn resolve_deadlock(
 }
 
 fn record(
-    ws: &Workspace,
+    stores: &Stores,
     actor: &AgentId,
     action: &str,
     requested_from: Option<String>,
@@ -174,10 +220,8 @@ fn record(
     };
     tracing::info!(action, actor = %actor, from = ?rec.requested_from, "{}", rec.detail);
     // The change is made; the record follows it (a failure to record is reported, not undone).
-    if let Err(e) = BroadcastChannel::new(ws, actor.clone())
-        .system()
-        .broadcast_blocking(ACTIONS_TOPIC, &rec)
-    {
+    let payload = serde_json::to_value(&rec).unwrap_or(serde_json::Value::Null);
+    if let Err(e) = (stores.system)(actor, ACTIONS_TOPIC, &payload) {
         tracing::warn!(error = %e, "dashboard: the action was done but could not be recorded on {ACTIONS_TOPIC}");
     }
     Ok(rec)

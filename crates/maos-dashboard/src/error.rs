@@ -46,6 +46,15 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A thread could not be started.
+    #[error("cannot start a thread for {what}")]
+    Thread {
+        /// What it was for.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// From maos-core.
     #[error(transparent)]
     Core(#[from] maos_core::Error),

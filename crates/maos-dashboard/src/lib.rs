@@ -40,10 +40,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A workspace whose state is on a server (PostgreSQL) is read through the mechanisms'
+//! storage traits instead: [`Live::start_remote`] / [`Server::bind_remote`] with a [`Remote`]
+//! (the [`Stores`] and the backend's notifications as [`Wakes`]), which the CLI builds from
+//! its backend; the page, the snapshot and the actions are the same.
+//!
 //! # Limitations
-//! - Single host, like the file backend: file events (inotify) drive updates; without them
-//!   (a network filesystem) the snapshot is re-read every
+//! - On the files, single host like the file backend: file events (inotify) drive updates;
+//!   without them (a network filesystem) the snapshot is re-read every
 //!   [`NO_EVENTS_INTERVAL`].
+//! - On a server, what sends no notification (an uncontended lock grant, the agent
+//!   registry, the merge queue) shows at the next read, every [`REMOTE_POLL`]; a read while
+//!   the server is away waits for the backend's own reconnection (30 s on PostgreSQL) before
+//!   the section shows as failed (the lost connection itself shows at once, through
+//!   [`Wakes::problem`]). The prediction checks the branches the server's registry names in
+//!   the local clone's git.
 //! - A process that ends leaves no file event: agents' liveness is re-checked every
 //!   [`FALLBACK`] (lock holders' deaths are seen at once: their liveness file
 //!   closes).
@@ -60,6 +71,7 @@ mod error;
 mod live;
 mod server;
 mod snapshot;
+mod stores;
 mod watch;
 
 pub use error::{Error, Result};
@@ -81,5 +93,6 @@ pub use snapshot::{
     AgentView, AnchorView, Changed, ChannelKind, ChannelSet, ChannelView, Collector, DeadlockView,
     LockView, LocksPage, LocksView, MAX_PAIRWISE_BRANCHES, MergeInputs, MergesView, MessageView,
     Page, Problem, QueueView, RECENT_MESSAGES, Snapshot, TaskRef, TaskRow, TasksPage, TasksView,
-    View, ViewQuery, WaiterView, predict,
+    View, ViewQuery, WaiterView, predict, predict_with,
 };
+pub use stores::{REMOTE_POLL, Remote, Stores, SystemBroadcast, Wakes};

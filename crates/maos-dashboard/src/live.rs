@@ -16,8 +16,11 @@ use maos_core::{AgentId, Workspace, now_ms};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use maos_merge::backend::MergeBackend;
+
 use crate::Result;
 use crate::snapshot::{Changed, Collector, MergeInputs, MergesView, Snapshot};
+use crate::stores::{Remote, Stores, Wakes};
 
 /// How long a burst of file events is gathered before re-reading (one write of a store makes
 /// several events).
@@ -42,11 +45,14 @@ type PictureCache = HashMap<(Picture, usize), (u64, Arc<String>)>;
 
 struct Inner {
     ws: Workspace,
+    stores: Option<Stores>,
     current: Mutex<Arc<Snapshot>>,
     version: watch::Sender<u64>,
     hints: mpsc::UnboundedSender<Changed>,
     pictures: Mutex<PictureCache>,
     _watches: Option<crate::watch::Watches>,
+    /// Why the connection to the backend is down, while it is (shown as a problem).
+    connection: Mutex<Option<String>>,
 }
 
 /// The live snapshot of one workspace. Cheap to clone; the background refresh stops when the
@@ -85,36 +91,78 @@ impl Live {
     /// starts the background refresh on the current tokio runtime. `actor` is the agent the
     /// dashboard reads as.
     pub async fn start(ws: &Workspace, actor: AgentId) -> Result<Self> {
+        Self::start_with(ws, actor, None).await
+    }
+
+    /// [`Live::start`] for a workspace whose state is on a server: read through
+    /// `remote`'s stores, woken by its notifications (and every `remote.poll` for what sends
+    /// none); git (the merge prediction) stays local. Blocking store calls run on tokio's
+    /// blocking pool. Keep a handle of the stores' connection alive until the runtime is gone
+    /// when the backend requires its last handle to be dropped outside it (PostgreSQL).
+    pub async fn start_remote(ws: &Workspace, actor: AgentId, remote: Remote) -> Result<Self> {
+        Self::start_with(ws, actor, Some(remote)).await
+    }
+
+    async fn start_with(ws: &Workspace, actor: AgentId, remote: Option<Remote>) -> Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ws2 = ws.clone();
         let actor2 = actor.clone();
+        let (stores, wakes) = match remote {
+            Some(r) => (Some(r.stores), Some((r.wakes, r.poll.max(DEBOUNCE)))),
+            None => (None, None),
+        };
+        let merge = stores.as_ref().and_then(|s| s.merge.clone());
+        let stores2 = stores.clone();
+        let merge2 = merge.clone();
         let (collector, first, inputs, git) = crate::asyncify("the first snapshot", move || {
-            let mut c = Collector::new(&ws2, actor2.clone());
+            let mut c = match stores2 {
+                Some(s) => Collector::with_stores(&ws2, actor2.clone(), s),
+                None => Collector::new(&ws2, actor2.clone()),
+            };
             let mut snap = c.refresh(&Changed::all());
             let inputs = c.merge_inputs();
             if inputs.is_none() {
                 // Not in a repository: say so at once instead of "pending".
-                c.set_merges(crate::snapshot::predict(&ws2, &actor2, None));
+                c.set_merges(crate::snapshot::predict_with(
+                    &ws2,
+                    &actor2,
+                    None,
+                    merge2.as_ref(),
+                ));
                 snap = c.current();
             }
             let git = git_dirs(&ws2);
             (c, snap, inputs, git)
         })
         .await?;
-        let watches = crate::watch::start(ws.maos_dir(), git.as_ref(), tx.clone());
-        let events = watches.is_some();
+        let (watches, events) = match &wakes {
+            None => {
+                let w = crate::watch::start(Some(ws.maos_dir()), git.as_ref(), tx.clone());
+                let events = w.is_some();
+                (w, events)
+            }
+            Some(_) => {
+                // The state is not in files: only the repository's refs are watched.
+                (crate::watch::start(None, git.as_ref(), tx.clone()), true)
+            }
+        };
         let mut first = first;
         first.version = 1;
         first.tasks_version = 1;
         let (version, _) = watch::channel(1);
         let inner = Arc::new(Inner {
             ws: ws.clone(),
+            stores,
             current: Mutex::new(Arc::new(first)),
             version,
             hints: tx,
             pictures: Mutex::new(HashMap::new()),
             _watches: watches,
+            connection: Mutex::new(None),
         });
+        if let Some((wakes, poll)) = wakes {
+            follow(wakes, poll, inner.hints.clone(), Arc::downgrade(&inner))?;
+        }
         let collector = Arc::new(Mutex::new(collector));
         tokio::spawn(run(
             Arc::downgrade(&inner),
@@ -123,6 +171,7 @@ impl Live {
             inputs,
             actor,
             events,
+            merge,
         ));
         Ok(Self { inner })
     }
@@ -145,6 +194,11 @@ impl Live {
     /// The workspace.
     pub fn workspace(&self) -> &Workspace {
         &self.inner.ws
+    }
+
+    /// The stores read through the traits, for a workspace on a server.
+    pub fn stores(&self) -> Option<&Stores> {
+        self.inner.stores.as_ref()
     }
 
     /// A picture of the current tasks: all of them up to `limit`, else the window around the
@@ -174,6 +228,16 @@ impl Live {
 
 /// Publishes `snap` as the next version unless it shows the same as the current one.
 fn publish(inner: &Inner, mut snap: Snapshot) {
+    snap.problems.retain(|p| p.section != CONNECTION);
+    if let Some(why) = relock(&inner.connection).clone() {
+        snap.problems.insert(
+            0,
+            crate::snapshot::Problem {
+                section: CONNECTION.into(),
+                message: why,
+            },
+        );
+    }
     let mut cur = relock(&inner.current);
     if cur.same_content(&snap) {
         return;
@@ -191,14 +255,71 @@ fn publish(inner: &Inner, mut snap: Snapshot) {
     tracing::debug!(version = v, "dashboard: new snapshot");
 }
 
+/// The section of the problem a lost connection to the backend shows as.
+const CONNECTION: &str = "connection";
+
+/// Follows `wakes` on a thread of its own (the notifications are waited for by blocking),
+/// sending what they name, and every `poll` what sends no notification (agents, locks,
+/// the merge queue); a connection that goes down or comes back is published at once. Ends
+/// when the dashboard is gone.
+fn follow(
+    mut wakes: Box<dyn Wakes>,
+    poll: Duration,
+    tx: mpsc::UnboundedSender<Changed>,
+    weak: Weak<Inner>,
+) -> Result<()> {
+    let spawned = std::thread::Builder::new()
+        .name("maos-dashboard-wakes".into())
+        .spawn(move || {
+            let mut polled = std::time::Instant::now();
+            let mut down: Option<String> = None;
+            loop {
+                let left = poll.saturating_sub(polled.elapsed());
+                let mut c = wakes.wait(left);
+                let now_down = wakes.problem().map(|why| {
+                    format!("the connection to the server is lost ({why}); reconnecting: what is shown may be out of date")
+                });
+                if now_down != down {
+                    down = now_down;
+                    let Some(inner) = weak.upgrade() else { return };
+                    *relock(&inner.connection) = down.clone();
+                    let snap = (*relock(&inner.current).as_ref()).clone();
+                    publish(&inner, snap);
+                }
+                if polled.elapsed() >= poll {
+                    polled = std::time::Instant::now();
+                    c.merge(Changed {
+                        agents: true,
+                        locks: true,
+                        queue: true,
+                        ..Changed::default()
+                    });
+                }
+                if !c.is_empty() && tx.send(c).is_err() {
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    spawned.map(|_| ()).map_err(|source| crate::Error::Thread {
+        what: "following the server's notifications",
+        source,
+    })
+}
+
 fn start_prediction(
     ws: &Workspace,
     actor: &AgentId,
     inputs: Option<MergeInputs>,
+    merge: Option<Arc<dyn MergeBackend>>,
 ) -> tokio::task::JoinHandle<MergesView> {
     let ws = ws.clone();
     let actor = actor.clone();
-    tokio::task::spawn_blocking(move || crate::snapshot::predict(&ws, &actor, inputs.as_ref()))
+    tokio::task::spawn_blocking(move || {
+        crate::snapshot::predict_with(&ws, &actor, inputs.as_ref(), merge.as_ref())
+    })
 }
 
 async fn run(
@@ -208,13 +329,14 @@ async fn run(
     mut inputs: Option<MergeInputs>,
     actor: AgentId,
     events: bool,
+    merge: Option<Arc<dyn MergeBackend>>,
 ) {
     let Some(ws) = weak.upgrade().map(|i| i.ws.clone()) else {
         return;
     };
     let mut job = inputs
         .is_some()
-        .then(|| start_prediction(&ws, &actor, inputs.clone()));
+        .then(|| start_prediction(&ws, &actor, inputs.clone(), merge.clone()));
     let mut again = false;
     loop {
         let next = {
@@ -270,6 +392,12 @@ async fn run(
             if let Some(m) = merges {
                 c.set_merges(m);
             }
+            let mut changed = changed;
+            if c.stores().is_some() {
+                // On a server: what failed (a lost connection) is read again at every
+                // refresh, the poll's included, until it works.
+                changed.merge(c.failed());
+            }
             let snap = c.refresh(&changed);
             let inputs = want_inputs.then(|| c.merge_inputs());
             (snap, inputs)
@@ -298,7 +426,7 @@ async fn run(
         }
         if again && job.is_none() {
             again = false;
-            job = Some(start_prediction(&ws, &actor, inputs.clone()));
+            job = Some(start_prediction(&ws, &actor, inputs.clone(), merge.clone()));
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::live::{Live, Picture};
 use crate::snapshot::{Changed, ViewQuery};
+use crate::stores::{Remote, Stores};
 use crate::{Error, Result, actions};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -113,6 +114,19 @@ impl Server {
     /// [`Error::NotLoopback`] for a non-loopback address without `allow_remote`;
     /// [`Error::Bind`] when the address cannot be bound.
     pub async fn bind(ws: &Workspace, options: Options) -> Result<Self> {
+        Self::bind_with(ws, options, None).await
+    }
+
+    /// [`Server::bind`] for a workspace whose state is on a server ([`Live::start_remote`]):
+    /// the same page, snapshot and actions, through `remote`'s stores.
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub async fn bind_remote(ws: &Workspace, options: Options, remote: Remote) -> Result<Self> {
+        Self::bind_with(ws, options, Some(remote)).await
+    }
+
+    async fn bind_with(ws: &Workspace, options: Options, remote: Option<Remote>) -> Result<Self> {
         let loopback = options.listen.ip().is_loopback();
         if !loopback && !options.allow_remote {
             return Err(Error::NotLoopback {
@@ -130,7 +144,10 @@ impl Server {
             source,
         })?;
         let token = (!loopback).then(new_token);
-        let live = Live::start(ws, options.actor.clone()).await?;
+        let live = match remote {
+            Some(r) => Live::start_remote(ws, options.actor.clone(), r).await?,
+            None => Live::start(ws, options.actor.clone()).await?,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         Ok(Self {
             listener,
@@ -439,9 +456,7 @@ struct ResetTask {
 async fn act(
     s: &AppState,
     from: SocketAddr,
-    f: impl FnOnce(&Workspace, &AgentId, Option<String>) -> Result<actions::ActionRecord>
-    + Send
-    + 'static,
+    f: impl FnOnce(&Stores, &AgentId, Option<String>) -> Result<actions::ActionRecord> + Send + 'static,
 ) -> Response {
     if !s.allow_actions {
         return error(
@@ -451,7 +466,16 @@ async fn act(
     }
     let ws = s.ws.clone();
     let actor = s.actor.clone();
-    let r = crate::asyncify("an action", move || f(&ws, &actor, Some(from.to_string()))).await;
+    let stores = s.live.stores().cloned();
+    let r = crate::asyncify("an action", move || {
+        // On the files, opened for each action (as the CLI does for each command).
+        let stores = match stores {
+            Some(st) => st,
+            None => Stores::files(&ws, &actor)?,
+        };
+        f(&stores, &actor, Some(from.to_string()))
+    })
+    .await;
     s.live.hint(Changed::all());
     match r {
         Ok(Ok(rec)) => axum::Json(rec).into_response(),
@@ -466,8 +490,8 @@ async fn release_lock(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     axum::Json(b): axum::Json<ReleaseLock>,
 ) -> Response {
-    act(&s, from, move |ws, actor, from| {
-        actions::release_lock(ws, actor, &b.resource, &b.owner, b.token, from)
+    act(&s, from, move |st, actor, from| {
+        actions::release_lock_in(st, actor, &b.resource, &b.owner, b.token, from)
     })
     .await
 }
@@ -477,8 +501,8 @@ async fn reset_task(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     axum::Json(b): axum::Json<ResetTask>,
 ) -> Response {
-    act(&s, from, move |ws, actor, from| {
-        actions::reset_task(ws, actor, &b.id, from)
+    act(&s, from, move |st, actor, from| {
+        actions::reset_task_in(st, actor, &b.id, from)
     })
     .await
 }
@@ -487,7 +511,7 @@ async fn resolve_deadlock(
     State(s): State<AppState>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
 ) -> Response {
-    act(&s, from, actions::resolve_deadlock).await
+    act(&s, from, actions::resolve_deadlock_in).await
 }
 
 #[cfg(test)]

@@ -28,32 +28,13 @@ pub(crate) struct GitDirs {
 /// Starts watching; returns `None` when no watch could be set up (the caller then refreshes
 /// on a timer).
 pub(crate) fn start(
-    maos_dir: &Path,
+    maos_dir: Option<&Path>,
     git: Option<&GitDirs>,
     tx: UnboundedSender<Changed>,
 ) -> Option<Watches> {
     let mut watchers = Vec::new();
-    let maos = maos_dir.to_path_buf();
-    let sink = tx.clone();
-    let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let c = match res {
-            Ok(ev) => classify_maos(&maos, &ev),
-            Err(_) => Changed::all(),
-        };
-        if !c.is_empty() {
-            let _ = sink.send(c);
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(maos_dir, RecursiveMode::Recursive)?;
-        Ok(w)
-    });
-    match w {
-        Ok(w) => watchers.push(w),
-        Err(e) => {
-            tracing::warn!(dir = %maos_dir.display(), error = %e, "dashboard: cannot watch the workspace; refreshing on a timer");
-            return None;
-        }
+    if let Some(maos_dir) = maos_dir {
+        watchers.push(watch_maos(maos_dir, tx.clone())?);
     }
     if let Some(g) = git {
         let dirs = g.clone();
@@ -94,6 +75,34 @@ pub(crate) fn start(
     Some(Watches {
         _watchers: watchers,
     })
+}
+
+/// The watch on `.maos/`; `None` (after a warning) when it cannot be set up.
+fn watch_maos(
+    maos_dir: &Path,
+    sink: UnboundedSender<Changed>,
+) -> Option<notify::RecommendedWatcher> {
+    let maos = maos_dir.to_path_buf();
+    let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let c = match res {
+            Ok(ev) => classify_maos(&maos, &ev),
+            Err(_) => Changed::all(),
+        };
+        if !c.is_empty() {
+            let _ = sink.send(c);
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(maos_dir, RecursiveMode::Recursive)?;
+        Ok(w)
+    });
+    match w {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %maos_dir.display(), error = %e, "dashboard: cannot watch the workspace; refreshing on a timer");
+            None
+        }
+    }
 }
 
 /// Events that can mean new content: creations, writes, removals, renames and the close of a

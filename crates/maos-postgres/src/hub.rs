@@ -20,6 +20,8 @@ struct State {
     generation: u64,
     /// (generation, channel, payload); an empty channel means "connection was reset: look".
     events: VecDeque<(u64, String, String)>,
+    /// Why the notification connection is down, while it is (it is being reopened).
+    lost: Option<String>,
 }
 
 pub(crate) struct Hub {
@@ -120,6 +122,50 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Why the notification connection is down, while it is (it is being reopened).
+    pub(crate) fn lost(&self) -> Option<String> {
+        lock(&self.state).lost.clone()
+    }
+
+    fn set_lost(&self, why: Option<String>) {
+        lock(&self.state).lost = why;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` for notifications after `seen` and takes every one of them:
+    /// returns the generation reached and the (channel, payload) pairs, an empty channel
+    /// standing for "the connection was reset, or notifications were dropped: look at
+    /// everything" (the dashboard's wake-ups, crate::hints).
+    pub(crate) fn take(&self, seen: u64, timeout: Duration) -> (u64, Vec<(String, String)>) {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.state);
+        loop {
+            if st.generation > seen {
+                let mut out = Vec::new();
+                if st.events.front().is_some_and(|(g, _, _)| *g > seen + 1) {
+                    out.push((String::new(), String::new()));
+                }
+                out.extend(
+                    st.events
+                        .iter()
+                        .filter(|(g, _, _)| *g > seen)
+                        .map(|(_, c, p)| (c.clone(), p.clone())),
+                );
+                return (st.generation, out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (st.generation, Vec::new());
+            }
+            st = match self.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
 fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
     loop {
         if pg.strong_count() == 0 {
@@ -151,6 +197,7 @@ fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "notification connection lost; reconnecting");
+                h.set_lost(Some(e.to_string()));
                 let mut delay = Duration::from_millis(50);
                 loop {
                     let Some(inner) = pg.upgrade() else { return };
@@ -166,6 +213,7 @@ fn run(mut conn: Conn, hub: Weak<Hub>, pg: Weak<Inner>) {
                     }
                 }
                 // Whatever was notified meanwhile is lost: everyone looks.
+                h.set_lost(None);
                 h.push(String::new(), String::new());
             }
         }

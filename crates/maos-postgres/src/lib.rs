@@ -20,6 +20,8 @@
 //! - [`merge::PgQueue`] (the merge queue) and [`merge::PgMerge`] (maos-merge's
 //!   `MergeBackend`: merge lock, queue, resolution tasks and notices on the server; git stays
 //!   in each clone);
+//! - [`hints::Hints`]: what the namespace's notifications say changed (the dashboard's
+//!   wake-ups);
 //! - [`stores`]: the mechanisms' storage traits (`ChannelStore`, `LockStore`, `TaskStore`,
 //!   `AgentStore`; `InboxStore` in [`inbox`]) on the types above, which the CLI uses when a
 //!   workspace's backend is `postgres://...`.
@@ -83,10 +85,10 @@
 //!   mechanisms' storage traits); the mechanisms' own file types (`FileChannel`, `FileLock`,
 //!   `TaskTracker`) stay file-only. A task's history is paged on the server (the latest
 //!   [`maos_track::MAX_HISTORY`] events of `task show`, with the count of earlier ones), and
-//!   records written before schema version 3 have no history events. The dashboard is not
-//!   available on this backend yet: it says so instead of using files (`maos channels` lists
+//!   records written before schema version 3 have no history events (`maos channels` lists
 //!   without byte counts). The inbox ([`inbox::PgInboxes`]), its stored subscriptions, channel
-//!   pruning, the MCP server's tools and the hooks work here. A stored subscription brings the
+//!   pruning, the MCP server's tools, the hooks and the dashboard ([`hints::Hints`] wakes it)
+//!   work here. A stored subscription brings the
 //!   broadcasts published after that pattern was stored (the file inbox starts its one feed
 //!   cursor at the first subscription). The demo runs here with its agents on the library (`maos demo
 //!   --backend URL`), not through MCP and the hooks.
@@ -98,6 +100,7 @@ pub mod comm;
 mod config;
 mod conn;
 mod error;
+pub mod hints;
 mod hub;
 pub mod inbox;
 pub mod lock;

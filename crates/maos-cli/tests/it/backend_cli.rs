@@ -646,29 +646,41 @@ fn followers_and_waiters_wake_for_other_processes_on_both_backends() {
     }
 }
 
-/// A command the PostgreSQL backend does not offer yet says so, naming itself, and never
-/// works on the local files instead (nobody else would see them).
+/// Every command works on the server of a PostgreSQL workspace, never on the local files
+/// (nobody else would see them): the last one that refused, `maos dashboard`, now serves the
+/// server's state, and nothing is written under .maos/ by it.
 #[test]
 fn file_only_commands_refuse_a_postgresql_workspace() {
     let dir = tempfile::tempdir().unwrap();
     let (maos, _, _) = pg_workspace(dir.path());
     // (The inbox, stored subscriptions and pruning work on PostgreSQL: inbox_cli.rs.)
-    let cases: &[&[&str]] = &[
-        &["dashboard"],
-        // (`task edit`, `comment`, `unassign` and `watch` work on PostgreSQL: task_backends.rs.)
-        // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
-    ];
-    for args in cases {
-        let out = maos.run(*args);
-        out.assert_code(Exit::Error);
-        out.stderr_has("not available on the PostgreSQL backend yet");
-        let words: Vec<&str> = args
-            .iter()
-            .take_while(|a| !a.starts_with('-'))
-            .copied()
-            .collect();
-        out.stderr_has(&format!("`maos {}", words[0]));
-    }
+    // (`task edit`, `comment`, `unassign` and `watch` work on PostgreSQL: task_backends.rs.)
+    // (`maos merge` works on PostgreSQL: `merge_on_postgresql_across_two_clones`.)
+    // (`maos dashboard` and `status --watch` on PostgreSQL: dashboard_cli.rs.)
+    maos.run(["send", "api", "--data", "1"]).ok();
+    maos.run(["task", "add", "t"]).ok();
+    let mut child = maos
+        .cmd()
+        .args(["--json", "dashboard", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "dashboard did not start ({e}): {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["backend"], "postgresql", "{v}");
     // (The hooks and `maos mcp` work on PostgreSQL: hooks_cli.rs and mcp_cli.rs.)
     // Nothing was written under .maos/ by them: the stores stay empty.
     for store in ["channels", "tasks", "inboxes"] {

@@ -593,7 +593,19 @@ fn exit_of(child: Child) -> std::process::ExitStatus {
 #[test]
 fn status_watch_draws_live_and_restores_the_terminal_on_q_and_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path();
+    status_watch_on(dir.path());
+}
+
+/// The same on a PostgreSQL workspace: the view reads the server and follows a lock taken by
+/// another process.
+#[test]
+fn status_watch_on_postgresql_draws_live_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::backend_cli::pg_workspace(dir.path());
+    status_watch_on(dir.path());
+}
+
+fn status_watch_on(ws: &Path) {
     let sleeper = Kill(Command::new("sleep").arg("600").spawn().unwrap());
     ok(maos(ws, "alice").args([
         "agents",
@@ -825,4 +837,371 @@ fn off_loopback_it_warns_needs_the_token_and_actions_work_when_allowed() {
     let t = json(maos(ws, "x").args(["--json", "task", "show", &id]));
     assert_eq!(t["status"], "pending", "{t}");
     drop((stdout, stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// GET `path` on the dashboard at `url` (`http://addr/`); the JSON body.
+fn get_json(url: &str, path: &str) -> Value {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let (status, body) = http(
+        &addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// POST `path` with the JSON `body`; the status and the answer.
+fn post_json(url: &str, path: &str, body: &Value) -> (u16, String) {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let payload = body.to_string();
+    http(
+        &addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        ),
+    )
+}
+
+/// The server-sent events of the dashboard at `url`: each `version` announced, as it comes.
+fn versions(url: &str) -> std::sync::mpsc::Receiver<u64> {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(
+        format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { return };
+            if let Some(v) = line
+                .strip_prefix("data: ")
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                .and_then(|v| v["version"].as_u64())
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for server-sent versions until the snapshot satisfies `cond` (each new version is
+/// fetched); fails naming `what` with the last snapshot after `limit`.
+#[track_caller]
+fn until_snapshot(
+    url: &str,
+    events: &std::sync::mpsc::Receiver<u64>,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let snap = get_json(url, "/api/snapshot");
+        if cond(&snap) {
+            return snap;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the dashboard did not show {what}; it shows {snap:#}"
+        );
+        // The next version (or the end of the wait: then the last look above fails).
+        let _ = events.recv_timeout(left);
+    }
+}
+
+fn holders(snap: &Value) -> Vec<(String, String)> {
+    snap["locks"]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["resource"].as_str().unwrap().to_owned(),
+                h["owner"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn summaries(snap: &Value, channel: &str) -> Vec<String> {
+    snap["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == channel)
+        .flat_map(|c| c["recent"].as_array().unwrap().iter())
+        .map(|m| m["summary"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `maos dashboard` on a PostgreSQL workspace: the snapshot JSON shows what other processes
+/// wrote on the server (agents, locks, tasks, messages, the merge prediction of this clone's
+/// branches from the server's registry), server-sent events follow writes made by other
+/// processes, the actions work through the server with the same refusals and are recorded on
+/// `dashboard/actions`, and the page in a real Chromium shows the data and follows a change.
+#[test]
+fn dashboard_on_postgresql_shows_follows_and_acts() {
+    // Chromium is required: a missing browser fails the test, it is never skipped.
+    if let Err(e) = chromium::binary() {
+        panic!("{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    // A repository whose two agent branches edit the same line (the merge panel).
+    git(ws, &["init", "-q", "-b", "main"]);
+    std::fs::write(ws.join("README.md"), "# Title\nbody\n").unwrap();
+    git(ws, &["add", "README.md"]);
+    git(ws, &["commit", "-q", "-m", "start"]);
+    for (who, title) in [("alice", "# Alice's title"), ("bob", "# Bob's title")] {
+        git(
+            ws,
+            &["checkout", "-q", "-b", &format!("agent/{who}"), "main"],
+        );
+        std::fs::write(ws.join("README.md"), format!("{title}\nbody\n")).unwrap();
+        git(ws, &["commit", "-q", "-am", &format!("{who} retitles")]);
+        git(ws, &["checkout", "-q", "main"]);
+    }
+    let (_m, _url, _ns) = crate::backend_cli::pg_workspace(ws);
+
+    let alice_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
+    let bob_pid = Kill(Command::new("sleep").arg("600").spawn().unwrap());
+    for (who, pid) in [("alice", &alice_pid), ("bob", &bob_pid)] {
+        ok(maos(ws, who).args([
+            "agents",
+            "register",
+            "--branch",
+            &format!("agent/{who}"),
+            "--pid",
+            &pid.0.id().to_string(),
+        ]));
+    }
+    ok(maos(ws, "alice").args(["lock", "acquire", "src/api.rs", "--purpose", "endpoint"]));
+    let flaky = ok(maos(ws, "bob").args(["task", "add", "flaky"]))
+        .trim()
+        .to_owned();
+    ok(maos(ws, "bob").args(["task", "start", &flaky]));
+    ok(maos(ws, "bob").args(["task", "fail", &flaky, "--note", "boom"]));
+    ok(maos(ws, "alice").args(["send", "team", "--data", "\"hello from postgres\""]));
+
+    let (_server, url) = {
+        let mut child = maos(ws, "viewer")
+            .args([
+                "--json",
+                "dashboard",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-actions",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("dashboard did not print its URL ({e}): {line:?}"));
+        assert_eq!(v["backend"], "postgresql", "{v}");
+        (Kill(child), v["url"].as_str().unwrap().to_string())
+    };
+    let events = versions(&url);
+
+    // The first snapshot: what was written before it started.
+    let snap = until_snapshot(&url, &events, "the merge prediction", |s| {
+        s["merges"]["state"] != "pending"
+    });
+    assert_eq!(snap["problems"], serde_json::json!([]), "{snap:#}");
+    let agents: Vec<&str> = snap["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents, ["alice", "bob"]);
+    assert_eq!(
+        holders(&snap),
+        [("src/api.rs".to_owned(), "alice".to_owned())]
+    );
+    assert_eq!(snap["tasks"]["counts"]["failed"], 1, "{snap:#}");
+    assert_eq!(summaries(&snap, "team"), ["hello from postgres"]);
+    // The merge panel: the branches named by the server's registry, checked in this clone.
+    assert_eq!(snap["merges"]["state"], "ready", "{:#}", snap["merges"]);
+    let branches = snap["merges"]["branches"].to_string();
+    assert!(
+        branches.contains("agent/alice (alice)") && branches.contains("agent/bob (bob)"),
+        "{branches}"
+    );
+    assert!(
+        snap["merges"]["prediction"]["pairwise"]
+            .to_string()
+            .contains("README.md"),
+        "alice's and bob's branches conflict on README.md: {:#}",
+        snap["merges"]
+    );
+
+    // Writes by other processes show up through the server's notifications (messages,
+    // tasks) and its poll (an uncontended lock).
+    ok(maos(ws, "bob").args(["send", "team", "--data", "\"second message\""]));
+    until_snapshot(&url, &events, "a message sent by another process", |s| {
+        summaries(s, "team").contains(&"second message".to_owned())
+    });
+    ok(maos(ws, "bob").args(["task", "add", "Write the docs"]));
+    until_snapshot(&url, &events, "a task added by another process", |s| {
+        s["tasks"]["counts"]["total"] == 2
+    });
+    ok(maos(ws, "bob").args(["lock", "acquire", "src/ui.rs"]));
+    until_snapshot(&url, &events, "a lock taken by another process", |s| {
+        holders(s).contains(&("src/ui.rs".to_owned(), "bob".to_owned()))
+    });
+    ok(maos(ws, "bob").args(["broadcast", "ci/build", "--data", "\"green\""]));
+    until_snapshot(&url, &events, "a broadcast", |s| {
+        summaries(s, "broadcast/ci/build") == ["green"]
+    });
+
+    // Actions, with the file backend's refusals.
+    let (status, body) = post_json(
+        &url,
+        "/api/actions/release-lock",
+        &serde_json::json!({ "resource": "src/api.rs", "owner": "alice", "token": 1 }),
+    );
+    assert_eq!(status, 409, "alice is alive: {body}");
+    assert!(body.contains("alice is alive"), "{body}");
+    let (status, body) = post_json(
+        &url,
+        "/api/actions/resolve-deadlock",
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no deadlock"), "{body}");
+    let (status, body) = post_json(
+        &url,
+        "/api/actions/reset-task",
+        &serde_json::json!({ "id": flaky }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let t = json(maos(ws, "x").args(["task", "show", &flaky]));
+    assert_eq!(t["status"], "pending", "{t}");
+    // alice's process ends: she is dead, and her lock can be released from the page.
+    drop(alice_pid);
+    let snap = until_snapshot(&url, &events, "alice dead", |s| {
+        s["locks"]["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["owner"] == "alice" && h["owner_dead"] == true)
+    });
+    let token = snap["locks"]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["owner"] == "alice")
+        .unwrap()["token"]
+        .clone();
+    let (status, body) = post_json(
+        &url,
+        "/api/actions/release-lock",
+        &serde_json::json!({ "resource": "src/api.rs", "owner": "alice", "token": token }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("released 1 lock(s) of dead agent alice"),
+        "{body}"
+    );
+    let snap = until_snapshot(&url, &events, "the release and both records", |s| {
+        !holders(s).iter().any(|(_, o)| o == "alice")
+            && summaries(s, "broadcast/dashboard/actions").len() == 2
+    });
+    let records = summaries(&snap, "broadcast/dashboard/actions").join("\n");
+    assert!(
+        records.contains("reset_task") && records.contains("release_lock"),
+        "{records}"
+    );
+
+    // The page itself, in a real browser: the server's data, then a change followed live.
+    let mut page = Chromium::launch().unwrap();
+    page.open(&url, 1400, 1000).unwrap();
+    page.eval(PROBE, Duration::from_secs(10)).unwrap();
+    let shown = until(
+        &mut page,
+        "s => s.agents.includes('bob') && s.locks.some(l => l.resource === 'src/ui.rs') \
+         && s.messages.some(m => m.includes('second message'))",
+        30_000,
+    );
+    assert_eq!(
+        shown["conn"].as_str().map(|c| c.contains("live")),
+        Some(true),
+        "{shown:#}"
+    );
+    latency(
+        &mut page,
+        "a lock on PostgreSQL",
+        "s => s.locks.some(l => l.resource === 'src/late.rs')",
+        maos(ws, "bob").args(["lock", "acquire", "src/late.rs"]),
+    );
+    drop(bob_pid);
+}
+
+/// A dashboard whose PostgreSQL server goes away shows the lost connection as a problem,
+/// and recovers when the server is back: the problem goes, and writes show again.
+#[test]
+fn dashboard_on_postgresql_shows_a_lost_connection_and_recovers() {
+    use maos_coordination::postgres::server::{TestServer, unique_namespace};
+    // A server of its own: this test stops it.
+    let server = TestServer::start().expect("a PostgreSQL server for the tests");
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::uninitialised(ws)
+        .run([
+            "init",
+            "--backend",
+            &server.url(),
+            "--namespace",
+            &unique_namespace("dash-lost"),
+        ])
+        .ok();
+    ok(maos(ws, "alice").args(["send", "team", "--data", "\"before\""]));
+    let (_dash, url) = dashboard(ws, "127.0.0.1:0");
+    let events = versions(&url);
+    until_snapshot(&url, &events, "the first message", |s| {
+        summaries(s, "team") == ["before"] && s["problems"] == serde_json::json!([])
+    });
+
+    server.stop().unwrap();
+    let snap = until_snapshot(&url, &events, "the lost connection", |s| {
+        s["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["section"] == "connection")
+    });
+    // What was read stays on the page meanwhile.
+    assert_eq!(summaries(&snap, "team"), ["before"]);
+
+    server.restart().unwrap();
+    until_snapshot(&url, &events, "the connection back", |s| {
+        s["problems"] == serde_json::json!([])
+    });
+    ok(maos(ws, "alice").args(["send", "team", "--data", "\"after\""]));
+    until_snapshot(&url, &events, "a message sent after the restart", |s| {
+        summaries(s, "team") == ["before", "after"]
+    });
 }

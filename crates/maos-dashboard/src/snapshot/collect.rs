@@ -11,6 +11,8 @@ use maos_lock::{DeadlockDetector, LockMode, LockTable};
 use maos_merge::{ConflictDetector, MergeCoordinator, MergeQueue};
 use maos_track::{StatusCounts, Task, TaskStatus, TaskTracker};
 
+use crate::stores::Stores;
+
 use super::{
     AgentView, AnchorView, Changed, ChannelKind, ChannelSet, ChannelView, DeadlockView, LockView,
     LocksView, MergesView, MessageView, Problem, QueueView, RECENT_MESSAGES, SUMMARY_CHARS,
@@ -35,6 +37,19 @@ struct FeedState {
 
 /// How far back in the feed a starting dashboard reads (every topic's recent messages).
 const FEED_BACKLOG: u64 = 1_000;
+
+/// A channel read through [`ChannelStore`](maos_comm::ChannelStore) (a backend other than
+/// the files): where the dashboard is in it and its latest messages.
+#[derive(Default)]
+struct StoreChannel {
+    cursor: u64,
+    newest: u64,
+    recent: VecDeque<MessageView>,
+}
+
+/// Batches read from one channel per refresh; a channel that has more is read from its
+/// newest messages on the next one.
+const MAX_BATCHES: usize = 16;
 
 /// Agents as last read, before joining with tasks and locks.
 struct AgentBase {
@@ -63,6 +78,11 @@ pub struct MergeInputs {
 pub struct Collector {
     ws: Workspace,
     actor: AgentId,
+    /// The stores of a backend that is not the files (read through the traits), if any.
+    stores: Option<Stores>,
+    store_channels: BTreeMap<String, StoreChannel>,
+    /// A channel could not be read to its end: list every channel again on the next read.
+    relist: bool,
     tracker: Option<TaskTracker>,
     locks: Option<LockTable>,
     coordinator: Option<MergeCoordinator>,
@@ -94,6 +114,9 @@ impl Collector {
         Self {
             ws: ws.clone(),
             actor,
+            stores: None,
+            store_channels: BTreeMap::new(),
+            relist: false,
             tracker: None,
             locks: None,
             coordinator: None,
@@ -113,9 +136,38 @@ impl Collector {
         }
     }
 
+    /// A collector for `ws` whose state is in `stores` (a backend other than the files),
+    /// read through the mechanisms' traits. Git (the merge prediction) stays local.
+    pub fn with_stores(ws: &Workspace, actor: AgentId, stores: Stores) -> Self {
+        let mut c = Self::new(ws, actor);
+        c.stores = Some(stores);
+        c
+    }
+
     /// The workspace.
     pub fn workspace(&self) -> &Workspace {
         &self.ws
+    }
+
+    /// The stores read through the traits, when not the files.
+    pub fn stores(&self) -> Option<&Stores> {
+        self.stores.as_ref()
+    }
+
+    /// The sections that could not be read at the last refresh, as a set to read again.
+    pub fn failed(&self) -> Changed {
+        let mut c = Changed::default();
+        for s in self.problems.keys() {
+            match *s {
+                "agents" => c.agents = true,
+                "locks" | "deadlocks" => c.locks = true,
+                "tasks" => c.tasks = true,
+                "queue" => c.queue = true,
+                "messages" => c.channels = ChannelSet::All,
+                _ => {}
+            }
+        }
+        c
     }
 
     fn note<T, E: std::fmt::Display>(
@@ -140,6 +192,9 @@ impl Collector {
     /// numbers publications).
     pub fn refresh(&mut self, changed: &Changed) -> Snapshot {
         let now = now_ms();
+        if let Some(stores) = self.stores.clone() {
+            return self.refresh_stores(&stores, changed, now);
+        }
         if changed.agents {
             self.read_agents(now);
         }
@@ -198,6 +253,21 @@ impl Collector {
                     recent: c.recent.iter().cloned().collect(),
                 }
             })
+            .chain(
+                self.store_channels
+                    .iter()
+                    .filter(|(_, c)| c.newest > 0)
+                    .map(|(name, c)| {
+                        let (kind, topic) = channel_kind(name);
+                        ChannelView {
+                            name: name.clone(),
+                            kind,
+                            topic,
+                            total: c.newest,
+                            recent: c.recent.iter().cloned().collect(),
+                        }
+                    }),
+            )
             .chain(self.feed.iter().flat_map(|f| {
                 f.topics.iter().map(|(topic, (seen, recent))| ChannelView {
                     name: format!("{}{topic}", maos_comm::TOPIC_PREFIX),
@@ -252,28 +322,13 @@ impl Collector {
             .agents
             .into_iter()
             .map(|r| {
-                let anchor = r.live_anchor().map(|a| AnchorView {
-                    kind: match a.kind {
-                        maos_core::AnchorKind::Session => "session".into(),
-                        maos_core::AnchorKind::Ancestor => "ancestor".into(),
-                    },
-                    pid: a.process.pid,
-                    host: a.process.host.clone(),
-                });
-                AgentBase {
-                    liveness: if anchor.is_some() {
-                        Liveness::Alive
-                    } else {
-                        r.liveness_at(now)
-                    },
-                    anchor,
-                    role: r.role.as_ref().map(ToString::to_string),
-                    lease_until: r.lease_until,
-                    last_seen: r.last_seen,
-                    branch: r.branch.clone(),
-                    worktree: r.worktree.clone(),
-                    id: r.id,
-                }
+                let anchor = r.live_anchor().map(|a| anchor_view(&a));
+                let liveness = if anchor.is_some() {
+                    Liveness::Alive
+                } else {
+                    r.liveness_at(now)
+                };
+                agent_base(r, liveness, anchor)
             })
             .collect();
     }
@@ -299,13 +354,17 @@ impl Collector {
             let found = DeadlockDetector::new(&self.ws).broadcast(false).detect();
             self.note("deadlocks", found).unwrap_or_default()
         };
+        self.show_locks(&snap, &deadlocks);
+    }
+
+    fn show_locks(&mut self, snap: &maos_lock::Snapshot, deadlocks: &[maos_lock::Deadlock]) {
         let dead: HashSet<&str> = self
             .agents
             .iter()
             .filter(|a| a.liveness.is_dead())
             .map(|a| a.id.as_str())
             .collect();
-        self.locks_view = locks_view(&snap, &deadlocks, &dead);
+        self.locks_view = locks_view(snap, deadlocks, &dead);
     }
 
     fn read_tasks(&mut self, now: u64) {
@@ -324,6 +383,10 @@ impl Collector {
         let Some(tasks) = self.note("tasks", list) else {
             return;
         };
+        self.show_tasks(tasks, now);
+    }
+
+    fn show_tasks(&mut self, tasks: Vec<Task>, now: u64) {
         let r = maos_track::report(&tasks, now);
         let crit: HashSet<&maos_core::TaskId> = r.critical_path.iter().collect();
         let index: HashMap<&maos_core::TaskId, &Task> = tasks.iter().map(|t| (&t.id, t)).collect();
@@ -538,20 +601,7 @@ impl Collector {
         };
         let list = MergeQueue::new(coord).list();
         if let Some(entries) = self.note("queue", list) {
-            self.queue = entries
-                .into_iter()
-                .map(|e| QueueView {
-                    id: e.id,
-                    source: e.source,
-                    target: e.target,
-                    status: e.status,
-                    requested_by: e.requested_by.to_string(),
-                    attempts: e.attempts,
-                    conflicted_paths: e.conflicted_paths,
-                    error: e.error,
-                    updated_at: e.updated_at,
-                })
-                .collect();
+            self.queue = entries.into_iter().map(queue_view).collect();
         }
     }
 
@@ -581,6 +631,221 @@ impl Collector {
     /// The snapshot as it stands, without reading anything.
     pub fn current(&self) -> Snapshot {
         self.assemble(now_ms())
+    }
+}
+
+/// Reading through the traits (a backend other than the files).
+impl Collector {
+    fn refresh_stores(&mut self, stores: &Stores, changed: &Changed, now: u64) -> Snapshot {
+        if changed.agents {
+            let list = stores.agents.list();
+            if let Some((agents, problems)) = self.note("agents", list) {
+                if let Some(p) = problems.first() {
+                    self.problems.insert(
+                        "agents",
+                        format!("{} unreadable agent record(s), first: {p}", problems.len()),
+                    );
+                }
+                self.agents = agents
+                    .into_iter()
+                    .map(|v| {
+                        let anchor = v.live_anchor.as_ref().map(anchor_view);
+                        agent_base(v.record, v.liveness, anchor)
+                    })
+                    .collect();
+            }
+        }
+        if changed.tasks {
+            let list = stores.tasks.list();
+            if let Some(tasks) = self.note("tasks", list) {
+                self.show_tasks(tasks, now);
+            }
+        }
+        if changed.locks || changed.agents {
+            let snap = stores.locks.snapshot();
+            if let Some(snap) = self.note("locks", snap) {
+                let deadlocks = if snap.waiters.is_empty() {
+                    self.problems.remove("deadlocks");
+                    Vec::new()
+                } else {
+                    // Neither broadcast nor resolved: looking changes nothing.
+                    let found = stores.locks.deadlocks(&self.actor, false, false);
+                    self.note("deadlocks", found)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(d, _)| d)
+                        .collect()
+                };
+                self.show_locks(&snap, &deadlocks);
+            }
+        }
+        if !changed.channels.is_none() {
+            let which = if self.relist {
+                ChannelSet::All
+            } else {
+                changed.channels.clone()
+            };
+            self.read_store_messages(stores, &which);
+        }
+        if changed.queue {
+            match &stores.merge {
+                Some(m) => {
+                    let list = m.queue_list();
+                    if let Some(entries) = self.note("queue", list) {
+                        self.queue = entries.into_iter().map(queue_view).collect();
+                    }
+                }
+                None => self.read_queue(),
+            }
+        }
+        self.assemble(now)
+    }
+
+    fn read_store_messages(&mut self, stores: &Stores, which: &ChannelSet) {
+        // (channel, newest when known)
+        let names: Vec<(String, Option<u64>)> = match which {
+            ChannelSet::None => return,
+            ChannelSet::Some(set)
+                if set.iter().all(|n| {
+                    n == maos_comm::GLOBAL_FEED || self.store_channels.contains_key(n)
+                }) =>
+            {
+                set.iter().map(|n| (n.clone(), None)).collect()
+            }
+            // A channel seen for the first time: list them all (with their newest).
+            ChannelSet::Some(_) | ChannelSet::All => {
+                let list = stores.channels.list();
+                let Some(list) = self.note("messages", list) else {
+                    return;
+                };
+                self.relist = false;
+                let keep: HashSet<String> = list.iter().map(|c| c.name.to_string()).collect();
+                self.store_channels.retain(|n, _| keep.contains(n));
+                list.into_iter()
+                    .map(|c| (c.name.to_string(), Some(c.newest)))
+                    .collect()
+            }
+        };
+        let mut first_error = None;
+        for (name, newest) in names {
+            // The feed holds notices only: each broadcast is shown on its topic's channel.
+            if name == maos_comm::GLOBAL_FEED {
+                continue;
+            }
+            if let Err(e) = self.read_store_channel(stores, &name, newest) {
+                tracing::debug!(channel = %name, error = %e, "dashboard: cannot read channel");
+                first_error.get_or_insert(format!("channel {name}: {e}"));
+            }
+        }
+        match first_error {
+            Some(e) => {
+                self.problems.insert("messages", e);
+            }
+            None => {
+                self.problems.remove("messages");
+            }
+        }
+    }
+
+    fn read_store_channel(
+        &mut self,
+        stores: &Stores,
+        name: &str,
+        newest: Option<u64>,
+    ) -> Result<(), maos_comm::Error> {
+        let Ok(cn) = maos_core::ChannelName::new(name) else {
+            return Ok(());
+        };
+        let st = self.store_channels.entry(name.to_string()).or_default();
+        if let Some(newest) = newest {
+            if newest < st.newest {
+                // Recreated: start over.
+                *st = StoreChannel::default();
+            }
+            if newest <= st.cursor {
+                st.newest = newest;
+                return Ok(());
+            }
+            let skip_to = newest.saturating_sub(RECENT_MESSAGES as u64);
+            if skip_to > st.cursor {
+                st.cursor = skip_to;
+                st.recent.clear();
+            }
+        }
+        let mut reader = stores.channels.reader(
+            &cn,
+            maos_comm::Start::After(st.cursor),
+            Filter::Everything,
+            true,
+        )?;
+        let mut done = false;
+        for _ in 0..MAX_BATCHES {
+            let batch = reader.read()?;
+            for d in batch.messages {
+                st.newest = st.newest.max(d.position);
+                let m = d.message.map(|p| {
+                    serde_json::from_str::<serde_json::Value>(p.get())
+                        .unwrap_or(serde_json::Value::Null)
+                });
+                st.recent.push_back(message_view(d.position, &m));
+                while st.recent.len() > RECENT_MESSAGES {
+                    st.recent.pop_front();
+                }
+            }
+            st.cursor = st.cursor.max(batch.cursor);
+            st.newest = st.newest.max(batch.cursor);
+            if !batch.progressed {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            // More than a refresh reads: jump to the newest ones next time.
+            self.relist = true;
+        }
+        Ok(())
+    }
+}
+
+fn anchor_view(a: &maos_core::Anchor) -> AnchorView {
+    AnchorView {
+        kind: match a.kind {
+            maos_core::AnchorKind::Session => "session".into(),
+            maos_core::AnchorKind::Ancestor => "ancestor".into(),
+        },
+        pid: a.process.pid,
+        host: a.process.host.clone(),
+    }
+}
+
+fn agent_base(
+    r: maos_core::AgentRecord,
+    liveness: Liveness,
+    anchor: Option<AnchorView>,
+) -> AgentBase {
+    AgentBase {
+        liveness,
+        anchor,
+        role: r.role.as_ref().map(ToString::to_string),
+        lease_until: r.lease_until,
+        last_seen: r.last_seen,
+        branch: r.branch,
+        worktree: r.worktree,
+        id: r.id,
+    }
+}
+
+fn queue_view(e: maos_merge::QueueEntry) -> QueueView {
+    QueueView {
+        id: e.id,
+        source: e.source,
+        target: e.target,
+        status: e.status,
+        requested_by: e.requested_by.to_string(),
+        attempts: e.attempts,
+        conflicted_paths: e.conflicted_paths,
+        error: e.error,
+        updated_at: e.updated_at,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The merge prediction a snapshot shows: every agent branch against the target and, up to
 //! [`MAX_PAIRWISE_BRANCHES`] branches, pairwise.
 
+use std::sync::Arc;
+
 use maos_core::{AgentId, Workspace, now_ms};
+use maos_merge::backend::MergeBackend;
 use maos_merge::{ConflictDetector, MergeCoordinator, PairResult, Prediction};
 
 use super::{MAX_PAIRWISE_BRANCHES, MergeInputs, MergesView};
@@ -10,6 +13,17 @@ use super::{MAX_PAIRWISE_BRANCHES, MergeInputs, MergesView};
 /// [`MAX_PAIRWISE_BRANCHES`] branches, pairwise (maos-merge, in memory; slow on big
 /// repositories: run it on a blocking thread, apart from the rest of the snapshot).
 pub fn predict(ws: &Workspace, actor: &AgentId, inputs: Option<&MergeInputs>) -> MergesView {
+    predict_with(ws, actor, inputs, None)
+}
+
+/// [`predict`] with the agents' branches read from `backend`'s registry (a workspace whose
+/// state is on a server; git stays local: the branches are this clone's refs).
+pub fn predict_with(
+    ws: &Workspace,
+    actor: &AgentId,
+    inputs: Option<&MergeInputs>,
+    backend: Option<&Arc<dyn MergeBackend>>,
+) -> MergesView {
     let now = now_ms();
     let Some(inputs) = inputs else {
         return MergesView {
@@ -41,7 +55,13 @@ pub fn predict(ws: &Workspace, actor: &AgentId, inputs: Option<&MergeInputs>) ->
         })
         .collect();
     let result = if inputs.branches.len() <= MAX_PAIRWISE_BRANCHES {
-        MergeCoordinator::new(ws, actor.clone()).and_then(|c| c.predict_agents(&target, false))
+        MergeCoordinator::new(ws, actor.clone()).and_then(|c| {
+            let c = match backend {
+                Some(b) => c.with_backend(b.clone()),
+                None => c,
+            };
+            c.predict_agents(&target, false)
+        })
     } else {
         against_target_only(ws, inputs, &labels, &target)
     };

@@ -20,7 +20,7 @@ mod collect;
 mod merges;
 
 pub use collect::{Collector, MergeInputs};
-pub use merges::predict;
+pub use merges::{predict, predict_with};
 
 /// Recent messages kept per channel.
 pub const RECENT_MESSAGES: usize = 20;
