@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use maos_coordination::lock::{FileLock, LockGuard, LockTable, Node, WaitForGraph};
+use maos_coordination::lock::{FileLock, LockGuard, Node, WaitForGraph};
 use maos_coordination::{AgentId, ResourceName, Workspace};
 
 use crate::table::{Row, Table, percentile_us};
@@ -389,9 +389,18 @@ pub(crate) fn child(args: &[String]) -> anyhow::Result<()> {
     let mut line = String::new();
     match args[0].as_str() {
         "handoff" => {
+            // Says "asleep" just before its wait sleeps (the hook runs once per new holder):
+            // the parent releases only then, so the figure is a waiter woken by a release,
+            // not the tail of the waiter's own queueing (creating its wake-up file, a step
+            // under the guard) that a release racing it would include.
             let lock = FileLock::new(&ws, ResourceName::new("handoff")?)
                 .agent(AgentId::new("child")?)
-                .wait(Duration::from_secs(60));
+                .wait(Duration::from_secs(60))
+                .on_blocked(|_| {
+                    let mut o = std::io::stdout().lock();
+                    let _ = writeln!(o, "asleep");
+                    let _ = o.flush();
+                });
             for _ in 0..rounds {
                 let g = lock.acquire_blocking("bench")?;
                 let t1 = wall_ns();
@@ -478,7 +487,6 @@ fn handoff(table: &mut Table) -> anyhow::Result<()> {
     let ws = Workspace::init(dir.path())?;
     let res = ResourceName::new("handoff")?;
     let lock = FileLock::new(&ws, res.clone()).agent(AgentId::new("parent")?);
-    let locks = LockTable::open(&ws)?;
 
     // maos-lock: the waiter sleeps on its wake-up file.
     let rounds = 300;
@@ -494,10 +502,10 @@ fn handoff(table: &mut Table) -> anyhow::Result<()> {
     let mut ours = Vec::with_capacity(rounds);
     let mut line = String::new();
     for _ in 0..rounds {
-        // Release only once the child is queued.
-        while locks.snapshot()?.waiters.is_empty() {
-            std::thread::yield_now();
-        }
+        // Release only once the child is queued and about to sleep.
+        line.clear();
+        out.read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "asleep", "handoff child said {line:?}");
         let t0 = wall_ns();
         g.take()
             .ok_or_else(|| anyhow::anyhow!("not held"))?

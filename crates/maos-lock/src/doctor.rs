@@ -505,6 +505,8 @@ fn live_and_wake(shared: &Shared, dir: &Path, repair: bool, out: &mut Vec<Findin
         let mut dead = 0;
         for e in rd.flatten() {
             if let Some(n) = e.file_name().to_str()
+                // Spares are kept for reuse on purpose.
+                && !live::is_spare(n)
                 && live::probe(dir, n, false) == Probe::Gone
             {
                 dead += 1;
@@ -709,6 +711,28 @@ mod tests {
             .unwrap();
         assert!(t.token().0 > a.info.token.0 + (1 << 40), "{}", t.token());
         drop(t);
+    }
+
+    /// Spare liveness files are kept on purpose: not reported as dead, not removed.
+    #[test]
+    fn spare_liveness_files_are_left_alone() {
+        let d = crate::store::test_dir();
+        let ws = Workspace::init(d.path()).unwrap();
+        lease(&ws, "a", "x");
+        let dir = ws.locks_dir();
+        live::LiveFile::create(&dir, 1).unwrap().retire();
+        let spare = std::fs::read_dir(dir.join(LIVE_DIR))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| live::is_spare(&p.file_name().unwrap().to_string_lossy()))
+            .expect("a spare");
+        let f = doctor(&ws, true).unwrap();
+        assert!(
+            !f.iter().any(|f| f.path.ends_with(LIVE_DIR)),
+            "spares reported: {f:#?}"
+        );
+        assert!(spare.exists());
     }
 
     #[test]

@@ -35,7 +35,9 @@
 //! operation, an index of keys (hash buckets) over one checksummed document per key written
 //! copy on write (an operation reads the documents of the resource, its parents and the
 //! patterns, and writes only what it changes), the durable id reservation, one liveness file
-//! per process, one wake-up file per waiter. The format and the exact protocol are in
+//! per process (and one per inheritable lock, also the liveness of its wait), reused as
+//! spares rather than created and deleted, and one wake-up file per waiter (a hard link to
+//! its liveness file). The format and the exact protocol are in
 //! `docs/protocol.md` (lock section); the storage sits behind one module (the take, queue,
 //! break, renew and release steps) so another backend can implement the same semantics. Start
 //! at [`FileLock`].

@@ -121,10 +121,12 @@ enum Target {
 
 /// The watches routed to this process, and what each one is. The reader thread looks events
 /// up here; a watch is added while this map is locked, so no event of it is read before it
-/// is known.
+/// is known. One watch can serve several targets: the kernel gives one descriptor per inode,
+/// and a waiter's wake-up file is a second name of its liveness file (which another waiter
+/// of the process may watch as its blocker's).
 #[derive(Debug, Default)]
 struct Routes {
-    targets: HashMap<WatchDescriptor, Target>,
+    targets: HashMap<WatchDescriptor, Vec<Target>>,
     tickets: HashMap<u64, WatchDescriptor>,
     /// Per liveness file: its watch and how many waiters care about it.
     lives: HashMap<String, (Option<WatchDescriptor>, usize)>,
@@ -215,7 +217,7 @@ fn read_events(
                     r.targets.remove(&ev.wd);
                     continue;
                 }
-                if let Some(t) = r.targets.get(&ev.wd) {
+                for t in r.targets.get(&ev.wd).into_iter().flatten() {
                     let (w, c) = classify(t, ev.mask, ev.name);
                     wake |= w;
                     change |= c;
@@ -256,7 +258,7 @@ impl DirWatch {
         let anchor = watches.add(dir, WatchMask::DELETE_SELF | WatchMask::ONLYDIR)?;
         relock(&routes)
             .targets
-            .insert(anchor.clone(), Target::Anchor);
+            .insert(anchor.clone(), vec![Target::Anchor]);
         let reading = Arc::new(AtomicBool::new(true));
         let (i, r, a, g) = (
             inner.clone(),
@@ -290,9 +292,14 @@ impl DirWatch {
         mask: WatchMask,
         target: Target,
     ) -> Option<WatchDescriptor> {
+        // Adding to a watched inode replaces its mask: keep every target's events.
+        let mask = match target {
+            Target::Ticket(_) | Target::Live(_) => WatchMask::CLOSE_WRITE,
+            _ => mask,
+        };
         match relock(&k.watches).add(path, mask) {
             Ok(wd) => {
-                r.targets.insert(wd.clone(), target);
+                r.targets.entry(wd.clone()).or_default().push(target);
                 Some(wd)
             }
             Err(e) => {
@@ -305,7 +312,14 @@ impl DirWatch {
     }
 
     fn remove(k: &Kernel, r: &mut Routes, wd: WatchDescriptor, target: &Target) {
-        if r.targets.get(&wd) == Some(target) {
+        let Some(ts) = r.targets.get_mut(&wd) else {
+            return;
+        };
+        let Some(i) = ts.iter().position(|t| t == target) else {
+            return;
+        };
+        ts.swap_remove(i);
+        if ts.is_empty() {
             r.targets.remove(&wd);
             // Fails when the file was deleted meanwhile (the kernel removed the watch).
             let _ = relock(&k.watches).remove(wd);

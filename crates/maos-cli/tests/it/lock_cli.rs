@@ -177,6 +177,96 @@ fn concurrent_lock_run_commands_do_not_lose_increments() {
         p.join().unwrap();
     }
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "32");
+    // One liveness file per run (its wait's and its lock's), retired as a spare when the run
+    // ends: no run leaves a file behind, and the spares stay few.
+    let (named, spares) = live_files(ws);
+    assert!(named.is_empty(), "liveness files left behind: {named:?}");
+    assert!(!spares.is_empty() && spares.len() <= 16, "{spares:?}");
+}
+
+/// The files of `.maos/locks/live/`: (name, inode) of those a record can name, and of the
+/// spares kept for reuse.
+type Files = Vec<(String, u64)>;
+
+fn live_files(ws: &std::path::Path) -> (Files, Files) {
+    use std::os::unix::fs::MetadataExt;
+    let mut named = Vec::new();
+    let mut spares = Vec::new();
+    for e in std::fs::read_dir(ws.join(".maos/locks/live"))
+        .unwrap()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let ino = e.metadata().unwrap().ino();
+        if n.starts_with(".spare.") {
+            spares.push((n, ino));
+        } else {
+            named.push((n, ino));
+        }
+    }
+    (named, spares)
+}
+
+/// `lock run` reuses liveness files across processes instead of creating and deleting one
+/// per run; a run whose `maos` is SIGKILLed keeps its file (its command holds it) until the
+/// command ends, and then its name is gone for good (the file becomes a spare): the record
+/// naming it is dead, and the next run takes the lock.
+#[test]
+fn lock_runs_reuse_liveness_files_and_a_killed_runs_name_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    Maos::new(ws)
+        .agent("a")
+        .run(["lock", "run", "r", "--", "true"])
+        .ok();
+    let (named, spares) = live_files(ws);
+    assert!(named.is_empty(), "{named:?}");
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    let mut cli = Maos::new(ws)
+        .agent("a")
+        .cmd()
+        .args(["lock", "run", "r", "--", "sh", "-c", "echo started; read x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(cli.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    let (named, now_spares) = live_files(ws);
+    assert!(
+        now_spares.is_empty(),
+        "the spare was not adopted: {now_spares:?}"
+    );
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(
+        named[0].1, spares[0].1,
+        "another process reused the same inode"
+    );
+    let mut cmd_in = cli.stdin.take().unwrap();
+    cli.kill().unwrap(); // SIGKILL: maos only, the command holds the liveness file
+    cli.wait().unwrap();
+    Maos::new(ws)
+        .agent("b")
+        .run(["lock", "run", "r", "--wait", "0", "--", "true"])
+        .assert_code(Exit::Busy);
+    cmd_in.write_all(b"go\n").unwrap();
+    drop(cmd_in);
+    line.clear();
+    while out.read_line(&mut line).unwrap() > 0 {}
+    // The command ended: the next run breaks the dead record and takes the lock.
+    Maos::new(ws)
+        .agent("b")
+        .run(["lock", "run", "r", "--wait", "1m", "--", "true"])
+        .ok();
+    let (after, spares) = live_files(ws);
+    assert!(after.is_empty(), "{after:?}");
+    assert!(
+        spares.iter().any(|(_, ino)| *ino == named[0].1),
+        "the dead run's file is a spare again: {spares:?}"
+    );
+    assert!(!ws.join(".maos/locks/live").join(&named[0].0).exists());
 }
 
 #[test]

@@ -231,10 +231,10 @@ impl LockGuard {
         }
     }
 
-    /// Removes the lock's own liveness file (after its record is gone).
+    /// Retires the lock's own liveness file (after its record is gone).
     fn drop_live(&mut self) {
         if let Some(f) = self.run_live.take() {
-            f.remove();
+            f.retire();
         }
     }
 }

@@ -942,3 +942,58 @@ fn a_key_and_its_prefix_with_one_home_bucket_both_stay_findable() {
     let g = other.try_acquire("two").unwrap().unwrap();
     g.release().unwrap();
 }
+
+/// An inheritable (`lock run`) request that waits has one liveness file from its wait to its
+/// end: its waiter record and then its holder record name the same file, its wake-up file
+/// is a second name of it (no new inode), and once released the file is kept as a spare
+/// under a name no record can hold, while its old name probes as gone.
+#[test]
+fn an_inheritable_wait_uses_one_liveness_file_from_queue_to_release() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, ws) = ws();
+    let res = r("run.rs");
+    let dir = ws.locks_dir();
+    let holder = FileLock::new(&ws, res.clone())
+        .agent(agent("h"))
+        .try_acquire("hold")
+        .unwrap()
+        .unwrap();
+    let (live, ino) = std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            FileLock::new(&ws, res.clone())
+                .agent(agent("w"))
+                .inheritable(true)
+                .wait(Duration::from_secs(60))
+                .acquire_blocking("run")
+        });
+        let waiter = loop {
+            let snap = LockTable::open(&ws).unwrap().records().unwrap();
+            if let Some(w) = snap.waiters.into_iter().next() {
+                break w;
+            }
+            std::thread::yield_now();
+        };
+        let live = waiter.live.clone().unwrap();
+        assert_ne!(Some(&live), holder.info().live.as_ref());
+        let ino = std::fs::metadata(dir.join("live").join(&live))
+            .unwrap()
+            .ino();
+        let wake = dir.join("wake").join(waiter.ticket.to_string());
+        assert_eq!(std::fs::metadata(&wake).unwrap().ino(), ino);
+        holder.release().unwrap();
+        let g = w.join().unwrap().unwrap();
+        assert_eq!(g.info().live.as_deref(), Some(live.as_str()));
+        assert!(!wake.exists());
+        g.release().unwrap();
+        (live, ino)
+    });
+    assert!(!dir.join("live").join(&live).exists());
+    let spare = std::fs::read_dir(dir.join("live"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.metadata().unwrap().ino() == ino)
+        .expect("the liveness file is kept as a spare");
+    assert!(crate::store::live::is_spare(
+        spare.file_name().to_str().unwrap()
+    ));
+}

@@ -10,6 +10,7 @@ use maos_core::{AgentId, deadline_after, now_ms};
 use super::{FileLock, GUARD_FLOOR, LockGuard};
 use crate::error::HolderSummary;
 use crate::store::Shared;
+use crate::store::live::LiveFile;
 use crate::store::ops::{self, Blocked, Blocker, Grant, Hold, Request, Step};
 use crate::watch::{self, DirWatch, Signal};
 use crate::{Error, Result};
@@ -32,6 +33,8 @@ pub(crate) struct Waiting {
     watch: Option<Arc<DirWatch>>,
     registered: Option<u64>,
     lives: Vec<String>,
+    /// The liveness file of an inheritable request (its wait's, then its lock's).
+    run_live: Option<LiveFile>,
 }
 
 impl Waiting {
@@ -59,6 +62,7 @@ impl Waiting {
             watch: None,
             registered: None,
             lives: Vec::new(),
+            run_live: None,
         })
     }
 
@@ -92,7 +96,14 @@ impl Waiting {
             hold: self.hold,
         };
         let timeout = self.guard_timeout();
-        match ops::take(&self.shared, &req, &mut self.ticket, enqueue, timeout)? {
+        match ops::take(
+            &self.shared,
+            &req,
+            &mut self.ticket,
+            enqueue,
+            timeout,
+            &mut self.run_live,
+        )? {
             Step::Granted(g) => Ok(Some(g)),
             Step::Blocked(b) => {
                 if let Some(Blocker::Holder(h)) = &b.blocker {
@@ -157,7 +168,10 @@ impl Waiting {
                 wt.unregister(old);
             }
             if let Some(t) = self.ticket {
-                crate::store::live::create_wake(&self.shared.dir, t);
+                // Made under the guard by the step that queued, unless that failed.
+                if !self.last.as_ref().is_some_and(|b| b.wake_ready) {
+                    crate::store::live::create_wake(&self.shared.dir, t);
+                }
                 wt.register(t);
             }
             self.registered = self.ticket;
@@ -266,5 +280,9 @@ impl Drop for Waiting {
             w.unregister_lives(&self.lives);
         }
         self.withdraw();
+        // After the withdrawal: no record names it any more (or one that probes as gone).
+        if let Some(f) = self.run_live.take() {
+            f.retire();
+        }
     }
 }

@@ -89,6 +89,8 @@ pub(crate) struct Grant {
 /// A step that could not take the lock.
 #[derive(Debug, Clone)]
 pub(crate) struct Blocked {
+    /// True when this step queued the caller and made its wake-up file (under the guard).
+    pub(crate) wake_ready: bool,
     pub(crate) blocker: Option<Blocker>,
     /// The lease end of the blocking holder (ms since the epoch): look again then.
     pub(crate) until: Option<u64>,
@@ -161,14 +163,30 @@ fn remove_waiter(op: &mut Op<'_>, key: &str, ticket: u64) -> Result<()> {
 
 /// One look at the table: take the lock, or (with `enqueue`) join the queue. `ticket` is
 /// the caller's queue entry, kept across steps.
+///
+/// `run_live` is the liveness file of an inheritable request ([`Hold::Inheritable`]): made
+/// when it first queues (its waiter record names it) or is granted, and handed to the
+/// grant, so a `lock run` has one liveness file from its wait to its end.
 pub(crate) fn take(
     shared: &Shared,
     req: &Request<'_>,
     ticket: &mut Option<u64>,
     enqueue: bool,
     timeout: Duration,
+    run_live: &mut Option<LiveFile>,
 ) -> Result<Step> {
-    shared.write(timeout, |op| take_in(op, req, ticket, enqueue))
+    shared.write(timeout, |op| take_in(op, req, ticket, enqueue, run_live))
+}
+
+/// The liveness file of an inheritable request, made (under the guard) if needed; its name.
+fn ensure_run_live(op: &Op<'_>, run_live: &mut Option<LiveFile>) -> Result<String> {
+    if let Some(f) = run_live {
+        return Ok(f.name.clone());
+    }
+    let f = LiveFile::create(&op.shared.dir, op.shared.identity.start_time)?;
+    let name = f.name.clone();
+    *run_live = Some(f);
+    Ok(name)
 }
 
 fn take_in(
@@ -176,6 +194,7 @@ fn take_in(
     req: &Request<'_>,
     ticket: &mut Option<u64>,
     enqueue: bool,
+    run_live: &mut Option<LiveFile>,
 ) -> Result<Step> {
     let key = key_of(req.resource).to_owned();
     let dir = op.shared.dir.clone();
@@ -260,7 +279,7 @@ fn take_in(
         }
     }
     if !blocked {
-        let grant = grant(op, req, &key, mine, false)?;
+        let grant = grant(op, req, &key, mine, false, run_live)?;
         if let Some(m) = mine {
             live::remove_wake(&dir, m);
         }
@@ -271,7 +290,10 @@ fn take_in(
     }
     let mut queued = None;
     if enqueue && mine.is_none() {
-        let live = op.own_live()?;
+        let live = match req.hold {
+            Hold::Inheritable => ensure_run_live(op, run_live)?,
+            Hold::Process | Hold::Lease => op.own_live()?,
+        };
         let t = op.txn.issue_id()?;
         op.txn.doc_mut(&key)?.waiters.push(WaiterInfo {
             ticket: t,
@@ -279,17 +301,21 @@ fn take_in(
             mode: req.mode,
             agent: req.agent.clone(),
             process: Some(op.shared.identity.clone()),
-            live: Some(live),
+            live: Some(live.clone()),
             since: op.now,
             purpose: req.purpose.to_owned(),
             aborted: None,
         });
-        queued = Some(t);
+        queued = Some((t, live));
     }
     op.txn.commit()?;
-    if let Some(t) = queued {
-        // Its wake-up file is created by the waiter after the guard is released (creating a
-        // file can take long on a busy file system): see `Waiting::prepare_watch`.
+    let mut wake_ready = false;
+    if let Some((t, live)) = queued {
+        // Its wake-up file is a second name of its liveness file (a link: no inode to
+        // allocate, so it is made here, before anyone can signal it). When that fails the
+        // waiter creates one after the guard is released (creating a file can take long on
+        // a busy file system): see `Waiting::prepare_watch`.
+        wake_ready = live::link_wake(&dir, t, &live);
         *ticket = Some(t);
         tracing::debug!(resource = %req.resource, ticket = t, "queued");
     }
@@ -300,6 +326,7 @@ fn take_in(
         (None, None) => (None, None),
     };
     Ok(Step::Blocked(Blocked {
+        wake_ready,
         blocker,
         until,
         lives,
@@ -368,16 +395,14 @@ fn grant(
     key: &str,
     mine: Option<u64>,
     reentered: bool,
+    run_live: &mut Option<LiveFile>,
 ) -> Result<Grant> {
     let token = op.txn.issue_id()?;
     let id = mine.unwrap_or(token);
-    let (live, run_live) = match req.hold {
-        Hold::Lease => (None, None),
-        Hold::Process => (Some(op.own_live()?), None),
-        Hold::Inheritable => {
-            let f = LiveFile::create(&op.shared.dir, op.shared.identity.start_time)?;
-            (Some(f.name.clone()), Some(f))
-        }
+    let live = match req.hold {
+        Hold::Lease => None,
+        Hold::Process => Some(op.own_live()?),
+        Hold::Inheritable => Some(ensure_run_live(op, run_live)?),
     };
     let info = LockInfo {
         id,
@@ -398,15 +423,15 @@ fn grant(
         d.waiters.retain(|w| w.ticket != m);
     }
     d.holders.push(info.clone());
-    if let Err(e) = op.txn.commit() {
-        if let Some(f) = &run_live {
-            f.remove();
-        }
-        return Err(e);
-    }
+    // On failure the liveness file stays with the caller (retired when it gives up).
+    op.txn.commit()?;
     Ok(Grant {
         info,
-        run_live,
+        run_live: if req.hold == Hold::Inheritable {
+            run_live.take()
+        } else {
+            None
+        },
         reentered,
     })
 }

@@ -258,8 +258,15 @@ fn power_cuts_never_repeat_a_token_nor_leave_two_holders_nor_lose_a_lease() {
                 hold: Hold::Lease,
             };
             let mut ticket = None;
-            if let Step::Granted(g) =
-                ops::take(&shared, &req, &mut ticket, false, Duration::from_secs(5)).unwrap()
+            if let Step::Granted(g) = ops::take(
+                &shared,
+                &req,
+                &mut ticket,
+                false,
+                Duration::from_secs(5),
+                &mut None,
+            )
+            .unwrap()
             {
                 assert!(
                     g.info.token.0 > before,
