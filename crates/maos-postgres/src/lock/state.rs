@@ -48,27 +48,33 @@ pub(super) fn u(v: i64) -> u64 {
 }
 
 pub(super) fn holder_of(r: &postgres::Row) -> Result<Row2<LockInfo>> {
-    let meta: serde_json::Value = r.get(9);
+    Ok(Row2 {
+        v: holding_at(r, 0)?,
+        alive: r.get(11),
+        req: None,
+    })
+}
+
+/// A holding from the columns `id, resource, mode, owner, session_key, acquired_at,
+/// expires_at, ttl_ms, purpose, metadata, token`, the first at index `at`.
+fn holding_at(r: &postgres::Row, at: usize) -> Result<LockInfo> {
+    let meta: serde_json::Value = r.get(at + 9);
     let metadata = serde_json::from_value(meta).map_err(|e| Error::Corrupt {
         what: "lock metadata".into(),
         reason: e.to_string(),
     })?;
-    Ok(Row2 {
-        v: LockInfo {
-            id: u(r.get(0)),
-            resource: parse_res(r.get(1))?,
-            mode: mode_of(r.get(2)),
-            owner: parse_agent(r.get(3))?,
-            session_key: r.get(4),
-            acquired_at: u(r.get(5)),
-            expires_at: u(r.get(6)),
-            ttl_ms: u(r.get(7)),
-            purpose: r.get(8),
-            metadata,
-            token: u(r.get(10)),
-        },
-        alive: r.get(11),
-        req: None,
+    Ok(LockInfo {
+        id: u(r.get(at)),
+        resource: parse_res(r.get(at + 1))?,
+        mode: mode_of(r.get(at + 2)),
+        owner: parse_agent(r.get(at + 3))?,
+        session_key: r.get(at + 4),
+        acquired_at: u(r.get(at + 5)),
+        expires_at: u(r.get(at + 6)),
+        ttl_ms: u(r.get(at + 7)),
+        purpose: r.get(at + 8),
+        metadata,
+        token: u(r.get(at + 10)),
     })
 }
 
@@ -128,30 +134,11 @@ pub(super) fn load_as(t: &mut Tx<'_>, ns: i64, me: Option<i64>, guard: bool) -> 
     for r in rows {
         let kind: i32 = r.get(0);
         match kind {
-            0 => {
-                let meta: serde_json::Value = r.get(10);
-                let metadata = serde_json::from_value(meta).map_err(|e| Error::Corrupt {
-                    what: "lock metadata".into(),
-                    reason: e.to_string(),
-                })?;
-                st.holders.push(Row2 {
-                    v: LockInfo {
-                        id: u(r.get(1)),
-                        resource: parse_res(r.get(2))?,
-                        mode: mode_of(r.get(3)),
-                        owner: parse_agent(r.get(4))?,
-                        session_key: r.get(5),
-                        acquired_at: u(r.get(6)),
-                        expires_at: u(r.get(7)),
-                        ttl_ms: u(r.get(8)),
-                        purpose: r.get(9),
-                        metadata,
-                        token: u(r.get(11)),
-                    },
-                    alive: r.get(12),
-                    req: r.get(14),
-                });
-            }
+            0 => st.holders.push(Row2 {
+                v: holding_at(&r, 1)?,
+                alive: r.get(12),
+                req: r.get(14),
+            }),
             1 => {
                 let aborted: Option<serde_json::Value> = r.get(13);
                 st.waiters.push(Row2 {
