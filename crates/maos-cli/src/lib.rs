@@ -186,6 +186,16 @@ pub fn main() -> ExitCode {
             });
         return finish(result);
     }
+    // `lock run RESOURCE -- CMD` likewise (lock::FastRun).
+    if let Some(fast) = lock::FastRun::parse(std::env::args_os().skip(1)) {
+        init_tracing(0, 0, false);
+        let result = Ctx::new(fast.workspace.as_deref(), fast.agent.as_deref(), fast.json)
+            .and_then(|mut ctx| {
+                ctx.command = "lock run".into();
+                fast.run(&ctx)
+            });
+        return finish(result);
+    }
     let matches = command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

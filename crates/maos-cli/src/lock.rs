@@ -8,7 +8,7 @@ use clap::Subcommand;
 use maos_coordination::ResourceName;
 use maos_coordination::core::{escape_controls, human_ms, now_ms};
 use maos_coordination::lock::{
-    Deadlock, Error as LockError, FencingToken, LockInfo, LockMode, LockRequest, LockStore, Report,
+    Deadlock, Error as LockError, FencingToken, LockInfo, LockMode, LockRequest, Report,
     VICTIM_RULE, Via,
 };
 use serde::Serialize;
@@ -164,7 +164,8 @@ fn request(
 }
 
 pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
-    let store = ctx.backends()?.locks();
+    let backends = ctx.backends()?;
+    let store = backends.locks();
     match cmd {
         LockCommand::Acquire {
             resource: r,
@@ -253,7 +254,7 @@ pub(crate) fn run(cmd: LockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
             purpose,
             shared,
             cmd,
-        } => run_command(ctx, store.as_ref(), &r, ttl, wait, &purpose, shared, cmd),
+        } => run_command(ctx, &backends, &r, ttl, wait, &purpose, shared, cmd),
         LockCommand::Check { path } => {
             let res = resource(ctx, &path)?;
             let holders = store.conflicting(&res, LockMode::Exclusive)?;
@@ -301,7 +302,7 @@ fn waiting_note(res: ResourceName) -> Report {
 #[allow(clippy::too_many_arguments)] // one argument per command-line option
 fn run_command(
     ctx: &Ctx,
-    store: &dyn LockStore,
+    backends: &maos_coordination::backend::Backends,
     r: &str,
     ttl: Duration,
     wait: Duration,
@@ -323,7 +324,8 @@ fn run_command(
     // Where the lock lives in this process's database session, the command runs under a
     // supervisor that ends it if this process ends first (tied.rs); on the files the command
     // inherits the lock itself.
-    let tied = !ctx.backends()?.is_file();
+    let tied = !backends.is_file();
+    let store = backends.locks();
     let mut spawn = |token: FencingToken| {
         let mut c = if tied {
             crate::tied::command(prog, args)?
@@ -361,6 +363,108 @@ fn run_command(
         code
     };
     std::process::exit(code)
+}
+
+/// `maos [--json] [--workspace DIR] [--agent ID] lock run [--ttl D] [--wait D] [--purpose T]
+/// [--shared] RESOURCE -- CMD [ARGS...]`, the command scripts run in loops, parsed without
+/// building the whole clap command tree (a third of the process's CPU before any work, as
+/// [`crate::merge::FastCheck`]). Anything else (another flag, `--help`, an option before
+/// `lock run` that is not global, a value that looks like a flag or does not parse) returns
+/// `None` and goes through clap as usual, so the two parsers accept the same language on
+/// this path and clap says every error.
+#[derive(Debug)]
+pub(crate) struct FastRun {
+    pub(crate) workspace: Option<std::path::PathBuf>,
+    pub(crate) agent: Option<String>,
+    pub(crate) json: bool,
+    resource: String,
+    ttl: Duration,
+    wait: Duration,
+    purpose: String,
+    shared: bool,
+    cmd: Vec<OsString>,
+}
+
+impl FastRun {
+    pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Option<Self> {
+        let mut out = FastRun {
+            workspace: None,
+            agent: None,
+            json: false,
+            resource: String::new(),
+            ttl: duration::ttl("1m").ok()?,
+            wait: duration::parse("30s").ok()?,
+            purpose: String::new(),
+            shared: false,
+            cmd: Vec::new(),
+        };
+        let mut words: Vec<String> = Vec::new();
+        let mut args = args.into_iter();
+        // The value of an option: present, UTF-8, and not something clap would take for a flag.
+        let value = |v: Option<OsString>| -> Option<String> {
+            v?.into_string().ok().filter(|v| !v.starts_with('-'))
+        };
+        while let Some(a) = args.next() {
+            if a == "--" {
+                out.cmd = args.collect();
+                break;
+            }
+            let a = a.into_string().ok()?;
+            // Options of `lock run` itself only after `lock run`, as clap wants them.
+            let in_run = words.len() >= 2;
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (a.clone(), None),
+            };
+            let mut take = |inline: Option<String>| match inline {
+                Some(v) if !v.is_empty() => Some(v),
+                Some(_) => None,
+                None => value(args.next()),
+            };
+            match name.as_str() {
+                "--json" if inline.is_none() => out.json = true,
+                "--workspace" => out.workspace = Some(take(inline)?.into()),
+                "--agent" => out.agent = Some(take(inline)?),
+                "--ttl" if in_run => out.ttl = duration::ttl(&take(inline)?).ok()?,
+                "--wait" if in_run => out.wait = duration::parse(&take(inline)?).ok()?,
+                "--purpose" if in_run => out.purpose = take(inline)?,
+                "--shared" if in_run && inline.is_none() => out.shared = true,
+                _ if a.starts_with('-') || a.is_empty() => return None,
+                _ => words.push(a),
+            }
+        }
+        let [lock, run, resource] = words.as_slice() else {
+            return None;
+        };
+        if lock != "lock" || run != "run" || out.cmd.is_empty() {
+            return None;
+        }
+        out.resource = resource.clone();
+        // clap's environment defaults for the global options.
+        if out.workspace.is_none() {
+            out.workspace = std::env::var_os("MAOS_WORKSPACE")
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from);
+        }
+        if out.agent.is_none() {
+            out.agent = std::env::var("MAOS_AGENT_ID").ok();
+        }
+        Some(out)
+    }
+
+    pub(crate) fn run(self, ctx: &Ctx) -> anyhow::Result<Exit> {
+        let backends = ctx.backends()?;
+        run_command(
+            ctx,
+            &backends,
+            &self.resource,
+            self.ttl,
+            self.wait,
+            &self.purpose,
+            self.shared,
+            self.cmd,
+        )
+    }
 }
 
 pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Exit> {
@@ -472,6 +576,105 @@ pub(crate) fn run_deadlock(cmd: DeadlockCommand, ctx: &Ctx) -> anyhow::Result<Ex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path of `lock run` takes exactly what clap takes, with the same values, and
+    /// leaves everything else to clap.
+    #[test]
+    fn the_fast_path_of_lock_run_agrees_with_clap() {
+        use clap::Parser as _;
+        let taken: &[&[&str]] = &[
+            &["lock", "run", "r", "--", "true"],
+            &["--json", "lock", "run", "r", "--", "sh", "-c", "exit 3"],
+            &[
+                "--workspace",
+                "/w",
+                "--agent",
+                "a",
+                "lock",
+                "run",
+                "r",
+                "--",
+                "x",
+            ],
+            &["--workspace=/w", "lock", "run", "--agent=b", "r", "--", "x"],
+            &[
+                "lock",
+                "run",
+                "--ttl",
+                "5s",
+                "--wait=2m",
+                "--purpose",
+                "p q",
+                "--shared",
+                "r",
+                "--",
+                "x",
+                "--y",
+            ],
+            &["lock", "run", "r", "--ttl=90s", "--json", "--", "x"],
+            &["lock", "run", "src/*.rs", "--", "x"],
+        ];
+        for args in taken {
+            let fast = FastRun::parse(args.iter().map(OsString::from))
+                .unwrap_or_else(|| panic!("not taken: {args:?}"));
+            let cli =
+                crate::Cli::try_parse_from(std::iter::once("maos").chain(args.iter().copied()))
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let crate::Command::Lock(LockCommand::Run {
+                resource,
+                ttl,
+                wait,
+                purpose,
+                shared,
+                cmd,
+            }) = cli.command
+            else {
+                panic!("{args:?}: not lock run");
+            };
+            assert_eq!(
+                (
+                    &fast.resource,
+                    fast.ttl,
+                    fast.wait,
+                    &fast.purpose,
+                    fast.shared,
+                    &fast.cmd
+                ),
+                (&resource, ttl, wait, &purpose, shared, &cmd),
+                "{args:?}"
+            );
+            assert_eq!(fast.json, cli.json, "{args:?}");
+            if cli.workspace.is_some() {
+                assert_eq!(fast.workspace, cli.workspace, "{args:?}");
+            }
+            if args.iter().any(|a| a.starts_with("--agent")) {
+                assert_eq!(fast.agent, cli.agent, "{args:?}");
+            }
+        }
+        let left: &[&[&str]] = &[
+            &["lock", "run", "r"],
+            &["lock", "run", "r", "--"],
+            &["lock", "run", "--help"],
+            &["-v", "lock", "run", "r", "--", "x"],
+            &["--ttl", "5s", "lock", "run", "r", "--", "x"],
+            &["lock", "--ttl", "5s", "run", "r", "--", "x"],
+            &["lock", "run", "--ttl", "forever", "r", "--", "x"],
+            &["lock", "run", "--purpose", "-x", "r", "--", "x"],
+            &["lock", "run", "--wait", "r", "--", "x"],
+            &["lock", "run", "a", "b", "--", "x"],
+            &["lock", "acquire", "r"],
+            &["lock", "run", "--shared=yes", "r", "--", "x"],
+            &["lock", "run", "--bogus", "r", "--", "x"],
+            // An empty inline value: left to clap (which takes it), never guessed.
+            &["lock", "run", "--purpose=", "r", "--", "x"],
+        ];
+        for args in left {
+            assert!(
+                FastRun::parse(args.iter().map(OsString::from)).is_none(),
+                "taken: {args:?}"
+            );
+        }
+    }
 
     #[test]
     fn renew_without_a_resource_applies_the_given_ttl() {
