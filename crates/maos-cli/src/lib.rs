@@ -172,7 +172,7 @@ pub fn command() -> clap::Command {
 
 /// Runs `maos` with the process's arguments; the binary's `main`.
 pub fn main() -> ExitCode {
-    // `lock run`'s watcher (tied.rs): not a command anyone types.
+    // `lock run`'s supervisor (tied.rs): not a command anyone types.
     if std::env::args_os().nth(1).is_some_and(|a| a == tied::ENTRY) {
         return tied::main(std::env::args_os().skip(2).collect());
     }

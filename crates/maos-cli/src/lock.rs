@@ -321,21 +321,22 @@ fn run_command(
     };
     let (prog, args) = cmd.split_first().context("no command given")?;
     let req = request(ctx, res.clone(), ttl, wait, &purpose, shared);
-    // Where the lock lives in this process's database session, a watcher ends the command if
-    // this process ends first (tied.rs); on the files the command inherits the lock itself.
+    // Where the lock lives in this process's database session, the command runs under a
+    // supervisor that ends it if this process ends first (tied.rs); on the files the command
+    // inherits the lock itself.
     let tied = !backends.is_file();
     let store = backends.locks();
-    let mut watcher = None;
     let mut spawn = |token: FencingToken| {
-        let mut child = std::process::Command::new(prog)
-            .args(args)
-            .env("MAOS_LOCK_RESOURCE", res.as_str())
+        let mut c = if tied {
+            crate::tied::command(prog, args)?
+        } else {
+            let mut c = std::process::Command::new(prog);
+            c.args(args);
+            c
+        };
+        c.env("MAOS_LOCK_RESOURCE", res.as_str())
             .env("MAOS_LOCK_TOKEN", token.to_string())
-            .spawn()?;
-        if tied {
-            watcher = Some(crate::tied::watch(&mut child)?);
-        }
-        Ok(child)
+            .spawn()
     };
     // The lease is renewed while waiting for the command.
     let outcome = store
@@ -346,10 +347,6 @@ fn run_command(
             std::sync::Arc::new(|e: &str| eprintln!("maos: {e}")),
         )
         .map_err(lock_failure)?;
-    // The command has ended: so does its watcher (reaped here, not left a zombie).
-    if let Some(mut w) = watcher {
-        let _ = w.wait();
-    }
     if let Some(e) = outcome.release_error {
         eprintln!("maos: {:#}", anyhow::Error::new(e));
     }

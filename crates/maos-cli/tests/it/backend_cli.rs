@@ -794,46 +794,6 @@ fn lock_run_on_postgresql_never_leaves_its_command_running_without_the_lock() {
     maos.agent("B")
         .run(["lock", "acquire", "res", "--wait", "1m"])
         .ok();
-    maos.agent("B").run(["lock", "release", "res"]).ok();
-
-    // The watcher killed on its own harms nothing: the command is `maos`'s own child, which
-    // holds the lock until the command ends and then exits with its status.
-    let mut cli = a
-        .cmd()
-        .args(["lock", "run", "res", "--"])
-        .args(["sh", "-c", "echo started; read x; exit 5"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(cli.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "started");
-    let watchers = std::process::Command::new("pgrep")
-        .args(["-P", &cli.id().to_string(), "-f", "__lock-run-watch"])
-        .output()
-        .unwrap();
-    let watcher = String::from_utf8_lossy(&watchers.stdout).trim().to_owned();
-    assert!(!watcher.is_empty(), "no watcher beside the command");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &watcher])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let busy = maos
-        .agent("B")
-        .run(["lock", "acquire", "res", "--wait", "0"]);
-    busy.assert_code(Exit::Busy);
-    std::io::Write::write_all(&mut cli.stdin.take().unwrap(), b"go\n").unwrap();
-    assert_eq!(cli.wait().unwrap().code(), Some(5), "the command's status");
-    maos.agent("B")
-        .run(["lock", "acquire", "res", "--wait", "1m"])
-        .ok();
 }
 
 /// `git ARGS` in `dir` as a fixed author; its stdout.
