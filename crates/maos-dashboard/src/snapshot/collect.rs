@@ -38,6 +38,18 @@ struct FeedState {
 /// How far back in the feed a starting dashboard reads (every topic's recent messages).
 const FEED_BACKLOG: u64 = 1_000;
 
+/// The view of a channel whose newest position is `newest`, with its recent messages.
+fn channel_view(name: &str, newest: u64, recent: &VecDeque<MessageView>) -> ChannelView {
+    let (kind, topic) = channel_kind(name);
+    ChannelView {
+        name: name.to_owned(),
+        kind,
+        topic,
+        total: newest,
+        recent: recent.iter().cloned().collect(),
+    }
+}
+
 /// A channel read through [`ChannelStore`](maos_comm::ChannelStore) (a backend other than
 /// the files): where the dashboard is in it and its latest messages.
 #[derive(Default)]
@@ -243,30 +255,12 @@ impl Collector {
             .channels
             .iter()
             .filter(|(_, c)| c.newest > 0)
-            .map(|(name, c)| {
-                let (kind, topic) = channel_kind(name);
-                ChannelView {
-                    name: name.clone(),
-                    kind,
-                    topic,
-                    total: c.newest,
-                    recent: c.recent.iter().cloned().collect(),
-                }
-            })
+            .map(|(name, c)| channel_view(name, c.newest, &c.recent))
             .chain(
                 self.store_channels
                     .iter()
                     .filter(|(_, c)| c.newest > 0)
-                    .map(|(name, c)| {
-                        let (kind, topic) = channel_kind(name);
-                        ChannelView {
-                            name: name.clone(),
-                            kind,
-                            topic,
-                            total: c.newest,
-                            recent: c.recent.iter().cloned().collect(),
-                        }
-                    }),
+                    .map(|(name, c)| channel_view(name, c.newest, &c.recent)),
             )
             .chain(self.feed.iter().flat_map(|f| {
                 f.topics.iter().map(|(topic, (seen, recent))| ChannelView {

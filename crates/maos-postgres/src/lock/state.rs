@@ -252,8 +252,8 @@ pub(super) enum Step {
 }
 
 /// The longest a step waits for the table's guard row when its caller allows less: the
-/// guard is not the lock (it is held for a statement or two), as `maos_lock::GUARD_FLOOR`.
-pub(super) const GUARD_FLOOR: Duration = Duration::from_millis(100);
+/// guard is not the lock (it is held for a statement or two), the same floor as the files'.
+pub(super) use maos_lock::GUARD_FLOOR;
 
 /// One look at the table: grant, queue or report the blocker. `guard_wait` bounds the wait
 /// for the guard row (at least [`GUARD_FLOOR`]): a process stopped while holding it makes

@@ -203,12 +203,13 @@ impl PgTracker {
         }
     }
 
-    /// Bounds the wait of every write for the tasks guard (at least 100 ms): a process
+    /// Bounds the wait of every write for the tasks guard (at least `maos_lock::GUARD_FLOOR`,
+    /// as for the lock table's guard): a process
     /// stopped in the middle of a write then makes it fail with [`Error::Busy`] in time
     /// (`--wait` of the task commands), as the file store's lock timeout does.
     #[must_use = "returns the changed value; the original is consumed"]
     pub fn lock_wait(mut self, wait: Duration) -> Self {
-        self.lock_wait = Some(wait.clamp(Duration::from_millis(100), crate::ROW_WAIT));
+        self.lock_wait = Some(wait.clamp(maos_lock::GUARD_FLOOR, crate::ROW_WAIT));
         self
     }
 
